@@ -1,0 +1,1 @@
+//! The RecordingKeyConfig controller: reconcile, error policy, run.

@@ -1,0 +1,1 @@
+//! Test-only helpers: sample resources and Secrets.

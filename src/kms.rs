@@ -1,0 +1,179 @@
+//! KMS behind a small trait, so the controller's logic runs against a fake in unit tests and the
+//! real SDK client runs against the emulator in integration tests.
+
+pub mod fake;
+pub mod sdk;
+
+use std::fmt;
+use std::future::Future;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::arn::AliasArn;
+
+/// The RSA key pair specs KMS `GenerateDataKeyPair*` offers that suit key encryption.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum KeyPairSpec {
+    #[serde(rename = "RSA_2048")]
+    Rsa2048,
+    #[default]
+    #[serde(rename = "RSA_3072")]
+    Rsa3072,
+    #[serde(rename = "RSA_4096")]
+    Rsa4096,
+}
+
+impl KeyPairSpec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPairSpec::Rsa2048 => "RSA_2048",
+            KeyPairSpec::Rsa3072 => "RSA_3072",
+            KeyPairSpec::Rsa4096 => "RSA_4096",
+        }
+    }
+
+    pub fn bits(self) -> usize {
+        match self {
+            KeyPairSpec::Rsa2048 => 2048,
+            KeyPairSpec::Rsa3072 => 3072,
+            KeyPairSpec::Rsa4096 => 4096,
+        }
+    }
+}
+
+impl fmt::Display for KeyPairSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{<context key>: <organisation id>}`: the key policy only lets requests through whose
+/// encryption context names an allowed organisation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EncryptionContext {
+    pub key: String,
+    pub organization_id: String,
+}
+
+/// The KMS operations kekeeper makes; named as AWS names them, since they go into status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KmsOperation {
+    DescribeKey,
+    GenerateDataKeyPair,
+    GenerateDataKeyPairWithoutPlaintext,
+    Decrypt,
+}
+
+impl KmsOperation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KmsOperation::DescribeKey => "DescribeKey",
+            KmsOperation::GenerateDataKeyPair => "GenerateDataKeyPair",
+            KmsOperation::GenerateDataKeyPairWithoutPlaintext => {
+                "GenerateDataKeyPairWithoutPlaintext"
+            }
+            KmsOperation::Decrypt => "Decrypt",
+        }
+    }
+}
+
+impl fmt::Display for KmsOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong, in the classes the controller reacts to differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KmsErrorKind {
+    AccessDenied,
+    NotFound,
+    Disabled,
+    InvalidState,
+    KeyUnavailable,
+    Throttling,
+    InvalidCiphertext,
+    IncorrectKey,
+    Network,
+    Timeout,
+    Other,
+}
+
+/// A failed KMS call: operation, AWS error code, message and request id, exactly what the
+/// controller writes to `status.lastKmsError`. Never carries key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation}: {code}: {message}")]
+pub struct KmsError {
+    pub operation: KmsOperation,
+    pub kind: KmsErrorKind,
+    /// The AWS error code (`AccessDeniedException`, `DisabledException`, ...), or a
+    /// CamelCase name kekeeper gives a transport failure (`NetworkError`, `Timeout`).
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+/// What `DescribeKey` says about the KMS key an alias points at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyDescription {
+    pub key_arn: String,
+    pub key_id: String,
+    /// `Enabled`, `Disabled`, `PendingDeletion`, `PendingImport`, `Unavailable`, ...
+    pub key_state: String,
+    /// `SYMMETRIC_DEFAULT`, `RSA_2048`, ...
+    pub key_spec: String,
+    /// `ENCRYPT_DECRYPT`, `SIGN_VERIFY`, ...
+    pub key_usage: String,
+    /// `CUSTOMER` or `AWS`.
+    pub key_manager: String,
+    /// The region of `key_arn`.
+    pub region: String,
+    pub multi_region: Option<MultiRegionKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultiRegionKey {
+    pub primary_region: String,
+    pub replica_regions: Vec<String>,
+}
+
+/// A data key pair as KMS hands it out without plaintext: the private key exists only as the
+/// KMS ciphertext blob, bound to the encryption context it was generated with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedKeyPair {
+    /// The ARN of the KMS key that encrypted the private key (not the alias).
+    pub kms_key_arn: String,
+    pub spec: KeyPairSpec,
+    /// SubjectPublicKeyInfo, DER.
+    pub public_key_der: Vec<u8>,
+    pub private_key_ciphertext: Vec<u8>,
+}
+
+/// The KMS operations kekeeper needs. Implemented by the AWS SDK client ([`sdk::SdkKms`]) and by
+/// an in-memory fake for tests ([`fake::FakeKms`]).
+pub trait Kms: Send + Sync {
+    /// `DescribeKey` on the alias: which key it points at and whether that key is usable.
+    fn describe_key(
+        &self,
+        alias: &AliasArn,
+    ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send;
+
+    /// `GenerateDataKeyPairWithoutPlaintext` under the alias with the encryption context.
+    fn generate_key_pair(
+        &self,
+        alias: &AliasArn,
+        spec: KeyPairSpec,
+        context: &EncryptionContext,
+    ) -> impl Future<Output = Result<GeneratedKeyPair, KmsError>> + Send;
+
+    /// `Decrypt` of a private key blob with the key it was generated under and the same
+    /// encryption context. The plaintext (PKCS#8 DER) is zeroised when dropped.
+    fn decrypt_private_key(
+        &self,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, KmsError>> + Send;
+}
