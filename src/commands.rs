@@ -1,18 +1,27 @@
 //! One module per subcommand; each returns the process exit code (0 ok, 1 failure, 2 bad input).
 
+mod crd;
+mod decrypt;
+mod encrypt;
+mod keypair;
+mod policy;
+mod rotate;
+mod run;
+mod selftest;
+
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, KeypairCommand};
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Run(_args) => todo!("controller"),
-        Command::Crd => todo!("controller"),
-        Command::Test(_args) => todo!("engine"),
-        Command::Policy(_args) => todo!("engine"),
-        Command::Rotate(_args) => todo!("controller"),
-        Command::Keypair(KeypairCommand::Generate(_args)) => todo!("engine"),
-        Command::Encrypt(_args) => todo!("engine"),
-        Command::Decrypt(_args) => todo!("engine"),
+        Command::Run(args) => run::execute(args).await,
+        Command::Crd => crd::execute(),
+        Command::Test(args) => selftest::execute(args).await,
+        Command::Policy(args) => policy::execute(args).await,
+        Command::Rotate(args) => rotate::execute(args).await,
+        Command::Keypair(KeypairCommand::Generate(args)) => keypair::execute(args).await,
+        Command::Encrypt(args) => encrypt::execute(args).await,
+        Command::Decrypt(args) => decrypt::execute(args).await,
     }
 }

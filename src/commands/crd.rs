@@ -1,0 +1,7 @@
+//! `kekeeper XX`
+
+use std::process::ExitCode;
+
+pub fn execute() -> ExitCode {
+    todo!("controller")
+}

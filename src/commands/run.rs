@@ -1,0 +1,9 @@
+//! `kekeeper run`
+
+use std::process::ExitCode;
+
+use crate::cli::RunArgs;
+
+pub async fn execute(_args: RunArgs) -> ExitCode {
+    todo!("controller")
+}
