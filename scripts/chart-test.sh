@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Render/lint tests for charts/kekeeper with the real Helm v4 engine (helm-python-sdk; no helm
+# binary, no cluster).
+#
+#   scripts/chart-test.sh [pytest args...]   create/refresh .venv-helm, run pytest tests/chart
+#   scripts/chart-test.sh sync-crd           copy crds/recordingkeyconfigs.kekeeper.io.yaml into
+#                                            the chart (charts/kekeeper/files/crds/)
+#
+# Rendered manifests of every test case land in target/chart-renders/<case>.yaml
+# (override with KEKEEPER_CHART_RENDERS_DIR) for the Rust k8s-openapi deserialisation test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CRD=recordingkeyconfigs.kekeeper.io.yaml
+if [[ "${1:-}" == "sync-crd" ]]; then
+  [[ -f "crds/$CRD" ]] || { echo "crds/$CRD does not exist (run: cargo run -- crd > crds/$CRD)" >&2; exit 2; }
+  mkdir -p charts/kekeeper/files/crds
+  cp "crds/$CRD" "charts/kekeeper/files/crds/$CRD"
+  echo "copied crds/$CRD -> charts/kekeeper/files/crds/$CRD"
+  exit 0
+fi
+
+VENV=.venv-helm
+# Requirements for the chart tests; the stamp makes re-runs skip pip entirely.
+REQS="helm-python-sdk pytest pyyaml jsonschema kubernetes-validate"
+STAMP="$VENV/.chart-test-reqs"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  python3 -m venv "$VENV"
+fi
+if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$REQS" ]]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $REQS
+  echo "$REQS" > "$STAMP"
+fi
+
+exec "$VENV/bin/python" -m pytest -q tests/chart "$@"

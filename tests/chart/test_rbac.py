@@ -1,0 +1,104 @@
+"""RBAC: exactly the planned rules per scope, no wildcards, bindings wired to the SA."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CASES, NAMESPACE, find, one, render_docs
+
+RKC = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs"],
+       "verbs": ["get", "list", "watch"]}
+RKC_STATUS = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs/status"],
+              "verbs": ["get", "patch", "update"]}
+SECRETS = {"apiGroups": [""], "resources": ["secrets"],
+           "verbs": ["get", "list", "watch", "create", "patch"]}
+SECRETS_PRUNE = {**SECRETS, "verbs": SECRETS["verbs"] + ["delete"]}
+CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"],
+              "verbs": ["get", "list", "watch", "create", "patch"]}
+EVENTS = {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+SCOPE_RULES = [RKC, RKC_STATUS, SECRETS, CONFIGMAPS, EVENTS]
+SCOPE_RULES_PRUNE = [RKC, RKC_STATUS, SECRETS_PRUNE, CONFIGMAPS, EVENTS]
+
+
+def lease_rules(name="kekeeper"):
+    return [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [name], "verbs": ["get", "update"]},
+    ]
+
+
+RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def rbac(docs):
+    return [d for d in docs if d["kind"] in RBAC_KINDS]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_no_wildcards_anywhere(renders, case):
+    for doc in rbac(renders[case]):
+        for rule in doc.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                for item in rule.get(field, []):
+                    assert "*" not in item, (doc["metadata"]["name"], rule)
+            assert "nonResourceURLs" not in rule
+
+
+def binding_ok(binding, role_kind, role_name, sa="kekeeper"):
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind,
+                                  "name": role_name}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+
+
+def test_cluster_scope(renders):
+    docs = renders["default"]
+    assert sorted(d["kind"] for d in rbac(docs)) == ["ClusterRole", "ClusterRoleBinding"]
+    assert one(docs, "ClusterRole", "kekeeper")["rules"] == SCOPE_RULES
+    binding_ok(one(docs, "ClusterRoleBinding", "kekeeper"), "ClusterRole", "kekeeper")
+
+
+def test_namespaced_scope(renders):
+    docs = renders["namespaced"]
+    assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == []
+    assert sorted((d["kind"], d["metadata"]["namespace"]) for d in rbac(docs)) == [
+        ("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
+    for ns in ("team-a", "team-b"):
+        assert one(docs, "Role", "kekeeper", ns)["rules"] == SCOPE_RULES
+        binding_ok(one(docs, "RoleBinding", "kekeeper", ns), "Role", "kekeeper")
+
+
+def test_leader_election_role_lives_in_release_namespace(renders):
+    docs = renders["ha"]
+    assert one(docs, "ClusterRole", "kekeeper")["rules"] == SCOPE_RULES
+    role = one(docs, "Role", "kekeeper-leader-election", NAMESPACE)
+    assert role["rules"] == lease_rules()
+    binding_ok(one(docs, "RoleBinding", "kekeeper-leader-election", NAMESPACE),
+               "Role", "kekeeper-leader-election")
+    for case in ("default", "namespaced", "no-crds", "servicemonitor", "networkpolicy"):
+        for doc in rbac(renders[case]):
+            assert all("coordination.k8s.io" not in r["apiGroups"] for r in doc.get("rules", [])), case
+
+
+def test_namespaced_with_leader_election_and_pruning(renders):
+    docs = renders["everything"]
+    assert sorted((d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in rbac(docs)) == [
+        ("Role", "kekeeper", "team-a"),
+        ("Role", "kekeeper-leader-election", NAMESPACE),
+        ("RoleBinding", "kekeeper", "team-a"),
+        ("RoleBinding", "kekeeper-leader-election", NAMESPACE),
+    ]
+    assert one(docs, "Role", "kekeeper", "team-a")["rules"] == SCOPE_RULES_PRUNE
+    assert one(docs, "Role", "kekeeper-leader-election", NAMESPACE)["rules"] == lease_rules("kekeeper-leader")
+
+
+def test_secret_delete_only_with_pruning(chart, renders):
+    assert "delete" not in one(renders["default"], "ClusterRole")["rules"][2]["verbs"]
+    docs = render_docs(chart, {"pruneRetiredKeyPairs": True})
+    assert one(docs, "ClusterRole")["rules"] == SCOPE_RULES_PRUNE
+
+
+def test_watching_the_release_namespace_does_not_collide_with_the_lease_role(chart):
+    docs = render_docs(chart, {"watchNamespaces": [NAMESPACE], "replicaCount": 2})
+    assert one(docs, "Role", "kekeeper", NAMESPACE)["rules"] == SCOPE_RULES
+    assert one(docs, "Role", "kekeeper-leader-election", NAMESPACE)["rules"] == lease_rules()
