@@ -1,39 +1,37 @@
 # syntax=docker/dockerfile:1
 #
-# kekeeper operator image: a static musl binary on distroless/static, running as 65532.
+# kekeeper operator image: the release binary on distroless (cc, nonroot), running as 65532.
 #
 #   docker build -t ghcr.io/kekeeper/kekeeper:0.1.0 .
-#   docker buildx build --platform linux/amd64,linux/arm64 -t ... .   (each platform builds
-#   natively under BuildKit/QEMU: the musl target follows the build container's architecture)
+#   docker buildx build --platform linux/amd64,linux/arm64 -t ... .
+#
+# Why glibc + distroless/cc rather than a static musl binary on distroless/static: the crypto
+# (aws-lc-rs / aws-lc-sys, used by the AWS SDK, rustls and the recording envelope) compiles C
+# code, and its musl builds have a history of toolchain breakage (e.g. aws/aws-lc-rs#894,
+# missing linux/random.h with musl-gcc). distroless/cc adds only glibc and libgcc to the static
+# image. Builder and runtime are both Debian 12 (bookworm), so the glibc versions match.
+# Each platform builds natively (BuildKit/QEMU for foreign platforms); no cross toolchain.
 
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS builder
-# musl-tools: musl-gcc for aws-lc-sys (the crypto library under the AWS SDK and the envelope);
-# cmake/clang are not needed by aws-lc-sys >= 0.2x's default cc builder, but cmake is kept as
-# its fallback.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools cmake \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-RUN rustup target add "$(uname -m)-unknown-linux-musl"
 COPY . .
-# Cache mounts keep the registry and target dir between builds; the binary is copied out of
-# the cached target dir. --locked: build exactly Cargo.lock.
+# Cache mounts keep the registry and the target dir between builds; the binary is copied out
+# of the cached target dir. --locked: exactly Cargo.lock.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     set -eux; \
-    target="$(uname -m)-unknown-linux-musl"; \
-    cargo build --release --locked --target "$target" --bin kekeeper; \
-    install -D -m 0755 "target/$target/release/kekeeper" /out/kekeeper; \
-    strip /out/kekeeper || true
+    cargo build --release --locked --bin kekeeper; \
+    install -D -m 0755 target/release/kekeeper /out/kekeeper; \
+    strip /out/kekeeper
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="kekeeper" \
       org.opencontainers.image.description="Kubernetes operator for call-recording KEK pairs under your AWS KMS key" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/kekeeper /kekeeper
-# distroless nonroot: uid/gid 65532; the chart's securityContext runs as the same user.
+# distroless nonroot is uid/gid 65532; the Helm chart's securityContext uses the same ids.
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/kekeeper"]
