@@ -79,3 +79,18 @@ def test_nothing_in_helms_crds_directory(chart):
     """Helm's crds/ directory is never upgraded; the CRD must come only from the template."""
     assert chart.crds == []
     assert not (CHART_DIR / "crds").exists()
+
+
+def test_missing_crd_file_fails_loudly(tmp_path):
+    import shutil
+
+    from helm_python.chart import Chart
+
+    copy_dir = tmp_path / "kekeeper"
+    shutil.copytree(CHART_DIR, copy_dir)
+    for f in (copy_dir / "files" / "crds").iterdir():
+        f.unlink()
+    with Chart.load(copy_dir) as broken:
+        with pytest.raises(Exception, match="no files/crds"):
+            broken.render({}, name="kekeeper", namespace="kekeeper-system")
+        assert not find(render_docs(broken, {"crds": {"install": False}}), "CustomResourceDefinition")
