@@ -1,0 +1,71 @@
+//! CEL evaluation for `x-kubernetes-validations` rules, on top of cel-interpreter, plus a few
+//! Kubernetes CEL library string functions it lacks.
+
+use std::sync::Arc;
+
+use cel_interpreter::extractors::This;
+use cel_interpreter::{Context, Program, Value as CelValue};
+use serde_json::Value;
+
+fn lower_ascii(This(s): This<Arc<String>>) -> String {
+    s.to_ascii_lowercase()
+}
+
+fn upper_ascii(This(s): This<Arc<String>>) -> String {
+    s.to_ascii_uppercase()
+}
+
+fn trim(This(s): This<Arc<String>>) -> String {
+    s.trim().to_string()
+}
+
+fn split(This(s): This<Arc<String>>, sep: Arc<String>) -> cel_interpreter::ResolveResult {
+    Ok(CelValue::List(Arc::new(
+        s.split(sep.as_str())
+            .map(|p| CelValue::String(Arc::new(p.to_string())))
+            .collect(),
+    )))
+}
+
+fn index_of(This(s): This<Arc<String>>, needle: Arc<String>) -> i64 {
+    s.find(needle.as_str())
+        .map(|i| s[..i].chars().count() as i64)
+        .unwrap_or(-1)
+}
+
+fn replace(This(s): This<Arc<String>>, from: Arc<String>, to: Arc<String>) -> String {
+    s.replace(from.as_str(), to.as_str())
+}
+
+/// Evaluates `expr` with `self` (and `oldSelf` when given); returns the result as JSON.
+pub fn eval(expr: &str, this: &Value, old: Option<&Value>) -> Result<Value, String> {
+    let program = Program::compile(expr).map_err(|e| format!("compilation failed: {e}"))?;
+    let mut ctx = Context::default();
+    ctx.add_function("lowerAscii", lower_ascii);
+    ctx.add_function("upperAscii", upper_ascii);
+    ctx.add_function("trim", trim);
+    ctx.add_function("split", split);
+    ctx.add_function("indexOf", index_of);
+    ctx.add_function("replace", replace);
+    ctx.add_variable("self", this.clone())
+        .map_err(|e| e.to_string())?;
+    if let Some(o) = old {
+        ctx.add_variable("oldSelf", o.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = program.execute(&ctx).map_err(|e| e.to_string())?;
+    to_json(&out)
+}
+
+fn to_json(v: &CelValue) -> Result<Value, String> {
+    Ok(match v {
+        CelValue::Null => Value::Null,
+        CelValue::Bool(b) => Value::Bool(*b),
+        CelValue::Int(i) => Value::from(*i),
+        CelValue::UInt(u) => Value::from(*u),
+        CelValue::Float(f) => Value::from(*f),
+        CelValue::String(s) => Value::String(s.to_string()),
+        CelValue::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        other => Value::String(format!("{other:?}")),
+    })
+}

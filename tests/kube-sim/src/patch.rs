@@ -1,0 +1,130 @@
+//! Patch formats: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and a strategic merge patch
+//! for the built-in kinds served here.
+
+use serde_json::{Map, Value};
+
+use crate::errors::ApiError;
+
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    json_patch::merge(target, patch);
+}
+
+pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    json_patch::patch(target, &ops).map_err(|e| {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: {e}"),
+        )
+    })
+}
+
+/// The `patchMergeKey` of list fields of the built-in kinds (by field name).
+pub fn builtin_merge_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets" => "name",
+        "secrets" => "name",
+        "ports" => "containerPort",
+        "volumeMounts" => "mountPath",
+        "conditions" => "type",
+        "ownerReferences" => "uid",
+        _ => return None,
+    })
+}
+
+/// Lists of scalars merged as sets by strategic merge patch.
+fn primitive_merge_list(field: &str) -> bool {
+    field == "finalizers"
+}
+
+pub fn strategic_merge(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if p.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut clean = p.clone();
+        clean.remove("$patch");
+        *target = Value::Object(clean);
+        return;
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Some(t) = target.as_object_mut() else {
+        return;
+    };
+    for (k, pv) in p {
+        if k.starts_with("$setElementOrder/") || k == "$retainKeys" || k == "$patch" {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(items)), Some(del)) = (t.get_mut(field), pv.as_array()) {
+                items.retain(|i| !del.contains(i));
+            }
+            continue;
+        }
+        if pv.is_null() {
+            t.remove(k);
+            continue;
+        }
+        match (pv, builtin_merge_key(k)) {
+            (Value::Array(items), Some(key)) if items.iter().all(Value::is_object) => {
+                let entry = t
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if !entry.is_array() {
+                    *entry = Value::Array(Vec::new());
+                }
+                if let Value::Array(current) = entry {
+                    for item in items {
+                        let directive = item.get("$patch").and_then(Value::as_str);
+                        let pos = current.iter().position(|c| c.get(key) == item.get(key));
+                        match (directive, pos) {
+                            (Some("delete"), Some(i)) => {
+                                current.remove(i);
+                            }
+                            (Some("delete"), None) => {}
+                            (_, Some(i)) => strategic_merge(&mut current[i], item),
+                            (_, None) => {
+                                let mut fresh = Value::Object(Map::new());
+                                strategic_merge(&mut fresh, item);
+                                current.push(fresh);
+                            }
+                        }
+                    }
+                }
+            }
+            (Value::Array(items), None) if primitive_merge_list(k) => {
+                let entry = t
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(current) = entry {
+                    for i in items {
+                        if !current.contains(i) {
+                            current.push(i.clone());
+                        }
+                    }
+                }
+            }
+            (Value::Object(_), _) => {
+                let entry = t.entry(k.clone()).or_insert(Value::Null);
+                if pv.get("$patch").and_then(Value::as_str) == Some("delete") {
+                    t.remove(k);
+                } else {
+                    strategic_merge(entry, pv);
+                }
+            }
+            _ => {
+                t.insert(k.clone(), pv.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The object store: one global resourceVersion counter, a bounded event history for watches
+//! and the registered kinds.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::rbac::User;
+use crate::registry::{self, ResourceType};
+
+/// (storage group, plural, namespace, name)
+pub type Key = (String, String, String, String);
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub rv: u64,
+    pub group: String,
+    pub plural: String,
+    pub namespace: String,
+    pub kind: &'static str,
+    pub object: Value,
+    pub old: Option<Value>,
+}
+
+pub struct State {
+    pub rv: u64,
+    pub objects: BTreeMap<Key, Value>,
+    pub history: VecDeque<Arc<Event>>,
+    /// resourceVersion of the newest event dropped from the history (0: none).
+    pub compacted: u64,
+    pub history_size: usize,
+    pub types: Vec<ResourceType>,
+    pub tokens: HashMap<String, User>,
+    pub tx: broadcast::Sender<Arc<Event>>,
+}
+
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+impl State {
+    pub fn new(history_size: usize, tx: broadcast::Sender<Arc<Event>>) -> Self {
+        let mut st = Self {
+            rv: 0,
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted: 0,
+            history_size: history_size.max(1),
+            types: registry::builtins(),
+            tokens: HashMap::new(),
+            tx,
+        };
+        for ns in ["default", "kube-system", "kube-public"] {
+            let obj = json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now(),
+                             "labels": {"kubernetes.io/metadata.name": ns}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            });
+            st.put(
+                ("".into(), "namespaces".into(), String::new(), ns.into()),
+                obj,
+            );
+        }
+        let admin_role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "cluster-admin", "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now(),
+                         "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}],
+        });
+        st.put(
+            (
+                "rbac.authorization.k8s.io".into(),
+                "clusterroles".into(),
+                String::new(),
+                "cluster-admin".into(),
+            ),
+            admin_role,
+        );
+        let admin_binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "cluster-admin", "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now(),
+                         "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:masters"}],
+        });
+        st.put(
+            (
+                "rbac.authorization.k8s.io".into(),
+                "clusterrolebindings".into(),
+                String::new(),
+                "cluster-admin".into(),
+            ),
+            admin_binding,
+        );
+        st
+    }
+
+    fn put(&mut self, key: Key, mut obj: Value) {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.objects.insert(key, obj);
+    }
+
+    /// Stores (or deletes, when `new` is None) an object and records the watch event.
+    pub fn commit(&mut self, key: Key, new: Option<Value>) -> Value {
+        self.rv += 1;
+        let rv = self.rv;
+        let old = self.objects.get(&key).cloned();
+        let (kind, object) = match new {
+            Some(mut obj) => {
+                obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                self.objects.insert(key.clone(), obj.clone());
+                (if old.is_some() { "MODIFIED" } else { "ADDED" }, obj)
+            }
+            None => {
+                let mut obj = self.objects.remove(&key).unwrap_or(Value::Null);
+                obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                ("DELETED", obj)
+            }
+        };
+        let ev = Arc::new(Event {
+            rv,
+            group: key.0,
+            plural: key.1,
+            namespace: key.2,
+            kind,
+            object: object.clone(),
+            old,
+        });
+        self.history.push_back(ev.clone());
+        while self.history.len() > self.history_size {
+            if let Some(e) = self.history.pop_front() {
+                self.compacted = e.rv;
+            }
+        }
+        let _ = self.tx.send(ev);
+        object
+    }
+
+    pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
+    }
+
+    /// Re-derives the custom resource types from the stored CRDs.
+    pub fn refresh_types(&mut self) {
+        let mut types = registry::builtins();
+        for (k, crd) in &self.objects {
+            if k.0 == "apiextensions.k8s.io"
+                && k.1 == "customresourcedefinitions"
+                && crd["metadata"]["deletionTimestamp"].is_null()
+            {
+                types.extend(registry::from_crd(crd));
+            }
+        }
+        self.types = types;
+    }
+
+    /// Objects of one storage resource, optionally in one namespace, sorted by key.
+    pub fn list(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<(Key, Value)> {
+        let start = (
+            group.to_string(),
+            plural.to_string(),
+            ns.unwrap_or_default().to_string(),
+            String::new(),
+        );
+        self.objects
+            .range(start..)
+            .take_while(|(k, _)| k.0 == group && k.1 == plural && ns.is_none_or(|n| k.2 == n))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The objects of one resource as they were at `rv`, rebuilt from the event history.
+    pub fn list_at(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: Option<&str>,
+        rv: u64,
+    ) -> Option<Vec<(Key, Value)>> {
+        if rv < self.compacted {
+            return None;
+        }
+        let mut map: BTreeMap<Key, Value> = self.list(group, plural, ns).into_iter().collect();
+        for e in self.history.iter().rev().take_while(|e| e.rv > rv) {
+            if e.group != group || e.plural != plural || ns.is_some_and(|n| n != e.namespace) {
+                continue;
+            }
+            let name = e.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let key = (e.group.clone(), e.plural.clone(), e.namespace.clone(), name);
+            match &e.old {
+                Some(o) => {
+                    map.insert(key, o.clone());
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+        }
+        Some(map.into_iter().collect())
+    }
+}
