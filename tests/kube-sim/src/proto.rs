@@ -8,7 +8,6 @@ use serde_json::{Map, Value, json};
 #[derive(Clone, Copy)]
 enum Ty {
     Str,
-    Bytes,
     Int,
     Bool,
     Msg(fn() -> &'static [Field]),
@@ -295,9 +294,6 @@ fn decode_message(b: &[u8], fields: &[Field]) -> Result<Value, String> {
                     continue;
                 }
                 Value::String(text)
-            }
-            Ty::Bytes => {
-                Value::String(base64::engine::general_purpose::STANDARD.encode(rd.bytes()?))
             }
             Ty::Int => Value::from(rd.varint()? as i64),
             Ty::Bool => Value::Bool(rd.varint()? != 0),

@@ -952,8 +952,8 @@ fn strip_volatile(obj: &Value) -> Value {
 /// validation and generation. `incoming` is the full desired object.
 fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Value, ApiError> {
     let mode = validation_mode(&ctx.q)?;
-    incoming = ctx.ingest(incoming);
     let unknown = drop_unknown(&ctx.t, &mut incoming);
+    incoming = ctx.ingest(incoming);
     if !unknown.is_empty() {
         match mode {
             Validation::Strict => {

@@ -492,8 +492,8 @@ pub fn apply(live: &Value, applied: &Value, force: bool, w: &Write) -> Result<Va
         .iter()
         .filter(|p| !applied_set.contains(*p) && !others.contains(*p))
         .collect();
-    // Deepest first, so removing an element never shifts a later path.
-    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    // Shallowest first: a list-map element goes before its fields (which hold its key).
+    dropped.sort_by_key(|p| p.len());
     for p in dropped {
         remove(&mut merged, p, ctx, "");
     }

@@ -1,0 +1,969 @@
+//! Conformance tests of kube-sim through kube-rs (the client the operator uses).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::Api;
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use serde_json::json;
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn crud_errors_have_real_status_shapes() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let s: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "x"}, "stringData": {"a": "b"}}))
+            .unwrap();
+    let created = secrets.create(&PostParams::default(), &s).await.unwrap();
+    assert_eq!(created.data.clone().unwrap()["a"].0, b"b");
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+
+    let e = status(secrets.create(&PostParams::default(), &s).await);
+    assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(e.message, r#"secrets "x" already exists"#);
+
+    let e = status(secrets.get("nope").await);
+    assert_eq!(
+        (e.code, e.reason.as_str(), e.message.as_str()),
+        (404, "NotFound", r#"secrets "nope" not found"#)
+    );
+
+    // Stale resourceVersion on update.
+    let mut stale = created.clone();
+    let mut fresh = created.clone();
+    fresh.metadata.labels = Some([("a".to_string(), "1".to_string())].into());
+    secrets
+        .replace("x", &PostParams::default(), &fresh)
+        .await
+        .unwrap();
+    stale.metadata.labels = Some([("a".to_string(), "2".to_string())].into());
+    let e = status(secrets.replace("x", &PostParams::default(), &stale).await);
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        e.message,
+        r#"Operation cannot be fulfilled on secrets "x": the object has been modified; please apply your changes to the latest version and try again"#
+    );
+
+    // Namespace must exist.
+    let other: Api<Secret> = Api::namespaced(client.clone(), "missing");
+    let e = status(other.create(&PostParams::default(), &s).await);
+    assert_eq!(e.message, r#"namespaces "missing" not found"#);
+
+    // generateName.
+    let g: Secret = serde_json::from_value(json!({"metadata": {"generateName": "gen-"}})).unwrap();
+    let made = secrets.create(&PostParams::default(), &g).await.unwrap();
+    assert!(made.metadata.name.unwrap().starts_with("gen-"));
+
+    // Delete answers a Success Status; a second delete is NotFound.
+    secrets.delete("x", &DeleteParams::default()).await.unwrap();
+    let e = status(secrets.delete("x", &DeleteParams::default()).await);
+    assert_eq!(e.code, 404);
+}
+
+#[tokio::test]
+async fn resource_versions_are_global_and_monotonic() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let a = cms
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    let b = cms
+        .create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    let rv = |c: &ConfigMap| {
+        c.metadata
+            .resource_version
+            .clone()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(rv(&b) > rv(&a));
+    // A no-op update does not write.
+    let same = cms.replace("a", &PostParams::default(), &a).await.unwrap();
+    assert_eq!(rv(&same), rv(&a));
+    let list = cms.list(&ListParams::default()).await.unwrap();
+    assert_eq!(
+        list.metadata
+            .resource_version
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        sim.resource_version()
+    );
+}
+
+#[tokio::test]
+async fn generation_and_status_subresource() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    let created = api
+        .create(&PostParams::default(), &rkc("demo"))
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    // Defaults applied.
+    assert_eq!(
+        created.data["spec"]["encryptionContextKey"],
+        "genesys-cloud-organization-id"
+    );
+
+    // Status written through the main resource is ignored.
+    let mut with_status = created.clone();
+    with_status.data["status"] = json!({"observedGeneration": 7});
+    let after = api
+        .replace("demo", &PostParams::default(), &with_status)
+        .await
+        .unwrap();
+    assert!(after.data.get("status").is_none());
+    assert_eq!(after.metadata.generation, Some(1));
+
+    // Status subresource: only status changes, generation unchanged.
+    let st = api
+        .patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}, "status": {"observedGeneration": 1}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.data["status"]["observedGeneration"], 1);
+    assert!(st.data["spec"].get("suspend").is_none());
+    assert_eq!(st.metadata.generation, Some(1));
+
+    // Spec change bumps generation; metadata change does not.
+    let m = api
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.metadata.generation, Some(1));
+    let s = api
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.metadata.generation, Some(2));
+    assert_eq!(s.data["status"]["observedGeneration"], 1);
+
+    // kube-rs status apply (what the operator does).
+    let applied = api
+        .patch_status(
+            "demo",
+            &PatchParams::apply("kekeeper").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "kekeeper.io/v1alpha1", "kind": "RecordingKeyConfig",
+                "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True", "reason": "KeyPairsActive", "message": "ok"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(applied.metadata.generation, Some(2));
+    let managers: Vec<_> = applied
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.manager.unwrap(), m.operation.unwrap(), m.subresource))
+        .collect();
+    assert!(
+        managers.contains(&("kekeeper".into(), "Apply".into(), Some("status".into()))),
+        "{managers:?}"
+    );
+}
+
+#[tokio::test]
+async fn finalizers_delay_deletion() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut c = cm("f", json!({}));
+    c.metadata.finalizers = Some(vec!["kekeeper.io/cleanup".into()]);
+    cms.create(&PostParams::default(), &c).await.unwrap();
+    let r = cms.delete("f", &DeleteParams::default()).await.unwrap();
+    let pending = r.left().expect("object still present");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert!(
+        cms.get("f")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    cms.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(cms.get("f").await).code, 404);
+}
+
+#[tokio::test]
+async fn merge_json_and_strategic_patches() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut c = cm("p", json!({"a": "1"}));
+    c.metadata.finalizers = Some(vec!["one".into()]);
+    cms.create(&PostParams::default(), &c).await.unwrap();
+    let m = cms
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": null, "n": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        m.data.unwrap().into_iter().collect::<Vec<_>>(),
+        vec![("n".to_string(), "2".to_string())]
+    );
+    // Strategic merge: finalizers merge as a set.
+    let s = cms
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"finalizers": ["two"]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.metadata.finalizers.unwrap(),
+        vec!["one".to_string(), "two".to_string()]
+    );
+    // JSON patch through a raw request.
+    let req = http::Request::patch("/api/v1/namespaces/default/configmaps/p")
+        .header("Content-Type", "application/json-patch+json")
+        .body(serde_json::to_vec(&json!([{"op": "add", "path": "/data/j", "value": "3"}, {"op": "remove", "path": "/metadata/finalizers"}])).unwrap())
+        .unwrap();
+    let out: ConfigMap = client.request(req).await.unwrap();
+    assert_eq!(out.data.unwrap()["j"], "3");
+    assert!(out.metadata.finalizers.is_none());
+    // Strategic merge is refused on custom resources, as the real server does.
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    api.create(&PostParams::default(), &rkc("d")).await.unwrap();
+    let e = status(
+        api.patch(
+            "d",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"suspend": true}})),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 415);
+}
+
+#[tokio::test]
+async fn server_side_apply_conflicts_force_and_removal() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let a = PatchParams::apply("alice");
+    let b = PatchParams::apply("bob");
+    let doc = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": data});
+    // Apply creates.
+    let created = cms
+        .patch("ssa", &a, &Patch::Apply(doc(json!({"x": "1", "y": "1"}))))
+        .await
+        .unwrap();
+    assert_eq!(created.data.unwrap().len(), 2);
+    // Same value from another manager: shared ownership, no conflict.
+    cms.patch("ssa", &b, &Patch::Apply(doc(json!({"x": "1"}))))
+        .await
+        .unwrap();
+    // Different value: conflict naming the owner and the field.
+    let e = status(
+        cms.patch("ssa", &b, &Patch::Apply(doc(json!({"y": "2"}))))
+            .await,
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        e.message,
+        r#"Apply failed with 1 conflict: conflict with "alice": .data.y"#
+    );
+    let cause = &e.details.as_ref().unwrap().causes[0];
+    assert_eq!(
+        (cause.reason.as_str(), cause.field.as_str()),
+        ("FieldManagerConflict", ".data.y")
+    );
+    // Force takes ownership.
+    let forced = cms
+        .patch(
+            "ssa",
+            &b.clone().force(),
+            &Patch::Apply(doc(json!({"x": "1", "y": "2"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data.unwrap()["y"], "2");
+    // Alice stops applying x (still co-owned by bob: kept) and z never existed; Alice applies nothing now.
+    let after = cms
+        .patch("ssa", &a, &Patch::Apply(doc(json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(after.data.clone().unwrap()["x"], "1");
+    // Bob drops y: removed since nobody else owns it.
+    let dropped = cms
+        .patch("ssa", &b, &Patch::Apply(doc(json!({"x": "1"}))))
+        .await
+        .unwrap();
+    assert!(!dropped.data.unwrap().contains_key("y"));
+    // Update managers conflict with appliers too.
+    cms.patch(
+        "ssa",
+        &PatchParams {
+            field_manager: Some("editor".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"data": {"x": "9"}})),
+    )
+    .await
+    .unwrap();
+    let e = status(
+        cms.patch("ssa", &b, &Patch::Apply(doc(json!({"x": "1"}))))
+            .await,
+    );
+    assert_eq!(
+        e.message,
+        r#"Apply failed with 1 conflict: conflict with "editor" using v1: .data.x"#
+    );
+}
+
+#[tokio::test]
+async fn ssa_list_map_merges_conditions_by_type() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    api.create(&PostParams::default(), &rkc("c")).await.unwrap();
+    let cond = |t: &str| json!({"type": t, "status": "True"});
+    let doc = |conds: serde_json::Value| json!({"apiVersion": "kekeeper.io/v1alpha1", "kind": "RecordingKeyConfig", "status": {"conditions": conds}});
+    api.patch_status(
+        "c",
+        &PatchParams::apply("one"),
+        &Patch::Apply(doc(json!([cond("Ready")]))),
+    )
+    .await
+    .unwrap();
+    let both = api
+        .patch_status(
+            "c",
+            &PatchParams::apply("two"),
+            &Patch::Apply(doc(json!([cond("KmsAvailable")]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        both.data["status"]["conditions"].as_array().unwrap().len(),
+        2
+    );
+    let one_left = api
+        .patch_status(
+            "c",
+            &PatchParams::apply("two"),
+            &Patch::Apply(doc(json!([]))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        one_left.data["status"]["conditions"],
+        json!([cond("Ready")])
+    );
+}
+
+#[tokio::test]
+async fn dry_run_and_field_validation() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    let dry = api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &rkc("dry"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry.metadata.name.as_deref(), Some("dry"));
+    assert_eq!(status(api.get("dry").await).code, 404);
+
+    let mut extra = rkc("strict");
+    extra.data["spec"]["foo"] = json!("bar");
+    let req = http::Request::post(
+        "/apis/kekeeper.io/v1alpha1/namespaces/default/recordingkeyconfigs?fieldValidation=Strict",
+    )
+    .header("Content-Type", "application/json")
+    .body(serde_json::to_vec(&extra).unwrap())
+    .unwrap();
+    let e = client.request::<serde_json::Value>(req).await;
+    let e = status(e);
+    assert_eq!((e.code, e.reason.as_str()), (400, "BadRequest"));
+    assert_eq!(
+        e.message,
+        r#"strict decoding error: unknown field "spec.foo""#
+    );
+    // Default (Warn): pruned and stored.
+    let stored = api.create(&PostParams::default(), &extra).await.unwrap();
+    assert!(stored.data["spec"].get("foo").is_none());
+}
+
+#[tokio::test]
+async fn crd_schema_and_cel_rejections() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    let mut bad = rkc("bad");
+    bad.data["spec"]["kmsKeyAliasArn"] = json!("arn:aws:kms:us-east-1:111122223333:key/1234");
+    bad.data["spec"]["rotation"]["period"] = json!("Hourly");
+    bad.data["spec"]["organizationIds"] = json!(["a", "a"]);
+    let e = status(api.create(&PostParams::default(), &bad).await);
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        e.message,
+        "RecordingKeyConfig.kekeeper.io \"bad\" is invalid: [spec.kmsKeyAliasArn: Invalid value: \"string\": must be a KMS alias ARN (arn:aws:kms:REGION:ACCOUNT:alias/NAME), spec.organizationIds[1]: Duplicate value: \"a\", spec.rotation.period: Unsupported value: \"Hourly\": supported values: \"Daily\", \"Weekly\", \"Monthly\", \"Yearly\", \"Never\"]"
+    );
+    let causes = &e.details.as_ref().unwrap().causes;
+    let fields: Vec<_> = causes
+        .iter()
+        .map(|c| (c.reason.as_str(), c.field.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("FieldValueInvalid", "spec.kmsKeyAliasArn"),
+            ("FieldValueDuplicate", "spec.organizationIds[1]"),
+            ("FieldValueNotSupported", "spec.rotation.period")
+        ]
+    );
+
+    let mut managed = rkc("managed");
+    managed.data["spec"]["kmsKeyAliasArn"] =
+        json!("arn:aws:kms:us-east-1:111122223333:alias/aws/s3");
+    let e = status(api.create(&PostParams::default(), &managed).await);
+    assert!(e.message.ends_with("spec.kmsKeyAliasArn: Invalid value: \"string\": AWS managed keys (alias/aws/*) cannot be used"), "{}", e.message);
+
+    let mut region = rkc("region");
+    region.data["spec"]["homeRegion"] = json!("eu-west-1");
+    let e = status(api.create(&PostParams::default(), &region).await);
+    assert!(e.message.ends_with("spec.homeRegion: Invalid value: \"object\": homeRegion must equal the region of kmsKeyAliasArn"), "{}", e.message);
+
+    let mut empty = rkc("empty");
+    empty.data["spec"]["organizationIds"] = json!([]);
+    empty.data["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("kmsKeyAliasArn");
+    let e = status(api.create(&PostParams::default(), &empty).await);
+    assert_eq!(
+        e.message,
+        "RecordingKeyConfig.kekeeper.io \"empty\" is invalid: [spec.kmsKeyAliasArn: Required value, spec.organizationIds: Invalid value: 0: spec.organizationIds in body should have at least 1 items]"
+    );
+
+    // Transition rule: keyPairSpec is immutable (evaluated only on update).
+    api.create(&PostParams::default(), &rkc("immutable"))
+        .await
+        .unwrap();
+    let e = status(
+        api.patch(
+            "immutable",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"keyPairSpec": "RSA_4096"}})),
+        )
+        .await,
+    );
+    assert!(
+        e.message
+            .ends_with("spec.keyPairSpec: Invalid value: \"string\": keyPairSpec is immutable"),
+        "{}",
+        e.message
+    );
+}
+
+#[tokio::test]
+async fn selectors_and_pagination() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for (n, env) in [
+        ("a", "prod"),
+        ("b", "dev"),
+        ("c", "prod"),
+        ("d", "test"),
+        ("e", ""),
+    ] {
+        let labels = if env.is_empty() {
+            json!({})
+        } else {
+            json!({"env": env})
+        };
+        cms.create(&PostParams::default(), &cm(n, labels))
+            .await
+            .unwrap();
+    }
+    let names = |l: kube::core::ObjectList<ConfigMap>| {
+        l.items
+            .into_iter()
+            .map(|c| c.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("env=prod"))
+                .await
+                .unwrap()
+        ),
+        ["a", "c"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("env!=prod"))
+                .await
+                .unwrap()
+        ),
+        ["b", "d", "e"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("env in (dev,test)"))
+                .await
+                .unwrap()
+        ),
+        ["b", "d"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("env notin (dev,test)"))
+                .await
+                .unwrap()
+        ),
+        ["a", "c", "e"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("env"))
+                .await
+                .unwrap()
+        ),
+        ["a", "b", "c", "d"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("!env"))
+                .await
+                .unwrap()
+        ),
+        ["e"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().fields("metadata.name=c"))
+                .await
+                .unwrap()
+        ),
+        ["c"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().fields("metadata.namespace=default,metadata.name!=c"))
+                .await
+                .unwrap()
+        )
+        .len(),
+        4
+    );
+    let all: Api<ConfigMap> = Api::all(client.clone());
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        5
+    );
+
+    let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(first.metadata.remaining_item_count, Some(3));
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(first), ["a", "b"]);
+    let token2 = second.metadata.continue_.clone().unwrap();
+    assert_eq!(names(second), ["c", "d"]);
+    let third = cms
+        .list(&ListParams::default().limit(2).continue_token(&token2))
+        .await
+        .unwrap();
+    assert!(
+        third
+            .metadata
+            .continue_
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert_eq!(names(third), ["e"]);
+}
+
+#[tokio::test]
+async fn watch_from_resource_version_bookmarks_and_gone() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let a = cms
+        .create(&PostParams::default(), &cm("w1", json!({})))
+        .await
+        .unwrap();
+    let rv = a.metadata.resource_version.clone().unwrap();
+    cms.patch(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "2"}})),
+    )
+    .await
+    .unwrap();
+    cms.delete("w1", &DeleteParams::default()).await.unwrap();
+
+    let wp = WatchParams::default().timeout(2);
+    let mut stream = cms.watch(&wp, &rv).await.unwrap().boxed();
+    let mut kinds = Vec::new();
+    while let Some(ev) = stream.try_next().await.unwrap() {
+        match ev {
+            WatchEvent::Added(_) => kinds.push("ADDED"),
+            WatchEvent::Modified(_) => kinds.push("MODIFIED"),
+            WatchEvent::Deleted(_) => kinds.push("DELETED"),
+            WatchEvent::Bookmark(_) => kinds.push("BOOKMARK"),
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        }
+        if kinds.len() >= 3 {
+            break;
+        }
+    }
+    assert_eq!(kinds[..2], ["MODIFIED", "DELETED"]);
+
+    // Bookmarks arrive periodically when allowed.
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(5), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let got = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(ev) = stream.try_next().await.unwrap() {
+            if let WatchEvent::Bookmark(b) = ev {
+                return b.metadata.resource_version;
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap();
+    assert!(!got.is_empty());
+
+    // Push the watch window past `rv`: 410 Gone, as an ERROR event on watch and 410 on list.
+    for i in 0..60 {
+        cms.create(&PostParams::default(), &cm(&format!("fill{i}"), json!({})))
+            .await
+            .unwrap();
+    }
+    let mut stream = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+            assert!(
+                e.message
+                    .starts_with(&format!("too old resource version: {rv} (")),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected 410, got {other:?}"),
+    }
+    let lp = ListParams::default()
+        .at(&rv)
+        .matching(kube::api::VersionMatch::Exact);
+    assert_eq!(status(cms.list(&lp).await).code, 410);
+}
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_and_list_watch() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    api.create(&PostParams::default(), &rkc("one"))
+        .await
+        .unwrap();
+    for cfg in [
+        kube::runtime::watcher::Config::default().streaming_lists(),
+        kube::runtime::watcher::Config::default(),
+    ] {
+        let mut stream = kube::runtime::watcher(api.clone(), cfg).boxed();
+        let mut seen_init_done = false;
+        let mut names = Vec::new();
+        let api2 = api.clone();
+        while let Some(ev) = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+        {
+            match ev.unwrap() {
+                kube::runtime::watcher::Event::InitApply(o) => names.push(o.metadata.name.unwrap()),
+                kube::runtime::watcher::Event::InitDone => {
+                    seen_init_done = true;
+                    let mut two = rkc("two");
+                    two.metadata.name = Some(format!(
+                        "two-{}",
+                        names.len() + sim.resource_version() as usize
+                    ));
+                    api2.create(&PostParams::default(), &two).await.unwrap();
+                }
+                kube::runtime::watcher::Event::Apply(o) => {
+                    assert!(o.metadata.name.unwrap().starts_with("two-"));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(seen_init_done);
+        assert!(names.contains(&"one".to_string()));
+    }
+}
+
+#[tokio::test]
+async fn rbac_allows_and_forbids() {
+    let sim = start(true).await;
+    let client = admin(&sim).await;
+    let sa_token = sim.service_account_token("default", "kekeeper");
+    let sa = client_from_yaml(&sim.kubeconfig_for_token(&sa_token)).await;
+    let secrets: Api<Secret> = Api::namespaced(sa.clone(), "default");
+    let e = status(secrets.list(&ListParams::default()).await);
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        e.message,
+        r#"secrets is forbidden: User "system:serviceaccount:default:kekeeper" cannot list resource "secrets" in API group "" in the namespace "default""#
+    );
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r", "namespace": "default"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "rb", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kekeeper", "namespace": "default"}]});
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), "default");
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(role).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rbs: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(client.clone(), "default");
+    rbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(binding).unwrap(),
+    )
+    .await
+    .unwrap();
+    secrets.list(&ListParams::default()).await.unwrap();
+    let e = status(
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap(),
+            )
+            .await,
+    );
+    assert_eq!(
+        e.message,
+        r#"secrets is forbidden: User "system:serviceaccount:default:kekeeper" cannot create resource "secrets" in API group "" in the namespace "default""#
+    );
+    let e = status(secrets.delete("named", &DeleteParams::default()).await);
+    assert!(
+        e.message.starts_with(r#"secrets "named" is forbidden"#),
+        "{}",
+        e.message
+    );
+    let nss: Api<Namespace> = Api::all(sa.clone());
+    let e = status(nss.list(&ListParams::default()).await);
+    assert!(
+        e.message
+            .ends_with(r#"cannot list resource "namespaces" in API group "" at the cluster scope"#),
+        "{}",
+        e.message
+    );
+    // Unknown token: 401.
+    let anon = client_from_yaml(&sim.kubeconfig_for_token("bogus")).await;
+    let e = status(
+        Api::<Secret>::namespaced(anon, "default")
+            .list(&ListParams::default())
+            .await,
+    );
+    assert_eq!(e.code, 401);
+}
+
+#[tokio::test]
+async fn request_log_and_faults() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    sim.clear_request_log();
+    cms.create(&PostParams::default(), &cm("l", json!({})))
+        .await
+        .unwrap();
+    cms.get("l").await.unwrap();
+    let log = sim.request_log();
+    let last: Vec<_> = log
+        .iter()
+        .map(|r| {
+            (
+                r.verb.as_str(),
+                r.resource.as_str(),
+                r.name.as_str(),
+                r.code,
+            )
+        })
+        .collect();
+    assert_eq!(
+        last,
+        vec![
+            ("create", "configmaps", "", 201),
+            ("get", "configmaps", "l", 200)
+        ]
+    );
+    assert_eq!(log[0].user, "kube-sim-admin");
+    assert_eq!(log[0].namespace, "default");
+
+    sim.faults().inject(kube_sim::ErrorFault {
+        verb: Some("get".into()),
+        resource: Some("configmaps".into()),
+        code: 500,
+        times: Some(2),
+        ..Default::default()
+    });
+    assert_eq!(status(cms.get("l").await).code, 500);
+    assert_eq!(status(cms.get("l").await).code, 500);
+    cms.get("l").await.unwrap();
+
+    sim.faults().set_latency(Duration::from_millis(150));
+    let t = std::time::Instant::now();
+    cms.get("l").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    sim.faults().clear();
+
+    // Dropping watches ends open streams.
+    let mut stream = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let _ = stream.try_next().await.unwrap();
+    sim.faults().drop_watches();
+    let end = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(end.is_ok());
+}
+
+#[tokio::test]
+async fn sim_http_endpoints() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let req = http::Request::post("/_sim/faults")
+        .header("Content-Type", "application/json")
+        .body(
+            serde_json::to_vec(
+                &json!({"error": {"verb": "list", "resource": "secrets", "code": 500, "times": 1}}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let summary: serde_json::Value = client.request(req).await.unwrap();
+    assert_eq!(summary["errors"][0]["code"], 500);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    assert_eq!(status(secrets.list(&ListParams::default()).await).code, 500);
+    secrets.list(&ListParams::default()).await.unwrap();
+    let log: Vec<kube_sim::RequestRecord> = client
+        .request(http::Request::get("/_sim/requests").body(vec![]).unwrap())
+        .await
+        .unwrap();
+    assert!(log.iter().any(|r| r.resource == "secrets" && r.code == 500));
+    let _: serde_json::Value = client
+        .request(
+            http::Request::delete("/_sim/requests")
+                .body(vec![])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let log: Vec<kube_sim::RequestRecord> = client
+        .request(http::Request::get("/_sim/requests").body(vec![]).unwrap())
+        .await
+        .unwrap();
+    assert!(log.is_empty());
+}
+
+#[tokio::test]
+async fn events_share_storage_across_groups() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let new: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let ev = json!({"metadata": {"name": "e1"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "kekeeper", "reportingInstance": "kekeeper-0",
+        "action": "Rotate", "reason": "Rotated", "type": "Normal", "note": "rotated", "regarding": {"kind": "RecordingKeyConfig", "name": "demo", "namespace": "default"}});
+    new.create(&PostParams::default(), &serde_json::from_value(ev).unwrap())
+        .await
+        .unwrap();
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let list = core
+        .list(&ListParams::default().fields("involvedObject.name=demo"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].message.as_deref(), Some("rotated"));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
+    leases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "kekeeper"}, "spec": {"holderIdentity": "a"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+}
