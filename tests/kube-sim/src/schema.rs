@@ -98,15 +98,15 @@ pub fn apply_defaults(v: &mut Value, schema: &Value) {
         Value::Object(map) => {
             if let Some(props) = schema["properties"].as_object() {
                 for (k, s) in props {
-                    if !map.contains_key(k) {
-                        if let Some(d) = s.get("default") {
-                            map.insert(k.clone(), d.clone());
-                        }
+                    if !map.contains_key(k)
+                        && let Some(d) = s.get("default")
+                    {
+                        map.insert(k.clone(), d.clone());
                     }
-                    if let Some(child) = map.get_mut(k) {
-                        if k != "metadata" {
-                            apply_defaults(child, s);
-                        }
+                    if let Some(child) = map.get_mut(k)
+                        && k != "metadata"
+                    {
+                        apply_defaults(child, s);
                     }
                 }
             } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
@@ -223,20 +223,20 @@ fn validate_node(
         return;
     }
     let before = errs.len();
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(v) {
-            let list = allowed
-                .iter()
-                .map(crate::errors::go_value)
-                .collect::<Vec<_>>()
-                .join(", ");
-            errs.push(FieldError::new(
-                FieldErrorKind::NotSupported,
-                path,
-                Some(v.clone()),
-                format!("supported values: {list}"),
-            ));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        let list = allowed
+            .iter()
+            .map(crate::errors::go_value)
+            .collect::<Vec<_>>()
+            .join(", ");
+        errs.push(FieldError::new(
+            FieldErrorKind::NotSupported,
+            path,
+            Some(v.clone()),
+            format!("supported values: {list}"),
+        ));
     }
     match v {
         Value::String(s) => string_checks(s, schema, path, errs),
@@ -276,24 +276,24 @@ fn validate_node(
         }
         Value::Array(items) => {
             let n = items.len() as u64;
-            if let Some(max) = schema["maxItems"].as_u64() {
-                if n > max {
-                    errs.push(FieldError::new(
-                        FieldErrorKind::TooMany,
-                        path,
-                        Some(Value::from(n)),
-                        format!("must have at most {max} items"),
-                    ));
-                }
+            if let Some(max) = schema["maxItems"].as_u64()
+                && n > max
+            {
+                errs.push(FieldError::new(
+                    FieldErrorKind::TooMany,
+                    path,
+                    Some(Value::from(n)),
+                    format!("must have at most {max} items"),
+                ));
             }
-            if let Some(min) = schema["minItems"].as_u64() {
-                if n < min {
-                    errs.push(invalid(
-                        path,
-                        Value::from(n),
-                        format!("{path} in body should have at least {min} items"),
-                    ));
-                }
+            if let Some(min) = schema["minItems"].as_u64()
+                && n < min
+            {
+                errs.push(invalid(
+                    path,
+                    Value::from(n),
+                    format!("{path} in body should have at least {min} items"),
+                ));
             }
             list_uniqueness(items, schema, path, errs);
             if let Some(is) = schema.get("items") {
@@ -323,24 +323,24 @@ fn validate_node(
                     validate_node(child, old.and_then(|o| o.get(k)), ap, &join(path, k), errs);
                 }
             }
-            if let Some(max) = schema["maxProperties"].as_u64() {
-                if map.len() as u64 > max {
-                    errs.push(FieldError::new(
-                        FieldErrorKind::TooMany,
-                        path,
-                        Some(Value::from(map.len())),
-                        format!("must have at most {max} items"),
-                    ));
-                }
+            if let Some(max) = schema["maxProperties"].as_u64()
+                && map.len() as u64 > max
+            {
+                errs.push(FieldError::new(
+                    FieldErrorKind::TooMany,
+                    path,
+                    Some(Value::from(map.len())),
+                    format!("must have at most {max} items"),
+                ));
             }
-            if let Some(min) = schema["minProperties"].as_u64() {
-                if (map.len() as u64) < min {
-                    errs.push(invalid(
-                        path,
-                        Value::from(map.len()),
-                        format!("{path} in body should have at least {min} properties"),
-                    ));
-                }
+            if let Some(min) = schema["minProperties"].as_u64()
+                && (map.len() as u64) < min
+            {
+                errs.push(invalid(
+                    path,
+                    Value::from(map.len()),
+                    format!("{path} in body should have at least {min} properties"),
+                ));
             }
         }
         _ => {}
@@ -354,35 +354,34 @@ fn validate_node(
 fn string_checks(s: &str, schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let shown = Value::String(s.to_string());
     let len = s.chars().count() as u64;
-    if let Some(max) = schema["maxLength"].as_u64() {
-        if len > max {
-            errs.push(FieldError::new(
-                FieldErrorKind::TooLong,
-                path,
-                Some(shown.clone()),
-                format!("may not be more than {max} bytes"),
-            ));
-        }
+    if let Some(max) = schema["maxLength"].as_u64()
+        && len > max
+    {
+        errs.push(FieldError::new(
+            FieldErrorKind::TooLong,
+            path,
+            Some(shown.clone()),
+            format!("may not be more than {max} bytes"),
+        ));
     }
-    if let Some(min) = schema["minLength"].as_u64() {
-        if len < min {
-            errs.push(invalid(
-                path,
-                shown.clone(),
-                format!("{path} in body should be at least {min} chars long"),
-            ));
-        }
+    if let Some(min) = schema["minLength"].as_u64()
+        && len < min
+    {
+        errs.push(invalid(
+            path,
+            shown.clone(),
+            format!("{path} in body should be at least {min} chars long"),
+        ));
     }
-    if let Some(p) = schema["pattern"].as_str() {
-        if let Ok(re) = regex::Regex::new(p) {
-            if !re.is_match(s) {
-                errs.push(invalid(
-                    path,
-                    shown.clone(),
-                    format!("{path} in body should match '{p}'"),
-                ));
-            }
-        }
+    if let Some(p) = schema["pattern"].as_str()
+        && let Ok(re) = regex::Regex::new(p)
+        && !re.is_match(s)
+    {
+        errs.push(invalid(
+            path,
+            shown.clone(),
+            format!("{path} in body should match '{p}'"),
+        ));
     }
     if schema["format"].as_str() == Some("date-time") && s.parse::<jiff::Timestamp>().is_err() {
         errs.push(invalid(
@@ -498,10 +497,10 @@ fn cel_rules(
             Ok(Value::Bool(true)) => {}
             Ok(Value::Bool(false)) => {
                 let mut message = rule["message"].as_str().map(str::to_string);
-                if let Some(me) = rule["messageExpression"].as_str() {
-                    if let Ok(Value::String(m)) = crate::cel::eval(me, v, old) {
-                        message = Some(m);
-                    }
+                if let Some(me) = rule["messageExpression"].as_str()
+                    && let Ok(Value::String(m)) = crate::cel::eval(me, v, old)
+                {
+                    message = Some(m);
                 }
                 let message = message.unwrap_or_else(|| format!("failed rule: {expr}"));
                 let value = if matches!(kind, FieldErrorKind::Invalid | FieldErrorKind::Duplicate) {

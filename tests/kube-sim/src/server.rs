@@ -53,7 +53,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 => {
+            b'%' if i + 2 < bytes.len() => {
                 match u8::from_str_radix(
                     std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
                     16,
@@ -481,17 +481,17 @@ async fn dispatch(
     let (latency, forced) = {
         let mut f = sim.faults.lock().unwrap_or_else(|e| e.into_inner());
         let mut forced = None;
-        if !attrs.resource.is_empty() {
-            if let Some(i) = f.errors.iter().position(|e| e.matches(attrs)) {
-                let e = f.errors[i].clone();
-                if let Some(times) = f.errors[i].times.as_mut() {
-                    *times = times.saturating_sub(1);
-                    if *times == 0 {
-                        f.errors.remove(i);
-                    }
+        if !attrs.resource.is_empty()
+            && let Some(i) = f.errors.iter().position(|e| e.matches(attrs))
+        {
+            let e = f.errors[i].clone();
+            if let Some(times) = f.errors[i].times.as_mut() {
+                *times = times.saturating_sub(1);
+                if *times == 0 {
+                    f.errors.remove(i);
                 }
-                forced = Some(e);
             }
+            forced = Some(e);
         }
         (f.latency, forced)
     };
@@ -786,10 +786,10 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
     let mut next: Option<(String, String)> = None;
     let mut remaining = 0usize;
     for (k, obj) in items {
-        if let Some((sns, sname)) = &start_after {
-            if (k.2.as_str(), k.3.as_str()) <= (sns.as_str(), sname.as_str()) {
-                continue;
-            }
+        if let Some((sns, sname)) = &start_after
+            && (k.2.as_str(), k.3.as_str()) <= (sns.as_str(), sname.as_str())
+        {
+            continue;
         }
         let presented = ctx.present(&obj);
         if !filter.matches(&presented) {
@@ -805,14 +805,14 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
         out.push(presented);
     }
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
-    if remaining > 0 {
-        if let Some((ns, name)) = next {
-            let token = json!({"rv": list_rv, "ns": ns, "name": name});
-            meta["continue"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(token.to_string()));
-            if filter.labels.is_empty() && filter.fields.is_empty() {
-                meta["remainingItemCount"] = json!(remaining);
-            }
+    if remaining > 0
+        && let Some((ns, name)) = next
+    {
+        let token = json!({"rv": list_rv, "ns": ns, "name": name});
+        meta["continue"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(token.to_string()));
+        if filter.labels.is_empty() && filter.fields.is_empty() {
+            meta["remainingItemCount"] = json!(remaining);
         }
     }
     if wants_table(&ctx.headers) {
@@ -1098,7 +1098,8 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
         _ => {}
     }
     let mut errs = Vec::new();
-    if !valid_dns_subdomain(&name) && !(ctx.t.group.is_empty() && ctx.t.plural == "events") {
+    let event_name_exempt = ctx.t.group.is_empty() && ctx.t.plural == "events";
+    if !(valid_dns_subdomain(&name) || event_name_exempt) {
         errs.push(FieldError::new(
             FieldErrorKind::Invalid,
             "metadata.name",
@@ -1113,11 +1114,12 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
     if !errs.is_empty() {
         return Err(ApiError::invalid(&ctx.t.group, &ctx.t.kind, &name, &errs));
     }
-    if let Some(o) = old {
-        if ctx.t.tracks_generation() && spec_part(&ctx.t, o) != spec_part(&ctx.t, &new) {
-            let g = o["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
-            new["metadata"]["generation"] = json!(g);
-        }
+    if let Some(o) = old
+        && ctx.t.tracks_generation()
+        && spec_part(&ctx.t, o) != spec_part(&ctx.t, &new)
+    {
+        let g = o["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        new["metadata"]["generation"] = json!(g);
     }
     Ok(new)
 }
@@ -1176,10 +1178,10 @@ fn admit_crd(new: &mut Value, name: &str) -> Result<(), ApiError> {
 
 /// Stores an admitted object (unless dry-run); no-op writes do not bump the resourceVersion.
 fn store(ctx: &Ctx, key: Key, old: Option<&Value>, new: Value) -> Value {
-    if let Some(o) = old {
-        if strip_volatile(o) == strip_volatile(&new) {
-            return o.clone();
-        }
+    if let Some(o) = old
+        && strip_volatile(o) == strip_volatile(&new)
+    {
+        return o.clone();
     }
     if ctx.dry_run() {
         return new;
@@ -1243,12 +1245,14 @@ fn create(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> {
             }
         }
     }
-    if let Some(ns) = body["metadata"]["namespace"].as_str() {
-        if ctx.t.namespaced && !ns.is_empty() && ns != ctx.ns() {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
+    if let Some(ns) = body["metadata"]["namespace"].as_str()
+        && ctx.t.namespaced
+        && !ns.is_empty()
+        && ns != ctx.ns()
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     let name = body["metadata"]["name"]
         .as_str()
@@ -1293,12 +1297,12 @@ fn create(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> {
 fn update(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> {
     let body = parse_body(bytes, &ctx.headers)?;
     let name = ctx.name().to_string();
-    if let Some(n) = body["metadata"]["name"].as_str() {
-        if n != name {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({n}) does not match the name on the URL ({name})"
-            )));
-        }
+    if let Some(n) = body["metadata"]["name"].as_str()
+        && n != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
     }
     let key = ctx.key(&name);
     let old = ctx.sim.state().objects.get(&key).cloned();
@@ -1394,12 +1398,12 @@ fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
                     "error decoding YAML: the applied configuration must be an object",
                 ));
             }
-            if let Some(n) = applied["metadata"]["name"].as_str() {
-                if n != name {
-                    return Err(ApiError::bad_request(format!(
-                        "the name of the object ({n}) does not match the name on the URL ({name})"
-                    )));
-                }
+            if let Some(n) = applied["metadata"]["name"].as_str()
+                && n != name
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
             }
             let Some(manager) = ctx.q.get("fieldManager").filter(|m| !m.is_empty()).cloned() else {
                 return Err(ApiError::bad_request(
@@ -1410,13 +1414,12 @@ fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
             let mut applied = applied;
             applied["apiVersion"] = json!(ctx.t.api_version());
             applied["kind"] = json!(ctx.t.kind);
-            if let Some(rv) = applied["metadata"]["resourceVersion"].as_str() {
-                if old
+            if let Some(rv) = applied["metadata"]["resourceVersion"].as_str()
+                && old
                     .as_ref()
                     .is_none_or(|o| o["metadata"]["resourceVersion"].as_str() != Some(rv))
-                {
-                    return Err(ApiError::modified(&ctx.t.group, &ctx.t.plural, &name));
-                }
+            {
+                return Err(ApiError::modified(&ctx.t.group, &ctx.t.plural, &name));
             }
             let sub = ctx.sub().to_string();
             if sub == "status" {
@@ -1520,33 +1523,33 @@ fn delete_one(ctx: &Ctx, key: Key, opts: &Value) -> Result<(u16, Value), ApiErro
     let Some(old) = st.objects.get(&key).cloned() else {
         return Err(ApiError::not_found(&ctx.t.group, &ctx.t.plural, &name));
     };
-    if let Some(rv) = opts["preconditions"]["resourceVersion"].as_str() {
-        if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
-            return Err(ApiError::conflict(
-                &ctx.t.group,
-                &ctx.t.plural,
-                &name,
-                &format!(
-                    "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
-                    old["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or_default()
-                ),
-            ));
-        }
+    if let Some(rv) = opts["preconditions"]["resourceVersion"].as_str()
+        && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(
+            &ctx.t.group,
+            &ctx.t.plural,
+            &name,
+            &format!(
+                "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
+                old["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+            ),
+        ));
     }
-    if let Some(uid) = opts["preconditions"]["uid"].as_str() {
-        if Some(uid) != old["metadata"]["uid"].as_str() {
-            return Err(ApiError::conflict(
-                &ctx.t.group,
-                &ctx.t.plural,
-                &name,
-                &format!(
-                    "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been modified",
-                    old["metadata"]["uid"].as_str().unwrap_or_default()
-                ),
-            ));
-        }
+    if let Some(uid) = opts["preconditions"]["uid"].as_str()
+        && Some(uid) != old["metadata"]["uid"].as_str()
+    {
+        return Err(ApiError::conflict(
+            &ctx.t.group,
+            &ctx.t.plural,
+            &name,
+            &format!(
+                "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been modified",
+                old["metadata"]["uid"].as_str().unwrap_or_default()
+            ),
+        ));
     }
     let has_finalizers = old["metadata"]["finalizers"]
         .as_array()
@@ -1633,13 +1636,13 @@ fn delete_collection(ctx: &Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
         .list(&ctx.t.storage_group, &ctx.t.plural, ns);
     let mut out = Vec::new();
     for (k, obj) in items {
-        if filter.matches(&ctx.present(&obj)) {
-            if let Ok((_, v)) = delete_one(ctx, k.clone(), &opts) {
-                if v["kind"] == "Status" {
-                    out.push(ctx.present(&obj));
-                } else {
-                    out.push(v);
-                }
+        if filter.matches(&ctx.present(&obj))
+            && let Ok((_, v)) = delete_one(ctx, k.clone(), &opts)
+        {
+            if v["kind"] == "Status" {
+                out.push(ctx.present(&obj));
+            } else {
+                out.push(v);
             }
         }
     }
@@ -1831,21 +1834,21 @@ fn watch_handler(sim: Arc<Sim>, ctx: Ctx) -> Response {
                 let p = present(obj);
                 visible(&p).then(|| ("ADDED".to_string(), p))
             };
-            if let Some((k, o)) = line {
-                if out_tx.send(Ok(encode(&k, &o, &mut first))).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let mut seen_rv = start_rv;
-        if send_initial == Some(true) && bookmarks {
-            if out_tx
-                .send(Ok(encode("BOOKMARK", &bookmark(seen_rv, true), &mut first)))
-                .await
-                .is_err()
+            if let Some((k, o)) = line
+                && out_tx.send(Ok(encode(&k, &o, &mut first))).await.is_err()
             {
                 return;
             }
+        }
+        let mut seen_rv = start_rv;
+        if send_initial == Some(true)
+            && bookmarks
+            && out_tx
+                .send(Ok(encode("BOOKMARK", &bookmark(seen_rv, true), &mut first)))
+                .await
+                .is_err()
+        {
+            return;
         }
         let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
         let mut ticker =
@@ -1867,11 +1870,10 @@ fn watch_handler(sim: Arc<Sim>, ctx: Ctx) -> Response {
                         if e.group != t.storage_group || e.plural != t.plural || ns_filter.as_ref().is_some_and(|ns| *ns != e.namespace) {
                             continue;
                         }
-                        if let Some((k, o)) = translate(e.kind, &e.object, e.old.as_ref()) {
-                            if out_tx.send(Ok(encode(&k, &o, &mut first))).await.is_err() {
+                        if let Some((k, o)) = translate(e.kind, &e.object, e.old.as_ref())
+                            && out_tx.send(Ok(encode(&k, &o, &mut first))).await.is_err() {
                                 return;
                             }
-                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
                 },

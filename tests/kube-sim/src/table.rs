@@ -46,7 +46,9 @@ pub fn jsonpath(obj: &Value, path: &str) -> Vec<Value> {
                     .flat_map(|v| v.as_array().cloned().unwrap_or_default())
                     .filter(|item| match (&want, item.get(field)) {
                         (Some(w), Some(Value::String(s))) => s == w,
-                        (Some(w), Some(other)) => other.to_string() == *w,
+                        (Some(w), Some(other)) => {
+                            serde_json::from_str::<Value>(w).is_ok_and(|x| x == *other)
+                        }
                         (None, Some(_)) => true,
                         _ => false,
                     })
