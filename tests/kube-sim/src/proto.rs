@@ -204,6 +204,40 @@ fn role_binding() -> &'static [Field] {
     FIELDS
 }
 
+fn resource_attributes() -> &'static [Field] {
+    const FIELDS: &[Field] = &[
+        f(1, "namespace", Ty::Str),
+        f(2, "verb", Ty::Str),
+        f(3, "group", Ty::Str),
+        f(4, "version", Ty::Str),
+        f(5, "resource", Ty::Str),
+        f(6, "subresource", Ty::Str),
+        f(7, "name", Ty::Str),
+    ];
+    FIELDS
+}
+
+fn non_resource_attributes() -> &'static [Field] {
+    const FIELDS: &[Field] = &[f(1, "path", Ty::Str), f(2, "verb", Ty::Str)];
+    FIELDS
+}
+
+fn access_review_spec() -> &'static [Field] {
+    const FIELDS: &[Field] = &[
+        f(1, "resourceAttributes", Ty::Msg(resource_attributes)),
+        f(2, "nonResourceAttributes", Ty::Msg(non_resource_attributes)),
+    ];
+    FIELDS
+}
+
+fn access_review() -> &'static [Field] {
+    const FIELDS: &[Field] = &[
+        f(1, "metadata", Ty::Msg(object_meta)),
+        f(2, "spec", Ty::Msg(access_review_spec)),
+    ];
+    FIELDS
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -349,6 +383,7 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         "TokenRequest" => token_request(),
         "Role" | "ClusterRole" => role(),
         "RoleBinding" | "ClusterRoleBinding" => role_binding(),
+        "SelfSubjectAccessReview" => access_review(),
         other => {
             return Err(format!(
                 "protobuf decoding of kind {other:?} is not supported by kube-sim; send JSON"

@@ -340,6 +340,42 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
             sim.state().tokens.get(t).cloned()
         }
     });
+    // Impersonation (`kubectl --as`): allowed to system:masters only.
+    let impersonated = headers
+        .get("Impersonate-User")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (user, real_user) = match (impersonated, user) {
+        (Some(name), Some(u)) if u.groups.iter().any(|g| g == "system:masters") => {
+            let mut groups: Vec<String> = headers
+                .get_all("Impersonate-Group")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            if let Some(rest) = name.strip_prefix("system:serviceaccount:") {
+                if let Some((ns, sa)) = rest.split_once(':') {
+                    for g in User::service_account(ns, sa).groups {
+                        if !groups.contains(&g) {
+                            groups.push(g);
+                        }
+                    }
+                }
+            }
+            if !groups.iter().any(|g| g == "system:authenticated") {
+                groups.push("system:authenticated".into());
+            }
+            (Some(User { name, groups }), Some(u))
+        }
+        (Some(name), Some(u)) => {
+            let why = format!(
+                "User {:?} cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+                u.name
+            );
+            return error_response(&ApiError::forbidden("", "users", &name, &why));
+        }
+        (_, u) => (u.clone(), u),
+    };
+    let _ = real_user;
     if path.starts_with("/_sim/") {
         let is_admin = user.as_ref().is_some_and(|u| u.name == "kube-sim-admin");
         if !is_admin {
@@ -519,6 +555,19 @@ async fn dispatch(
         }
         Route::Other => return non_resource(sim, path, &headers),
     };
+    // Every authenticated user may review its own access (system:basic-user).
+    if p.group == "authorization.k8s.io"
+        && p.plural == "selfsubjectaccessreviews"
+        && method == Method::POST
+    {
+        let bytes = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
+        return match parse_body(&bytes, &headers) {
+            Ok(review) => json_response(201, &self_subject_access_review(sim, &user, review)),
+            Err(e) => error_response(&e),
+        };
+    }
     if sim.rbac {
         let st = sim.state();
         if !rbac::allowed(&st.objects, &user, attrs) {
@@ -581,6 +630,33 @@ async fn dispatch(
         Ok((code, v)) => ctx.respond(code, &v),
         Err(e) => ctx.err(e),
     }
+}
+
+/// `SelfSubjectAccessReview` (what `kubectl auth can-i` asks).
+fn self_subject_access_review(sim: &Sim, user: &User, mut review: Value) -> Value {
+    let ra = &review["spec"]["resourceAttributes"];
+    let allowed = if ra.is_object() {
+        let attrs = Attributes {
+            verb: ra["verb"].as_str().unwrap_or_default().to_string(),
+            group: ra["group"].as_str().unwrap_or_default().to_string(),
+            resource: ra["resource"].as_str().unwrap_or_default().to_string(),
+            subresource: ra["subresource"].as_str().unwrap_or_default().to_string(),
+            namespace: ra["namespace"].as_str().unwrap_or_default().to_string(),
+            name: ra["name"].as_str().unwrap_or_default().to_string(),
+        };
+        !sim.rbac || rbac::allowed(&sim.state().objects, user, &attrs)
+    } else {
+        true
+    };
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectAccessReview");
+    review["metadata"] = json!({"creationTimestamp": null});
+    review["status"] = if allowed {
+        json!({"allowed": true, "reason": "RBAC: allowed by kube-sim"})
+    } else {
+        json!({"allowed": false})
+    };
+    review
 }
 
 fn version() -> Value {

@@ -967,3 +967,80 @@ async fn events_share_storage_across_groups() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn delete_collection_and_namespace_cleanup() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "tmp"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "tmp");
+    for (n, l) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        cms.create(&PostParams::default(), &cm(n, json!({"l": l})))
+            .await
+            .unwrap();
+    }
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("l=x"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<_> = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|c| c.metadata.name.unwrap())
+        .collect();
+    assert_eq!(left, ["c"]);
+    nss.delete("tmp", &DeleteParams::default()).await.unwrap();
+    assert_eq!(status(nss.get("tmp").await).code, 404);
+    assert!(
+        Api::<ConfigMap>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn table_responses() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    rkc_api(&client, "default")
+        .create(&PostParams::default(), &rkc("t"))
+        .await
+        .unwrap();
+    let req = http::Request::get(
+        "/apis/kekeeper.io/v1alpha1/namespaces/default/recordingkeyconfigs?includeObject=Metadata",
+    )
+    .header(
+        "Accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+    )
+    .body(vec![])
+    .unwrap();
+    let table: serde_json::Value = client.request(req).await.unwrap();
+    assert_eq!(table["kind"], "Table");
+    let cols: Vec<_> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cols, ["Name", "Alias", "Period", "Ready", "Age"]);
+    let row = &table["rows"][0];
+    assert_eq!(row["cells"][0], "t");
+    assert_eq!(row["cells"][2], "Monthly");
+    assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+}

@@ -414,6 +414,22 @@ fn rbac_tokens_and_forbidden() {
         "--from-literal=a=b",
     ]);
     assert!(err.contains("cannot create resource \"secrets\""), "{err}");
+    // Impersonation and SelfSubjectAccessReview (`kubectl auth can-i`), as chart RBAC tests use.
+    let sa = "system:serviceaccount:default:bot";
+    assert_eq!(
+        sim.ok(&["auth", "can-i", "list", "secrets", "--as", sa])
+            .trim(),
+        "yes"
+    );
+    let out = sim.run(&["auth", "can-i", "delete", "secrets", "--as", sa]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let err = sim.fails(&["get", "configmaps", "--as", sa]);
+    assert!(
+        err.contains(
+            r#"User "system:serviceaccount:default:bot" cannot list resource "configmaps""#
+        ),
+        "{err}"
+    );
     let err = sim.fails(&["--token", "nonsense", "get", "secrets"]);
     assert!(
         err.contains("Unauthorized") || err.contains("provide credentials"),
