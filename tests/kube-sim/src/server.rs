@@ -352,12 +352,13 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
                 .iter()
                 .filter_map(|v| v.to_str().ok().map(str::to_string))
                 .collect();
-            if let Some(rest) = name.strip_prefix("system:serviceaccount:") {
-                if let Some((ns, sa)) = rest.split_once(':') {
-                    for g in User::service_account(ns, sa).groups {
-                        if !groups.contains(&g) {
-                            groups.push(g);
-                        }
+            if let Some((ns, sa)) = name
+                .strip_prefix("system:serviceaccount:")
+                .and_then(|rest| rest.split_once(':'))
+            {
+                for g in User::service_account(ns, sa).groups {
+                    if !groups.contains(&g) {
+                        groups.push(g);
                     }
                 }
             }
