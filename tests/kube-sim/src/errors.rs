@@ -203,6 +203,7 @@ pub fn qualified(group: &str, resource: &str) -> String {
 pub enum FieldErrorKind {
     Required,
     Invalid,
+    TypeInvalid,
     NotSupported,
     Duplicate,
     Forbidden,
@@ -214,7 +215,7 @@ impl FieldErrorKind {
     fn label(self) -> &'static str {
         match self {
             Self::Required => "Required value",
-            Self::Invalid => "Invalid value",
+            Self::Invalid | Self::TypeInvalid => "Invalid value",
             Self::NotSupported => "Unsupported value",
             Self::Duplicate => "Duplicate value",
             Self::Forbidden => "Forbidden",
@@ -227,6 +228,7 @@ impl FieldErrorKind {
         match self {
             Self::Required => "FieldValueRequired",
             Self::Invalid => "FieldValueInvalid",
+            Self::TypeInvalid => "FieldValueTypeInvalid",
             Self::NotSupported => "FieldValueNotSupported",
             Self::Duplicate => "FieldValueDuplicate",
             Self::Forbidden => "FieldValueForbidden",

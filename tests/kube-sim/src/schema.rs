@@ -150,6 +150,10 @@ fn type_ok(v: &Value, schema: &Value) -> bool {
     }
 }
 
+fn type_invalid(path: &str, value: Value, detail: String) -> FieldError {
+    FieldError::new(FieldErrorKind::TypeInvalid, path, Some(value), detail)
+}
+
 fn invalid(path: &str, value: Value, detail: String) -> FieldError {
     FieldError::new(FieldErrorKind::Invalid, path, Some(value), detail)
 }
@@ -175,9 +179,68 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldEr
                 }
             }
         }
-        cel_rules(obj, old, schema, "", &mut errs);
+    }
+    // As the apiextensions-apiserver: CEL rules run only when the schema errors do not make the
+    // object unfit for them (type, required, enum and size violations).
+    let blocking = errs.iter().any(|e| {
+        matches!(
+            e.kind,
+            FieldErrorKind::NotSupported
+                | FieldErrorKind::Required
+                | FieldErrorKind::TooLong
+                | FieldErrorKind::TooMany
+                | FieldErrorKind::TypeInvalid
+        )
+    });
+    if blocking {
+        errs.push(FieldError::new(
+            FieldErrorKind::Invalid,
+            "<nil>",
+            Some(Value::String("null".into())),
+            "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+        ));
+    } else {
+        cel_walk(obj, old, schema, "", &mut errs);
     }
     errs
+}
+
+/// Evaluates the CEL rules of every schema node present in the object, parents first.
+fn cel_walk(
+    v: &Value,
+    old: Option<&Value>,
+    schema: &Value,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    cel_rules(v, old, schema, path, errs);
+    match v {
+        Value::Object(map) => {
+            if let Some(props) = schema["properties"].as_object() {
+                for (k, s) in props {
+                    if path.is_empty() && k == "metadata" {
+                        continue;
+                    }
+                    if let Some(child) = map.get(k) {
+                        cel_walk(child, old.and_then(|o| o.get(k)), s, &join(path, k), errs);
+                    }
+                }
+            } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for (k, child) in map {
+                    cel_walk(child, old.and_then(|o| o.get(k)), ap, &join(path, k), errs);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(is) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    let old_item = old.and_then(|o| correlate(o, item, schema));
+                    cel_walk(item, old_item, is, &format!("{path}[{i}]"), errs);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn required(schema: &Value) -> HashSet<&str> {
@@ -200,7 +263,7 @@ fn validate_node(
         if schema["nullable"].as_bool() == Some(true) || schema.get("type").is_none() {
             return;
         }
-        errs.push(invalid(
+        errs.push(type_invalid(
             path,
             Value::String("null".into()),
             format!(
@@ -211,7 +274,7 @@ fn validate_node(
         return;
     }
     if !type_ok(v, schema) {
-        errs.push(invalid(
+        errs.push(type_invalid(
             path,
             Value::String(type_name(v).into()),
             format!(
@@ -222,7 +285,6 @@ fn validate_node(
         ));
         return;
     }
-    let before = errs.len();
     if let Some(allowed) = schema["enum"].as_array()
         && !allowed.contains(v)
     {
@@ -344,10 +406,6 @@ fn validate_node(
             }
         }
         _ => {}
-    }
-    // CEL rules run only on values that passed the structural checks.
-    if errs.len() == before {
-        cel_rules(v, old, schema, path, errs);
     }
 }
 

@@ -455,7 +455,7 @@ async fn crd_schema_and_cel_rejections() {
     assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
     assert_eq!(
         e.message,
-        "RecordingKeyConfig.kekeeper.io \"bad\" is invalid: [spec.kmsKeyAliasArn: Invalid value: \"string\": must be a KMS alias ARN (arn:aws:kms:REGION:ACCOUNT:alias/NAME), spec.organizationIds[1]: Duplicate value: \"a\", spec.rotation.period: Unsupported value: \"Hourly\": supported values: \"Daily\", \"Weekly\", \"Monthly\", \"Yearly\", \"Never\"]"
+        "RecordingKeyConfig.kekeeper.io \"bad\" is invalid: [spec.organizationIds[1]: Duplicate value: \"a\", spec.rotation.period: Unsupported value: \"Hourly\": supported values: \"Daily\", \"Weekly\", \"Monthly\", \"Yearly\", \"Never\", <nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
     );
     let causes = &e.details.as_ref().unwrap().causes;
     let fields: Vec<_> = causes
@@ -465,10 +465,23 @@ async fn crd_schema_and_cel_rejections() {
     assert_eq!(
         fields,
         vec![
-            ("FieldValueInvalid", "spec.kmsKeyAliasArn"),
             ("FieldValueDuplicate", "spec.organizationIds[1]"),
-            ("FieldValueNotSupported", "spec.rotation.period")
+            ("FieldValueNotSupported", "spec.rotation.period"),
+            ("FieldValueInvalid", "<nil>")
         ]
+    );
+
+    // Without blocking schema errors the CEL rules run.
+    let mut key_arn = rkc("key-arn");
+    key_arn.data["spec"]["kmsKeyAliasArn"] = json!("arn:aws:kms:us-east-1:111122223333:key/1234");
+    let e = status(api.create(&PostParams::default(), &key_arn).await);
+    assert_eq!(
+        e.message,
+        "RecordingKeyConfig.kekeeper.io \"key-arn\" is invalid: spec.kmsKeyAliasArn: Invalid value: \"string\": must be a KMS alias ARN (arn:aws:kms:REGION:ACCOUNT:alias/NAME)"
+    );
+    assert_eq!(
+        e.details.as_ref().unwrap().causes[0].field,
+        "spec.kmsKeyAliasArn"
     );
 
     let mut managed = rkc("managed");
@@ -491,7 +504,7 @@ async fn crd_schema_and_cel_rejections() {
     let e = status(api.create(&PostParams::default(), &empty).await);
     assert_eq!(
         e.message,
-        "RecordingKeyConfig.kekeeper.io \"empty\" is invalid: [spec.kmsKeyAliasArn: Required value, spec.organizationIds: Invalid value: 0: spec.organizationIds in body should have at least 1 items]"
+        "RecordingKeyConfig.kekeeper.io \"empty\" is invalid: [spec.kmsKeyAliasArn: Required value, spec.organizationIds: Invalid value: 0: spec.organizationIds in body should have at least 1 items, <nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
     );
 
     // Transition rule: keyPairSpec is immutable (evaluated only on update).

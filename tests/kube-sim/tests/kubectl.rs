@@ -258,6 +258,12 @@ fn invalid_resources_show_field_errors() {
     );
     assert!(err.contains("spec.rotation.period: Unsupported value: \"Hourly\": supported values: \"Daily\", \"Weekly\", \"Monthly\", \"Yearly\", \"Never\""), "{err}");
     assert!(
+        err.contains("some validation rules were not checked"),
+        "{err}"
+    );
+    let bad = sim.write("bad3.yaml", &CR.replace("alias/recordings", "key/1234"));
+    let err = sim.fails(&["apply", "-f", &bad]);
+    assert!(
         err.contains("spec.kmsKeyAliasArn: Invalid value: \"string\": must be a KMS alias ARN"),
         "{err}"
     );
