@@ -161,20 +161,18 @@ fn invalid(path: &str, value: Value, detail: String) -> FieldError {
 /// Validates a custom resource against its schema (excluding `metadata`).
 pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    if let Some(map) = obj.as_object() {
-        if let Some(props) = schema["properties"].as_object() {
-            for (k, s) in props {
-                if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                    continue;
-                }
-                match map.get(k) {
-                    Some(child) => {
-                        validate_node(child, old.and_then(|o| o.get(k)), s, k, &mut errs)
-                    }
-                    None => {
-                        if required(schema).contains(k.as_str()) {
-                            errs.push(FieldError::new(FieldErrorKind::Required, k, None, ""));
-                        }
+    if let Some(map) = obj.as_object()
+        && let Some(props) = schema["properties"].as_object()
+    {
+        for (k, s) in props {
+            if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                continue;
+            }
+            match map.get(k) {
+                Some(child) => validate_node(child, old.and_then(|o| o.get(k)), s, k, &mut errs),
+                None => {
+                    if required(schema).contains(k.as_str()) {
+                        errs.push(FieldError::new(FieldErrorKind::Required, k, None, ""));
                     }
                 }
             }
