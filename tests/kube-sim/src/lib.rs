@@ -80,6 +80,16 @@ pub struct RequestRecord {
     pub time: String,
 }
 
+impl RequestRecord {
+    /// create, update, patch, delete or deletecollection.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+}
+
 /// A forced error answer for matching requests. Unset matchers match anything.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -344,6 +354,34 @@ impl Running {
             .tokens
             .insert(token.clone(), rbac::User::service_account(namespace, name));
         token
+    }
+
+    /// A stored object as JSON (`api_group` "" for core; events of both groups are stored as
+    /// core/v1 events). `namespace` is "" for cluster-scoped kinds.
+    pub fn object(
+        &self,
+        api_group: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let key = (
+            api_group.to_string(),
+            resource.to_string(),
+            namespace.to_string(),
+            name.to_string(),
+        );
+        self.sim.state().objects.get(&key).cloned()
+    }
+
+    /// Stored objects of one resource, in one namespace or all (sorted by namespace and name).
+    pub fn objects(&self, api_group: &str, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        self.sim
+            .state()
+            .list(api_group, resource, namespace)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
     }
 
     /// The current global resourceVersion.

@@ -34,21 +34,39 @@ pub enum ListKind {
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     pub schema: Option<&'a Value>,
+    /// Built-in list semantics apply (built-in kinds, and `metadata` of every kind); custom
+    /// resources otherwise follow their schema only, where lists default to atomic.
+    pub builtin: bool,
+    pub root: bool,
 }
 
 impl<'a> Ctx<'a> {
+    pub fn new(schema: Option<&'a Value>) -> Self {
+        Ctx {
+            schema,
+            builtin: schema.is_none(),
+            root: true,
+        }
+    }
+
     fn field(&self, name: &str) -> Ctx<'a> {
         let schema = self.schema.and_then(|s| {
             s.get("properties")
                 .and_then(|p| p.get(name))
                 .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
         });
-        Ctx { schema }
+        Ctx {
+            schema,
+            builtin: self.builtin || (self.root && name == "metadata"),
+            root: false,
+        }
     }
 
     fn items(&self) -> Ctx<'a> {
         Ctx {
             schema: self.schema.and_then(|s| s.get("items")),
+            builtin: self.builtin,
+            root: false,
         }
     }
 
@@ -60,6 +78,9 @@ impl<'a> Ctx<'a> {
                 Some(_) => return ListKind::Atomic,
                 None => {}
             }
+        }
+        if !self.builtin {
+            return ListKind::Atomic;
         }
         if field == "finalizers" {
             return ListKind::Set;
@@ -139,7 +160,7 @@ fn strip_untracked(set: &mut FieldSet) {
 
 pub fn field_set(obj: &Value, schema: Option<&Value>) -> FieldSet {
     let mut out = FieldSet::new();
-    fields_of(obj, Ctx { schema }, "", &mut Vec::new(), &mut out);
+    fields_of(obj, Ctx::new(schema), "", &mut Vec::new(), &mut out);
     strip_untracked(&mut out);
     out
 }
@@ -411,7 +432,7 @@ pub struct Write<'a> {
 /// longer exist lose their owners.
 pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Write) {
     let mut managers = old.map(read_managers).unwrap_or_default();
-    let ctx = Ctx { schema: w.schema };
+    let ctx = Ctx::new(w.schema);
     let new_set = field_set(new, w.schema);
     let changed: FieldSet = new_set
         .iter()
@@ -447,7 +468,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Write) {
 
 /// Server-side apply of `applied` onto `live` (an empty object for creation).
 pub fn apply(live: &Value, applied: &Value, force: bool, w: &Write) -> Result<Value, ApiError> {
-    let ctx = Ctx { schema: w.schema };
+    let ctx = Ctx::new(w.schema);
     let mut managers = read_managers(live);
     let applied_set = field_set(applied, w.schema);
     let mut conflicts: Vec<(String, Path)> = Vec::new();
