@@ -9,16 +9,23 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
 }
 
+/// RFC 6902 patch with the API server's (evanphx/json-patch) leniency: `test` of a missing path
+/// against `null` succeeds, which kube-rs's finalizer helper relies on.
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-    json_patch::patch(target, &ops).map_err(|e| {
-        ApiError::new(
-            422,
-            "Invalid",
-            format!("the server rejected our request due to an error in our request: {e}"),
-        )
-    })
+    for op in ops.0 {
+        if let json_patch::PatchOperation::Test(t) = &op {
+            if t.value.is_null() && target.pointer(t.path.as_str()).is_none() {
+                continue;
+            }
+        }
+        json_patch::patch(target, std::slice::from_ref(&op)).map_err(|e| {
+            ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request")
+                .with_details(serde_json::json!({"causes": [{"reason": "UnexpectedServerResponse", "message": e.to_string()}]}))
+        })?;
+    }
+    Ok(())
 }
 
 /// The `patchMergeKey` of list fields of the built-in kinds (by field name).
