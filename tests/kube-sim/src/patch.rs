@@ -15,10 +15,11 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     for op in ops.0 {
-        if let json_patch::PatchOperation::Test(t) = &op {
-            if t.value.is_null() && target.pointer(t.path.as_str()).is_none() {
-                continue;
-            }
+        if let json_patch::PatchOperation::Test(t) = &op
+            && t.value.is_null()
+            && target.pointer(t.path.as_str()).is_none()
+        {
+            continue;
         }
         json_patch::patch(target, std::slice::from_ref(&op)).map_err(|e| {
             ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request")
