@@ -1175,6 +1175,49 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
         _ => {}
     }
     let mut errs = Vec::new();
+    if let Some(o) = old {
+        // Objects being deleted accept no new finalizers.
+        if !o["metadata"]["deletionTimestamp"].is_null() {
+            let before: Vec<&str> = o["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let added: Vec<String> = new["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|f| !before.contains(f))
+                .map(|f| format!("{f:?}"))
+                .collect();
+            if !added.is_empty() {
+                errs.push(FieldError::new(
+                    FieldErrorKind::Forbidden,
+                    "metadata.finalizers",
+                    None,
+                    format!("no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}", added.join(", ")),
+                ));
+            }
+        }
+        // Immutable Secrets and ConfigMaps.
+        if ctx.t.group.is_empty()
+            && matches!(ctx.t.plural.as_str(), "secrets" | "configmaps")
+            && o["immutable"] == json!(true)
+        {
+            for f in ["data", "binaryData", "immutable"] {
+                if o.get(f) != new.get(f) && !(f == "binaryData" && ctx.t.plural == "secrets") {
+                    errs.push(FieldError::new(
+                        FieldErrorKind::Forbidden,
+                        f,
+                        None,
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+        }
+    }
     let event_name_exempt = ctx.t.group.is_empty() && ctx.t.plural == "events";
     if !(valid_dns_subdomain(&name) || event_name_exempt) {
         errs.push(FieldError::new(
