@@ -19,6 +19,7 @@ mod ssa;
 mod store;
 mod table;
 mod tls;
+mod validation;
 
 use std::net::SocketAddr;
 use std::path::Path;

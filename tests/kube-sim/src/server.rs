@@ -993,12 +993,6 @@ fn drop_unknown(t: &ResourceType, obj: &mut Value) -> Vec<String> {
     unknown
 }
 
-fn valid_dns_subdomain(name: &str) -> bool {
-    let re =
-        regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$");
-    name.len() <= 253 && re.is_ok_and(|r| r.is_match(name))
-}
-
 fn spec_part(t: &ResourceType, obj: &Value) -> Value {
     let mut o = obj.clone();
     if let Some(m) = o.as_object_mut() {
@@ -1219,12 +1213,21 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
         }
     }
     let event_name_exempt = ctx.t.group.is_empty() && ctx.t.plural == "events";
-    if !(valid_dns_subdomain(&name) || event_name_exempt) {
-        errs.push(FieldError::new(
-            FieldErrorKind::Invalid,
-            "metadata.name",
-            Some(json!(name)),
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+    if !event_name_exempt {
+        for m in crate::validation::dns1123_subdomain(&name) {
+            errs.push(FieldError::new(
+                FieldErrorKind::Invalid,
+                "metadata.name",
+                Some(json!(name)),
+                m,
+            ));
+        }
+    }
+    errs.extend(crate::validation::object_meta(&new["metadata"]));
+    if ctx.t.group.is_empty() && matches!(ctx.t.plural.as_str(), "secrets" | "configmaps") {
+        errs.extend(crate::validation::config_data(
+            &new,
+            ctx.t.plural == "secrets",
         ));
     }
     if let Some(schema) = ctx.t.schema.clone() {

@@ -1057,3 +1057,44 @@ async fn table_responses() {
     assert_eq!(row["cells"][2], "Monthly");
     assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
 }
+
+#[tokio::test]
+async fn metadata_and_data_key_validation() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let long = "x".repeat(64);
+    let e = status(
+        cms.create(
+            &PostParams::default(),
+            &cm("lv", json!({"kekeeper.io/organization-id": long})),
+        )
+        .await,
+    );
+    assert_eq!(
+        e.message,
+        format!(
+            r#"ConfigMap "lv" is invalid: metadata.labels: Invalid value: "{long}": must be no more than 63 characters"#
+        )
+    );
+    let e = status(
+        cms.create(&PostParams::default(), &cm("lk", json!({"bad key": "v"})))
+            .await,
+    );
+    assert_eq!(
+        e.message,
+        r#"ConfigMap "lk" is invalid: metadata.labels: Invalid value: "bad key": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName', or 'my.name', or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"#
+    );
+    let bad: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "dk"}, "data": {"a/b": "v"}})).unwrap();
+    let e = status(cms.create(&PostParams::default(), &bad).await);
+    assert_eq!(
+        e.message,
+        r#"ConfigMap "dk" is invalid: data[a/b]: Invalid value: "a/b": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name', or 'KEY_NAME', or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"#
+    );
+    let e = status(
+        cms.create(&PostParams::default(), &cm("Upper", json!({})))
+            .await,
+    );
+    assert!(e.message.starts_with(r#"ConfigMap "Upper" is invalid: metadata.name: Invalid value: "Upper": a lowercase RFC 1123 subdomain"#), "{}", e.message);
+}
