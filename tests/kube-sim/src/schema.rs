@@ -430,7 +430,7 @@ fn string_checks(s: &str, schema: &Value, path: &str, errs: &mut Vec<FieldError>
         ));
     }
     if let Some(p) = schema["pattern"].as_str()
-        && let Ok(re) = regex::Regex::new(p)
+        && let Some(re) = crate::validation::regex(p)
         && !re.is_match(s)
     {
         errs.push(invalid(

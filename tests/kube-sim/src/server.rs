@@ -1529,9 +1529,13 @@ fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
                 )));
             }
             let Some(manager) = ctx.q.get("fieldManager").filter(|m| !m.is_empty()).cloned() else {
-                return Err(ApiError::bad_request(
-                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
-                ));
+                let errs = [FieldError::new(
+                    FieldErrorKind::Required,
+                    "fieldManager",
+                    None,
+                    "is required for apply patch",
+                )];
+                return Err(ApiError::invalid("meta.k8s.io", "PatchOptions", "", &errs));
             };
             let force = ctx.q.get("force").is_some_and(|f| f == "true");
             let mut applied = applied;

@@ -1,6 +1,9 @@
 //! Object metadata and built-in kind validation, worded as k8s.io/apimachinery's
 //! `util/validation` and the core validators.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use serde_json::Value;
 
 use crate::errors::{FieldError, FieldErrorKind};
@@ -29,8 +32,21 @@ fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
     out
 }
 
+/// A compiled-regex cache: validation runs on every write.
+pub fn regex(pattern: &str) -> Option<regex::Regex> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(pattern.to_string())
+        .or_insert_with(|| regex::Regex::new(pattern).ok())
+        .clone()
+}
+
 fn full_match(fmt: &str, s: &str) -> bool {
-    regex::Regex::new(&format!("^(?:{fmt})$")).is_ok_and(|r| r.is_match(s))
+    regex(&format!("^(?:{fmt})$")).is_some_and(|r| r.is_match(s))
 }
 
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {

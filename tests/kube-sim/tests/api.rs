@@ -507,6 +507,14 @@ async fn crd_schema_and_cel_rejections() {
         "RecordingKeyConfig.kekeeper.io \"empty\" is invalid: [spec.kmsKeyAliasArn: Required value, spec.organizationIds: Invalid value: 0: spec.organizationIds in body should have at least 1 items, <nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation]"
     );
 
+    let mut history = rkc("history");
+    history.data["spec"]["historyLimit"] = json!(60);
+    let e = status(api.create(&PostParams::default(), &history).await);
+    assert!(e.message.ends_with("spec.historyLimit: Invalid value: \"integer\": historyLimit 60 is above the supported 50"), "{}", e.message);
+    history.data["spec"]["historyLimit"] = json!(0);
+    let e = status(api.create(&PostParams::default(), &history).await);
+    assert!(e.message.ends_with("spec.historyLimit: Invalid value: 0: spec.historyLimit in body should be greater than or equal to 1"), "{}", e.message);
+
     // Transition rule: keyPairSpec is immutable (evaluated only on update).
     api.create(&PostParams::default(), &rkc("immutable"))
         .await
