@@ -1106,3 +1106,76 @@ async fn metadata_and_data_key_validation() {
     );
     assert!(e.message.starts_with(r#"ConfigMap "Upper" is invalid: metadata.name: Invalid value: "Upper": a lowercase RFC 1123 subdomain"#), "{}", e.message);
 }
+
+#[tokio::test]
+async fn watch_selector_transitions_and_initial_events_bookmark() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("sel", json!({"env": "dev"})))
+        .await
+        .unwrap();
+    let rv = sim.resource_version().to_string();
+    let mut stream = cms
+        .watch(&WatchParams::default().labels("env=prod").timeout(3), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    cms.patch(
+        "sel",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"env": "prod"}}})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "sel",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "2"}})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "sel",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"env": "dev"}}})),
+    )
+    .await
+    .unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        match stream.try_next().await.unwrap().expect("event") {
+            WatchEvent::Added(_) => kinds.push("ADDED"),
+            WatchEvent::Modified(_) => kinds.push("MODIFIED"),
+            WatchEvent::Deleted(_) => kinds.push("DELETED"),
+            _ => {}
+        }
+    }
+    assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+
+    // Streaming list: ADDED for the current state, then a bookmark marking the end.
+    let req = http::Request::get(
+        "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1",
+    )
+    .body(vec![])
+    .unwrap();
+    let lines: Vec<WatchEvent<serde_json::Value>> = client
+        .request_events::<serde_json::Value>(req)
+        .await
+        .unwrap()
+        .take(2)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(matches!(lines[0], WatchEvent::Added(_)), "{lines:?}");
+    match &lines[1] {
+        WatchEvent::Bookmark(b) => assert_eq!(
+            b.metadata
+                .annotations
+                .get("k8s.io/initial-events-end")
+                .map(String::as_str),
+            Some("true")
+        ),
+        other => panic!("expected a bookmark, got {other:?}"),
+    }
+}

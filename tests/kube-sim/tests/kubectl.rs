@@ -466,3 +466,23 @@ fn sim_endpoints_over_http() {
             .any(|r| r["resource"] == "configmaps" && r["code"] == 500)
     );
 }
+
+#[test]
+fn binary_exits_cleanly_on_sigterm() {
+    let mut sim = Sim::start(&[]);
+    let pid = sim.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(code) = sim.child.try_wait().unwrap() {
+            assert!(code.success(), "{code:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kube-sim did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
