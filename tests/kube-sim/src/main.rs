@@ -46,6 +46,9 @@ async fn main() -> std::io::Result<()> {
         watch_cache_size: args.watch_cache_size,
         admin_token: args.admin_token,
     };
+    // Handlers first: a script may signal as soon as it reads the listening line.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = kube_sim::Server::start(opts).await?;
     if let Some(path) = &args.kubeconfig {
         running.write_kubeconfig(path)?;
@@ -53,9 +56,8 @@ async fn main() -> std::io::Result<()> {
     println!("kube-sim listening on {}", running.url());
     use std::io::Write;
     std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     drop(running);
