@@ -283,6 +283,7 @@ fn validate_node(
         ));
         return;
     }
+    combinators(v, schema, path, errs);
     if let Some(allowed) = schema["enum"].as_array()
         && !allowed.contains(v)
     {
@@ -383,6 +384,18 @@ fn validate_node(
                     validate_node(child, old.and_then(|o| o.get(k)), ap, &join(path, k), errs);
                 }
             }
+            // `required` without a matching property (as in oneOf/anyOf branches).
+            let props = schema["properties"].as_object();
+            for r in required(schema) {
+                if !map.contains_key(r) && props.is_none_or(|p| !p.contains_key(r)) {
+                    errs.push(FieldError::new(
+                        FieldErrorKind::Required,
+                        &join(path, r),
+                        None,
+                        "",
+                    ));
+                }
+            }
             if let Some(max) = schema["maxProperties"].as_u64()
                 && map.len() as u64 > max
             {
@@ -404,6 +417,54 @@ fn validate_node(
             }
         }
         _ => {}
+    }
+}
+
+/// Value validation through `allOf`, `anyOf`, `oneOf` and `not` (structural schemas allow only
+/// value validations in them), with kube-openapi's wording.
+fn combinators(v: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let passes = |branch: &Value| {
+        let mut e = Vec::new();
+        validate_node(v, None, branch, path, &mut e);
+        e.is_empty()
+    };
+    let shown = || {
+        Value::String(match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    if let Some(all) = schema["allOf"].as_array() {
+        for branch in all {
+            validate_node(v, None, branch, path, errs);
+        }
+    }
+    if let Some(any) = schema["anyOf"].as_array()
+        && !any.iter().any(passes)
+    {
+        errs.push(invalid(
+            path,
+            shown(),
+            format!("{path} in body must validate at least one schema (anyOf)"),
+        ));
+    }
+    if let Some(one) = schema["oneOf"].as_array()
+        && one.iter().filter(|b| passes(b)).count() != 1
+    {
+        errs.push(invalid(
+            path,
+            shown(),
+            format!("{path} in body must validate one and only one schema (oneOf)"),
+        ));
+    }
+    if let Some(not) = schema.get("not")
+        && passes(not)
+    {
+        errs.push(invalid(
+            path,
+            shown(),
+            format!("{path} in body must not validate the schema (not)"),
+        ));
     }
 }
 

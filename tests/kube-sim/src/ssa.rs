@@ -70,6 +70,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// `x-kubernetes-map-type: atomic` (or granular by default).
+    fn atomic_map(&self) -> bool {
+        self.schema
+            .is_some_and(|s| s["x-kubernetes-map-type"].as_str() == Some("atomic"))
+    }
+
     fn list_kind(&self, field: &str) -> ListKind {
         if let Some(s) = self.schema {
             match s["x-kubernetes-list-type"].as_str() {
@@ -103,7 +109,7 @@ fn key_of(item: &Value, keys: &[String]) -> String {
 /// The set of fields a value sets (leaves, set members, list-map elements).
 pub fn fields_of(v: &Value, ctx: Ctx, field: &str, base: &mut Path, out: &mut FieldSet) {
     match v {
-        Value::Object(m) if !m.is_empty() => {
+        Value::Object(m) if !m.is_empty() && !ctx.atomic_map() => {
             for (k, child) in m {
                 base.push(Pe::F(k.clone()));
                 fields_of(child, ctx.field(k), k, base, out);
@@ -229,7 +235,7 @@ fn remove(v: &mut Value, path: &[Pe], ctx: Ctx, field: &str) {
 /// Merges an applied configuration into the live object, honouring list semantics.
 pub fn apply_merge(live: &Value, applied: &Value, ctx: Ctx, field: &str) -> Value {
     match (live, applied) {
-        (Value::Object(l), Value::Object(a)) => {
+        (Value::Object(l), Value::Object(a)) if !ctx.atomic_map() => {
             let mut out = l.clone();
             for (k, av) in a {
                 let merged = match l.get(k) {

@@ -515,6 +515,19 @@ async fn crd_schema_and_cel_rejections() {
     let e = status(api.create(&PostParams::default(), &history).await);
     assert!(e.message.ends_with("spec.historyLimit: Invalid value: 0: spec.historyLimit in body should be greater than or equal to 1"), "{}", e.message);
 
+    let mut retention = rkc("retention");
+    retention.data["spec"]["recordingRetention"] = json!({"days": 1, "forever": true});
+    let e = status(api.create(&PostParams::default(), &retention).await);
+    assert!(
+        e.message.ends_with(r#"spec.recordingRetention: Invalid value: "{\"days\":1,\"forever\":true}": spec.recordingRetention in body must validate one and only one schema (oneOf)"#),
+        "{}",
+        e.message
+    );
+    retention.data["spec"]["recordingRetention"] = json!({"days": 1});
+    api.create(&PostParams::default(), &retention)
+        .await
+        .unwrap();
+
     // Transition rule: keyPairSpec is immutable (evaluated only on update).
     api.create(&PostParams::default(), &rkc("immutable"))
         .await
