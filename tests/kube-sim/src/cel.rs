@@ -69,3 +69,37 @@ fn to_json(v: &CelValue) -> Result<Value, String> {
         other => Value::String(format!("{other:?}")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::eval;
+
+    #[test]
+    fn kubernetes_style_rules() {
+        let spec = json!({"arn": "arn:aws:kms:us-east-1:111122223333:alias/x", "ids": ["a", "b"], "region": "us-east-1"});
+        let t = |rule: &str| eval(rule, &spec, None).unwrap();
+        assert_eq!(
+            t("self.arn.startsWith('arn:aws:kms:') && self.arn.matches('alias/.+$')"),
+            json!(true)
+        );
+        assert_eq!(t("self.arn.split(':')[3] == self.region"), json!(true));
+        assert_eq!(
+            t(
+                "size(self.ids) == 2 && self.ids.all(i, size(i) == 1) && self.ids.exists(i, i == 'b')"
+            ),
+            json!(true)
+        );
+        assert_eq!(
+            t("'a' in self.ids && has(self.region) && !has(self.missing)"),
+            json!(true)
+        );
+        assert_eq!(t("self.arn.lowerAscii().contains('alias')"), json!(true));
+        assert_eq!(
+            eval("self == oldSelf", &json!("x"), Some(&json!("y"))).unwrap(),
+            json!(false)
+        );
+        assert!(eval("self.missing == 1", &spec, None).is_err());
+    }
+}

@@ -136,3 +136,62 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn strategic_merge_uses_merge_keys_and_directives() {
+        let mut sa = json!({
+            "metadata": {"finalizers": ["a"]},
+            "imagePullSecrets": [{"name": "one"}, {"name": "two"}],
+            "secrets": [{"name": "s1", "namespace": "x"}],
+        });
+        strategic_merge(
+            &mut sa,
+            &json!({
+                "metadata": {"finalizers": ["b"], "$deleteFromPrimitiveList/finalizers": ["a"]},
+                "$setElementOrder/imagePullSecrets": [{"name": "two"}, {"name": "three"}],
+                "imagePullSecrets": [{"name": "one", "$patch": "delete"}, {"name": "three"}],
+                "secrets": [{"name": "s1", "namespace": "y"}],
+            }),
+        );
+        assert_eq!(sa["metadata"]["finalizers"], json!(["b"]));
+        assert_eq!(
+            sa["imagePullSecrets"],
+            json!([{"name": "two"}, {"name": "three"}])
+        );
+        assert_eq!(sa["secrets"], json!([{"name": "s1", "namespace": "y"}]));
+        // Lists without a merge key are replaced; null deletes; $patch: replace replaces a map.
+        let mut obj =
+            json!({"rules": [{"verbs": ["get"]}], "data": {"a": "1", "b": "2"}, "keep": {"x": 1}});
+        strategic_merge(
+            &mut obj,
+            &json!({"rules": [{"verbs": ["list"]}], "data": {"a": null}, "keep": {"$patch": "replace", "y": 2}}),
+        );
+        assert_eq!(
+            obj,
+            json!({"rules": [{"verbs": ["list"]}], "data": {"b": "2"}, "keep": {"y": 2}})
+        );
+    }
+
+    #[test]
+    fn json_patch_test_of_missing_path_against_null_passes() {
+        let mut obj = json!({"metadata": {"name": "x"}});
+        json_patch(
+            &mut obj,
+            &json!([{"op": "test", "path": "/metadata/finalizers", "value": null}, {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]),
+        )
+        .unwrap();
+        assert_eq!(obj["metadata"]["finalizers"], json!(["f"]));
+        let e = json_patch(
+            &mut obj,
+            &json!([{"op": "test", "path": "/metadata/finalizers", "value": ["g"]}]),
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    }
+}

@@ -145,3 +145,46 @@ impl FieldSelector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn label_selector_operators() {
+        let labels = json!({"env": "prod", "tier": "db"});
+        let m = |s: &str| LabelSelector::parse(s).unwrap().matches(&labels);
+        assert!(
+            m("env=prod")
+                && m("env==prod")
+                && m("env!=dev")
+                && m("env in (prod, dev)")
+                && m("tier notin (web)")
+        );
+        assert!(m("env") && m("!missing") && m("env=prod,tier=db") && m(""));
+        assert!(
+            !m("env=dev")
+                && !m("env notin (prod)")
+                && !m("!env")
+                && !m("missing")
+                && !m("env in (dev)")
+        );
+        assert!(LabelSelector::parse("env in prod").is_err());
+    }
+
+    #[test]
+    fn field_selector_on_dotted_paths() {
+        let obj = json!({"metadata": {"name": "a", "namespace": "n"}, "involvedObject": {"uid": "u1"}, "count": 3});
+        let m = |s: &str| FieldSelector::parse(s).unwrap().matches(&obj);
+        assert!(
+            m("metadata.name=a")
+                && m("metadata.namespace!=x")
+                && m("involvedObject.uid==u1")
+                && m("count=3")
+        );
+        assert!(!m("metadata.name=b") && !m("metadata.name=a,metadata.namespace=x"));
+        assert!(FieldSelector::parse("metadata.name").is_err());
+    }
+}

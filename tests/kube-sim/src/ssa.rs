@@ -582,3 +582,49 @@ fn conflict_error(conflicts: &[(String, Path)]) -> ApiError {
     };
     ApiError::new(409, "Conflict", message).with_details(json!({"causes": causes}))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn fields_v1_round_trip_and_path_strings() {
+        let obj = json!({
+            "metadata": {"name": "x", "labels": {"a": "1"}, "finalizers": ["f"]},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        });
+        let set = field_set(&obj, None);
+        let v1 = to_fields_v1(&set);
+        assert_eq!(
+            v1,
+            json!({
+                "f:metadata": {"f:labels": {"f:a": {}}, "f:finalizers": {"v:\"f\"": {}}},
+                "f:status": {"f:conditions": {"k:{\"type\":\"Ready\"}": {".": {}, "f:status": {}, "f:type": {}}}},
+            })
+        );
+        assert_eq!(from_fields_v1(&v1), set);
+        let paths: Vec<String> = set.iter().map(path_string).collect();
+        assert!(
+            paths.contains(&r#".status.conditions[type="Ready"].status"#.to_string()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&r#".metadata.finalizers[="f"]"#.to_string()),
+            "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn custom_resource_lists_are_atomic_unless_typed() {
+        let schema =
+            json!({"properties": {"status": {"properties": {"conditions": {"type": "array"}}}}});
+        let obj = json!({"status": {"conditions": [{"type": "Ready"}]}});
+        let set = field_set(&obj, Some(&schema));
+        assert_eq!(
+            set.into_iter().map(|p| path_string(&p)).collect::<Vec<_>>(),
+            vec![".status.conditions"]
+        );
+    }
+}

@@ -395,3 +395,47 @@ pub fn table(
     }
     tbl
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn jsonpath_subset() {
+        let obj = json!({"spec": {"ids": ["a", "b"]}, "status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Kms", "status": "False"}]}});
+        assert_eq!(jsonpath(&obj, ".spec.ids[1]"), vec![json!("b")]);
+        assert_eq!(jsonpath(&obj, ".spec.ids[*]"), vec![json!("a"), json!("b")]);
+        assert_eq!(
+            jsonpath(&obj, r#".status.conditions[?(@.type=="Ready")].status"#),
+            vec![json!("True")]
+        );
+        assert_eq!(
+            jsonpath(&obj, "{.status.conditions[?(@.type=='Kms')].status}"),
+            vec![json!("False")]
+        );
+        assert!(jsonpath(&obj, ".status.missing").is_empty());
+    }
+
+    #[test]
+    fn human_durations_match_apimachinery() {
+        let cases = [
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 60, "3h1m"),
+            (9 * 3600, "9h"),
+            (50 * 3600, "2d2h"),
+            (10 * 86400, "10d"),
+            (800 * 86400, "2y70d"),
+            (9 * 365 * 86400, "9y"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(human_duration(secs), want, "{secs}");
+        }
+    }
+}
