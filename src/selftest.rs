@@ -13,7 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::config::ValidatedConfig;
 use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyDescription, Kms, KmsError};
-use envelope_shim as envelope;
+// Until branch `envelope` lands; then `pub(crate) use crate::envelope;`.
+pub(crate) use envelope_shim as envelope;
 
 /// Test data spans several envelope segments (64 KiB each) and ends in a partial one.
 pub const TEST_DATA_LEN: usize = 150 * 1024;
