@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
+use crate::crd::{ActiveKeyPair, KeyPairHistoryEntry};
 use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
 
 pub const SECRET_TYPE: &str = "kekeeper.io/key-pair";
@@ -333,6 +334,50 @@ impl KeyPairRecord {
     }
 }
 
+impl KeyPairRecord {
+    /// The generated pair this record stores, e.g. to re-run [`crate::selftest::verify`] on it.
+    pub fn key_pair(&self) -> GeneratedKeyPair {
+        GeneratedKeyPair {
+            kms_key_arn: self.kms_key_arn.clone(),
+            spec: self.key_pair_spec,
+            public_key_der: self.public_key_der.clone(),
+            private_key_ciphertext: self.private_key_ciphertext.clone(),
+        }
+    }
+
+    /// This pair as `status.activeKeyPairs[]`.
+    pub fn to_active_key_pair(&self) -> ActiveKeyPair {
+        ActiveKeyPair {
+            organization_id: self.organization_id.clone(),
+            key_pair_id: self.key_pair_id.clone(),
+            created_at: self.created_at,
+            kms_key_arn: self.kms_key_arn.clone(),
+            key_pair_spec: self.key_pair_spec,
+            public_key_fingerprint: self.fingerprint(),
+            secret_name: self.name(),
+        }
+    }
+
+    /// This pair as `status.keyPairHistory[]`.
+    pub fn to_history_entry(&self) -> KeyPairHistoryEntry {
+        KeyPairHistoryEntry {
+            organization_id: self.organization_id.clone(),
+            key_pair_id: self.key_pair_id.clone(),
+            created_at: self.created_at,
+            retired_at: self.retired_at,
+            reason: self.reason.clone(),
+            kms_key_arn: self.kms_key_arn.clone(),
+            public_key_fingerprint: self.fingerprint(),
+            secret_name: self.name(),
+        }
+    }
+}
+
+/// The label selector of every key pair Secret of a RecordingKeyConfig.
+pub fn config_selector(config_name: &str) -> String {
+    format!("{LABEL_CONFIG}={}", label_value(config_name))
+}
+
 /// The next sequence number for an organisation: one past the highest it has used, 1 for the
 /// first pair. Numbers are never reused, so a retired pair's Secret is never overwritten.
 pub fn next_sequence<'a>(
@@ -653,6 +698,27 @@ mod tests {
         assert_eq!(next_sequence(&records, "b"), 3);
         assert_eq!(next_sequence(&records, "c"), 1);
         assert_eq!(next_sequence([], "c"), 1);
+    }
+
+    #[test]
+    fn status_entries_carry_the_name_and_fingerprint() {
+        let mut record = record();
+        let active = record.to_active_key_pair();
+        assert_eq!(active.secret_name, record.name());
+        assert_eq!(active.public_key_fingerprint, record.fingerprint());
+        assert_eq!(active.key_pair_spec, KeyPairSpec::Rsa3072);
+        record.retire("2026-12-29T07:00:00Z".parse().unwrap());
+        let entry = record.to_history_entry();
+        assert_eq!(entry.retired_at, record.retired_at);
+        assert_eq!(entry.reason, "Created");
+        assert_eq!(
+            record.key_pair().private_key_ciphertext,
+            record.private_key_ciphertext
+        );
+        assert_eq!(
+            config_selector("recordings"),
+            "kekeeper.io/config=recordings"
+        );
     }
 
     #[test]

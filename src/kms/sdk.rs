@@ -166,6 +166,7 @@ fn missing(operation: KmsOperation, field: &str) -> KmsError {
 }
 
 impl Kms for SdkKms {
+    #[tracing::instrument(level = "debug", skip_all, fields(alias = %alias), err(Display))]
     async fn describe_key(&self, alias: &AliasArn) -> Result<KeyDescription, KmsError> {
         const OP: KmsOperation = KmsOperation::DescribeKey;
         let output = self
@@ -224,6 +225,12 @@ impl Kms for SdkKms {
         })
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(alias = %alias, spec = %spec, organization_id = %context.organization_id),
+        err(Display)
+    )]
     async fn generate_key_pair(
         &self,
         alias: &AliasArn,
@@ -259,6 +266,13 @@ impl Kms for SdkKms {
         })
     }
 
+    // Never the ciphertext or the plaintext in a span.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(key = %kms_key_arn, organization_id = %context.organization_id),
+        err(Display)
+    )]
     async fn decrypt_private_key(
         &self,
         kms_key_arn: &str,
