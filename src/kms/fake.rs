@@ -490,6 +490,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fresh_key_pairs_differ_and_reused_ones_do_not() {
+        let fresh = FakeKms::new();
+        fresh.create_key_for(&alias());
+        let reusing = FakeKms::reusing_key_pairs();
+        reusing.create_key_for(&alias());
+        for spec in [
+            KeyPairSpec::Rsa2048,
+            KeyPairSpec::Rsa3072,
+            KeyPairSpec::Rsa4096,
+        ] {
+            let started = std::time::Instant::now();
+            let a = fresh
+                .generate_key_pair(&alias(), spec, &context("a"))
+                .await
+                .unwrap();
+            let b = fresh
+                .generate_key_pair(&alias(), spec, &context("a"))
+                .await
+                .unwrap();
+            eprintln!("{spec}: two fresh pairs in {:?}", started.elapsed());
+            assert_ne!(a.public_key_der, b.public_key_der);
+            let a = reusing
+                .generate_key_pair(&alias(), spec, &context("a"))
+                .await
+                .unwrap();
+            let b = reusing
+                .generate_key_pair(&alias(), spec, &context("b"))
+                .await
+                .unwrap();
+            assert_eq!(a.public_key_der, b.public_key_der);
+            // Same key pair, but each blob is bound to its own context.
+            assert_ne!(a.private_key_ciphertext, b.private_key_ciphertext);
+        }
+    }
+
+    #[tokio::test]
     async fn key_states_aliases_and_injected_failures_behave_like_kms() {
         let kms = FakeKms::reusing_key_pairs();
         let handle = kms.clone();
