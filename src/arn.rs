@@ -39,7 +39,7 @@ impl AliasArn {
                 "{arn:?} has leading or trailing whitespace"
             )));
         }
-        // The resource part may itself contain ':'? Alias names cannot, so split into exactly six.
+        // Six parts; a ':' in the resource stays there and fails the alias character check.
         let parts: Vec<&str> = arn.splitn(6, ':').collect();
         if parts.len() != 6 || parts[0] != "arn" {
             return Err(invalid(format!(
