@@ -112,11 +112,11 @@ fn data_key_pair_spec(spec: KeyPairSpec) -> DataKeyPairSpec {
 pub fn classify<E, R>(operation: KmsOperation, err: SdkError<E, R>) -> KmsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
     SdkError<E, R>: RequestId + ProvideErrorMetadata,
 {
     let request_id = err.request_id().map(str::to_owned);
-    let detail = || DisplayErrorContext(&err).to_string();
+    let detail = || error_chain(&err);
     let (kind, code, message) = match &err {
         SdkError::ServiceError(_) => {
             let code = err.code().unwrap_or("UnknownError").to_owned();
@@ -157,6 +157,24 @@ where
     }
 }
 
+/// "outer: inner: innermost", without the Debug dump `DisplayErrorContext` appends.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    if parts.is_empty() {
+        DisplayErrorContext(err).to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
 fn missing(operation: KmsOperation, field: &str) -> KmsError {
     KmsError::new(
         operation,
@@ -166,7 +184,7 @@ fn missing(operation: KmsOperation, field: &str) -> KmsError {
 }
 
 impl Kms for SdkKms {
-    #[tracing::instrument(level = "debug", skip_all, fields(alias = %alias), err(Display))]
+    #[tracing::instrument(level = "debug", skip_all, fields(alias = %alias), err(level = "debug", Display))]
     async fn describe_key(&self, alias: &AliasArn) -> Result<KeyDescription, KmsError> {
         const OP: KmsOperation = KmsOperation::DescribeKey;
         let output = self
@@ -229,7 +247,7 @@ impl Kms for SdkKms {
         level = "debug",
         skip_all,
         fields(alias = %alias, spec = %spec, organization_id = %context.organization_id),
-        err(Display)
+        err(level = "debug", Display)
     )]
     async fn generate_key_pair(
         &self,
@@ -271,7 +289,7 @@ impl Kms for SdkKms {
         level = "debug",
         skip_all,
         fields(key = %kms_key_arn, organization_id = %context.organization_id),
-        err(Display)
+        err(level = "debug", Display)
     )]
     async fn decrypt_private_key(
         &self,
