@@ -323,6 +323,22 @@ impl Kms for FakeKms {
             .clone())
     }
 
+    async fn describe_key_arn(&self, key_arn: &str) -> Result<KeyDescription, KmsError> {
+        let mut inner = self.lock();
+        Self::begin(&mut inner, KmsOperation::DescribeKey)?;
+        inner
+            .keys
+            .get(key_arn)
+            .map(|key| key.description.clone())
+            .ok_or_else(|| {
+                KmsError::new(
+                    KmsOperation::DescribeKey,
+                    KmsErrorKind::NotFound,
+                    format!("Key '{key_arn}' does not exist"),
+                )
+            })
+    }
+
     async fn generate_key_pair(
         &self,
         alias: &AliasArn,
@@ -537,7 +553,15 @@ mod tests {
         assert_eq!(kms.describe_key(&alias()).await.unwrap().key_arn, second);
         assert_ne!(first, second);
 
+        assert_eq!(
+            kms.describe_key_arn(&first).await.unwrap().key_state,
+            "Enabled"
+        );
         handle.disable_key(&second);
+        assert_eq!(
+            kms.describe_key_arn(&second).await.unwrap().key_state,
+            "Disabled"
+        );
         let err = kms
             .generate_key_pair(&alias(), KeyPairSpec::Rsa2048, &context("a"))
             .await
