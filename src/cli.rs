@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "kekeeper", version, about = "Key-encryption-key pairs for call recordings, rooted in your AWS KMS key")]
+#[command(
+    name = "kekeeper",
+    version,
+    about = "Key-encryption-key pairs for call recordings, rooted in your AWS KMS key"
+)]
 pub struct Cli {
     /// Log lines as JSON instead of text.
     #[arg(long, global = true, env = "KEKEEPER_LOG_JSON")]

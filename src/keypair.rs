@@ -1,19 +1,46 @@
 //! A key pair record and its Secret layout (SPEC §3): type `kekeeper.io/key-pair`,
 //! `publicKey.pem`, `privateKey.kms`, `metadata.json`, labels. Never holds a plaintext private key.
 
-use jiff::Timestamp;
+use std::collections::BTreeMap;
 
-use crate::kms::{EncryptionContext, KeyPairSpec};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{ActiveKeyPair, KeyPairHistoryEntry};
+use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
 
 pub const SECRET_TYPE: &str = "kekeeper.io/key-pair";
 pub const LABEL_CONFIG: &str = "kekeeper.io/config";
 pub const LABEL_ORGANIZATION: &str = "kekeeper.io/organization-id";
 pub const LABEL_STATE: &str = "kekeeper.io/state";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The full organisation id (the label may only carry a hash of it).
+pub const ANNOTATION_ORGANIZATION: &str = "kekeeper.io/organization-id";
+pub const ANNOTATION_RETIRED_AT: &str = "kekeeper.io/retired-at";
+pub const ANNOTATION_FINGERPRINT: &str = "kekeeper.io/public-key-fingerprint";
+
+pub const DATA_PUBLIC_KEY: &str = "publicKey.pem";
+pub const DATA_PRIVATE_KEY: &str = "privateKey.kms";
+pub const DATA_METADATA: &str = "metadata.json";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyPairState {
     Active,
     Retired,
+}
+
+impl KeyPairState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPairState::Active => "active",
+            KeyPairState::Retired => "retired",
+        }
+    }
 }
 
 /// Everything kekeeper knows about one key pair.
@@ -44,4 +71,661 @@ pub struct KeyPairRecord {
 pub enum KeyPairError {
     #[error("key pair Secret {name}: {message}")]
     InvalidSecret { name: String, message: String },
+    #[error("public key PEM: {0}")]
+    InvalidPem(String),
+}
+
+/// `metadata.json` in the Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretMetadata {
+    key_pair_id: String,
+    organization_id: String,
+    kms_key_arn: String,
+    key_pair_spec: KeyPairSpec,
+    /// As KMS takes it: `{<context key>: <organisation id>}`.
+    encryption_context: BTreeMap<String, String>,
+    created_at: Timestamp,
+    reason: String,
+    sequence: u64,
+}
+
+impl KeyPairRecord {
+    /// A freshly generated (and self-tested) key pair as an active record.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_active(
+        config_name: &str,
+        namespace: &str,
+        sequence: u64,
+        key_pair: GeneratedKeyPair,
+        encryption_context: EncryptionContext,
+        created_at: Timestamp,
+        reason: &str,
+    ) -> Self {
+        KeyPairRecord {
+            config_name: config_name.to_owned(),
+            namespace: namespace.to_owned(),
+            organization_id: encryption_context.organization_id.clone(),
+            sequence,
+            key_pair_id: new_key_pair_id(),
+            kms_key_arn: key_pair.kms_key_arn,
+            key_pair_spec: key_pair.spec,
+            encryption_context,
+            created_at,
+            reason: reason.to_owned(),
+            state: KeyPairState::Active,
+            retired_at: None,
+            public_key_der: key_pair.public_key_der,
+            private_key_ciphertext: key_pair.private_key_ciphertext,
+        }
+    }
+
+    /// The deterministic Secret name of (config, organisation, sequence), so a retry after a
+    /// crash finds the same object: `{config}-{first 10 hex of sha256(org)}-{sequence:04}`, a
+    /// DNS-1123 subdomain of at most 253 characters. A config name too long to fit is cut and
+    /// a hash of the whole name keeps it unique.
+    pub fn secret_name(config: &str, organization_id: &str, sequence: u64) -> String {
+        let suffix = format!(
+            "-{}-{sequence:04}",
+            &sha256_hex(organization_id.as_bytes())[..10]
+        );
+        let config = config.to_ascii_lowercase();
+        let room = 253 - suffix.len();
+        let prefix = if config.len() <= room {
+            config
+        } else {
+            let hash = &sha256_hex(config.as_bytes())[..8];
+            let keep = room - hash.len() - 1;
+            let cut = config[..keep].trim_end_matches(['-', '.']);
+            format!("{cut}-{hash}")
+        };
+        format!("{prefix}{suffix}")
+    }
+
+    /// This record's Secret name.
+    pub fn name(&self) -> String {
+        Self::secret_name(&self.config_name, &self.organization_id, self.sequence)
+    }
+
+    /// The Secret the controller stores (SPEC §3). No owner reference: deleting the
+    /// RecordingKeyConfig must not delete key material.
+    pub fn to_secret(&self) -> Secret {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_CONFIG.to_owned(), label_value(&self.config_name));
+        labels.insert(
+            LABEL_ORGANIZATION.to_owned(),
+            organization_label(&self.organization_id),
+        );
+        labels.insert(LABEL_STATE.to_owned(), self.state.as_str().to_owned());
+        labels.insert(LABEL_MANAGED_BY.to_owned(), "kekeeper".to_owned());
+
+        let mut annotations = BTreeMap::new();
+        annotations.insert(
+            ANNOTATION_ORGANIZATION.to_owned(),
+            self.organization_id.clone(),
+        );
+        annotations.insert(ANNOTATION_FINGERPRINT.to_owned(), self.fingerprint());
+        if let Some(retired_at) = self.retired_at {
+            annotations.insert(ANNOTATION_RETIRED_AT.to_owned(), retired_at.to_string());
+        }
+
+        let metadata = SecretMetadata {
+            key_pair_id: self.key_pair_id.clone(),
+            organization_id: self.organization_id.clone(),
+            kms_key_arn: self.kms_key_arn.clone(),
+            key_pair_spec: self.key_pair_spec,
+            encryption_context: BTreeMap::from([(
+                self.encryption_context.key.clone(),
+                self.encryption_context.organization_id.clone(),
+            )]),
+            created_at: self.created_at,
+            reason: self.reason.clone(),
+            sequence: self.sequence,
+        };
+        // Serialising plain strings, numbers and a map cannot fail.
+        let metadata_json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
+
+        let data = BTreeMap::from([
+            (
+                DATA_PUBLIC_KEY.to_owned(),
+                ByteString(self.public_key_pem().into_bytes()),
+            ),
+            (
+                DATA_PRIVATE_KEY.to_owned(),
+                ByteString(self.private_key_ciphertext.clone()),
+            ),
+            (DATA_METADATA.to_owned(), ByteString(metadata_json)),
+        ]);
+
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name()),
+                namespace: (!self.namespace.is_empty()).then(|| self.namespace.clone()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            type_: Some(SECRET_TYPE.to_owned()),
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    /// The inverse of [`Self::to_secret`]; also reads `stringData` for hand-written manifests.
+    pub fn from_secret(secret: &Secret) -> Result<Self, KeyPairError> {
+        let name = secret
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "(unnamed)".to_owned());
+        let fail = |message: String| KeyPairError::InvalidSecret {
+            name: name.clone(),
+            message,
+        };
+        match secret.type_.as_deref() {
+            Some(SECRET_TYPE) => {}
+            other => {
+                return Err(fail(format!("type is {other:?}, expected {SECRET_TYPE:?}")));
+            }
+        }
+        let field = |key: &str| -> Result<Vec<u8>, KeyPairError> {
+            if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
+                return Ok(value.0.clone());
+            }
+            if let Some(value) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+                return Ok(value.clone().into_bytes());
+            }
+            Err(fail(format!("data.{key} is missing")))
+        };
+
+        let metadata: SecretMetadata = serde_json::from_slice(&field(DATA_METADATA)?)
+            .map_err(|e| fail(format!("data.{DATA_METADATA} is not valid: {e}")))?;
+        let pem = String::from_utf8(field(DATA_PUBLIC_KEY)?)
+            .map_err(|_| fail(format!("data.{DATA_PUBLIC_KEY} is not UTF-8 text")))?;
+        let public_key_der =
+            parse_public_key_pem(&pem).map_err(|e| fail(format!("data.{DATA_PUBLIC_KEY}: {e}")))?;
+        let private_key_ciphertext = field(DATA_PRIVATE_KEY)?;
+        if private_key_ciphertext.is_empty() {
+            return Err(fail(format!("data.{DATA_PRIVATE_KEY} is empty")));
+        }
+
+        let mut context = metadata.encryption_context.into_iter();
+        let encryption_context = match (context.next(), context.next()) {
+            (Some((key, organization_id)), None) => EncryptionContext {
+                key,
+                organization_id,
+            },
+            _ => {
+                return Err(fail(format!(
+                    "data.{DATA_METADATA}: encryptionContext must have exactly one entry"
+                )));
+            }
+        };
+        if encryption_context.organization_id != metadata.organization_id {
+            return Err(fail(format!(
+                "data.{DATA_METADATA}: encryptionContext names organisation {:?} but organizationId is {:?}",
+                encryption_context.organization_id, metadata.organization_id
+            )));
+        }
+
+        let labels = secret.metadata.labels.as_ref();
+        let config_name = labels
+            .and_then(|l| l.get(LABEL_CONFIG))
+            .cloned()
+            .ok_or_else(|| fail(format!("label {LABEL_CONFIG} is missing")))?;
+        let state = match labels.and_then(|l| l.get(LABEL_STATE)).map(String::as_str) {
+            Some("active") => KeyPairState::Active,
+            Some("retired") => KeyPairState::Retired,
+            Some(other) => {
+                return Err(fail(format!(
+                    "label {LABEL_STATE} is {other:?}, expected active or retired"
+                )));
+            }
+            None => return Err(fail(format!("label {LABEL_STATE} is missing"))),
+        };
+        let retired_at = match secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_RETIRED_AT))
+        {
+            Some(value) => Some(value.parse::<Timestamp>().map_err(|e| {
+                fail(format!(
+                    "annotation {ANNOTATION_RETIRED_AT} {value:?} is not a timestamp: {e}"
+                ))
+            })?),
+            None => None,
+        };
+
+        Ok(KeyPairRecord {
+            config_name,
+            namespace: secret.metadata.namespace.clone().unwrap_or_default(),
+            organization_id: metadata.organization_id,
+            sequence: metadata.sequence,
+            key_pair_id: metadata.key_pair_id,
+            kms_key_arn: metadata.kms_key_arn,
+            key_pair_spec: metadata.key_pair_spec,
+            encryption_context,
+            created_at: metadata.created_at,
+            reason: metadata.reason,
+            state,
+            retired_at,
+            public_key_der,
+            private_key_ciphertext,
+        })
+    }
+
+    /// Marks the pair superseded; its material stays (historical recordings need it).
+    pub fn retire(&mut self, at: Timestamp) {
+        if self.state == KeyPairState::Active {
+            self.state = KeyPairState::Retired;
+            self.retired_at = Some(at);
+        }
+    }
+
+    /// `SHA256:` + unpadded base64 of SHA-256 over the SubjectPublicKeyInfo DER (the OpenSSH
+    /// fingerprint style).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.public_key_der)
+    }
+
+    pub fn public_key_pem(&self) -> String {
+        public_key_pem(&self.public_key_der)
+    }
+}
+
+impl KeyPairRecord {
+    /// The generated pair this record stores, e.g. to re-run [`crate::selftest::verify`] on it.
+    pub fn key_pair(&self) -> GeneratedKeyPair {
+        GeneratedKeyPair {
+            kms_key_arn: self.kms_key_arn.clone(),
+            spec: self.key_pair_spec,
+            public_key_der: self.public_key_der.clone(),
+            private_key_ciphertext: self.private_key_ciphertext.clone(),
+        }
+    }
+
+    /// This pair as `status.activeKeyPairs[]`.
+    pub fn to_active_key_pair(&self) -> ActiveKeyPair {
+        ActiveKeyPair {
+            organization_id: self.organization_id.clone(),
+            key_pair_id: self.key_pair_id.clone(),
+            created_at: self.created_at,
+            kms_key_arn: self.kms_key_arn.clone(),
+            key_pair_spec: self.key_pair_spec,
+            public_key_fingerprint: self.fingerprint(),
+            secret_name: self.name(),
+        }
+    }
+
+    /// This pair as `status.keyPairHistory[]`.
+    pub fn to_history_entry(&self) -> KeyPairHistoryEntry {
+        KeyPairHistoryEntry {
+            organization_id: self.organization_id.clone(),
+            key_pair_id: self.key_pair_id.clone(),
+            created_at: self.created_at,
+            retired_at: self.retired_at,
+            reason: self.reason.clone(),
+            kms_key_arn: self.kms_key_arn.clone(),
+            public_key_fingerprint: self.fingerprint(),
+            secret_name: self.name(),
+        }
+    }
+}
+
+/// The label selector of every key pair Secret of a RecordingKeyConfig.
+pub fn config_selector(config_name: &str) -> String {
+    format!("{LABEL_CONFIG}={}", label_value(config_name))
+}
+
+/// The next sequence number for an organisation: one past the highest it has used, 1 for the
+/// first pair. Numbers are never reused, so a retired pair's Secret is never overwritten.
+pub fn next_sequence<'a>(
+    records: impl IntoIterator<Item = &'a KeyPairRecord>,
+    organization_id: &str,
+) -> u64 {
+    records
+        .into_iter()
+        .filter(|r| r.organization_id == organization_id)
+        .map(|r| r.sequence)
+        .max()
+        .map_or(1, |s| s + 1)
+}
+
+/// `SHA256:` + unpadded base64 of SHA-256 over a SubjectPublicKeyInfo DER.
+pub fn fingerprint(public_key_der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public_key_der);
+    format!("SHA256:{}", STANDARD_NO_PAD.encode(digest.as_ref()))
+}
+
+/// A random key pair id in the UUID v4 format.
+pub fn new_key_pair_id() -> String {
+    let mut bytes = [0u8; 16];
+    // The system RNG failing is not something a caller can recover from.
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        panic!("system random number generator failed");
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// PEM `PUBLIC KEY` (SubjectPublicKeyInfo) with 64-character lines.
+pub fn public_key_pem(public_key_der: &[u8]) -> String {
+    let body = STANDARD.encode(public_key_der);
+    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PUBLIC KEY-----\n");
+    pem
+}
+
+/// The DER inside a PEM `PUBLIC KEY` block.
+pub fn parse_public_key_pem(pem: &str) -> Result<Vec<u8>, KeyPairError> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let start = pem.find(BEGIN).ok_or_else(|| {
+        KeyPairError::InvalidPem(format!(
+            "no {BEGIN:?} line (expected a SubjectPublicKeyInfo PEM)"
+        ))
+    })? + BEGIN.len();
+    let end = pem[start..]
+        .find(END)
+        .ok_or_else(|| KeyPairError::InvalidPem(format!("no {END:?} line")))?
+        + start;
+    let body: String = pem[start..end].split_whitespace().collect();
+    let der = STANDARD
+        .decode(body)
+        .map_err(|e| KeyPairError::InvalidPem(format!("base64: {e}")))?;
+    if der.is_empty() {
+        return Err(KeyPairError::InvalidPem("empty key".to_owned()));
+    }
+    Ok(der)
+}
+
+fn sha256_hex(input: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A Kubernetes label value: at most 63 characters, alphanumerics and `-_.` inside.
+pub fn is_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && value.as_bytes()[0].is_ascii_alphanumeric()
+            && value.as_bytes()[value.len() - 1].is_ascii_alphanumeric())
+}
+
+fn label_value(value: &str) -> String {
+    if is_label_value(value) {
+        value.to_owned()
+    } else {
+        format!("sha256-{}", &sha256_hex(value.as_bytes())[..48])
+    }
+}
+
+/// The `kekeeper.io/organization-id` label: the id itself when it is a valid label value,
+/// otherwise `sha256-` and 48 hex characters of its hash (the full id is in an annotation).
+pub fn organization_label(organization_id: &str) -> String {
+    label_value(organization_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn record() -> KeyPairRecord {
+        KeyPairRecord {
+            config_name: "recordings".into(),
+            namespace: "telephony".into(),
+            organization_id: "3fa85f64-5717-4562-b3fc-2c963f66afa6".into(),
+            sequence: 3,
+            key_pair_id: new_key_pair_id(),
+            kms_key_arn:
+                "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
+            key_pair_spec: KeyPairSpec::Rsa3072,
+            encryption_context: EncryptionContext {
+                key: "genesys-cloud-organization-id".into(),
+                organization_id: "3fa85f64-5717-4562-b3fc-2c963f66afa6".into(),
+            },
+            created_at: "2026-11-29T07:00:00Z".parse().unwrap(),
+            reason: "Created".into(),
+            state: KeyPairState::Active,
+            retired_at: None,
+            public_key_der: (0u8..=255).cycle().take(422).collect(),
+            private_key_ciphertext: vec![7; 1876],
+        }
+    }
+
+    fn is_dns_subdomain(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    }
+
+    #[test]
+    fn secret_names_are_deterministic_short_and_valid() {
+        let org = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+        let a = KeyPairRecord::secret_name("recordings", org, 1);
+        assert_eq!(a, KeyPairRecord::secret_name("recordings", org, 1));
+        assert!(a.starts_with("recordings-") && a.ends_with("-0001"), "{a}");
+        assert_eq!(a.len(), "recordings".len() + 16);
+        assert_ne!(a, KeyPairRecord::secret_name("recordings", "other", 1));
+        assert_ne!(a, KeyPairRecord::secret_name("recordings", org, 2));
+        assert!(KeyPairRecord::secret_name("r", org, 12345).ends_with("-12345"));
+
+        let long = format!("{}.{}", "a".repeat(200), "b".repeat(52));
+        let other_long = format!("{}.{}", "a".repeat(200), "c".repeat(52));
+        for config in [
+            "recordings",
+            "my.config",
+            long.as_str(),
+            other_long.as_str(),
+        ] {
+            for org in [org, "ORG WITH SPACES/ü", ""] {
+                let name = KeyPairRecord::secret_name(config, org, 42);
+                assert!(is_dns_subdomain(&name), "{name}");
+            }
+        }
+        assert_ne!(
+            KeyPairRecord::secret_name(&long, org, 1),
+            KeyPairRecord::secret_name(&other_long, org, 1)
+        );
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_secret() {
+        let mut record = record();
+        let secret = record.to_secret();
+        assert_eq!(secret.type_.as_deref(), Some(SECRET_TYPE));
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some(record.name().as_str())
+        );
+        assert!(secret.metadata.owner_references.is_none());
+        let labels = secret.metadata.labels.clone().unwrap();
+        assert_eq!(labels[LABEL_CONFIG], "recordings");
+        assert_eq!(labels[LABEL_ORGANIZATION], record.organization_id);
+        assert_eq!(labels[LABEL_STATE], "active");
+        let data = secret.data.clone().unwrap();
+        assert!(
+            String::from_utf8(data[DATA_PUBLIC_KEY].0.clone())
+                .unwrap()
+                .starts_with("-----BEGIN PUBLIC KEY-----\n")
+        );
+        assert_eq!(data[DATA_PRIVATE_KEY].0, record.private_key_ciphertext);
+        let metadata: serde_json::Value = serde_json::from_slice(&data[DATA_METADATA].0).unwrap();
+        assert_eq!(metadata["keyPairSpec"], "RSA_3072");
+        assert_eq!(metadata["sequence"], 3);
+        assert_eq!(
+            metadata["encryptionContext"]["genesys-cloud-organization-id"],
+            record.organization_id
+        );
+        assert_eq!(KeyPairRecord::from_secret(&secret).unwrap(), record);
+
+        record.retire("2026-12-29T07:00:00Z".parse().unwrap());
+        let first_retirement = record.retired_at;
+        record.retire("2027-01-29T07:00:00Z".parse().unwrap());
+        assert_eq!(
+            record.retired_at, first_retirement,
+            "retiring twice keeps the first time"
+        );
+        let secret = record.to_secret();
+        assert_eq!(
+            secret.metadata.labels.as_ref().unwrap()[LABEL_STATE],
+            "retired"
+        );
+        assert_eq!(
+            secret.metadata.annotations.as_ref().unwrap()[ANNOTATION_RETIRED_AT],
+            "2026-12-29T07:00:00Z"
+        );
+        assert_eq!(KeyPairRecord::from_secret(&secret).unwrap(), record);
+
+        // Through YAML, as `kekeeper keypair generate` writes it and `kubectl` reads it.
+        let yaml = serde_yaml::to_string(&secret).unwrap();
+        let parsed: Secret = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(KeyPairRecord::from_secret(&parsed).unwrap(), record);
+    }
+
+    #[test]
+    fn organisation_ids_that_are_not_label_values_are_hashed() {
+        let mut record = record();
+        record.organization_id = "Org With Spaces".into();
+        record.encryption_context.organization_id = "Org With Spaces".into();
+        let secret = record.to_secret();
+        let label = &secret.metadata.labels.as_ref().unwrap()[LABEL_ORGANIZATION];
+        assert!(
+            label.starts_with("sha256-") && is_label_value(label),
+            "{label}"
+        );
+        assert_eq!(
+            secret.metadata.annotations.as_ref().unwrap()[ANNOTATION_ORGANIZATION],
+            "Org With Spaces"
+        );
+        assert_eq!(
+            KeyPairRecord::from_secret(&secret).unwrap().organization_id,
+            "Org With Spaces"
+        );
+        assert!(!is_label_value(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn from_secret_names_what_is_missing() {
+        let secret = record().to_secret();
+        let mut no_private = secret.clone();
+        no_private.data.as_mut().unwrap().remove(DATA_PRIVATE_KEY);
+        let mut no_state = secret.clone();
+        no_state
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(LABEL_STATE);
+        let mut wrong_type = secret.clone();
+        wrong_type.type_ = Some("Opaque".into());
+        let mut bad_metadata = secret.clone();
+        bad_metadata
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(DATA_METADATA.into(), ByteString(b"{}".to_vec()));
+        for (secret, expected) in [
+            (no_private, "data.privateKey.kms is missing"),
+            (no_state, "label kekeeper.io/state is missing"),
+            (wrong_type, "\"Opaque\""),
+            (bad_metadata, "data.metadata.json is not valid"),
+        ] {
+            let err = KeyPairRecord::from_secret(&secret).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(err.contains(&record().name()), "{err}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_distinguish_keys() {
+        let record = record();
+        let fingerprint = record.fingerprint();
+        assert!(fingerprint.starts_with("SHA256:"));
+        assert_eq!(fingerprint.len(), "SHA256:".len() + 43);
+        assert_eq!(fingerprint, record.clone().fingerprint());
+        // SHA-256 of the empty input, a known answer.
+        assert_eq!(
+            super::fingerprint(b""),
+            "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+        );
+        let mut other = record.clone();
+        other.public_key_der[0] ^= 1;
+        assert_ne!(other.fingerprint(), fingerprint);
+        assert_eq!(
+            parse_public_key_pem(&record.public_key_pem()).unwrap(),
+            record.public_key_der
+        );
+    }
+
+    #[test]
+    fn the_next_sequence_follows_the_highest_of_the_organisation() {
+        let mut a1 = record();
+        a1.sequence = 1;
+        let mut a4 = record();
+        a4.sequence = 4;
+        let mut b2 = record();
+        b2.organization_id = "b".into();
+        b2.sequence = 2;
+        let records = [a1, a4, b2];
+        assert_eq!(next_sequence(&records, &records[0].organization_id), 5);
+        assert_eq!(next_sequence(&records, "b"), 3);
+        assert_eq!(next_sequence(&records, "c"), 1);
+        assert_eq!(next_sequence([], "c"), 1);
+    }
+
+    #[test]
+    fn status_entries_carry_the_name_and_fingerprint() {
+        let mut record = record();
+        let active = record.to_active_key_pair();
+        assert_eq!(active.secret_name, record.name());
+        assert_eq!(active.public_key_fingerprint, record.fingerprint());
+        assert_eq!(active.key_pair_spec, KeyPairSpec::Rsa3072);
+        record.retire("2026-12-29T07:00:00Z".parse().unwrap());
+        let entry = record.to_history_entry();
+        assert_eq!(entry.retired_at, record.retired_at);
+        assert_eq!(entry.reason, "Created");
+        assert_eq!(
+            record.key_pair().private_key_ciphertext,
+            record.private_key_ciphertext
+        );
+        assert_eq!(
+            config_selector("recordings"),
+            "kekeeper.io/config=recordings"
+        );
+    }
+
+    #[test]
+    fn key_pair_ids_are_uuid_shaped_and_random() {
+        let id = new_key_pair_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_key_pair_id());
+    }
 }

@@ -1,0 +1,510 @@
+//! The `kekeeper` binary against the KMS emulator and the fault proxy: exit codes (0 pass,
+//! 1 KMS or crypto failure, 2 bad input) and what the user reads.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::proxy::FaultProxy;
+use common::{REGION, admin, create_key, kms_endpoint, manifest};
+use tokio::io::AsyncWriteExt;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stdout_bytes: Vec<u8>,
+    stderr: String,
+}
+
+/// Runs `kekeeper ARGS` with the emulator's (or proxy's) endpoint in the standard variables and
+/// nothing else of the environment's AWS settings.
+async fn kekeeper(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"));
+    command
+        .args(args)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_ENDPOINT_URL_KMS", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", REGION)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "2")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn kekeeper");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input).await.expect("write stdin");
+        drop(pipe);
+    }
+    let output = child.wait_with_output().await.expect("kekeeper output");
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stdout_bytes: output.stdout.clone(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    eprintln!(
+        "$ kekeeper {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        run.code,
+        if run.stdout.len() > 4000 {
+            "(long)\n"
+        } else {
+            run.stdout.as_str()
+        },
+        run.stderr
+    );
+    run
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn test_passes_for_every_organisation_and_reads_stdin() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let key = create_key(&endpoint, REGION, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = manifest(key.alias.as_str(), &["org-a", "org-b"], "RSA_2048");
+    let file = write(dir.path(), "config.yaml", &yaml);
+
+    let run = kekeeper(&endpoint, &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("PASSED: 2/2 organisations passed"));
+    assert!(run.stdout.contains(&key.key_arn));
+    assert_eq!(
+        run.stdout
+            .matches("ok    decrypt the private key (KMS Decrypt)")
+            .count(),
+        2
+    );
+    assert!(run.stdout.contains(" ms\n"));
+
+    let run = kekeeper(&endpoint, &["test", "-f", "-"], Some(yaml.as_bytes())).await;
+    assert_eq!(run.code, 0);
+}
+
+#[tokio::test]
+async fn test_fails_with_the_kms_error_for_a_disabled_key_or_unknown_alias() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let key = create_key(&endpoint, REGION, false).await;
+    admin(&endpoint, REGION)
+        .await
+        .disable_key()
+        .key_id(&key.key_id)
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.yaml",
+        &manifest(key.alias.as_str(), &["org-a"], "RSA_2048"),
+    );
+    let run = kekeeper(&endpoint, &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.contains("DisabledException"), "{}", run.stdout);
+    assert!(run.stdout.contains("KmsKeyNotEnabled"));
+    assert!(run.stdout.contains("FAILED: 0/1 organisations passed"));
+
+    let missing = format!(
+        "arn:aws:kms:{REGION}:{}:alias/{}",
+        common::ACCOUNT,
+        common::unique("missing")
+    );
+    let file = write(
+        dir.path(),
+        "m.yaml",
+        &manifest(&missing, &["org-a"], "RSA_2048"),
+    );
+    let run = kekeeper(&endpoint, &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("DescribeKey: NotFoundException"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_reports_access_denied_and_throttling_from_kms() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let key = create_key(&endpoint, REGION, false).await;
+    let proxy = FaultProxy::start(&endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.yaml",
+        &manifest(key.alias.as_str(), &["org-a"], "RSA_2048"),
+    );
+
+    proxy.fail(
+        "GenerateDataKeyPairWithoutPlaintext",
+        400,
+        "AccessDeniedException",
+        "not authorized to perform kms:GenerateDataKeyPairWithoutPlaintext",
+    );
+    let run = kekeeper(&proxy.endpoint(), &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout
+            .contains("GenerateDataKeyPairWithoutPlaintext: AccessDeniedException: not authorized"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("request id kekeeper-fault-proxy-"));
+    proxy.clear();
+
+    proxy.fail("Decrypt", 400, "ThrottlingException", "Rate exceeded");
+    let run = kekeeper(&proxy.endpoint(), &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout
+            .contains("Decrypt: ThrottlingException: Rate exceeded"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("FAIL  decrypt the private key"));
+}
+
+#[tokio::test]
+async fn bad_input_exits_2_naming_the_problem() {
+    // No KMS call is made for any of these; the endpoint is never contacted.
+    let endpoint = "http://127.0.0.1:9";
+    let dir = tempfile::tempdir().unwrap();
+    let key_arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let file = write(
+        dir.path(),
+        "key.yaml",
+        &manifest(key_arn, &["org-a"], "RSA_2048"),
+    );
+    let run = kekeeper(endpoint, &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("spec.kmsKeyAliasArn"), "{}", run.stderr);
+    assert!(run.stderr.contains("use the alias ARN"), "{}", run.stderr);
+
+    let run = kekeeper(endpoint, &["test", "-f", "/nonexistent/config.yaml"], None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("cannot read /nonexistent/config.yaml"),
+        "{}",
+        run.stderr
+    );
+
+    let alias = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+    let dup = write(
+        dir.path(),
+        "dup.yaml",
+        &manifest(alias, &["a", "a"], "RSA_2048"),
+    );
+    let run = kekeeper(endpoint, &["test", "-f", &dup], None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("spec.organizationIds[1]"),
+        "{}",
+        run.stderr
+    );
+
+    let bad_spec = write(
+        dir.path(),
+        "spec.yaml",
+        &manifest(alias, &["a"], "RSA_1024"),
+    );
+    let run = kekeeper(endpoint, &["test", "-f", &bad_spec], None).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("RSA_1024"), "{}", run.stderr);
+
+    let not_rkc = write(
+        dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    );
+    let run = kekeeper(endpoint, &["test", "-f", &not_rkc], None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("expected RecordingKeyConfig"),
+        "{}",
+        run.stderr
+    );
+
+    let good = write(
+        dir.path(),
+        "good.yaml",
+        &manifest(alias, &["org-a"], "RSA_2048"),
+    );
+    let out = dir.path().join("secret.yaml");
+    let run = kekeeper(
+        endpoint,
+        &[
+            "keypair",
+            "generate",
+            "-f",
+            &good,
+            "--org",
+            "org-z",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("--org \"org-z\" is not one of"),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.exists());
+}
+
+#[tokio::test]
+async fn policy_prints_valid_json_statements() {
+    let run = kekeeper(
+        "http://127.0.0.1:9",
+        &[
+            "policy",
+            "--principal",
+            "arn:aws:iam::111122223333:role/kekeeper",
+            "--org-id",
+            "o1",
+            "--org-id",
+            "o2",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    let statements: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        statements[0]["Condition"]["StringEquals"]["kms:EncryptionContext:genesys-cloud-organization-id"],
+        serde_json::json!(["o1", "o2"])
+    );
+    assert_eq!(statements[1]["Action"], "kms:DescribeKey");
+
+    let run = kekeeper(
+        "http://127.0.0.1:9",
+        &["policy", "--principal", "me", "--org-id", "o1"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2);
+}
+
+#[tokio::test]
+async fn keypair_generate_encrypt_decrypt_round_trip() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let key = create_key(&endpoint, REGION, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "c.yaml",
+        &manifest(key.alias.as_str(), &["org-a", "org-b"], "RSA_3072"),
+    );
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    for org in ["org-a", "org-b"] {
+        let out = path(&format!("{org}.yaml"));
+        let run = kekeeper(
+            &endpoint,
+            &[
+                "keypair", "generate", "-f", &config, "--org", org, "-o", &out,
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(run.code, 0);
+        assert!(run.stderr.contains("PASSED"), "{}", run.stderr);
+    }
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_yaml::from_str(&std::fs::read_to_string(path("org-a.yaml")).unwrap()).unwrap();
+    let record = kekeeper::keypair::KeyPairRecord::from_secret(&secret).unwrap();
+    assert_eq!(record.sequence, 1);
+    assert_eq!(record.state, kekeeper::keypair::KeyPairState::Active);
+    assert_eq!(record.kms_key_arn, key.key_arn);
+    assert_eq!(record.namespace, "telephony");
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some(kekeeper::keypair::KeyPairRecord::secret_name("recordings", "org-a", 1).as_str())
+    );
+
+    // Three segments and a bit, through stdin and stdout.
+    let recording: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "encrypt",
+            "--key-pair-secret",
+            &path("org-a.yaml"),
+            "-i",
+            "-",
+            "-o",
+            &path("rec.enc"),
+        ],
+        Some(&recording),
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "decrypt",
+            "--key-pair-secret",
+            &path("org-a.yaml"),
+            "-i",
+            &path("rec.enc"),
+            "-o",
+            &path("rec.out"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    assert_eq!(std::fs::read(path("rec.out")).unwrap(), recording);
+
+    // With the public key and id instead of the Secret.
+    std::fs::write(path("pub.pem"), record.public_key_pem()).unwrap();
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "encrypt",
+            "--public-key",
+            &path("pub.pem"),
+            "--key-pair-id",
+            &record.key_pair_id,
+            "-i",
+            &path("rec.out"),
+            "-o",
+            &path("rec2.enc"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "decrypt",
+            "--key-pair-secret",
+            &path("org-a.yaml"),
+            "-i",
+            &path("rec2.enc"),
+            "-o",
+            "-",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout_bytes == recording, "decrypted stdout differs");
+
+    // The wrong Secret: named clearly, nothing written.
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "decrypt",
+            "--key-pair-secret",
+            &path("org-b.yaml"),
+            "-i",
+            &path("rec.enc"),
+            "-o",
+            &path("wrong.out"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains(&format!("encrypted with key pair {}", record.key_pair_id)),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("wrong.out").exists());
+
+    // A truncated recording: exit 1 naming the truncation, no partial plaintext left behind.
+    let sealed = std::fs::read(path("rec.enc")).unwrap();
+    std::fs::write(path("cut.enc"), &sealed[..sealed.len() - 1000]).unwrap();
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "decrypt",
+            "--key-pair-secret",
+            &path("org-a.yaml"),
+            "-i",
+            &path("cut.enc"),
+            "-o",
+            &path("cut.out"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("decryption failed"), "{}", run.stderr);
+    assert!(!dir.path().join("cut.out").exists());
+
+    // Not a recording.
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "decrypt",
+            "--key-pair-secret",
+            &path("org-a.yaml"),
+            "-i",
+            &config,
+            "-o",
+            &path("x.out"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("recording header"), "{}", run.stderr);
+
+    // KMS refuses once the key is disabled: exit 1 with the KMS code, no output left behind.
+    admin(&endpoint, REGION)
+        .await
+        .disable_key()
+        .key_id(&key.key_id)
+        .send()
+        .await
+        .unwrap();
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "decrypt",
+            "--key-pair-secret",
+            &path("org-a.yaml"),
+            "-i",
+            &path("rec.enc"),
+            "-o",
+            &path("d.out"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("DisabledException"), "{}", run.stderr);
+    assert!(!dir.path().join("d.out").exists());
+}

@@ -1,0 +1,110 @@
+//! Shared by the KMS and CLI integration tests: the emulator endpoint, SDK clients for it, key
+//! and alias set-up, and a fault-injecting HTTP proxy.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kms::config::Credentials;
+use kekeeper::arn::AliasArn;
+
+pub const REGION: &str = "us-east-1";
+/// LocalStack's account for the access key id `test`.
+pub const ACCOUNT: &str = "000000000000";
+
+/// The emulator endpoint `scripts/test.sh` exports. Without it the test is skipped, with a
+/// message, except under CI where that is a failure.
+pub fn kms_endpoint() -> Option<String> {
+    match std::env::var("KEKEEPER_TEST_KMS_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("KEKEEPER_TEST_KMS_ENDPOINT is not set under CI; run scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: KEKEEPER_TEST_KMS_ENDPOINT is not set; run scripts/test.sh \
+                 (it starts the KMS emulator) to run this test"
+            );
+            None
+        }
+    }
+}
+
+/// SDK configuration for the endpoint with the emulator's test credentials and no retries
+/// (tests assert the first answer).
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "kekeeper-tests",
+        ))
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await
+}
+
+/// A KMS client for set-up calls (CreateKey, CreateAlias, DisableKey, ...) in `region`.
+pub async fn admin(endpoint: &str, region: &str) -> aws_sdk_kms::Client {
+    let config = sdk_config(endpoint).await;
+    aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&config)
+            .region(Region::new(region.to_owned()))
+            .build(),
+    )
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &kekeeper::keypair::new_key_pair_id()[..13])
+}
+
+pub struct TestKey {
+    pub alias: AliasArn,
+    pub key_id: String,
+    pub key_arn: String,
+}
+
+/// A new symmetric customer-managed key with a fresh alias in `region`.
+pub async fn create_key(endpoint: &str, region: &str, multi_region: bool) -> TestKey {
+    let admin = admin(endpoint, region).await;
+    let key = admin
+        .create_key()
+        .multi_region(multi_region)
+        .description("kekeeper integration test")
+        .send()
+        .await
+        .expect("CreateKey");
+    let metadata = key.key_metadata().expect("KeyMetadata");
+    let alias_name = format!("alias/{}", unique("kekeeper-test"));
+    admin
+        .create_alias()
+        .alias_name(&alias_name)
+        .target_key_id(metadata.key_id())
+        .send()
+        .await
+        .expect("CreateAlias");
+    TestKey {
+        alias: AliasArn::parse(&format!("arn:aws:kms:{region}:{ACCOUNT}:{alias_name}"))
+            .expect("alias ARN"),
+        key_id: metadata.key_id().to_owned(),
+        key_arn: metadata.arn().expect("Arn").to_owned(),
+    }
+}
+
+/// A RecordingKeyConfig manifest for the CLI.
+pub fn manifest(alias: &str, organization_ids: &[&str], key_pair_spec: &str) -> String {
+    let ids: Vec<String> = organization_ids
+        .iter()
+        .map(|id| format!("    - {id}\n"))
+        .collect();
+    format!(
+        "apiVersion: kekeeper.io/v1alpha1\nkind: RecordingKeyConfig\nmetadata:\n  name: recordings\n  namespace: telephony\nspec:\n  kmsKeyAliasArn: {alias}\n  organizationIds:\n{}  keyPairSpec: {key_pair_spec}\n",
+        ids.concat()
+    )
+}

@@ -1,0 +1,220 @@
+//! A fault-injecting HTTP/1.1 proxy in front of the KMS emulator: requests whose `X-Amz-Target`
+//! names a chosen operation get an AWS JSON error (AccessDenied, Throttling, ...) that LocalStack
+//! never produces; everything else is forwarded. One request per connection (`Connection:
+//! close`), which the SDK handles by reconnecting. Stopped when dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct State {
+    faults: Mutex<HashMap<String, Fault>>,
+    /// Requests seen per operation (`Decrypt`, ...), faulted or forwarded.
+    seen: Mutex<HashMap<String, usize>>,
+    /// Operations whose requests are held open without an answer (to provoke timeouts).
+    hang: Mutex<Vec<String>>,
+    next_request: AtomicU64,
+}
+
+pub struct FaultProxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on 127.0.0.1 (a free port) and forwards to `upstream` (`http://127.0.0.1:PORT`).
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let state = Arc::new(State::default());
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let state = state.clone();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let _ = handle(client, &upstream, &state).await;
+                    });
+                }
+            }
+        });
+        FaultProxy { addr, state, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers every request for `operation` (e.g. `GenerateDataKeyPairWithoutPlaintext`) with
+    /// HTTP `status` and the AWS JSON error `code` until cleared.
+    pub fn fail(&self, operation: &str, status: u16, code: &str, message: &str) {
+        self.state.faults.lock().unwrap().insert(
+            operation.to_owned(),
+            Fault {
+                status,
+                code: code.to_owned(),
+                message: message.to_owned(),
+            },
+        );
+    }
+
+    /// Never answers requests for `operation`.
+    pub fn hang(&self, operation: &str) {
+        self.state.hang.lock().unwrap().push(operation.to_owned());
+    }
+
+    pub fn clear(&self) {
+        self.state.faults.lock().unwrap().clear();
+        self.state.hang.lock().unwrap().clear();
+    }
+
+    pub fn seen(&self, operation: &str) -> usize {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The request id the proxy gave its `n`-th faulted answer (1-based).
+    pub fn request_id(n: u64) -> String {
+        format!("kekeeper-fault-proxy-{n:04}")
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn handle(mut client: TcpStream, upstream: &str, state: &State) -> std::io::Result<()> {
+    // Read the head, then exactly Content-Length bytes of body.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    };
+    let content_length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + content_length {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let operation = header("x-amz-target")
+        .and_then(|t| t.rsplit('.').next().map(str::to_owned))
+        .unwrap_or_default();
+    *state
+        .seen
+        .lock()
+        .unwrap()
+        .entry(operation.clone())
+        .or_default() += 1;
+
+    if state.hang.lock().unwrap().contains(&operation) {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        return Ok(());
+    }
+
+    let fault = state.faults.lock().unwrap().get(&operation).cloned();
+    if let Some(fault) = fault {
+        let n = state.next_request.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = serde_json::json!({"__type": fault.code, "message": fault.message}).to_string();
+        let response = format!(
+            "HTTP/1.1 {} Error\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            fault.status,
+            FaultProxy::request_id(n),
+            body.len(),
+            body
+        );
+        client.write_all(response.as_bytes()).await?;
+        client.shutdown().await?;
+        return Ok(());
+    }
+
+    // Forward with `Connection: close` so the upstream ends the response with EOF.
+    let mut rewritten = String::new();
+    for line in head[..head_end - 4].split("\r\n") {
+        if line
+            .split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
+        {
+            continue;
+        }
+        rewritten.push_str(line);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("Connection: close\r\n\r\n");
+    let mut server = TcpStream::connect(upstream).await?;
+    server.write_all(rewritten.as_bytes()).await?;
+    server.write_all(&buf[head_end..]).await?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response).await?;
+    // Tell the client too, so it never reuses this connection.
+    if let Some(end) = find(&response, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&response[..end]).into_owned();
+        let mut out = String::new();
+        for line in head.split("\r\n") {
+            if line
+                .split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
+            {
+                continue;
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        client.write_all(out.as_bytes()).await?;
+        client.write_all(&response[end + 4..]).await?;
+    } else {
+        client.write_all(&response).await?;
+    }
+    client.shutdown().await?;
+    Ok(())
+}
