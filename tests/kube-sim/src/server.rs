@@ -1382,6 +1382,14 @@ fn create(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> {
         .unwrap_or_default()
         .to_string();
     let key = ctx.key(&name);
+    if body["metadata"]["resourceVersion"]
+        .as_str()
+        .is_some_and(|rv| !rv.is_empty())
+    {
+        return Err(ApiError::internal(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
     if ctx.sim.state().objects.contains_key(&key) {
         return Err(ApiError::already_exists(&ctx.t.group, &ctx.t.plural, &name));
     }

@@ -59,6 +59,14 @@ async fn crud_errors_have_real_status_shapes() {
         r#"Operation cannot be fulfilled on secrets "x": the object has been modified; please apply your changes to the latest version and try again"#
     );
 
+    // Creating an object that still carries a resourceVersion fails as in the storage layer.
+    let e = status(secrets.create(&PostParams::default(), &created).await);
+    assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
+    assert_eq!(
+        e.message,
+        "Internal error occurred: resourceVersion should not be set on objects to be created"
+    );
+
     // Namespace must exist.
     let other: Api<Secret> = Api::namespaced(client.clone(), "missing");
     let e = status(other.create(&PostParams::default(), &s).await);
