@@ -1314,7 +1314,11 @@ fn store(ctx: &Ctx, key: Key, old: Option<&Value>, new: Value) -> Value {
         && new["metadata"]["finalizers"]
             .as_array()
             .is_none_or(|f| f.is_empty());
-    let out = st.commit(key.clone(), if finalized { None } else { Some(new) });
+    let out = if finalized {
+        st.remove(key.clone())
+    } else {
+        st.commit(key.clone(), Some(new))
+    };
     if ctx.t.plural == "customresourcedefinitions" {
         st.refresh_types();
     }
@@ -1706,7 +1710,12 @@ fn delete_one(ctx: &Ctx, key: Key, opts: &Value) -> Result<(u16, Value), ApiErro
     if ctx.dry_run() {
         return Ok((200, ctx.present(&old)));
     }
-    let deleted = st.commit(key.clone(), None);
+    let orphan = opts["propagationPolicy"].as_str() == Some("Orphan")
+        || opts["orphanDependents"] == json!(true);
+    if orphan && let Some(uid) = old["metadata"]["uid"].as_str() {
+        st.orphan_dependents(uid);
+    }
+    let deleted = st.remove(key.clone());
     // Deleting a namespace removes its contents; deleting a CRD removes its custom resources.
     if ctx.t.plural == "namespaces" && ctx.t.group.is_empty() {
         let doomed: Vec<Key> = st
@@ -1716,7 +1725,9 @@ fn delete_one(ctx: &Ctx, key: Key, opts: &Value) -> Result<(u16, Value), ApiErro
             .cloned()
             .collect();
         for k in doomed {
-            st.commit(k, None);
+            if st.objects.contains_key(&k) {
+                st.remove(k);
+            }
         }
     }
     if ctx.t.plural == "customresourcedefinitions" {
@@ -1735,7 +1746,9 @@ fn delete_one(ctx: &Ctx, key: Key, opts: &Value) -> Result<(u16, Value), ApiErro
             .cloned()
             .collect();
         for k in doomed {
-            st.commit(k, None);
+            if st.objects.contains_key(&k) {
+                st.remove(k);
+            }
         }
         st.refresh_types();
     }

@@ -143,6 +143,78 @@ impl State {
         object
     }
 
+    /// Removes an object, then collects garbage as the garbage collector would (background
+    /// propagation): dependents left without any existing owner are deleted (or marked for
+    /// deletion when they carry finalizers), dangling owner references of others are dropped.
+    pub fn remove(&mut self, key: Key) -> Value {
+        let deleted = self.commit(key, None);
+        let mut gone: Vec<String> = deleted["metadata"]["uid"]
+            .as_str()
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        while let Some(uid) = gone.pop() {
+            let live: std::collections::HashSet<String> = self
+                .objects
+                .values()
+                .filter_map(|o| o["metadata"]["uid"].as_str().map(str::to_string))
+                .collect();
+            let dependents: Vec<(Key, Value)> = self
+                .objects
+                .iter()
+                .filter(|(_, o)| owner_uids(o).any(|u| u == uid))
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect();
+            for (k, mut obj) in dependents {
+                let alive: Vec<Value> = obj["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["uid"].as_str().is_some_and(|u| live.contains(u)))
+                    .cloned()
+                    .collect();
+                if !alive.is_empty() {
+                    obj["metadata"]["ownerReferences"] = Value::Array(alive);
+                    self.commit(k, Some(obj));
+                } else if obj["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+                {
+                    if obj["metadata"]["deletionTimestamp"].is_null() {
+                        obj["metadata"]["deletionTimestamp"] = json!(now());
+                        obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                        self.commit(k, Some(obj));
+                    }
+                } else {
+                    let d = self.commit(k, None);
+                    gone.extend(d["metadata"]["uid"].as_str().map(str::to_string));
+                }
+            }
+        }
+        deleted
+    }
+
+    /// `propagationPolicy: Orphan`: drops the owner references to `uid`.
+    pub fn orphan_dependents(&mut self, uid: &str) {
+        let dependents: Vec<(Key, Value)> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| owner_uids(o).any(|u| u == uid))
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (k, mut obj) in dependents {
+            if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|r| r["uid"].as_str() != Some(uid));
+                if refs.is_empty() {
+                    obj["metadata"]
+                        .as_object_mut()
+                        .map(|m| m.remove("ownerReferences"));
+                }
+            }
+            self.commit(k, Some(obj));
+        }
+    }
+
     pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
         self.types
             .iter()
@@ -211,4 +283,12 @@ impl State {
         }
         Some(map.into_iter().collect())
     }
+}
+
+fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
 }

@@ -152,6 +152,45 @@ pub fn object_meta(meta: &Value) -> Vec<FieldError> {
             }
         }
     }
+    let refs = meta["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for r in &refs {
+        for (field, what) in [
+            ("apiVersion", "version"),
+            ("kind", "kind"),
+            ("name", "name"),
+            ("uid", "uid"),
+        ] {
+            if r[field].as_str().is_none_or(str::is_empty) {
+                errs.push(invalid(
+                    &format!("metadata.ownerReferences.{field}"),
+                    "",
+                    format!("{what} must not be empty"),
+                ));
+            }
+        }
+    }
+    let controllers: Vec<String> = refs
+        .iter()
+        .filter(|r| r["controller"] == Value::Bool(true))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["kind"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    if controllers.len() > 1 {
+        errs.push(FieldError::new(
+            FieldErrorKind::Invalid,
+            "metadata.ownerReferences",
+            Some(Value::Array(refs.clone())),
+            format!("Only one reference can have Controller set to true. Found \"true\" in references for {}", controllers.join(" and ")),
+        ));
+    }
     if let Some(annotations) = meta["annotations"].as_object() {
         let mut total = 0;
         for (k, v) in annotations {

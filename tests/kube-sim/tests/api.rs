@@ -1200,3 +1200,67 @@ async fn watch_selector_transitions_and_initial_events_bookmark() {
         other => panic!("expected a bookmark, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn garbage_collection_follows_owner_references() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    let owner = api
+        .create(&PostParams::default(), &rkc("owner"))
+        .await
+        .unwrap();
+    let owner_ref = json!([{"apiVersion": "kekeeper.io/v1alpha1", "kind": "RecordingKeyConfig", "name": "owner", "uid": owner.metadata.uid.clone().unwrap(), "controller": true}]);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let owned: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "owner-public-keys", "ownerReferences": owner_ref}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &owned).await.unwrap();
+    let orphaned: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "orphan", "ownerReferences": owner_ref}}),
+    )
+    .unwrap();
+    let key_pair: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "owner-key-pair"}, "type": "kekeeper.io/key-pair"}),
+    )
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &key_pair)
+        .await
+        .unwrap();
+
+    // Invalid owner references are refused.
+    let bad: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "bad", "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "y", "uid": ""}]}})).unwrap();
+    let e = status(cms.create(&PostParams::default(), &bad).await);
+    assert_eq!(
+        e.message,
+        r#"ConfigMap "bad" is invalid: metadata.ownerReferences.uid: Invalid value: "": uid must not be empty"#
+    );
+
+    // Orphan propagation keeps dependents and drops the reference.
+    let second = api
+        .create(&PostParams::default(), &rkc("second"))
+        .await
+        .unwrap();
+    let mut o = orphaned.clone();
+    o.metadata.owner_references.as_mut().unwrap()[0].uid = second.metadata.uid.clone().unwrap();
+    o.metadata.owner_references.as_mut().unwrap()[0].name = "second".into();
+    cms.create(&PostParams::default(), &o).await.unwrap();
+    api.delete("second", &DeleteParams::orphan()).await.unwrap();
+    assert!(
+        cms.get("orphan")
+            .await
+            .unwrap()
+            .metadata
+            .owner_references
+            .is_none()
+    );
+
+    // Background propagation: the owned ConfigMap goes, the unowned key pair Secret stays.
+    api.delete("owner", &DeleteParams::default()).await.unwrap();
+    assert_eq!(status(cms.get("owner-public-keys").await).code, 404);
+    secrets.get("owner-key-pair").await.unwrap();
+}
