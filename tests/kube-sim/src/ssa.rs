@@ -437,7 +437,18 @@ pub struct Write<'a> {
 /// Records an Update-operation write: the writer takes the fields it changed; fields that no
 /// longer exist lose their owners.
 pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Write) {
-    let mut managers = old.map(read_managers).unwrap_or_default();
+    // Managed fields the client set explicitly win (kubectl's client-side-apply migration sends
+    // them); an empty list resets them; absent keeps the stored ones.
+    let explicit = &new["metadata"]["managedFields"];
+    let mut managers = match (old, explicit) {
+        (_, Value::Array(a)) if a.is_empty() => Vec::new(),
+        (Some(o), Value::Array(_)) if o["metadata"]["managedFields"] != *explicit => {
+            read_managers(new)
+        }
+        (None, Value::Array(_)) => read_managers(new),
+        (Some(o), _) => read_managers(o),
+        (None, _) => Vec::new(),
+    };
     let ctx = Ctx::new(w.schema);
     let new_set = field_set(new, w.schema);
     let changed: FieldSet = new_set

@@ -176,7 +176,8 @@ fn apply_get_tables_and_output_formats() {
     ]);
     assert!(
         err.contains(
-            "Apply failed with 2 conflicts: conflicts with \"kubectl\":\n- .spec.rotation.period"
+            // kubectl migrated client-side-apply ownership to "kubectl" on its first --server-side.
+            "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.rotation.period"
         ),
         "{err}"
     );
