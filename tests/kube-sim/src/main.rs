@@ -27,6 +27,9 @@ struct Args {
     /// Number of watch events kept before older resourceVersions are answered 410 Gone.
     #[arg(long, default_value_t = 1000)]
     watch_cache_size: usize,
+    /// Where to write the serving CA certificate (PEM).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// Fixed admin token (random by default).
     #[arg(long)]
     admin_token: Option<String>,
@@ -52,6 +55,9 @@ async fn main() -> std::io::Result<()> {
     let running = kube_sim::Server::start(opts).await?;
     if let Some(path) = &args.kubeconfig {
         running.write_kubeconfig(path)?;
+    }
+    if let Some(path) = &args.ca_file {
+        std::fs::write(path, running.ca_pem())?;
     }
     println!("kube-sim listening on {}", running.url());
     use std::io::Write;
