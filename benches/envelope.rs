@@ -3,11 +3,12 @@
 //! - `throughput [MiB]` (default 256): generates an RSA-2048 key pair, encrypts a generated
 //!   buffer into a sink and decrypts a ciphertext of it back into a sink, timing each (best of
 //!   three runs, since the machine is shared).
-//! - `stream <bytes>`: encrypts a generated stream into a pipe while another thread decrypts
+//! - `stream <bytes>`: encrypts a generated stream into an in-process pipe while another thread decrypts
 //!   the pipe into a verifying sink, so no side ever holds the whole input; prints the peak RSS
 //!   (VmHWM) at the end, to show memory does not grow with the input size.
 
 use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::encoding::AsDer;
@@ -159,8 +160,55 @@ impl Write for PatternChecker<'_> {
     }
 }
 
+/// The writing end of an in-process pipe: a bounded channel of chunks, so the two sides of
+/// the stream hold at most a few segments between them (`std::io::pipe` is above our MSRV).
+struct PipeWriter(SyncSender<Vec<u8>>);
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end; end of input once the writer is dropped.
+struct PipeReader {
+    chunks: Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 fn stream(public_der: Vec<u8>, private_pkcs8: &[u8], bytes: u64) {
-    let (mut pipe_reader, pipe_writer) = io::pipe().expect("pipe");
+    let (sender, receiver) = sync_channel(4);
+    let pipe_writer = PipeWriter(sender);
+    let mut pipe_reader = PipeReader {
+        chunks: receiver,
+        chunk: Vec::new(),
+        pos: 0,
+    };
     let start = Instant::now();
     let sealer = std::thread::spawn(move || {
         let block = pattern();
