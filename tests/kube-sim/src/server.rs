@@ -1247,7 +1247,96 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
     Ok(new)
 }
 
+/// Structural-schema checks of a CRD version schema: every specified node needs a `type`
+/// (unless it preserves unknown fields or is int-or-string); value-validation branches
+/// (allOf/anyOf/oneOf/not) are exempt.
+fn structural_errors(schema: &Value, path: &str, place: &str, errs: &mut Vec<FieldError>) {
+    let exempt = schema["x-kubernetes-int-or-string"] == json!(true)
+        || schema["x-kubernetes-preserve-unknown-fields"] == json!(true);
+    if schema.get("type").is_none() && !exempt {
+        errs.push(FieldError::new(
+            FieldErrorKind::Required,
+            &format!("{path}.type"),
+            None,
+            format!("must not be empty {place}"),
+        ));
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (k, child) in props {
+            structural_errors(
+                child,
+                &format!("{path}.properties[{k}]"),
+                "for specified object fields",
+                errs,
+            );
+        }
+    }
+    if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
+        structural_errors(
+            items,
+            &format!("{path}.items"),
+            "for specified array items",
+            errs,
+        );
+    }
+    if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        structural_errors(
+            ap,
+            &format!("{path}.additionalProperties"),
+            "for specified additionalProperties",
+            errs,
+        );
+    }
+}
+
 fn admit_crd(new: &mut Value, name: &str) -> Result<(), ApiError> {
+    let mut errs = Vec::new();
+    let versions = new["spec"]["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (i, v) in versions.iter().enumerate() {
+        match v["schema"].get("openAPIV3Schema") {
+            Some(schema) => structural_errors(
+                schema,
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                "at the root",
+                &mut errs,
+            ),
+            None => errs.push(FieldError::new(
+                FieldErrorKind::Required,
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                None,
+                "schemas are required",
+            )),
+        }
+    }
+    if versions
+        .iter()
+        .filter(|v| v["storage"] == json!(true))
+        .count()
+        != 1
+    {
+        errs.push(FieldError::new(
+            FieldErrorKind::Invalid,
+            "spec.versions",
+            Some(json!(
+                versions
+                    .iter()
+                    .map(|v| v["name"].clone())
+                    .collect::<Vec<_>>()
+            )),
+            "must have exactly one version marked as storage version",
+        ));
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            name,
+            &errs,
+        ));
+    }
     let group = new["spec"]["group"]
         .as_str()
         .unwrap_or_default()

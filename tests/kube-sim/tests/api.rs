@@ -1264,3 +1264,34 @@ async fn garbage_collection_follows_owner_references() {
     assert_eq!(status(cms.get("owner-public-keys").await).code, 404);
     secrets.get("owner-key-pair").await.unwrap();
 }
+
+#[tokio::test]
+async fn non_structural_crds_are_refused() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let mut crd: serde_json::Value = serde_yaml::from_str(CRD).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["loose"] =
+        json!({"description": "no type"});
+    let api: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+            ),
+            "customresourcedefinitions",
+        ),
+    );
+    let e = status(
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(crd).unwrap(),
+        )
+        .await,
+    );
+    assert_eq!(
+        e.message,
+        r#"CustomResourceDefinition.apiextensions.k8s.io "recordingkeyconfigs.kekeeper.io" is invalid: spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[loose].type: Required value: must not be empty for specified object fields"#
+    );
+}
