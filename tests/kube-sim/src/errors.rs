@@ -113,8 +113,7 @@ impl ApiError {
         .with_details(json!({"group": group, "kind": resource}))
     }
 
-    pub fn unsupported_media_type(content_type: &str, accepted: &[&str]) -> Self {
-        let _ = content_type;
+    pub fn unsupported_media_type(accepted: &[&str]) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",

@@ -345,7 +345,7 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
         .get("Impersonate-User")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (user, real_user) = match (impersonated, user) {
+    let user = match (impersonated, user) {
         (Some(name), Some(u)) if u.groups.iter().any(|g| g == "system:masters") => {
             let mut groups: Vec<String> = headers
                 .get_all("Impersonate-Group")
@@ -365,7 +365,7 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
             if !groups.iter().any(|g| g == "system:authenticated") {
                 groups.push("system:authenticated".into());
             }
-            (Some(User { name, groups }), Some(u))
+            Some(User { name, groups })
         }
         (Some(name), Some(u)) => {
             let why = format!(
@@ -374,9 +374,8 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
             );
             return error_response(&ApiError::forbidden("", "users", &name, &why));
         }
-        (_, u) => (u.clone(), u),
+        (_, u) => u,
     };
-    let _ = real_user;
     if path.starts_with("/_sim/") {
         let is_admin = user.as_ref().is_some_and(|u| u.name == "kube-sim-admin");
         if !is_admin {
@@ -1706,7 +1705,7 @@ fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
         | "application/json-patch+json"
         | "application/strategic-merge-patch+json" => {
             if ct == "application/strategic-merge-patch+json" && ctx.t.is_custom() {
-                return Err(ApiError::unsupported_media_type(&ct, &accepted_custom));
+                return Err(ApiError::unsupported_media_type(&accepted_custom));
             }
             let Some(old) = old else {
                 return Err(ApiError::not_found(&ctx.t.group, &ctx.t.plural, &name));
@@ -1729,15 +1728,12 @@ fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
             }
             write_existing(ctx, key, &old, target, false)
         }
-        _ => Err(ApiError::unsupported_media_type(
-            &ct,
-            &[
-                "application/json-patch+json",
-                "application/merge-patch+json",
-                "application/apply-patch+yaml",
-                "application/strategic-merge-patch+json",
-            ],
-        )),
+        _ => Err(ApiError::unsupported_media_type(&[
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/apply-patch+yaml",
+            "application/strategic-merge-patch+json",
+        ])),
     }
 }
 
