@@ -424,6 +424,25 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
             attrs.namespace = p.name.clone().unwrap_or_default();
         }
         attrs.name = p.name.clone().unwrap_or_default();
+        // As the API server's RequestInfo: list/watch of one object by field selector carries
+        // its name, so RBAC `resourceNames` rules apply.
+        if attrs.name.is_empty() && (attrs.verb == "list" || attrs.verb == "watch") {
+            let fs = q
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or_default();
+            let names: Vec<&str> = fs
+                .split(',')
+                .filter_map(|part| part.strip_prefix("metadata.name=="))
+                .chain(fs.split(',').filter_map(|part| {
+                    part.strip_prefix("metadata.name=")
+                        .filter(|v| !v.starts_with('='))
+                }))
+                .collect();
+            if let [name] = names.as_slice() {
+                attrs.name = name.to_string();
+            }
+        }
     }
     let response = dispatch(
         &sim,

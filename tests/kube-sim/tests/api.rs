@@ -867,6 +867,45 @@ async fn rbac_allows_and_forbids() {
         "{}",
         e.message
     );
+    // resourceNames rules cover list/watch of that one object by field selector.
+    let named_role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "lease", "namespace": "default"},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kekeeper-leader"], "verbs": ["get", "list", "watch"]}]});
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(named_role).unwrap(),
+        )
+        .await
+        .unwrap();
+    let lease_binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "lease", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kekeeper", "namespace": "default"}]});
+    rbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(lease_binding).unwrap(),
+    )
+    .await
+    .unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(sa.clone(), "default");
+    leases
+        .list(&ListParams::default().fields("metadata.name=kekeeper-leader"))
+        .await
+        .unwrap();
+    let e = status(leases.list(&ListParams::default()).await);
+    assert_eq!(e.code, 403);
+    let e = status(
+        leases
+            .list(&ListParams::default().fields("metadata.name=other"))
+            .await,
+    );
+    assert!(
+        e.message
+            .starts_with(r#"leases.coordination.k8s.io "other" is forbidden"#),
+        "{}",
+        e.message
+    );
+
     // Unknown token: 401.
     let anon = client_from_yaml(&sim.kubeconfig_for_token("bogus")).await;
     let e = status(
