@@ -1656,6 +1656,15 @@ fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
                 )];
                 return Err(ApiError::invalid("meta.k8s.io", "PatchOptions", "", &errs));
             };
+            if let Some(ns) = applied["metadata"]["namespace"].as_str()
+                && ctx.t.namespaced
+                && !ns.is_empty()
+                && ns != ctx.ns()
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
             let force = ctx.q.get("force").is_some_and(|f| f == "true");
             let mut applied = applied;
             applied["apiVersion"] = json!(ctx.t.api_version());
