@@ -103,3 +103,27 @@ mod tests {
         assert!(eval("self.missing == 1", &spec, None).is_err());
     }
 }
+
+#[cfg(test)]
+mod more_tests {
+    use serde_json::json;
+
+    use super::eval;
+
+    #[test]
+    fn common_kubernetes_cel_forms() {
+        let v = json!({"ids": ["a", "bb"], "n": 3, "m": {"k": "v"}, "ts": "2026-01-01T00:00:00Z"});
+        for rule in [
+            "self.ids.size() == 2",
+            "self.ids.exists_one(i, i == 'a')",
+            "self.ids.filter(i, size(i) > 1).size() == 1",
+            "self.ids.map(i, i + '!')[0] == 'a!'",
+            "'k' in self.m && self.m.k == 'v'",
+            "int(self.n) == 3 && double(self.n) > 2.5",
+            "timestamp(self.ts) < timestamp('2027-01-01T00:00:00Z')",
+            "duration('1h') > duration('30m')",
+        ] {
+            assert_eq!(eval(rule, &v, None), Ok(json!(true)), "{rule}");
+        }
+    }
+}
