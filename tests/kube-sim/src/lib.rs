@@ -7,10 +7,10 @@
 
 mod cel;
 mod discovery;
-pub mod errors;
+mod errors;
 mod patch;
 mod proto;
-pub mod rbac;
+mod rbac;
 mod registry;
 mod schema;
 mod selectors;
