@@ -178,6 +178,9 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldEr
             }
         }
     }
+    if let Some(o) = old {
+        ratchet(&mut errs, obj, o);
+    }
     // As the apiextensions-apiserver: CEL rules run only when the schema errors do not make the
     // object unfit for them (type, required, enum and size violations).
     let blocking = errs.iter().any(|e| {
@@ -198,9 +201,57 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldEr
             "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
         ));
     } else {
-        cel_walk(obj, old, schema, "", &mut errs);
+        let mut cel_errs = Vec::new();
+        cel_walk(obj, old, schema, "", &mut cel_errs);
+        if let Some(o) = old {
+            ratchet(&mut cel_errs, obj, o);
+        }
+        errs.extend(cel_errs);
     }
     errs
+}
+
+/// The value at a field-error path (`spec.list[2].field`).
+fn at_path<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut cur = v;
+    for seg in path.split('.') {
+        let (name, indices) = match seg.find('[') {
+            Some(i) => (&seg[..i], &seg[i..]),
+            None => (seg, ""),
+        };
+        if !name.is_empty() {
+            cur = cur.get(name)?;
+        }
+        for idx in indices.split('[').filter(|s| !s.is_empty()) {
+            cur = cur.get(idx.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(cur)
+}
+
+/// Validation ratcheting (CRDValidationRatcheting, GA in 1.33): on update, errors about values
+/// that did not change are dropped.
+fn ratchet(errs: &mut Vec<FieldError>, new: &Value, old: &Value) {
+    errs.retain(|e| {
+        if e.field == "<nil>" {
+            return true;
+        }
+        let path = match e.kind {
+            // A missing required field ratchets when its parent object is unchanged.
+            FieldErrorKind::Required => e
+                .field
+                .rsplit_once('.')
+                .map(|(p, _)| p.to_string())
+                .unwrap_or_default(),
+            _ => e.field.clone(),
+        };
+        let (n, o) = if path.is_empty() {
+            (Some(new), Some(old))
+        } else {
+            (at_path(new, &path), at_path(old, &path))
+        };
+        !(n.is_some() && n == o)
+    });
 }
 
 /// Evaluates the CEL rules of every schema node present in the object, parents first.

@@ -1334,3 +1334,52 @@ async fn non_structural_crds_are_refused() {
         r#"CustomResourceDefinition.apiextensions.k8s.io "recordingkeyconfigs.kekeeper.io" is invalid: spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[loose].type: Required value: must not be empty for specified object fields"#
     );
 }
+
+#[tokio::test]
+async fn validation_ratchets_unchanged_values_on_update() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    install_crd(&client).await;
+    let api = rkc_api(&client, "default");
+    let mut legacy = rkc("legacy");
+    legacy.data["spec"]["homeRegion"] = json!("us-east-1");
+    api.create(&PostParams::default(), &legacy).await.unwrap();
+    // Tighten the schema: homeRegion must now be an EU region.
+    let crds: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+            ),
+            "customresourcedefinitions",
+        ),
+    );
+    let patch = json!([{"op": "add", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/homeRegion/pattern", "value": "^eu-"}]);
+    let req = http::Request::patch(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/recordingkeyconfigs.kekeeper.io",
+    )
+    .header("Content-Type", "application/json-patch+json")
+    .body(serde_json::to_vec(&patch).unwrap())
+    .unwrap();
+    let _: serde_json::Value = client.request(req).await.unwrap();
+    assert!(crds.get("recordingkeyconfigs.kekeeper.io").await.is_ok());
+    // Unchanged invalid value: the update of another field passes.
+    api.patch(
+        "legacy",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .unwrap();
+    // Changing it to another invalid value fails; new objects fail.
+    let e = status(api.patch("legacy", &PatchParams::default(), &Patch::Merge(json!({"spec": {"homeRegion": "us-west-2", "kmsKeyAliasArn": "arn:aws:kms:us-west-2:111122223333:alias/recordings"}}))).await);
+    assert!(e.message.contains(r#"spec.homeRegion: Invalid value: "us-west-2": spec.homeRegion in body should match '^eu-'"#), "{}", e.message);
+    let mut fresh = rkc("fresh");
+    fresh.data["spec"]["homeRegion"] = json!("us-east-1");
+    assert_eq!(
+        status(api.create(&PostParams::default(), &fresh).await).code,
+        422
+    );
+}
