@@ -103,11 +103,69 @@ fn role_rules<'s>(store: &'s Store, role_ref: &Value, binding_ns: &str) -> Vec<&
         ),
         _ => return Vec::new(),
     };
-    store
-        .get(&key)
-        .and_then(|r| r["rules"].as_array())
+    let Some(role) = store.get(&key) else {
+        return Vec::new();
+    };
+    let mut rules: Vec<&Value> = role["rules"]
+        .as_array()
         .map(|a| a.iter().collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // aggregationRule: the rules of every ClusterRole matching a selector (what the aggregation
+    // controller would copy into `rules`).
+    if let Some(selectors) = role["aggregationRule"]["clusterRoleSelectors"].as_array() {
+        let prefix = (
+            "rbac.authorization.k8s.io".to_string(),
+            "clusterroles".to_string(),
+            String::new(),
+            String::new(),
+        );
+        for (k, other) in store.range(prefix..) {
+            if k.0 != "rbac.authorization.k8s.io" || k.1 != "clusterroles" {
+                break;
+            }
+            if k.3 == key.3 {
+                continue;
+            }
+            if selectors
+                .iter()
+                .any(|sel| selector_matches(sel, &other["metadata"]["labels"]))
+            {
+                rules.extend(other["rules"].as_array().into_iter().flatten());
+            }
+        }
+    }
+    rules
+}
+
+/// A `metav1.LabelSelector` (matchLabels and matchExpressions).
+fn selector_matches(sel: &Value, labels: &Value) -> bool {
+    let labels_ok = sel["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let exprs_ok = sel["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let have = labels.get(key).and_then(Value::as_str);
+            match e["operator"].as_str() {
+                Some("In") => have.is_some_and(|h| values.contains(&h)),
+                Some("NotIn") => have.is_none_or(|h| !values.contains(&h)),
+                Some("Exists") => have.is_some(),
+                Some("DoesNotExist") => have.is_none(),
+                _ => false,
+            }
+        });
+    labels_ok
+        && exprs_ok
+        && (sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some())
 }
 
 pub fn allowed(store: &Store, user: &User, a: &Attributes) -> bool {

@@ -906,6 +906,21 @@ async fn rbac_allows_and_forbids() {
         e.message
     );
 
+    // Aggregated ClusterRoles: rules of labelled ClusterRoles count.
+    let crs: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    crs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "aggregate"},
+        "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"example.com/aggregate-to-reader": "true"}}]}, "rules": []})).unwrap()).await.unwrap();
+    crs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "rkc-reader", "labels": {"example.com/aggregate-to-reader": "true"}},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]})).unwrap()).await.unwrap();
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    crbs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "aggregate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "aggregate"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kekeeper", "namespace": "default"}]})).unwrap()).await.unwrap();
+    Api::<ConfigMap>::all(sa.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+
     // Unknown token: 401.
     let anon = client_from_yaml(&sim.kubeconfig_for_token("bogus")).await;
     let e = status(
