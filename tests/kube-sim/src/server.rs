@@ -1869,7 +1869,9 @@ fn delete_one(ctx: &Ctx, key: Key, opts: &Value) -> Result<(u16, Value), ApiErro
     if !ctx.t.group.is_empty() {
         details["group"] = json!(ctx.t.group);
     }
-    if ctx.t.is_custom() {
+    // Registries with ReturnDeletedObject answer the object; the others (custom resources
+    // included) a Success Status.
+    if ctx.t.group.is_empty() && ctx.t.plural == "serviceaccounts" {
         return Ok((200, ctx.present(&deleted)));
     }
     Ok((

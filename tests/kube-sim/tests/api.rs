@@ -1314,7 +1314,11 @@ async fn garbage_collection_follows_owner_references() {
     );
 
     // Background propagation: the owned ConfigMap goes, the unowned key pair Secret stays.
-    api.delete("owner", &DeleteParams::default()).await.unwrap();
+    let gone = api.delete("owner", &DeleteParams::default()).await.unwrap();
+    assert!(
+        gone.is_right(),
+        "a deleted custom resource answers a Success Status"
+    );
     assert_eq!(status(cms.get("owner-public-keys").await).code, 404);
     secrets.get("owner-key-pair").await.unwrap();
 }
