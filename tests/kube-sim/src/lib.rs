@@ -101,6 +101,8 @@ pub struct ErrorFault {
     pub subresource: Option<String>,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// Authenticated user name (e.g. `system:serviceaccount:ns:sa`), to fail only one client.
+    pub user: Option<String>,
     /// HTTP status code to answer (e.g. 500, 503, 429, 409, 403).
     pub code: u16,
     /// Status reason; derived from the code when None.
@@ -111,9 +113,10 @@ pub struct ErrorFault {
 }
 
 impl ErrorFault {
-    fn matches(&self, a: &Attributes) -> bool {
+    fn matches(&self, a: &Attributes, user: &str) -> bool {
         let m = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w == have);
-        m(&self.verb, &a.verb)
+        m(&self.user, user)
+            && m(&self.verb, &a.verb)
             && m(&self.api_group, &a.group)
             && m(&self.resource, &a.resource)
             && m(&self.subresource, &a.subresource)

@@ -537,7 +537,7 @@ async fn dispatch(
         let mut f = sim.faults.lock().unwrap_or_else(|e| e.into_inner());
         let mut forced = None;
         if !attrs.resource.is_empty()
-            && let Some(i) = f.errors.iter().position(|e| e.matches(attrs))
+            && let Some(i) = f.errors.iter().position(|e| e.matches(attrs, &user.name))
         {
             let e = f.errors[i].clone();
             if let Some(times) = f.errors[i].times.as_mut() {

@@ -974,6 +974,15 @@ async fn request_log_and_faults() {
     assert_eq!(status(cms.get("l").await).code, 500);
     cms.get("l").await.unwrap();
 
+    // A fault scoped to another user leaves this client alone.
+    sim.faults().inject(kube_sim::ErrorFault {
+        user: Some("system:serviceaccount:kekeeper:kekeeper".into()),
+        code: 500,
+        ..Default::default()
+    });
+    cms.get("l").await.unwrap();
+    sim.faults().clear();
+
     sim.faults().set_latency(Duration::from_millis(150));
     let t = std::time::Instant::now();
     cms.get("l").await.unwrap();
