@@ -48,7 +48,11 @@ pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
         type_ = "date",
         json_path = ".status.nextRotationTime"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new(
     "!has(self.homeRegion) || self.kmsKeyAliasArn.contains(':kms:' + self.homeRegion + ':')"
@@ -84,7 +88,10 @@ pub struct RecordingKeyConfigSpec {
     pub key_pair_spec: KeyPairSpec,
     /// Defaults to the operator's AWS region; must equal the alias ARN's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    )]
     pub home_region: Option<String>,
     /// The encryption context key that carries the organisation id (what the key policy's
     /// `kms:EncryptionContext:<key>` condition names).
@@ -166,6 +173,10 @@ pub struct RecordingKeyConfigStatus {
     /// Bookkeeping: the number of organisation ids in the spec (the `Orgs` printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_count: Option<u32>,
+    /// Bookkeeping: the alias ARN the active key pairs were generated under (a different
+    /// `spec.kmsKeyAliasArn` rotates with reason `SpecChanged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_alias_arn: Option<String>,
     /// Bookkeeping: the KMS key ARN the alias resolved to at the last KMS key check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_arn: Option<String>,

@@ -351,7 +351,10 @@ mod tests {
         let mut i = input();
         assert_eq!(no_active_key_pair(&i), None);
         i.active = None;
-        assert_eq!(no_active_key_pair(&i).unwrap().0, reason::NO_ACTIVE_KEY_PAIR);
+        assert_eq!(
+            no_active_key_pair(&i).unwrap().0,
+            reason::NO_ACTIVE_KEY_PAIR
+        );
         // First in the chain: nothing else is asked about a missing pair.
         assert_eq!(rotation_needed(&i).unwrap().0, reason::NO_ACTIVE_KEY_PAIR);
     }
@@ -361,11 +364,7 @@ mod tests {
         let other_alias = "arn:aws:kms:us-east-1:111122223333:alias/other";
         let cases: Vec<(&str, Box<dyn Fn(&mut RotationInput)>, bool)> = vec![
             ("unchanged", Box::new(|_| {}), false),
-            (
-                "alias",
-                Box::new(move |i| i.alias_arn = other_alias),
-                true,
-            ),
+            ("alias", Box::new(move |i| i.alias_arn = other_alias), true),
             (
                 "unknown previous alias",
                 Box::new(move |i| {
@@ -442,10 +441,26 @@ mod tests {
     fn rotation_due_is_calendar_exact() {
         use RotationPeriod::*;
         let cases = [
-            ("2026-01-31T10:00:00Z", Monthly, Some("2026-02-28T10:00:00Z")),
-            ("2028-01-31T10:00:00Z", Monthly, Some("2028-02-29T10:00:00Z")),
-            ("2026-03-31T00:00:00Z", Monthly, Some("2026-04-30T00:00:00Z")),
-            ("2026-12-15T23:59:59Z", Monthly, Some("2027-01-15T23:59:59Z")),
+            (
+                "2026-01-31T10:00:00Z",
+                Monthly,
+                Some("2026-02-28T10:00:00Z"),
+            ),
+            (
+                "2028-01-31T10:00:00Z",
+                Monthly,
+                Some("2028-02-29T10:00:00Z"),
+            ),
+            (
+                "2026-03-31T00:00:00Z",
+                Monthly,
+                Some("2026-04-30T00:00:00Z"),
+            ),
+            (
+                "2026-12-15T23:59:59Z",
+                Monthly,
+                Some("2027-01-15T23:59:59Z"),
+            ),
             ("2028-02-29T12:00:00Z", Yearly, Some("2029-02-28T12:00:00Z")),
             ("2026-06-01T00:00:00Z", Yearly, Some("2027-06-01T00:00:00Z")),
             ("2026-02-28T08:00:00Z", Daily, Some("2026-03-01T08:00:00Z")),
@@ -508,7 +523,10 @@ mod tests {
             parse_retention("2555d").unwrap(),
             SignedDuration::from_hours(2555 * 24)
         );
-        assert_eq!(parse_retention("48h").unwrap(), SignedDuration::from_hours(48));
+        assert_eq!(
+            parse_retention("48h").unwrap(),
+            SignedDuration::from_hours(48)
+        );
         for bad in ["", "d", "10", "10m", "-1d", "1.5d", "99999999999999999999d"] {
             assert!(parse_retention(bad).is_err(), "{bad}");
         }
@@ -593,8 +611,16 @@ mod tests {
         let now = ts("2026-01-01T01:00:00Z");
         let hour = SignedDuration::from_hours(1);
         assert!(kms_key_check_due(None, hour, now));
-        assert!(kms_key_check_due(Some(ts("2026-01-01T00:00:00Z")), hour, now));
-        assert!(!kms_key_check_due(Some(ts("2026-01-01T00:00:01Z")), hour, now));
+        assert!(kms_key_check_due(
+            Some(ts("2026-01-01T00:00:00Z")),
+            hour,
+            now
+        ));
+        assert!(!kms_key_check_due(
+            Some(ts("2026-01-01T00:00:01Z")),
+            hour,
+            now
+        ));
     }
 
     #[test]
