@@ -5,6 +5,7 @@
 //! when something is due does it re-list the Secrets from the API server (the cache may lag
 //! behind our own writes) and talk to KMS.
 
+pub mod leader;
 pub mod ratelimit;
 pub mod status;
 

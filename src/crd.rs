@@ -20,6 +20,8 @@ pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
 // The finer checks (well-formed ARN, no key ARN, no AWS managed key, region match) are CEL
 // rules whose messages name the field and the fix; they only use functions a plain CEL
 // interpreter has (`matches`, `startsWith`, `contains`, `has`, `+`).
+// The derive's repeated `printcolumn(...)` trips clippy's duplicated-attribute lint.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kekeeper.io",
