@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -526,7 +526,7 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
             r.retire(now);
         }
         records.retain(|r| r.name() != stored.name());
-        publish(
+        publish_about(
             ctx,
             rkc,
             EventType::Normal,
@@ -537,6 +537,13 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
                 stored.key_pair_id,
                 stored.name()
             ),
+            Some(ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Secret".to_owned()),
+                name: Some(stored.name()),
+                namespace: Some(namespace.clone()),
+                ..ObjectReference::default()
+            }),
         )
         .await;
         records.push(stored);
@@ -878,12 +885,27 @@ async fn publish<K>(
     action: &str,
     note: &str,
 ) {
+    publish_about(ctx, rkc, type_, reason, action, note, None).await;
+}
+
+/// An event, optionally about a related object (the key pair Secret): the recorder folds
+/// events with the same reason and related object into a series, so naming the Secret keeps
+/// one event per key pair.
+async fn publish_about<K>(
+    ctx: &Context<K>,
+    rkc: &RecordingKeyConfig,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+    secondary: Option<ObjectReference>,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
         note: Some(truncate(note, 1000)),
         action: action.to_owned(),
-        secondary: None,
+        secondary,
     };
     // Events are best effort; a failure to record one must not fail the reconcile.
     if let Err(err) = ctx.recorder.publish(&event, &rkc.object_ref(&())).await {
