@@ -9,6 +9,9 @@ use crate::kms::{EncryptionContext, KeyPairSpec};
 
 /// KMS and the product both cap a configuration at this many organisations.
 pub const MAX_ORGANIZATIONS: usize = 100;
+/// The CRD schema's limit on one organisation id (checked here too for the CLI, which reads
+/// manifests without an API server).
+pub const MAX_ORGANIZATION_ID_LEN: usize = 128;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidatedConfig {
@@ -92,6 +95,15 @@ pub fn validate(
             return Err(ConfigError::new(
                 &format!("spec.organizationIds[{index}]"),
                 format!("{id:?} has leading or trailing whitespace; remove it"),
+            ));
+        }
+        if id.len() > MAX_ORGANIZATION_ID_LEN {
+            return Err(ConfigError::new(
+                &format!("spec.organizationIds[{index}]"),
+                format!(
+                    "is {} characters long; at most {MAX_ORGANIZATION_ID_LEN} are allowed",
+                    id.len()
+                ),
             ));
         }
         if !seen.insert(id.as_str()) {
@@ -211,6 +223,11 @@ mod tests {
             (spec(ARN, &many), None, "spec.organizationIds"),
             (spec(ARN, &["a", ""]), None, "spec.organizationIds[1]"),
             (spec(ARN, &["a", "b", "a"]), None, "spec.organizationIds[2]"),
+            (
+                spec(ARN, &["a", &"x".repeat(129)]),
+                None,
+                "spec.organizationIds[1]",
+            ),
             (other_home, None, "spec.homeRegion"),
             (spec(ARN, &["a"]), Some("eu-west-1"), "spec.homeRegion"),
             (empty_context, None, "spec.encryptionContextKey"),

@@ -177,6 +177,16 @@ impl KmsErrorKind {
 }
 
 impl KmsError {
+    /// `status.lastKmsError` for this error, seen at `time`.
+    pub fn to_status(&self, time: jiff::Timestamp) -> crate::crd::LastKmsError {
+        crate::crd::LastKmsError {
+            time,
+            operation: self.operation.as_str().to_owned(),
+            code: self.code.clone(),
+            message: self.message.clone(),
+        }
+    }
+
     /// An error of `kind` with its default AWS code.
     pub fn new(operation: KmsOperation, kind: KmsErrorKind, message: impl Into<String>) -> Self {
         KmsError {
@@ -233,6 +243,21 @@ pub trait Kms: Send + Sync {
         &self,
         alias: &AliasArn,
     ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send;
+
+    /// `DescribeKey` on a key ARN, e.g. the key of a historical key pair, to see whether its
+    /// recordings are still decryptable (SPEC §4, `HistoricalKeysAtRisk`). The default answers
+    /// NotFound so that test doubles written before this method existed keep compiling.
+    fn describe_key_arn(
+        &self,
+        key_arn: &str,
+    ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send {
+        let err = KmsError::new(
+            KmsOperation::DescribeKey,
+            KmsErrorKind::NotFound,
+            format!("describe_key_arn is not implemented by this Kms ({key_arn})"),
+        );
+        async move { Err(err) }
+    }
 
     /// `GenerateDataKeyPairWithoutPlaintext` under the alias with the encryption context.
     fn generate_key_pair(

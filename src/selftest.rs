@@ -4,17 +4,14 @@
 //! It runs the recording envelope's own code path (SPEC §6), so a pass means recordings
 //! encrypted with this public key can be decrypted through KMS.
 
-pub(crate) mod envelope_shim;
-
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
 use crate::config::ValidatedConfig;
+use crate::envelope;
 use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyDescription, Kms, KmsError};
-// Until branch `envelope` lands; then `pub(crate) use crate::envelope;`.
-pub(crate) use envelope_shim as envelope;
 
 /// Test data spans several envelope segments (64 KiB each) and ends in a partial one.
 pub const TEST_DATA_LEN: usize = 150 * 1024;

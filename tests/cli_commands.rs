@@ -443,6 +443,27 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     );
     assert!(!dir.path().join("wrong.out").exists());
 
+    // A truncated recording: exit 1 naming the truncation, no partial plaintext left behind.
+    let sealed = std::fs::read(path("rec.enc")).unwrap();
+    std::fs::write(path("cut.enc"), &sealed[..sealed.len() - 1000]).unwrap();
+    let run = kekeeper(
+        &endpoint,
+        &[
+            "decrypt",
+            "--key-pair-secret",
+            &path("org-a.yaml"),
+            "-i",
+            &path("cut.enc"),
+            "-o",
+            &path("cut.out"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("decryption failed"), "{}", run.stderr);
+    assert!(!dir.path().join("cut.out").exists());
+
     // Not a recording.
     let run = kekeeper(
         &endpoint,

@@ -159,6 +159,11 @@ async fn a_disabled_key_is_classified_as_disabled() {
 
     let description = kms.describe_key(&key.alias).await.unwrap();
     assert_eq!(description.key_state, "Disabled");
+    // A historical key pair's key, described by its ARN.
+    assert_eq!(
+        kms.describe_key_arn(&pair.kms_key_arn).await.unwrap(),
+        description
+    );
     let problem = selftest::validate_key(&description, &config(&key.alias, KeyPairSpec::Rsa2048))
         .unwrap_err();
     assert!(

@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::selftest::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_input};
 use crate::cli::DecryptArgs;
+use crate::envelope;
 use crate::keypair::KeyPairRecord;
 use crate::kms::Kms;
 use crate::kms::sdk::SdkKms;
-use crate::selftest::envelope;
 
 /// A key pair Secret manifest (`kekeeper keypair generate` output or `kubectl get secret -o yaml`).
 pub(super) fn read_key_pair_secret(path: &Path) -> Result<KeyPairRecord, String> {

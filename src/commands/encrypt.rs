@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use super::selftest::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_input};
 use crate::cli::EncryptArgs;
+use crate::envelope;
 use crate::keypair::{KeyPairState, parse_public_key_pem};
-use crate::selftest::envelope;
 
 /// (public key DER, key pair id) from the Secret or from `--public-key` + `--key-pair-id`.
 fn key(args: &EncryptArgs) -> Result<(Vec<u8>, String), String> {

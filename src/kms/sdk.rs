@@ -183,14 +183,12 @@ fn missing(operation: KmsOperation, field: &str) -> KmsError {
     )
 }
 
-impl Kms for SdkKms {
-    #[tracing::instrument(level = "debug", skip_all, fields(alias = %alias), err(level = "debug", Display))]
-    async fn describe_key(&self, alias: &AliasArn) -> Result<KeyDescription, KmsError> {
+impl SdkKms {
+    async fn describe(&self, client: Client, key_id: &str) -> Result<KeyDescription, KmsError> {
         const OP: KmsOperation = KmsOperation::DescribeKey;
-        let output = self
-            .client(alias.region())
+        let output = client
             .describe_key()
-            .key_id(alias.as_str())
+            .key_id(key_id)
             .send()
             .await
             .map_err(|e| classify(OP, e))?;
@@ -242,7 +240,19 @@ impl Kms for SdkKms {
             multi_region,
         })
     }
+}
 
+impl Kms for SdkKms {
+    #[tracing::instrument(level = "debug", skip_all, fields(alias = %alias), err(level = "debug", Display))]
+    async fn describe_key(&self, alias: &AliasArn) -> Result<KeyDescription, KmsError> {
+        self.describe(self.client(alias.region()), alias.as_str())
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %key_arn), err(level = "debug", Display))]
+    async fn describe_key_arn(&self, key_arn: &str) -> Result<KeyDescription, KmsError> {
+        self.describe(self.client_for_key(key_arn), key_arn).await
+    }
     #[tracing::instrument(
         level = "debug",
         skip_all,
