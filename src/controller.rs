@@ -24,7 +24,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::config::{self, ValidatedConfig};
-use crate::crd::{ANNOTATION_ROTATE_NOW, LastKmsError, LastTest, RecordingKeyConfig};
+use crate::crd::{ANNOTATION_ROTATE_NOW, LastTest, RecordingKeyConfig};
 use crate::keypair::{
     self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairState, LABEL_CONFIG, LABEL_MANAGED_BY,
     LABEL_STATE,
@@ -274,11 +274,11 @@ fn removed<'a>(config: &ValidatedConfig, records: &'a [KeyPairRecord]) -> Vec<&'
 }
 
 /// Retired pairs past `recordingRetention` (only when the user set it).
-fn prunable<'a>(
+fn prunable(
     retention: Option<SignedDuration>,
-    records: &'a [KeyPairRecord],
+    records: &[KeyPairRecord],
     now: Timestamp,
-) -> Vec<&'a KeyPairRecord> {
+) -> Vec<&KeyPairRecord> {
     let Some(retention) = retention else {
         return Vec::new();
     };
@@ -673,12 +673,7 @@ async fn kms_failed<K: Kms>(
         now,
         config_error: None,
         kms: KmsObservation::Failed {
-            error: LastKmsError {
-                time: now,
-                operation: err.operation.as_str().to_owned(),
-                code: err.code.clone(),
-                message: err.message.clone(),
-            },
+            error: err.to_status(now),
             last_test,
         },
         check_interval: ctx.settings.kms_key_check_interval,
@@ -699,39 +694,27 @@ async fn kms_failed<K: Kms>(
     Err(Error::Kms(err))
 }
 
-/// Retained key pairs whose KMS key (other than the alias's current one) is disabled or
-/// pending deletion. The trait has no DescribeKey by key ARN, so one pair per such key is
-/// decrypted: `DisabledException` / `KMSInvalidStateException` mean recordings made with it
-/// cannot be decrypted. The plaintext is dropped (zeroised) at once.
+/// Retained key pairs whose KMS key (other than the alias's current one, which
+/// `validate_key` checks) is disabled, pending deletion or gone: recordings made with them
+/// cannot be decrypted. One DescribeKey per distinct key.
 async fn historical_keys_at_risk<K: Kms>(
     ctx: &Context<K>,
     records: &[KeyPairRecord],
     current: &KeyDescription,
 ) -> Vec<String> {
-    let mut by_key: BTreeMap<&str, &KeyPairRecord> = BTreeMap::new();
-    for record in records {
-        if record.kms_key_arn != current.key_arn {
-            by_key.entry(record.kms_key_arn.as_str()).or_insert(record);
-        }
-    }
+    let keys: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r.kms_key_arn.as_str())
+        .filter(|k| *k != current.key_arn)
+        .collect();
     let mut at_risk = Vec::new();
-    for (key_arn, record) in by_key {
-        match ctx
-            .kms
-            .decrypt_private_key(
-                key_arn,
-                &record.private_key_ciphertext,
-                &record.encryption_context,
-            )
-            .await
-        {
-            Ok(_plaintext) => {}
-            Err(err)
-                if matches!(
-                    err.kind,
-                    KmsErrorKind::Disabled | KmsErrorKind::InvalidState
-                ) =>
-            {
+    for key_arn in keys {
+        match ctx.kms.describe_key_arn(key_arn).await {
+            Ok(description) if description.key_state != "Enabled" => {
+                at_risk.push(format!("{key_arn}: {}", description.key_state));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind == KmsErrorKind::NotFound => {
                 at_risk.push(format!("{key_arn}: {}", err.code));
             }
             Err(err) => {

@@ -135,6 +135,12 @@ impl<K: Kms> Kms for MeteredKms<K> {
         result
     }
 
+    async fn describe_key_arn(&self, key_arn: &str) -> Result<KeyDescription, KmsError> {
+        let result = self.inner.describe_key_arn(key_arn).await;
+        self.metrics.count_kms(KmsOperation::DescribeKey, &result);
+        result
+    }
+
     async fn generate_key_pair(
         &self,
         alias: &AliasArn,

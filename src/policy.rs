@@ -362,7 +362,8 @@ mod tests {
     #[test]
     fn spec_changed_table() {
         let other_alias = "arn:aws:kms:us-east-1:111122223333:alias/other";
-        let cases: Vec<(&str, Box<dyn Fn(&mut RotationInput)>, bool)> = vec![
+        type Change = Box<dyn Fn(&mut RotationInput)>;
+        let cases: Vec<(&str, Change, bool)> = vec![
             ("unchanged", Box::new(|_| {}), false),
             ("alias", Box::new(move |i| i.alias_arn = other_alias), true),
             (
@@ -542,7 +543,7 @@ mod tests {
             suspended: false,
         };
         let ready = readiness(&base);
-        assert_eq!(ready.0, true);
+        assert!(ready.0);
         assert_eq!(ready.1, "KeyPairsActive");
         assert_eq!(ready.2, "2/2 organisations have an active key pair");
 

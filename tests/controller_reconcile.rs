@@ -100,7 +100,7 @@ enum Scenario {
     KmsFailure { existing: Vec<Secret> },
     /// Crash after the Secret write: list (lagging), POST answers 409, GET returns the
     /// stored Secret, event, status, ConfigMap.
-    AdoptAfterCrash { stored: Secret },
+    AdoptAfterCrash { stored: Box<Secret> },
     /// Invalid spec: Warning event and status patch, no list, no KMS.
     ConfigInvalid,
     /// The alias's KMS key cannot be used: list, Warning event, status, ConfigMap; no Secret.
@@ -845,7 +845,7 @@ async fn crash_after_secret_write_adopts_the_stored_secret() {
         .reconcile(
             rkc,
             Scenario::AdoptAfterCrash {
-                stored: stored.to_secret(),
+                stored: Box::new(stored.to_secret()),
             },
         )
         .await;
