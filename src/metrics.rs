@@ -167,3 +167,38 @@ impl<K: Kms> Kms for MeteredKms<K> {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::fake::FakeKms;
+    use crate::kms::{KmsErrorKind, KmsOperation};
+
+    #[tokio::test]
+    async fn counts_kms_calls_by_operation_and_outcome() {
+        let metrics = Metrics::default();
+        let fake = FakeKms::new();
+        let alias = AliasArn::parse("arn:aws:kms:us-east-1:111122223333:alias/recordings").unwrap();
+        fake.create_key_for(&alias);
+        fake.fail_next(KmsOperation::DescribeKey, KmsErrorKind::Throttling);
+        let kms = MeteredKms {
+            inner: fake,
+            metrics: metrics.clone(),
+        };
+        assert!(kms.describe_key(&alias).await.is_err());
+        assert!(kms.describe_key(&alias).await.is_ok());
+        metrics.reconciles.inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"kekeeper_kms_calls_total{operation="DescribeKey",outcome="ThrottlingException"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kekeeper_kms_calls_total{operation="DescribeKey",outcome="ok"} 1"#)
+        );
+        assert!(text.contains("kekeeper_reconciles_total 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

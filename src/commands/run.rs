@@ -15,8 +15,9 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -182,6 +183,8 @@ async fn run_controller(
         ),
     };
 
+    let secrets_trigger_api = secrets_api.clone();
+    let config_maps_trigger_api = config_maps_api.clone();
     // Caches of the key pair Secrets and the public-keys ConfigMaps: a steady-state reconcile
     // reads only these.
     let (secrets, secrets_writer) = reflector::store();
@@ -225,7 +228,22 @@ async fn run_controller(
         metrics,
     ));
 
-    let controller = Controller::new(rkcs, watcher::Config::default());
+    // Besides the caches above, the controller watches the key pair Secrets and the owned
+    // ConfigMaps itself, so a deleted or edited one is put right at once.
+    let controller = Controller::new(rkcs, watcher::Config::default())
+        .watches(
+            secrets_trigger_api,
+            watcher::Config::default().labels(LABEL_CONFIG),
+            |secret: Secret| {
+                let config = secret.labels().get(LABEL_CONFIG)?.clone();
+                let namespace = secret.namespace()?;
+                Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
+            },
+        )
+        .owns(
+            config_maps_trigger_api,
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
+        );
     let store = controller.store();
     {
         let ready = health.ready.clone();
