@@ -264,12 +264,20 @@ fn rotate_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Active pairs of organisations no longer in the spec.
+/// Active pairs to retire: those of organisations no longer in the spec, and any active pair
+/// shadowed by a newer active one of the same organisation (left by an interrupted rotation).
 fn removed<'a>(config: &ValidatedConfig, records: &'a [KeyPairRecord]) -> Vec<&'a KeyPairRecord> {
     let wanted: BTreeSet<&str> = config.organization_ids.iter().map(String::as_str).collect();
+    let newest = active_by_org(records);
     records
         .iter()
-        .filter(|r| r.state == KeyPairState::Active && !wanted.contains(r.organization_id.as_str()))
+        .filter(|r| r.state == KeyPairState::Active)
+        .filter(|r| {
+            !wanted.contains(r.organization_id.as_str())
+                || newest
+                    .get(r.organization_id.as_str())
+                    .is_some_and(|n| n.sequence != r.sequence)
+        })
         .collect()
 }
 
@@ -378,35 +386,26 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
         now,
     ) || current.observed_generation != rkc.metadata.generation
         || status::kms_unavailable(&current);
-    let due = !rotations(rkc, &config, &cached, current.kms_key_arn.as_deref(), now).is_empty()
-        || !removed(&config, &cached).is_empty()
-        || !prunable(retention(rkc), &cached, now).is_empty();
+    let due = |records: &[KeyPairRecord]| {
+        !rotations(rkc, &config, records, current.kms_key_arn.as_deref(), now).is_empty()
+            || !removed(&config, records).is_empty()
+            || !prunable(retention(rkc), records, now).is_empty()
+    };
 
-    if !check_due && !due {
-        // Steady state: nothing from KMS, and writes only if the cache says status or the
-        // ConfigMap drifted.
-        let desired = status::desired(&StatusInput {
-            rkc,
-            records: &cached,
-            now,
-            config_error: None,
-            kms: KmsObservation::Unchanged,
-            check_interval: ctx.settings.kms_key_check_interval,
-            honoured_token: current.rotate_now_token.clone(),
-        });
-        if desired != current {
-            patch_status(ctx, rkc, &desired).await?;
-        }
-        apply_public_keys(ctx, rkc, &cached).await?;
-        return Ok(finish(ctx, rkc, &cached, &desired, now));
+    if !check_due && !due(&cached) {
+        return steady(ctx, rkc, &cached, now).await;
     }
 
-    // Act: the cache may lag behind our own writes, so decide again on a fresh list.
+    // The cache may lag behind our own writes (a reconcile right after a rotation): decide
+    // again on a fresh list before asking KMS for anything.
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let listed = secrets_api
         .list(&ListParams::default().labels(&keypair::config_selector(&name)))
         .await?;
     let mut records = records_of(listed.items.iter(), &name);
+    if !check_due && !due(&records) {
+        return steady(ctx, rkc, &records, now).await;
+    }
 
     let description = match ctx.kms.describe_key(&config.alias).await {
         Ok(description) => description,
@@ -599,6 +598,31 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
     }
     apply_public_keys(ctx, rkc, &records).await?;
     Ok(finish(ctx, rkc, &records, &desired, now))
+}
+
+/// Nothing is due: no KMS call, and writes only if status or the ConfigMap drifted from what
+/// the records say.
+async fn steady<K>(
+    ctx: &Context<K>,
+    rkc: &RecordingKeyConfig,
+    records: &[KeyPairRecord],
+    now: Timestamp,
+) -> Result<Action> {
+    let current = rkc.status.clone().unwrap_or_default();
+    let desired = status::desired(&StatusInput {
+        rkc,
+        records,
+        now,
+        config_error: None,
+        kms: KmsObservation::Unchanged,
+        check_interval: ctx.settings.kms_key_check_interval,
+        honoured_token: current.rotate_now_token.clone(),
+    });
+    if desired != current {
+        patch_status(ctx, rkc, &desired).await?;
+    }
+    apply_public_keys(ctx, rkc, records).await?;
+    Ok(finish(ctx, rkc, records, &desired, now))
 }
 
 /// Metrics, and the requeue at the earliest due instant.

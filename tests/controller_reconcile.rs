@@ -101,6 +101,9 @@ enum Scenario {
     /// Crash after the Secret write: list (lagging), POST answers 409, GET returns the
     /// stored Secret, event, status, ConfigMap.
     AdoptAfterCrash { stored: Box<Secret> },
+    /// Crash between storing the new pair and retiring the old: list, retire the shadowed
+    /// pair, status, ConfigMap; no new pair.
+    RetireShadowed { existing: Vec<Secret> },
     /// Invalid spec: Warning event and status patch, no list, no KMS.
     ConfigInvalid,
     /// The alias's KMS key cannot be used: list, Warning event, status, ConfigMap; no Secret.
@@ -110,6 +113,8 @@ enum Scenario {
         existing: Vec<Secret>,
         pruned: String,
     },
+    /// Right after our own writes, the Secret cache lags: one fresh list, then nothing.
+    StaleCache { existing: Vec<Secret> },
     /// Steady state: no request at all.
     SteadyState,
 }
@@ -268,6 +273,15 @@ impl Scenario {
                     config_map_apply(),
                 ]
             }
+            Scenario::RetireShadowed { existing } => {
+                let old = existing[0].metadata.name.clone().unwrap();
+                vec![
+                    list(existing),
+                    retire_secret(&old),
+                    status_patch(),
+                    config_map_apply(),
+                ]
+            }
             Scenario::ConfigInvalid => vec![event("ConfigInvalid"), status_patch()],
             Scenario::KmsKeyProblem => vec![
                 list(vec![]),
@@ -290,6 +304,7 @@ impl Scenario {
                 },
                 status_patch(),
             ],
+            Scenario::StaleCache { existing } => vec![list(existing)],
             Scenario::SteadyState => vec![],
         }
     }
@@ -958,4 +973,68 @@ async fn retention_prunes_only_long_retired_pairs() {
         seen.iter()
             .any(|s| s.method == Method::DELETE && s.path.ends_with(&retired))
     );
+}
+
+#[tokio::test]
+async fn crash_before_retiring_the_old_pair_retires_it_on_retry() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    // The new pair (sequence 2) was stored, then the process died: two active pairs.
+    let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
+    newer.sequence = 2;
+    newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
+    newer.created_at = ts("2026-01-15T10:05:00Z");
+    newer.reason = "PeriodElapsed".into();
+    let mut existing = secrets.clone();
+    existing.push(newer.to_secret());
+    h.cache(&[], &existing);
+    h.now = ts("2026-01-15T10:06:00Z");
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::RetireShadowed { existing })
+        .await;
+    result.unwrap();
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        0
+    );
+    let status = status_of(&seen);
+    assert_eq!(status.active_key_pairs.len(), 1);
+    assert_eq!(status.active_key_pairs[0].key_pair_id, newer.key_pair_id);
+    assert_eq!(status.key_pair_history.len(), 2);
+    assert_eq!(
+        status.key_pair_history[1].retired_at,
+        Some(ts("2026-01-15T10:06:00Z"))
+    );
+}
+
+#[tokio::test]
+async fn a_lagging_cache_costs_one_list_and_no_kms_call() {
+    let mut h = Harness::new();
+    let rkc = resource(spec(&[ORG_A]), 1);
+    let (result, seen) = h.reconcile(rkc.clone(), Scenario::Create { orgs: 1 }).await;
+    result.unwrap();
+    // Only the ConfigMap reached the cache; the Secret watch event has not arrived yet.
+    let secrets: Vec<Secret> = seen
+        .iter()
+        .filter(|s| s.method == Method::POST && s.path == secrets_path())
+        .map(|s| {
+            let mut secret: Secret = serde_json::from_value(s.body.clone()).unwrap();
+            secret.metadata.namespace = Some(NS.into());
+            secret
+        })
+        .collect();
+    let config_map_only: Vec<Seen> = seen
+        .iter()
+        .filter(|s| s.path == config_map_path())
+        .cloned()
+        .collect();
+    h.cache(&config_map_only, &[]);
+    h.kms.reset_calls();
+    let rkc = with_status(rkc, status_of(&seen));
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::StaleCache { existing: secrets })
+        .await;
+    result.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(h.kms.total_calls(), 0);
 }
