@@ -34,11 +34,14 @@ pub async fn execute(args: RunArgs) -> ExitCode {
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            error!("{err:#}");
+            error!("{err}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// How long in-flight reconciles may take after SIGTERM (Kubernetes' default grace is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 struct Health {
@@ -47,9 +50,9 @@ struct Health {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes configuration (kubeconfig or in-cluster)")?;
+    let client = Client::try_default().await.map_err(|err| {
+        anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {err}")
+    })?;
     let metrics = Metrics::default();
     let health = Health {
         ready: Arc::new(AtomicBool::new(false)),
@@ -101,8 +104,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         spawn_renewal(elector, shutdown_rx.clone());
     }
 
-    let result = run_controller(client, args, metrics, health, shutdown_rx).await;
-    let _ = server.await;
+    // Graceful: in-flight reconciles finish; forceful after a grace period, so a reconcile
+    // stuck on a hung call cannot keep the pod past its termination grace.
+    let mut stop = shutdown_rx.clone();
+    let result = tokio::select! {
+        result = run_controller(client, args, metrics, health, shutdown_rx) => result,
+        _ = async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            warn!("reconciles still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+            Ok(())
+        }
+    };
+    info!("controller stopped");
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     result
 }
 
