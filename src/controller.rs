@@ -930,3 +930,59 @@ fn truncate(s: &str, max: usize) -> String {
     }
     format!("{}…", &s[..end])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::fake::FakeKms;
+    use kube::runtime::reflector;
+
+    fn rkc(name: &str) -> Arc<RecordingKeyConfig> {
+        let spec = serde_json::from_value(json!({
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "organizationIds": ["org-a"],
+        }))
+        .unwrap();
+        let mut rkc = RecordingKeyConfig::new(name, spec);
+        rkc.metadata.namespace = Some("telephony".into());
+        Arc::new(rkc)
+    }
+
+    #[tokio::test]
+    async fn error_policy_backs_off_per_resource_and_resets() {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "default");
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            FakeKms::new(),
+            system_clock(),
+            Recorder::new(client, "kekeeper".into()),
+            reflector::store().0,
+            reflector::store().0,
+            Arc::new(TokenBucket::new(1.0, 1)),
+            Settings::default(),
+            Metrics::default(),
+        ));
+        let a = rkc("a");
+        let b = rkc("b");
+        let delays: Vec<Action> = (0..3)
+            .map(|_| error_policy(a.clone(), &Error::NoNamespace, ctx.clone()))
+            .collect();
+        assert_eq!(
+            delays,
+            [5, 10, 20].map(|s| Action::requeue(Duration::from_secs(s)))
+        );
+        assert_eq!(
+            error_policy(b, &Error::NoNamespace, ctx.clone()),
+            Action::requeue(Duration::from_secs(5))
+        );
+        ctx.failure_count(&ObjectRef::from_obj(a.as_ref()), false);
+        assert_eq!(
+            error_policy(a, &Error::NoNamespace, ctx),
+            Action::requeue(Duration::from_secs(5))
+        );
+    }
+}

@@ -113,6 +113,8 @@ enum Scenario {
         existing: Vec<Secret>,
         pruned: String,
     },
+    /// KMS is back after a failure: list, DescribeKey, status; nothing else.
+    Recover { existing: Vec<Secret> },
     /// Right after our own writes, the Secret cache lags: one fresh list, then nothing.
     StaleCache { existing: Vec<Secret> },
     /// Steady state: no request at all.
@@ -305,6 +307,7 @@ impl Scenario {
                 status_patch(),
             ],
             Scenario::StaleCache { existing } => vec![list(existing)],
+            Scenario::Recover { existing } => vec![list(existing), status_patch()],
             Scenario::SteadyState => vec![],
         }
     }
@@ -752,6 +755,8 @@ async fn period_elapsed_rotates() {
     result.unwrap();
     let status = status_of(&seen);
     assert_eq!(status.key_pair_history[0].reason, "PeriodElapsed");
+    // Ready stayed True: its lastTransitionTime is the creation's.
+    assert_eq!(condition(&status, "Ready").last_transition_time.0, ts(NOW));
     assert_eq!(status.next_rotation_time, Some(ts("2026-03-15T10:00:00Z")));
 }
 
@@ -1037,4 +1042,41 @@ async fn a_lagging_cache_costs_one_list_and_no_kms_call() {
     result.unwrap();
     assert_eq!(seen.len(), 1);
     assert_eq!(h.kms.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn kms_recovery_clears_the_condition_and_keeps_the_last_error() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    h.now = ts("2026-01-15T12:00:00Z");
+    h.kms
+        .fail_next(KmsOperation::DescribeKey, KmsErrorKind::KeyUnavailable);
+    let (result, seen) = h
+        .reconcile(
+            rkc.clone(),
+            Scenario::KmsFailure {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    assert!(result.is_err());
+    let failed = status_of(&seen);
+    let rkc = with_status(rkc, failed.clone());
+
+    // Five seconds later (the first backoff), KMS answers again.
+    h.now = ts("2026-01-15T12:00:05Z");
+    h.kms.reset_calls();
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Recover { existing: secrets })
+        .await;
+    result.unwrap();
+    assert_eq!(h.kms.calls(KmsOperation::DescribeKey), 1);
+    let status = status_of(&seen);
+    let kms = condition(&status, "KmsAvailable");
+    assert_eq!(kms.status, "True");
+    assert_eq!(kms.last_transition_time.0, ts("2026-01-15T12:00:05Z"));
+    assert_eq!(status.last_kms_error, failed.last_kms_error);
+    assert_eq!(
+        status.last_kms_key_check_time,
+        Some(ts("2026-01-15T12:00:05Z"))
+    );
 }
