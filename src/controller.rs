@@ -173,15 +173,27 @@ pub fn public_keys_config_map_name(config: &str) -> String {
     format!("{config}-public-keys")
 }
 
-/// Records of the resource's key pair Secrets; unreadable Secrets are logged and skipped.
+/// The `kekeeper.io/rotate-now` token a key pair Secret was generated under, so a retry after
+/// a crash before the status write does not rotate a second time for the same token.
+pub const ANNOTATION_ROTATE_NOW_TOKEN: &str = "kekeeper.io/rotate-now-token";
+
+/// Key pair Secret name -> the rotate-now token it was generated under.
+type Tokens = BTreeMap<String, String>;
+
+/// Records of the resource's key pair Secrets (unreadable ones are logged and skipped), and
+/// the rotate-now tokens they carry.
 fn records_of<'a>(
     secrets: impl IntoIterator<Item = &'a Secret>,
     config: &str,
-) -> Vec<KeyPairRecord> {
-    secrets
+) -> (Vec<KeyPairRecord>, Tokens) {
+    let mut tokens = Tokens::new();
+    let records = secrets
         .into_iter()
         .filter_map(|secret| match KeyPairRecord::from_secret(secret) {
             Ok(record) if record.config_name == config || secret_matches(secret, config) => {
+                if let Some(token) = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN) {
+                    tokens.insert(record.name(), token.clone());
+                }
                 Some(record)
             }
             Ok(_) => None,
@@ -190,7 +202,8 @@ fn records_of<'a>(
                 None
             }
         })
-        .collect()
+        .collect();
+    (records, tokens)
 }
 
 fn secret_matches(secret: &Secret, config: &str) -> bool {
@@ -199,7 +212,11 @@ fn secret_matches(secret: &Secret, config: &str) -> bool {
     secret.labels().get(LABEL_CONFIG).map(String::as_str) == Some(want)
 }
 
-fn cached_records<K>(ctx: &Context<K>, namespace: &str, config: &str) -> Vec<KeyPairRecord> {
+fn cached_records<K>(
+    ctx: &Context<K>,
+    namespace: &str,
+    config: &str,
+) -> (Vec<KeyPairRecord>, Tokens) {
     let secrets = ctx
         .secrets
         .state_filter(|s| s.namespace().as_deref() == Some(namespace) && secret_matches(s, config));
@@ -225,6 +242,7 @@ fn rotations<'a>(
     rkc: &'a RecordingKeyConfig,
     config: &'a ValidatedConfig,
     records: &'a [KeyPairRecord],
+    tokens: &'a Tokens,
     alias_key_arn: Option<&'a str>,
     now: Timestamp,
 ) -> Vec<(String, &'static str, String)> {
@@ -234,6 +252,13 @@ fn rotations<'a>(
         .organization_ids
         .iter()
         .filter_map(|org| {
+            // Honoured in status, or already by the organisation's active pair (a rotation
+            // whose status write was lost).
+            let requested = rotate_now_token(rkc);
+            let honoured = match active.get(org.as_str()).and_then(|r| tokens.get(&r.name())) {
+                Some(token) if Some(token.as_str()) == requested => requested,
+                _ => status.and_then(|s| s.rotate_now_token.as_deref()),
+            };
             let input = RotationInput {
                 now,
                 active: active.get(org.as_str()).map(|r| ActivePair {
@@ -249,8 +274,8 @@ fn rotations<'a>(
                 encryption_context_key: &config.encryption_context_key,
                 period: rkc.spec.rotation.period,
                 on_kms_key_change: rkc.spec.rotation.on_kms_key_change,
-                rotate_now_token: rotate_now_token(rkc),
-                honoured_token: status.and_then(|s| s.rotate_now_token.as_deref()),
+                rotate_now_token: requested,
+                honoured_token: honoured,
             };
             policy::rotation_needed(&input).map(|(reason, message)| (org.clone(), reason, message))
         })
@@ -353,7 +378,7 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
     let config = match config::validate(&rkc.spec, ctx.settings.operator_region.as_deref()) {
         Ok(config) => config,
         Err(err) => {
-            let records = cached_records(ctx, &namespace, &name);
+            let (records, _) = cached_records(ctx, &namespace, &name);
             let desired = status::desired(&StatusInput {
                 rkc,
                 records: &records,
@@ -379,20 +404,28 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
         }
     };
 
-    let cached = cached_records(ctx, &namespace, &name);
+    let (cached, cached_tokens) = cached_records(ctx, &namespace, &name);
     let check_due = policy::kms_key_check_due(
         current.last_kms_key_check_time,
         ctx.settings.kms_key_check_interval,
         now,
     ) || current.observed_generation != rkc.metadata.generation
         || status::kms_unavailable(&current);
-    let due = |records: &[KeyPairRecord]| {
-        !rotations(rkc, &config, records, current.kms_key_arn.as_deref(), now).is_empty()
+    let due = |records: &[KeyPairRecord], tokens: &Tokens| {
+        !rotations(
+            rkc,
+            &config,
+            records,
+            tokens,
+            current.kms_key_arn.as_deref(),
+            now,
+        )
+        .is_empty()
             || !removed(&config, records).is_empty()
             || !prunable(retention(rkc), records, now).is_empty()
     };
 
-    if !check_due && !due(&cached) {
+    if !check_due && !due(&cached, &cached_tokens) {
         return steady(ctx, rkc, &cached, now).await;
     }
 
@@ -402,8 +435,8 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
     let listed = secrets_api
         .list(&ListParams::default().labels(&keypair::config_selector(&name)))
         .await?;
-    let mut records = records_of(listed.items.iter(), &name);
-    if !check_due && !due(&records) {
+    let (mut records, tokens) = records_of(listed.items.iter(), &name);
+    if !check_due && !due(&records, &tokens) {
         return steady(ctx, rkc, &records, now).await;
     }
 
@@ -446,7 +479,14 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
 
     // Rotate or create, organisation by organisation.
     let mut last_test: Option<LastTest> = None;
-    let due = rotations(rkc, &config, &records, Some(&description.key_arn), now);
+    let due = rotations(
+        rkc,
+        &config,
+        &records,
+        &tokens,
+        Some(&description.key_arn),
+        now,
+    );
     for (org, reason, why) in &due {
         info!(organization = %org, reason, why = %why, "generating key pair");
         ctx.key_pair_rate.acquire().await;
@@ -508,7 +548,7 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
             now,
             reason,
         );
-        let stored = create_or_adopt(&secrets_api, &record).await?;
+        let stored = create_or_adopt(&secrets_api, &record, rotate_now_token(rkc)).await?;
         let previous: Vec<String> = records
             .iter()
             .filter(|r| {
@@ -751,12 +791,22 @@ async fn historical_keys_at_risk<K: Kms>(
 
 /// Creates the key pair Secret; if it already exists (a retry after a crash between the Secret
 /// write and the status write), adopts it instead of making a second active pair.
-async fn create_or_adopt(api: &Api<Secret>, record: &KeyPairRecord) -> Result<KeyPairRecord> {
+async fn create_or_adopt(
+    api: &Api<Secret>,
+    record: &KeyPairRecord,
+    rotate_now_token: Option<&str>,
+) -> Result<KeyPairRecord> {
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    match api.create(&params, &record.to_secret()).await {
+    let mut secret = record.to_secret();
+    if let Some(token) = rotate_now_token {
+        secret
+            .annotations_mut()
+            .insert(ANNOTATION_ROTATE_NOW_TOKEN.to_owned(), token.to_owned());
+    }
+    match api.create(&params, &secret).await {
         Ok(_) => Ok(record.clone()),
         Err(kube::Error::Api(status)) if status.is_already_exists() => {
             let name = record.name();

@@ -720,6 +720,11 @@ async fn rotate_now_rotates_once_per_token() {
         )
         .await;
     result.unwrap();
+    let new_secret: Secret = serde_json::from_value(seen[1].body.clone()).unwrap();
+    assert_eq!(
+        new_secret.metadata.annotations.as_ref().unwrap()["kekeeper.io/rotate-now-token"],
+        "t1"
+    );
     let status = status_of(&seen);
     assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
     assert_eq!(status.key_pair_history.len(), 2);
@@ -1079,4 +1084,43 @@ async fn kms_recovery_clears_the_condition_and_keeps_the_last_error() {
         status.last_kms_key_check_time,
         Some(ts("2026-01-15T12:00:05Z"))
     );
+}
+
+#[tokio::test]
+async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let mut rkc = rkc;
+    rkc.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    // The rotation for t1 stored its Secret (with the token), then the process died before
+    // retiring the old pair and writing status.
+    let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
+    newer.sequence = 2;
+    newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
+    newer.reason = "RotateNowRequested".into();
+    let mut newer_secret = newer.to_secret();
+    newer_secret
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now-token".into(), "t1".into());
+    newer_secret.metadata.namespace = Some(NS.into());
+    let mut existing = secrets.clone();
+    existing.push(newer_secret);
+    h.cache(&[], &existing);
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::RetireShadowed { existing })
+        .await;
+    result.unwrap();
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        0,
+        "no second rotation for the same token"
+    );
+    let status = status_of(&seen);
+    assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
+    assert_eq!(status.active_key_pairs[0].key_pair_id, newer.key_pair_id);
 }
