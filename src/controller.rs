@@ -4,6 +4,19 @@
 //! A steady-state reconcile reads only the caches and makes no KMS call and no API write. Only
 //! when something is due does it re-list the Secrets from the API server (the cache may lag
 //! behind our own writes) and talk to KMS.
+//!
+//! What the controller asks of the API server (the Helm chart's RBAC):
+//!
+//! | resource | verbs |
+//! |---|---|
+//! | `kekeeper.io` `recordingkeyconfigs` | get, list, watch |
+//! | `kekeeper.io` `recordingkeyconfigs/status` | patch (server-side apply) |
+//! | core `secrets` | list, watch (cache, label `kekeeper.io/config`), get (adopt), create, patch (retire), delete (only with `recordingRetention`) |
+//! | core `configmaps` | list, watch, create, patch (server-side apply of `<name>-public-keys`) |
+//! | `events.k8s.io` `events` | create, patch |
+//! | `coordination.k8s.io` `leases` | get, create, update (with `--leader-elect`) |
+//!
+//! `kekeeper rotate` (a user, not the controller) needs patch on `recordingkeyconfigs`.
 
 pub mod leader;
 pub mod ratelimit;
