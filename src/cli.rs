@@ -44,6 +44,27 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, short = 'n', env = "KEKEEPER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "KEKEEPER_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Run the controller only while holding a coordination.k8s.io/v1 Lease (for several replicas).
+    #[arg(long, env = "KEKEEPER_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, env = "KEKEEPER_LEASE_NAME", default_value = "kekeeper-leader")]
+    pub lease_name: String,
+    /// The Lease's namespace (default: the pod's namespace, else `default`).
+    #[arg(long, env = "KEKEEPER_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// KMS key pair generations per second, shared by all resources (KMS quotas are low).
+    #[arg(long, env = "KEKEEPER_KMS_KEYPAIR_RATE", default_value_t = 1.0)]
+    pub kms_keypair_rate: f64,
+    /// How often the alias and the retained key pairs' KMS keys are checked (e.g. 1h, 30m).
+    #[arg(long, env = "KEKEEPER_KMS_KEY_CHECK_INTERVAL", default_value = "1h")]
+    pub kms_key_check_interval: jiff::SignedDuration,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +12,17 @@ use crate::kms::KeyPairSpec;
 pub const DEFAULT_ENCRYPTION_CONTEXT_KEY: &str = "genesys-cloud-organization-id";
 pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
 
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Annotation whose value, when it changes, rotates every organisation's key pair once
+/// ("Change key now"); `kekeeper rotate NAME` sets it.
+pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
+
+/// Which KMS key roots the key pairs, for which organisations, and how often they rotate.
+// The finer checks (well-formed ARN, no key ARN, no AWS managed key, region match) are CEL
+// rules whose messages name the field and the fix; they only use functions a plain CEL
+// interpreter has (`matches`, `startsWith`, `contains`, `has`, `+`).
+// The derive's repeated `printcolumn(...)` trips clippy's duplicated-attribute lint.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kekeeper.io",
     version = "v1alpha1",
@@ -20,14 +30,59 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
     namespaced,
     shortname = "rkc",
     category = "kekeeper",
-    status = "RecordingKeyConfigStatus"
+    status = "RecordingKeyConfigStatus",
+    doc = "Key-encryption-key pairs for call recordings of the listed organisations, rooted in the organisation's AWS KMS key",
+    printcolumn(name = "Alias", type_ = "string", json_path = ".spec.kmsKeyAliasArn"),
+    printcolumn(name = "Period", type_ = "string", json_path = ".spec.rotation.period"),
+    printcolumn(
+        name = "Orgs",
+        type_ = "integer",
+        json_path = ".status.organizationCount",
+        description = "Number of organisation ids in spec.organizationIds"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Next Rotation",
+        type_ = "date",
+        json_path = ".status.nextRotationTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
+#[x_kube(validation = Rule::new(
+    "!has(self.homeRegion) || self.kmsKeyAliasArn.contains(':kms:' + self.homeRegion + ':')"
+).message(
+    "spec.homeRegion must equal the region of spec.kmsKeyAliasArn (arn:aws:kms:REGION:...); use an alias in the home region or fix homeRegion"
+).field_path(".homeRegion"))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingKeyConfigSpec {
     /// The alias ARN of the organisation's customer-managed symmetric KMS key:
     /// `arn:aws:kms:{region}:{account}:alias/{name}`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("!self.matches('^arn:[^:]*:kms:[^:]*:[^:]*:key/')").message(
+            "spec.kmsKeyAliasArn is a key ARN (...:key/ID); use the alias ARN arn:aws:kms:REGION:ACCOUNT:alias/NAME so the key behind it can change"
+        ),
+        validation = Rule::new("!self.matches('^arn:[^:]*:kms:[^:]*:[^:]*:alias/aws(/.*)?$')").message(
+            "spec.kmsKeyAliasArn names an AWS managed key (alias/aws/...), whose key policy cannot allow kekeeper; create a customer managed key and an alias for it"
+        ),
+        validation = Rule::new(
+            "self.matches('^arn:[^:]*:kms:[^:]*:[^:]*:key/') || self.matches('^arn:aws(-us-gov|-cn)?:kms:[a-z]{2}(-[a-z]+)+-[0-9]+:[0-9]{12}:alias/[a-zA-Z0-9/_-]+$')"
+        ).message(
+            "spec.kmsKeyAliasArn must be a KMS alias ARN like arn:aws:kms:us-east-1:111122223333:alias/recordings"
+        ),
+    )]
     pub kms_key_alias_arn: String,
     /// The organisation ids whose recordings these keys protect (1 to 100, unique).
+    #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 128)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub organization_ids: Vec<String>,
     #[serde(default)]
     pub rotation: RotationPolicy,
@@ -35,15 +90,30 @@ pub struct RecordingKeyConfigSpec {
     pub key_pair_spec: KeyPairSpec,
     /// Defaults to the operator's AWS region; must equal the alias ARN's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    )]
     pub home_region: Option<String>,
+    /// The encryption context key that carries the organisation id (what the key policy's
+    /// `kms:EncryptionContext:<key>` condition names).
     #[serde(default = "default_encryption_context_key")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("!self.startsWith('aws:')").message(
+        "spec.encryptionContextKey must not start with aws:, which KMS reserves"
+    ))]
     pub encryption_context_key: String,
-    /// Superseded key pairs are kept at least this long after retirement (e.g. `2555d`);
-    /// absent means forever.
+    /// Superseded key pairs are kept at least this long after retirement: whole days (`2555d`)
+    /// or hours (`48h`). Absent means forever; only when set are older retired key pair Secrets
+    /// deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^[0-9]+(d|h)$"))]
     pub recording_retention: Option<String>,
+    /// Entries shown in `status.keyPairHistory` (1 to 100); key material is never trimmed by this.
     #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 1, max = 100))]
     pub history_limit: u32,
+    /// No changes at all while true (no key pairs generated, retired or pruned).
     #[serde(default)]
     pub suspend: bool,
 }
@@ -102,6 +172,26 @@ pub struct RecordingKeyConfigStatus {
     pub last_test: Option<LastTest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_kms_error: Option<LastKmsError>,
+    /// Bookkeeping: the number of organisation ids in the spec (the `Orgs` printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_count: Option<u32>,
+    /// Bookkeeping: the alias ARN the active key pairs were generated under (a different
+    /// `spec.kmsKeyAliasArn` rotates with reason `SpecChanged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_alias_arn: Option<String>,
+    /// Bookkeeping: the KMS key ARN the alias resolved to at the last KMS key check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_arn: Option<String>,
+    /// Bookkeeping: when the alias and the key states were last checked with DescribeKey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_kms_key_check_time: Option<Timestamp>,
+    /// Bookkeeping: the last `kekeeper.io/rotate-now` token that was honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_now_token: Option<String>,
+    /// Bookkeeping: retained key pairs whose KMS key is disabled or pending deletion
+    /// (`keyPairId: state`), as last seen by the KMS key check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_pairs_at_risk: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -146,4 +236,10 @@ pub struct LastKmsError {
     pub operation: String,
     pub code: String,
     pub message: String,
+}
+
+/// The CRD as YAML, exactly as committed under `crds/` and printed by `kekeeper crd`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&RecordingKeyConfig::crd())
 }

@@ -1,1 +1,204 @@
-//! Prometheus metrics served on `/metrics`.
+//! Prometheus metrics (text format on `/metrics`), and a KMS wrapper that counts every call by
+//! operation and outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use zeroize::Zeroizing;
+
+use crate::arn::AliasArn;
+use crate::kms::{
+    EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError, KmsOperation,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsCallLabels {
+    pub operation: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyPairLabels {
+    pub namespace: String,
+    pub config: String,
+    pub organization_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub namespace: String,
+    pub config: String,
+}
+
+/// The controller's metrics; cheap to clone (the families are shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub kms_calls: Family<KmsCallLabels, Counter>,
+    /// Creation time (Unix seconds) of each organisation's active key pair; age is `time() - x`.
+    pub key_pair_created: Family<KeyPairLabels, Gauge>,
+    pub next_rotation: Family<ConfigLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kekeeper");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let kms_calls = Family::<KmsCallLabels, Counter>::default();
+        let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
+        let next_rotation = Family::<ConfigLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "kms_calls",
+            "KMS calls by operation and outcome (ok or the AWS error code)",
+            kms_calls.clone(),
+        );
+        registry.register(
+            "active_key_pair_created_timestamp_seconds",
+            "Creation time of each organisation's active key pair (key pair age = time() - this)",
+            key_pair_created.clone(),
+        );
+        registry.register(
+            "next_rotation_timestamp_seconds",
+            "When the next rotation of a RecordingKeyConfig is due",
+            next_rotation.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            reconciles,
+            reconcile_errors,
+            kms_calls,
+            key_pair_created,
+            next_rotation,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn count_kms<T>(&self, operation: KmsOperation, result: &Result<T, KmsError>) {
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(err) => err.code.clone(),
+        };
+        self.kms_calls
+            .get_or_create(&KmsCallLabels {
+                operation: operation.as_str().to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// A [`Kms`] that counts every call in [`Metrics::kms_calls`].
+#[derive(Clone, Debug)]
+pub struct MeteredKms<K> {
+    pub inner: K,
+    pub metrics: Metrics,
+}
+
+impl<K: Kms> Kms for MeteredKms<K> {
+    async fn describe_key(&self, alias: &AliasArn) -> Result<KeyDescription, KmsError> {
+        let result = self.inner.describe_key(alias).await;
+        self.metrics.count_kms(KmsOperation::DescribeKey, &result);
+        result
+    }
+
+    async fn describe_key_arn(&self, key_arn: &str) -> Result<KeyDescription, KmsError> {
+        let result = self.inner.describe_key_arn(key_arn).await;
+        self.metrics.count_kms(KmsOperation::DescribeKey, &result);
+        result
+    }
+
+    async fn generate_key_pair(
+        &self,
+        alias: &AliasArn,
+        spec: KeyPairSpec,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKeyPair, KmsError> {
+        let result = self.inner.generate_key_pair(alias, spec, context).await;
+        self.metrics
+            .count_kms(KmsOperation::GenerateDataKeyPairWithoutPlaintext, &result);
+        result
+    }
+
+    async fn decrypt_private_key(
+        &self,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let result = self
+            .inner
+            .decrypt_private_key(kms_key_arn, ciphertext, context)
+            .await;
+        self.metrics.count_kms(KmsOperation::Decrypt, &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::fake::FakeKms;
+    use crate::kms::{KmsErrorKind, KmsOperation};
+
+    #[tokio::test]
+    async fn counts_kms_calls_by_operation_and_outcome() {
+        let metrics = Metrics::default();
+        let fake = FakeKms::new();
+        let alias = AliasArn::parse("arn:aws:kms:us-east-1:111122223333:alias/recordings").unwrap();
+        fake.create_key_for(&alias);
+        fake.fail_next(KmsOperation::DescribeKey, KmsErrorKind::Throttling);
+        let kms = MeteredKms {
+            inner: fake,
+            metrics: metrics.clone(),
+        };
+        assert!(kms.describe_key(&alias).await.is_err());
+        assert!(kms.describe_key(&alias).await.is_ok());
+        metrics.reconciles.inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"kekeeper_kms_calls_total{operation="DescribeKey",outcome="ThrottlingException"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kekeeper_kms_calls_total{operation="DescribeKey",outcome="ok"} 1"#)
+        );
+        assert!(text.contains("kekeeper_reconciles_total 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

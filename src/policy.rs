@@ -1,1 +1,634 @@
-//! Rotation and readiness as policy chains: ordered pure functions with an injected clock.
+//! Policy chains (the cert-manager shape): "should this organisation get a new key pair?" and
+//! "is the resource ready?" are ordered lists of pure functions over an input with the time
+//! passed in, so every rule is testable without I/O or sleeping.
+
+use jiff::{SignedDuration, Span, Timestamp, ToSpan, tz::TimeZone};
+
+use crate::crd::{KmsKeyChangePolicy, RotationPeriod};
+use crate::kms::KeyPairSpec;
+
+/// The CamelCase reasons a key pair is made; they go straight into history and events.
+pub mod reason {
+    pub const NO_ACTIVE_KEY_PAIR: &str = "NoActiveKeyPair";
+    pub const SPEC_CHANGED: &str = "SpecChanged";
+    pub const KMS_KEY_CHANGED: &str = "KmsKeyChanged";
+    pub const ROTATE_NOW_REQUESTED: &str = "RotateNowRequested";
+    pub const PERIOD_ELAPSED: &str = "PeriodElapsed";
+}
+
+/// What the active key pair of one organisation was made with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivePair<'a> {
+    pub created_at: Timestamp,
+    pub kms_key_arn: &'a str,
+    pub key_pair_spec: KeyPairSpec,
+    pub encryption_context_key: &'a str,
+}
+
+/// Everything the rotation triggers look at for one organisation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationInput<'a> {
+    pub now: Timestamp,
+    pub active: Option<ActivePair<'a>>,
+    /// The spec's alias ARN.
+    pub alias_arn: &'a str,
+    /// The alias ARN the active key pairs were generated under (`status.kmsKeyAliasArn`);
+    /// `None` when unknown (then the alias is not compared).
+    pub active_alias_arn: Option<&'a str>,
+    /// The KMS key ARN the alias resolves to now, when known.
+    pub alias_key_arn: Option<&'a str>,
+    pub key_pair_spec: KeyPairSpec,
+    pub encryption_context_key: &'a str,
+    pub period: RotationPeriod,
+    pub on_kms_key_change: KmsKeyChangePolicy,
+    /// The `kekeeper.io/rotate-now` annotation's token.
+    pub rotate_now_token: Option<&'a str>,
+    /// The last token honoured (`status.rotateNowToken`).
+    pub honoured_token: Option<&'a str>,
+}
+
+/// A fired trigger: the reason (CamelCase) and a message for people.
+pub type Trigger = (&'static str, String);
+
+pub type RotationPolicy = fn(&RotationInput) -> Option<Trigger>;
+
+/// The rotation triggers, in order; the first that fires names the reason.
+pub const ROTATION_CHAIN: &[RotationPolicy] = &[
+    no_active_key_pair,
+    spec_changed,
+    kms_key_changed,
+    rotate_now_requested,
+    period_elapsed,
+];
+
+/// Runs the chain: `Some((reason, message))` when the organisation needs a new key pair.
+pub fn rotation_needed(input: &RotationInput) -> Option<Trigger> {
+    ROTATION_CHAIN.iter().find_map(|policy| policy(input))
+}
+
+pub fn no_active_key_pair(input: &RotationInput) -> Option<Trigger> {
+    input.active.is_none().then(|| {
+        (
+            reason::NO_ACTIVE_KEY_PAIR,
+            "the organisation has no active key pair".to_owned(),
+        )
+    })
+}
+
+pub fn spec_changed(input: &RotationInput) -> Option<Trigger> {
+    let active = input.active.as_ref()?;
+    if let Some(previous) = input.active_alias_arn
+        && previous != input.alias_arn
+    {
+        return Some((
+            reason::SPEC_CHANGED,
+            format!(
+                "kmsKeyAliasArn changed from {previous} to {}",
+                input.alias_arn
+            ),
+        ));
+    }
+    if active.key_pair_spec != input.key_pair_spec {
+        return Some((
+            reason::SPEC_CHANGED,
+            format!(
+                "keyPairSpec changed from {} to {}",
+                active.key_pair_spec, input.key_pair_spec
+            ),
+        ));
+    }
+    if active.encryption_context_key != input.encryption_context_key {
+        return Some((
+            reason::SPEC_CHANGED,
+            format!(
+                "encryptionContextKey changed from {} to {}",
+                active.encryption_context_key, input.encryption_context_key
+            ),
+        ));
+    }
+    None
+}
+
+pub fn kms_key_changed(input: &RotationInput) -> Option<Trigger> {
+    let active = input.active.as_ref()?;
+    let now_key = input.alias_key_arn?;
+    (input.on_kms_key_change == KmsKeyChangePolicy::Rotate && now_key != active.kms_key_arn).then(
+        || {
+            (
+                reason::KMS_KEY_CHANGED,
+                format!(
+                    "the alias now points at KMS key {now_key}, the active key pair was made under {}",
+                    active.kms_key_arn
+                ),
+            )
+        },
+    )
+}
+
+pub fn rotate_now_requested(input: &RotationInput) -> Option<Trigger> {
+    let token = input.rotate_now_token.filter(|t| !t.is_empty())?;
+    (input.honoured_token != Some(token)).then(|| {
+        (
+            reason::ROTATE_NOW_REQUESTED,
+            format!("rotation requested with token {token}"),
+        )
+    })
+}
+
+pub fn period_elapsed(input: &RotationInput) -> Option<Trigger> {
+    let active = input.active.as_ref()?;
+    let due = rotation_due(active.created_at, input.period)?;
+    (input.now >= due).then(|| {
+        (
+            reason::PERIOD_ELAPSED,
+            format!(
+                "the {:?} rotation period since {} elapsed at {due}",
+                input.period, active.created_at
+            ),
+        )
+    })
+}
+
+/// When a key pair made at `from` is due for rotation: calendar-exact in UTC (Jan 31 + 1 month
+/// is the last day of February; Feb 29 + 1 year is Feb 28). `None` for `Never`.
+pub fn rotation_due(from: Timestamp, period: RotationPeriod) -> Option<Timestamp> {
+    let span: Span = match period {
+        RotationPeriod::Daily => 1.day(),
+        RotationPeriod::Weekly => 1.week(),
+        RotationPeriod::Monthly => 1.month(),
+        RotationPeriod::Yearly => 1.year(),
+        RotationPeriod::Never => return None,
+    };
+    from.to_zoned(TimeZone::UTC)
+        .checked_add(span)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+/// `spec.recordingRetention`: whole days (`2555d`) or hours (`48h`).
+pub fn parse_retention(value: &str) -> Result<SignedDuration, String> {
+    let (number, unit_hours) = if let Some(days) = value.strip_suffix('d') {
+        (days, 24)
+    } else if let Some(hours) = value.strip_suffix('h') {
+        (hours, 1)
+    } else {
+        return Err(format!(
+            "{value:?} must be a number of days or hours, e.g. 2555d or 48h"
+        ));
+    };
+    let n: i64 = number
+        .parse()
+        .ok()
+        .filter(|_| !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("{value:?} must be a number of days or hours, e.g. 2555d or 48h"))?;
+    n.checked_mul(unit_hours)
+        .and_then(|h| h.checked_mul(3600))
+        .filter(|s| *s <= SignedDuration::MAX.as_secs())
+        .map(SignedDuration::from_secs)
+        .ok_or_else(|| format!("{value:?} is too long"))
+}
+
+/// A retired key pair may be pruned once it has been retired longer than the retention.
+pub fn prune_due(retired_at: Timestamp, retention: SignedDuration) -> Option<Timestamp> {
+    retired_at.checked_add(retention).ok()
+}
+
+/// What the readiness chain looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadinessInput<'a> {
+    /// The spec's problem, if it is invalid (field and fix).
+    pub config_error: Option<&'a str>,
+    /// The KMS key problem (`validate_key`), if any: (reason, message).
+    pub key_problem: Option<(&'a str, &'a str)>,
+    pub organizations: usize,
+    pub organizations_with_active_pair: usize,
+    pub suspended: bool,
+}
+
+/// (status, reason, message) of a condition.
+pub type ConditionVerdict = (bool, &'static str, String);
+
+pub type ReadinessPolicy = fn(&ReadinessInput) -> Option<ConditionVerdict>;
+
+pub const READINESS_CHAIN: &[ReadinessPolicy] = &[config_invalid, key_pairs_missing];
+
+/// The `Ready` condition: the first policy that objects, else `KeyPairsActive`.
+pub fn readiness(input: &ReadinessInput) -> ConditionVerdict {
+    READINESS_CHAIN
+        .iter()
+        .find_map(|policy| policy(input))
+        .unwrap_or_else(|| {
+            (
+                true,
+                if input.suspended {
+                    "Suspended"
+                } else {
+                    "KeyPairsActive"
+                },
+                format!(
+                    "{}/{} organisations have an active key pair{}",
+                    input.organizations_with_active_pair,
+                    input.organizations,
+                    if input.suspended {
+                        "; suspended, no changes are made"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        })
+}
+
+pub fn config_invalid(input: &ReadinessInput) -> Option<ConditionVerdict> {
+    // An invalid spec with every pair still active keeps recorders working; still not Ready,
+    // since the spec the user asked for is not in effect.
+    input
+        .config_error
+        .map(|message| (false, "ConfigInvalid", message.to_owned()))
+        .or_else(|| {
+            input
+                .key_problem
+                .map(|(reason, message)| (false, "ConfigInvalid", format!("{reason}: {message}")))
+        })
+}
+
+pub fn key_pairs_missing(input: &ReadinessInput) -> Option<ConditionVerdict> {
+    (input.organizations_with_active_pair < input.organizations).then(|| {
+        (
+            false,
+            "KeyPairsMissing",
+            format!(
+                "{}/{} organisations have an active key pair",
+                input.organizations_with_active_pair, input.organizations
+            ),
+        )
+    })
+}
+
+/// The instant the next reconcile is due: the earliest of every organisation's rotation, the
+/// next KMS key check and the next retention prune.
+pub fn next_due(
+    rotations: impl IntoIterator<Item = Option<Timestamp>>,
+    last_kms_key_check: Option<Timestamp>,
+    kms_key_check_interval: SignedDuration,
+    prunes: impl IntoIterator<Item = Option<Timestamp>>,
+    now: Timestamp,
+) -> Timestamp {
+    let check = last_kms_key_check
+        .and_then(|t| t.checked_add(kms_key_check_interval).ok())
+        .unwrap_or(now);
+    rotations
+        .into_iter()
+        .chain(prunes)
+        .flatten()
+        .chain(std::iter::once(check))
+        .min()
+        .unwrap_or(check)
+}
+
+/// Whether the alias and the retained key pairs' KMS keys are due for a DescribeKey check.
+pub fn kms_key_check_due(
+    last_check: Option<Timestamp>,
+    interval: SignedDuration,
+    now: Timestamp,
+) -> bool {
+    match last_check.and_then(|t| t.checked_add(interval).ok()) {
+        Some(due) => now >= due,
+        None => true,
+    }
+}
+
+/// Capped exponential backoff for a resource's consecutive failures: 5 s, 10 s, 20 s, ...,
+/// at most 5 minutes.
+pub fn backoff(consecutive_failures: u32) -> std::time::Duration {
+    const BASE: u64 = 5;
+    const CAP: u64 = 300;
+    let exp = consecutive_failures.saturating_sub(1).min(16);
+    std::time::Duration::from_secs(BASE.saturating_mul(1 << exp).min(CAP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "arn:aws:kms:us-east-1:111122223333:key/a";
+    const KEY_B: &str = "arn:aws:kms:us-east-1:111122223333:key/b";
+    const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+    const CTX: &str = "genesys-cloud-organization-id";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn input<'a>() -> RotationInput<'a> {
+        RotationInput {
+            now: ts("2026-01-15T00:00:00Z"),
+            active: Some(ActivePair {
+                created_at: ts("2026-01-01T00:00:00Z"),
+                kms_key_arn: KEY_A,
+                key_pair_spec: KeyPairSpec::Rsa3072,
+                encryption_context_key: CTX,
+            }),
+            alias_arn: ALIAS,
+            active_alias_arn: Some(ALIAS),
+            alias_key_arn: Some(KEY_A),
+            key_pair_spec: KeyPairSpec::Rsa3072,
+            encryption_context_key: CTX,
+            period: RotationPeriod::Monthly,
+            on_kms_key_change: KmsKeyChangePolicy::Rotate,
+            rotate_now_token: None,
+            honoured_token: None,
+        }
+    }
+
+    #[test]
+    fn steady_state_fires_nothing() {
+        assert_eq!(rotation_needed(&input()), None);
+    }
+
+    #[test]
+    fn no_active_key_pair_table() {
+        let mut i = input();
+        assert_eq!(no_active_key_pair(&i), None);
+        i.active = None;
+        assert_eq!(
+            no_active_key_pair(&i).unwrap().0,
+            reason::NO_ACTIVE_KEY_PAIR
+        );
+        // First in the chain: nothing else is asked about a missing pair.
+        assert_eq!(rotation_needed(&i).unwrap().0, reason::NO_ACTIVE_KEY_PAIR);
+    }
+
+    #[test]
+    fn spec_changed_table() {
+        let other_alias = "arn:aws:kms:us-east-1:111122223333:alias/other";
+        type Change = Box<dyn Fn(&mut RotationInput)>;
+        let cases: Vec<(&str, Change, bool)> = vec![
+            ("unchanged", Box::new(|_| {}), false),
+            ("alias", Box::new(move |i| i.alias_arn = other_alias), true),
+            (
+                "unknown previous alias",
+                Box::new(move |i| {
+                    i.alias_arn = other_alias;
+                    i.active_alias_arn = None
+                }),
+                false,
+            ),
+            (
+                "key spec",
+                Box::new(|i| i.key_pair_spec = KeyPairSpec::Rsa4096),
+                true,
+            ),
+            (
+                "context key",
+                Box::new(|i| i.encryption_context_key = "tenant"),
+                true,
+            ),
+            ("no active pair", Box::new(|i| i.active = None), false),
+        ];
+        for (name, change, fires) in cases {
+            let mut i = input();
+            change(&mut i);
+            let got = spec_changed(&i);
+            assert_eq!(got.is_some(), fires, "{name}: {got:?}");
+            if let Some((r, _)) = got {
+                assert_eq!(r, reason::SPEC_CHANGED);
+            }
+        }
+    }
+
+    #[test]
+    fn kms_key_changed_table() {
+        let cases = [
+            (Some(KEY_A), KmsKeyChangePolicy::Rotate, false),
+            (Some(KEY_B), KmsKeyChangePolicy::Rotate, true),
+            (Some(KEY_B), KmsKeyChangePolicy::Ignore, false),
+            (None, KmsKeyChangePolicy::Rotate, false),
+        ];
+        for (alias_key, policy, fires) in cases {
+            let mut i = input();
+            i.alias_key_arn = alias_key;
+            i.on_kms_key_change = policy;
+            assert_eq!(
+                kms_key_changed(&i).map(|t| t.0),
+                fires.then_some(reason::KMS_KEY_CHANGED),
+                "{alias_key:?} {policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotate_now_table() {
+        let cases = [
+            (None, None, false),
+            (Some(""), None, false),
+            (Some("t1"), None, true),
+            (Some("t1"), Some("t1"), false),
+            (Some("t2"), Some("t1"), true),
+        ];
+        for (token, honoured, fires) in cases {
+            let mut i = input();
+            i.rotate_now_token = token;
+            i.honoured_token = honoured;
+            assert_eq!(
+                rotate_now_requested(&i).map(|t| t.0),
+                fires.then_some(reason::ROTATE_NOW_REQUESTED),
+                "{token:?} {honoured:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_due_is_calendar_exact() {
+        use RotationPeriod::*;
+        let cases = [
+            (
+                "2026-01-31T10:00:00Z",
+                Monthly,
+                Some("2026-02-28T10:00:00Z"),
+            ),
+            (
+                "2028-01-31T10:00:00Z",
+                Monthly,
+                Some("2028-02-29T10:00:00Z"),
+            ),
+            (
+                "2026-03-31T00:00:00Z",
+                Monthly,
+                Some("2026-04-30T00:00:00Z"),
+            ),
+            (
+                "2026-12-15T23:59:59Z",
+                Monthly,
+                Some("2027-01-15T23:59:59Z"),
+            ),
+            ("2028-02-29T12:00:00Z", Yearly, Some("2029-02-28T12:00:00Z")),
+            ("2026-06-01T00:00:00Z", Yearly, Some("2027-06-01T00:00:00Z")),
+            ("2026-02-28T08:00:00Z", Daily, Some("2026-03-01T08:00:00Z")),
+            ("2028-02-28T08:00:00Z", Daily, Some("2028-02-29T08:00:00Z")),
+            ("2026-12-29T00:00:00Z", Weekly, Some("2027-01-05T00:00:00Z")),
+            ("2026-01-01T00:00:00Z", Never, None),
+        ];
+        for (from, period, due) in cases {
+            assert_eq!(
+                rotation_due(ts(from), period),
+                due.map(ts),
+                "{from} + {period:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn period_elapsed_table() {
+        use RotationPeriod::*;
+        let cases = [
+            (Monthly, "2026-01-31T23:59:59Z", false),
+            (Monthly, "2026-02-01T00:00:00Z", true),
+            (Daily, "2026-01-01T23:59:59Z", false),
+            (Daily, "2026-01-02T00:00:00Z", true),
+            (Weekly, "2026-01-08T00:00:00Z", true),
+            (Yearly, "2026-12-31T00:00:00Z", false),
+            (Never, "2099-01-01T00:00:00Z", false),
+        ];
+        for (period, now, fires) in cases {
+            let mut i = input();
+            i.period = period;
+            i.now = ts(now);
+            assert_eq!(
+                period_elapsed(&i).map(|t| t.0),
+                fires.then_some(reason::PERIOD_ELAPSED),
+                "{period:?} at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn chain_order_names_the_first_reason() {
+        let mut i = input();
+        i.now = ts("2027-01-01T00:00:00Z");
+        i.rotate_now_token = Some("t");
+        i.alias_key_arn = Some(KEY_B);
+        i.key_pair_spec = KeyPairSpec::Rsa2048;
+        assert_eq!(rotation_needed(&i).unwrap().0, reason::SPEC_CHANGED);
+        i.key_pair_spec = KeyPairSpec::Rsa3072;
+        assert_eq!(rotation_needed(&i).unwrap().0, reason::KMS_KEY_CHANGED);
+        i.alias_key_arn = Some(KEY_A);
+        assert_eq!(rotation_needed(&i).unwrap().0, reason::ROTATE_NOW_REQUESTED);
+        i.rotate_now_token = None;
+        assert_eq!(rotation_needed(&i).unwrap().0, reason::PERIOD_ELAPSED);
+    }
+
+    #[test]
+    fn retention_parsing() {
+        assert_eq!(
+            parse_retention("2555d").unwrap(),
+            SignedDuration::from_hours(2555 * 24)
+        );
+        assert_eq!(
+            parse_retention("48h").unwrap(),
+            SignedDuration::from_hours(48)
+        );
+        for bad in ["", "d", "10", "10m", "-1d", "1.5d", "99999999999999999999d"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn readiness_table() {
+        let base = ReadinessInput {
+            config_error: None,
+            key_problem: None,
+            organizations: 2,
+            organizations_with_active_pair: 2,
+            suspended: false,
+        };
+        let ready = readiness(&base);
+        assert!(ready.0);
+        assert_eq!(ready.1, "KeyPairsActive");
+        assert_eq!(ready.2, "2/2 organisations have an active key pair");
+
+        let missing = readiness(&ReadinessInput {
+            organizations_with_active_pair: 1,
+            ..base.clone()
+        });
+        assert_eq!((missing.0, missing.1), (false, "KeyPairsMissing"));
+
+        let invalid = readiness(&ReadinessInput {
+            config_error: Some("spec.homeRegion: differs"),
+            ..base.clone()
+        });
+        assert_eq!((invalid.0, invalid.1), (false, "ConfigInvalid"));
+
+        let key = readiness(&ReadinessInput {
+            key_problem: Some(("KmsKeyNotEnabled", "disabled")),
+            ..base.clone()
+        });
+        assert_eq!((key.0, key.1), (false, "ConfigInvalid"));
+
+        let suspended = readiness(&ReadinessInput {
+            suspended: true,
+            ..base
+        });
+        assert_eq!((suspended.0, suspended.1), (true, "Suspended"));
+    }
+
+    #[test]
+    fn next_due_is_the_earliest() {
+        let now = ts("2026-01-01T00:00:00Z");
+        let hour = SignedDuration::from_hours(1);
+        // Rotation before the key check.
+        assert_eq!(
+            next_due(
+                [Some(ts("2026-01-01T00:30:00Z")), None],
+                Some(now),
+                hour,
+                [],
+                now
+            ),
+            ts("2026-01-01T00:30:00Z")
+        );
+        // Key check first; Never rotations contribute nothing.
+        assert_eq!(
+            next_due([None], Some(now), hour, [None], now),
+            ts("2026-01-01T01:00:00Z")
+        );
+        // A prune before both.
+        assert_eq!(
+            next_due(
+                [Some(ts("2026-02-01T00:00:00Z"))],
+                Some(now),
+                hour,
+                [Some(ts("2026-01-01T00:10:00Z"))],
+                now
+            ),
+            ts("2026-01-01T00:10:00Z")
+        );
+        // Never checked: due now.
+        assert_eq!(next_due([None], None, hour, [], now), now);
+    }
+
+    #[test]
+    fn kms_key_check_due_table() {
+        let now = ts("2026-01-01T01:00:00Z");
+        let hour = SignedDuration::from_hours(1);
+        assert!(kms_key_check_due(None, hour, now));
+        assert!(kms_key_check_due(
+            Some(ts("2026-01-01T00:00:00Z")),
+            hour,
+            now
+        ));
+        assert!(!kms_key_check_due(
+            Some(ts("2026-01-01T00:00:01Z")),
+            hour,
+            now
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(0).as_secs(), 5);
+        assert_eq!(backoff(u32::MAX).as_secs(), 300);
+    }
+}

@@ -1,7 +1,18 @@
-//! `kekeeper XX`
+//! `kekeeper crd`: prints the RecordingKeyConfig CRD YAML (what `crds/` holds).
 
 use std::process::ExitCode;
 
+use crate::crd::crd_yaml;
+
 pub fn execute() -> ExitCode {
-    todo!("controller")
+    match crd_yaml() {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: cannot serialise the CRD: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,9 +1,331 @@
-//! `kekeeper run`
+//! `kekeeper run`: the controller, with health and metrics endpoints, optional leader election
+//! and graceful shutdown on SIGTERM.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
+use crate::controller::leader::{LeaderElector, LeaseSettings};
+use crate::controller::ratelimit::TokenBucket;
+use crate::controller::{self, Context, Settings};
+use crate::crd::RecordingKeyConfig;
+use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
+use crate::kms::sdk::SdkKms;
+use crate::metrics::{MeteredKms, Metrics};
 
-pub async fn execute(_args: RunArgs) -> ExitCode {
-    todo!("controller")
+pub async fn execute(args: RunArgs) -> ExitCode {
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long in-flight reconciles may take after SIGTERM (Kubernetes' default grace is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Clone)]
+struct Health {
+    ready: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.map_err(|err| {
+        anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {err}")
+    })?;
+    let metrics = Metrics::default();
+    let health = Health {
+        ready: Arc::new(AtomicBool::new(false)),
+        metrics: metrics.clone(),
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "serving /healthz, /readyz, /metrics");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health.clone());
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    if args.leader_elect {
+        let elector = LeaderElector::new(client.clone(), lease_settings(&args));
+        // A standby replica is ready: it serves and waits.
+        health.ready.store(true, Ordering::SeqCst);
+        let mut stop = shutdown_rx.clone();
+        loop {
+            match elector.try_acquire_or_renew(jiff::Timestamp::now()).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(err) => warn!(error = %err, "leader election"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(elector.settings().renew_period) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+        health.ready.store(false, Ordering::SeqCst);
+        spawn_renewal(elector, shutdown_rx.clone());
+    }
+
+    // Graceful: in-flight reconciles finish; forceful after a grace period, so a reconcile
+    // stuck on a hung call cannot keep the pod past its termination grace.
+    let mut stop = shutdown_rx.clone();
+    let result = tokio::select! {
+        result = run_controller(client, args, metrics, health, shutdown_rx) => result,
+        _ = async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            warn!("reconciles still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+            Ok(())
+        }
+    };
+    info!("controller stopped");
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    result
+}
+
+fn lease_settings(args: &RunArgs) -> LeaseSettings {
+    let namespace = args.lease_namespace.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .map(|ns| ns.trim().to_owned())
+            .unwrap_or_else(|_| "default".to_owned())
+    });
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kekeeper-{}", std::process::id()))
+    });
+    LeaseSettings {
+        name: args.lease_name.clone(),
+        namespace,
+        identity,
+        lease_duration: Duration::from_secs(15),
+        renew_period: Duration::from_secs(5),
+    }
+}
+
+/// Renews the lease; losing it ends the process (exit 1), so a restarted pod rejoins as a
+/// standby instead of running a second controller.
+fn spawn_renewal(elector: LeaderElector, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(elector.settings().renew_period) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match elector.try_acquire_or_renew(jiff::Timestamp::now()).await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    error!("lost leadership; exiting");
+                    std::process::exit(1);
+                }
+                Err(err) => {
+                    warn!(error = %err, "could not renew the lease");
+                    if last_renewed.elapsed() >= elector.settings().lease_duration {
+                        error!("lease expired without renewal; exiting");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn run_controller(
+    client: Client,
+    args: RunArgs,
+    metrics: Metrics,
+    health: Health,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let sdk = SdkKms::from_env().await;
+    let operator_region = sdk.operator_region().map(str::to_owned);
+    let kms = MeteredKms {
+        inner: sdk,
+        metrics: metrics.clone(),
+    };
+
+    let (rkcs, secrets_api, config_maps_api): (
+        Api<RecordingKeyConfig>,
+        Api<Secret>,
+        Api<ConfigMap>,
+    ) = match &args.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+
+    let secrets_trigger_api = secrets_api.clone();
+    let config_maps_trigger_api = config_maps_api.clone();
+    // Caches of the key pair Secrets and the public-keys ConfigMaps: a steady-state reconcile
+    // reads only these.
+    let (secrets, secrets_writer) = reflector::store();
+    tokio::spawn(
+        reflector(
+            secrets_writer,
+            watcher(secrets_api, watcher::Config::default().labels(LABEL_CONFIG)),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(())),
+    );
+    let (config_maps, config_maps_writer) = reflector::store();
+    tokio::spawn(
+        reflector(
+            config_maps_writer,
+            watcher(
+                config_maps_api,
+                watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(())),
+    );
+
+    let reporter = Reporter {
+        controller: "kekeeper".into(),
+        instance: args.identity.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        kms,
+        controller::system_clock(),
+        Recorder::new(client.clone(), reporter),
+        secrets.clone(),
+        config_maps.clone(),
+        Arc::new(TokenBucket::new(args.kms_keypair_rate, 1)),
+        Settings {
+            kms_key_check_interval: args.kms_key_check_interval,
+            operator_region,
+        },
+        metrics,
+    ));
+
+    // Besides the caches above, the controller watches the key pair Secrets and the owned
+    // ConfigMaps itself, so a deleted or edited one is put right at once.
+    let controller = Controller::new(rkcs, watcher::Config::default())
+        .watches(
+            secrets_trigger_api,
+            watcher::Config::default().labels(LABEL_CONFIG),
+            |secret: Secret| {
+                let config = secret.labels().get(LABEL_CONFIG)?.clone();
+                let namespace = secret.namespace()?;
+                Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
+            },
+        )
+        .owns(
+            config_maps_trigger_api,
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
+        );
+    let store = controller.store();
+    {
+        let ready = health.ready.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok()
+                && secrets.wait_until_ready().await.is_ok()
+                && config_maps.wait_until_ready().await.is_ok()
+            {
+                info!("caches synced; ready");
+                ready.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let mut stop = shutdown;
+    controller
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(controller::reconcile, controller::error_policy, ctx)
+        .for_each(|result| {
+            if let Err(err) = result {
+                warn!(error = %err, "reconcile");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    Ok(())
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    if health.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.encode(),
+    )
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

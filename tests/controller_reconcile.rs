@@ -1,0 +1,1126 @@
+//! Reconcile scenarios against a mocked API server (the controller-rs `ApiServerVerifier`
+//! idea): each scenario lists every request the reconcile must make, in order; the verifier
+//! asserts method, path and body of each, answers it, and fails on a missing call by timeout.
+//! KMS is the engine's `FakeKms`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kekeeper::controller::ratelimit::TokenBucket;
+use kekeeper::controller::{self, Context, Settings};
+use kekeeper::crd::{
+    KmsKeyChangePolicy, RecordingKeyConfig, RecordingKeyConfigSpec, RecordingKeyConfigStatus,
+    RotationPeriod, RotationPolicy,
+};
+use kekeeper::keypair::KeyPairRecord;
+use kekeeper::kms::fake::FakeKms;
+use kekeeper::kms::{KeyPairSpec, KmsErrorKind, KmsOperation};
+use kekeeper::metrics::Metrics;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+
+const NS: &str = "telephony";
+const NAME: &str = "recordings";
+const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+const ORG_B: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+const NOW: &str = "2026-01-15T10:00:00Z";
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn spec(orgs: &[&str]) -> RecordingKeyConfigSpec {
+    RecordingKeyConfigSpec {
+        kms_key_alias_arn: ALIAS.into(),
+        organization_ids: orgs.iter().map(|s| s.to_string()).collect(),
+        rotation: RotationPolicy {
+            period: RotationPeriod::Monthly,
+            on_kms_key_change: KmsKeyChangePolicy::Rotate,
+        },
+        key_pair_spec: KeyPairSpec::Rsa2048,
+        home_region: None,
+        encryption_context_key: "genesys-cloud-organization-id".into(),
+        recording_retention: None,
+        history_limit: 10,
+        suspend: false,
+    }
+}
+
+fn resource(spec: RecordingKeyConfigSpec, generation: i64) -> RecordingKeyConfig {
+    let mut rkc = RecordingKeyConfig::new(NAME, spec);
+    rkc.meta_mut().namespace = Some(NS.into());
+    rkc.meta_mut().uid = Some("8b0f6a7e-0000-4000-8000-000000000001".into());
+    rkc.meta_mut().generation = Some(generation);
+    rkc
+}
+
+// ---------------------------------------------------------------------------------------------
+// The verifier.
+
+/// What the API server answers.
+type Reply = Box<dyn FnOnce(&Value) -> (u16, Value) + Send>;
+
+/// One expected request: method, path, a check of the query, and the answer.
+struct Expect {
+    method: Method,
+    path: String,
+    query_contains: Vec<&'static str>,
+    reply: Reply,
+}
+
+/// A request the verifier saw, for assertions after the scenario.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+/// The named scenarios; each is the exact list of requests one reconcile makes.
+enum Scenario {
+    /// First reconcile of a new resource: list, create Secret(s), event(s), status, ConfigMap.
+    Create { orgs: usize },
+    /// A rotation of one organisation: list, create the new Secret, retire the old, event,
+    /// status, ConfigMap.
+    Rotate { existing: Vec<Secret> },
+    /// Organisation added and one removed: list, create, event, retire the removed, status,
+    /// ConfigMap.
+    AddAndRemove { existing: Vec<Secret> },
+    /// KMS fails: list, Warning event, status patch; nothing else.
+    KmsFailure { existing: Vec<Secret> },
+    /// Crash after the Secret write: list (lagging), POST answers 409, GET returns the
+    /// stored Secret, event, status, ConfigMap.
+    AdoptAfterCrash { stored: Box<Secret> },
+    /// Crash between storing the new pair and retiring the old: list, retire the shadowed
+    /// pair, status, ConfigMap; no new pair.
+    RetireShadowed { existing: Vec<Secret> },
+    /// Invalid spec: Warning event and status patch, no list, no KMS.
+    ConfigInvalid,
+    /// The alias's KMS key cannot be used: list, Warning event, status, ConfigMap; no Secret.
+    KmsKeyProblem,
+    /// Retention: list, delete the retired Secret, status.
+    Prune {
+        existing: Vec<Secret>,
+        pruned: String,
+    },
+    /// KMS is back after a failure: list, DescribeKey, status; nothing else.
+    Recover { existing: Vec<Secret> },
+    /// Right after our own writes, the Secret cache lags: one fresh list, then nothing.
+    StaleCache { existing: Vec<Secret> },
+    /// Steady state: no request at all.
+    SteadyState,
+}
+
+fn secrets_path() -> String {
+    format!("/api/v1/namespaces/{NS}/secrets")
+}
+fn status_path() -> String {
+    format!("/apis/kekeeper.io/v1alpha1/namespaces/{NS}/recordingkeyconfigs/{NAME}/status")
+}
+fn events_path() -> String {
+    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
+}
+fn config_map_path() -> String {
+    format!("/api/v1/namespaces/{NS}/configmaps/{NAME}-public-keys")
+}
+
+fn echo() -> Reply {
+    Box::new(|body| (200, body.clone()))
+}
+fn reply_created() -> Reply {
+    Box::new(|body| (201, body.clone()))
+}
+
+fn list(items: Vec<Secret>) -> Expect {
+    Expect {
+        method: Method::GET,
+        path: secrets_path(),
+        query_contains: vec!["labelSelector=kekeeper.io%2Fconfig%3Drecordings"],
+        reply: Box::new(move |_| {
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items}),
+            )
+        }),
+    }
+}
+fn create_secret() -> Expect {
+    Expect {
+        method: Method::POST,
+        path: secrets_path(),
+        query_contains: vec!["fieldManager=kekeeper"],
+        reply: reply_created(),
+    }
+}
+fn retire_secret(name: &str) -> Expect {
+    Expect {
+        method: Method::PATCH,
+        path: format!("{}/{name}", secrets_path()),
+        query_contains: vec![],
+        reply: Box::new(|body| {
+            assert_eq!(body["metadata"]["labels"]["kekeeper.io/state"], "retired");
+            assert!(body["metadata"]["annotations"]["kekeeper.io/retired-at"].is_string());
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}}),
+            )
+        }),
+    }
+}
+fn event(reason: &'static str) -> Expect {
+    Expect {
+        method: Method::POST,
+        path: events_path(),
+        query_contains: vec![],
+        reply: Box::new(move |body| {
+            assert_eq!(body["reason"], reason, "event: {body}");
+            (201, body.clone())
+        }),
+    }
+}
+fn status_patch() -> Expect {
+    Expect {
+        method: Method::PATCH,
+        path: status_path(),
+        query_contains: vec!["fieldManager=kekeeper", "force=true"],
+        reply: Box::new(|body| {
+            let mut object = serde_json::to_value(resource(spec(&[ORG_A]), 1)).unwrap();
+            object["status"] = body["status"].clone();
+            (200, object)
+        }),
+    }
+}
+fn config_map_apply() -> Expect {
+    Expect {
+        method: Method::PATCH,
+        path: config_map_path(),
+        query_contains: vec!["fieldManager=kekeeper", "force=true"],
+        reply: echo(),
+    }
+}
+
+impl Scenario {
+    fn expectations(self) -> Vec<Expect> {
+        match self {
+            Scenario::Create { orgs } => {
+                let mut e = vec![list(vec![])];
+                for _ in 0..orgs {
+                    e.push(create_secret());
+                    e.push(event("KeyPairGenerated"));
+                }
+                e.push(status_patch());
+                e.push(config_map_apply());
+                e
+            }
+            Scenario::Rotate { existing } => {
+                let old = existing[0].metadata.name.clone().unwrap();
+                vec![
+                    list(existing),
+                    create_secret(),
+                    retire_secret(&old),
+                    event("KeyPairGenerated"),
+                    status_patch(),
+                    config_map_apply(),
+                ]
+            }
+            Scenario::AddAndRemove { existing } => {
+                let old = existing[0].metadata.name.clone().unwrap();
+                vec![
+                    list(existing),
+                    create_secret(),
+                    event("KeyPairGenerated"),
+                    retire_secret(&old),
+                    status_patch(),
+                    config_map_apply(),
+                ]
+            }
+            Scenario::KmsFailure { existing } => {
+                vec![list(existing), event("KmsError"), status_patch()]
+            }
+            Scenario::AdoptAfterCrash { stored } => {
+                let name = stored.metadata.name.clone().unwrap();
+                vec![
+                    list(vec![]),
+                    Expect {
+                        method: Method::POST,
+                        path: secrets_path(),
+                        query_contains: vec![],
+                        reply: Box::new(|_| {
+                            (
+                                409,
+                                json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                       "reason": "AlreadyExists", "code": 409,
+                                       "message": "secrets already exists"}),
+                            )
+                        }),
+                    },
+                    Expect {
+                        method: Method::GET,
+                        path: format!("{}/{name}", secrets_path()),
+                        query_contains: vec![],
+                        reply: Box::new(move |_| (200, serde_json::to_value(&stored).unwrap())),
+                    },
+                    event("KeyPairGenerated"),
+                    status_patch(),
+                    config_map_apply(),
+                ]
+            }
+            Scenario::RetireShadowed { existing } => {
+                let old = existing[0].metadata.name.clone().unwrap();
+                vec![
+                    list(existing),
+                    retire_secret(&old),
+                    status_patch(),
+                    config_map_apply(),
+                ]
+            }
+            Scenario::ConfigInvalid => vec![event("ConfigInvalid"), status_patch()],
+            Scenario::KmsKeyProblem => vec![
+                list(vec![]),
+                event("ConfigInvalid"),
+                status_patch(),
+                config_map_apply(),
+            ],
+            Scenario::Prune { existing, pruned } => vec![
+                list(existing),
+                Expect {
+                    method: Method::DELETE,
+                    path: format!("{}/{pruned}", secrets_path()),
+                    query_contains: vec![],
+                    reply: Box::new(|_| {
+                        (
+                            200,
+                            json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}),
+                        )
+                    }),
+                },
+                status_patch(),
+            ],
+            Scenario::StaleCache { existing } => vec![list(existing)],
+            Scenario::Recover { existing } => vec![list(existing), status_patch()],
+            Scenario::SteadyState => vec![],
+        }
+    }
+}
+
+/// Answers the expected requests in order; panics on a wrong or missing one.
+async fn verify(mut handle: Handle, expectations: Vec<Expect>) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for (index, expect) in expectations.into_iter().enumerate() {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(20), handle.next_request())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "request #{index} ({} {}) was never made",
+                    expect.method, expect.path
+                )
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "request #{index} ({} {}) was never made: the reconcile ended before it",
+                    expect.method, expect.path
+                )
+            });
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        assert_eq!(
+            (&method, path.as_str()),
+            (&expect.method, expect.path.as_str()),
+            "request #{index}"
+        );
+        for q in &expect.query_contains {
+            assert!(
+                query.contains(q),
+                "request #{index} {path}?{query} lacks {q}"
+            );
+        }
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let (status, answer) = (expect.reply)(&body);
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        seen.push(Seen { method, path, body });
+    }
+    // Nothing more may follow.
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+    {
+        panic!("unexpected request {} {}", request.method(), request.uri());
+    }
+    seen
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness.
+
+struct Harness {
+    kms: FakeKms,
+    secrets: reflector::store::Writer<Secret>,
+    secrets_store: Store<Secret>,
+    config_maps: reflector::store::Writer<ConfigMap>,
+    config_maps_store: Store<ConfigMap>,
+    now: Timestamp,
+    key_arn: String,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let kms = FakeKms::reusing_key_pairs();
+        let key_arn = kms.create_key_for(&kekeeper::arn::AliasArn::parse(ALIAS).unwrap());
+        let (secrets_store, secrets) = reflector::store();
+        let (config_maps_store, config_maps) = reflector::store();
+        Harness {
+            kms,
+            secrets,
+            secrets_store,
+            config_maps,
+            config_maps_store,
+            now: ts(NOW),
+            key_arn,
+        }
+    }
+
+    /// Runs one reconcile of `rkc` against `scenario`; returns the reconcile's result and
+    /// the requests seen.
+    async fn reconcile(
+        &self,
+        rkc: RecordingKeyConfig,
+        scenario: Scenario,
+    ) -> (
+        Result<kube::runtime::controller::Action, controller::Error>,
+        Vec<Seen>,
+    ) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NS);
+        let now = self.now;
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            self.kms.clone(),
+            Arc::new(move || now),
+            Recorder::new(client, Reporter::from("kekeeper")),
+            self.secrets_store.clone(),
+            self.config_maps_store.clone(),
+            Arc::new(TokenBucket::new(1000.0, 100)),
+            Settings::default(),
+            Metrics::default(),
+        ));
+        let verifier = tokio::spawn(verify(handle, scenario.expectations()));
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            controller::reconcile(Arc::new(rkc), ctx),
+        )
+        .await
+        .expect("reconcile hung (a request nobody answered?)");
+        let seen = verifier.await.unwrap();
+        (result, seen)
+    }
+
+    /// Feeds what the API server stored into the caches, as the reflectors would.
+    fn cache(&mut self, seen: &[Seen], existing: &[Secret]) -> Vec<Secret> {
+        let mut secrets: Vec<Secret> = existing.to_vec();
+        for s in seen {
+            if s.method == Method::POST && s.path == secrets_path() {
+                let mut secret: Secret = serde_json::from_value(s.body.clone()).unwrap();
+                secret.metadata.namespace = Some(NS.into());
+                secrets.push(secret);
+            }
+            if s.method == Method::PATCH && s.path.starts_with(&format!("{}/", secrets_path())) {
+                let name = s.path.rsplit('/').next().unwrap();
+                let secret = secrets
+                    .iter_mut()
+                    .find(|x| x.metadata.name.as_deref() == Some(name))
+                    .unwrap();
+                for (k, v) in s.body["metadata"]["labels"].as_object().unwrap() {
+                    secret
+                        .metadata
+                        .labels
+                        .get_or_insert_default()
+                        .insert(k.clone(), v.as_str().unwrap().into());
+                }
+                for (k, v) in s.body["metadata"]["annotations"].as_object().unwrap() {
+                    secret
+                        .metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert(k.clone(), v.as_str().unwrap().into());
+                }
+            }
+            if s.method == Method::PATCH && s.path == config_map_path() {
+                let cm: ConfigMap = serde_json::from_value(s.body.clone()).unwrap();
+                self.config_maps
+                    .apply_watcher_event(&watcher::Event::Apply(cm));
+            }
+        }
+        for secret in &secrets {
+            self.secrets
+                .apply_watcher_event(&watcher::Event::Apply(secret.clone()));
+        }
+        secrets
+    }
+}
+
+fn status_of(seen: &[Seen]) -> RecordingKeyConfigStatus {
+    let patch = seen
+        .iter()
+        .rfind(|s| s.path == status_path())
+        .expect("a status patch");
+    assert_eq!(patch.body["apiVersion"], "kekeeper.io/v1alpha1");
+    assert_eq!(patch.body["kind"], "RecordingKeyConfig");
+    serde_json::from_value(patch.body["status"].clone()).unwrap()
+}
+
+fn condition<'a>(
+    status: &'a RecordingKeyConfigStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+}
+
+fn with_status(
+    mut rkc: RecordingKeyConfig,
+    status: RecordingKeyConfigStatus,
+) -> RecordingKeyConfig {
+    rkc.status = Some(status);
+    rkc
+}
+
+/// A created resource: its Secrets (cached), status, and the harness.
+async fn created(orgs: &[&str]) -> (Harness, RecordingKeyConfig, Vec<Secret>) {
+    let mut h = Harness::new();
+    let rkc = resource(spec(orgs), 1);
+    let (result, seen) = h
+        .reconcile(rkc.clone(), Scenario::Create { orgs: orgs.len() })
+        .await;
+    result.unwrap();
+    let secrets = h.cache(&seen, &[]);
+    let rkc = with_status(rkc, status_of(&seen));
+    h.kms.reset_calls();
+    (h, rkc, secrets)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+#[tokio::test]
+async fn create_makes_secrets_status_and_config_map() {
+    let mut h = Harness::new();
+    let rkc = resource(spec(&[ORG_A, ORG_B]), 1);
+    let (result, seen) = h.reconcile(rkc, Scenario::Create { orgs: 2 }).await;
+    let action = result.unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(3600)),
+        "requeued for the next KMS key check"
+    );
+
+    // DescribeKey, and per organisation generate + the self-test's Decrypt.
+    assert_eq!(h.kms.calls(KmsOperation::DescribeKey), 1);
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        2
+    );
+    assert_eq!(h.kms.calls(KmsOperation::Decrypt), 2);
+
+    let secrets: Vec<Secret> = seen
+        .iter()
+        .filter(|s| s.method == Method::POST && s.path == secrets_path())
+        .map(|s| serde_json::from_value(s.body.clone()).unwrap())
+        .collect();
+    assert_eq!(secrets.len(), 2);
+    for secret in &secrets {
+        assert_eq!(secret.type_.as_deref(), Some("kekeeper.io/key-pair"));
+        assert!(
+            secret.metadata.owner_references.is_none(),
+            "key material must not be garbage-collected with the resource"
+        );
+        let record = KeyPairRecord::from_secret(secret).unwrap();
+        assert_eq!(record.sequence, 1);
+        assert_eq!(record.reason, "NoActiveKeyPair");
+        assert_eq!(record.kms_key_arn, h.key_arn);
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some(KeyPairRecord::secret_name(NAME, &record.organization_id, 1).as_str())
+        );
+    }
+
+    let status = status_of(&seen);
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.organization_count, Some(2));
+    assert_eq!(status.active_key_pairs.len(), 2);
+    assert_eq!(status.active_key_pairs[0].organization_id, ORG_A);
+    assert_eq!(status.key_pair_history.len(), 2);
+    assert_eq!(status.last_rotation_time, Some(ts(NOW)));
+    assert_eq!(status.next_rotation_time, Some(ts("2026-02-15T10:00:00Z")));
+    assert_eq!(status.kms_key_arn.as_deref(), Some(h.key_arn.as_str()));
+    assert_eq!(status.kms_key_alias_arn.as_deref(), Some(ALIAS));
+    assert!(status.last_test.as_ref().unwrap().passed);
+    assert!(status.last_kms_error.is_none());
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "KeyPairsActive")
+    );
+    assert_eq!(ready.message, "2/2 organisations have an active key pair");
+    assert_eq!(condition(&status, "KmsAvailable").status, "True");
+    assert_eq!(condition(&status, "ConfigValid").status, "True");
+    assert_eq!(condition(&status, "HistoricalKeysAtRisk").status, "False");
+
+    let cm = &seen.last().unwrap().body;
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(
+        cm["metadata"]["ownerReferences"][0]["kind"],
+        "RecordingKeyConfig"
+    );
+    assert!(
+        cm["data"][format!("{ORG_A}.pem")]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    let json: Value =
+        serde_json::from_str(cm["data"]["activeKeyPairs.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+
+    let _ = h.cache(&seen, &[]);
+}
+
+#[tokio::test]
+async fn steady_state_makes_no_request_and_no_kms_call() {
+    let (h, rkc, _) = created(&[ORG_A]).await;
+    let (result, seen) = h.reconcile(rkc, Scenario::SteadyState).await;
+    let action = result.unwrap();
+    assert!(seen.is_empty());
+    assert_eq!(h.kms.total_calls(), 0);
+    // Requeued for the KMS key check, an hour after the last one.
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(3600))
+    );
+}
+
+#[tokio::test]
+async fn steady_state_requeues_for_the_rotation_when_that_is_earlier() {
+    let (mut h, rkc, _) = created(&[ORG_A]).await;
+    let mut rkc = rkc;
+    // Daily period, a clock 23h30m on (the rotation is due in 30 minutes) and a KMS key
+    // check ten minutes ago (next one in 50).
+    rkc.spec.rotation.period = RotationPeriod::Daily;
+    let status = rkc.status.as_mut().unwrap();
+    status.last_kms_key_check_time = Some(ts("2026-01-16T09:20:00Z"));
+    status.next_rotation_time = Some(ts("2026-01-16T10:00:00Z"));
+    h.now = ts("2026-01-16T09:30:00Z");
+    let (result, seen) = h.reconcile(rkc, Scenario::SteadyState).await;
+    assert!(seen.is_empty());
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(30 * 60))
+    );
+}
+
+#[tokio::test]
+async fn kms_failure_keeps_the_active_pair_and_reports_the_error() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    // Two hours on: the KMS key check is due, and DescribeKey is denied.
+    h.now = ts("2026-01-15T12:00:00Z");
+    h.kms
+        .fail_next(KmsOperation::DescribeKey, KmsErrorKind::AccessDenied);
+    let before = rkc.status.clone().unwrap();
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::KmsFailure { existing: secrets })
+        .await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, controller::Error::Kms(_)), "{err}");
+    assert_eq!(err.metric_label(), "AccessDeniedException");
+
+    let status = status_of(&seen);
+    let error = status.last_kms_error.clone().unwrap();
+    assert_eq!(error.operation, "DescribeKey");
+    assert_eq!(error.code, "AccessDeniedException");
+    assert_eq!(error.time, ts("2026-01-15T12:00:00Z"));
+    let kms = condition(&status, "KmsAvailable");
+    assert_eq!(
+        (kms.status.as_str(), kms.reason.as_str()),
+        ("False", "AccessDeniedException")
+    );
+    // The active pair stays; recorders keep encrypting with it.
+    assert_eq!(status.active_key_pairs, before.active_key_pairs);
+    assert_eq!(condition(&status, "Ready").status, "True");
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        0
+    );
+}
+
+#[tokio::test]
+async fn kms_failure_during_generation_reports_the_failed_test() {
+    let (h, rkc, secrets) = created(&[ORG_A]).await;
+    let mut rkc = rkc;
+    rkc.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    h.kms.fail_next(
+        KmsOperation::GenerateDataKeyPairWithoutPlaintext,
+        KmsErrorKind::Throttling,
+    );
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::KmsFailure { existing: secrets })
+        .await;
+    assert!(result.is_err());
+    let status = status_of(&seen);
+    assert_eq!(
+        status.last_kms_error.as_ref().unwrap().code,
+        "ThrottlingException"
+    );
+    let test = status.last_test.unwrap();
+    assert!(!test.passed);
+    // Not honoured: the next try rotates again.
+    assert_eq!(status.rotate_now_token, None);
+}
+
+#[tokio::test]
+async fn rotate_now_rotates_once_per_token() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let mut rkc = rkc;
+    rkc.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    let (result, seen) = h
+        .reconcile(
+            rkc.clone(),
+            Scenario::Rotate {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    result.unwrap();
+    let new_secret: Secret = serde_json::from_value(seen[1].body.clone()).unwrap();
+    assert_eq!(
+        new_secret.metadata.annotations.as_ref().unwrap()["kekeeper.io/rotate-now-token"],
+        "t1"
+    );
+    let status = status_of(&seen);
+    assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
+    assert_eq!(status.key_pair_history.len(), 2);
+    assert_eq!(status.key_pair_history[0].reason, "RotateNowRequested");
+    let old_id = rkc.status.as_ref().unwrap().active_key_pairs[0]
+        .key_pair_id
+        .clone();
+    assert_ne!(status.active_key_pairs[0].key_pair_id, old_id);
+    assert_eq!(
+        status.active_key_pairs[0].secret_name,
+        KeyPairRecord::secret_name(NAME, ORG_A, 2)
+    );
+    assert_eq!(status.key_pair_history[1].key_pair_id, old_id);
+    assert_eq!(status.key_pair_history[1].retired_at, Some(ts(NOW)));
+
+    // The same token again: steady state.
+    h.cache(&seen, &secrets);
+    h.kms.reset_calls();
+    let rkc = with_status(rkc, status);
+    let (result, seen) = h.reconcile(rkc, Scenario::SteadyState).await;
+    result.unwrap();
+    assert!(seen.is_empty());
+    assert_eq!(h.kms.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn period_elapsed_rotates() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    h.now = ts("2026-02-15T10:00:00Z");
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Rotate { existing: secrets })
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.key_pair_history[0].reason, "PeriodElapsed");
+    // Ready stayed True: its lastTransitionTime is the creation's.
+    assert_eq!(condition(&status, "Ready").last_transition_time.0, ts(NOW));
+    assert_eq!(status.next_rotation_time, Some(ts("2026-03-15T10:00:00Z")));
+}
+
+#[tokio::test]
+async fn spec_change_rotates() {
+    let (h, rkc, secrets) = created(&[ORG_A]).await;
+    let mut rkc = rkc;
+    rkc.spec.encryption_context_key = "tenant-id".into();
+    rkc.meta_mut().generation = Some(2);
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Rotate { existing: secrets })
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.key_pair_history[0].reason, "SpecChanged");
+    assert_eq!(status.observed_generation, Some(2));
+    let new_secret: Secret = serde_json::from_value(seen[1].body.clone()).unwrap();
+    let record = KeyPairRecord::from_secret(&new_secret).unwrap();
+    assert_eq!(record.encryption_context.key, "tenant-id");
+}
+
+#[tokio::test]
+async fn alias_pointing_at_a_new_kms_key_rotates() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let alias = kekeeper::arn::AliasArn::parse(ALIAS).unwrap();
+    let new_key = h.kms.create_key("aws", "us-east-1", "111122223333");
+    h.kms.point_alias(&alias, &new_key);
+    h.now = ts("2026-01-15T11:00:00Z"); // the hourly KMS key check notices
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Rotate { existing: secrets })
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.key_pair_history[0].reason, "KmsKeyChanged");
+    assert_eq!(status.active_key_pairs[0].kms_key_arn, new_key);
+    assert_eq!(status.kms_key_arn.as_deref(), Some(new_key.as_str()));
+}
+
+#[tokio::test]
+async fn disabled_old_kms_key_raises_historical_keys_at_risk() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let alias = kekeeper::arn::AliasArn::parse(ALIAS).unwrap();
+    let new_key = h.kms.create_key("aws", "us-east-1", "111122223333");
+    h.kms.point_alias(&alias, &new_key);
+    h.kms.disable_key(&h.key_arn);
+    h.now = ts("2026-01-15T11:00:00Z");
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Rotate { existing: secrets })
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    let risk = condition(&status, "HistoricalKeysAtRisk");
+    assert_eq!(risk.status, "True", "{risk:?}");
+    assert!(risk.message.contains(&h.key_arn));
+    assert_eq!(status.key_pairs_at_risk.len(), 1);
+}
+
+#[tokio::test]
+async fn organisation_added_and_removed() {
+    let (h, rkc, secrets) = created(&[ORG_A]).await;
+    let mut rkc = rkc;
+    rkc.spec.organization_ids = vec![ORG_B.into()];
+    rkc.meta_mut().generation = Some(2);
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::AddAndRemove { existing: secrets })
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.active_key_pairs.len(), 1);
+    assert_eq!(status.active_key_pairs[0].organization_id, ORG_B);
+    // The removed organisation's pair is retired and kept in history.
+    let a = status
+        .key_pair_history
+        .iter()
+        .find(|e| e.organization_id == ORG_A)
+        .unwrap();
+    assert_eq!(a.retired_at, Some(ts(NOW)));
+    assert!(!seen.iter().any(|s| s.method == Method::DELETE));
+    let cm = &seen.last().unwrap().body;
+    assert!(cm["data"].get(format!("{ORG_A}.pem")).is_none());
+    assert!(cm["data"].get(format!("{ORG_B}.pem")).is_some());
+}
+
+#[tokio::test]
+async fn crash_after_secret_write_adopts_the_stored_secret() {
+    // A previous run stored the Secret, then died before writing status.
+    let h = Harness::new();
+    let rkc = resource(spec(&[ORG_A]), 1);
+    let stored = {
+        let kms = FakeKms::reusing_key_pairs();
+        let alias = kekeeper::arn::AliasArn::parse(ALIAS).unwrap();
+        kms.create_key_for(&alias);
+        let config = kekeeper::config::validate(&rkc.spec, None).unwrap();
+        let passed = kekeeper::selftest::run(&kms, &config, ORG_A).await.unwrap();
+        KeyPairRecord::new_active(
+            NAME,
+            NS,
+            1,
+            passed.key_pair,
+            config.context_for(ORG_A),
+            ts("2026-01-15T09:59:58Z"),
+            "NoActiveKeyPair",
+        )
+    };
+    let (result, seen) = h
+        .reconcile(
+            rkc,
+            Scenario::AdoptAfterCrash {
+                stored: Box::new(stored.to_secret()),
+            },
+        )
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.active_key_pairs.len(), 1);
+    assert_eq!(status.active_key_pairs[0].key_pair_id, stored.key_pair_id);
+    assert_eq!(status.key_pair_history.len(), 1, "no second active pair");
+}
+
+#[tokio::test]
+async fn invalid_config_reports_the_field_and_makes_no_kms_call() {
+    let h = Harness::new();
+    let mut s = spec(&[ORG_A]);
+    s.home_region = Some("eu-west-1".into());
+    let (result, seen) = h.reconcile(resource(s, 1), Scenario::ConfigInvalid).await;
+    result.unwrap();
+    assert_eq!(h.kms.total_calls(), 0);
+    let status = status_of(&seen);
+    let valid = condition(&status, "ConfigValid");
+    assert_eq!(
+        (valid.status.as_str(), valid.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        valid.message.starts_with("spec.homeRegion"),
+        "{}",
+        valid.message
+    );
+    assert_eq!(condition(&status, "Ready").status, "False");
+    assert!(status.active_key_pairs.is_empty());
+}
+
+#[tokio::test]
+async fn disabled_kms_key_makes_config_invalid_without_generating() {
+    let h = Harness::new();
+    h.kms.disable_key(&h.key_arn);
+    let rkc = resource(spec(&[ORG_A]), 1);
+    let (result, seen) = h.reconcile(rkc, Scenario::KmsKeyProblem).await;
+    result.unwrap();
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        0
+    );
+    let status = status_of(&seen);
+    let valid = condition(&status, "ConfigValid");
+    assert_eq!(
+        (valid.status.as_str(), valid.reason.as_str()),
+        ("False", "KmsKeyNotEnabled")
+    );
+}
+
+#[tokio::test]
+async fn suspended_resource_is_left_alone() {
+    let h = Harness::new();
+    let mut s = spec(&[ORG_A]);
+    s.suspend = true;
+    let (result, seen) = h.reconcile(resource(s, 1), Scenario::SteadyState).await;
+    result.unwrap();
+    assert!(seen.is_empty());
+    assert_eq!(h.kms.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn retention_prunes_only_long_retired_pairs() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    // Rotate once so there is a retired pair.
+    let mut rkc = rkc;
+    rkc.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    let (result, seen) = h
+        .reconcile(
+            rkc.clone(),
+            Scenario::Rotate {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    result.unwrap();
+    let secrets = h.cache(&seen, &secrets);
+    let mut rkc = with_status(rkc, status_of(&seen));
+    h.kms.reset_calls();
+
+    // Without recordingRetention, nothing is ever deleted, however old.
+    h.now = ts("2026-01-15T10:30:00Z");
+    let (result, seen) = h.reconcile(rkc.clone(), Scenario::SteadyState).await;
+    result.unwrap();
+    assert!(seen.is_empty());
+
+    // With 1d: a day after retirement, the retired Secret goes.
+    rkc.spec.recording_retention = Some("1d".into());
+    rkc.meta_mut().generation = Some(2);
+    rkc.status.as_mut().unwrap().observed_generation = Some(2);
+    h.now = ts("2026-01-16T10:00:00Z");
+    let retired = secrets[0].metadata.name.clone().unwrap();
+    let (result, seen) = h
+        .reconcile(
+            rkc,
+            Scenario::Prune {
+                existing: secrets,
+                pruned: retired.clone(),
+            },
+        )
+        .await;
+    result.unwrap();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == Method::DELETE && s.path.ends_with(&retired))
+    );
+}
+
+#[tokio::test]
+async fn crash_before_retiring_the_old_pair_retires_it_on_retry() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    // The new pair (sequence 2) was stored, then the process died: two active pairs.
+    let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
+    newer.sequence = 2;
+    newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
+    newer.created_at = ts("2026-01-15T10:05:00Z");
+    newer.reason = "PeriodElapsed".into();
+    let mut existing = secrets.clone();
+    existing.push(newer.to_secret());
+    h.cache(&[], &existing);
+    h.now = ts("2026-01-15T10:06:00Z");
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::RetireShadowed { existing })
+        .await;
+    result.unwrap();
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        0
+    );
+    let status = status_of(&seen);
+    assert_eq!(status.active_key_pairs.len(), 1);
+    assert_eq!(status.active_key_pairs[0].key_pair_id, newer.key_pair_id);
+    assert_eq!(status.key_pair_history.len(), 2);
+    assert_eq!(
+        status.key_pair_history[1].retired_at,
+        Some(ts("2026-01-15T10:06:00Z"))
+    );
+}
+
+#[tokio::test]
+async fn a_lagging_cache_costs_one_list_and_no_kms_call() {
+    let mut h = Harness::new();
+    let rkc = resource(spec(&[ORG_A]), 1);
+    let (result, seen) = h.reconcile(rkc.clone(), Scenario::Create { orgs: 1 }).await;
+    result.unwrap();
+    // Only the ConfigMap reached the cache; the Secret watch event has not arrived yet.
+    let secrets: Vec<Secret> = seen
+        .iter()
+        .filter(|s| s.method == Method::POST && s.path == secrets_path())
+        .map(|s| {
+            let mut secret: Secret = serde_json::from_value(s.body.clone()).unwrap();
+            secret.metadata.namespace = Some(NS.into());
+            secret
+        })
+        .collect();
+    let config_map_only: Vec<Seen> = seen
+        .iter()
+        .filter(|s| s.path == config_map_path())
+        .cloned()
+        .collect();
+    h.cache(&config_map_only, &[]);
+    h.kms.reset_calls();
+    let rkc = with_status(rkc, status_of(&seen));
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::StaleCache { existing: secrets })
+        .await;
+    result.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(h.kms.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn kms_recovery_clears_the_condition_and_keeps_the_last_error() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    h.now = ts("2026-01-15T12:00:00Z");
+    h.kms
+        .fail_next(KmsOperation::DescribeKey, KmsErrorKind::KeyUnavailable);
+    let (result, seen) = h
+        .reconcile(
+            rkc.clone(),
+            Scenario::KmsFailure {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    assert!(result.is_err());
+    let failed = status_of(&seen);
+    let rkc = with_status(rkc, failed.clone());
+
+    // Five seconds later (the first backoff), KMS answers again.
+    h.now = ts("2026-01-15T12:00:05Z");
+    h.kms.reset_calls();
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Recover { existing: secrets })
+        .await;
+    result.unwrap();
+    assert_eq!(h.kms.calls(KmsOperation::DescribeKey), 1);
+    let status = status_of(&seen);
+    let kms = condition(&status, "KmsAvailable");
+    assert_eq!(kms.status, "True");
+    assert_eq!(kms.last_transition_time.0, ts("2026-01-15T12:00:05Z"));
+    assert_eq!(status.last_kms_error, failed.last_kms_error);
+    assert_eq!(
+        status.last_kms_key_check_time,
+        Some(ts("2026-01-15T12:00:05Z"))
+    );
+}
+
+#[tokio::test]
+async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let mut rkc = rkc;
+    rkc.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    // The rotation for t1 stored its Secret (with the token), then the process died before
+    // retiring the old pair and writing status.
+    let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
+    newer.sequence = 2;
+    newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
+    newer.reason = "RotateNowRequested".into();
+    let mut newer_secret = newer.to_secret();
+    newer_secret
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now-token".into(), "t1".into());
+    newer_secret.metadata.namespace = Some(NS.into());
+    let mut existing = secrets.clone();
+    existing.push(newer_secret);
+    h.cache(&[], &existing);
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::RetireShadowed { existing })
+        .await;
+    result.unwrap();
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        0,
+        "no second rotation for the same token"
+    );
+    let status = status_of(&seen);
+    assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
+    assert_eq!(status.active_key_pairs[0].key_pair_id, newer.key_pair_id);
+}

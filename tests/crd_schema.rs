@@ -1,0 +1,194 @@
+//! The committed CRD is the generated one, and its schema carries the validation SPEC §2 asks
+//! for. (Apply-time rejection is exercised against the API simulator in the end-to-end test.)
+
+use kekeeper::crd::{RecordingKeyConfig, crd_yaml};
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+const COMMITTED: &str = "crds/recordingkeyconfigs.kekeeper.io.yaml";
+
+#[test]
+fn committed_crd_matches_the_generated_one() {
+    let generated = crd_yaml().unwrap();
+    let committed = std::fs::read_to_string(COMMITTED).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{COMMITTED} is out of date with src/crd.rs; regenerate it with:\n\n    \
+         cargo run -- crd > {COMMITTED}\n"
+    );
+}
+
+fn version() -> Value {
+    serde_json::to_value(RecordingKeyConfig::crd()).unwrap()["spec"]["versions"][0].clone()
+}
+
+fn spec_schema() -> Value {
+    version()["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+}
+
+fn rules(schema: &Value) -> Vec<(String, String)> {
+    schema["x-kubernetes-validations"]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| {
+                    (
+                        r["rule"].as_str().unwrap().to_owned(),
+                        r["message"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn names_short_name_category_and_status_subresource() {
+    let crd = serde_json::to_value(RecordingKeyConfig::crd()).unwrap();
+    assert_eq!(crd["metadata"]["name"], "recordingkeyconfigs.kekeeper.io");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "rkc");
+    assert_eq!(crd["spec"]["names"]["categories"][0], "kekeeper");
+    assert_eq!(version()["name"], "v1alpha1");
+    assert!(version()["subresources"]["status"].is_object());
+}
+
+#[test]
+fn printer_columns() {
+    let columns: Vec<(String, String)> = version()["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["jsonPath"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("Alias", ".spec.kmsKeyAliasArn"),
+        ("Period", ".spec.rotation.period"),
+        ("Orgs", ".status.organizationCount"),
+        ("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
+        ("Next Rotation", ".status.nextRotationTime"),
+        ("Age", ".metadata.creationTimestamp"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(columns, expected);
+}
+
+#[test]
+fn alias_arn_rules_name_the_field() {
+    let arn = &spec_schema()["properties"]["kmsKeyAliasArn"];
+    assert_eq!(arn["type"], "string");
+    assert!(arn["maxLength"].is_number(), "CEL cost needs a bound");
+    let rules = rules(arn);
+    assert_eq!(rules.len(), 3);
+    assert!(rules[0].0.contains(":key/"));
+    assert!(rules[0].1.contains("key ARN"));
+    assert!(rules[1].0.contains("alias/aws"));
+    assert!(rules[1].1.contains("AWS managed key"));
+    assert!(rules[2].0.contains("alias/"));
+    for (rule, message) in &rules {
+        assert!(message.starts_with("spec.kmsKeyAliasArn"), "{message}");
+        // Only what a plain CEL interpreter offers.
+        for banned in [".split(", "format(", "url(", ".lowerAscii(", "quantity("] {
+            assert!(!rule.contains(banned), "{rule} uses {banned}");
+        }
+    }
+    let required = spec_schema()["required"].clone();
+    assert!(
+        required
+            .as_array()
+            .unwrap()
+            .contains(&"kmsKeyAliasArn".into())
+    );
+}
+
+#[test]
+fn organisation_ids_are_a_set_of_one_to_a_hundred() {
+    let ids = &spec_schema()["properties"]["organizationIds"];
+    assert_eq!(ids["x-kubernetes-list-type"], "set");
+    assert_eq!(ids["minItems"], 1);
+    assert_eq!(ids["maxItems"], 100);
+    assert_eq!(ids["items"]["minLength"], 1);
+}
+
+#[test]
+fn enums_and_bounds() {
+    let props = &spec_schema()["properties"];
+    assert_eq!(
+        props["rotation"]["properties"]["period"]["enum"],
+        serde_json::json!(["Daily", "Weekly", "Monthly", "Yearly", "Never"])
+    );
+    assert_eq!(
+        props["rotation"]["properties"]["onKmsKeyChange"]["enum"],
+        serde_json::json!(["Rotate", "Ignore"])
+    );
+    assert_eq!(
+        props["keyPairSpec"]["enum"],
+        serde_json::json!(["RSA_2048", "RSA_3072", "RSA_4096"])
+    );
+    assert_eq!(props["historyLimit"]["minimum"], 1.0);
+    assert_eq!(props["historyLimit"]["maximum"], 100.0);
+    assert_eq!(props["recordingRetention"]["pattern"], "^[0-9]+(d|h)$");
+    assert_eq!(props["encryptionContextKey"]["minLength"], 1);
+    assert!(rules(&props["encryptionContextKey"])[0].0.contains("aws:"));
+    assert_eq!(
+        props["rotation"]["properties"]["period"]["default"],
+        "Monthly"
+    );
+}
+
+#[test]
+fn home_region_must_equal_the_arn_region() {
+    let rules = rules(&spec_schema());
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].0.contains("self.homeRegion"));
+    assert!(rules[0].1.starts_with("spec.homeRegion"));
+}
+
+#[test]
+fn status_timestamps_are_date_times() {
+    let status = &version()["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    for field in [
+        "lastRotationTime",
+        "nextRotationTime",
+        "lastKmsKeyCheckTime",
+    ] {
+        assert_eq!(status[field]["type"], "string", "{field}");
+        assert_eq!(status[field]["format"], "date-time", "{field}");
+    }
+    assert_eq!(
+        status["lastKmsError"]["properties"]["time"]["format"],
+        "date-time"
+    );
+    assert_eq!(
+        status["activeKeyPairs"]["items"]["properties"]["createdAt"]["format"],
+        "date-time"
+    );
+}
+
+#[test]
+fn spec_example_parses_with_defaults() {
+    let yaml = r#"
+apiVersion: kekeeper.io/v1alpha1
+kind: RecordingKeyConfig
+metadata: {name: recordings, namespace: telephony}
+spec:
+  kmsKeyAliasArn: arn:aws:kms:us-east-1:111122223333:alias/recordings
+  organizationIds: [3fa85f64-5717-4562-b3fc-2c963f66afa6]
+"#;
+    let rkc: RecordingKeyConfig = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(rkc.spec.history_limit, 10);
+    assert_eq!(
+        rkc.spec.encryption_context_key,
+        "genesys-cloud-organization-id"
+    );
+    assert!(!rkc.spec.suspend);
+}
