@@ -181,6 +181,19 @@ fn accept(headers: &HeaderMap) -> String {
         .to_string()
 }
 
+/// `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1` (kube-rs
+/// `get_metadata`/`list_metadata`/`metadata_watcher`, client-go metadata informers).
+fn wants_metadata(headers: &HeaderMap) -> bool {
+    accept(headers)
+        .split(',')
+        .next()
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+fn partial_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+}
+
 fn wants_table(headers: &HeaderMap) -> bool {
     accept(headers)
         .split(',')
@@ -772,6 +785,9 @@ fn get(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
             table::table(&ctx.t, &[obj], include_object(&ctx.q), meta, true),
         ));
     }
+    if wants_metadata(&ctx.headers) {
+        return Ok((200, partial_metadata(&obj)));
+    }
     Ok((200, obj))
 }
 
@@ -914,6 +930,13 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
         return Ok((
             200,
             table::table(&ctx.t, &out, include_object(&ctx.q), meta, true),
+        ));
+    }
+    if wants_metadata(&ctx.headers) {
+        let items: Vec<Value> = out.iter().map(partial_metadata).collect();
+        return Ok((
+            200,
+            json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items}),
         ));
     }
     Ok((
@@ -1956,6 +1979,7 @@ fn watch_handler(sim: Arc<Sim>, ctx: Ctx) -> Response {
         Err(e) => return error_response(&e),
     };
     let table = wants_table(&ctx.headers);
+    let metadata_only = wants_metadata(&ctx.headers);
     let include = include_object(&ctx.q);
     let bookmarks = ctx
         .q
@@ -2025,7 +2049,9 @@ fn watch_handler(sim: Arc<Sim>, ctx: Ctx) -> Response {
         let mut rx = rx;
         let mut first = true;
         let encode = |kind: &str, obj: &Value, first: &mut bool| -> bytes::Bytes {
-            let object = if table && kind != "BOOKMARK" && kind != "ERROR" {
+            let object = if metadata_only && kind != "BOOKMARK" && kind != "ERROR" {
+                partial_metadata(obj)
+            } else if table && kind != "BOOKMARK" && kind != "ERROR" {
                 let tbl = table::table(
                     &t,
                     std::slice::from_ref(obj),

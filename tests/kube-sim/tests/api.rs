@@ -1411,3 +1411,46 @@ async fn validation_ratchets_unchanged_values_on_update() {
         422
     );
 }
+
+#[tokio::test]
+async fn partial_object_metadata_get_list_and_watch() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "meta", "labels": {"kekeeper.io/state": "active"}}, "stringData": {"privateKey.kms": "blob"}})).unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    let meta = secrets.get_metadata("meta").await.unwrap();
+    assert_eq!(meta.metadata.labels.unwrap()["kekeeper.io/state"], "active");
+    let list = secrets.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    // The raw answer carries no data.
+    let req = http::Request::get("/api/v1/namespaces/default/secrets/meta")
+        .header(
+            "Accept",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+        )
+        .body(vec![])
+        .unwrap();
+    let raw: serde_json::Value = client.request(req).await.unwrap();
+    assert_eq!(raw["kind"], "PartialObjectMetadata");
+    assert!(raw.get("data").is_none());
+    let mut stream = kube::runtime::watcher(
+        Api::<kube::core::PartialObjectMeta<Secret>>::namespaced(client.clone(), "default"),
+        kube::runtime::watcher::Config::default(),
+    )
+    .boxed();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            kube::runtime::watcher::Event::InitApply(m) => {
+                assert_eq!(m.metadata.name.as_deref(), Some("meta"))
+            }
+            kube::runtime::watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+}
