@@ -659,7 +659,22 @@ async fn dispatch(
         )),
     };
     match result {
-        Ok((code, v)) => ctx.respond(code, &v),
+        Ok((code, v)) => {
+            // Writes answer metadata only when asked (kube-rs `patch_metadata`).
+            let plain = v["metadata"].is_object()
+                && !matches!(
+                    v["kind"].as_str(),
+                    Some(
+                        "Status" | "PartialObjectMetadata" | "PartialObjectMetadataList" | "Table"
+                    )
+                );
+            let is_list = v["kind"].as_str().is_some_and(|k| k.ends_with("List"));
+            if wants_metadata(&ctx.headers) && plain && !is_list {
+                ctx.respond(code, &partial_metadata(&v))
+            } else {
+                ctx.respond(code, &v)
+            }
+        }
         Err(e) => ctx.err(e),
     }
 }

@@ -1422,6 +1422,18 @@ async fn partial_object_metadata_get_list_and_watch() {
     let meta = secrets.get_metadata("meta").await.unwrap();
     assert_eq!(meta.metadata.labels.unwrap()["kekeeper.io/state"], "active");
     let list = secrets.list_metadata(&ListParams::default()).await.unwrap();
+    let patched = secrets
+        .patch_metadata(
+            "meta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"kekeeper.io/state": "retired"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.metadata.labels.unwrap()["kekeeper.io/state"],
+        "retired"
+    );
     assert_eq!(list.items.len(), 1);
     // The raw answer carries no data.
     let req = http::Request::get("/api/v1/namespaces/default/secrets/meta")
