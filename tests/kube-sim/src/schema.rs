@@ -201,12 +201,7 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldEr
             "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
         ));
     } else {
-        let mut cel_errs = Vec::new();
-        cel_walk(obj, old, schema, "", &mut cel_errs);
-        if let Some(o) = old {
-            ratchet(&mut cel_errs, obj, o);
-        }
-        errs.extend(cel_errs);
+        cel_walk(obj, old, schema, "", &mut errs);
     }
     errs
 }
@@ -229,8 +224,8 @@ fn at_path<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
     Some(cur)
 }
 
-/// Validation ratcheting (CRDValidationRatcheting, GA in 1.33): on update, errors about values
-/// that did not change are dropped.
+/// Validation ratcheting (CRDValidationRatcheting, GA in 1.33): on update, schema errors about
+/// values that did not change are dropped (CEL rules ratchet per node in `cel_rules`).
 fn ratchet(errs: &mut Vec<FieldError>, new: &Value, old: &Value) {
     errs.retain(|e| {
         if e.field == "<nil>" {
@@ -639,6 +634,10 @@ fn cel_rules(
     let Some(rules) = schema["x-kubernetes-validations"].as_array() else {
         return;
     };
+    // Ratcheting: the rules of a node whose value did not change are not enforced.
+    if old.is_some_and(|o| o == v) {
+        return;
+    }
     for rule in rules {
         let Some(expr) = rule["rule"].as_str() else {
             continue;

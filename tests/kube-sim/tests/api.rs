@@ -1404,6 +1404,16 @@ async fn validation_ratchets_unchanged_values_on_update() {
     // Changing it to another invalid value fails; new objects fail.
     let e = status(api.patch("legacy", &PatchParams::default(), &Patch::Merge(json!({"spec": {"homeRegion": "us-west-2", "kmsKeyAliasArn": "arn:aws:kms:us-west-2:111122223333:alias/recordings"}}))).await);
     assert!(e.message.contains(r#"spec.homeRegion: Invalid value: "us-west-2": spec.homeRegion in body should match '^eu-'"#), "{}", e.message);
+    // A rule on spec with a fieldPath is enforced when spec changed, even if the target field did not.
+    let e = status(
+        api.patch(
+            "legacy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"homeRegion": "eu-west-1"}})),
+        )
+        .await,
+    );
+    assert!(e.message.contains("spec.homeRegion: Invalid value: \"object\": homeRegion must equal the region of kmsKeyAliasArn"), "{}", e.message);
     let mut fresh = rkc("fresh");
     fresh.data["spec"]["homeRegion"] = json!("us-east-1");
     assert_eq!(
