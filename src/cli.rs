@@ -41,9 +41,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, short = 'n', env = "KEKEEPER_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (repeat the flag or separate with commas; default: all
+    /// namespaces).
+    #[arg(long, short = 'n', env = "KEKEEPER_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, env = "KEKEEPER_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     pub metrics_addr: std::net::SocketAddr,

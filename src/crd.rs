@@ -47,7 +47,7 @@ pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
     ),
     printcolumn(
         name = "Next Rotation",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.nextRotationTime"
     ),
     printcolumn(

@@ -10,7 +10,7 @@ fn run_defaults() {
     let Command::Run(args) = cli.command else {
         panic!("not run")
     };
-    assert_eq!(args.namespace, None);
+    assert!(args.namespace.is_empty(), "all namespaces by default");
     assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:8080");
     assert!(!args.leader_elect);
     assert_eq!(args.lease_name, "kekeeper-leader");
@@ -25,6 +25,8 @@ fn run_flags() {
         "run",
         "--namespace",
         "telephony",
+        "--namespace",
+        "billing,support",
         "--metrics-addr",
         "0.0.0.0:9090",
         "--leader-elect",
@@ -43,7 +45,7 @@ fn run_flags() {
     let Command::Run(args) = cli.command else {
         panic!("not run")
     };
-    assert_eq!(args.namespace.as_deref(), Some("telephony"));
+    assert_eq!(args.namespace, ["telephony", "billing", "support"]);
     assert_eq!(args.metrics_addr.port(), 9090);
     assert!(args.leader_elect);
     assert_eq!(args.lease_name, "kk");

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -176,29 +176,86 @@ async fn run_controller(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sdk = SdkKms::from_env().await;
-    let operator_region = sdk.operator_region().map(str::to_owned);
-    let kms = MeteredKms {
-        inner: sdk,
-        metrics: metrics.clone(),
+    let shared = Shared {
+        settings: Settings {
+            kms_key_check_interval: args.kms_key_check_interval,
+            operator_region: sdk.operator_region().map(str::to_owned),
+        },
+        kms: MeteredKms {
+            inner: sdk,
+            metrics: metrics.clone(),
+        },
+        // One bucket for every resource in every watched namespace: KMS quotas are per account.
+        key_pair_rate: Arc::new(TokenBucket::new(args.kms_keypair_rate, 1)),
+        reporter: Reporter {
+            controller: "kekeeper".into(),
+            instance: args.identity.clone(),
+        },
+        metrics,
     };
-
-    let (rkcs, secrets_api, config_maps_api): (
-        Api<RecordingKeyConfig>,
-        Api<Secret>,
-        Api<ConfigMap>,
-    ) = match &args.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
+    // No namespace: one cluster-wide controller; otherwise one per namespace, so that a
+    // namespaced install needs Roles in the watched namespaces only.
+    let scopes: Vec<Option<String>> = if args.namespace.is_empty() {
+        vec![None]
+    } else {
+        args.namespace.iter().cloned().map(Some).collect()
     };
+    let synced = Arc::new(AtomicUsize::new(0));
+    let scope_count = scopes.len();
+    let controllers = scopes.into_iter().map(|scope| {
+        let health = health.clone();
+        let synced = synced.clone();
+        let on_synced = move || {
+            if synced.fetch_add(1, Ordering::SeqCst) + 1 == scope_count {
+                info!("caches synced; ready");
+                health.ready.store(true, Ordering::SeqCst);
+            }
+        };
+        run_scope(
+            client.clone(),
+            scope,
+            shared.clone(),
+            on_synced,
+            shutdown.clone(),
+        )
+    });
+    futures::future::join_all(controllers).await;
+    Ok(())
+}
 
+/// What every namespace's controller shares.
+#[derive(Clone)]
+struct Shared {
+    settings: Settings,
+    kms: MeteredKms<SdkKms>,
+    key_pair_rate: Arc<TokenBucket>,
+    reporter: Reporter,
+    metrics: Metrics,
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The controller of one namespace (or of all namespaces).
+async fn run_scope(
+    client: Client,
+    namespace: Option<String>,
+    shared: Shared,
+    on_synced: impl FnOnce() + Send + 'static,
+    shutdown: watch::Receiver<bool>,
+) {
+    let namespace = namespace.as_deref();
+    let rkcs: Api<RecordingKeyConfig> = scoped(&client, namespace);
+    let secrets_api: Api<Secret> = scoped(&client, namespace);
+    let config_maps_api: Api<ConfigMap> = scoped(&client, namespace);
     let secrets_trigger_api = secrets_api.clone();
     let config_maps_trigger_api = config_maps_api.clone();
     // Caches of the key pair Secrets and the public-keys ConfigMaps: a steady-state reconcile
@@ -225,23 +282,16 @@ async fn run_controller(
         .for_each(|_| futures::future::ready(())),
     );
 
-    let reporter = Reporter {
-        controller: "kekeeper".into(),
-        instance: args.identity.clone(),
-    };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        kms,
+        shared.kms,
         controller::system_clock(),
-        Recorder::new(client.clone(), reporter),
+        Recorder::new(client.clone(), shared.reporter),
         secrets.clone(),
         config_maps.clone(),
-        Arc::new(TokenBucket::new(args.kms_keypair_rate, 1)),
-        Settings {
-            kms_key_check_interval: args.kms_key_check_interval,
-            operator_region,
-        },
-        metrics,
+        shared.key_pair_rate,
+        shared.settings,
+        shared.metrics,
     ));
 
     // Besides the caches above, the controller watches the key pair Secrets and the owned
@@ -261,18 +311,14 @@ async fn run_controller(
             watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
         );
     let store = controller.store();
-    {
-        let ready = health.ready.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok()
-                && secrets.wait_until_ready().await.is_ok()
-                && config_maps.wait_until_ready().await.is_ok()
-            {
-                info!("caches synced; ready");
-                ready.store(true, Ordering::SeqCst);
-            }
-        });
-    }
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok()
+            && secrets.wait_until_ready().await.is_ok()
+            && config_maps.wait_until_ready().await.is_ok()
+        {
+            on_synced();
+        }
+    });
     let mut stop = shutdown;
     controller
         .graceful_shutdown_on(async move {
@@ -286,7 +332,6 @@ async fn run_controller(
             futures::future::ready(())
         })
         .await;
-    Ok(())
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {

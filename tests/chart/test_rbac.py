@@ -9,12 +9,12 @@ from conftest import CASES, NAMESPACE, find, one, render_docs
 RKC = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs"],
        "verbs": ["get", "list", "watch"]}
 RKC_STATUS = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs/status"],
-              "verbs": ["get", "patch", "update"]}
+              "verbs": ["patch"]}
 SECRETS = {"apiGroups": [""], "resources": ["secrets"],
            "verbs": ["get", "list", "watch", "create", "patch"]}
 SECRETS_PRUNE = {**SECRETS, "verbs": SECRETS["verbs"] + ["delete"]}
 CONFIGMAPS = {"apiGroups": [""], "resources": ["configmaps"],
-              "verbs": ["get", "list", "watch", "create", "patch"]}
+              "verbs": ["list", "watch", "create", "patch"]}
 EVENTS = {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
 SCOPE_RULES = [RKC, RKC_STATUS, SECRETS, CONFIGMAPS, EVENTS]
 SCOPE_RULES_PRUNE = [RKC, RKC_STATUS, SECRETS_PRUNE, CONFIGMAPS, EVENTS]

@@ -77,18 +77,18 @@ kekeeper.rbac.leaseRules: rules for leader election (Role in the release namespa
 - apiGroups: ["kekeeper.io"]
   resources: ["recordingkeyconfigs"]
   verbs: ["get", "list", "watch"]
-# Status is written only through the status subresource.
+# Status is written only through the status subresource, by server-side apply.
 - apiGroups: ["kekeeper.io"]
   resources: ["recordingkeyconfigs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Key-pair Secrets (type kekeeper.io/key-pair). `delete` only with pruneRetiredKeyPairs.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"{{ if .Values.pruneRetiredKeyPairs }}, "delete"{{ end }}]
-# Public-key ConfigMaps (<config>-public-keys).
+# Public-key ConfigMaps (<config>-public-keys), read from a watch cache, written by apply.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 # Kubernetes Events about RecordingKeyConfigs (events.k8s.io/v1).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
