@@ -13,6 +13,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 LOGS="$(mktemp -d)"
+trap 'rm -rf "$LOGS"' EXIT
 step "Helm chart (real Helm engine via helm-python-sdk); renders go to target/chart-renders/"
 scripts/chart-test.sh 2>&1 | tee "$LOGS/chart.log"
 
