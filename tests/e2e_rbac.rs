@@ -1,0 +1,454 @@
+//! The Helm chart's RBAC proven on kube-sim with RBAC enforced: the real `kekeeper run`, as the
+//! chart's ServiceAccount with the chart's (Cluster)Roles and the rendered Deployment's args,
+//! must never be refused (403) and must use every rule it is granted; with a rule taken away it
+//! must fail visibly. Reads the render `scripts/chart-test.sh` writes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::cluster::{Cluster, Operator, condition, eventually, rkc_manifest};
+use common::proxy::FaultProxy;
+use common::{create_key, kms_endpoint};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+const ORG_B: &str = "9b2e6c1a-7d4f-4e8a-a1c3-5f0d2b8e9c47";
+const NAME: &str = "recordings";
+const WAIT: Duration = Duration::from_secs(40);
+const RBAC_KINDS: [&str; 5] = [
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+/// The documents of `target/chart-renders/default.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`).
+fn chart_render() -> Option<Vec<Value>> {
+    let dir = std::env::var_os("KEKEEPER_CHART_RENDERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::cluster::repo_root().join("target/chart-renders"));
+    let path = dir.join("default.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        let message = format!(
+            "{} is missing; run scripts/chart-test.sh (it renders the Helm chart)",
+            path.display()
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED: {message}");
+        return None;
+    };
+    Some(
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).expect("render YAML"))
+            .filter(|doc| !doc.is_null())
+            .collect(),
+    )
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
+    docs.iter().filter(move |d| d["kind"] == kind)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// One granted permission: (apiGroup, resource, subresource, verb, resourceNames).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Grant {
+    group: String,
+    resource: String,
+    subresource: String,
+    verb: String,
+    names: Vec<String>,
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        write!(f, "{group} {}", self.resource)?;
+        if !self.subresource.is_empty() {
+            write!(f, "/{}", self.subresource)?;
+        }
+        write!(f, " {}", self.verb)?;
+        if !self.names.is_empty() {
+            write!(f, " (resourceNames {:?})", self.names)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every (group, resource[/subresource], verb) the rendered ClusterRoles and Roles grant.
+fn grants(docs: &[Value]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for role in of_kind(docs, "ClusterRole").chain(of_kind(docs, "Role")) {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    let (resource, subresource) = match resource.split_once('/') {
+                        Some((r, s)) => (r.to_owned(), s.to_owned()),
+                        None => (resource.clone(), String::new()),
+                    };
+                    for verb in strings(&rule["verbs"]) {
+                        out.insert(Grant {
+                            group: group.clone(),
+                            resource: resource.clone(),
+                            subresource: subresource.clone(),
+                            verb,
+                            names: strings(&rule["resourceNames"]),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// kube-sim with RBAC, the CRD and the chart's RBAC objects applied as admin, and the operator
+/// running as the chart's ServiceAccount with the rendered Deployment's args, through a KMS
+/// fault proxy.
+struct Setup {
+    // Dropped first: the operator (its log is printed from the cluster's tempdir), then the rest.
+    operator: Operator,
+    cluster: Cluster,
+    proxy: FaultProxy,
+    user: String,
+    alias: String,
+    docs: Vec<Value>,
+}
+
+async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<Value>)) -> Setup {
+    edit(&mut docs);
+    let key = create_key(endpoint, common::REGION, false).await;
+    let cluster = Cluster::start(true).await;
+    cluster.install_crd().await;
+
+    let account = of_kind(&docs, "ServiceAccount")
+        .next()
+        .expect("the render has a ServiceAccount");
+    let sa_name = account["metadata"]["name"].as_str().unwrap().to_owned();
+    let release_ns = account["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_owned();
+    let mut namespaces: BTreeSet<String> = docs
+        .iter()
+        .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
+        .filter_map(|d| d["metadata"]["namespace"].as_str().map(str::to_owned))
+        .collect();
+    namespaces.insert(release_ns.clone());
+    for ns in &namespaces {
+        if cluster.sim.object("", "namespaces", "", ns).is_none() {
+            cluster.kubectl_ok(&["create", "namespace", ns]).await;
+        }
+    }
+    // A multi-document stream, not a v1 List: kube-sim's /openapi/v3 has no schema for
+    // `List`, so kubectl's client-side validation refuses one (see the report).
+    let stream: Vec<String> = docs
+        .iter()
+        .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
+        .map(|d| d.to_string())
+        .collect();
+    cluster.apply_ok(&stream.join("\n---\n")).await;
+
+    let (kubeconfig, user) = cluster.service_account_kubeconfig(&release_ns, &sa_name);
+
+    // The rendered Deployment's container: its args (metrics on 127.0.0.1:0) and env.
+    let deployment = of_kind(&docs, "Deployment").next().expect("Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut args = strings(&container["args"]);
+    assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
+    args.remove(0);
+    for arg in &mut args {
+        if arg.starts_with("--metrics-addr") {
+            *arg = "--metrics-addr=127.0.0.1:0".into();
+        }
+    }
+    let mut env = Vec::new();
+    for var in container["env"].as_array().into_iter().flatten() {
+        let name = var["name"].as_str().unwrap().to_owned();
+        let value = if let Some(value) = var["value"].as_str() {
+            value.to_owned()
+        } else {
+            match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => "kekeeper-e2e".to_owned(),
+                Some("metadata.namespace") => release_ns.clone(),
+                _ => continue,
+            }
+        };
+        if name != "AWS_ENDPOINT_URL_KMS" {
+            env.push((name, value));
+        }
+    }
+    let proxy = FaultProxy::start(endpoint).await;
+    let mut operator =
+        cluster.start_operator("operator", &kubeconfig, &proxy.endpoint(), &args, &env);
+    operator.wait_ready(&cluster.sim, &user).await;
+    Setup {
+        cluster,
+        operator,
+        proxy,
+        user,
+        alias: key.alias.to_string(),
+        docs,
+    }
+}
+
+fn status(cluster: &Cluster) -> Option<Value> {
+    cluster
+        .sim
+        .object("kekeeper.io", "recordingkeyconfigs", "default", NAME)
+        .map(|o| o["status"].clone())
+}
+
+async fn wait_secrets(cluster: &Cluster, total: usize) {
+    eventually(&format!("{total} key pair Secrets"), WAIT, || async {
+        (cluster.key_pair_secrets(NAME).len() == total).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let Some(docs) = chart_render() else {
+        return;
+    };
+    let s = setup(&endpoint, docs, |_| {}).await;
+    let cluster = &s.cluster;
+
+    // Create, Ready; change key now; then KMS refuses key-pair generation.
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &s.alias, &[ORG_A, ORG_B]))
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("rkc/{NAME}"),
+            "--timeout=60s",
+        ])
+        .await;
+    wait_secrets(cluster, 2).await;
+    // The crash-retry race (SPEC §3): the next Secret create is answered AlreadyExists once,
+    // so the operator takes its adopt path (get the existing Secret) before it succeeds.
+    cluster.sim.faults().inject(kube_sim::ErrorFault {
+        user: Some(s.user.clone()),
+        verb: Some("create".into()),
+        resource: Some("secrets".into()),
+        code: 409,
+        reason: Some("AlreadyExists".into()),
+        times: Some(1),
+        ..Default::default()
+    });
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            &format!("rkc/{NAME}"),
+            "kekeeper.io/rotate-now=token-1",
+        ])
+        .await;
+    wait_secrets(cluster, 4).await;
+    s.proxy.fail(
+        "GenerateDataKeyPairWithoutPlaintext",
+        400,
+        "AccessDeniedException",
+        "User: arn:aws:iam::000000000000:role/kekeeper is not authorized to perform: kms:GenerateDataKeyPairWithoutPlaintext",
+    );
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "--overwrite",
+            &format!("rkc/{NAME}"),
+            "kekeeper.io/rotate-now=token-2",
+        ])
+        .await;
+    let status = eventually("lastKmsError AccessDeniedException", WAIT, || async {
+        let status = status(cluster)?;
+        (status["lastKmsError"]["code"] == "AccessDeniedException").then_some(status)
+    })
+    .await;
+    assert_eq!(
+        condition(&json!({ "status": status }), "KmsAvailable").as_deref(),
+        Some("False"),
+        "{status:#}"
+    );
+    eventually(
+        "a Warning event about the RecordingKeyConfig",
+        WAIT,
+        || async {
+            cluster
+                .sim
+                .objects("", "events", Some("default"))
+                .into_iter()
+                .find(|e| {
+                    e["type"] == "Warning"
+                        && (e["involvedObject"]["name"] == NAME || e["regarding"]["name"] == NAME)
+                })
+        },
+    )
+    .await;
+    // The failure repeats (retry with backoff): the recorder folds the repeated Warning into
+    // an event series, which it patches.
+    eventually("a patched (repeated) event", WAIT, || async {
+        cluster
+            .sim
+            .request_log()
+            .into_iter()
+            .find(|r| r.user == s.user && r.resource == "events" && r.verb == "patch")
+    })
+    .await;
+    assert_eq!(cluster.key_pair_secrets(NAME).len(), 4, "key material kept");
+
+    // The request log of the ServiceAccount: never refused, every granted rule used.
+    let log: Vec<_> = cluster
+        .sim
+        .request_log()
+        .into_iter()
+        .filter(|r| r.user == s.user)
+        .collect();
+    let refused: Vec<String> = log
+        .iter()
+        .filter(|r| r.code == 403)
+        .map(|r| format!("{} {} {}", r.verb, r.path, r.code))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "403 answers to {}: {refused:#?}",
+        s.user
+    );
+    let granted = grants(&s.docs);
+    assert!(!granted.is_empty(), "no rules in the render");
+    // A server-side apply that creates its object (201) is authorized by kube-apiserver as
+    // `patch` and `create` (PatchResource's createAuthorizerAttributes); kube-sim checks only
+    // `patch`, so such a request counts as a use of both here.
+    let verbs = |r: &kube_sim::RequestRecord| {
+        let mut verbs = vec![r.verb.clone()];
+        if r.verb == "patch" && r.code == 201 {
+            verbs.push("create".to_owned());
+        }
+        verbs
+    };
+    let unused: Vec<String> = granted
+        .iter()
+        .filter(|g| {
+            !log.iter().any(|r| {
+                r.api_group == g.group
+                    && r.resource == g.resource
+                    && r.subresource == g.subresource
+                    && verbs(r).contains(&g.verb)
+                    && (g.names.is_empty() || g.names.contains(&r.name))
+            })
+        })
+        .map(|g| g.to_string())
+        .collect();
+    let used: BTreeSet<String> = log
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}{} {}",
+                if r.api_group.is_empty() {
+                    "core"
+                } else {
+                    &r.api_group
+                },
+                r.resource,
+                if r.subresource.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{}", r.subresource)
+                },
+                r.verb
+            )
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the chart grants {} what the operator never used in this scenario:\n  {}\n\
+         requests the operator made (group resource verb):\n  {}",
+        s.user,
+        unused.join("\n  "),
+        used.into_iter().collect::<Vec<_>>().join("\n  ")
+    );
+    drop(s.operator);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_without_secrets_create_fails_visibly() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let Some(docs) = chart_render() else {
+        return;
+    };
+    // The same chart with `create` taken off the Secrets rule.
+    let s = setup(&endpoint, docs, |docs| {
+        let mut removed = false;
+        for doc in docs.iter_mut() {
+            if doc["kind"] != "ClusterRole" && doc["kind"] != "Role" {
+                continue;
+            }
+            for rule in doc["rules"].as_array_mut().into_iter().flatten() {
+                if strings(&rule["resources"]).contains(&"secrets".to_owned()) {
+                    let verbs = rule["verbs"].as_array_mut().unwrap();
+                    verbs.retain(|v| v != "create");
+                    removed = true;
+                }
+            }
+        }
+        assert!(removed, "no Secrets rule to take `create` from");
+    })
+    .await;
+    let cluster = &s.cluster;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &s.alias, &[ORG_A]))
+        .await;
+
+    let refused = eventually("a 403 on creating a Secret", WAIT, || async {
+        cluster.sim.request_log().into_iter().find(|r| {
+            r.user == s.user && r.code == 403 && r.verb == "create" && r.resource == "secrets"
+        })
+    })
+    .await;
+    assert_eq!(refused.namespace, "default");
+    let log = eventually("the refusal in the operator log", WAIT, || async {
+        let text = s.operator.log_text();
+        text.contains(r#"cannot create resource "secrets""#)
+            .then_some(text)
+    })
+    .await;
+    eprintln!(
+        "operator log mentions the refusal:\n{}",
+        log.lines()
+            .filter(|l| l.to_lowercase().contains("forbidden"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(cluster.key_pair_secrets(NAME).is_empty());
+    let status = status(cluster).unwrap_or_default();
+    assert_ne!(
+        condition(&json!({ "status": status }), "Ready").as_deref(),
+        Some("True"),
+        "Ready without a key pair Secret: {status:#}"
+    );
+    drop(s.operator);
+}
