@@ -107,7 +107,7 @@ async fn operator_end_to_end_on_kube_sim() {
     cluster.install_crd().await;
     let mut operator =
         cluster.start_operator("operator", &operator_kubeconfig, &endpoint, &[], &[]);
-    operator.wait_ready(&cluster.sim, &operator_user).await;
+    operator.wait_ready().await;
     cluster
         .apply_ok(&rkc_manifest(NAME, &alias, &[ORG_A, ORG_B]))
         .await;
@@ -292,7 +292,7 @@ async fn operator_end_to_end_on_kube_sim() {
         &[],
         &[],
     );
-    operator.wait_ready(&cluster.sim, &operator_user).await;
+    operator.wait_ready().await;
     settle(&cluster.sim, &operator_user, Duration::from_secs(2), WAIT).await;
     let secrets = cluster.key_pair_secrets(NAME);
     assert_eq!(count_states(&secrets), (2, 2), "after the restart");

@@ -199,7 +199,7 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
     let proxy = FaultProxy::start(endpoint).await;
     let mut operator =
         cluster.start_operator("operator", &kubeconfig, &proxy.endpoint(), &args, &env);
-    operator.wait_ready(&cluster.sim, &user).await;
+    operator.wait_ready().await;
     Setup {
         cluster,
         operator,

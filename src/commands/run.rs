@@ -69,7 +69,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
-    info!(addr = %args.metrics_addr, "serving /healthz, /readyz, /metrics");
+    let bound = listener.local_addr().unwrap_or(args.metrics_addr);
+    info!(addr = %bound, "serving /healthz, /readyz, /metrics");
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -312,10 +313,7 @@ async fn run_scope(
         );
     let store = controller.store();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok()
-            && secrets.wait_until_ready().await.is_ok()
-            && config_maps.wait_until_ready().await.is_ok()
-        {
+        if synced(&store).await && synced(&secrets).await && synced(&config_maps).await {
             on_synced();
         }
     });
@@ -332,6 +330,23 @@ async fn run_scope(
             futures::future::ready(())
         })
         .await;
+}
+
+/// Whether a cache has synced (false: its watcher is gone). A store's readiness wakes only its
+/// most recent waiter, and the controller waits on its own store too, so this re-polls instead
+/// of waiting once.
+async fn synced<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
+        {
+            return result.is_ok();
+        }
+    }
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {

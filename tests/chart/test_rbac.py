@@ -7,7 +7,7 @@ import pytest
 from conftest import CASES, NAMESPACE, find, one, render_docs
 
 RKC = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs"],
-       "verbs": ["get", "list", "watch"]}
+       "verbs": ["list", "watch"]}
 RKC_STATUS = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs/status"],
               "verbs": ["patch"]}
 SECRETS = {"apiGroups": [""], "resources": ["secrets"],

@@ -204,6 +204,25 @@ impl Cluster {
     }
 }
 
+/// The address of the operator's `serving /healthz, /readyz, /metrics addr=HOST:PORT` log line.
+fn metrics_addr(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("serving /healthz"))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(addr.to_owned())
+}
+
+/// The status code of an HTTP/1.1 GET, or None when nothing answers.
+async fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let status_line = String::from_utf8_lossy(&response);
+    status_line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A running `kekeeper run`; killed (SIGKILL) on drop. Prints its log when the test panics.
 pub struct Operator {
     child: Option<Child>,
@@ -215,29 +234,16 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the operator is up: its caches list-watch RecordingKeyConfigs, Secrets and
-    /// ConfigMaps as `user` (seen in kube-sim's request log, which the caller cleared of this
-    /// user's earlier requests), or it logs that its caches are synced.
-    ///
-    /// Not /readyz alone: `kekeeper run` never turns ready (its readiness task awaits the
-    /// controller's store concurrently with the controller itself; kube-runtime's DelayedInit
-    /// wakes only the last waiter), see the e2e report.
-    pub async fn wait_ready(&mut self, sim: &kube_sim::Running, user: &str) {
+    /// Waits until the operator answers 200 on `/readyz` (its caches have synced), reading the
+    /// metrics address it bound from its log.
+    pub async fn wait_ready(&mut self) {
         let log = self.log.clone();
         let child = self.child.as_mut().expect("running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let watching = |resource: &str| {
-                sim.request_log().iter().any(|r| {
-                    r.user == user && r.verb == "watch" && r.resource == resource && r.code == 200
-                })
-            };
-            if std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("caches synced; ready")
-                || ["recordingkeyconfigs", "secrets", "configmaps"]
-                    .iter()
-                    .all(|r| watching(r))
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addr) = metrics_addr(&text)
+                && http_status(&addr, "/readyz").await == Some(200)
             {
                 return;
             }
@@ -246,7 +252,7 @@ impl Operator {
             }
             assert!(
                 Instant::now() < deadline,
-                "kekeeper run not ready after 30 s"
+                "kekeeper run: /readyz not 200 after 30 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -73,10 +73,10 @@ kekeeper.rbac.leaseRules: rules for leader election (Role in the release namespa
 ==========================================================================================
 */}}
 {{- define "kekeeper.rbac.rules" -}}
-# RecordingKeyConfigs: watched; the spec is never written by the operator.
+# RecordingKeyConfigs: read from a watch cache; the spec is never written by the operator.
 - apiGroups: ["kekeeper.io"]
   resources: ["recordingkeyconfigs"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # Status is written only through the status subresource, by server-side apply.
 - apiGroups: ["kekeeper.io"]
   resources: ["recordingkeyconfigs/status"]
