@@ -27,12 +27,12 @@ const RBAC_KINDS: [&str; 5] = [
     "RoleBinding",
 ];
 
-/// The documents of `target/chart-renders/default.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`).
-fn chart_render() -> Option<Vec<Value>> {
+/// The documents of `target/chart-renders/<case>.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`).
+fn chart_render(case: &str) -> Option<Vec<Value>> {
     let dir = std::env::var_os("KEKEEPER_CHART_RENDERS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::cluster::repo_root().join("target/chart-renders"));
-    let path = dir.join("default.yaml");
+    let path = dir.join(format!("{case}.yaml"));
     let Ok(text) = std::fs::read_to_string(&path) else {
         let message = format!(
             "{} is missing; run scripts/chart-test.sh (it renders the Helm chart)",
@@ -229,7 +229,7 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
     let Some(endpoint) = kms_endpoint() else {
         return;
     };
-    let Some(docs) = chart_render() else {
+    let Some(docs) = chart_render("default") else {
         return;
     };
     let s = setup(&endpoint, docs, |_| {}).await;
@@ -396,7 +396,7 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
     let Some(endpoint) = kms_endpoint() else {
         return;
     };
-    let Some(docs) = chart_render() else {
+    let Some(docs) = chart_render("default") else {
         return;
     };
     // The same chart with `create` taken off the Secrets rule.
@@ -449,6 +449,69 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
         condition(&json!({ "status": status }), "Ready").as_deref(),
         Some("True"),
         "Ready without a key pair Secret: {status:#}"
+    );
+    drop(s.operator);
+}
+
+/// With several replicas the chart turns leader election on and grants the Lease rules in the
+/// release namespace: the leader creates its Lease, reads it and renews it (update), with no
+/// 403 and no Lease rule left unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_for_leader_election_is_sufficient_and_used() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let Some(docs) = chart_render("ha") else {
+        return;
+    };
+    let s = setup(&endpoint, docs, |_| {}).await;
+    let lease_grants: Vec<Grant> = grants(&s.docs)
+        .into_iter()
+        .filter(|g| g.group == "coordination.k8s.io" && g.resource == "leases")
+        .collect();
+    assert!(
+        !lease_grants.is_empty(),
+        "the ha render grants no Lease rules"
+    );
+    // Renewals come every few seconds; wait for one.
+    let log = eventually("the leader renews its Lease", WAIT, || {
+        let log: Vec<_> = s
+            .cluster
+            .sim
+            .request_log()
+            .into_iter()
+            .filter(|r| r.user == s.user)
+            .collect();
+        let renewed = log
+            .iter()
+            .any(|r| r.resource == "leases" && r.verb == "update" && r.code == 200);
+        std::future::ready(renewed.then_some(log))
+    })
+    .await;
+    let refused: Vec<String> = log
+        .iter()
+        .filter(|r| r.code == 403)
+        .map(|r| format!("{} {} {}", r.verb, r.path, r.code))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "403 answers to {}: {refused:#?}",
+        s.user
+    );
+    let unused: Vec<String> = lease_grants
+        .iter()
+        .filter(|g| {
+            !log.iter().any(|r| {
+                r.resource == g.resource
+                    && r.verb == g.verb
+                    && (g.names.is_empty() || g.names.contains(&r.name))
+            })
+        })
+        .map(Grant::to_string)
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "Lease rules the leader never used: {unused:?}"
     );
     drop(s.operator);
 }
