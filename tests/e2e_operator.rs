@@ -336,5 +336,22 @@ async fn operator_end_to_end_on_kube_sim() {
         rkc["status"]["keyPairHistory"][0]["reason"],
         "RotateNowRequested"
     );
+
+    // 8. /metrics (Prometheus text): reconciles, KMS calls by operation and outcome, key-pair
+    // age and next rotation per resource; /healthz answers.
+    let metrics = operator.get("/metrics").await;
+    for family in [
+        "kekeeper_reconciles_total",
+        r#"kekeeper_kms_calls_total{operation="GenerateDataKeyPairWithoutPlaintext",outcome="ok"}"#,
+        r#"kekeeper_kms_calls_total{operation="Decrypt",outcome="ok"}"#,
+        "kekeeper_active_key_pair_created_timestamp_seconds{",
+        "kekeeper_next_rotation_timestamp_seconds{",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "/metrics lacks {family}:\n{metrics}"
+        );
+    }
+    assert_eq!(operator.get("/healthz").await, "ok");
     drop(operator);
 }

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::cluster::{Cluster, Operator, condition, eventually, rkc_manifest};
+use common::cluster::{
+    Cluster, Operator, condition, eventually, rkc_manifest, rkc_manifest_in, settle,
+};
 use common::proxy::FaultProxy;
 use common::{create_key, kms_endpoint};
 use serde::Deserialize;
@@ -512,6 +514,79 @@ async fn chart_rbac_for_leader_election_is_sufficient_and_used() {
     assert!(
         unused.is_empty(),
         "Lease rules the leader never used: {unused:?}"
+    );
+    drop(s.operator);
+}
+
+/// A namespaced install (`watchNamespaces: [a, b]`): Roles in the two namespaces only, one
+/// `--namespace` per namespace. The operator reconciles RecordingKeyConfigs in both, leaves one
+/// in an unwatched namespace alone, and never needs a cluster-wide permission (no 403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let Some(docs) = chart_render("namespaced") else {
+        return;
+    };
+    let deployment = of_kind(&docs, "Deployment").next().expect("Deployment");
+    let watched: Vec<String> =
+        strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+            .iter()
+            .filter_map(|arg| arg.strip_prefix("--namespace=").map(str::to_owned))
+            .collect();
+    assert_eq!(
+        watched.len(),
+        2,
+        "the namespaced render watches two namespaces"
+    );
+    assert!(
+        of_kind(&docs, "ClusterRole").next().is_none(),
+        "a namespaced install has no ClusterRole"
+    );
+    let s = setup(&endpoint, docs, |_| {}).await;
+    let cluster = &s.cluster;
+    const OUTSIDE: &str = "kekeeper-unwatched";
+    cluster.kubectl_ok(&["create", "namespace", OUTSIDE]).await;
+    for namespace in watched.iter().map(String::as_str).chain([OUTSIDE]) {
+        cluster
+            .apply_ok(&rkc_manifest_in(namespace, NAME, &s.alias, &[ORG_A]))
+            .await;
+    }
+    for namespace in &watched {
+        eventually(&format!("{namespace}/{NAME} Ready"), WAIT, || {
+            let rkc = cluster
+                .sim
+                .object("kekeeper.io", "recordingkeyconfigs", namespace, NAME);
+            std::future::ready(rkc.filter(|rkc| condition(rkc, "Ready").as_deref() == Some("True")))
+        })
+        .await;
+    }
+    settle(&cluster.sim, &s.user, Duration::from_secs(2), WAIT).await;
+    let outside = cluster
+        .sim
+        .object("kekeeper.io", "recordingkeyconfigs", OUTSIDE, NAME)
+        .expect("the unwatched RecordingKeyConfig exists");
+    assert!(
+        outside["status"].is_null(),
+        "a RecordingKeyConfig outside the watched namespaces was reconciled: {}",
+        outside["status"]
+    );
+    assert!(
+        cluster.sim.objects("", "secrets", Some(OUTSIDE)).is_empty(),
+        "key pairs were made in an unwatched namespace"
+    );
+    let refused: Vec<String> = cluster
+        .sim
+        .request_log()
+        .into_iter()
+        .filter(|r| r.user == s.user && r.code == 403)
+        .map(|r| format!("{} {} {}", r.verb, r.path, r.code))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "403 answers to {}: {refused:#?}",
+        s.user
     );
     drop(s.operator);
 }

@@ -211,16 +211,18 @@ fn metrics_addr(log: &str) -> Option<String> {
     Some(addr.to_owned())
 }
 
-/// The status code of an HTTP/1.1 GET, or None when nothing answers.
-async fn http_status(addr: &str, path: &str) -> Option<u16> {
+/// Status code and body of an HTTP/1.1 GET, or None when nothing answers.
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.ok()?;
-    let status_line = String::from_utf8_lossy(&response);
-    status_line.split_whitespace().nth(1)?.parse().ok()
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 /// A running `kekeeper run`; killed (SIGKILL) on drop. Prints its log when the test panics.
@@ -243,7 +245,7 @@ impl Operator {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(addr) = metrics_addr(&text)
-                && http_status(&addr, "/readyz").await == Some(200)
+                && matches!(http_get(&addr, "/readyz").await, Some((200, _)))
             {
                 return;
             }
@@ -255,6 +257,15 @@ impl Operator {
                 "kekeeper run: /readyz not 200 after 30 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The body of a 200 answer to GET `path` on the operator's metrics address.
+    pub async fn get(&self, path: &str) -> String {
+        let addr = metrics_addr(&self.log_text()).expect("the operator logged its metrics address");
+        match http_get(&addr, path).await {
+            Some((200, body)) => body,
+            other => panic!("GET {path} on {addr}: {other:?}"),
         }
     }
 
@@ -328,12 +339,21 @@ pub async fn settle(sim: &kube_sim::Running, user: &str, quiet: Duration, timeou
 
 /// A RecordingKeyConfig manifest in `default`.
 pub fn rkc_manifest(name: &str, alias: &str, organization_ids: &[&str]) -> String {
+    rkc_manifest_in("default", name, alias, organization_ids)
+}
+
+pub fn rkc_manifest_in(
+    namespace: &str,
+    name: &str,
+    alias: &str,
+    organization_ids: &[&str],
+) -> String {
     let ids: String = organization_ids
         .iter()
         .map(|id| format!("    - {id}\n"))
         .collect();
     format!(
-        "apiVersion: kekeeper.io/v1alpha1\nkind: RecordingKeyConfig\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  kmsKeyAliasArn: {alias}\n  organizationIds:\n{ids}  keyPairSpec: RSA_2048\n  rotation:\n    period: Monthly\n"
+        "apiVersion: kekeeper.io/v1alpha1\nkind: RecordingKeyConfig\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  kmsKeyAliasArn: {alias}\n  organizationIds:\n{ids}  keyPairSpec: RSA_2048\n  rotation:\n    period: Monthly\n"
     )
 }
 
