@@ -1476,3 +1476,118 @@ async fn partial_object_metadata_get_list_and_watch() {
         }
     }
 }
+
+/// As kube-apiserver's patch handler: a PATCH that would create the object (server-side apply of
+/// a missing object) also needs `create`; the 403 names the `create` verb while the request is
+/// still logged as a `patch`.
+#[tokio::test]
+async fn apply_that_creates_also_needs_create() {
+    let sim = start(true).await;
+    let client = admin(&sim).await;
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), "default");
+    let role = |verbs: &[&str]| -> k8s_openapi::api::rbac::v1::Role {
+        serde_json::from_value(
+            json!({"metadata": {"name": "patcher", "namespace": "default"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs}]}),
+        )
+        .unwrap()
+    };
+    roles
+        .create(&PostParams::default(), &role(&["patch"]))
+        .await
+        .unwrap();
+    let rbs: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(client.clone(), "default");
+    rbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "patcher", "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patcher"},
+            "subjects": [{"kind": "ServiceAccount", "name": "applier", "namespace": "default"}]}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let sa = client_from_yaml(
+        &sim.kubeconfig_for_token(&sim.service_account_token("default", "applier")),
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(sa.clone(), "default");
+    let applied = |name: &str| {
+        Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "b"}}),
+        )
+    };
+    let pp = PatchParams::apply("applier");
+
+    // patch only: the apply that would create is refused, dry run included.
+    sim.clear_request_log();
+    let e = status(cms.patch("x", &pp, &applied("x")).await);
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        e.message,
+        r#"configmaps "x" is forbidden: User "system:serviceaccount:default:applier" cannot create resource "configmaps" in API group "" in the namespace "default""#
+    );
+    let d = e.details.as_ref().expect("details");
+    assert_eq!((d.name.as_str(), d.kind.as_str()), ("x", "configmaps"));
+    assert!(sim.object("", "configmaps", "default", "x").is_none());
+    let log = sim.request_log();
+    let rec = log
+        .iter()
+        .find(|r| r.resource == "configmaps" && r.name == "x")
+        .expect("logged");
+    assert_eq!(
+        (rec.method.as_str(), rec.verb.as_str(), rec.code),
+        ("PATCH", "patch", 403)
+    );
+    let e = status(cms.patch("x", &pp.clone().dry_run(), &applied("x")).await);
+    assert_eq!(e.code, 403);
+    // Patches that cannot create stay plain `patch`: a merge patch of a missing object is 404.
+    let e = status(
+        cms.patch(
+            "x",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"a": "c"}})),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 404);
+
+    // patch only, existing object: 200.
+    let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    admin_cms
+        .create(&PostParams::default(), &cm("existing", json!({})))
+        .await
+        .unwrap();
+    sim.clear_request_log();
+    let out = cms
+        .patch("existing", &pp, &applied("existing"))
+        .await
+        .unwrap();
+    assert_eq!(out.data.unwrap()["a"], "b");
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|r| r.name == "existing" && r.verb == "patch" && r.code == 200)
+    );
+
+    // patch + create: 201.
+    let mut r = roles.get("patcher").await.unwrap();
+    r.rules = role(&["patch", "create"]).rules;
+    roles
+        .replace("patcher", &PostParams::default(), &r)
+        .await
+        .unwrap();
+    sim.clear_request_log();
+    cms.patch("x", &pp, &applied("x")).await.unwrap();
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|r| r.name == "x" && r.verb == "patch" && r.code == 201)
+    );
+    assert_eq!(
+        sim.object("", "configmaps", "default", "x").unwrap()["data"]["a"],
+        "b"
+    );
+}
