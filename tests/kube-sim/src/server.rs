@@ -776,6 +776,32 @@ fn non_resource(sim: &Sim, path: &str, headers: &HeaderMap) -> Response {
                 json_response(200, &discovery::api_group_list(&st.types))
             }
         }
+        "/openapi/v2" => match discovery::openapi_v2_media_type(&acc) {
+            Some(ct) => {
+                let (body, hash) = if ct == "application/json" {
+                    let b = serde_json::to_vec(&discovery::openapi_v2_json()).unwrap_or_default();
+                    (b, "json")
+                } else {
+                    (discovery::openapi_v2_proto(), "proto")
+                };
+                let mut r = Response::new(Body::from(body));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                if let Ok(hv) = HeaderValue::from_str(&format!("\"kube-sim-openapi-v2-{hash}\"")) {
+                    r.headers_mut().insert(header::ETAG, hv);
+                }
+                r
+            }
+            None => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::NOT_ACCEPTABLE;
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                r
+            }
+        },
         "/openapi/v3" => json_response(
             200,
             &discovery::openapi_v3_index(

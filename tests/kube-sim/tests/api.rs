@@ -1591,3 +1591,66 @@ async fn apply_that_creates_also_needs_create() {
         "b"
     );
 }
+
+/// `/openapi/v2`, negotiated as kube-openapi does: protobuf (gnostic `openapi.v2.Document`) for
+/// either protobuf spelling, answered with the dotted media type client-go can parse; JSON for
+/// JSON or wildcards; 406 otherwise.
+#[tokio::test]
+async fn openapi_v2_is_negotiated() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let get = |accept: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut req = http::Request::get("/openapi/v2");
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            let resp = client
+                .send(req.body(kube::client::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let code = resp.status().as_u16();
+            let ct = resp
+                .headers()
+                .get("Content-Type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = resp.into_body().collect_bytes().await.unwrap().to_vec();
+            (code, ct, body)
+        }
+    };
+    const PB: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+    for accept in [
+        "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        PB,
+        "application/json;q=0.5, application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+    ] {
+        let (code, ct, body) = get(Some(accept)).await;
+        assert_eq!((code, ct.as_str()), (200, PB), "{accept}");
+        // swagger = "2.0" (field 1), then info (field 2) with title and version.
+        assert_eq!(&body[..5], b"\x0a\x032.0", "{accept}");
+        assert_eq!(body[5], 0x12);
+        let info = &body[7..7 + body[6] as usize];
+        assert_eq!(info, b"\x0a\x0aKubernetes\x12\x07v1.33.0");
+        // Empty paths (8) and definitions (9).
+        assert_eq!(&body[7 + body[6] as usize..], b"\x42\x00\x4a\x00");
+    }
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/*"),
+        Some("application/json"),
+        Some("application/test, application/json"),
+    ] {
+        let (code, ct, body) = get(accept).await;
+        assert_eq!((code, ct.as_str()), (200, "application/json"), "{accept:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["swagger"], "2.0");
+        assert!(doc["paths"].is_object() && doc["definitions"].is_object());
+    }
+    for accept in ["text/plain", "application/yaml"] {
+        let (code, _, _) = get(Some(accept)).await;
+        assert_eq!(code, 406, "{accept}");
+    }
+}
