@@ -196,3 +196,103 @@ pub fn openapi_v3_gv(types: &[ResourceType], group: &str, version: &str) -> Opti
         "components": {"schemas": schemas},
     }))
 }
+
+const OPENAPI_V2_TITLE: &str = "Kubernetes";
+const OPENAPI_V2_VERSION: &str = "v1.33.0";
+
+/// `/openapi/v2` as JSON: a valid Swagger 2.0 document without paths or definitions. kubectl only
+/// reads it for client-side schema validation (e.g. of a `kind: List`), and skips the validation
+/// of kinds the document does not define; the server still validates every object it receives.
+pub fn openapi_v2_json() -> Value {
+    json!({
+        "swagger": "2.0",
+        "info": {"title": OPENAPI_V2_TITLE, "version": OPENAPI_V2_VERSION},
+        "paths": {},
+        "definitions": {},
+    })
+}
+
+/// A length-delimited protobuf field (wire type 2).
+fn pb_field(num: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let mut v = (num << 3) | 2;
+    let mut len = payload.len() as u64;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    loop {
+        let b = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(payload);
+}
+
+/// The same document as gnostic's `openapi.v2.Document` protobuf (what client-go's
+/// `OpenAPISchema` asks for): swagger = 1, info = 2 (title = 1, version = 2), paths = 8,
+/// definitions = 9.
+pub fn openapi_v2_proto() -> Vec<u8> {
+    let mut info = Vec::new();
+    pb_field(1, OPENAPI_V2_TITLE.as_bytes(), &mut info);
+    pb_field(2, OPENAPI_V2_VERSION.as_bytes(), &mut info);
+    let mut doc = Vec::new();
+    pb_field(1, b"2.0", &mut doc);
+    pb_field(2, &info, &mut doc);
+    pb_field(8, &[], &mut doc);
+    pb_field(9, &[], &mut doc);
+    doc
+}
+
+/// The protobuf `Content-Type` of `/openapi/v2`. Clients ask for the `@v1.0` form, but `@` is not
+/// a MIME token character (Go's `mime.ParseMediaType`, which client-go runs on every response,
+/// rejects it), so kube-openapi answers both accepted spellings with the dotted one.
+pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// The `Content-Type` `/openapi/v2` answers for an `Accept` header, as kube-openapi negotiates
+/// it: clauses by descending quality, the first one matching JSON or one of the two protobuf
+/// spellings wins; an absent header means `*/*`. None: 406 Not Acceptable.
+pub fn openapi_v2_media_type(accept: &str) -> Option<&'static str> {
+    const OFFERED: [(&str, &str); 3] = [
+        ("application/json", "application/json"),
+        (
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+            OPENAPI_V2_PROTOBUF,
+        ),
+        (OPENAPI_V2_PROTOBUF, OPENAPI_V2_PROTOBUF),
+    ];
+    let accept = if accept.trim().is_empty() {
+        "*/*"
+    } else {
+        accept
+    };
+    let mut clauses: Vec<(f64, &str)> = accept
+        .split(',')
+        .map(|clause| {
+            let mut parts = clause.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f64>().ok())
+                .unwrap_or(1.0);
+            (q, media)
+        })
+        .filter(|(q, media)| *q > 0.0 && !media.is_empty())
+        .collect();
+    clauses.sort_by(|a, b| b.0.total_cmp(&a.0));
+    clauses.iter().find_map(|(_, media)| {
+        let (ty, sub) = media.split_once('/').unwrap_or((media, ""));
+        OFFERED.into_iter().find_map(|(offered, returned)| {
+            let (oty, osub) = offered.split_once('/').unwrap_or_default();
+            ((ty == "*" || ty == oty) && (sub == "*" || sub == osub)).then_some(returned)
+        })
+    })
+}

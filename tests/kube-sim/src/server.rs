@@ -209,9 +209,30 @@ struct Ctx<'a> {
     q: Query,
     headers: HeaderMap,
     warnings: Vec<String>,
+    user: User,
+    attrs: Attributes,
 }
 
 impl Ctx<'_> {
+    /// A PATCH that would create the object must also be allowed to `create` it (as the API
+    /// server's patch handler authorises `createAuthorizerAttributes` before storing an object a
+    /// patch creates). The request itself stays a `patch` in the request log.
+    fn authorize_create(&self) -> Result<(), ApiError> {
+        if !self.sim.rbac {
+            return Ok(());
+        }
+        let mut a = self.attrs.clone();
+        a.verb = "create".into();
+        if !self.t.namespaced {
+            // The handler's namespace, not RequestInfo's (which is the name for namespaces).
+            a.namespace = String::new();
+        }
+        if rbac::allowed(&self.sim.state().objects, &self.user, &a) {
+            return Ok(());
+        }
+        let why = rbac::forbidden_message(&self.user, &a);
+        Err(ApiError::forbidden(&a.group, &a.resource, &a.name, &why))
+    }
     fn ns(&self) -> &str {
         self.p.namespace.as_deref().unwrap_or_default()
     }
@@ -640,6 +661,8 @@ async fn dispatch(
         q,
         headers,
         warnings: Vec::new(),
+        user,
+        attrs: attrs.clone(),
     };
     let watch = ctx.q.get("watch").is_some_and(|w| w == "true" || w == "1");
     let result = match (method, ctx.p.name.is_some()) {
@@ -753,6 +776,32 @@ fn non_resource(sim: &Sim, path: &str, headers: &HeaderMap) -> Response {
                 json_response(200, &discovery::api_group_list(&st.types))
             }
         }
+        "/openapi/v2" => match discovery::openapi_v2_media_type(&acc) {
+            Some(ct) => {
+                let (body, hash) = if ct == "application/json" {
+                    let b = serde_json::to_vec(&discovery::openapi_v2_json()).unwrap_or_default();
+                    (b, "json")
+                } else {
+                    (discovery::openapi_v2_proto(), "proto")
+                };
+                let mut r = Response::new(Body::from(body));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                if let Ok(hv) = HeaderValue::from_str(&format!("\"kube-sim-openapi-v2-{hash}\"")) {
+                    r.headers_mut().insert(header::ETAG, hv);
+                }
+                r
+            }
+            None => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::NOT_ACCEPTABLE;
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                r
+            }
+        },
         "/openapi/v3" => json_response(
             200,
             &discovery::openapi_v3_index(
@@ -1750,6 +1799,8 @@ fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> 
                         json!({"apiVersion": av, "kind": ctx.t.kind, "metadata": {"name": name}});
                     let merged = ssa::apply(&empty, &applied, force, &w)?;
                     let new = admit(ctx, None, merged)?;
+                    // After defaulting and validation, before storing (dry runs included).
+                    ctx.authorize_create()?;
                     let out = if ctx.dry_run() {
                         new
                     } else {

@@ -1476,3 +1476,181 @@ async fn partial_object_metadata_get_list_and_watch() {
         }
     }
 }
+
+/// As kube-apiserver's patch handler: a PATCH that would create the object (server-side apply of
+/// a missing object) also needs `create`; the 403 names the `create` verb while the request is
+/// still logged as a `patch`.
+#[tokio::test]
+async fn apply_that_creates_also_needs_create() {
+    let sim = start(true).await;
+    let client = admin(&sim).await;
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), "default");
+    let role = |verbs: &[&str]| -> k8s_openapi::api::rbac::v1::Role {
+        serde_json::from_value(
+            json!({"metadata": {"name": "patcher", "namespace": "default"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs}]}),
+        )
+        .unwrap()
+    };
+    roles
+        .create(&PostParams::default(), &role(&["patch"]))
+        .await
+        .unwrap();
+    let rbs: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(client.clone(), "default");
+    rbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "patcher", "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patcher"},
+            "subjects": [{"kind": "ServiceAccount", "name": "applier", "namespace": "default"}]}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let sa = client_from_yaml(
+        &sim.kubeconfig_for_token(&sim.service_account_token("default", "applier")),
+    )
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(sa.clone(), "default");
+    let applied = |name: &str| {
+        Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"a": "b"}}),
+        )
+    };
+    let pp = PatchParams::apply("applier");
+
+    // patch only: the apply that would create is refused, dry run included.
+    sim.clear_request_log();
+    let e = status(cms.patch("x", &pp, &applied("x")).await);
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        e.message,
+        r#"configmaps "x" is forbidden: User "system:serviceaccount:default:applier" cannot create resource "configmaps" in API group "" in the namespace "default""#
+    );
+    let d = e.details.as_ref().expect("details");
+    assert_eq!((d.name.as_str(), d.kind.as_str()), ("x", "configmaps"));
+    assert!(sim.object("", "configmaps", "default", "x").is_none());
+    let log = sim.request_log();
+    let rec = log
+        .iter()
+        .find(|r| r.resource == "configmaps" && r.name == "x")
+        .expect("logged");
+    assert_eq!(
+        (rec.method.as_str(), rec.verb.as_str(), rec.code),
+        ("PATCH", "patch", 403)
+    );
+    let e = status(cms.patch("x", &pp.clone().dry_run(), &applied("x")).await);
+    assert_eq!(e.code, 403);
+    // Patches that cannot create stay plain `patch`: a merge patch of a missing object is 404.
+    let e = status(
+        cms.patch(
+            "x",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"a": "c"}})),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 404);
+
+    // patch only, existing object: 200.
+    let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    admin_cms
+        .create(&PostParams::default(), &cm("existing", json!({})))
+        .await
+        .unwrap();
+    sim.clear_request_log();
+    let out = cms
+        .patch("existing", &pp, &applied("existing"))
+        .await
+        .unwrap();
+    assert_eq!(out.data.unwrap()["a"], "b");
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|r| r.name == "existing" && r.verb == "patch" && r.code == 200)
+    );
+
+    // patch + create: 201.
+    let mut r = roles.get("patcher").await.unwrap();
+    r.rules = role(&["patch", "create"]).rules;
+    roles
+        .replace("patcher", &PostParams::default(), &r)
+        .await
+        .unwrap();
+    sim.clear_request_log();
+    cms.patch("x", &pp, &applied("x")).await.unwrap();
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|r| r.name == "x" && r.verb == "patch" && r.code == 201)
+    );
+    assert_eq!(
+        sim.object("", "configmaps", "default", "x").unwrap()["data"]["a"],
+        "b"
+    );
+}
+
+/// `/openapi/v2`, negotiated as kube-openapi does: protobuf (gnostic `openapi.v2.Document`) for
+/// either protobuf spelling, answered with the dotted media type client-go can parse; JSON for
+/// JSON or wildcards; 406 otherwise.
+#[tokio::test]
+async fn openapi_v2_is_negotiated() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let get = |accept: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut req = http::Request::get("/openapi/v2");
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            let resp = client
+                .send(req.body(kube::client::Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let code = resp.status().as_u16();
+            let ct = resp
+                .headers()
+                .get("Content-Type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = resp.into_body().collect_bytes().await.unwrap().to_vec();
+            (code, ct, body)
+        }
+    };
+    const PB: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+    for accept in [
+        "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        PB,
+        "application/json;q=0.5, application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+    ] {
+        let (code, ct, body) = get(Some(accept)).await;
+        assert_eq!((code, ct.as_str()), (200, PB), "{accept}");
+        // swagger = "2.0" (field 1), then info (field 2) with title and version.
+        assert_eq!(&body[..5], b"\x0a\x032.0", "{accept}");
+        assert_eq!(body[5], 0x12);
+        let info = &body[7..7 + body[6] as usize];
+        assert_eq!(info, b"\x0a\x0aKubernetes\x12\x07v1.33.0");
+        // Empty paths (8) and definitions (9).
+        assert_eq!(&body[7 + body[6] as usize..], b"\x42\x00\x4a\x00");
+    }
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/*"),
+        Some("application/json"),
+        Some("application/test, application/json"),
+    ] {
+        let (code, ct, body) = get(accept).await;
+        assert_eq!((code, ct.as_str()), (200, "application/json"), "{accept:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["swagger"], "2.0");
+        assert!(doc["paths"].is_object() && doc["definitions"].is_object());
+    }
+    for accept in ["text/plain", "application/yaml"] {
+        let (code, _, _) = get(Some(accept)).await;
+        assert_eq!(code, 406, "{accept}");
+    }
+}

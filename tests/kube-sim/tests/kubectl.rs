@@ -80,6 +80,25 @@ impl Sim {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Runs kubectl with `input` on stdin; returns its output.
+    fn run_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     fn write(&self, name: &str, text: &str) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -486,4 +505,118 @@ fn binary_exits_cleanly_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `kubectl apply -f` of a `kind: List`: kubectl validates a List client-side against
+/// `/openapi/v2` (protobuf), then applies each item (still with server-side field validation).
+#[test]
+fn apply_lists() {
+    let sim = Sim::start(&[]);
+    let stdout = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let builtins = "apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: listed-cm
+  data:
+    colour: blue
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: listed-secret
+  stringData:
+    password: hunter2
+";
+    let out = stdout(&sim.run_stdin(&["apply", "-f", "-"], builtins));
+    assert!(
+        out.contains("configmap/listed-cm created") && out.contains("secret/listed-secret created"),
+        "{out}"
+    );
+    assert_eq!(
+        sim.ok(&["get", "cm", "listed-cm", "-o", "jsonpath={.data.colour}"]),
+        "blue"
+    );
+    assert_eq!(
+        sim.ok(&[
+            "get",
+            "secret",
+            "listed-secret",
+            "-o",
+            "jsonpath={.data.password}"
+        ]),
+        "aHVudGVyMg=="
+    );
+    let file = sim.write("builtins.yaml", builtins);
+    assert!(
+        sim.ok(&["apply", "-f", &file])
+            .contains("configmap/listed-cm unchanged")
+    );
+    let out = sim.ok(&["apply", "--server-side", "-f", &file]);
+    assert!(
+        out.contains("configmap/listed-cm serverside-applied")
+            && out.contains("secret/listed-secret serverside-applied"),
+        "{out}"
+    );
+
+    sim.install_crd();
+    let custom = format!(
+        "apiVersion: v1
+kind: List
+items:
+- {}- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: listed-cm2
+  data:
+    k: v
+",
+        CR.replace("name: demo", "name: listed-rkc")
+            .lines()
+            .collect::<Vec<_>>()
+            .join("\n  ")
+            + "\n"
+    );
+    let out = stdout(&sim.run_stdin(&["apply", "-f", "-"], &custom));
+    assert!(
+        out.contains("recordingkeyconfig.kekeeper.io/listed-rkc created")
+            && out.contains("configmap/listed-cm2 created"),
+        "{out}"
+    );
+    assert_eq!(
+        sim.ok(&[
+            "get",
+            "rkc",
+            "listed-rkc",
+            "-o",
+            "jsonpath={.spec.rotation.period} {.spec.keyPairSpec}"
+        ]),
+        "Weekly RSA_3072"
+    );
+    assert_eq!(
+        sim.ok(&["get", "cm", "listed-cm2", "-o", "jsonpath={.data.k}"]),
+        "v"
+    );
+    let out = stdout(&sim.run_stdin(&["apply", "-f", "-"], &custom));
+    assert!(
+        out.contains("recordingkeyconfig.kekeeper.io/listed-rkc unchanged"),
+        "{out}"
+    );
+    // Items are still validated by the server (strict field validation).
+    let out = sim.run_stdin(
+        &["apply", "-f", "-"],
+        &custom.replace("keyPairSpec", "keyPairSpek"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"unknown field "spec.keyPairSpek""#), "{err}");
 }
