@@ -160,8 +160,7 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
             cluster.kubectl_ok(&["create", "namespace", ns]).await;
         }
     }
-    // A multi-document stream, not a v1 List: kube-sim's /openapi/v3 has no schema for
-    // `List`, so kubectl's client-side validation refuses one (see the report).
+    // The rendered objects as one multi-document stream, as `helm template | kubectl apply -f -`.
     let stream: Vec<String> = docs
         .iter()
         .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
@@ -339,9 +338,9 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
     );
     let granted = grants(&s.docs);
     assert!(!granted.is_empty(), "no rules in the render");
-    // A server-side apply that creates its object (201) is authorized by kube-apiserver as
-    // `patch` and `create` (PatchResource's createAuthorizerAttributes); kube-sim checks only
-    // `patch`, so such a request counts as a use of both here.
+    // A server-side apply that creates its object (201) is authorized as `patch` and `create`
+    // (kube-apiserver's createAuthorizerAttributes; kube-sim does the same), so such a request
+    // counts as a use of both.
     let verbs = |r: &kube_sim::RequestRecord| {
         let mut verbs = vec![r.verb.clone()];
         if r.verb == "patch" && r.code == 201 {
