@@ -218,6 +218,16 @@ fn status(cluster: &Cluster) -> Option<Value> {
         .map(|o| o["status"].clone())
 }
 
+/// No request of `user` in `log` was answered 403.
+fn assert_no_refusals(log: &[kube_sim::RequestRecord], user: &str) {
+    let refused: Vec<String> = log
+        .iter()
+        .filter(|r| r.user == user && r.code == 403)
+        .map(|r| format!("{} {} {}", r.verb, r.path, r.code))
+        .collect();
+    assert!(refused.is_empty(), "403 answers to {user}: {refused:#?}");
+}
+
 async fn wait_secrets(cluster: &Cluster, total: usize) {
     eventually(&format!("{total} key pair Secrets"), WAIT, || async {
         (cluster.key_pair_secrets(NAME).len() == total).then_some(())
@@ -326,16 +336,7 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
         .into_iter()
         .filter(|r| r.user == s.user)
         .collect();
-    let refused: Vec<String> = log
-        .iter()
-        .filter(|r| r.code == 403)
-        .map(|r| format!("{} {} {}", r.verb, r.path, r.code))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "403 answers to {}: {refused:#?}",
-        s.user
-    );
+    assert_no_refusals(&log, &s.user);
     let granted = grants(&s.docs);
     assert!(!granted.is_empty(), "no rules in the render");
     // A server-side apply that creates its object (201) is authorized as `patch` and `create`
@@ -489,16 +490,7 @@ async fn chart_rbac_for_leader_election_is_sufficient_and_used() {
         std::future::ready(renewed.then_some(log))
     })
     .await;
-    let refused: Vec<String> = log
-        .iter()
-        .filter(|r| r.code == 403)
-        .map(|r| format!("{} {} {}", r.verb, r.path, r.code))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "403 answers to {}: {refused:#?}",
-        s.user
-    );
+    assert_no_refusals(&log, &s.user);
     let unused: Vec<String> = lease_grants
         .iter()
         .filter(|g| {
@@ -575,17 +567,6 @@ async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
         cluster.sim.objects("", "secrets", Some(OUTSIDE)).is_empty(),
         "key pairs were made in an unwatched namespace"
     );
-    let refused: Vec<String> = cluster
-        .sim
-        .request_log()
-        .into_iter()
-        .filter(|r| r.user == s.user && r.code == 403)
-        .map(|r| format!("{} {} {}", r.verb, r.path, r.code))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "403 answers to {}: {refused:#?}",
-        s.user
-    );
+    assert_no_refusals(&cluster.sim.request_log(), &s.user);
     drop(s.operator);
 }
