@@ -34,7 +34,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::config::{self, ValidatedConfig};
 use crate::crd::{ANNOTATION_ROTATE_NOW, LastTest, RecordingKeyConfig};
@@ -125,7 +125,16 @@ pub struct Context<K> {
     pub settings: Settings,
     pub metrics: Metrics,
     /// Consecutive failures per resource, for the backoff of `error_policy`.
-    failures: Mutex<HashMap<ObjectRef<RecordingKeyConfig>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<RecordingKeyConfig>, Backoff>>,
+}
+
+/// A resource in backoff after a failed reconcile, and what it looked like then.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Timestamp>,
+    generation: Option<i64>,
+    rotate_now: Option<String>,
 }
 
 impl<K> Context<K> {
@@ -155,16 +164,45 @@ impl<K> Context<K> {
         }
     }
 
-    fn failure_count(&self, object: &ObjectRef<RecordingKeyConfig>, failed: bool) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failed {
-            let n = failures.entry(object.clone()).or_default();
-            *n = n.saturating_add(1);
-            *n
-        } else {
-            failures.remove(object);
-            0
+    fn failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<RecordingKeyConfig>, Backoff>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more failure of `rkc` and returns the backoff before its retry.
+    fn record_failure(&self, rkc: &RecordingKeyConfig) -> (u32, Duration) {
+        let mut failures = self.failures();
+        let backoff = failures.entry(ObjectRef::from_obj(rkc)).or_default();
+        backoff.failures = backoff.failures.saturating_add(1);
+        let delay = policy::backoff(backoff.failures);
+        backoff.until = SignedDuration::try_from(delay)
+            .ok()
+            .and_then(|delay| (self.clock)().checked_add(delay).ok());
+        backoff.generation = rkc.metadata.generation;
+        backoff.rotate_now = rotate_now_token(rkc).map(str::to_owned);
+        (backoff.failures, delay)
+    }
+
+    fn clear_failures(&self, object: &ObjectRef<RecordingKeyConfig>) {
+        self.failures().remove(object);
+    }
+
+    /// How much longer `rkc` waits out its backoff: a reconcile that some other event (our own
+    /// status write, say) brings before the retry time makes no KMS call. A changed spec or a
+    /// new rotate-now token is acted on at once.
+    fn backoff_remaining(&self, rkc: &RecordingKeyConfig, now: Timestamp) -> Option<Duration> {
+        let failures = self.failures();
+        let backoff = failures.get(&ObjectRef::from_obj(rkc))?;
+        if backoff.generation != rkc.metadata.generation
+            || backoff.rotate_now.as_deref() != rotate_now_token(rkc)
+        {
+            return None;
         }
+        let remaining = backoff.until?.duration_since(now);
+        Duration::try_from(remaining)
+            .ok()
+            .filter(|remaining| !remaining.is_zero())
     }
 }
 
@@ -175,8 +213,7 @@ pub fn error_policy<K>(
     error: &Error,
     ctx: Arc<Context<K>>,
 ) -> Action {
-    let failures = ctx.failure_count(&ObjectRef::from_obj(rkc.as_ref()), true);
-    let delay = policy::backoff(failures);
+    let (failures, delay) = ctx.record_failure(&rkc);
     warn!(name = %rkc.name_any(), error = %error, failures, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
@@ -357,12 +394,16 @@ pub async fn reconcile<K: Kms>(
     rkc: Arc<RecordingKeyConfig>,
     ctx: Arc<Context<K>>,
 ) -> Result<Action> {
+    if let Some(remaining) = ctx.backoff_remaining(&rkc, (ctx.clock)()) {
+        debug!(?remaining, "in backoff after a failure; retrying then");
+        return Ok(Action::requeue(remaining));
+    }
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&rkc, &ctx).await;
     let object = ObjectRef::from_obj(rkc.as_ref());
     match &result {
         Ok(_) => {
-            ctx.failure_count(&object, false);
+            ctx.clear_failures(&object);
         }
         Err(err) => {
             ctx.metrics
@@ -1042,10 +1083,51 @@ mod tests {
             error_policy(b, &Error::NoNamespace, ctx.clone()),
             Action::requeue(Duration::from_secs(5))
         );
-        ctx.failure_count(&ObjectRef::from_obj(a.as_ref()), false);
+        ctx.clear_failures(&ObjectRef::from_obj(a.as_ref()));
         assert_eq!(
             error_policy(a, &Error::NoNamespace, ctx),
             Action::requeue(Duration::from_secs(5))
         );
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_during_backoff_waits_without_kms_or_api_calls() {
+        // Any API request would reach this mock and hang the test: there must be none.
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "default");
+        let now: Timestamp = "2026-11-29T08:00:00Z".parse().unwrap();
+        let kms = FakeKms::new();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            kms.clone(),
+            Arc::new(move || now),
+            Recorder::new(client, "kekeeper".into()),
+            reflector::store().0,
+            reflector::store().0,
+            Arc::new(TokenBucket::new(1.0, 1)),
+            Settings::default(),
+            Metrics::default(),
+        ));
+        let failed = rkc("a");
+        error_policy(failed.clone(), &Error::NoNamespace, ctx.clone());
+        // Our own status write brings the resource back at once: it waits out the 5 s.
+        let action = reconcile(failed.clone(), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        assert_eq!(kms.total_calls(), 0);
+        // A new rotate-now token (or spec generation) is not held back.
+        let mut annotated = (*failed).clone();
+        annotated
+            .annotations_mut()
+            .insert(ANNOTATION_ROTATE_NOW.into(), "now".into());
+        assert_eq!(ctx.backoff_remaining(&annotated, now), None);
+        let mut changed = (*failed).clone();
+        changed.metadata.generation = Some(2);
+        assert_eq!(ctx.backoff_remaining(&changed, now), None);
+        // At the retry time the backoff is over.
+        let later = now.checked_add(SignedDuration::from_secs(5)).unwrap();
+        assert_eq!(ctx.backoff_remaining(&failed, later), None);
     }
 }
