@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code (0 ok, 1 failure, 2 bad input).
 
+mod common;
 mod crd;
 mod decrypt;
 mod encrypt;

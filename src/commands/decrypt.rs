@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use super::selftest::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_input};
+use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_input};
 use crate::cli::DecryptArgs;
 use crate::envelope;
 use crate::keypair::KeyPairRecord;
@@ -16,7 +16,7 @@ use crate::kms::sdk::SdkKms;
 
 /// A key pair Secret manifest (`kekeeper keypair generate` output or `kubectl get secret -o yaml`).
 pub(super) fn read_key_pair_secret(path: &Path) -> Result<KeyPairRecord, String> {
-    let text = super::selftest::read_to_string(path)?;
+    let text = super::common::read_to_string(path)?;
     let secret: Secret = serde_yaml::from_str(&text)
         .map_err(|e| format!("{} is not a Secret manifest: {e}", path.display()))?;
     KeyPairRecord::from_secret(&secret).map_err(|e| format!("{}: {e}", path.display()))

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::selftest::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_input};
+use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_input};
 use crate::cli::EncryptArgs;
 use crate::envelope;
 use crate::keypair::{KeyPairState, parse_public_key_pem};
@@ -26,7 +26,7 @@ fn key(args: &EncryptArgs) -> Result<(Vec<u8>, String), String> {
     }
     match (&args.public_key, &args.key_pair_id) {
         (Some(path), Some(id)) => {
-            let pem = super::selftest::read_to_string(path)?;
+            let pem = super::common::read_to_string(path)?;
             let der = parse_public_key_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
             if id.trim().is_empty() {
                 return Err("--key-pair-id must not be empty".to_owned());

@@ -3,9 +3,8 @@
 
 use std::process::ExitCode;
 
-use super::selftest::{
-    EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, print_report, read_manifest, validate,
-};
+use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, read_manifest, validate};
+use super::selftest::print_report;
 use crate::cli::KeypairGenerateArgs;
 use crate::keypair::KeyPairRecord;
 use crate::kms::sdk::SdkKms;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use super::selftest::{EXIT_BAD_INPUT, EXIT_OK, fail};
+use super::common::{EXIT_BAD_INPUT, EXIT_OK, fail};
 use crate::cli::PolicyArgs;
 
 /// The statements for `principal`, allowing only requests whose encryption context names one
