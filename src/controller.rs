@@ -257,9 +257,7 @@ fn records_of<'a>(
 }
 
 fn secret_matches(secret: &Secret, config: &str) -> bool {
-    let selector = keypair::config_selector(config);
-    let want = selector.split_once('=').map(|(_, v)| v).unwrap_or_default();
-    secret.labels().get(LABEL_CONFIG).map(String::as_str) == Some(want)
+    secret.labels().get(LABEL_CONFIG) == Some(&keypair::config_label(config))
 }
 
 fn cached_records<K>(
@@ -946,10 +944,7 @@ pub fn public_keys_config_map(rkc: &RecordingKeyConfig, records: &[KeyPairRecord
                 (LABEL_MANAGED_BY.to_owned(), "kekeeper".to_owned()),
                 (
                     LABEL_CONFIG.to_owned(),
-                    keypair::config_selector(&rkc.name_any())
-                        .split_once('=')
-                        .map(|(_, v)| v.to_owned())
-                        .unwrap_or_default(),
+                    keypair::config_label(&rkc.name_any()),
                 ),
             ])),
             owner_references: owner.map(|o| vec![o]),

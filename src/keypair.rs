@@ -151,7 +151,7 @@ impl KeyPairRecord {
     /// RecordingKeyConfig must not delete key material.
     pub fn to_secret(&self) -> Secret {
         let mut labels = BTreeMap::new();
-        labels.insert(LABEL_CONFIG.to_owned(), label_value(&self.config_name));
+        labels.insert(LABEL_CONFIG.to_owned(), config_label(&self.config_name));
         labels.insert(
             LABEL_ORGANIZATION.to_owned(),
             organization_label(&self.organization_id),
@@ -373,9 +373,15 @@ impl KeyPairRecord {
     }
 }
 
+/// The `kekeeper.io/config` label value of a RecordingKeyConfig's objects (its name, or a hash
+/// of a name too long for a label).
+pub fn config_label(config_name: &str) -> String {
+    label_value(config_name)
+}
+
 /// The label selector of every key pair Secret of a RecordingKeyConfig.
 pub fn config_selector(config_name: &str) -> String {
-    format!("{LABEL_CONFIG}={}", label_value(config_name))
+    format!("{LABEL_CONFIG}={}", config_label(config_name))
 }
 
 /// The next sequence number for an organisation: one past the highest it has used, 1 for the
