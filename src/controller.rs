@@ -37,7 +37,7 @@ use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use crate::config::{self, ValidatedConfig};
-use crate::crd::{ANNOTATION_ROTATE_NOW, LastTest, RecordingKeyConfig};
+use crate::crd::{ANNOTATION_ROTATE_NOW, LastTest, RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keypair::{
     self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairState, LABEL_CONFIG, LABEL_MANAGED_BY,
     LABEL_STATE,
@@ -431,15 +431,14 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
         Ok(config) => config,
         Err(err) => {
             let (records, _) = cached_records(ctx, &namespace, &name);
-            let desired = status::desired(&StatusInput {
+            let desired = desired_status(
+                ctx,
                 rkc,
-                records: &records,
+                &records,
                 now,
-                config_error: Some(&err.to_string()),
-                kms: KmsObservation::Unchanged,
-                check_interval: ctx.settings.kms_key_check_interval,
-                honoured_token: current.rotate_now_token.clone(),
-            });
+                Some(&err.to_string()),
+                KmsObservation::Unchanged,
+            );
             if desired != current {
                 publish(
                     ctx,
@@ -498,20 +497,19 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
     };
     if let Err(problem) = selftest::validate_key(&description, &config) {
         let message = problem.to_string();
-        let desired = status::desired(&StatusInput {
+        let desired = desired_status(
+            ctx,
             rkc,
-            records: &records,
+            &records,
             now,
-            config_error: None,
-            kms: KmsObservation::KeyProblem {
+            None,
+            KmsObservation::KeyProblem {
                 description: &description,
                 reason: problem.reason(),
                 message: &message,
                 at_risk: Vec::new(),
             },
-            check_interval: ctx.settings.kms_key_check_interval,
-            honoured_token: current.rotate_now_token.clone(),
-        });
+        );
         if desired != current {
             publish(
                 ctx,
@@ -553,20 +551,19 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
                 return match failure.kms_error().cloned() {
                     Some(err) => kms_failed(ctx, rkc, &records, now, err, Some(test)).await,
                     None => {
-                        let desired = status::desired(&StatusInput {
+                        let desired = desired_status(
+                            ctx,
                             rkc,
-                            records: &records,
+                            &records,
                             now,
-                            config_error: None,
-                            kms: KmsObservation::Checked {
+                            None,
+                            KmsObservation::Checked {
                                 description: &description,
                                 at_risk: at_risk.clone(),
                                 last_test: Some(test),
                                 complete: false,
                             },
-                            check_interval: ctx.settings.kms_key_check_interval,
-                            honoured_token: current.rotate_now_token.clone(),
-                        });
+                        );
                         publish(
                             ctx,
                             rkc,
@@ -692,6 +689,27 @@ async fn reconcile_inner<K: Kms>(rkc: &RecordingKeyConfig, ctx: &Context<K>) -> 
     Ok(finish(ctx, rkc, &records, &desired, now))
 }
 
+/// What status should say for `records` and a KMS observation, keeping the rotate-now token
+/// honoured so far.
+fn desired_status<K>(
+    ctx: &Context<K>,
+    rkc: &RecordingKeyConfig,
+    records: &[KeyPairRecord],
+    now: Timestamp,
+    config_error: Option<&str>,
+    kms: KmsObservation<'_>,
+) -> RecordingKeyConfigStatus {
+    status::desired(&StatusInput {
+        rkc,
+        records,
+        now,
+        config_error,
+        kms,
+        check_interval: ctx.settings.kms_key_check_interval,
+        honoured_token: rkc.status.as_ref().and_then(|s| s.rotate_now_token.clone()),
+    })
+}
+
 /// Nothing is due: no KMS call, and writes only if status or the ConfigMap drifted from what
 /// the records say.
 async fn steady<K>(
@@ -701,15 +719,7 @@ async fn steady<K>(
     now: Timestamp,
 ) -> Result<Action> {
     let current = rkc.status.clone().unwrap_or_default();
-    let desired = status::desired(&StatusInput {
-        rkc,
-        records,
-        now,
-        config_error: None,
-        kms: KmsObservation::Unchanged,
-        check_interval: ctx.settings.kms_key_check_interval,
-        honoured_token: current.rotate_now_token.clone(),
-    });
+    let desired = desired_status(ctx, rkc, records, now, None, KmsObservation::Unchanged);
     if desired != current {
         patch_status(ctx, rkc, &desired).await?;
     }
@@ -783,18 +793,17 @@ async fn kms_failed<K: Kms>(
 ) -> Result<Action> {
     warn!(operation = %err.operation, code = %err.code, request_id = ?err.request_id, "KMS call failed: {}", err.message);
     let current = rkc.status.clone().unwrap_or_default();
-    let desired = status::desired(&StatusInput {
+    let desired = desired_status(
+        ctx,
         rkc,
         records,
         now,
-        config_error: None,
-        kms: KmsObservation::Failed {
+        None,
+        KmsObservation::Failed {
             error: err.to_status(now),
             last_test,
         },
-        check_interval: ctx.settings.kms_key_check_interval,
-        honoured_token: current.rotate_now_token.clone(),
-    });
+    );
     publish(
         ctx,
         rkc,
