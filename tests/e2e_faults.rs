@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Cluster, condition, eventually, rkc_manifest};
+use common::cluster::{Cluster, condition, count_states, eventually, rkc_manifest};
 use common::{create_key, kms_endpoint};
 use kube_sim::ErrorFault;
 use serde_json::Value;
@@ -16,14 +16,7 @@ const NAME: &str = "recordings";
 const WAIT: Duration = Duration::from_secs(40);
 
 fn states(cluster: &Cluster) -> (usize, usize) {
-    let secrets = cluster.key_pair_secrets(NAME);
-    let count = |state: &str| {
-        secrets
-            .iter()
-            .filter(|s| s["metadata"]["labels"]["kekeeper.io/state"] == state)
-            .count()
-    };
-    (count("active"), count("retired"))
+    count_states(&cluster.key_pair_secrets(NAME))
 }
 
 fn rkc(cluster: &Cluster) -> Option<Value> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::PrivateDecryptingKey;
 use base64::Engine;
-use common::cluster::{Cluster, condition, eventually, rkc_manifest, settle};
+use common::cluster::{Cluster, condition, count_states, eventually, rkc_manifest, settle};
 use common::{create_key, kms_endpoint};
 use serde_json::Value;
 
@@ -22,18 +22,6 @@ fn b64(data: &Value, key: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(data[key].as_str().unwrap_or_else(|| panic!("data.{key}")))
         .expect("base64")
-}
-
-fn state(secret: &Value) -> &str {
-    secret["metadata"]["labels"]["kekeeper.io/state"]
-        .as_str()
-        .unwrap_or("")
-}
-
-fn count_states(secrets: &[Value]) -> (usize, usize) {
-    let active = secrets.iter().filter(|s| state(s) == "active").count();
-    let retired = secrets.iter().filter(|s| state(s) == "retired").count();
-    (active, retired)
 }
 
 /// Waits for `total` key pair Secrets of which exactly 2 are active, and a status history of
@@ -111,14 +99,7 @@ async fn operator_end_to_end_on_kube_sim() {
     cluster
         .apply_ok(&rkc_manifest(NAME, &alias, &[ORG_A, ORG_B]))
         .await;
-    cluster
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("rkc/{NAME}"),
-            "--timeout=60s",
-        ])
-        .await;
+    cluster.wait_ready(NAME).await;
 
     // 2. Status: one active pair per organisation, history 2, conditions True; the table.
     let rkc = wait_key_pairs(&cluster, 2).await;

@@ -250,14 +250,7 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
     cluster
         .apply_ok(&rkc_manifest(NAME, &s.alias, &[ORG_A, ORG_B]))
         .await;
-    cluster
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("rkc/{NAME}"),
-            "--timeout=60s",
-        ])
-        .await;
+    cluster.wait_ready(NAME).await;
     wait_secrets(cluster, 2).await;
     // The crash-retry race (SPEC §3): the next Secret create is answered AlreadyExists once,
     // so the operator takes its adopt path (get the existing Secret) before it succeeds.

@@ -148,6 +148,17 @@ impl Cluster {
     }
 
     /// `kubectl get ARGS -o json`, parsed.
+    /// `kubectl wait --for=condition=Ready rkc/NAME` in `default`, as a user would.
+    pub async fn wait_ready(&self, name: &str) {
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("rkc/{name}"),
+            "--timeout=60s",
+        ])
+        .await;
+    }
+
     pub async fn get_json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
@@ -358,6 +369,17 @@ pub fn rkc_manifest_in(
 }
 
 /// The condition `type_`'s status in a RecordingKeyConfig JSON.
+/// (active, retired) among key pair Secrets, by their `kekeeper.io/state` label.
+pub fn count_states(secrets: &[Value]) -> (usize, usize) {
+    let count = |state: &str| {
+        secrets
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["kekeeper.io/state"] == state)
+            .count()
+    };
+    (count("active"), count("retired"))
+}
+
 pub fn condition(rkc: &Value, type_: &str) -> Option<String> {
     rkc["status"]["conditions"]
         .as_array()?
