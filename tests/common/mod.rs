@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kstatus;
 pub mod proxy;
 
 use aws_config::retry::RetryConfig;
