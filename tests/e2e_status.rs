@@ -47,9 +47,9 @@ fn apply_manifest(name: &str, alias: &str, organizations: &[String], extra: &str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the KMS emulator (scripts/kms-emulator.sh; scripts/test.sh runs ignored tests)"]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn status_tells_the_truth_through_every_scenario() {
-    let endpoint = kms_endpoint().expect("KEKEEPER_TEST_KMS_ENDPOINT: the KMS emulator");
+    let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
     let alias = key.alias.to_string();
     let proxy = FaultProxy::start(&endpoint).await;
