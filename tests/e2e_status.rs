@@ -227,12 +227,16 @@ async fn access_denied_is_failed_within_one_backoff_step(
     proxy: &FaultProxy,
     alias: &str,
 ) {
-    proxy.fail(
-        "DescribeKey",
-        400,
-        "AccessDeniedException",
-        "injected: not allowed",
-    );
+    // The key policy denies everything (DescribeKey may be served from the operator's
+    // shared description of this alias, so generation is denied too).
+    for operation in ["DescribeKey", "GenerateDataKeyPairWithoutPlaintext"] {
+        proxy.fail(
+            operation,
+            400,
+            "AccessDeniedException",
+            "injected: not allowed",
+        );
+    }
     let started = Instant::now();
     cluster
         .apply_ok(&apply_manifest("denied", alias, &orgs(1), ""))
@@ -287,11 +291,12 @@ async fn disabled_key_is_failed_and_current_again_within_30s_of_enabling(
             "kekeeper.io/rotate-now=after-disable",
         ])
         .await;
-    let failed = wait_for(cluster, "disabled", KStatus::Failed, |_| true).await;
-    assert_eq!(
-        reason(&failed, "KmsAvailable").as_deref(),
-        Some("KmsKeyNotEnabled")
-    );
+    // KMS refuses the generation under the disabled key (DisabledException), and the next
+    // look at the key (one backoff step later) shows why.
+    let failed = wait_for(cluster, "disabled", KStatus::Failed, |o| {
+        reason(o, "KmsAvailable").as_deref() == Some("KmsKeyNotEnabled")
+    })
+    .await;
     assert_eq!(reason(&failed, "Ready").as_deref(), Some("KmsKeyUnusable"));
     admin
         .enable_key()

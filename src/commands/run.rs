@@ -27,6 +27,7 @@ use crate::controller::ratelimit::TokenBucket;
 use crate::controller::{self, Context, Settings};
 use crate::crd::RecordingKeyConfig;
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
+use crate::kms::coalesce::CoalescingKms;
 use crate::kms::sdk::SdkKms;
 use crate::metrics::{MeteredKms, Metrics};
 
@@ -182,12 +183,19 @@ async fn run_controller(
             kms_key_check_interval: args.kms_key_check_interval,
             operator_region: sdk.operator_region().map(str::to_owned),
         },
-        kms: MeteredKms {
-            inner: sdk,
-            metrics: metrics.clone(),
-        },
+        // Metered inside the coalescing layer: the metrics count the calls KMS really gets.
+        kms: CoalescingKms::new(
+            MeteredKms {
+                inner: sdk,
+                metrics: metrics.clone(),
+            },
+            Duration::try_from(args.kms_key_check_interval).unwrap_or(Duration::from_secs(3600)),
+        ),
         // One bucket for every resource in every watched namespace: KMS quotas are per account.
-        key_pair_rate: Arc::new(TokenBucket::new(args.kms_keypair_rate, 1)),
+        key_pair_rate: Arc::new(
+            TokenBucket::new(args.kms_keypair_rate, 1).with_in_flight(args.kms_max_in_flight),
+        ),
+        concurrency: args.concurrency,
         reporter: Reporter {
             controller: "kekeeper".into(),
             instance: args.identity.clone(),
@@ -228,8 +236,9 @@ async fn run_controller(
 #[derive(Clone)]
 struct Shared {
     settings: Settings,
-    kms: MeteredKms<SdkKms>,
+    kms: CoalescingKms<MeteredKms<SdkKms>>,
     key_pair_rate: Arc<TokenBucket>,
+    concurrency: u16,
     reporter: Reporter,
     metrics: Metrics,
 }
@@ -257,31 +266,34 @@ async fn run_scope(
     let rkcs: Api<RecordingKeyConfig> = scoped(&client, namespace);
     let secrets_api: Api<Secret> = scoped(&client, namespace);
     let config_maps_api: Api<ConfigMap> = scoped(&client, namespace);
-    let secrets_trigger_api = secrets_api.clone();
-    let config_maps_trigger_api = config_maps_api.clone();
-    // Caches of the key pair Secrets and the public-keys ConfigMaps: a steady-state reconcile
-    // reads only these.
+    // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
+    // these) and the controller's triggers, so a deleted or edited key pair Secret or
+    // ConfigMap is put right at once. The caches keep only what the controller reads.
+    let (rkc_store, rkc_writer) = reflector::store();
+    let rkc_stream = reflector(
+        rkc_writer,
+        watcher(rkcs, watcher::Config::default()).modify(slim),
+    )
+    .default_backoff()
+    .applied_objects();
     let (secrets, secrets_writer) = reflector::store();
-    tokio::spawn(
-        reflector(
-            secrets_writer,
-            watcher(secrets_api, watcher::Config::default().labels(LABEL_CONFIG)),
-        )
-        .default_backoff()
-        .for_each(|_| futures::future::ready(())),
-    );
+    let secrets_stream = reflector(
+        secrets_writer,
+        watcher(secrets_api, watcher::Config::default().labels(LABEL_CONFIG)).modify(slim),
+    )
+    .default_backoff()
+    .touched_objects();
     let (config_maps, config_maps_writer) = reflector::store();
-    tokio::spawn(
-        reflector(
-            config_maps_writer,
-            watcher(
-                config_maps_api,
-                watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
-            ),
+    let config_maps_stream = reflector(
+        config_maps_writer,
+        watcher(
+            config_maps_api,
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
         )
-        .default_backoff()
-        .for_each(|_| futures::future::ready(())),
-    );
+        .modify(slim),
+    )
+    .default_backoff()
+    .touched_objects();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -295,22 +307,14 @@ async fn run_scope(
         shared.metrics,
     ));
 
-    // Besides the caches above, the controller watches the key pair Secrets and the owned
-    // ConfigMaps itself, so a deleted or edited one is put right at once.
-    let controller = Controller::new(rkcs, watcher::Config::default())
-        .watches(
-            secrets_trigger_api,
-            watcher::Config::default().labels(LABEL_CONFIG),
-            |secret: Secret| {
-                let config = secret.labels().get(LABEL_CONFIG)?.clone();
-                let namespace = secret.namespace()?;
-                Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
-            },
-        )
-        .owns(
-            config_maps_trigger_api,
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
-        );
+    let controller = Controller::for_stream(rkc_stream, rkc_store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
+        .watches_stream(secrets_stream, |secret: Secret| {
+            let config = secret.labels().get(LABEL_CONFIG)?.clone();
+            let namespace = secret.namespace()?;
+            Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
+        })
+        .owns_stream(config_maps_stream);
     let store = controller.store();
     tokio::spawn(async move {
         if synced(&store).await && synced(&secrets).await && synced(&config_maps).await {
@@ -330,6 +334,16 @@ async fn run_scope(
             futures::future::ready(())
         })
         .await;
+}
+
+/// Drops what the controller never reads from a cached object: `managedFields` and
+/// `kubectl apply`'s copy of the whole object in an annotation.
+fn slim<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Whether a cache has synced (false: its watcher is gone). A store's readiness wakes only its
