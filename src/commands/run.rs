@@ -109,7 +109,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => controller.await,
         Some(elector) => lead(elector, controller).await,
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    // After a lost Lease, exit at once rather than wait for the server (it stops on SIGTERM).
+    if result.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
     result
 }
 
@@ -130,7 +133,7 @@ async fn lead(
     };
     match ended {
         Ended::Lost(lost) => Err(anyhow::anyhow!(
-            "lost leadership ({lost}); exiting so that nothing acts without the Lease"
+            "leadership lost ({lost}); exiting so that nothing acts without the Lease"
         )),
         Ended::Stopped(result) => {
             if let Err(err) = elector.release().await {
