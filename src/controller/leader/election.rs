@@ -105,7 +105,7 @@ pub enum Step {
     Create(LeaseSpec),
     /// Write the Lease as read (its resourceVersion guards the write) with a new spec: an
     /// acquisition or a renewal.
-    Write(Lease),
+    Write(Box<Lease>),
     /// Another replica holds the Lease, and this replica saw it change less than its
     /// `leaseDurationSeconds` ago.
     StandBy { holder: String },
@@ -171,10 +171,10 @@ impl Election {
             // Free (released), or its holder went quiet for a whole lease duration.
             _ => self.spec(wall, wall, transitions + 1),
         };
-        Step::Write(Lease {
+        Step::Write(Box::new(Lease {
             metadata: lease.metadata.clone(),
             spec: Some(spec),
-        })
+        }))
     }
 
     /// The write decided by `step` succeeded; `sent` is when it was sent (the server wrote it
@@ -446,7 +446,7 @@ mod tests {
             panic!("{step:?}")
         };
         assert_eq!(written.metadata.resource_version.as_deref(), Some("12"));
-        let spec = written.spec.unwrap();
+        let spec = written.spec.clone().unwrap();
         assert_eq!(spec.lease_transitions, Some(3), "no transition on renewal");
         assert_eq!(
             spec.acquire_time.unwrap().0,
