@@ -6,7 +6,10 @@
 //!   before those of the other, and the first's "released"/"lost leadership" log line comes
 //!   before the second's "acquired leadership".
 //!
-//! No RecordingKeyConfig is applied, so no KMS is needed ("acting" is visible as the
+//! - with the KMS emulator and a RecordingKeyConfig: only the leader calls KMS, and after the
+//!   handover the new leader carries on (a rotation) without a duplicate key pair.
+//!
+//! The first two apply no RecordingKeyConfig, so they need no KMS ("acting" is visible as the
 //! controller's requests for RecordingKeyConfigs, which a standby never makes).
 
 mod common;
@@ -14,7 +17,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Operator, eventually};
+use common::cluster::{Cluster, Operator, count_states, eventually, rkc_manifest};
+use common::{create_key, kms_endpoint};
 use jiff::Timestamp;
 use kube_sim::RequestRecord;
 
@@ -35,7 +39,7 @@ struct Pair {
     cluster: Cluster,
 }
 
-fn start_replica(cluster: &Cluster, identity: &str, timing: &[&str]) -> Replica {
+fn start_replica(cluster: &Cluster, identity: &str, kms: &str, timing: &[&str]) -> Replica {
     let (kubeconfig, user): (PathBuf, String) =
         cluster.service_account_kubeconfig("kekeeper-system", identity);
     let mut args: Vec<String> = [
@@ -47,7 +51,7 @@ fn start_replica(cluster: &Cluster, identity: &str, timing: &[&str]) -> Replica 
     .map(|s| s.to_string())
     .collect();
     args.extend(timing.iter().map(|s| s.to_string()));
-    let operator = cluster.start_operator(identity, &kubeconfig, NO_KMS, &args, &[]);
+    let operator = cluster.start_operator(identity, &kubeconfig, kms, &args, &[]);
     Replica {
         operator,
         user,
@@ -64,16 +68,16 @@ fn holder(cluster: &Cluster) -> Option<String> {
 
 /// A leads (holds the Lease, its controller watches RecordingKeyConfigs); B stands by and has
 /// read the Lease at least twice.
-async fn leader_and_standby(timing: &[&str]) -> Pair {
+async fn leader_and_standby(kms: &str, timing: &[&str]) -> Pair {
     let cluster = Cluster::start(false).await;
     cluster.install_crd().await;
-    let mut a = start_replica(&cluster, "replica-a", timing);
+    let mut a = start_replica(&cluster, "replica-a", kms, timing);
     a.operator.wait_ready().await;
     eventually("replica-a holds the Lease", Duration::from_secs(30), || {
         std::future::ready((holder(&cluster).as_deref() == Some("replica-a")).then_some(()))
     })
     .await;
-    let mut b = start_replica(&cluster, "replica-b", timing);
+    let mut b = start_replica(&cluster, "replica-b", kms, timing);
     b.operator.wait_ready().await;
     eventually(
         "replica-b reads the Lease twice",
@@ -159,7 +163,7 @@ async fn wait_exit(replica: &mut Replica, within: Duration) -> std::process::Exi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_the_lease_to_the_standby_within_three_seconds() {
-    let Pair { mut a, b, cluster } = leader_and_standby(&[]).await;
+    let Pair { mut a, b, cluster } = leader_and_standby(NO_KMS, &[]).await;
     // Let the leader renew and the standby poll for a while.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -211,7 +215,7 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() {
         "--renew-deadline=2s",
         "--retry-period=500ms",
     ];
-    let Pair { mut a, b, cluster } = leader_and_standby(&timing).await;
+    let Pair { mut a, b, cluster } = leader_and_standby(NO_KMS, &timing).await;
     // Every renewal of replica-a fails from now on; it can still read the Lease.
     cluster.sim.faults().inject(kube_sim::ErrorFault {
         user: Some(a.user.clone()),
@@ -251,5 +255,63 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() {
         "replica-a stopped at {a_lost}, replica-b acquired at {b_acquired}"
     );
     assert!(a.operator.logged_at("released leadership").is_empty());
+    drop((a, b));
+}
+
+/// The sum of `kekeeper_kms_calls_total` on a replica's /metrics.
+async fn kms_calls(replica: &Replica) -> f64 {
+    replica
+        .operator
+        .get("/metrics")
+        .await
+        .lines()
+        .filter(|line| line.starts_with("kekeeper_kms_calls_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_calls_kms_and_the_new_leader_carries_on() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let Pair { mut a, b, cluster } = leader_and_standby(&endpoint, &[]).await;
+    const NAME: &str = "recordings";
+    const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG]))
+        .await;
+    cluster.wait_ready(NAME).await;
+    assert!(kms_calls(&a).await >= 3.0, "DescribeKey, generate, decrypt");
+    assert_eq!(kms_calls(&b).await, 0.0, "the standby called KMS");
+    assert!(!acts(&requests(&cluster, &b.user)));
+
+    a.operator.terminate();
+    let status = wait_exit(&mut a, Duration::from_secs(10)).await;
+    assert!(status.success(), "replica-a exited with {status}");
+    eventually("replica-b holds the Lease", Duration::from_secs(3), || {
+        std::future::ready((holder(&cluster).as_deref() == Some("replica-b")).then_some(()))
+    })
+    .await;
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            &format!("rkc/{NAME}"),
+            "kekeeper.io/rotate-now=t1",
+        ])
+        .await;
+    eventually(
+        "the new leader rotates: 1 active and 1 retired key pair",
+        Duration::from_secs(40),
+        || async { (count_states(&cluster.key_pair_secrets(NAME)) == (1, 1)).then_some(()) },
+    )
+    .await;
+    assert!(
+        kms_calls(&b).await >= 2.0,
+        "generate and decrypt by replica-b"
+    );
+    assert_eq!(cluster.key_pair_secrets(NAME).len(), 2, "no duplicate pair");
+    assert_eq!(lease_writers(&cluster), [a.user.clone(), b.user.clone()]);
     drop((a, b));
 }
