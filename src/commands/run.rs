@@ -90,9 +90,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
     });
 
-    let mut elector = match args.leader_elect {
-        true => Some(LeaderElector::new(client.clone(), lease_settings(&args)?)),
-        false => None,
+    let mut elector = if args.leader_elect {
+        Some(LeaderElector::new(client.clone(), lease_settings(&args)?))
+    } else {
+        None
     };
     if let Some(elector) = elector.as_mut() {
         // A standby replica is ready: it serves and waits.
