@@ -256,7 +256,7 @@ impl Election {
 }
 
 /// The Lease's holder; an empty identity (client-go's release) counts as none.
-pub fn holder(lease: &Lease) -> Option<String> {
+fn holder(lease: &Lease) -> Option<String> {
     lease
         .spec
         .as_ref()
