@@ -204,6 +204,8 @@ async fn sigterm_hands_the_lease_to_the_standby_within_three_seconds() {
         b_acquired.duration_since(a_released)
     );
     assert!(a_acquired < a_released && a_released < b_acquired);
+    // The Lease is released only once the controller (and its in-flight reconciles) stopped.
+    assert!(logged_once(&a, "controller stopped") <= a_released);
     assert!(a.operator.logged_at("lost leadership").is_empty());
     drop((a, b));
 }
