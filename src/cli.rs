@@ -57,9 +57,20 @@ pub struct RunArgs {
     /// The Lease's namespace (default: the pod's namespace, else `default`).
     #[arg(long, env = "KEKEEPER_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name and a
+    /// random suffix, so two processes on one host never share an identity).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// How long a standby waits, after it last saw the Lease change, before it takes over a
+    /// silent leader's Lease (whole seconds).
+    #[arg(long, env = "KEKEEPER_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: jiff::SignedDuration,
+    /// How long a leader keeps acting without renewing the Lease; below --lease-duration.
+    #[arg(long, env = "KEKEEPER_RENEW_DEADLINE", default_value = "10s")]
+    pub renew_deadline: jiff::SignedDuration,
+    /// How often a leader renews and a standby tries to acquire; below --renew-deadline.
+    #[arg(long, env = "KEKEEPER_RETRY_PERIOD", default_value = "2s")]
+    pub retry_period: jiff::SignedDuration,
     /// KMS key pair generations per second, shared by all resources (KMS quotas are low).
     #[arg(long, env = "KEKEEPER_KMS_KEYPAIR_RATE", default_value_t = 1.0)]
     pub kms_keypair_rate: f64,

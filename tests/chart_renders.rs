@@ -158,14 +158,13 @@ fn deployment_arguments_are_accepted_by_the_binary() {
         let Command::Run(run) = cli.command else {
             panic!("{case}: the Deployment does not run `kekeeper run`: {args:?}")
         };
-        match *case {
-            "namespaced" => assert_eq!(run.namespace.len(), 2, "{case}: {args:?}"),
-            "ha" => assert!(
-                run.leader_elect,
-                "{case}: several replicas need leader election"
-            ),
-            _ => {}
+        if *case == "namespaced" {
+            assert_eq!(run.namespace.len(), 2, "{case}: {args:?}");
         }
+        assert!(
+            run.leader_elect,
+            "{case}: leader election is on by default (two processes would double every KMS call)"
+        );
         assert_eq!(
             run.metrics_addr.port(),
             8080,

@@ -446,9 +446,10 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
     drop(s.operator);
 }
 
-/// With several replicas the chart turns leader election on and grants the Lease rules in the
-/// release namespace: the leader creates its Lease, reads it and renews it (update), with no
-/// 403 and no Lease rule left unused.
+/// With several replicas (as by default) the chart runs with leader election and grants the
+/// Lease rules in the release namespace: the leader creates its Lease, reads it and renews it
+/// (update), with no 403 and no Lease rule left unused. The default render's Lease rules are
+/// also covered by `chart_rbac_is_sufficient_and_every_rule_is_used`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn chart_rbac_for_leader_election_is_sufficient_and_used() {

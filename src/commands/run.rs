@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
-use crate::controller::leader::{LeaderElector, LeaseSettings};
+use crate::controller::leader::election::LeaseTiming;
+use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
 use crate::controller::ratelimit::TokenBucket;
 use crate::controller::{self, Context, Settings};
 use crate::crd::RecordingKeyConfig;
@@ -32,6 +33,10 @@ use crate::kms::sdk::SdkKms;
 use crate::metrics::{MeteredKms, Metrics};
 
 pub async fn execute(args: RunArgs) -> ExitCode {
+    if let Err(err) = lease_timing(&args) {
+        error!("{err}");
+        return ExitCode::from(2);
+    }
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -86,31 +91,73 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
     });
 
-    if args.leader_elect {
-        let elector = LeaderElector::new(client.clone(), lease_settings(&args));
+    let mut elector = if args.leader_elect {
+        Some(LeaderElector::new(client.clone(), lease_settings(&args)?))
+    } else {
+        None
+    };
+    if let Some(elector) = elector.as_mut() {
         // A standby replica is ready: it serves and waits.
         health.ready.store(true, Ordering::SeqCst);
-        let mut stop = shutdown_rx.clone();
-        loop {
-            match elector.try_acquire_or_renew(jiff::Timestamp::now()).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(err) => warn!(error = %err, "leader election"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(elector.settings().renew_period) => {}
-                _ = stop.wait_for(|s| *s) => return Ok(()),
-            }
+        if !elector.acquire(&mut shutdown_rx.clone()).await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+            return Ok(());
         }
         health.ready.store(false, Ordering::SeqCst);
-        spawn_renewal(elector, shutdown_rx.clone());
     }
 
-    // Graceful: in-flight reconciles finish; forceful after a grace period, so a reconcile
-    // stuck on a hung call cannot keep the pod past its termination grace.
-    let mut stop = shutdown_rx.clone();
+    let controller = run_controller_with_grace(client, args, metrics, health, shutdown_rx);
+    let result = match elector.as_mut() {
+        None => controller.await,
+        Some(elector) => lead(elector, controller).await,
+    };
+    // After a lost Lease, exit at once rather than wait for the server (it stops on SIGTERM).
+    if result.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+    result
+}
+
+/// Runs the controller while renewing the Lease. Losing the Lease ends the process (exit 1, as
+/// client-go's OnStoppedLeading usually does), so nothing keeps acting and a restarted pod
+/// rejoins as a standby; a controller that stopped (SIGTERM) gives the Lease up.
+async fn lead(
+    elector: &mut LeaderElector,
+    controller: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    enum Ended {
+        Stopped(anyhow::Result<()>),
+        Lost(LostLeadership),
+    }
+    let ended = tokio::select! {
+        result = controller => Ended::Stopped(result),
+        lost = elector.keep_leading() => Ended::Lost(lost),
+    };
+    match ended {
+        Ended::Lost(lost) => Err(anyhow::anyhow!(
+            "leadership lost ({lost}); exiting so that nothing acts without the Lease"
+        )),
+        Ended::Stopped(result) => {
+            if let Err(err) = elector.release().await {
+                warn!(error = %err, "could not release the Lease; a standby takes over once it expires");
+            }
+            result
+        }
+    }
+}
+
+/// The controller until SIGTERM. Graceful: in-flight reconciles finish; forceful after a grace
+/// period, so a reconcile stuck on a hung call cannot keep the pod past its termination grace.
+async fn run_controller_with_grace(
+    client: Client,
+    args: RunArgs,
+    metrics: Metrics,
+    health: Health,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut stop = shutdown.clone();
     let result = tokio::select! {
-        result = run_controller(client, args, metrics, health, shutdown_rx) => result,
+        result = run_controller(client, args, metrics, health, shutdown) => result,
         _ = async move {
             let _ = stop.wait_for(|s| *s).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -120,54 +167,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     info!("controller stopped");
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     result
 }
 
-fn lease_settings(args: &RunArgs) -> LeaseSettings {
+fn lease_settings(args: &RunArgs) -> anyhow::Result<LeaseSettings> {
     let namespace = args.lease_namespace.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
             .map(|ns| ns.trim().to_owned())
             .unwrap_or_else(|_| "default".to_owned())
     });
     let identity = args.identity.clone().unwrap_or_else(|| {
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kekeeper-{}", std::process::id()))
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kekeeper".to_owned());
+        format!("{host}_{}", &crate::keypair::new_key_pair_id()[..8])
     });
-    LeaseSettings {
+    Ok(LeaseSettings {
         name: args.lease_name.clone(),
         namespace,
         identity,
-        lease_duration: Duration::from_secs(15),
-        renew_period: Duration::from_secs(5),
-    }
+        timing: lease_timing(args)?,
+    })
 }
 
-/// Renews the lease; losing it ends the process (exit 1), so a restarted pod rejoins as a
-/// standby instead of running a second controller.
-fn spawn_renewal(elector: LeaderElector, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut last_renewed = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(elector.settings().renew_period) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            match elector.try_acquire_or_renew(jiff::Timestamp::now()).await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => {
-                    error!("lost leadership; exiting");
-                    std::process::exit(1);
-                }
-                Err(err) => {
-                    warn!(error = %err, "could not renew the lease");
-                    if last_renewed.elapsed() >= elector.settings().lease_duration {
-                        error!("lease expired without renewal; exiting");
-                        std::process::exit(1);
-                    }
-                }
-            }
-        }
-    });
+/// The three durations of `--lease-duration`, `--renew-deadline` and `--retry-period`, checked
+/// against each other.
+pub fn lease_timing(args: &RunArgs) -> anyhow::Result<LeaseTiming> {
+    let duration = |flag: &str, value: jiff::SignedDuration| {
+        Duration::try_from(value)
+            .map_err(|_| anyhow::anyhow!("--{flag} must not be negative; got {value:#}"))
+    };
+    Ok(LeaseTiming::new(
+        duration("lease-duration", args.lease_duration)?,
+        duration("renew-deadline", args.renew_deadline)?,
+        duration("retry-period", args.retry_period)?,
+    )?)
 }
 
 async fn run_controller(

@@ -96,13 +96,14 @@ def test_builtin_kinds_match_kubernetes_openapi_schema(renders, case):
 
 
 def test_expected_objects_per_case(renders):
+    # The leader-election Role and RoleBinding are there by default.
     base = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-            "Service", "ServiceAccount"]
+            "Service", "ServiceAccount", "Role", "RoleBinding"]
     assert kinds(renders["default"]) == sorted(base)
     assert kinds(renders["namespaced"]) == sorted(
         ["CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
-        + ["Role", "RoleBinding"] * 2)
-    assert kinds(renders["ha"]) == sorted(base + ["PodDisruptionBudget", "Role", "RoleBinding"])
+        + ["Role", "RoleBinding"] * 3)
+    assert kinds(renders["ha"]) == sorted(base + ["PodDisruptionBudget"])
     assert kinds(renders["no-crds"]) == sorted(set(base) - {"CustomResourceDefinition"})
     assert kinds(renders["servicemonitor"]) == sorted(base + ["ServiceMonitor"])
     assert kinds(renders["networkpolicy"]) == sorted(base + ["NetworkPolicy"])

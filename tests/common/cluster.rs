@@ -280,6 +280,30 @@ impl Operator {
         }
     }
 
+    /// SIGTERM, as Kubernetes stops a pod.
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM {}", child.id());
+    }
+
+    /// The exit status once the process has ended, or None while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
+    /// The timestamps of the log lines that contain `message` (the text format's first field).
+    pub fn logged_at(&self, message: &str) -> Vec<jiff::Timestamp> {
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains(message))
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -321,13 +345,14 @@ where
     }
 }
 
-/// Waits until `user` has made no write request for `quiet`, at most `timeout`.
+/// Waits until `user` has made no write request for `quiet`, at most `timeout`. Lease writes
+/// (leader election's renewals, every 2 s) are not the controller's work and do not count.
 pub async fn settle(sim: &kube_sim::Running, user: &str, quiet: Duration, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let writes = || {
         sim.request_log()
             .iter()
-            .filter(|r| r.user == user && r.is_write())
+            .filter(|r| r.user == user && r.is_write() && r.resource != "leases")
             .count()
     };
     let mut seen = writes();
