@@ -31,6 +31,8 @@ EXPECTED_API = {
     "NetworkPolicy": "networking.k8s.io/v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+    "ConfigMap": "v1",
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -88,8 +90,8 @@ def test_builtin_kinds_match_kubernetes_openapi_schema(renders, case):
     """Strict validation (unknown fields rejected) against the Kubernetes 1.33 OpenAPI schemas."""
     checked = 0
     for doc in renders[case]:
-        if doc["kind"] == "ServiceMonitor":
-            continue  # not a built-in kind; checked by hand in test_servicemonitor_shape
+        if doc["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue  # not built-in kinds; checked in test_servicemonitor_shape / test_alerts.py
         kubernetes_validate.validate(strip(doc), KUBE_VERSION, strict=True)
         checked += 1
     assert checked >= 5
@@ -106,6 +108,8 @@ def test_expected_objects_per_case(renders):
     assert kinds(renders["no-crds"]) == sorted(set(base) - {"CustomResourceDefinition"})
     assert kinds(renders["servicemonitor"]) == sorted(base + ["ServiceMonitor"])
     assert kinds(renders["networkpolicy"]) == sorted(base + ["NetworkPolicy"])
+    assert kinds(renders["monitoring"]) == sorted(base + ["ConfigMap", "PrometheusRule",
+                                                          "ServiceMonitor"])
 
 
 def test_renders_are_emitted_for_the_rust_side(renders):
