@@ -95,10 +95,40 @@ impl std::fmt::Display for Grant {
     }
 }
 
-/// Every (group, resource[/subresource], verb) the rendered ClusterRoles and Roles grant.
+/// The rendered (Cluster)Roles that a rendered binding grants (to the operator's
+/// ServiceAccount); the aggregated user roles (`<fullname>-edit`/`-view`) are bound by no
+/// binding of the chart and are not the operator's.
+fn bound_roles(docs: &[Value]) -> impl Iterator<Item = &Value> {
+    let refs: BTreeSet<(String, String, String)> = of_kind(docs, "ClusterRoleBinding")
+        .chain(of_kind(docs, "RoleBinding"))
+        .map(|b| {
+            let kind = b["roleRef"]["kind"].as_str().unwrap_or_default().to_owned();
+            // A ClusterRole is cluster-wide; a Role lives in its binding's namespace.
+            let namespace = match kind.as_str() {
+                "Role" => b["metadata"]["namespace"].as_str().unwrap_or_default(),
+                _ => "",
+            };
+            let name = b["roleRef"]["name"].as_str().unwrap_or_default().to_owned();
+            (kind, namespace.to_owned(), name)
+        })
+        .collect();
+    of_kind(docs, "ClusterRole")
+        .chain(of_kind(docs, "Role"))
+        .filter(move |role| {
+            let kind = role["kind"].as_str().unwrap_or_default().to_owned();
+            let namespace = role["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = role["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            refs.contains(&(kind, namespace.to_owned(), name))
+        })
+}
+
+/// Every (group, resource[/subresource], verb) the rendered bindings grant the operator.
 fn grants(docs: &[Value]) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
-    for role in of_kind(docs, "ClusterRole").chain(of_kind(docs, "Role")) {
+    for role in bound_roles(docs) {
         for rule in role["rules"].as_array().into_iter().flatten() {
             for group in strings(&rule["apiGroups"]) {
                 for resource in strings(&rule["resources"]) {

@@ -35,6 +35,15 @@ def rbac(docs):
     return [d for d in docs if d["kind"] in RBAC_KINDS]
 
 
+def is_user_role(doc):
+    return doc["metadata"]["name"].endswith(("-edit", "-view"))
+
+
+def operator_rbac(docs):
+    """The operator's own RBAC: everything but the aggregated user roles (test_user_roles.py)."""
+    return [d for d in rbac(docs) if not is_user_role(d)]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_no_wildcards_anywhere(renders, case):
     for doc in rbac(renders[case]):
@@ -53,15 +62,16 @@ def binding_ok(binding, role_kind, role_name, sa="kekeeper"):
 
 def test_cluster_scope(renders):
     docs = renders["default"]
-    assert sorted(d["kind"] for d in rbac(docs)) == ["ClusterRole", "ClusterRoleBinding"]
+    assert sorted(d["kind"] for d in operator_rbac(docs)) == ["ClusterRole", "ClusterRoleBinding"]
     assert one(docs, "ClusterRole", "kekeeper")["rules"] == SCOPE_RULES
     binding_ok(one(docs, "ClusterRoleBinding", "kekeeper"), "ClusterRole", "kekeeper")
 
 
 def test_namespaced_scope(renders):
     docs = renders["namespaced"]
-    assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == []
-    assert sorted((d["kind"], d["metadata"]["namespace"]) for d in rbac(docs)) == [
+    assert [d for d in find(docs, "ClusterRole") if not is_user_role(d)] == []
+    assert find(docs, "ClusterRoleBinding") == []
+    assert sorted((d["kind"], d["metadata"]["namespace"]) for d in operator_rbac(docs)) == [
         ("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
     for ns in ("team-a", "team-b"):
         assert one(docs, "Role", "kekeeper", ns)["rules"] == SCOPE_RULES
@@ -82,7 +92,8 @@ def test_leader_election_role_lives_in_release_namespace(renders):
 
 def test_namespaced_with_leader_election_and_pruning(renders):
     docs = renders["everything"]
-    assert sorted((d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in rbac(docs)) == [
+    assert sorted((d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+                  for d in operator_rbac(docs)) == [
         ("Role", "kekeeper", "team-a"),
         ("Role", "kekeeper-leader-election", NAMESPACE),
         ("RoleBinding", "kekeeper", "team-a"),
@@ -93,9 +104,9 @@ def test_namespaced_with_leader_election_and_pruning(renders):
 
 
 def test_secret_delete_only_with_pruning(chart, renders):
-    assert "delete" not in one(renders["default"], "ClusterRole")["rules"][2]["verbs"]
+    assert "delete" not in one(renders["default"], "ClusterRole", "kekeeper")["rules"][2]["verbs"]
     docs = render_docs(chart, {"pruneRetiredKeyPairs": True})
-    assert one(docs, "ClusterRole")["rules"] == SCOPE_RULES_PRUNE
+    assert one(docs, "ClusterRole", "kekeeper")["rules"] == SCOPE_RULES_PRUNE
 
 
 def test_watching_the_release_namespace_does_not_collide_with_the_lease_role(chart):

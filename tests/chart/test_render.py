@@ -98,14 +98,16 @@ def test_builtin_kinds_match_kubernetes_openapi_schema(renders, case):
 
 
 def test_expected_objects_per_case(renders):
+    # Two ClusterRoles are always there: the user roles <fullname>-edit and -view.
+    user_roles = ["ClusterRole", "ClusterRole"]
     base = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-            "Service", "ServiceAccount"]
+            "Service", "ServiceAccount"] + user_roles
     assert kinds(renders["default"]) == sorted(base)
     assert kinds(renders["namespaced"]) == sorted(
         ["CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
-        + ["Role", "RoleBinding"] * 2)
+        + ["Role", "RoleBinding"] * 2 + user_roles)
     assert kinds(renders["ha"]) == sorted(base + ["PodDisruptionBudget", "Role", "RoleBinding"])
-    assert kinds(renders["no-crds"]) == sorted(set(base) - {"CustomResourceDefinition"})
+    assert kinds(renders["no-crds"]) == sorted(k for k in base if k != "CustomResourceDefinition")
     assert kinds(renders["servicemonitor"]) == sorted(base + ["ServiceMonitor"])
     assert kinds(renders["networkpolicy"]) == sorted(base + ["NetworkPolicy"])
     assert kinds(renders["monitoring"]) == sorted(base + ["ConfigMap", "PrometheusRule",
@@ -208,4 +210,6 @@ def test_existing_serviceaccount_requires_a_name(chart):
 def test_object_names_follow_the_release(chart, release, expected):
     docs = render_docs(chart, {}, name=release)
     assert one(docs, "Deployment")["metadata"]["name"] == expected
-    assert one(docs, "ClusterRole")["metadata"]["name"] == expected
+    assert one(docs, "ClusterRole", expected)["metadata"]["name"] == expected
+    assert {d["metadata"]["name"] for d in find(docs, "ClusterRole")} == {
+        expected, f"{expected}-edit", f"{expected}-view"}
