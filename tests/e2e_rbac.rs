@@ -6,15 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::cluster::{
-    Cluster, Operator, condition, eventually, rkc_manifest, rkc_manifest_in, settle,
+    Cluster, Operator, chart_render, condition, eventually, rkc_manifest, rkc_manifest_in, settle,
 };
 use common::proxy::FaultProxy;
 use common::{create_key, kms_endpoint};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
@@ -28,31 +26,6 @@ const RBAC_KINDS: [&str; 5] = [
     "Role",
     "RoleBinding",
 ];
-
-/// The documents of `target/chart-renders/<case>.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`).
-fn chart_render(case: &str) -> Option<Vec<Value>> {
-    let dir = std::env::var_os("KEKEEPER_CHART_RENDERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::cluster::repo_root().join("target/chart-renders"));
-    let path = dir.join(format!("{case}.yaml"));
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        let message = format!(
-            "{} is missing; run scripts/chart-test.sh (it renders the Helm chart)",
-            path.display()
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED: {message}");
-        return None;
-    };
-    Some(
-        serde_yaml::Deserializer::from_str(&text)
-            .map(|doc| Value::deserialize(doc).expect("render YAML"))
-            .filter(|doc| !doc.is_null())
-            .collect(),
-    )
-}
 
 fn of_kind<'a>(docs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
     docs.iter().filter(move |d| d["kind"] == kind)
