@@ -527,9 +527,11 @@ async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
         2,
         "the namespaced render watches two namespaces"
     );
+    // The user roles (`<fullname>-edit`/`-view`) are ClusterRoles too, but bound to nobody.
     assert!(
-        of_kind(&docs, "ClusterRole").next().is_none(),
-        "a namespaced install has no ClusterRole"
+        of_kind(&docs, "ClusterRoleBinding").next().is_none()
+            && bound_roles(&docs).all(|role| role["kind"] == "Role"),
+        "a namespaced install grants the operator no ClusterRole"
     );
     let s = setup(&endpoint, docs, |_| {}).await;
     let cluster = &s.cluster;
