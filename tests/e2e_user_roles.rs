@@ -213,7 +213,6 @@ async fn an_editor_manages_and_a_viewer_reads() {
         return;
     };
     let cluster = cluster_with_user_roles(&docs).await;
-    let c = &cluster;
     cluster
         .kubectl_ok(&[
             "create",
@@ -225,142 +224,112 @@ async fn an_editor_manages_and_a_viewer_reads() {
             "--from-literal=privateKey.kms=opaque",
         ])
         .await;
-
-    // The editor creates, rotates (annotation), changes and reads.
     let manifest = rkc_manifest_in(NS, NAME, ALIAS, &[ORG]);
-    ok_as(c, EDITOR, &["apply", "-f", "-"], Some(&manifest)).await;
-    ok_as(
-        c,
-        EDITOR,
-        &[
-            "annotate",
-            &format!("rkc/{NAME}"),
-            "kekeeper.io/rotate-now=2026-11-30",
-        ],
-        None,
-    )
-    .await;
-    ok_as(
-        c,
-        EDITOR,
-        &[
-            "patch",
-            &format!("rkc/{NAME}"),
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"rotation":{"period":"Weekly"}}}"#,
-        ],
-        None,
-    )
-    .await;
-    let rkc: Value =
-        serde_json::from_str(&ok_as(c, EDITOR, &["get", "rkc", NAME, "-o", "json"], None).await)
-            .unwrap();
-    assert_eq!(
-        rkc["metadata"]["annotations"]["kekeeper.io/rotate-now"],
-        "2026-11-30"
-    );
-    assert_eq!(rkc["spec"]["rotation"]["period"], "Weekly");
-    forbidden_as(
-        c,
-        EDITOR,
-        (
-            &[
-                "patch",
-                &format!("rkc/{NAME}"),
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"observedGeneration":99}}"#,
-            ],
-            None,
-        ),
-        "patch",
-        "recordingkeyconfigs/status",
-    )
-    .await;
+    editor_creates_rotates_and_changes(&cluster, &manifest).await;
+    write_status_as_the_operator(&cluster).await;
+    viewer_reads(&cluster).await;
+    viewer_changes_nothing_and_reads_no_secret(&cluster, &manifest).await;
 
-    // The operator's status (written here as admin), read by the viewer.
-    let status = json!({"status": {"observedGeneration": 2, "conditions": [{
-        "type": "Ready", "status": "True", "reason": "KeyPairsActive",
-        "message": "1/1 organisations have an active key pair", "observedGeneration": 2,
-        "lastTransitionTime": "2026-11-30T06:00:00Z"}]}});
-    cluster
-        .kubectl_ok(&[
-            "patch",
-            &format!("rkc/{NAME}"),
-            "-n",
-            NS,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ])
-        .await;
-    let read: Value = serde_json::from_str(
-        &ok_as(
-            c,
-            VIEWER,
-            &["get", "rkc", NAME, "--subresource=status", "-o", "json"],
-            None,
-        )
-        .await,
-    )
-    .unwrap();
-    assert_eq!(read["status"]["conditions"][0]["reason"], "KeyPairsActive");
-    let listed = ok_as(c, VIEWER, &["get", "rkc"], None).await;
-    assert!(listed.contains(NAME), "{listed}");
-
-    // The viewer changes nothing and reads no Secret.
-    forbidden_as(
-        c,
-        VIEWER,
-        (
-            &[
-                "annotate",
-                &format!("rkc/{NAME}"),
-                "--overwrite",
-                "kekeeper.io/rotate-now=again",
-            ],
-            None,
-        ),
-        "patch",
-        "recordingkeyconfigs",
-    )
-    .await;
-    forbidden_as(
-        c,
-        VIEWER,
-        (&["delete", "rkc", NAME], None),
-        "delete",
-        "recordingkeyconfigs",
-    )
-    .await;
-    forbidden_as(
-        c,
-        VIEWER,
-        (&["apply", "-f", "-"], Some(&manifest)),
-        "patch",
-        "recordingkeyconfigs",
-    )
-    .await;
-    forbidden_as(
-        c,
-        VIEWER,
-        (&["get", "secret", "recordings-key-pair"], None),
-        "get",
-        "secrets",
-    )
-    .await;
-    forbidden_as(c, VIEWER, (&["get", "secrets"], None), "list", "secrets").await;
-
-    // The editor deletes.
-    ok_as(c, EDITOR, &["delete", "rkc", NAME], None).await;
+    ok_as(&cluster, EDITOR, &["delete", "rkc", NAME], None).await;
     assert!(
         cluster
             .sim
             .object("kekeeper.io", "recordingkeyconfigs", NS, NAME)
             .is_none(),
-        "deleted"
+        "the editor deleted it"
     );
+}
+
+async fn editor_creates_rotates_and_changes(c: &Cluster, manifest: &str) {
+    let rkc = format!("rkc/{NAME}");
+    ok_as(c, EDITOR, &["apply", "-f", "-"], Some(manifest)).await;
+    let rotate = ["annotate", &rkc, "kekeeper.io/rotate-now=2026-11-30"];
+    ok_as(c, EDITOR, &rotate, None).await;
+    let weekly = r#"{"spec":{"rotation":{"period":"Weekly"}}}"#;
+    ok_as(
+        c,
+        EDITOR,
+        &["patch", &rkc, "--type=merge", "-p", weekly],
+        None,
+    )
+    .await;
+    let got = ok_as(c, EDITOR, &["get", "rkc", NAME, "-o", "json"], None).await;
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(
+        got["metadata"]["annotations"]["kekeeper.io/rotate-now"],
+        "2026-11-30"
+    );
+    assert_eq!(got["spec"]["rotation"]["period"], "Weekly");
+    // Status is the operator's.
+    let status = r#"{"status":{"observedGeneration":99}}"#;
+    let args = [
+        "patch",
+        &rkc,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ];
+    forbidden_as(
+        c,
+        EDITOR,
+        (&args, None),
+        "patch",
+        "recordingkeyconfigs/status",
+    )
+    .await;
+}
+
+/// The status the operator would write (here as admin), for the viewer to read.
+async fn write_status_as_the_operator(c: &Cluster) {
+    let status = json!({"status": {"observedGeneration": 2, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "KeyPairsActive",
+        "message": "1/1 organisations have an active key pair", "observedGeneration": 2,
+        "lastTransitionTime": "2026-11-30T06:00:00Z"}]}});
+    let rkc = format!("rkc/{NAME}");
+    let patch = status.to_string();
+    let args = [
+        "patch",
+        &rkc,
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ];
+    c.kubectl_ok(&args).await;
+}
+
+async fn viewer_reads(c: &Cluster) {
+    let args = ["get", "rkc", NAME, "--subresource=status", "-o", "json"];
+    let read: Value = serde_json::from_str(&ok_as(c, VIEWER, &args, None).await).unwrap();
+    assert_eq!(read["status"]["conditions"][0]["reason"], "KeyPairsActive");
+    let listed = ok_as(c, VIEWER, &["get", "rkc"], None).await;
+    assert!(listed.contains(NAME), "{listed}");
+}
+
+async fn viewer_changes_nothing_and_reads_no_secret(c: &Cluster, manifest: &str) {
+    let rkc = format!("rkc/{NAME}");
+    let rotate = [
+        "annotate",
+        &rkc,
+        "--overwrite",
+        "kekeeper.io/rotate-now=again",
+    ];
+    forbidden_as(c, VIEWER, (&rotate, None), "patch", "recordingkeyconfigs").await;
+    let delete = ["delete", "rkc", NAME];
+    forbidden_as(c, VIEWER, (&delete, None), "delete", "recordingkeyconfigs").await;
+    let apply = ["apply", "-f", "-"];
+    forbidden_as(
+        c,
+        VIEWER,
+        (&apply, Some(manifest)),
+        "patch",
+        "recordingkeyconfigs",
+    )
+    .await;
+    let get = ["get", "secret", "recordings-key-pair"];
+    forbidden_as(c, VIEWER, (&get, None), "get", "secrets").await;
+    forbidden_as(c, VIEWER, (&["get", "secrets"], None), "list", "secrets").await;
 }
