@@ -56,3 +56,11 @@ def test_schema_rejects_unknown_keys(chart):
         chart.render({"userRoles": {"enabled": True, "aggregate": False}}, name="kekeeper",
                      namespace="kekeeper-system")
     assert "additional propert" in str(err.value)
+
+
+def test_notes_name_the_roles(chart):
+    def notes(values):
+        out = chart.render(values, name="kekeeper", namespace="kekeeper-system")
+        return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+    assert "kekeeper-edit and kekeeper-view" in notes({})
+    assert "kekeeper-edit" not in notes({"userRoles": {"enabled": False}})
