@@ -75,6 +75,19 @@ def test_keep_can_be_switched_off_for_throwaway_clusters(chart):
     assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
 
 
+def test_extra_annotations_for_argocd(chart):
+    prune = {"argocd.argoproj.io/sync-options": "Prune=false"}
+    crd = one(render_docs(chart, {"crds": {"annotations": prune}}), "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep", **prune}
+    # The keep policy is the chart's promise; an annotation value cannot undo it.
+    crd = one(render_docs(chart, {"crds": {"annotations": {"helm.sh/resource-policy": "delete"}}}),
+              "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    crd = one(render_docs(chart, {"crds": {"keep": False, "annotations": prune}}),
+              "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"] == prune
+
+
 def test_nothing_in_helms_crds_directory(chart):
     """Helm's crds/ directory is never upgraded; the CRD must come only from the template."""
     assert chart.crds == []

@@ -413,3 +413,31 @@ pub fn condition(rkc: &Value, type_: &str) -> Option<String> {
         .and_then(|c| c["status"].as_str())
         .map(str::to_owned)
 }
+
+/// The documents of `target/chart-renders/<case>.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`),
+/// which `scripts/chart-test.sh` renders with the real Helm engine. Missing: a failure under
+/// CI, otherwise None with a SKIPPED message.
+pub fn chart_render(case: &str) -> Option<Vec<Value>> {
+    use serde::Deserialize;
+    let dir = std::env::var_os("KEKEEPER_CHART_RENDERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/chart-renders"));
+    let path = dir.join(format!("{case}.yaml"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        let message = format!(
+            "{} is missing; run scripts/chart-test.sh (it renders the Helm chart)",
+            path.display()
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED: {message}");
+        return None;
+    };
+    Some(
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).expect("render YAML"))
+            .filter(|doc| !doc.is_null())
+            .collect(),
+    )
+}
