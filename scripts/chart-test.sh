@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Render/lint tests for charts/kekeeper with the real Helm v4 engine (helm-python-sdk; no helm
-# binary, no cluster).
+# Tests of charts/kekeeper with the real Helm v4 engine (helm-python-sdk; no helm binary):
+# render/lint/schema tests, and tests/chart/test_install.py, which builds kube-sim
+# (cargo build -p kube-sim), starts it per test and installs, upgrades and uninstalls the chart
+# into it (each kube-sim is stopped when its test ends).
 #
 #   scripts/chart-test.sh [pytest args...]   create/refresh .venv-helm, run pytest tests/chart
 #   scripts/chart-test.sh sync-crd           copy crds/recordingkeyconfigs.kekeeper.io.yaml into
