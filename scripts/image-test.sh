@@ -10,8 +10,8 @@
 #   (fieldRef values resolved as the kubelet would), plus what the cluster would provide:
 #   AWS credentials/endpoint for LocalStack and a kubeconfig (mounted read-only) holding the
 #   chart's ServiceAccount token, in place of the in-cluster service-account mount. /tmp is a
-#   tmpfs like the chart's emptyDir. buildah cannot make the root filesystem read-only; it is
-#   root-owned, so the process (uid 65532) can write only /tmp.
+#   tmpfs like the chart's emptyDir. buildah has no read-only root filesystem, so every top-level
+#   entry of the image is bind-mounted read-only (checked in the process's mountinfo).
 # - kube-sim runs with --rbac and the chart's RBAC objects applied, so the operator works with
 #   exactly the chart's permissions.
 # - Everything runs in a private network namespace (unshare --net): the rendered
@@ -112,7 +112,18 @@ for e in "${ENVS[@]}" "AWS_ENDPOINT_URL_KMS=$AWS_ENDPOINT_URL_KMS" "AWS_ACCESS_K
   "KUBECONFIG=/var/run/kekeeper/kubeconfig"; do
   ENV_FLAGS+=(--env "$e")
 done
-"${BH[@]}" run --isolation chroot --user 65532:65532 "${ENV_FLAGS[@]}" \
+# buildah has no read-only root filesystem: every path of the image (top-level entries, and
+# those of /etc, where buildah mounts resolv.conf/hosts/hostname as the kubelet does) is
+# bind-mounted read-only onto itself instead, except /tmp (checked below in mountinfo).
+ROOTFS="$("${BH[@]}" mount "$CTR")"
+RO_PATHS=()
+for entry in "$ROOTFS"/* "$ROOTFS"/etc/*; do
+  path="${entry#"$ROOTFS"}"
+  [[ "$path" == /tmp || "$path" == /etc ]] || RO_PATHS+=("$path")
+done
+RO_FLAGS=()
+for path in "${RO_PATHS[@]}"; do RO_FLAGS+=(--volume "$ROOTFS$path:$path:ro"); done
+"${BH[@]}" run --isolation chroot --user 65532:65532 "${ENV_FLAGS[@]}" "${RO_FLAGS[@]}" \
   --mount type=tmpfs,destination=/tmp \
   --volume "$WORK/operator.kubeconfig:/var/run/kekeeper/kubeconfig:ro" \
   "$CTR" -- "${ENTRYPOINT[@]}" "${ARGS[@]}" >"$WORK/operator.log" 2>&1 &
@@ -127,21 +138,30 @@ spec:
   kmsKeyAliasArn: $ALIAS_ARN
   organizationIds: [3fa85f64-5717-4562-b3fc-2c963f66afa6]
 EOF
-if ! "$KUBECTL" wait --for=condition=Ready rkc/image-test -n default --timeout=180s; then
-  log "not Ready; operator log:"; tail -n 40 "$WORK/operator.log" >&2
-  "$KUBECTL" get rkc/image-test -n default -o yaml >&2
-  exit 1
-fi
-
+deadline=$((SECONDS + ${KEKEEPER_IMAGE_TEST_TIMEOUT:-180}))
+until "$KUBECTL" wait --for=condition=Ready rkc/image-test -n default --timeout=5s 2>/dev/null; do
+  if ! kill -0 "$OP_PID" 2>/dev/null || ((SECONDS >= deadline)); then
+    log "rkc/image-test not Ready (operator $(kill -0 "$OP_PID" 2>/dev/null && echo running || echo exited)); its log:"
+    tail -n 40 "$WORK/operator.log" >&2
+    "$KUBECTL" get rkc/image-test -n default -o yaml >&2
+    exit 1
+  fi
+done
 # The operator process (a descendant of buildah run) runs as 65532, the rendered runAsUser.
 descendants() { local p; for p in $(pgrep -P "$1"); do echo "$p"; descendants "$p"; done; }
-uid=""
+uid="" op=""
 for p in $(descendants "$OP_PID"); do
   if [[ "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)" == "${ENTRYPOINT[0]} ${ARGS[0]} "* ]]; then
-    uid="$(awk '/^Uid:/ {print $2}' "/proc/$p/status")"
+    op="$p" uid="$(awk '/^Uid:/ {print $2}' "/proc/$p/status")"
   fi
 done
 [[ "$uid" == 65532 ]] || { log "operator uid is '$uid', expected 65532"; exit 1; }
+# Its view: every image path read-only, /tmp a writable tmpfs.
+mount_opts() { awk -v m="$1" '$5 == m {print $6}' "/proc/$op/mountinfo" | tail -n 1; }
+for path in "${RO_PATHS[@]}"; do
+  [[ "$(mount_opts "$path")" == ro* ]] || { log "$path is not read-only in the container: '$(mount_opts "$path")'"; exit 1; }
+done
+[[ "$(mount_opts /tmp)" == rw* ]] || { log "/tmp is not a writable mount in the container"; exit 1; }
 "$KUBECTL" get secrets -n default --field-selector type=kekeeper.io/key-pair -o name | grep -q . \
   || { log "no key-pair Secret written"; exit 1; }
-log "PASS: the image ran as 65532 with the chart's args, env and RBAC; rkc/image-test is Ready"
+log "PASS: the image ran as 65532, read-only but /tmp, with the chart's args, env and RBAC; rkc/image-test is Ready"
