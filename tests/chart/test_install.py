@@ -15,7 +15,7 @@ import yaml
 from helm_python.chart import Chart
 from helm_python.errors import HelmError
 
-from conftest import CASES, CHART_DIR, NAMESPACE, RELEASE
+from conftest import CASES, CHART_DIR, NAMESPACE, RELEASE, REPO
 import kube_sim
 
 CRD_NAME = "recordingkeyconfigs.kekeeper.io"
@@ -23,7 +23,7 @@ CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
 DEPLOYMENT = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/kekeeper"
 PDB = f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/kekeeper"
 RKC = "/apis/kekeeper.io/v1alpha1/namespaces/default/recordingkeyconfigs/recordings"
-EXAMPLE_RKC = yaml.safe_load((CHART_DIR.parents[1] / "examples" / "recordingkeyconfig.yaml").read_text())
+EXAMPLE_RKC = yaml.safe_load((REPO / "examples" / "recordingkeyconfig.yaml").read_text())
 
 # The Prometheus Operator CRDs the optional templates need, reduced to what the API server
 # checks: names, scope and a schema that keeps every field.
@@ -36,7 +36,8 @@ MONITORING_CRDS = [
               "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
                   "openAPIV3Schema": {"type": "object", "properties": {"spec": {
                       "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]}}
-    for kind, plural in [("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")]
+    for kind, plural in [("ServiceMonitor", "servicemonitors"),
+                         ("PrometheusRule", "prometheusrules")]
 ]
 
 
@@ -192,7 +193,7 @@ def test_uninstall_keeps_the_crd_and_the_configs(sim, helm, chart_obj):
 
 def test_a_crd_applied_before_is_adopted_once_annotated(sim, helm, chart_obj):
     """The chart README's recipe for a CRD applied from crds/ before the first install."""
-    crd = yaml.safe_load((CHART_DIR.parents[1] / "crds" / f"{CRD_NAME}.yaml").read_text())
+    crd = yaml.safe_load((REPO / "crds" / f"{CRD_NAME}.yaml").read_text())
     sim.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     with pytest.raises(HelmError, match="invalid ownership metadata"):
         install(helm, chart_obj)
