@@ -25,6 +25,7 @@ log() { echo "build-image: $*" >&2; }
 need() {
   local missing=()
   command -v buildah >/dev/null || missing+=(buildah)
+  command -v strip >/dev/null || missing+=(binutils)
   [[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} (apt-get)"
