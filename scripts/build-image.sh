@@ -70,12 +70,12 @@ stage_rootfs() {
 }
 
 main() {
+  [[ "$(id -u)" == 0 ]] || { log "needs root (apt-get, buildah mount)"; exit 2; }
   need
   local binary
   binary="$(release_binary)"
   [[ -x "$binary" ]] || { log "no release binary (got '$binary')"; exit 1; }
   mkdir -p "$WORK" "$(dirname "$OUT")"
-  [[ "$(id -u)" == 0 ]] || { log "needs root (apt-get, buildah mount)"; exit 2; }
   stage_rootfs "$binary" "$WORK/rootfs"
 
   local bh=(buildah --storage-driver vfs --root "$PWD/$WORK/storage" --runroot "$PWD/$WORK/run")
