@@ -3,6 +3,10 @@
 # binary, no cluster), the chart's alerts with promtool, and the GitOps health recipes
 # (contrib/argocd/health.lua with Debian's lua5.4/lua5.1, the Flux CEL expressions with
 # cel-python).
+# Also: tests of charts/kekeeper with the real Helm v4 engine (helm-python-sdk; no helm binary):
+# render/lint/schema tests, and tests/chart/test_install.py, which builds kube-sim
+# (cargo build -p kube-sim), starts it per test and installs, upgrades and uninstalls the chart
+# into it (each kube-sim is stopped when its test ends).
 #
 #   scripts/chart-test.sh [pytest args...]   install the tools, create/refresh .venv-helm, run
 #                                            pytest tests/chart tests/gitops
