@@ -121,7 +121,9 @@ def test_every_optional_object_installs_as_rendered(sim, helm, chart_obj):
     for crd in MONITORING_CRDS:
         sim.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     values = copy.deepcopy(CASES["everything"])
-    for ns in values["watchNamespaces"]:
+    namespaces = set(values["watchNamespaces"])
+    namespaces |= {values[k]["namespace"] for k in ("prometheusRule", "grafanaDashboard")}
+    for ns in sorted(namespaces):
         sim.create("/api/v1/namespaces", {"metadata": {"name": ns}})
     release = install(helm, chart_obj, values)
     docs = manifest_docs(release)
@@ -131,10 +133,11 @@ def test_every_optional_object_installs_as_rendered(sim, helm, chart_obj):
     assert_stored_as_rendered(sim, docs)
 
 
-def test_upgrade_to_two_replicas_adds_leader_election_and_a_pdb(sim, helm, chart_obj):
+def test_upgrade_to_two_replicas_adds_a_pdb_and_keeps_leader_election(sim, helm, chart_obj):
     install(helm, chart_obj)
     assert sim.get(PDB) is None
-    assert "--leader-elect" not in container(sim)["args"]
+    # Leader election is on by default, whatever the replica count.
+    assert "--leader-elect" in container(sim)["args"]
 
     release = helm.upgrade(chart_obj, RELEASE, {"replicaCount": 2})
     assert release["revision"] == 2
@@ -152,6 +155,12 @@ def test_upgrade_to_two_replicas_adds_leader_election_and_a_pdb(sim, helm, chart
     release = helm.upgrade(chart_obj, RELEASE, {"replicaCount": 1})
     assert release["revision"] == 3
     assert sim.get(PDB) is None
+    assert "--leader-elect" in container(sim)["args"]
+    assert sim.get(DEPLOYMENT)["spec"]["strategy"]["type"] == "RollingUpdate"
+
+    # Leader election off (one replica only): Recreate, so two pods never reconcile at once.
+    release = helm.upgrade(chart_obj, RELEASE, {"replicaCount": 1,
+                                                "leaderElection": {"enabled": False}})
     assert "--leader-elect" not in container(sim)["args"]
     strategy = sim.get(DEPLOYMENT)["spec"]["strategy"]
     assert strategy["type"] == "Recreate"
