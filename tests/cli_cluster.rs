@@ -491,7 +491,7 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     assert_eq!(run.code, 0);
     assert!(run.stdout.contains("Ready "), "{}", run.stdout);
     assert_eq!(
-        run.stdout.matches("RotateNowRequested").count(),
+        run.stdout.matches("RotateNowRequested  active").count(),
         2,
         "{}",
         run.stdout
@@ -555,6 +555,24 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
         .filter(|r| r.is_write() && r.user == "kube-sim-admin")
         .count();
     assert_eq!(writes, 0, "decrypt only reads");
+
+    // A Secret stored before the label existed is still found (through the operator's label).
+    cluster
+        .kubectl_ok(&["label", "secret", secret_name, "kekeeper.io/key-pair-id-"])
+        .await;
+    let run = kekeeper(
+        Some(&kubeconfig),
+        Some(&endpoint),
+        &["decrypt", "-i", &path("rec.enc"), "-o", &path("rec.out2")],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    assert_eq!(std::fs::read(path("rec.out2")).unwrap(), recording);
+    let unlabelled = cluster
+        .sim
+        .object("", "secrets", "default", secret_name)
+        .unwrap();
+    assert!(unlabelled["metadata"]["labels"]["kekeeper.io/key-pair-id"].is_null());
 
     // Gone: a clear error naming the label and the namespace, and no output.
     cluster.kubectl_ok(&["delete", "secret", secret_name]).await;

@@ -101,6 +101,27 @@ async fn test_passes_for_every_organisation_and_reads_stdin() {
 
     let run = kekeeper(&endpoint, &["test", "-f", "-"], Some(yaml.as_bytes())).await;
     assert_eq!(run.code, 0);
+
+    // `kubectl get rkc -o yaml` output: each resource under its own heading.
+    let list = rkc_list(key.alias.as_str(), &[ORG_A], &[ORG_B]);
+    let run = kekeeper(&endpoint, &["test", "-f", "-"], Some(list.as_bytes())).await;
+    assert_eq!(run.code, 0);
+    for heading in [
+        "RecordingKeyConfig telephony/first: ",
+        "RecordingKeyConfig telephony/second: ",
+    ] {
+        assert_eq!(run.stdout.matches(heading).count(), 1, "{heading}");
+    }
+    assert_eq!(
+        run.stdout
+            .matches("PASSED: 1/1 organisations passed")
+            .count(),
+        2
+    );
+    assert!(
+        run.stdout
+            .contains("2 RecordingKeyConfigs tested: all passed")
+    );
 }
 
 #[tokio::test]
