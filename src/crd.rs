@@ -66,7 +66,7 @@ pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
 #[x_kube(validation = Rule::new(
     "(has(self.encryptionContextKey) && self.encryptionContextKey != 'genesys-cloud-organization-id') || self.organizationIds.all(id, id.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))"
 ).message(
-    "spec.organizationIds must be UUIDs (like 3fa85f64-5717-4562-b3fc-2c963f66afa6) when encryptionContextKey is genesys-cloud-organization-id; copy the ids from Genesys Cloud (Admin > Organization Settings), or set encryptionContextKey for another kind of id"
+    "spec.organizationIds must be UUIDs (like 3fa85f64-5717-4562-b3fc-2c963f66afa6) when encryptionContextKey is genesys-cloud-organization-id; copy the ids from Genesys Cloud, or set encryptionContextKey for another kind of id"
 ).field_path(".organizationIds"))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingKeyConfigSpec {
