@@ -27,6 +27,11 @@ pub enum Command {
     /// Self-test every organisation of RecordingKeyConfig manifests against KMS; stores nothing.
     Test(TestArgs),
     /// Print the two KMS key policy statements that let the operator use the key.
+    ///
+    /// Printed as a JSON array to add to the key policy's Statement list: Encrypt, Decrypt and
+    /// GenerateDataKey* bound to the organisations by the encryption context, and DescribeKey
+    /// without that condition (DescribeKey requests carry no encryption context, so the
+    /// condition would deny it).
     Policy(PolicyArgs),
     /// Show a RecordingKeyConfig's conditions, key pairs, rotation, KMS errors and events.
     Status(StatusArgs),
@@ -92,9 +97,6 @@ pub struct TestArgs {
     pub file: PathBuf,
 }
 
-/// Prints two statements as a JSON array: Encrypt/Decrypt/GenerateDataKey* bound to the
-/// organisations by the encryption context, and DescribeKey without that condition (DescribeKey
-/// requests carry no encryption context, so the condition would deny it).
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
     /// The operator's AWS principal: an IAM role, user or account root ARN, or an account id

@@ -69,10 +69,19 @@ pub async fn execute(args: RotateArgs) -> ExitCode {
     if !args.wait {
         return ExitCode::from(EXIT_OK);
     }
-    let deadline = Instant::now() + args.timeout.unsigned_abs();
-    let waits = to_wait
+    ExitCode::from(wait_all(&to_wait, &token, args.timeout).await)
+}
+
+/// Waits for every resource at once, under one deadline; prints each outcome.
+async fn wait_all(
+    resources: &[(Api<RecordingKeyConfig>, String, String)],
+    token: &str,
+    timeout: jiff::SignedDuration,
+) -> u8 {
+    let deadline = Instant::now() + timeout.unsigned_abs();
+    let waits = resources
         .iter()
-        .map(|(api, namespace, name)| wait_honoured(api, namespace, name, &token, deadline));
+        .map(|(api, namespace, name)| wait_honoured(api, namespace, name, token, deadline));
     let mut code = EXIT_OK;
     for outcome in futures::future::join_all(waits).await {
         match outcome {
@@ -83,7 +92,7 @@ pub async fn execute(args: RotateArgs) -> ExitCode {
             }
         }
     }
-    ExitCode::from(code)
+    code
 }
 
 /// The resources named, or matched by --all / -l (in every namespace with -A).
