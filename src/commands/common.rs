@@ -271,3 +271,37 @@ impl Manifest {
 pub(super) fn validate(manifest: &Manifest, kms: &SdkKms) -> Result<ValidatedConfig, String> {
     config::validate(&manifest.spec, kms.operator_region()).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_on_the_bytes_and_quotes_do_not_hide_it() {
+        assert_eq!(
+            check_nesting(b"spec: {rotation: {period: Monthly}, ids: [a]}"),
+            Ok(())
+        );
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        assert_eq!(check_nesting(&deep(MAX_NESTING)), Ok(()));
+        assert_eq!(check_nesting(&deep(MAX_NESTING + 1)), Err(MAX_NESTING + 1));
+        // Siblings do not add up; stray closing brackets do not buy depth.
+        assert_eq!(check_nesting(&deep(40).repeat(100)), Ok(()));
+        let stray = format!("{}{}", "]".repeat(100), "[".repeat(65));
+        assert_eq!(check_nesting(stray.as_bytes()), Err(65));
+        let quoted = format!("a: \"{}\"", "[".repeat(65));
+        assert_eq!(check_nesting(quoted.as_bytes()), Err(65));
+    }
+
+    #[test]
+    fn inputs_over_a_mebibyte_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at_limit = dir.path().join("at-limit.yaml");
+        std::fs::write(&at_limit, vec![b'#'; MAX_INPUT_BYTES]).unwrap();
+        assert_eq!(read_to_string(&at_limit).unwrap().len(), MAX_INPUT_BYTES);
+        let over = dir.path().join("over.yaml");
+        std::fs::write(&over, vec![b'#'; MAX_INPUT_BYTES + 1]).unwrap();
+        let err = read_to_string(&over).unwrap_err();
+        assert!(err.contains("is larger than 1 MiB"), "{err}");
+    }
+}
