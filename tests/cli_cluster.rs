@@ -550,11 +550,18 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     .await;
     assert_eq!(run.code, 0);
     assert_eq!(std::fs::read(path("rec.out")).unwrap(), recording);
-    let writes = cluster.sim.request_log()[before..]
+    let requests: Vec<(String, String)> = cluster.sim.request_log()[before..]
         .iter()
-        .filter(|r| r.is_write() && r.user == "kube-sim-admin")
-        .count();
-    assert_eq!(writes, 0, "decrypt only reads");
+        .filter(|r| r.user == "kube-sim-admin")
+        .map(|r| (r.verb.clone(), r.resource.clone()))
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .all(|(verb, resource)| verb == "list" && resource == "secrets")
+            && !requests.is_empty(),
+        "decrypt only lists Secrets: {requests:?}"
+    );
 
     // A Secret stored before the label existed is still found (through the operator's label).
     cluster

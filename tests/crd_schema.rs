@@ -283,8 +283,14 @@ async fn invalid_specs_are_rejected_at_apply_time_naming_the_field() {
     // What `kubectl explain` shows for the fields users ask about.
     for (field, expected) in [
         ("rkc.spec.rotation", "When key pairs are replaced"),
-        ("rkc.spec.rotation.period", "Jan 31 + 1 month = Feb 28 or 29"),
-        ("rkc.spec.rotation.onKmsKeyChange", "pointed at another KMS key"),
+        (
+            "rkc.spec.rotation.period",
+            "Jan 31 + 1 month = Feb 28 or 29",
+        ),
+        (
+            "rkc.spec.rotation.onKmsKeyChange",
+            "pointed at another KMS key",
+        ),
         ("rkc.spec.organizationIds", "UUIDs when"),
         ("rkc.spec.recordingRetention", "at least 1d"),
     ] {
