@@ -29,7 +29,7 @@ export KEKEEPER_TEST_KMS_ENDPOINT="$AWS_ENDPOINT_URL_KMS"
 export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 
 step "cargo test --workspace"
-cargo test --workspace 2>&1 | tee "$LOGS/cargo.log"
+cargo test --workspace -- --include-ignored 2>&1 | tee "$LOGS/cargo.log"
 
 # One closing line for the whole suite (cargo's own last line is the doc-test run of kube-sim).
 chart_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/chart.log" | tail -n 1 | grep -Eo '[0-9]+')"

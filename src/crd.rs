@@ -219,6 +219,14 @@ pub struct RecordingKeyConfigStatus {
     /// (`keyPairId: state`), as last seen by the KMS key check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_pairs_at_risk: Vec<String>,
+    /// Consecutive reconciles that failed on KMS (or on a KMS key that cannot be used); reset
+    /// by the next success. With `lastFailureTime` it sets the retry backoff (5 s doubling to
+    /// 5 min), which therefore survives restarts and leader changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<u32>,
+    /// When the last of the `failedAttempts` happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Timestamp>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -241,7 +249,8 @@ pub struct KeyPairHistoryEntry {
     pub created_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<Timestamp>,
-    /// Why the pair was made (`Created`, `PeriodElapsed`, `RotateNowRequested`, ...).
+    /// Why the pair was made: `NoActiveKeyPair` (first pair, or an organisation added),
+    /// `SpecChanged`, `KmsKeyChanged`, `RotateNowRequested` or `PeriodElapsed`.
     pub reason: String,
     pub kms_key_arn: String,
     pub public_key_fingerprint: String,
@@ -263,6 +272,9 @@ pub struct LastKmsError {
     pub operation: String,
     pub code: String,
     pub message: String,
+    /// When a later KMS interaction succeeded; absent while the error is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Timestamp>,
 }
 
 /// The CRD as YAML, exactly as committed under `crds/` and printed by `kekeeper crd`.

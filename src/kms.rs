@@ -184,6 +184,7 @@ impl KmsError {
             operation: self.operation.as_str().to_owned(),
             code: self.code.clone(),
             message: self.message.clone(),
+            resolved_at: None,
         }
     }
 

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use zeroize::Zeroizing;
 
 use crate::arn::AliasArn;
+use crate::crd::RecordingKeyConfigStatus;
 use crate::kms::{
     EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError, KmsOperation,
 };
@@ -50,6 +51,12 @@ pub struct Metrics {
     /// Creation time (Unix seconds) of each organisation's active key pair; age is `time() - x`.
     pub key_pair_created: Family<KeyPairLabels, Gauge>,
     pub next_rotation: Family<ConfigLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while the resource's Ready condition is True.
+    pub ready: Family<ConfigLabels, Gauge>,
+    /// 1 while its KmsAvailable condition is True.
+    pub kms_available: Family<ConfigLabels, Gauge>,
+    /// Retained key pairs whose KMS key is disabled, pending deletion or gone.
+    pub historical_keys_at_risk: Family<ConfigLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,6 +73,24 @@ impl Default for Metrics {
         let kms_calls = Family::<KmsCallLabels, Counter>::default();
         let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
         let next_rotation = Family::<ConfigLabels, Gauge<f64, AtomicU64>>::default();
+        let ready = Family::<ConfigLabels, Gauge>::default();
+        let kms_available = Family::<ConfigLabels, Gauge>::default();
+        let historical_keys_at_risk = Family::<ConfigLabels, Gauge>::default();
+        registry.register(
+            "ready",
+            "1 while the RecordingKeyConfig is Ready",
+            ready.clone(),
+        );
+        registry.register(
+            "kms_available",
+            "1 while the last KMS interaction of the RecordingKeyConfig succeeded",
+            kms_available.clone(),
+        );
+        registry.register(
+            "historical_keys_at_risk",
+            "Retained key pairs whose KMS key is disabled, pending deletion or gone",
+            historical_keys_at_risk.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -94,6 +119,9 @@ impl Default for Metrics {
             kms_calls,
             key_pair_created,
             next_rotation,
+            ready,
+            kms_available,
+            historical_keys_at_risk,
         }
     }
 }
@@ -105,6 +133,42 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// One more failed reconcile, by reason (`kekeeper_reconcile_errors_total`).
+    pub fn count_error(&self, reason: String) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { reason })
+            .inc();
+    }
+
+    /// The per-resource gauges, from the status just written.
+    pub fn record_status(&self, config: &ConfigLabels, status: &RecordingKeyConfigStatus) {
+        let is_true = |type_: &str| {
+            i64::from(
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True"),
+            )
+        };
+        self.ready.get_or_create(config).set(is_true("Ready"));
+        self.kms_available
+            .get_or_create(config)
+            .set(is_true("KmsAvailable"));
+        self.historical_keys_at_risk
+            .get_or_create(config)
+            .set(status.key_pairs_at_risk.len() as i64);
+        match status.next_rotation_time {
+            Some(next) => {
+                self.next_rotation
+                    .get_or_create(config)
+                    .set(next.as_second() as f64);
+            }
+            None => {
+                self.next_rotation.remove(config);
+            }
+        }
     }
 
     fn count_kms<T>(&self, operation: KmsOperation, result: &Result<T, KmsError>) {

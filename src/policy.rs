@@ -7,13 +7,32 @@ use jiff::{SignedDuration, Span, Timestamp, ToSpan, tz::TimeZone};
 use crate::crd::{KmsKeyChangePolicy, RotationPeriod};
 use crate::kms::KeyPairSpec;
 
-/// The CamelCase reasons a key pair is made; they go straight into history and events.
-pub mod reason {
-    pub const NO_ACTIVE_KEY_PAIR: &str = "NoActiveKeyPair";
-    pub const SPEC_CHANGED: &str = "SpecChanged";
-    pub const KMS_KEY_CHANGED: &str = "KmsKeyChanged";
-    pub const ROTATE_NOW_REQUESTED: &str = "RotateNowRequested";
-    pub const PERIOD_ELAPSED: &str = "PeriodElapsed";
+/// Why a key pair is made (CamelCase in history and events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RotationReason {
+    NoActiveKeyPair,
+    SpecChanged,
+    KmsKeyChanged,
+    RotateNowRequested,
+    PeriodElapsed,
+}
+
+impl RotationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationReason::NoActiveKeyPair => "NoActiveKeyPair",
+            RotationReason::SpecChanged => "SpecChanged",
+            RotationReason::KmsKeyChanged => "KmsKeyChanged",
+            RotationReason::RotateNowRequested => "RotateNowRequested",
+            RotationReason::PeriodElapsed => "PeriodElapsed",
+        }
+    }
+}
+
+impl std::fmt::Display for RotationReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the active key pair of one organisation was made with.
@@ -48,7 +67,7 @@ pub struct RotationInput<'a> {
 }
 
 /// A fired trigger: the reason (CamelCase) and a message for people.
-pub type Trigger = (&'static str, String);
+pub type Trigger = (RotationReason, String);
 
 pub type RotationPolicy = fn(&RotationInput) -> Option<Trigger>;
 
@@ -69,7 +88,7 @@ pub fn rotation_needed(input: &RotationInput) -> Option<Trigger> {
 pub fn no_active_key_pair(input: &RotationInput) -> Option<Trigger> {
     input.active.is_none().then(|| {
         (
-            reason::NO_ACTIVE_KEY_PAIR,
+            RotationReason::NoActiveKeyPair,
             "the organisation has no active key pair".to_owned(),
         )
     })
@@ -81,7 +100,7 @@ pub fn spec_changed(input: &RotationInput) -> Option<Trigger> {
         && previous != input.alias_arn
     {
         return Some((
-            reason::SPEC_CHANGED,
+            RotationReason::SpecChanged,
             format!(
                 "kmsKeyAliasArn changed from {previous} to {}",
                 input.alias_arn
@@ -90,7 +109,7 @@ pub fn spec_changed(input: &RotationInput) -> Option<Trigger> {
     }
     if active.key_pair_spec != input.key_pair_spec {
         return Some((
-            reason::SPEC_CHANGED,
+            RotationReason::SpecChanged,
             format!(
                 "keyPairSpec changed from {} to {}",
                 active.key_pair_spec, input.key_pair_spec
@@ -99,7 +118,7 @@ pub fn spec_changed(input: &RotationInput) -> Option<Trigger> {
     }
     if active.encryption_context_key != input.encryption_context_key {
         return Some((
-            reason::SPEC_CHANGED,
+            RotationReason::SpecChanged,
             format!(
                 "encryptionContextKey changed from {} to {}",
                 active.encryption_context_key, input.encryption_context_key
@@ -115,7 +134,7 @@ pub fn kms_key_changed(input: &RotationInput) -> Option<Trigger> {
     (input.on_kms_key_change == KmsKeyChangePolicy::Rotate && now_key != active.kms_key_arn).then(
         || {
             (
-                reason::KMS_KEY_CHANGED,
+                RotationReason::KmsKeyChanged,
                 format!(
                     "the alias now points at KMS key {now_key}, the active key pair was made under {}",
                     active.kms_key_arn
@@ -129,7 +148,7 @@ pub fn rotate_now_requested(input: &RotationInput) -> Option<Trigger> {
     let token = input.rotate_now_token.filter(|t| !t.is_empty())?;
     (input.honoured_token != Some(token)).then(|| {
         (
-            reason::ROTATE_NOW_REQUESTED,
+            RotationReason::RotateNowRequested,
             format!("rotation requested with token {token}"),
         )
     })
@@ -140,7 +159,7 @@ pub fn period_elapsed(input: &RotationInput) -> Option<Trigger> {
     let due = rotation_due(active.created_at, input.period)?;
     (input.now >= due).then(|| {
         (
-            reason::PERIOD_ELAPSED,
+            RotationReason::PeriodElapsed,
             format!(
                 "the {:?} rotation period since {} elapsed at {due}",
                 input.period, active.created_at
@@ -193,76 +212,171 @@ pub fn prune_due(retired_at: Timestamp, retention: SignedDuration) -> Option<Tim
     retired_at.checked_add(retention).ok()
 }
 
-/// What the readiness chain looks at.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReadinessInput<'a> {
+/// What the health chain looks at: the situation after this reconcile's work.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthInput<'a> {
+    pub suspended: bool,
     /// The spec's problem, if it is invalid (field and fix).
     pub config_error: Option<&'a str>,
-    /// The KMS key problem (`validate_key`), if any: (reason, message).
-    pub key_problem: Option<(&'a str, &'a str)>,
+    /// The KMS key cannot root key pairs (disabled, missing, wrong type or region):
+    /// (reason, message).
+    pub key_unusable: Option<(&'a str, &'a str)>,
+    /// The last KMS call failed: (code, message, transient).
+    pub kms_error: Option<(&'a str, &'a str, bool)>,
+    /// A self-test failed for a reason other than KMS.
+    pub self_test_failed: Option<&'a str>,
     pub organizations: usize,
-    pub organizations_with_active_pair: usize,
-    pub suspended: bool,
+    /// Organisations whose active pair was made under the current spec, alias key and
+    /// rotate-now token.
+    pub up_to_date: usize,
 }
 
 /// (status, reason, message) of a condition.
 pub type ConditionVerdict = (bool, &'static str, String);
 
-pub type ReadinessPolicy = fn(&ReadinessInput) -> Option<ConditionVerdict>;
+/// The three kstatus-facing conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub ready: ConditionVerdict,
+    /// Abnormal-true: work is pending and being retried.
+    pub reconciling: ConditionVerdict,
+    /// Abnormal-true: nothing changes until someone fixes the spec, the key or its policy.
+    pub stalled: ConditionVerdict,
+}
 
-pub const READINESS_CHAIN: &[ReadinessPolicy] = &[config_invalid, key_pairs_missing];
+pub type HealthPolicy = fn(&HealthInput) -> Option<ConditionVerdict>;
 
-/// The `Ready` condition: the first policy that objects, else `KeyPairsActive`.
-pub fn readiness(input: &ReadinessInput) -> ConditionVerdict {
-    READINESS_CHAIN
-        .iter()
-        .find_map(|policy| policy(input))
-        .unwrap_or_else(|| {
+/// The reasons `Ready` is False, in order; the first that objects names it.
+pub const READINESS_CHAIN: &[HealthPolicy] = &[
+    suspended,
+    config_invalid,
+    kms_key_unusable,
+    kms_failed_for_good,
+    kms_unavailable_with_work_pending,
+    self_test_failed,
+    rotating,
+];
+
+/// The health of the resource: `Ready` from the chain; `Stalled` when the objection will not
+/// clear by retrying; `Reconciling` while work is pending and being retried.
+pub fn health(input: &HealthInput) -> Health {
+    let progress = progress(input);
+    let objection = READINESS_CHAIN.iter().find_map(|policy| policy(input));
+    let Some((_, reason, message)) = objection else {
+        return Health {
+            ready: (true, "KeyPairsActive", progress),
+            reconciling: (false, "ReconcileComplete", "nothing pending".to_owned()),
+            stalled: (
+                false,
+                "NotStalled",
+                "nothing needs a change by someone".to_owned(),
+            ),
+        };
+    };
+    let stalled = matches!(reason, "ConfigInvalid" | "KmsKeyUnusable")
+        || (reason == "KmsUnavailable" && input.kms_error.is_some_and(|(_, _, t)| !t));
+    let reconciling = !stalled && reason != "Suspended";
+    Health {
+        ready: (false, reason, message.clone()),
+        reconciling: if reconciling {
+            (true, reason, format!("{progress}; {message}"))
+        } else {
             (
-                true,
-                if input.suspended {
-                    "Suspended"
-                } else {
-                    "KeyPairsActive"
-                },
-                format!(
-                    "{}/{} organisations have an active key pair{}",
-                    input.organizations_with_active_pair,
-                    input.organizations,
-                    if input.suspended {
-                        "; suspended, no changes are made"
-                    } else {
-                        ""
-                    }
-                ),
+                false,
+                "ReconcileComplete",
+                "no work is being retried".to_owned(),
             )
-        })
+        },
+        stalled: if stalled {
+            (true, stalled_reason(input, reason), message)
+        } else {
+            (
+                false,
+                "NotStalled",
+                "nothing needs a change by someone".to_owned(),
+            )
+        },
+    }
 }
 
-pub fn config_invalid(input: &ReadinessInput) -> Option<ConditionVerdict> {
-    // An invalid spec with every pair still active keeps recorders working; still not Ready,
-    // since the spec the user asked for is not in effect.
-    input
-        .config_error
-        .map(|message| (false, "ConfigInvalid", message.to_owned()))
-        .or_else(|| {
-            input
-                .key_problem
-                .map(|(reason, message)| (false, "ConfigInvalid", format!("{reason}: {message}")))
-        })
+/// `Stalled`'s reason: the KMS code for a KMS refusal (`AccessDeniedException`), else the
+/// Ready reason.
+fn stalled_reason(input: &HealthInput, ready_reason: &'static str) -> &'static str {
+    match (ready_reason, input.kms_error) {
+        ("KmsUnavailable", Some(("AccessDeniedException", _, _))) => "AccessDeniedException",
+        _ => ready_reason,
+    }
 }
 
-pub fn key_pairs_missing(input: &ReadinessInput) -> Option<ConditionVerdict> {
-    (input.organizations_with_active_pair < input.organizations).then(|| {
+fn progress(input: &HealthInput) -> String {
+    format!(
+        "{}/{} organisations have a key pair under the current spec",
+        input.up_to_date, input.organizations
+    )
+}
+
+fn pending(input: &HealthInput) -> bool {
+    input.up_to_date < input.organizations
+}
+
+pub fn suspended(input: &HealthInput) -> Option<ConditionVerdict> {
+    input.suspended.then(|| {
         (
             false,
-            "KeyPairsMissing",
+            "Suspended",
             format!(
-                "{}/{} organisations have an active key pair",
-                input.organizations_with_active_pair, input.organizations
+                "spec.suspend is true: no KMS calls and no key changes; {}",
+                progress(input)
             ),
         )
     })
+}
+
+pub fn config_invalid(input: &HealthInput) -> Option<ConditionVerdict> {
+    // Every pair may still be active (recorders keep working); still not Ready, since the
+    // spec the user asked for is not in effect.
+    input
+        .config_error
+        .map(|message| (false, "ConfigInvalid", message.to_owned()))
+}
+
+pub fn kms_key_unusable(input: &HealthInput) -> Option<ConditionVerdict> {
+    input
+        .key_unusable
+        .map(|(reason, message)| (false, "KmsKeyUnusable", format!("{reason}: {message}")))
+}
+
+pub fn kms_failed_for_good(input: &HealthInput) -> Option<ConditionVerdict> {
+    match input.kms_error {
+        Some((code, message, false)) => {
+            Some((false, "KmsUnavailable", format!("{code}: {message}")))
+        }
+        _ => None,
+    }
+}
+
+/// A transient KMS failure matters only while work waits on KMS: the active pairs are
+/// honoured and recorders keep encrypting.
+pub fn kms_unavailable_with_work_pending(input: &HealthInput) -> Option<ConditionVerdict> {
+    match input.kms_error {
+        Some((code, message, true)) if pending(input) => Some((
+            false,
+            "KmsUnavailable",
+            format!("{code}: {message}; retrying with backoff"),
+        )),
+        _ => None,
+    }
+}
+
+pub fn self_test_failed(input: &HealthInput) -> Option<ConditionVerdict> {
+    input
+        .self_test_failed
+        .filter(|_| pending(input))
+        .map(|message| (false, "SelfTestFailed", message.to_owned()))
+}
+
+pub fn rotating(input: &HealthInput) -> Option<ConditionVerdict> {
+    pending(input).then(|| (false, "Rotating", progress(input)))
 }
 
 /// The instant the next reconcile is due: the earliest of every organisation's rotation, the
@@ -296,6 +410,16 @@ pub fn kms_key_check_due(
         Some(due) => now >= due,
         None => true,
     }
+}
+
+/// Until when a resource waits after `failed_attempts` consecutive failures, the last at
+/// `last_failure` (both from status, so the backoff survives restarts and leader changes).
+pub fn backoff_until(failed_attempts: u32, last_failure: Option<Timestamp>) -> Option<Timestamp> {
+    if failed_attempts == 0 {
+        return None;
+    }
+    let delay = SignedDuration::try_from(backoff(failed_attempts)).ok()?;
+    last_failure?.checked_add(delay).ok()
 }
 
 /// Capped exponential backoff for a resource's consecutive failures: 5 s, 10 s, 20 s, ...,
@@ -353,10 +477,13 @@ mod tests {
         i.active = None;
         assert_eq!(
             no_active_key_pair(&i).unwrap().0,
-            reason::NO_ACTIVE_KEY_PAIR
+            RotationReason::NoActiveKeyPair
         );
         // First in the chain: nothing else is asked about a missing pair.
-        assert_eq!(rotation_needed(&i).unwrap().0, reason::NO_ACTIVE_KEY_PAIR);
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::NoActiveKeyPair
+        );
     }
 
     #[test]
@@ -392,7 +519,7 @@ mod tests {
             let got = spec_changed(&i);
             assert_eq!(got.is_some(), fires, "{name}: {got:?}");
             if let Some((r, _)) = got {
-                assert_eq!(r, reason::SPEC_CHANGED);
+                assert_eq!(r, RotationReason::SpecChanged);
             }
         }
     }
@@ -411,7 +538,7 @@ mod tests {
             i.on_kms_key_change = policy;
             assert_eq!(
                 kms_key_changed(&i).map(|t| t.0),
-                fires.then_some(reason::KMS_KEY_CHANGED),
+                fires.then_some(RotationReason::KmsKeyChanged),
                 "{alias_key:?} {policy:?}"
             );
         }
@@ -432,7 +559,7 @@ mod tests {
             i.honoured_token = honoured;
             assert_eq!(
                 rotate_now_requested(&i).map(|t| t.0),
-                fires.then_some(reason::ROTATE_NOW_REQUESTED),
+                fires.then_some(RotationReason::RotateNowRequested),
                 "{token:?} {honoured:?}"
             );
         }
@@ -496,7 +623,7 @@ mod tests {
             i.now = ts(now);
             assert_eq!(
                 period_elapsed(&i).map(|t| t.0),
-                fires.then_some(reason::PERIOD_ELAPSED),
+                fires.then_some(RotationReason::PeriodElapsed),
                 "{period:?} at {now}"
             );
         }
@@ -509,13 +636,22 @@ mod tests {
         i.rotate_now_token = Some("t");
         i.alias_key_arn = Some(KEY_B);
         i.key_pair_spec = KeyPairSpec::Rsa2048;
-        assert_eq!(rotation_needed(&i).unwrap().0, reason::SPEC_CHANGED);
+        assert_eq!(rotation_needed(&i).unwrap().0, RotationReason::SpecChanged);
         i.key_pair_spec = KeyPairSpec::Rsa3072;
-        assert_eq!(rotation_needed(&i).unwrap().0, reason::KMS_KEY_CHANGED);
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::KmsKeyChanged
+        );
         i.alias_key_arn = Some(KEY_A);
-        assert_eq!(rotation_needed(&i).unwrap().0, reason::ROTATE_NOW_REQUESTED);
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::RotateNowRequested
+        );
         i.rotate_now_token = None;
-        assert_eq!(rotation_needed(&i).unwrap().0, reason::PERIOD_ELAPSED);
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::PeriodElapsed
+        );
     }
 
     #[test]
@@ -534,42 +670,118 @@ mod tests {
     }
 
     #[test]
-    fn readiness_table() {
-        let base = ReadinessInput {
-            config_error: None,
-            key_problem: None,
+    fn health_table() {
+        let base = HealthInput {
             organizations: 2,
-            organizations_with_active_pair: 2,
-            suspended: false,
+            up_to_date: 2,
+            ..HealthInput::default()
         };
-        let ready = readiness(&base);
-        assert!(ready.0);
-        assert_eq!(ready.1, "KeyPairsActive");
-        assert_eq!(ready.2, "2/2 organisations have an active key pair");
+        let verdict = |input: &HealthInput| {
+            let h = health(input);
+            (
+                h.ready.0,
+                h.ready.1,
+                h.reconciling.0,
+                h.stalled.0,
+                h.stalled.1,
+            )
+        };
+        let ready = health(&base);
+        assert_eq!(
+            ready.ready,
+            (
+                true,
+                "KeyPairsActive",
+                "2/2 organisations have a key pair under the current spec".to_owned()
+            )
+        );
+        assert!(!ready.reconciling.0 && !ready.stalled.0);
 
-        let missing = readiness(&ReadinessInput {
-            organizations_with_active_pair: 1,
+        let rotating = HealthInput {
+            up_to_date: 1,
             ..base.clone()
-        });
-        assert_eq!((missing.0, missing.1), (false, "KeyPairsMissing"));
+        };
+        assert_eq!(
+            verdict(&rotating),
+            (false, "Rotating", true, false, "NotStalled")
+        );
+        assert!(
+            health(&rotating)
+                .reconciling
+                .2
+                .starts_with("1/2 organisations")
+        );
 
-        let invalid = readiness(&ReadinessInput {
+        let invalid = HealthInput {
             config_error: Some("spec.homeRegion: differs"),
             ..base.clone()
-        });
-        assert_eq!((invalid.0, invalid.1), (false, "ConfigInvalid"));
+        };
+        assert_eq!(
+            verdict(&invalid),
+            (false, "ConfigInvalid", false, true, "ConfigInvalid")
+        );
 
-        let key = readiness(&ReadinessInput {
-            key_problem: Some(("KmsKeyNotEnabled", "disabled")),
+        let key = HealthInput {
+            key_unusable: Some(("KmsKeyNotEnabled", "disabled")),
             ..base.clone()
-        });
-        assert_eq!((key.0, key.1), (false, "ConfigInvalid"));
+        };
+        assert_eq!(
+            verdict(&key),
+            (false, "KmsKeyUnusable", false, true, "KmsKeyUnusable")
+        );
 
-        let suspended = readiness(&ReadinessInput {
+        let denied = HealthInput {
+            kms_error: Some(("AccessDeniedException", "no", false)),
+            ..base.clone()
+        };
+        assert_eq!(
+            verdict(&denied),
+            (
+                false,
+                "KmsUnavailable",
+                false,
+                true,
+                "AccessDeniedException"
+            )
+        );
+
+        // A transient failure with nothing pending leaves the honoured spec Ready.
+        let throttled = HealthInput {
+            kms_error: Some(("ThrottlingException", "slow down", true)),
+            ..base.clone()
+        };
+        assert_eq!(
+            verdict(&throttled),
+            (true, "KeyPairsActive", false, false, "NotStalled")
+        );
+        let throttled_pending = HealthInput {
+            up_to_date: 0,
+            ..throttled
+        };
+        assert_eq!(
+            verdict(&throttled_pending),
+            (false, "KmsUnavailable", true, false, "NotStalled")
+        );
+
+        let test_failed = HealthInput {
+            self_test_failed: Some("mismatch"),
+            up_to_date: 1,
+            ..base.clone()
+        };
+        assert_eq!(
+            verdict(&test_failed),
+            (false, "SelfTestFailed", true, false, "NotStalled")
+        );
+
+        let suspended = HealthInput {
             suspended: true,
+            config_error: Some("x"),
             ..base
-        });
-        assert_eq!((suspended.0, suspended.1), (true, "Suspended"));
+        };
+        assert_eq!(
+            verdict(&suspended),
+            (false, "Suspended", false, false, "NotStalled")
+        );
     }
 
     #[test]
@@ -622,6 +834,19 @@ mod tests {
             hour,
             now
         ));
+    }
+
+    #[test]
+    fn backoff_until_counts_from_the_last_failure() {
+        let at = ts("2026-01-01T00:00:00Z");
+        assert_eq!(backoff_until(0, Some(at)), None);
+        assert_eq!(backoff_until(1, None), None);
+        assert_eq!(backoff_until(1, Some(at)), Some(ts("2026-01-01T00:00:05Z")));
+        assert_eq!(backoff_until(3, Some(at)), Some(ts("2026-01-01T00:00:20Z")));
+        assert_eq!(
+            backoff_until(30, Some(at)),
+            Some(ts("2026-01-01T00:05:00Z"))
+        );
     }
 
     #[test]

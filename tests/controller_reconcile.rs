@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kekeeper::controller::ratelimit::TokenBucket;
 use kekeeper::controller::{self, Context, Settings};
 use kekeeper::crd::{
-    KmsKeyChangePolicy, RecordingKeyConfig, RecordingKeyConfigSpec, RecordingKeyConfigStatus,
-    RotationPeriod, RotationPolicy,
+    KmsKeyChangePolicy, LastKmsError, RecordingKeyConfig, RecordingKeyConfigSpec,
+    RecordingKeyConfigStatus, RotationPeriod, RotationPolicy,
 };
 use kekeeper::keypair::KeyPairRecord;
 use kekeeper::kms::fake::FakeKms;
@@ -96,8 +96,13 @@ enum Scenario {
     /// Organisation added and one removed: list, create, event, retire the removed, status,
     /// ConfigMap.
     AddAndRemove { existing: Vec<Secret> },
-    /// KMS fails: list, Warning event, status patch; nothing else.
-    KmsFailure { existing: Vec<Secret> },
+    /// KMS fails while a rotation is due: list, status (Reconciling), status (the error),
+    /// a Warning event named after the KMS code; nothing else.
+    KmsFailure {
+        existing: Vec<Secret>,
+        code: &'static str,
+        rotating: bool,
+    },
     /// Crash after the Secret write: list (lagging), POST answers 409, GET returns the
     /// stored Secret, event, status, ConfigMap.
     AdoptAfterCrash { stored: Box<Secret> },
@@ -106,8 +111,9 @@ enum Scenario {
     RetireShadowed { existing: Vec<Secret> },
     /// Invalid spec: Warning event and status patch, no list, no KMS.
     ConfigInvalid,
-    /// The alias's KMS key cannot be used: list, Warning event, status, ConfigMap; no Secret.
-    KmsKeyProblem,
+    /// The alias's KMS key cannot be used: list, status (Reconciling), status, a Warning event
+    /// named after the problem, ConfigMap; no Secret.
+    KmsKeyProblem { reason: &'static str },
     /// Retention: list, delete the retired Secret, status.
     Prune {
         existing: Vec<Secret>,
@@ -117,6 +123,14 @@ enum Scenario {
     Recover { existing: Vec<Secret> },
     /// Right after our own writes, the Secret cache lags: one fresh list, then nothing.
     StaleCache { existing: Vec<Secret> },
+    /// The status write meets a newer resource (409): it re-reads it and writes again on top
+    /// of the newer status, guarded by its resourceVersion.
+    Conflict {
+        existing: Vec<Secret>,
+        newer: Box<RecordingKeyConfig>,
+    },
+    /// Suspended: one status write, nothing else.
+    Suspended,
     /// Steady state: no request at all.
     SteadyState,
 }
@@ -188,15 +202,17 @@ fn event(reason: &'static str) -> Expect {
         }),
     }
 }
-fn status_patch() -> Expect {
+fn status_patch(object: &Value) -> Expect {
     Expect {
         method: Method::PATCH,
         path: status_path(),
         query_contains: vec!["fieldManager=kekeeper", "force=true"],
-        reply: Box::new(|body| {
-            let mut object = serde_json::to_value(resource(spec(&[ORG_A]), 1)).unwrap();
-            object["status"] = body["status"].clone();
-            (200, object)
+        reply: Box::new({
+            let mut object = object.clone();
+            move |body| {
+                object["status"] = body["status"].clone();
+                (200, object)
+            }
         }),
     }
 }
@@ -210,15 +226,18 @@ fn config_map_apply() -> Expect {
 }
 
 impl Scenario {
-    fn expectations(self) -> Vec<Expect> {
+    /// The requests against `object`, the resource under reconcile (what a status write
+    /// answers with, its status replaced).
+    fn expectations(self, object: &Value) -> Vec<Expect> {
         match self {
             Scenario::Create { orgs } => {
-                let mut e = vec![list(vec![])];
+                // Status says Reconciling before the first KMS call.
+                let mut e = vec![list(vec![]), status_patch(object)];
                 for _ in 0..orgs {
                     e.push(create_secret());
                     e.push(event("KeyPairGenerated"));
                 }
-                e.push(status_patch());
+                e.push(status_patch(object));
                 e.push(config_map_apply());
                 e
             }
@@ -226,10 +245,11 @@ impl Scenario {
                 let old = existing[0].metadata.name.clone().unwrap();
                 vec![
                     list(existing),
+                    status_patch(object),
                     create_secret(),
                     retire_secret(&old),
                     event("KeyPairGenerated"),
-                    status_patch(),
+                    status_patch(object),
                     config_map_apply(),
                 ]
             }
@@ -237,20 +257,31 @@ impl Scenario {
                 let old = existing[0].metadata.name.clone().unwrap();
                 vec![
                     list(existing),
+                    status_patch(object),
                     create_secret(),
                     event("KeyPairGenerated"),
                     retire_secret(&old),
-                    status_patch(),
+                    status_patch(object),
                     config_map_apply(),
                 ]
             }
-            Scenario::KmsFailure { existing } => {
-                vec![list(existing), event("KmsError"), status_patch()]
+            Scenario::KmsFailure {
+                existing,
+                code,
+                rotating,
+            } => {
+                let mut e = vec![list(existing)];
+                if rotating {
+                    e.push(status_patch(object));
+                }
+                e.extend([status_patch(object), event(code)]);
+                e
             }
             Scenario::AdoptAfterCrash { stored } => {
                 let name = stored.metadata.name.clone().unwrap();
                 vec![
                     list(vec![]),
+                    status_patch(object),
                     Expect {
                         method: Method::POST,
                         path: secrets_path(),
@@ -271,7 +302,7 @@ impl Scenario {
                         reply: Box::new(move |_| (200, serde_json::to_value(&stored).unwrap())),
                     },
                     event("KeyPairGenerated"),
-                    status_patch(),
+                    status_patch(object),
                     config_map_apply(),
                 ]
             }
@@ -280,15 +311,16 @@ impl Scenario {
                 vec![
                     list(existing),
                     retire_secret(&old),
-                    status_patch(),
+                    status_patch(object),
                     config_map_apply(),
                 ]
             }
-            Scenario::ConfigInvalid => vec![event("ConfigInvalid"), status_patch()],
-            Scenario::KmsKeyProblem => vec![
+            Scenario::ConfigInvalid => vec![status_patch(object), event("ConfigInvalid")],
+            Scenario::KmsKeyProblem { reason } => vec![
                 list(vec![]),
-                event("ConfigInvalid"),
-                status_patch(),
+                status_patch(object),
+                status_patch(object),
+                event(reason),
                 config_map_apply(),
             ],
             Scenario::Prune { existing, pruned } => vec![
@@ -304,10 +336,48 @@ impl Scenario {
                         )
                     }),
                 },
-                status_patch(),
+                status_patch(object),
             ],
             Scenario::StaleCache { existing } => vec![list(existing)],
-            Scenario::Recover { existing } => vec![list(existing), status_patch()],
+            Scenario::Recover { existing } => vec![list(existing), status_patch(object)],
+            Scenario::Suspended => vec![status_patch(object)],
+            Scenario::Conflict { existing, newer } => {
+                let stored = serde_json::to_value(&newer).unwrap();
+                vec![
+                    list(existing),
+                    Expect {
+                        method: Method::PATCH,
+                        path: status_path(),
+                        query_contains: vec!["fieldManager=kekeeper"],
+                        reply: Box::new(|body| {
+                            assert_eq!(body["metadata"]["resourceVersion"], "100", "{body}");
+                            (
+                                409,
+                                json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                   "reason": "Conflict", "code": 409,
+                                   "message": "the object has been modified"}),
+                            )
+                        }),
+                    },
+                    Expect {
+                        method: Method::GET,
+                        path: status_path(),
+                        query_contains: vec![],
+                        reply: Box::new(move |_| (200, serde_json::to_value(&newer).unwrap())),
+                    },
+                    Expect {
+                        method: Method::PATCH,
+                        path: status_path(),
+                        query_contains: vec!["fieldManager=kekeeper"],
+                        reply: Box::new(move |body| {
+                            assert_eq!(body["metadata"]["resourceVersion"], "101", "{body}");
+                            let mut object = stored;
+                            object["status"] = body["status"].clone();
+                            (200, object)
+                        }),
+                    },
+                ]
+            }
             Scenario::SteadyState => vec![],
         }
     }
@@ -423,7 +493,10 @@ impl Harness {
             Settings::default(),
             Metrics::default(),
         ));
-        let verifier = tokio::spawn(verify(handle, scenario.expectations()));
+        let verifier = tokio::spawn(verify(
+            handle,
+            scenario.expectations(&serde_json::to_value(&rkc).unwrap()),
+        ));
         let result = tokio::time::timeout(
             Duration::from_secs(60),
             controller::reconcile(Arc::new(rkc), ctx),
@@ -584,7 +657,10 @@ async fn create_makes_secrets_status_and_config_map() {
         (ready.status.as_str(), ready.reason.as_str()),
         ("True", "KeyPairsActive")
     );
-    assert_eq!(ready.message, "2/2 organisations have an active key pair");
+    assert_eq!(
+        ready.message,
+        "2/2 organisations have a key pair under the current spec"
+    );
     assert_eq!(condition(&status, "KmsAvailable").status, "True");
     assert_eq!(condition(&status, "ConfigValid").status, "True");
     assert_eq!(condition(&status, "HistoricalKeysAtRisk").status, "False");
@@ -650,11 +726,20 @@ async fn kms_failure_keeps_the_active_pair_and_reports_the_error() {
         .fail_next(KmsOperation::DescribeKey, KmsErrorKind::AccessDenied);
     let before = rkc.status.clone().unwrap();
     let (result, seen) = h
-        .reconcile(rkc, Scenario::KmsFailure { existing: secrets })
+        .reconcile(
+            rkc,
+            Scenario::KmsFailure {
+                existing: secrets,
+                code: "AccessDeniedException",
+                rotating: false,
+            },
+        )
         .await;
-    let err = result.unwrap_err();
-    assert!(matches!(err, controller::Error::Kms(_)), "{err}");
-    assert_eq!(err.metric_label(), "AccessDeniedException");
+    // Reported in status and retried after the first backoff step.
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+    );
 
     let status = status_of(&seen);
     let error = status.last_kms_error.clone().unwrap();
@@ -666,9 +751,22 @@ async fn kms_failure_keeps_the_active_pair_and_reports_the_error() {
         (kms.status.as_str(), kms.reason.as_str()),
         ("False", "AccessDeniedException")
     );
-    // The active pair stays; recorders keep encrypting with it.
+    // The active pair stays; recorders keep encrypting with it. AccessDenied needs a change
+    // of the key policy: not Ready, and Stalled (kstatus: Failed).
     assert_eq!(status.active_key_pairs, before.active_key_pairs);
-    assert_eq!(condition(&status, "Ready").status, "True");
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "KmsUnavailable")
+    );
+    let stalled = condition(&status, "Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "AccessDeniedException")
+    );
+    assert_eq!(condition(&status, "Reconciling").status, "False");
+    assert_eq!(status.failed_attempts, Some(1));
+    assert_eq!(status.last_failure_time, Some(ts("2026-01-15T12:00:00Z")));
     assert_eq!(
         h.kms
             .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
@@ -689,10 +787,27 @@ async fn kms_failure_during_generation_reports_the_failed_test() {
         KmsErrorKind::Throttling,
     );
     let (result, seen) = h
-        .reconcile(rkc, Scenario::KmsFailure { existing: secrets })
+        .reconcile(
+            rkc,
+            Scenario::KmsFailure {
+                existing: secrets,
+                code: "ThrottlingException",
+                rotating: true,
+            },
+        )
         .await;
-    assert!(result.is_err());
+    result.unwrap();
+    // Before the first KMS call, status already said a rotation is under way.
+    let announced: RecordingKeyConfigStatus =
+        serde_json::from_value(seen[1].body["status"].clone()).unwrap();
+    assert_eq!(condition(&announced, "Ready").reason, "Rotating");
+    assert_eq!(condition(&announced, "Reconciling").status, "True");
     let status = status_of(&seen);
+    // Transient: not Ready while the rotation waits, Reconciling (kstatus: InProgress), not
+    // Stalled.
+    assert_eq!(condition(&status, "Ready").reason, "KmsUnavailable");
+    assert_eq!(condition(&status, "Reconciling").status, "True");
+    assert_eq!(condition(&status, "Stalled").status, "False");
     assert_eq!(
         status.last_kms_error.as_ref().unwrap().code,
         "ThrottlingException"
@@ -720,7 +835,7 @@ async fn rotate_now_rotates_once_per_token() {
         )
         .await;
     result.unwrap();
-    let new_secret: Secret = serde_json::from_value(seen[1].body.clone()).unwrap();
+    let new_secret: Secret = serde_json::from_value(seen[2].body.clone()).unwrap();
     assert_eq!(
         new_secret.metadata.annotations.as_ref().unwrap()["kekeeper.io/rotate-now-token"],
         "t1"
@@ -760,8 +875,15 @@ async fn period_elapsed_rotates() {
     result.unwrap();
     let status = status_of(&seen);
     assert_eq!(status.key_pair_history[0].reason, "PeriodElapsed");
-    // Ready stayed True: its lastTransitionTime is the creation's.
-    assert_eq!(condition(&status, "Ready").last_transition_time.0, ts(NOW));
+    // Ready was False (Rotating) while the rotation ran, and is True again.
+    let announced: RecordingKeyConfigStatus =
+        serde_json::from_value(seen[1].body["status"].clone()).unwrap();
+    assert_eq!(condition(&announced, "Ready").reason, "Rotating");
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "KeyPairsActive")
+    );
     assert_eq!(status.next_rotation_time, Some(ts("2026-03-15T10:00:00Z")));
 }
 
@@ -778,7 +900,7 @@ async fn spec_change_rotates() {
     let status = status_of(&seen);
     assert_eq!(status.key_pair_history[0].reason, "SpecChanged");
     assert_eq!(status.observed_generation, Some(2));
-    let new_secret: Secret = serde_json::from_value(seen[1].body.clone()).unwrap();
+    let new_secret: Secret = serde_json::from_value(seen[2].body.clone()).unwrap();
     let record = KeyPairRecord::from_secret(&new_secret).unwrap();
     assert_eq!(record.encryption_context.key, "tenant-id");
 }
@@ -909,7 +1031,14 @@ async fn disabled_kms_key_makes_config_invalid_without_generating() {
     let h = Harness::new();
     h.kms.disable_key(&h.key_arn);
     let rkc = resource(spec(&[ORG_A]), 1);
-    let (result, seen) = h.reconcile(rkc, Scenario::KmsKeyProblem).await;
+    let (result, seen) = h
+        .reconcile(
+            rkc,
+            Scenario::KmsKeyProblem {
+                reason: "KmsKeyNotEnabled",
+            },
+        )
+        .await;
     result.unwrap();
     assert_eq!(
         h.kms
@@ -929,9 +1058,22 @@ async fn suspended_resource_is_left_alone() {
     let h = Harness::new();
     let mut s = spec(&[ORG_A]);
     s.suspend = true;
-    let (result, seen) = h.reconcile(resource(s, 1), Scenario::SteadyState).await;
-    result.unwrap();
-    assert!(seen.is_empty());
+    let (result, seen) = h.reconcile(resource(s, 1), Scenario::Suspended).await;
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::await_change()
+    );
+    // One status write: observedGeneration is current and Ready says why it is False; no KMS
+    // call and no key change.
+    let status = status_of(&seen);
+    assert_eq!(status.observed_generation, Some(1));
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Suspended")
+    );
+    assert_eq!(condition(&status, "Stalled").status, "False");
+    assert_eq!(condition(&status, "Reconciling").status, "False");
     assert_eq!(h.kms.total_calls(), 0);
 }
 
@@ -1060,11 +1202,15 @@ async fn kms_recovery_clears_the_condition_and_keeps_the_last_error() {
             rkc.clone(),
             Scenario::KmsFailure {
                 existing: secrets.clone(),
+                code: "KeyUnavailableException",
+                rotating: false,
             },
         )
         .await;
-    assert!(result.is_err());
+    result.unwrap();
     let failed = status_of(&seen);
+    // A transient failure with nothing pending: the active pairs are honoured.
+    assert_eq!(condition(&failed, "Ready").status, "True");
     let rkc = with_status(rkc, failed.clone());
 
     // Five seconds later (the first backoff), KMS answers again.
@@ -1079,7 +1225,17 @@ async fn kms_recovery_clears_the_condition_and_keeps_the_last_error() {
     let kms = condition(&status, "KmsAvailable");
     assert_eq!(kms.status, "True");
     assert_eq!(kms.last_transition_time.0, ts("2026-01-15T12:00:05Z"));
-    assert_eq!(status.last_kms_error, failed.last_kms_error);
+    // The last error stays, marked resolved by this success.
+    let resolved = status.last_kms_error.clone().unwrap();
+    assert_eq!(resolved.resolved_at, Some(ts("2026-01-15T12:00:05Z")));
+    assert_eq!(
+        LastKmsError {
+            resolved_at: None,
+            ..resolved
+        },
+        failed.last_kms_error.unwrap()
+    );
+    assert_eq!(status.failed_attempts, None);
     assert_eq!(
         status.last_kms_key_check_time,
         Some(ts("2026-01-15T12:00:05Z"))
@@ -1123,4 +1279,49 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     let status = status_of(&seen);
     assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
     assert_eq!(status.active_key_pairs[0].key_pair_id, newer.key_pair_id);
+}
+
+#[tokio::test]
+async fn a_status_write_on_a_stale_view_is_redone_on_the_newer_one() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    // The cached view predates our own last write, which honoured token t2 and recorded a
+    // newer self-test.
+    let mut stale = rkc.clone();
+    stale.metadata.resource_version = Some("100".into());
+    let mut newer = rkc;
+    newer.metadata.resource_version = Some("101".into());
+    let newer_status = newer.status.as_mut().unwrap();
+    newer_status.rotate_now_token = Some("t2".into());
+    let newer_test = kekeeper::crd::LastTest {
+        time: ts("2026-01-15T10:30:00Z"),
+        passed: true,
+        message: "newer".into(),
+    };
+    newer_status.last_test = Some(newer_test.clone());
+    newer
+        .meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/rotate-now".into(), "t2".into());
+    // The hourly key check is due: DescribeKey, then a status write.
+    h.now = ts("2026-01-15T11:00:00Z");
+    let (result, seen) = h
+        .reconcile(
+            stale,
+            Scenario::Conflict {
+                existing: secrets,
+                newer: Box::new(newer),
+            },
+        )
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    // Nothing of the newer status rolled back.
+    assert_eq!(status.rotate_now_token.as_deref(), Some("t2"));
+    assert_eq!(status.last_test, Some(newer_test));
+    assert_eq!(
+        status.last_kms_key_check_time,
+        Some(ts("2026-01-15T11:00:00Z"))
+    );
+    assert_eq!(h.kms.calls(KmsOperation::DescribeKey), 1);
 }

@@ -27,10 +27,9 @@ fn context(org: &str) -> EncryptionContext {
 }
 
 #[tokio::test]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn the_self_test_passes_for_every_key_pair_spec() {
-    let Some(endpoint) = kms_endpoint() else {
-        return;
-    };
+    let endpoint = kms_endpoint();
     let key = create_key(&endpoint, REGION, false).await;
     let kms = SdkKms::new(sdk_config(&endpoint).await);
 
@@ -64,10 +63,9 @@ async fn the_self_test_passes_for_every_key_pair_spec() {
 }
 
 #[tokio::test]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn a_different_encryption_context_or_key_does_not_decrypt_the_private_key() {
-    let Some(endpoint) = kms_endpoint() else {
-        return;
-    };
+    let endpoint = kms_endpoint();
     let key = create_key(&endpoint, REGION, false).await;
     let other = create_key(&endpoint, REGION, false).await;
     let kms = SdkKms::new(sdk_config(&endpoint).await);
@@ -115,10 +113,9 @@ async fn a_different_encryption_context_or_key_does_not_decrypt_the_private_key(
 }
 
 #[tokio::test]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn a_disabled_key_is_classified_as_disabled() {
-    let Some(endpoint) = kms_endpoint() else {
-        return;
-    };
+    let endpoint = kms_endpoint();
     let key = create_key(&endpoint, REGION, false).await;
     let kms = SdkKms::new(sdk_config(&endpoint).await);
     let pair = kms
@@ -173,10 +170,9 @@ async fn a_disabled_key_is_classified_as_disabled() {
 }
 
 #[tokio::test]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn a_key_pending_deletion_is_classified_as_invalid_state() {
-    let Some(endpoint) = kms_endpoint() else {
-        return;
-    };
+    let endpoint = kms_endpoint();
     let key = create_key(&endpoint, REGION, false).await;
     let kms = SdkKms::new(sdk_config(&endpoint).await);
     admin(&endpoint, REGION)
@@ -202,10 +198,9 @@ async fn a_key_pending_deletion_is_classified_as_invalid_state() {
 }
 
 #[tokio::test]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn an_unknown_alias_is_classified_as_not_found() {
-    let Some(endpoint) = kms_endpoint() else {
-        return;
-    };
+    let endpoint = kms_endpoint();
     let kms = SdkKms::new(sdk_config(&endpoint).await);
     let alias = AliasArn::parse(&format!(
         "arn:aws:kms:{REGION}:{}:alias/{}",
@@ -226,10 +221,9 @@ async fn an_unknown_alias_is_classified_as_not_found() {
 }
 
 #[tokio::test]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn a_multi_region_key_needs_its_primary_or_a_replica_in_the_home_region() {
-    let Some(endpoint) = kms_endpoint() else {
-        return;
-    };
+    let endpoint = kms_endpoint();
     let key = create_key(&endpoint, REGION, true).await;
     admin(&endpoint, REGION)
         .await
@@ -296,10 +290,9 @@ async fn a_multi_region_key_needs_its_primary_or_a_replica_in_the_home_region() 
 
 /// `SdkKms::from_env` honours the standard `AWS_ENDPOINT_URL_KMS` (scripts/test.sh exports it).
 #[tokio::test]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn from_env_honours_the_standard_endpoint_variable() {
-    let Some(endpoint) = kms_endpoint() else {
-        return;
-    };
+    let endpoint = kms_endpoint();
     if std::env::var("AWS_ENDPOINT_URL_KMS").ok().as_deref() != Some(endpoint.as_str()) {
         eprintln!("SKIPPED: AWS_ENDPOINT_URL_KMS is not the emulator's endpoint");
         return;

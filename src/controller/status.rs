@@ -1,178 +1,159 @@
-//! The status kekeeper would write, computed from the key pair records and what KMS said in
-//! this reconcile; compared with the current status so an unchanged one is never patched.
+//! The status kekeeper should show, computed from what this reconcile observed and did, on top
+//! of the current status (for what it did not look at). Pure: tested with plain values.
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::active_by_org;
+use super::observe::KeyCheck;
+use super::plan::active_by_org;
 use crate::crd::{LastKmsError, LastTest, RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keypair::KeyPairRecord;
-use crate::kms::KeyDescription;
-use crate::policy::{self, ReadinessInput};
+use crate::kms::KmsError;
+use crate::policy::{self, HealthInput};
 
 pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
 pub const KMS_AVAILABLE: &str = "KmsAvailable";
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const HISTORICAL_KEYS_AT_RISK: &str = "HistoricalKeysAtRisk";
 
-/// What this reconcile learnt from KMS.
-#[derive(Clone, Debug)]
-pub enum KmsObservation<'a> {
-    /// No KMS call was made: keep what status says.
-    Unchanged,
-    /// DescribeKey (and any generation) succeeded. `complete` is false when a rotation was
-    /// left undone (a self-test failed for a reason other than KMS).
-    Checked {
-        description: &'a KeyDescription,
-        at_risk: Vec<String>,
-        last_test: Option<LastTest>,
-        complete: bool,
-    },
-    /// KMS answered, but its key cannot root recording keys (`validate_key`).
-    KeyProblem {
-        description: &'a KeyDescription,
-        reason: &'static str,
-        message: &'a str,
-        at_risk: Vec<String>,
-    },
-    /// A KMS call failed.
-    Failed {
-        error: LastKmsError,
-        last_test: Option<LastTest>,
-    },
-}
+/// The condition types in the order status lists them.
+const ORDER: [&str; 6] = [
+    READY,
+    RECONCILING,
+    STALLED,
+    KMS_AVAILABLE,
+    CONFIG_VALID,
+    HISTORICAL_KEYS_AT_RISK,
+];
 
+/// What this reconcile learnt and did.
+#[derive(Clone, Debug)]
 pub struct StatusInput<'a> {
+    /// The resource the decision was made on.
     pub rkc: &'a RecordingKeyConfig,
-    pub records: &'a [KeyPairRecord],
+    /// The newest status read (our own last write included): the base for what this
+    /// reconcile did not look at.
+    pub current: Option<&'a RecordingKeyConfigStatus>,
     pub now: Timestamp,
-    /// `config::validate`'s error (field and fix), when the spec is invalid.
+    pub records: &'a [KeyPairRecord],
+    /// The spec's problem (field and fix).
     pub config_error: Option<&'a str>,
-    pub kms: KmsObservation<'a>,
-    pub check_interval: SignedDuration,
+    /// What DescribeKey said in this reconcile, if it was asked.
+    pub key: Option<&'a KeyCheck>,
+    /// A KMS call of the work that failed.
+    pub kms_failure: Option<&'a KmsError>,
+    /// A self-test that failed for another reason.
+    pub self_test_failure: Option<&'a str>,
+    pub last_test: Option<&'a LastTest>,
+    /// Rotations still to do.
+    pub pending: usize,
+    /// The rotate-now token to record as honoured.
     pub honoured_token: Option<String>,
 }
 
-/// Whether the last KMS interaction failed (then the next reconcile asks KMS again).
-pub fn kms_unavailable(status: &RecordingKeyConfigStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == KMS_AVAILABLE && c.status == "False")
+impl StatusInput<'_> {
+    /// Whether anything in this reconcile failed (it counts towards the backoff).
+    pub fn failed(&self) -> bool {
+        self.kms_failure.is_some()
+            || self.self_test_failure.is_some()
+            || matches!(
+                self.key,
+                Some(KeyCheck::Failed(_) | KeyCheck::Unusable { .. })
+            )
+    }
+
+    /// The KMS error of this reconcile: of the work, else of DescribeKey.
+    fn kms_error(&self) -> Option<&KmsError> {
+        self.kms_failure.or(match self.key {
+            Some(KeyCheck::Failed(err)) => Some(err),
+            _ => None,
+        })
+    }
 }
 
 pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
-    let rkc = input.rkc;
-    let current = rkc.status.clone().unwrap_or_default();
-    let generation = rkc.metadata.generation;
+    let current = input.current.cloned().unwrap_or_default();
+    let generation = input.rkc.metadata.generation;
     let mut next = RecordingKeyConfigStatus {
         observed_generation: generation,
-        organization_count: Some(rkc.spec.organization_ids.len() as u32),
+        organization_count: Some(input.rkc.spec.organization_ids.len() as u32),
         rotate_now_token: input.honoured_token.clone(),
-        last_kms_error: current.last_kms_error.clone(),
-        last_test: current.last_test.clone(),
-        kms_key_arn: current.kms_key_arn.clone(),
-        kms_key_alias_arn: current.kms_key_alias_arn.clone(),
-        last_kms_key_check_time: current.last_kms_key_check_time,
-        key_pairs_at_risk: current.key_pairs_at_risk.clone(),
-        ..RecordingKeyConfigStatus::default()
+        last_test: input.last_test.cloned().or(current.last_test.clone()),
+        ..current.clone()
     };
+    kms_bookkeeping(input, &current, &mut next);
+    key_pairs(input, &mut next);
     let mut conditions = Conditions {
         current: &current.conditions,
         next: Vec::new(),
         now: input.now,
         generation,
     };
+    health_conditions(input, &next, &mut conditions);
+    kms_conditions(input, &mut conditions);
+    next.conditions = conditions.finish();
+    next
+}
 
-    // KmsAvailable, ConfigValid, HistoricalKeysAtRisk.
-    let mut config_valid: Option<(bool, String, String)> = None;
-    match &input.kms {
-        KmsObservation::Unchanged => {
-            conditions.keep(KMS_AVAILABLE);
-            conditions.keep(HISTORICAL_KEYS_AT_RISK);
-        }
-        KmsObservation::Checked {
+/// `lastKmsError`, the key check bookkeeping and the failure count for the backoff.
+fn kms_bookkeeping(
+    input: &StatusInput,
+    current: &RecordingKeyConfigStatus,
+    next: &mut RecordingKeyConfigStatus,
+) {
+    let now = input.now;
+    if let Some(err) = input.kms_error() {
+        next.last_kms_error = Some(err.to_status(now));
+    }
+    match input.key {
+        Some(KeyCheck::Usable {
             description,
             at_risk,
-            last_test,
-            complete,
-        } => {
-            conditions.set(
-                KMS_AVAILABLE,
-                true,
-                "KmsReachable",
-                "the last KMS calls succeeded",
-            );
-            config_valid = Some((
-                true,
-                "KmsKeyValid".to_owned(),
-                format!(
-                    "alias resolves to {}: enabled, symmetric, ENCRYPT_DECRYPT, in the home region",
-                    description.key_arn
-                ),
-            ));
-            at_risk_condition(&mut conditions, at_risk);
-            next.key_pairs_at_risk = at_risk.clone();
+        }) => {
             next.kms_key_arn = Some(description.key_arn.clone());
-            next.last_kms_key_check_time = Some(input.now);
-            if let Some(test) = last_test {
-                next.last_test = Some(test.clone());
-            }
-            if *complete {
-                next.kms_key_alias_arn = Some(rkc.spec.kms_key_alias_arn.clone());
-            }
+            next.last_kms_key_check_time = Some(now);
+            next.key_pairs_at_risk = at_risk.clone();
         }
-        KmsObservation::KeyProblem {
-            description,
+        Some(KeyCheck::Unusable {
+            key_arn,
             reason,
             message,
-            at_risk,
-        } => {
-            conditions.set(
-                KMS_AVAILABLE,
-                true,
-                "KmsReachable",
-                "the last KMS calls succeeded",
-            );
-            config_valid = Some((false, (*reason).to_owned(), (*message).to_owned()));
-            at_risk_condition(&mut conditions, at_risk);
-            next.key_pairs_at_risk = at_risk.clone();
-            next.kms_key_arn = Some(description.key_arn.clone());
-            next.last_kms_key_check_time = Some(input.now);
+        }) => {
+            next.kms_key_arn = key_arn.clone().or(current.kms_key_arn.clone());
+            next.last_kms_key_check_time = Some(now);
+            next.last_kms_error = Some(LastKmsError {
+                time: now,
+                operation: "DescribeKey".to_owned(),
+                code: reason.clone(),
+                message: message.clone(),
+                resolved_at: None,
+            });
         }
-        KmsObservation::Failed { error, last_test } => {
-            conditions.set(
-                KMS_AVAILABLE,
-                false,
-                &error.code,
-                &format!("{}: {}", error.operation, error.message),
-            );
-            conditions.keep(HISTORICAL_KEYS_AT_RISK);
-            next.last_kms_error = Some(error.clone());
-            if let Some(test) = last_test {
-                next.last_test = Some(test.clone());
-            }
+        _ => {}
+    }
+    let kms_succeeded = matches!(input.key, Some(KeyCheck::Usable { .. })) && !input.failed();
+    if kms_succeeded {
+        if let Some(err) = next.last_kms_error.as_mut() {
+            err.resolved_at.get_or_insert(now);
+        }
+        if input.pending == 0 {
+            next.kms_key_alias_arn = Some(input.rkc.spec.kms_key_alias_arn.clone());
         }
     }
-    if let Some(message) = input.config_error {
-        config_valid = Some((false, "InvalidSpec".to_owned(), message.to_owned()));
+    if input.failed() {
+        next.failed_attempts = Some(current.failed_attempts.unwrap_or(0).saturating_add(1));
+        next.last_failure_time = Some(now);
+    } else if kms_succeeded {
+        next.failed_attempts = None;
+        next.last_failure_time = None;
     }
-    let config_problem = match &config_valid {
-        Some((status, reason, message)) => {
-            conditions.set(CONFIG_VALID, *status, reason, message);
-            (!status).then(|| format!("{reason}: {message}"))
-        }
-        None => {
-            conditions.keep(CONFIG_VALID);
-            current
-                .conditions
-                .iter()
-                .find(|c| c.type_ == CONFIG_VALID && c.status == "False")
-                .map(|c| format!("{}: {}", c.reason, c.message))
-        }
-    };
+}
 
-    // Key pairs.
+/// Active pairs, history and the rotation times, from the records.
+fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
+    let rkc = input.rkc;
     let active = active_by_org(input.records);
     let wanted = &rkc.spec.organization_ids;
     next.active_key_pairs = wanted
@@ -200,32 +181,95 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     next.next_rotation_time = in_spec
         .filter_map(|r| policy::rotation_due(r.created_at, rkc.spec.rotation.period))
         .min();
-
-    // Ready, from the readiness chain.
-    let (ready, reason, message) = policy::readiness(&ReadinessInput {
-        config_error: config_problem.as_deref(),
-        key_problem: None,
-        organizations: wanted.len(),
-        organizations_with_active_pair: next.active_key_pairs.len(),
-        suspended: rkc.spec.suspend,
-    });
-    conditions.set(READY, ready, reason, &message);
-
-    let _ = input.check_interval;
-    next.conditions = conditions.finish();
-    next
 }
 
-fn at_risk_condition(conditions: &mut Conditions, at_risk: &[String]) {
-    if at_risk.is_empty() {
-        conditions.set(
+/// Ready, Reconciling and Stalled from the health chain.
+fn health_conditions(
+    input: &StatusInput,
+    next: &RecordingKeyConfigStatus,
+    conditions: &mut Conditions,
+) {
+    let organizations = input.rkc.spec.organization_ids.len();
+    let key_unusable = match input.key {
+        Some(KeyCheck::Unusable {
+            reason, message, ..
+        }) => Some((reason.as_str(), message.as_str())),
+        _ => None,
+    };
+    let kms_error = input
+        .kms_error()
+        .map(|e| (e.code.as_str(), e.message.as_str(), e.kind.is_transient()));
+    let health = policy::health(&HealthInput {
+        suspended: input.rkc.spec.suspend,
+        config_error: input.config_error,
+        key_unusable,
+        kms_error,
+        self_test_failed: input.self_test_failure,
+        organizations,
+        up_to_date: organizations
+            .saturating_sub(input.pending)
+            .min(next.active_key_pairs.len()),
+    });
+    for (type_, (status, reason, message)) in [
+        (READY, health.ready),
+        (RECONCILING, health.reconciling),
+        (STALLED, health.stalled),
+    ] {
+        conditions.set(type_, status, reason, &message);
+    }
+}
+
+/// KmsAvailable, ConfigValid and HistoricalKeysAtRisk: what KMS said, or as before when it
+/// was not asked.
+fn kms_conditions(input: &StatusInput, conditions: &mut Conditions) {
+    match (input.kms_error(), input.key) {
+        (Some(err), _) => conditions.set(
+            KMS_AVAILABLE,
+            false,
+            &err.code,
+            &format!("{}: {}", err.operation, err.message),
+        ),
+        (
+            None,
+            Some(KeyCheck::Unusable {
+                reason, message, ..
+            }),
+        ) => conditions.set(KMS_AVAILABLE, false, reason, message),
+        (None, Some(KeyCheck::Usable { .. })) => conditions.set(
+            KMS_AVAILABLE,
+            true,
+            "KmsReachable",
+            "the last KMS calls succeeded",
+        ),
+        _ => conditions.keep(KMS_AVAILABLE),
+    }
+    match (input.config_error, input.key) {
+        (Some(message), _) => conditions.set(CONFIG_VALID, false, "InvalidSpec", message),
+        (
+            None,
+            Some(KeyCheck::Unusable {
+                reason, message, ..
+            }),
+        ) => conditions.set(CONFIG_VALID, false, reason, message),
+        (None, Some(KeyCheck::Usable { description, .. })) => conditions.set(
+            CONFIG_VALID,
+            true,
+            "KmsKeyValid",
+            &format!(
+                "alias resolves to {}: enabled, symmetric, ENCRYPT_DECRYPT, in the home region",
+                description.key_arn
+            ),
+        ),
+        _ => conditions.keep(CONFIG_VALID),
+    }
+    match input.key {
+        Some(KeyCheck::Usable { at_risk, .. }) if at_risk.is_empty() => conditions.set(
             HISTORICAL_KEYS_AT_RISK,
             false,
             "KmsKeysUsable",
             "the KMS keys of all retained key pairs are usable",
-        );
-    } else {
-        conditions.set(
+        ),
+        Some(KeyCheck::Usable { at_risk, .. }) => conditions.set(
             HISTORICAL_KEYS_AT_RISK,
             true,
             "KmsKeyDisabledOrPendingDeletion",
@@ -233,7 +277,8 @@ fn at_risk_condition(conditions: &mut Conditions, at_risk: &[String]) {
                 "recordings made with key pairs under these KMS keys cannot be decrypted until the key is enabled again: {}",
                 at_risk.join(", ")
             ),
-        );
+        ),
+        _ => conditions.keep(HISTORICAL_KEYS_AT_RISK),
     }
 }
 
@@ -264,26 +309,30 @@ impl Conditions<'_> {
         });
     }
 
-    /// Carries a condition over unchanged, or `Unknown` if there is none yet.
+    /// Carries a condition over (now for this generation: nothing in it changed), or
+    /// `Unknown` if KMS was never asked.
     fn keep(&mut self, type_: &str) {
-        match self.current.iter().find(|c| c.type_ == type_) {
-            Some(existing) => self.next.push(existing.clone()),
-            None => self.next.push(Condition {
+        let kept = match self.current.iter().find(|c| c.type_ == type_) {
+            Some(existing) => Condition {
+                observed_generation: self.generation,
+                ..existing.clone()
+            },
+            None => Condition {
                 type_: type_.to_owned(),
                 status: "Unknown".to_owned(),
                 reason: "NotChecked".to_owned(),
                 message: "KMS has not been asked yet".to_owned(),
                 last_transition_time: Time(self.now),
                 observed_generation: self.generation,
-            }),
-        }
+            },
+        };
+        self.next.push(kept);
     }
 
     /// In a fixed order, so an unchanged status compares equal.
     fn finish(mut self) -> Vec<Condition> {
-        let order = [READY, KMS_AVAILABLE, CONFIG_VALID, HISTORICAL_KEYS_AT_RISK];
         self.next.sort_by_key(|c| {
-            order
+            ORDER
                 .iter()
                 .position(|t| *t == c.type_)
                 .unwrap_or(usize::MAX)

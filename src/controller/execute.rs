@@ -1,0 +1,262 @@
+//! Execute: the KMS and API work a plan lists — generate and self-test key pairs, store them,
+//! retire and prune — and nothing else. What happened goes back as an [`Outcome`] for the
+//! report.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use super::observe::{ANNOTATION_ROTATE_NOW_TOKEN, Observation};
+use super::plan::{Plan, Rotation, rotate_now_token};
+use super::report::StatusWriter;
+use super::{Context, Error, FIELD_MANAGER, Result};
+use crate::config::ValidatedConfig;
+use crate::crd::LastTest;
+use crate::keypair::{self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairState};
+use crate::kms::{Kms, KmsError};
+use crate::selftest;
+
+/// Why the work stopped short.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    Kms(KmsError),
+    /// A self-test failed for a reason other than KMS (the message says which step).
+    SelfTest(String),
+}
+
+impl Failure {
+    /// The `reason` label of `kekeeper_reconcile_errors_total`.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Failure::Kms(err) => err.code.clone(),
+            Failure::SelfTest(_) => "SelfTestFailed".to_owned(),
+        }
+    }
+}
+
+/// What the work did.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The key pairs after the work.
+    pub records: Vec<KeyPairRecord>,
+    /// Rotations done (a prefix of the plan's).
+    pub done: usize,
+    pub last_test: Option<LastTest>,
+    pub failure: Option<Failure>,
+}
+
+/// Runs `plan` (its step is `Execute`): rotations in order until one fails, then retirements
+/// and prunes, which need no KMS. Progress goes to status through `writer` during long work.
+pub async fn execute<K: Kms>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    plan: &Plan,
+    writer: &mut StatusWriter,
+    now: Timestamp,
+) -> Result<Outcome> {
+    let mut outcome = Outcome {
+        records: obs.records.clone(),
+        ..Outcome::default()
+    };
+    let Ok(config) = &obs.config else {
+        return Ok(outcome);
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.namespace);
+    if !plan.rotations.is_empty() {
+        // Waiters see the rotation before its first KMS call (unless announced already).
+        writer.progress(ctx, obs, plan, &outcome, now).await?;
+    }
+    for rotation in &plan.rotations {
+        match generate(ctx, obs, config, rotation, &mut outcome, now).await {
+            Ok(record) => {
+                store(ctx, obs, &secrets, rotation, record, &mut outcome, now).await?;
+                outcome.done += 1;
+                writer.progress(ctx, obs, plan, &outcome, now).await?;
+            }
+            Err(failure) => {
+                outcome.failure = Some(failure);
+                break;
+            }
+        }
+    }
+    let to_retire = super::plan::retire(&config.organization_ids, &outcome.records);
+    for name in &to_retire {
+        retire(&secrets, name, now).await?;
+    }
+    for record in outcome.records.iter_mut() {
+        if to_retire.contains(&record.name()) {
+            record.retire(now);
+        }
+    }
+    for name in &plan.prune {
+        prune(&secrets, name).await?;
+    }
+    outcome.records.retain(|r| !plan.prune.contains(&r.name()));
+    Ok(outcome)
+}
+
+/// One key pair, generated under the shared rate limit and self-tested through KMS.
+async fn generate<K: Kms>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    config: &ValidatedConfig,
+    rotation: &Rotation,
+    outcome: &mut Outcome,
+    now: Timestamp,
+) -> Result<KeyPairRecord, Failure> {
+    let org = &rotation.organization_id;
+    info!(organization = %org, reason = %rotation.reason, why = %rotation.message, "generating key pair");
+    ctx.key_pair_rate.acquire().await;
+    let passed = selftest::run(&ctx.kms, config, org)
+        .await
+        .map_err(|failure| {
+            outcome.last_test = Some(LastTest {
+                time: now,
+                passed: false,
+                message: format!("organisation {org}: {failure}"),
+            });
+            match failure.kms_error() {
+                Some(err) => Failure::Kms(err.clone()),
+                None => Failure::SelfTest(failure.to_string()),
+            }
+        })?;
+    outcome.last_test = Some(LastTest {
+        time: now,
+        passed: true,
+        message: format!(
+            "organisation {org}: key pair round-tripped through KMS in {} ms",
+            passed.report.total().as_millis()
+        ),
+    });
+    Ok(KeyPairRecord::new_active(
+        &obs.name,
+        &obs.namespace,
+        keypair::next_sequence(&outcome.records, org),
+        passed.key_pair,
+        config.context_for(org),
+        now,
+        rotation.reason.as_str(),
+    ))
+}
+
+/// Stores a self-tested pair, retires the organisation's previous active pair and announces it.
+async fn store<K>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    secrets: &Api<Secret>,
+    rotation: &Rotation,
+    record: KeyPairRecord,
+    outcome: &mut Outcome,
+    now: Timestamp,
+) -> Result<()> {
+    let stored = create_or_adopt(secrets, &record, rotate_now_token(&obs.rkc)).await?;
+    let org = &rotation.organization_id;
+    let previous: Vec<String> = outcome
+        .records
+        .iter()
+        .filter(|r| {
+            &r.organization_id == org
+                && r.state == KeyPairState::Active
+                && r.name() != stored.name()
+        })
+        .map(KeyPairRecord::name)
+        .collect();
+    for name in &previous {
+        retire(secrets, name, now).await?;
+    }
+    for r in outcome.records.iter_mut() {
+        if previous.contains(&r.name()) {
+            r.retire(now);
+        }
+    }
+    outcome.records.retain(|r| r.name() != stored.name());
+    let note = format!(
+        "{}: key pair {} for organisation {org} in Secret {} ({})",
+        rotation.reason,
+        stored.key_pair_id,
+        stored.name(),
+        rotation.message
+    );
+    let secret = ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Secret".to_owned()),
+        name: Some(stored.name()),
+        namespace: Some(obs.namespace.clone()),
+        ..ObjectReference::default()
+    };
+    super::report::publish(
+        ctx,
+        &obs.rkc,
+        EventType::Normal,
+        "KeyPairGenerated",
+        "Rotate",
+        &note,
+        Some(secret),
+    )
+    .await;
+    outcome.records.push(stored);
+    Ok(())
+}
+
+/// Creates the key pair Secret; if it already exists (a retry after a crash between the Secret
+/// write and the status write), adopts it instead of making a second active pair.
+async fn create_or_adopt(
+    api: &Api<Secret>,
+    record: &KeyPairRecord,
+    rotate_now_token: Option<&str>,
+) -> Result<KeyPairRecord> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let mut secret = record.to_secret();
+    if let Some(token) = rotate_now_token {
+        secret
+            .annotations_mut()
+            .insert(ANNOTATION_ROTATE_NOW_TOKEN.to_owned(), token.to_owned());
+    }
+    match api.create(&params, &secret).await {
+        Ok(_) => Ok(record.clone()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            let name = record.name();
+            info!(secret = %name, "key pair Secret exists (retry after a crash?); adopting it");
+            let existing = api.get(&name).await?;
+            KeyPairRecord::from_secret(&existing).map_err(|e| Error::AdoptFailed {
+                name,
+                message: e.to_string(),
+            })
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Marks a key pair Secret retired (label and annotation); its material stays.
+async fn retire(api: &Api<Secret>, name: &str, at: Timestamp) -> Result<()> {
+    let patch = json!({
+        "metadata": {
+            "labels": { keypair::LABEL_STATE: KeyPairState::Retired.as_str() },
+            "annotations": { ANNOTATION_RETIRED_AT: at.to_string() },
+        }
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::Merge(&patch)).await?;
+    info!(secret = %name, "key pair retired (kept)");
+    Ok(())
+}
+
+/// Deletes a retired pair the user asked to have pruned (`recordingRetention`).
+async fn prune(api: &Api<Secret>, name: &str) -> Result<()> {
+    info!(secret = %name, "pruning key pair retired longer than recordingRetention");
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}

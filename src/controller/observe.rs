@@ -1,0 +1,201 @@
+//! Observe: gather what a decision needs, each piece once — the resource, its key pair Secrets
+//! (from the cache, or listed fresh when work is due) and, only when the plan asks for it, what
+//! KMS says about the alias's key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use tracing::warn;
+
+use super::{Context, Error, Result};
+use crate::config::{self, ValidatedConfig};
+use crate::crd::RecordingKeyConfig;
+use crate::keypair::{self, KeyPairRecord, LABEL_CONFIG};
+use crate::kms::{KeyDescription, Kms, KmsError, KmsErrorKind};
+use crate::selftest;
+
+/// The `kekeeper.io/rotate-now` token a key pair Secret was generated under, so a retry after
+/// a crash before the status write does not rotate a second time for the same token.
+pub const ANNOTATION_ROTATE_NOW_TOKEN: &str = "kekeeper.io/rotate-now-token";
+
+/// Key pair Secret name -> the rotate-now token it was generated under.
+pub type Tokens = BTreeMap<String, String>;
+
+/// Everything one reconcile decides on.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub rkc: Arc<RecordingKeyConfig>,
+    pub namespace: String,
+    pub name: String,
+    /// The spec, parsed; `Err` names the field and the fix.
+    pub config: Result<ValidatedConfig, String>,
+    pub records: Vec<KeyPairRecord>,
+    pub tokens: Tokens,
+    /// True once the Secrets were listed from the API server in this reconcile (the cache can
+    /// lag behind our own writes).
+    pub records_listed: bool,
+    /// What KMS said about the key in this reconcile; `None` when it was not asked.
+    pub key: Option<KeyCheck>,
+}
+
+/// The outcome of asking KMS about the alias's key (and the retained pairs' keys).
+#[derive(Clone, Debug)]
+pub enum KeyCheck {
+    Usable {
+        description: KeyDescription,
+        /// Retained pairs' KMS keys that are disabled, pending deletion or gone.
+        at_risk: Vec<String>,
+    },
+    /// KMS answered, and the key cannot root key pairs: missing alias, disabled, pending
+    /// deletion, wrong type or region. Only a change by someone fixes it.
+    Unusable {
+        key_arn: Option<String>,
+        reason: String,
+        message: String,
+    },
+    /// The DescribeKey call failed.
+    Failed(KmsError),
+}
+
+impl Observation {
+    /// The resource and its key pairs as the caches hold them; no request.
+    pub fn from_cache<K>(ctx: &Context<K>, rkc: Arc<RecordingKeyConfig>) -> Result<Self> {
+        let namespace = rkc.namespace().ok_or(Error::NoNamespace)?;
+        let name = rkc.name_any();
+        let config = config::validate(&rkc.spec, ctx.settings.operator_region.as_deref())
+            .map_err(|err| err.to_string());
+        let secrets = ctx.secrets.state_filter(|s| {
+            s.namespace().as_deref() == Some(namespace.as_str()) && secret_matches(s, &name)
+        });
+        let (records, tokens) = records_of(secrets.iter().map(|s| s.as_ref()), &name);
+        Ok(Observation {
+            rkc,
+            namespace,
+            name,
+            config,
+            records,
+            tokens,
+            records_listed: false,
+            key: None,
+        })
+    }
+
+    /// Replaces the cached key pairs with a fresh list from the API server.
+    pub async fn list_records<K>(&mut self, ctx: &Context<K>) -> Result<()> {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &self.namespace);
+        let listed = api
+            .list(&ListParams::default().labels(&keypair::config_selector(&self.name)))
+            .await?;
+        (self.records, self.tokens) = records_of(listed.items.iter(), &self.name);
+        self.records_listed = true;
+        Ok(())
+    }
+
+    /// Asks KMS about the alias's key; when it is usable, also about the retained pairs' keys.
+    pub async fn check_key<K: Kms>(&mut self, ctx: &Context<K>) {
+        let Ok(config) = &self.config else { return };
+        let check = match ctx.kms.describe_key(&config.alias).await {
+            Err(err) if err.kind == KmsErrorKind::NotFound => KeyCheck::Unusable {
+                key_arn: None,
+                reason: "AliasNotFound".to_owned(),
+                message: format!(
+                    "KMS has no alias {}: create it, or fix spec.kmsKeyAliasArn ({})",
+                    config.alias.as_str(),
+                    err.message
+                ),
+            },
+            Err(err) => KeyCheck::Failed(err),
+            Ok(description) => match selftest::validate_key(&description, config) {
+                Err(problem) => KeyCheck::Unusable {
+                    key_arn: Some(description.key_arn.clone()),
+                    reason: problem.reason().to_owned(),
+                    message: problem.to_string(),
+                },
+                Ok(()) => {
+                    let at_risk = keys_at_risk(ctx, &self.records, &description).await;
+                    KeyCheck::Usable {
+                        description,
+                        at_risk,
+                    }
+                }
+            },
+        };
+        self.key = Some(check);
+    }
+
+    /// The key the alias resolves to: from this reconcile's check, else as status last saw it.
+    pub fn alias_key_arn(&self) -> Option<&str> {
+        match &self.key {
+            Some(KeyCheck::Usable { description, .. }) => Some(&description.key_arn),
+            _ => self
+                .rkc
+                .status
+                .as_ref()
+                .and_then(|s| s.kms_key_arn.as_deref()),
+        }
+    }
+}
+
+/// Retained key pairs whose KMS key (other than the alias's current one, which
+/// `validate_key` checks) is disabled, pending deletion or gone: recordings made with them
+/// cannot be decrypted. One DescribeKey per distinct key.
+async fn keys_at_risk<K: Kms>(
+    ctx: &Context<K>,
+    records: &[KeyPairRecord],
+    current: &KeyDescription,
+) -> Vec<String> {
+    let keys: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r.kms_key_arn.as_str())
+        .filter(|k| *k != current.key_arn)
+        .collect();
+    let mut at_risk = Vec::new();
+    for key_arn in keys {
+        match ctx.kms.describe_key_arn(key_arn).await {
+            Ok(description) if description.key_state != "Enabled" => {
+                at_risk.push(format!("{key_arn}: {}", description.key_state));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind == KmsErrorKind::NotFound => {
+                at_risk.push(format!("{key_arn}: {}", err.code));
+            }
+            Err(err) => {
+                warn!(key = %key_arn, code = %err.code, "could not check a retained key pair's KMS key");
+            }
+        }
+    }
+    at_risk
+}
+
+/// Records of the resource's key pair Secrets (unreadable ones are logged and skipped), and
+/// the rotate-now tokens they carry.
+pub fn records_of<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+    config: &str,
+) -> (Vec<KeyPairRecord>, Tokens) {
+    let mut tokens = Tokens::new();
+    let records = secrets
+        .into_iter()
+        .filter_map(|secret| match KeyPairRecord::from_secret(secret) {
+            Ok(record) if record.config_name == config || secret_matches(secret, config) => {
+                if let Some(token) = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN) {
+                    tokens.insert(record.name(), token.clone());
+                }
+                Some(record)
+            }
+            Ok(_) => None,
+            Err(err) => {
+                warn!(secret = %secret.name_any(), error = %err, "skipping unreadable key pair Secret");
+                None
+            }
+        })
+        .collect();
+    (records, tokens)
+}
+
+fn secret_matches(secret: &Secret, config: &str) -> bool {
+    secret.labels().get(LABEL_CONFIG) == Some(&keypair::config_label(config))
+}

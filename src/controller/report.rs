@@ -1,0 +1,386 @@
+//! Report: the one place that turns what a reconcile observed and did into status, events and
+//! the public-keys ConfigMap. Every status write is based on the newest view of the resource
+//! (our own last write included) and guarded by its resourceVersion, so a reconcile that ran on
+//! a stale cache never rolls status back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::execute::{Failure, Outcome};
+use super::observe::{KeyCheck, Observation};
+use super::plan::{Plan, Step, active_by_org};
+use super::status::{self, StatusInput};
+use super::{Context, FIELD_MANAGER, Result};
+use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
+use crate::keypair::{self, KeyPairRecord, LABEL_CONFIG, LABEL_MANAGED_BY};
+
+/// Progress during long work is written at least this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Conflicting writes (409) retried on a fresh read before giving up for this reconcile.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Writes status on top of the newest view of the resource.
+pub struct StatusWriter {
+    view: Arc<RecordingKeyConfig>,
+    last_write: Option<Instant>,
+}
+
+impl StatusWriter {
+    pub fn new(rkc: Arc<RecordingKeyConfig>) -> Self {
+        StatusWriter {
+            view: rkc,
+            last_write: None,
+        }
+    }
+
+    /// Writes what `build` makes of the newest view, unless the view already shows it. A 409
+    /// (someone, or our own earlier write, changed the resource since that view) re-reads it
+    /// and builds again.
+    pub async fn write<K>(
+        &mut self,
+        ctx: &Context<K>,
+        build: impl Fn(&RecordingKeyConfig) -> RecordingKeyConfigStatus,
+    ) -> Result<RecordingKeyConfigStatus> {
+        let api: Api<RecordingKeyConfig> = Api::namespaced(
+            ctx.client.clone(),
+            &self.view.namespace().unwrap_or_default(),
+        );
+        let name = self.view.name_any();
+        let mut attempt = 0;
+        loop {
+            let desired = build(&self.view);
+            if self.view.status.as_ref() == Some(&desired) {
+                return Ok(desired);
+            }
+            let patch = json!({
+                "apiVersion": RecordingKeyConfig::api_version(&()),
+                "kind": RecordingKeyConfig::kind(&()),
+                "metadata": {"resourceVersion": self.view.resource_version()},
+                "status": desired,
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api
+                .patch_status(&name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(written) => {
+                    self.view = Arc::new(written);
+                    self.last_write = Some(Instant::now());
+                    return Ok(desired);
+                }
+                Err(kube::Error::Api(err)) if err.code == 409 && attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    self.view = Arc::new(api.get_status(&name).await?);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Before the first KMS call of new work: status says what is pending (Reconciling, and
+    /// Ready=False while rotations wait), so waiters never see a stale Ready=True.
+    pub async fn announce<K>(
+        &mut self,
+        ctx: &Context<K>,
+        obs: &Observation,
+        plan: &Plan,
+        now: Timestamp,
+    ) -> Result<()> {
+        if plan.rotations.is_empty() && obs.rkc.status.is_some() {
+            return Ok(());
+        }
+        self.progress_now(ctx, obs, plan, &Outcome::default(), now)
+            .await
+    }
+
+    /// During long work: progress, at most every [`PROGRESS_EVERY`].
+    pub async fn progress<K>(
+        &mut self,
+        ctx: &Context<K>,
+        obs: &Observation,
+        plan: &Plan,
+        outcome: &Outcome,
+        now: Timestamp,
+    ) -> Result<()> {
+        if self
+            .last_write
+            .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+        {
+            return Ok(());
+        }
+        self.progress_now(ctx, obs, plan, outcome, now).await
+    }
+
+    async fn progress_now<K>(
+        &mut self,
+        ctx: &Context<K>,
+        obs: &Observation,
+        plan: &Plan,
+        outcome: &Outcome,
+        now: Timestamp,
+    ) -> Result<()> {
+        let records = if outcome.done > 0 {
+            &outcome.records
+        } else {
+            &obs.records
+        };
+        self.write(ctx, |view| {
+            status::desired(&StatusInput {
+                records,
+                last_test: outcome.last_test.as_ref(),
+                pending: plan.rotations.len() - outcome.done,
+                ..input(view, obs, plan, now)
+            })
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The status input of a reconcile that did no work (yet).
+fn input<'a>(
+    view: &'a RecordingKeyConfig,
+    obs: &'a Observation,
+    plan: &'a Plan,
+    now: Timestamp,
+) -> StatusInput<'a> {
+    let config_error = match &plan.step {
+        Step::ConfigInvalid(message) => Some(message.as_str()),
+        _ => None,
+    };
+    StatusInput {
+        rkc: &obs.rkc,
+        current: view.status.as_ref(),
+        now,
+        records: &obs.records,
+        config_error,
+        key: obs.key.as_ref(),
+        kms_failure: None,
+        self_test_failure: None,
+        last_test: None,
+        pending: plan.rotations.len(),
+        honoured_token: view
+            .status
+            .as_ref()
+            .and_then(|s| s.rotate_now_token.clone()),
+    }
+}
+
+/// Writes the status for what the reconcile observed and did, with its events, and the
+/// public-keys ConfigMap.
+pub async fn report<K>(
+    ctx: &Context<K>,
+    writer: &mut StatusWriter,
+    obs: &Observation,
+    plan: &Plan,
+    outcome: Option<&Outcome>,
+    now: Timestamp,
+) -> Result<RecordingKeyConfigStatus> {
+    let (kms_failure, self_test_failure) = match outcome.and_then(|o| o.failure.as_ref()) {
+        Some(Failure::Kms(err)) => (Some(err), None),
+        Some(Failure::SelfTest(message)) => (None, Some(message.as_str())),
+        None => (None, None),
+    };
+    let records = outcome.map_or(&obs.records, |o| &o.records);
+    let failed = outcome.is_some_and(|o| o.failure.is_some());
+    let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
+    let before = writer.view.status.clone();
+    let desired = writer
+        .write(ctx, |view| {
+            let base = input(view, obs, plan, now);
+            status::desired(&StatusInput {
+                records,
+                kms_failure,
+                self_test_failure,
+                last_test: outcome.and_then(|o| o.last_test.as_ref()),
+                pending,
+                honoured_token: honoured(view, plan, pending == 0 && !failed)
+                    .or(base.honoured_token.clone()),
+                ..base
+            })
+        })
+        .await?;
+    let changed = before.as_ref() != Some(&desired);
+    warn_about(ctx, obs, plan, outcome, changed).await;
+    if matches!(plan.step, Step::Execute | Step::Blocked) {
+        apply_public_keys(ctx, &obs.rkc, records).await?;
+    }
+    Ok(desired)
+}
+
+/// The token this reconcile honoured: the one it planned for, once every rotation is done,
+/// and only while it is still the one the newest view asks for (a reconcile on a stale view
+/// never records an older token over a newer one).
+fn honoured(view: &RecordingKeyConfig, plan: &Plan, complete: bool) -> Option<String> {
+    let asked = super::plan::rotate_now_token(view);
+    (plan.step == Step::Execute && complete && asked.is_some() && plan.token.as_deref() == asked)
+        .then(|| plan.token.clone())
+        .flatten()
+}
+
+/// Warning events: a KMS error or key problem on every occurrence (the reason is its code, so
+/// a new cause is a new event, not a longer series of the first); an invalid spec once.
+async fn warn_about<K>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    plan: &Plan,
+    outcome: Option<&Outcome>,
+    changed: bool,
+) {
+    let failure = outcome.and_then(|o| o.failure.as_ref());
+    let (reason, action, note) = match (&plan.step, &obs.key, failure) {
+        (Step::ConfigInvalid(message), _, _) if changed => {
+            ("ConfigInvalid".to_owned(), "Validate", message.clone())
+        }
+        (_, _, Some(Failure::Kms(err))) => {
+            (err.code.clone(), err.operation.as_str(), err.to_string())
+        }
+        (_, _, Some(Failure::SelfTest(message))) => {
+            ("SelfTestFailed".to_owned(), "SelfTest", message.clone())
+        }
+        (_, Some(KeyCheck::Failed(err)), _) => {
+            (err.code.clone(), err.operation.as_str(), err.to_string())
+        }
+        (
+            _,
+            Some(KeyCheck::Unusable {
+                reason, message, ..
+            }),
+            _,
+        ) => (reason.clone(), "DescribeKey", message.clone()),
+        _ => return,
+    };
+    warn!(reason = %reason, action, "{note}");
+    publish(
+        ctx,
+        &obs.rkc,
+        EventType::Warning,
+        &reason,
+        action,
+        &note,
+        None,
+    )
+    .await;
+}
+
+/// An event, optionally about a related object (the key pair Secret). Events are best
+/// effort: a failure to record one must not fail the reconcile.
+pub async fn publish<K>(
+    ctx: &Context<K>,
+    rkc: &RecordingKeyConfig,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+    secondary: Option<ObjectReference>,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, 1000)),
+        action: action.to_owned(),
+        secondary,
+    };
+    let recorder: &Recorder = &ctx.recorder;
+    if let Err(err) = recorder.publish(&event, &rkc.object_ref(&())).await {
+        warn!(error = %err, reason, "could not publish event");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The name of the ConfigMap with the active public keys.
+pub fn public_keys_config_map_name(config: &str) -> String {
+    format!("{config}-public-keys")
+}
+
+/// The `<config>-public-keys` ConfigMap: one PEM per organisation (key `<org>.pem`, the org id
+/// or its hash as in the Secret label) and `activeKeyPairs.json` (org id, key pair id,
+/// fingerprint, PEM) for recorders, which need the key pair id for the recording header. Owned
+/// by the resource: it is derived data, rebuilt from the Secrets.
+pub fn public_keys_config_map(rkc: &RecordingKeyConfig, records: &[KeyPairRecord]) -> ConfigMap {
+    let active = active_by_org(records);
+    let mut data = BTreeMap::new();
+    let mut entries = Vec::new();
+    for (org, record) in &active {
+        let pem = record.public_key_pem();
+        data.insert(
+            format!("{}.pem", keypair::organization_label(org)),
+            pem.clone(),
+        );
+        entries.push(json!({
+            "organizationId": org,
+            "keyPairId": record.key_pair_id,
+            "publicKeyFingerprint": record.fingerprint(),
+            "publicKeyPem": pem,
+        }));
+    }
+    data.insert(
+        "activeKeyPairs.json".to_owned(),
+        serde_json::to_string_pretty(&entries).unwrap_or_default(),
+    );
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(public_keys_config_map_name(&rkc.name_any())),
+            namespace: rkc.namespace(),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_owned(), "kekeeper".to_owned()),
+                (
+                    LABEL_CONFIG.to_owned(),
+                    keypair::config_label(&rkc.name_any()),
+                ),
+            ])),
+            owner_references: rkc.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// Server-side applies the ConfigMap unless the cached one already carries the same data.
+async fn apply_public_keys<K>(
+    ctx: &Context<K>,
+    rkc: &RecordingKeyConfig,
+    records: &[KeyPairRecord],
+) -> Result<()> {
+    let desired = public_keys_config_map(rkc, records);
+    let name = public_keys_config_map_name(&rkc.name_any());
+    let namespace = rkc.namespace().unwrap_or_default();
+    let cached = ctx
+        .config_maps
+        .get(&ObjectRef::new(&name).within(&namespace));
+    if cached.is_some_and(|c| c.data == desired.data && c.labels() == desired.labels()) {
+        return Ok(());
+    }
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut body = serde_json::to_value(&desired).unwrap_or_default();
+    body["apiVersion"] = json!("v1");
+    body["kind"] = json!("ConfigMap");
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
