@@ -201,14 +201,27 @@ fn write_rotation_and_kms(
     match &status.last_kms_error {
         Some(e) => writeln!(
             out,
-            "Last KMS error: {} {}: {} ({} ago)\n                {}",
+            "Last KMS error: {} {}: {} ({} ago{})\n                {}",
             e.operation,
             e.code,
             e.time,
             age(e.time, now),
+            e.resolved_at
+                .map(|t| format!(", resolved {} ago", age(t, now)))
+                .unwrap_or_default(),
             e.message
         )?,
         None => writeln!(out, "Last KMS error: none")?,
+    }
+    if let Some(failed) = status.failed_attempts.filter(|n| *n > 0) {
+        writeln!(
+            out,
+            "Failed attempts: {failed} in a row{} (retried with backoff)",
+            status
+                .last_failure_time
+                .map(|t| format!(", the last {} ago", age(t, now)))
+                .unwrap_or_default()
+        )?;
     }
     match &status.last_test {
         Some(t) => writeln!(
@@ -419,7 +432,10 @@ mod tests {
                 operation: "DescribeKey".into(),
                 code: "ThrottlingException".into(),
                 message: "Rate exceeded".into(),
+                resolved_at: Some(ts("2026-11-30T09:30:00Z")),
             }),
+            failed_attempts: Some(2),
+            last_failure_time: Some(ts("2026-11-30T09:00:00Z")),
             ..RecordingKeyConfigStatus::default()
         });
         rkc
@@ -455,7 +471,8 @@ mod tests {
             "Stalled  False   NotStalled",
             "kp-2      2d",
             "Next rotation:  2026-12-28T10:00:00Z (in 28d)",
-            "Last KMS error: DescribeKey ThrottlingException: 2026-11-30T09:00:00Z (60m ago)",
+            "Last KMS error: DescribeKey ThrottlingException: 2026-11-30T09:00:00Z (60m ago, resolved 30m ago)",
+            "Failed attempts: 2 in a row, the last 60m ago",
             "Rate exceeded",
             "History (newest first, historyLimit 1):",
             "RotateNowRequested",
