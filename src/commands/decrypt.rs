@@ -33,7 +33,9 @@ async fn fetch_key_pair_secret(
     kube: &crate::cli::KubeArgs,
     key_pair_id: &str,
 ) -> Result<KeyPairRecord, String> {
-    let cluster = connect(kube).await?;
+    let cluster = connect(kube).await.map_err(|e| {
+        format!("{e}; without --key-pair-secret the key pair Secret is read from the cluster")
+    })?;
     let namespace = cluster.namespace;
     let api: Api<Secret> = Api::namespaced(cluster.client, &namespace);
     let selector = format!("{LABEL_KEY_PAIR_ID}={}", key_pair_id_label(key_pair_id));
