@@ -24,11 +24,18 @@ pub enum Command {
     Run(RunArgs),
     /// Print the RecordingKeyConfig CRD YAML.
     Crd,
-    /// Self-test every organisation of a RecordingKeyConfig manifest against KMS; stores nothing.
+    /// Self-test every organisation of RecordingKeyConfig manifests against KMS; stores nothing.
     Test(TestArgs),
-    /// Print the KMS key policy statement that lets the operator use the key.
+    /// Print the two KMS key policy statements that let the operator use the key.
+    ///
+    /// Printed as a JSON array to add to the key policy's Statement list: Encrypt, Decrypt and
+    /// GenerateDataKey* bound to the organisations by the encryption context, and DescribeKey
+    /// without that condition (DescribeKey requests carry no encryption context, so the
+    /// condition would deny it).
     Policy(PolicyArgs),
-    /// Change key now: rotate the key pairs of a RecordingKeyConfig once.
+    /// Show a RecordingKeyConfig's conditions, key pairs, rotation, KMS errors and events.
+    Status(StatusArgs),
+    /// Change key now: rotate the key pairs of RecordingKeyConfigs once.
     Rotate(RotateArgs),
     /// Key pair operations.
     #[command(subcommand)]
@@ -87,32 +94,85 @@ pub struct RunArgs {
     pub kms_max_in_flight: usize,
 }
 
+/// How to reach the cluster, as kubectl does.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KubeArgs {
+    /// The kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current-context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The namespace (default: the context's namespace, else `default`).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The RecordingKeyConfig manifest (YAML); `-` reads stdin.
+    /// RecordingKeyConfig manifests (YAML; several documents or a `kind: List` as
+    /// `kubectl get rkc -o yaml` prints); `-` reads stdin. At most 1 MiB.
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// The operator's AWS principal ARN (role or user).
-    #[arg(long)]
-    pub principal: String,
+    /// The operator's AWS principal: an IAM role, user or account root ARN, or an account id
+    /// (repeat for several, e.g. Genesys Cloud's arn:aws:iam::765628985471:root).
+    #[arg(long, required = true)]
+    pub principal: Vec<String>,
     /// An organisation id allowed in the encryption context (repeat for several).
-    #[arg(long = "org-id", required = true)]
+    #[arg(long = "org-id", required_unless_present = "file")]
     pub org_ids: Vec<String>,
-    /// The encryption context key.
-    #[arg(long, default_value = crate::crd::DEFAULT_ENCRYPTION_CONTEXT_KEY)]
-    pub context_key: String,
+    /// Take the organisation ids and the encryption context key from RecordingKeyConfig
+    /// manifests (YAML; `-` reads stdin).
+    #[arg(short = 'f', long = "filename")]
+    pub file: Option<PathBuf>,
+    /// The encryption context key (default: the manifests', else genesys-cloud-organization-id).
+    #[arg(long)]
+    pub context_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]
-pub struct RotateArgs {
+pub struct StatusArgs {
     /// The RecordingKeyConfig's name.
     pub name: String,
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
+    /// Print the resource's status as JSON or YAML instead of the readable screen.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<OutputFormat>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("targets").required(true).args(["names", "all", "selector"]))]
+pub struct RotateArgs {
+    /// The RecordingKeyConfigs' names.
+    pub names: Vec<String>,
+    /// Every RecordingKeyConfig in the namespace.
+    #[arg(long)]
+    pub all: bool,
+    /// The RecordingKeyConfigs whose labels match this selector (e.g. `team=telephony`).
+    #[arg(short = 'l', long = "selector")]
+    pub selector: Option<String>,
+    /// In every namespace (with --all or -l).
+    #[arg(short = 'A', long, conflicts_with = "names")]
+    pub all_namespaces: bool,
+    /// Wait until each rotation is honoured and the resource is Ready for its generation.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits for all resources together (e.g. 5m, 90s).
+    #[arg(long, default_value = "5m", requires = "wait")]
+    pub timeout: jiff::SignedDuration,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,13 +214,17 @@ pub struct EncryptArgs {
 
 #[derive(Debug, Args)]
 pub struct DecryptArgs {
-    /// The key pair Secret manifest named in the recording's header.
+    /// The key pair Secret manifest named in the recording's header (default: the Secret
+    /// labelled kekeeper.io/key-pair-id=<the header's key pair id>, read from the cluster).
     #[arg(long)]
-    pub key_pair_secret: PathBuf,
+    pub key_pair_secret: Option<PathBuf>,
     /// Input; `-` is stdin.
     #[arg(short = 'i', long = "input")]
     pub input: PathBuf,
     /// Output; `-` is stdout.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// Where the key pair Secret is looked up without --key-pair-secret.
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }

@@ -100,11 +100,44 @@ fn run_refuses_a_renew_deadline_not_below_the_lease_duration() {
 }
 
 #[test]
-fn rotate_takes_a_name_and_namespace() {
+fn rotate_takes_names_or_all_or_a_selector_and_kubectl_connection_flags() {
     let cli = Cli::try_parse_from(["kekeeper", "rotate", "recordings", "-n", "telephony"]).unwrap();
     let Command::Rotate(args) = cli.command else {
         panic!("not rotate")
     };
-    assert_eq!(args.name, "recordings");
-    assert_eq!(args.namespace.as_deref(), Some("telephony"));
+    assert_eq!(args.names, ["recordings"]);
+    assert_eq!(args.kube.namespace.as_deref(), Some("telephony"));
+    assert!(!args.wait);
+
+    let cli = Cli::try_parse_from([
+        "kekeeper",
+        "rotate",
+        "-l",
+        "team=telephony",
+        "-A",
+        "--wait",
+        "--timeout",
+        "90s",
+        "--kubeconfig",
+        "/tmp/kc",
+        "--context",
+        "prod",
+    ])
+    .unwrap();
+    let Command::Rotate(args) = cli.command else {
+        panic!("not rotate")
+    };
+    assert_eq!(args.selector.as_deref(), Some("team=telephony"));
+    assert!(args.all_namespaces && args.wait);
+    assert_eq!(args.timeout, SignedDuration::from_secs(90));
+    assert_eq!(args.kube.context.as_deref(), Some("prod"));
+
+    for refused in [
+        vec!["kekeeper", "rotate"],
+        vec!["kekeeper", "rotate", "a", "-A"],
+        vec!["kekeeper", "rotate", "a", "--all"],
+        vec!["kekeeper", "rotate", "--all", "--timeout", "1m"],
+    ] {
+        assert!(Cli::try_parse_from(&refused).is_err(), "{refused:?}");
+    }
 }
