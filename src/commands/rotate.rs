@@ -67,9 +67,43 @@ pub async fn execute(args: RotateArgs) -> ExitCode {
         }
     }
     if !args.wait {
+        acknowledged(&to_wait, &token).await;
         return ExitCode::from(EXIT_OK);
     }
     ExitCode::from(wait_all(&to_wait, &token, args.timeout).await)
+}
+
+/// How long `rotate` without `--wait` waits for the operator to take the request up.
+const ACKNOWLEDGE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Without `--wait`: returns once the operator has taken every request up (status no longer
+/// says Ready=True under an older token), so `kekeeper rotate NAME && kubectl wait
+/// --for=condition=Ready rkc/NAME` waits for the new pairs. Says so if the operator does not
+/// answer in time (not running?), and returns anyway.
+async fn acknowledged(resources: &[(Api<RecordingKeyConfig>, String, String)], token: &str) {
+    let deadline = Instant::now() + ACKNOWLEDGE_WITHIN;
+    let waits = resources.iter().map(|(api, namespace, name)| {
+        watch_until(api, namespace, name, deadline, |rkc| {
+            unacknowledged(rkc, token)
+        })
+    });
+    for outcome in futures::future::join_all(waits).await {
+        if let Err(e) = outcome {
+            eprintln!("kekeeper: note: the operator has not taken the request up yet: {e}");
+        }
+    }
+}
+
+/// Why the operator has not yet taken up `token` on `rkc`: status still says Ready=True for a
+/// key pair made before the request. None once it is Rotating (or anything but Ready) or the
+/// token is honoured.
+pub fn unacknowledged(rkc: &RecordingKeyConfig, token: &str) -> Option<String> {
+    let status = rkc.status.as_ref()?;
+    if status.rotate_now_token.as_deref() == Some(token) {
+        return None;
+    }
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    (ready.status == "True").then(|| "Ready is still True under the previous token".to_owned())
 }
 
 /// Waits for every resource at once, under one deadline; prints each outcome.
@@ -193,6 +227,27 @@ async fn wait_honoured(
     token: &str,
     deadline: Instant,
 ) -> Result<String, String> {
+    watch_until(api, namespace, name, deadline, |rkc| pending(rkc, token))
+        .await
+        .map_err(|e| {
+            e.replace(
+                "not before the deadline",
+                "not honoured before the --timeout",
+            )
+        })?;
+    Ok(format!(
+        "{namespace}/{name} rotated and Ready (token {token})"
+    ))
+}
+
+/// Watches one resource until `why_not` has no objection, or the deadline.
+async fn watch_until(
+    api: &Api<RecordingKeyConfig>,
+    namespace: &str,
+    name: &str,
+    deadline: Instant,
+    why_not: impl Fn(&RecordingKeyConfig) -> Option<String>,
+) -> Result<(), String> {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut objects = std::pin::pin!(watcher(api.clone(), config).applied_objects());
     let mut last = "not seen yet".to_owned();
@@ -201,17 +256,13 @@ async fn wait_honoured(
             Ok(next) => next,
             Err(_) => {
                 return Err(format!(
-                    "{namespace}/{name}: not honoured before the --timeout: {last}"
+                    "{namespace}/{name}: not before the deadline: {last}"
                 ));
             }
         };
         match next {
-            Some(Ok(rkc)) => match pending(&rkc, token) {
-                None => {
-                    return Ok(format!(
-                        "{namespace}/{name} rotated and Ready (token {token})"
-                    ));
-                }
+            Some(Ok(rkc)) => match why_not(&rkc) {
+                None => return Ok(()),
                 Some(why) => last = why,
             },
             // The watcher retries by itself; keep the reason for the timeout message.

@@ -290,6 +290,11 @@ impl Operator {
         assert!(status.success(), "kill -TERM {}", child.id());
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The exit status once the process has ended, or None while it runs.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut()?.try_wait().expect("try_wait")
