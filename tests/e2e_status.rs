@@ -69,6 +69,16 @@ async fn status_tells_the_truth_through_every_scenario() {
         .await;
     rotate_then_kubectl_wait_waits_for_the_new_pair(&cluster, &alias).await;
     suspend_keeps_observed_generation_current(&cluster).await;
+    // The deleted resources' metric series are gone; the live one's are there.
+    let metrics = eventually("deleted resources' series dropped", WAIT, || async {
+        let text = operator.get("/metrics").await;
+        (!["many", "typo", "outage", "denied", "disabled", "rotated"]
+            .iter()
+            .any(|name| text.contains(&format!("config=\"{name}\""))))
+        .then_some(text)
+    })
+    .await;
+    assert!(metrics.contains("kekeeper_ready{"), "{metrics}");
     operator.kill();
 }
 

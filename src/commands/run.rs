@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -30,7 +30,7 @@ use crate::crd::RecordingKeyConfig;
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
 use crate::kms::coalesce::CoalescingKms;
 use crate::kms::sdk::SdkKms;
-use crate::metrics::{MeteredKms, Metrics};
+use crate::metrics::{ConfigLabels, MeteredKms, Metrics};
 
 pub async fn execute(args: RunArgs) -> ExitCode {
     if let Err(err) = lease_timing(&args) {
@@ -302,11 +302,22 @@ async fn run_scope(
     // these) and the controller's triggers, so a deleted or edited key pair Secret or
     // ConfigMap is put right at once. The caches keep only what the controller reads.
     let (rkc_store, rkc_writer) = reflector::store();
+    let metrics = shared.metrics.clone();
     let rkc_stream = reflector(
         rkc_writer,
         watcher(rkcs, watcher::Config::default()).modify(slim),
     )
     .default_backoff()
+    .inspect_ok(move |event| {
+        // A deleted resource's series go with it.
+        if let watcher::Event::Delete(rkc) = event {
+            let config = ConfigLabels {
+                namespace: rkc.namespace().unwrap_or_default(),
+                config: rkc.name_any(),
+            };
+            metrics.forget(&config, rkc.status.as_ref());
+        }
+    })
     .applied_objects();
     let (secrets, secrets_writer) = reflector::store();
     let secrets_stream = reflector(
