@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::argocd;
 use common::cluster::{Cluster, condition, eventually, rkc_manifest};
 use common::kstatus::{KStatus, kstatus, reason};
 use common::proxy::FaultProxy;
@@ -27,18 +28,32 @@ fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
         .object("kekeeper.io", "recordingkeyconfigs", "default", name)
 }
 
-/// Waits until `name`'s kstatus verdict is `want` and `also` holds.
+/// Waits until `name`'s kstatus verdict is `want` and `also` holds; then checks that the
+/// shipped Argo CD health check agrees with kstatus on that very status.
 async fn wait_for(
     cluster: &Cluster,
     name: &str,
     want: KStatus,
     also: impl Fn(&Value) -> bool,
 ) -> Value {
-    eventually(&format!("{name} {want:?}"), WAIT, || async {
+    let object = eventually(&format!("{name} {want:?}"), WAIT, || async {
         let object = rkc(cluster, name)?;
         (kstatus(&object) == want && also(&object)).then_some(object)
     })
-    .await
+    .await;
+    let (health, message) = argocd::health(&object);
+    let suspended = reason(&object, "Ready").as_deref() == Some("Suspended");
+    let expected = match want {
+        KStatus::Failed => "Degraded",
+        KStatus::InProgress => "Progressing",
+        KStatus::Current if suspended => "Suspended",
+        KStatus::Current => "Healthy",
+    };
+    assert_eq!(
+        health, expected,
+        "Argo CD health of {name} ({message}): {object:#}"
+    );
+    object
 }
 
 fn apply_manifest(name: &str, alias: &str, organizations: &[String], extra: &str) -> String {

@@ -2,6 +2,7 @@
 //! and alias set-up, and a fault-injecting HTTP proxy.
 #![allow(dead_code)]
 
+pub mod argocd;
 pub mod cluster;
 pub mod fleet;
 pub mod kstatus;
