@@ -300,43 +300,26 @@ async fn run_scope(
     let config_maps_api: Api<ConfigMap> = scoped(&client, namespace);
     // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
     // these) and the controller's triggers, so a deleted or edited key pair Secret or
-    // ConfigMap is put right at once. The caches keep only what the controller reads.
-    let (rkc_store, rkc_writer) = reflector::store();
+    // ConfigMap is put right at once.
+    let (rkc_store, rkc_events) = cached(rkcs, watcher::Config::default());
     let metrics = shared.metrics.clone();
-    let rkc_stream = reflector(
-        rkc_writer,
-        watcher(rkcs, watcher::Config::default()).modify(slim),
-    )
-    .default_backoff()
-    .inspect_ok(move |event| {
-        // A deleted resource's series go with it.
-        if let watcher::Event::Delete(rkc) = event {
-            let config = ConfigLabels {
-                namespace: rkc.namespace().unwrap_or_default(),
-                config: rkc.name_any(),
-            };
-            metrics.forget(&config, rkc.status.as_ref());
-        }
-    })
-    .applied_objects();
-    let (secrets, secrets_writer) = reflector::store();
-    let secrets_stream = reflector(
-        secrets_writer,
-        watcher(secrets_api, watcher::Config::default().labels(LABEL_CONFIG)).modify(slim),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (config_maps, config_maps_writer) = reflector::store();
-    let config_maps_stream = reflector(
-        config_maps_writer,
-        watcher(
-            config_maps_api,
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
-        )
-        .modify(slim),
-    )
-    .default_backoff()
-    .touched_objects();
+    let rkc_stream = rkc_events
+        .inspect_ok(move |event| {
+            // A deleted resource's series go with it.
+            if let watcher::Event::Delete(rkc) = event {
+                let config = ConfigLabels {
+                    namespace: rkc.namespace().unwrap_or_default(),
+                    config: rkc.name_any(),
+                };
+                metrics.forget(&config, rkc.status.as_ref());
+            }
+        })
+        .applied_objects();
+    let (secrets, secrets_events) =
+        cached(secrets_api, watcher::Config::default().labels(LABEL_CONFIG));
+    let managed = format!("{LABEL_MANAGED_BY}=kekeeper");
+    let (config_maps, config_maps_events) =
+        cached(config_maps_api, watcher::Config::default().labels(&managed));
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -352,12 +335,12 @@ async fn run_scope(
 
     let controller = Controller::for_stream(rkc_stream, rkc_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-        .watches_stream(secrets_stream, |secret: Secret| {
+        .watches_stream(secrets_events.touched_objects(), |secret: Secret| {
             let config = secret.labels().get(LABEL_CONFIG)?.clone();
             let namespace = secret.namespace()?;
             Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
         })
-        .owns_stream(config_maps_stream);
+        .owns_stream(config_maps_events.touched_objects());
     let store = controller.store();
     tokio::spawn(async move {
         if synced(&store).await && synced(&secrets).await && synced(&config_maps).await {
@@ -377,6 +360,29 @@ async fn run_scope(
             futures::future::ready(())
         })
         .await;
+}
+
+/// A cache of `api`'s objects (slimmed) and the watch events that fill it, for the triggers.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let events = reflector(writer, watcher(api, config).modify(slim)).default_backoff();
+    (store, events)
 }
 
 /// Drops what the controller never reads from a cached object: `managedFields` and
