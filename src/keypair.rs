@@ -52,6 +52,9 @@ pub struct KeyPairRecord {
     pub organization_id: String,
     /// 1, 2, 3, ... per (config, organisation); part of the deterministic Secret name.
     pub sequence: u64,
+    /// The Secret's `metadata.name`: as read, never recomputed from labels (a long config name
+    /// is only a hash in the label).
+    pub secret_name: String,
     pub key_pair_id: String,
     pub kms_key_arn: String,
     pub key_pair_spec: KeyPairSpec,
@@ -107,6 +110,11 @@ impl KeyPairRecord {
             namespace: namespace.to_owned(),
             organization_id: encryption_context.organization_id.clone(),
             sequence,
+            secret_name: Self::secret_name(
+                config_name,
+                &encryption_context.organization_id,
+                sequence,
+            ),
             key_pair_id: new_key_pair_id(),
             kms_key_arn: key_pair.kms_key_arn,
             key_pair_spec: key_pair.spec,
@@ -144,7 +152,7 @@ impl KeyPairRecord {
 
     /// This record's Secret name.
     pub fn name(&self) -> String {
-        Self::secret_name(&self.config_name, &self.organization_id, self.sequence)
+        self.secret_name.clone()
     }
 
     /// The Secret the controller stores (SPEC §3). No owner reference: deleting the
@@ -302,6 +310,7 @@ impl KeyPairRecord {
             namespace: secret.metadata.namespace.clone().unwrap_or_default(),
             organization_id: metadata.organization_id,
             sequence: metadata.sequence,
+            secret_name: name,
             key_pair_id: metadata.key_pair_id,
             kms_key_arn: metadata.kms_key_arn,
             key_pair_spec: metadata.key_pair_spec,
@@ -502,6 +511,11 @@ mod tests {
             namespace: "telephony".into(),
             organization_id: "3fa85f64-5717-4562-b3fc-2c963f66afa6".into(),
             sequence: 3,
+            secret_name: KeyPairRecord::secret_name(
+                "recordings",
+                "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                3,
+            ),
             key_pair_id: new_key_pair_id(),
             kms_key_arn:
                 "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
@@ -613,6 +627,24 @@ mod tests {
         let yaml = serde_yaml::to_string(&secret).unwrap();
         let parsed: Secret = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(KeyPairRecord::from_secret(&parsed).unwrap(), record);
+    }
+
+    #[test]
+    fn a_long_config_name_keeps_its_secret_name_when_read_back() {
+        let config = "c".repeat(200);
+        let mut record = record();
+        record.config_name = config.clone();
+        record.secret_name = KeyPairRecord::secret_name(&config, &record.organization_id, 3);
+        let secret = record.to_secret();
+        let label = &secret.metadata.labels.as_ref().unwrap()[LABEL_CONFIG];
+        assert!(
+            label.starts_with("sha256-") && is_label_value(label),
+            "{label}"
+        );
+        let read = KeyPairRecord::from_secret(&secret).unwrap();
+        assert_eq!(read.name(), record.name());
+        assert!(read.name().starts_with(&config), "{}", read.name());
+        assert!(read.name().len() <= 253);
     }
 
     #[test]

@@ -180,7 +180,9 @@ pub fn records_of<'a>(
     let records = secrets
         .into_iter()
         .filter_map(|secret| match KeyPairRecord::from_secret(secret) {
-            Ok(record) if record.config_name == config || secret_matches(secret, config) => {
+            Ok(mut record) if record.config_name == config || secret_matches(secret, config) => {
+                // The label may only carry a hash of a long name.
+                record.config_name = config.to_owned();
                 if let Some(token) = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN) {
                     tokens.insert(record.name(), token.clone());
                 }
