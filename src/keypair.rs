@@ -378,6 +378,8 @@ impl KeyPairRecord {
             kms_key_arn: self.kms_key_arn.clone(),
             public_key_fingerprint: self.fingerprint(),
             secret_name: self.name(),
+            sequence: Some(self.sequence),
+            missing: false,
         }
     }
 }
@@ -391,20 +393,6 @@ pub fn config_label(config_name: &str) -> String {
 /// The label selector of every key pair Secret of a RecordingKeyConfig.
 pub fn config_selector(config_name: &str) -> String {
     format!("{LABEL_CONFIG}={}", config_label(config_name))
-}
-
-/// The next sequence number for an organisation: one past the highest it has used, 1 for the
-/// first pair. Numbers are never reused, so a retired pair's Secret is never overwritten.
-pub fn next_sequence<'a>(
-    records: impl IntoIterator<Item = &'a KeyPairRecord>,
-    organization_id: &str,
-) -> u64 {
-    records
-        .into_iter()
-        .filter(|r| r.organization_id == organization_id)
-        .map(|r| r.sequence)
-        .max()
-        .map_or(1, |s| s + 1)
 }
 
 /// `SHA256:` + unpadded base64 of SHA-256 over a SubjectPublicKeyInfo DER.
@@ -720,22 +708,6 @@ mod tests {
             parse_public_key_pem(&record.public_key_pem()).unwrap(),
             record.public_key_der
         );
-    }
-
-    #[test]
-    fn the_next_sequence_follows_the_highest_of_the_organisation() {
-        let mut a1 = record();
-        a1.sequence = 1;
-        let mut a4 = record();
-        a4.sequence = 4;
-        let mut b2 = record();
-        b2.organization_id = "b".into();
-        b2.sequence = 2;
-        let records = [a1, a4, b2];
-        assert_eq!(next_sequence(&records, &records[0].organization_id), 5);
-        assert_eq!(next_sequence(&records, "b"), 3);
-        assert_eq!(next_sequence(&records, "c"), 1);
-        assert_eq!(next_sequence([], "c"), 1);
     }
 
     #[test]

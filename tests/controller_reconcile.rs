@@ -107,7 +107,7 @@ enum Scenario {
     /// stored Secret, event, status, ConfigMap.
     AdoptAfterCrash { stored: Box<Secret> },
     /// Crash between storing the new pair and retiring the old: list, retire the shadowed
-    /// pair, status, ConfigMap; no new pair.
+    /// pair, a Warning event about the two active pairs, status, ConfigMap; no new pair.
     RetireShadowed { existing: Vec<Secret> },
     /// Invalid spec: Warning event and status patch, no list, no KMS.
     ConfigInvalid,
@@ -311,6 +311,7 @@ impl Scenario {
                 vec![
                     list(existing),
                     retire_secret(&old),
+                    event("DuplicateActiveKeyPair"),
                     status_patch(object),
                     config_map_apply(),
                 ]
@@ -1105,8 +1106,10 @@ async fn retention_prunes_only_long_retired_pairs() {
     result.unwrap();
     assert!(seen.is_empty());
 
-    // With 1d: a day after retirement, the retired Secret goes.
+    // With 1d and no periodic rotation (whose period would be the floor): a day after
+    // retirement, the retired Secret goes.
     rkc.spec.recording_retention = Some("1d".into());
+    rkc.spec.rotation.period = kekeeper::crd::RotationPeriod::Never;
     rkc.meta_mut().generation = Some(2);
     rkc.status.as_mut().unwrap().observed_generation = Some(2);
     h.now = ts("2026-01-16T10:00:00Z");
@@ -1133,6 +1136,7 @@ async fn crash_before_retiring_the_old_pair_retires_it_on_retry() {
     // The new pair (sequence 2) was stored, then the process died: two active pairs.
     let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
     newer.sequence = 2;
+    newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
     newer.created_at = ts("2026-01-15T10:05:00Z");
     newer.reason = "PeriodElapsed".into();
@@ -1254,6 +1258,7 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     // retiring the old pair and writing status.
     let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
     newer.sequence = 2;
+    newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
     newer.reason = "RotateNowRequested".into();
     let mut newer_secret = newer.to_secret();

@@ -180,6 +180,7 @@ async fn run_controller(
     let shared = Shared {
         settings: Settings {
             kms_key_check_interval: args.kms_key_check_interval,
+            key_verify_interval: args.key_verify_interval,
             operator_region: sdk.operator_region().map(str::to_owned),
         },
         kms: MeteredKms {

@@ -4,10 +4,13 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::observe::KeyCheck;
-use super::plan::active_by_org;
-use crate::crd::{LastKmsError, LastTest, RecordingKeyConfig, RecordingKeyConfigStatus};
+use super::observe::{CustodyCheck, KeyCheck};
+use crate::crd::{
+    KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
+    RecordingKeyConfigStatus,
+};
 use crate::keypair::KeyPairRecord;
+use crate::keyring::{CUSTODY_CHECK_FAILED, KEY_PAIR_MISSING, KeyRing, PUBLIC_KEY_MISMATCH};
 use crate::kms::KmsError;
 use crate::policy::{self, HealthInput};
 
@@ -17,15 +20,17 @@ pub const STALLED: &str = "Stalled";
 pub const KMS_AVAILABLE: &str = "KmsAvailable";
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const HISTORICAL_KEYS_AT_RISK: &str = "HistoricalKeysAtRisk";
+pub const KEY_PAIR_INTEGRITY: &str = "KeyPairIntegrity";
 
 /// The condition types in the order status lists them.
-const ORDER: [&str; 6] = [
+const ORDER: [&str; 7] = [
     READY,
     RECONCILING,
     STALLED,
     KMS_AVAILABLE,
     CONFIG_VALID,
     HISTORICAL_KEYS_AT_RISK,
+    KEY_PAIR_INTEGRITY,
 ];
 
 /// What this reconcile learnt and did.
@@ -37,7 +42,10 @@ pub struct StatusInput<'a> {
     /// reconcile did not look at.
     pub current: Option<&'a RecordingKeyConfigStatus>,
     pub now: Timestamp,
-    pub records: &'a [KeyPairRecord],
+    /// The key pairs after this reconcile's work.
+    pub ring: &'a KeyRing,
+    /// The custody check, when it ran in this reconcile.
+    pub custody: Option<&'a CustodyCheck>,
     /// The spec's problem (field and fix).
     pub config_error: Option<&'a str>,
     /// What DescribeKey said in this reconcile, if it was asked.
@@ -58,18 +66,22 @@ impl StatusInput<'_> {
     pub fn failed(&self) -> bool {
         self.kms_failure.is_some()
             || self.self_test_failure.is_some()
+            || self.custody.is_some_and(|c| c.error.is_some())
             || matches!(
                 self.key,
                 Some(KeyCheck::Failed(_) | KeyCheck::Unusable { .. })
             )
     }
 
-    /// The KMS error of this reconcile: of the work, else of DescribeKey.
+    /// The KMS error of this reconcile: of the work, else of DescribeKey, else of the custody
+    /// check.
     fn kms_error(&self) -> Option<&KmsError> {
-        self.kms_failure.or(match self.key {
-            Some(KeyCheck::Failed(err)) => Some(err),
-            _ => None,
-        })
+        self.kms_failure
+            .or(match self.key {
+                Some(KeyCheck::Failed(err)) => Some(err),
+                _ => None,
+            })
+            .or(self.custody.and_then(|c| c.error.as_ref()))
     }
 }
 
@@ -85,6 +97,7 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     };
     kms_bookkeeping(input, &current, &mut next);
     key_pairs(input, &mut next);
+    custody(input, &current, &mut next);
     let mut conditions = Conditions {
         current: &current.conditions,
         next: Vec::new(),
@@ -93,6 +106,7 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     };
     health_conditions(input, &next, &mut conditions);
     kms_conditions(input, &mut conditions);
+    custody_conditions(input, &next, &mut conditions);
     next.conditions = conditions.finish();
     next
 }
@@ -151,28 +165,41 @@ fn kms_bookkeeping(
     }
 }
 
-/// Active pairs, history and the rotation times, from the records.
+/// Active pairs, history and the rotation times, from the key ring. Fingerprints are the ones
+/// status recorded (a Secret editor cannot change them); pairs whose Secret is gone stay in the
+/// history, marked missing.
 fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
     let rkc = input.rkc;
-    let active = active_by_org(input.records);
+    let ring = input.ring;
+    let active = ring.active_by_org();
     let wanted = &rkc.spec.organization_ids;
     next.active_key_pairs = wanted
         .iter()
         .filter_map(|org| active.get(org.as_str()))
-        .map(|r| r.to_active_key_pair())
+        .map(|r| crate::crd::ActiveKeyPair {
+            public_key_fingerprint: ring.trusted_fingerprint(r),
+            ..r.to_active_key_pair()
+        })
         .collect();
-    let mut history: Vec<&KeyPairRecord> = input.records.iter().collect();
-    history.sort_by(|a, b| {
+    let mut present: Vec<&KeyPairRecord> = ring.records().iter().collect();
+    present.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
             .then(b.sequence.cmp(&a.sequence))
             .then(a.organization_id.cmp(&b.organization_id))
     });
-    next.key_pair_history = history
+    let mut history: Vec<KeyPairHistoryEntry> = present
         .into_iter()
         .take(rkc.spec.history_limit.clamp(1, 100) as usize)
-        .map(KeyPairRecord::to_history_entry)
+        .map(|r| KeyPairHistoryEntry {
+            public_key_fingerprint: ring.trusted_fingerprint(r),
+            ..r.to_history_entry()
+        })
         .collect();
+    history.extend(ring.missing().iter().filter_map(|m| m.entry.clone()));
+    history.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+    next.key_pair_history = history;
+    next.highest_sequences = ring.highest_sequences().clone();
     let in_spec = active
         .iter()
         .filter(|(org, _)| wanted.iter().any(|w| w == *org))
@@ -181,6 +208,76 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
     next.next_rotation_time = in_spec
         .filter_map(|r| policy::rotation_due(r.created_at, rkc.spec.rotation.period))
         .min();
+}
+
+/// `keyPairProblems` and the custody check time. A problem keeps the time it was first seen.
+fn custody(
+    input: &StatusInput,
+    current: &RecordingKeyConfigStatus,
+    next: &mut RecordingKeyConfigStatus,
+) {
+    let ring = input.ring;
+    let now = input.now;
+    let problem =
+        |organization_id: &str, key_pair_id: &str, secret: &str, reason: &str, message: String| {
+            let since = current
+                .key_pair_problems
+                .iter()
+                .find(|p| p.secret_name == secret && p.reason == reason)
+                .map_or(now, |p| p.since);
+            KeyPairProblem {
+                organization_id: organization_id.to_owned(),
+                key_pair_id: key_pair_id.to_owned(),
+                secret_name: secret.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                since,
+            }
+        };
+    let mut problems = Vec::new();
+    for m in ring.missing() {
+        problems.push(problem(&m.organization_id, &m.key_pair_id, &m.secret_name, KEY_PAIR_MISSING, format!(
+            "Secret {} of key pair {} (organisation {}) is gone: recordings made with it cannot be decrypted unless it is restored from a backup",
+            m.secret_name, m.key_pair_id, m.organization_id
+        )));
+    }
+    for m in ring.mismatches() {
+        problems.push(problem(&m.organization_id, &m.key_pair_id, &m.secret_name, PUBLIC_KEY_MISMATCH, format!(
+            "Secret {} holds a public key with fingerprint {}, but status recorded {}: the recorded key stays published; restore publicKey.pem",
+            m.secret_name, m.found, m.recorded
+        )));
+    }
+    let fresh = input
+        .custody
+        .map(|c| c.failures.as_slice())
+        .unwrap_or_default();
+    for secret in ring.custody_failed() {
+        let entry = match fresh.iter().find(|f| &f.secret_name == secret) {
+            Some(f) => problem(
+                &f.organization_id,
+                &f.key_pair_id,
+                secret,
+                CUSTODY_CHECK_FAILED,
+                f.message.clone(),
+            ),
+            None => match current
+                .key_pair_problems
+                .iter()
+                .find(|p| &p.secret_name == secret && p.reason == CUSTODY_CHECK_FAILED)
+            {
+                Some(known) => known.clone(),
+                None => continue,
+            },
+        };
+        problems.push(entry);
+    }
+    next.key_pair_problems = problems;
+    if input.custody.is_some_and(|c| c.error.is_none())
+        || (current.last_key_verify_time.is_none() && !ring.active_by_org().is_empty())
+    {
+        // Pairs are self-tested through KMS when made, which counts as their first check.
+        next.last_key_verify_time = Some(now);
+    }
 }
 
 /// Ready, Reconciling and Stalled from the health chain.
@@ -219,7 +316,7 @@ fn health_conditions(
     }
 }
 
-/// KmsAvailable, ConfigValid and HistoricalKeysAtRisk: what KMS said, or as before when it
+/// KmsAvailable and ConfigValid: what KMS said, or as before when it
 /// was not asked.
 fn kms_conditions(input: &StatusInput, conditions: &mut Conditions) {
     match (input.kms_error(), input.key) {
@@ -262,23 +359,104 @@ fn kms_conditions(input: &StatusInput, conditions: &mut Conditions) {
         ),
         _ => conditions.keep(CONFIG_VALID),
     }
-    match input.key {
-        Some(KeyCheck::Usable { at_risk, .. }) if at_risk.is_empty() => conditions.set(
+}
+
+/// HistoricalKeysAtRisk (missing Secrets first, then retained pairs' KMS keys) and
+/// KeyPairIntegrity.
+fn custody_conditions(
+    input: &StatusInput,
+    next: &RecordingKeyConfigStatus,
+    conditions: &mut Conditions,
+) {
+    let missing = input.ring.missing();
+    // Without a KMS key check in this reconcile, the condition stays as it was, unless it
+    // reported Secrets that are no longer missing.
+    let recompute = matches!(input.key, Some(KeyCheck::Usable { .. }))
+        || conditions.current_reason(HISTORICAL_KEYS_AT_RISK) == Some(KEY_PAIR_MISSING);
+    if !missing.is_empty() {
+        let named: Vec<String> = missing
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} (key pair {}, organisation {})",
+                    m.secret_name, m.key_pair_id, m.organization_id
+                )
+            })
+            .collect();
+        conditions.set(
             HISTORICAL_KEYS_AT_RISK,
-            false,
-            "KmsKeysUsable",
-            "the KMS keys of all retained key pairs are usable",
-        ),
-        Some(KeyCheck::Usable { at_risk, .. }) => conditions.set(
+            true,
+            KEY_PAIR_MISSING,
+            &format!(
+                "key pair Secrets are gone; recordings made with them cannot be decrypted until they are restored from a backup (or acknowledge with the annotation kekeeper.io/acknowledge-key-pairs): {}",
+                named.join(", ")
+            ),
+        );
+    } else if !recompute {
+        conditions.keep(HISTORICAL_KEYS_AT_RISK);
+    } else if !next.key_pairs_at_risk.is_empty() {
+        conditions.set(
             HISTORICAL_KEYS_AT_RISK,
             true,
             "KmsKeyDisabledOrPendingDeletion",
             &format!(
                 "recordings made with key pairs under these KMS keys cannot be decrypted until the key is enabled again: {}",
-                at_risk.join(", ")
+                next.key_pairs_at_risk.join(", ")
             ),
-        ),
-        _ => conditions.keep(HISTORICAL_KEYS_AT_RISK),
+        );
+    } else {
+        conditions.set(
+            HISTORICAL_KEYS_AT_RISK,
+            false,
+            "KmsKeysUsable",
+            "the KMS keys of all retained key pairs are usable",
+        );
+    }
+    integrity_condition(input, next, conditions);
+}
+
+/// KeyPairIntegrity: False while a Secret disagrees with its recorded fingerprint or a pair
+/// failed the custody check; absent until there is a key pair.
+fn integrity_condition(
+    input: &StatusInput,
+    next: &RecordingKeyConfigStatus,
+    conditions: &mut Conditions,
+) {
+    let problem = |reason: &str| {
+        next.key_pair_problems
+            .iter()
+            .filter(|p| p.reason == reason)
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>()
+    };
+    let mismatches = problem(PUBLIC_KEY_MISMATCH);
+    let failed = problem(CUSTODY_CHECK_FAILED);
+    if !failed.is_empty() {
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            false,
+            CUSTODY_CHECK_FAILED,
+            &failed.join("; "),
+        );
+    } else if !mismatches.is_empty() {
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            false,
+            PUBLIC_KEY_MISMATCH,
+            &mismatches.join("; "),
+        );
+    } else if !input.ring.records().is_empty() {
+        let when = next
+            .last_key_verify_time
+            .map_or_else(|| "not yet".to_owned(), |t| t.to_string());
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            true,
+            "Verified",
+            &format!(
+                "key pair Secrets agree with the fingerprints recorded in status; last custody check through KMS: {when}"
+            ),
+        );
     }
 }
 
@@ -307,6 +485,13 @@ impl Conditions<'_> {
             last_transition_time: since,
             observed_generation: self.generation,
         });
+    }
+
+    fn current_reason(&self, type_: &str) -> Option<&str> {
+        self.current
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.reason.as_str())
     }
 
     /// Carries a condition over (now for this generation: nothing in it changed), or
