@@ -322,4 +322,5 @@ fn record_metrics<K>(
         config: obs.name.clone(),
     };
     ctx.metrics.record_status(&config, status);
+    ctx.metrics.custody.record(&config, status);
 }
