@@ -34,11 +34,14 @@ const CONFLICT_RETRIES: usize = 3;
 pub struct StatusWriter {
     view: Arc<RecordingKeyConfig>,
     last_write: Option<Instant>,
+    /// Status as the reconcile found it (what is new in this reconcile is announced).
+    initial: Option<RecordingKeyConfigStatus>,
 }
 
 impl StatusWriter {
     pub fn new(rkc: Arc<RecordingKeyConfig>) -> Self {
         StatusWriter {
+            initial: rkc.status.clone(),
             view: rkc,
             last_write: None,
         }
@@ -214,7 +217,7 @@ pub async fn report<K>(
         .await?;
     let changed = before.as_ref() != Some(&desired);
     warn_about(ctx, obs, plan, outcome, changed).await;
-    warn_about_custody(ctx, obs, before.as_ref(), &desired).await;
+    warn_about_custody(ctx, obs, writer.initial.as_ref(), &desired).await;
     if matches!(plan.step, Step::Execute | Step::Blocked) {
         apply_public_keys(ctx, &obs.rkc, ring).await?;
     }
