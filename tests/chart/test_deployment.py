@@ -7,7 +7,7 @@ import pytest
 from conftest import NAMESPACE, one, render_docs
 
 BASE_ARGS = ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=1",
-             "--kms-key-check-interval=1h"]
+             "--kms-key-check-interval=1h", "--key-verify-interval=24h"]
 LEADER_ARGS = ["--leader-elect", "--lease-name=kekeeper", f"--lease-namespace={NAMESPACE}"]
 
 
@@ -29,7 +29,8 @@ def container(docs):
     ("namespaced", BASE_ARGS + ["--namespace=team-a", "--namespace=team-b"]),
     ("ha", BASE_ARGS + LEADER_ARGS),
     ("everything", ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=0.5",
-                    "--kms-key-check-interval=30m", "--namespace=team-a", "--leader-elect",
+                    "--kms-key-check-interval=30m", "--key-verify-interval=24h",
+                    "--namespace=team-a", "--leader-elect",
                     "--lease-name=kekeeper-leader", f"--lease-namespace={NAMESPACE}",
                     "--log-json", "--some-future-flag"]),
 ])
