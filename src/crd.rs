@@ -217,6 +217,9 @@ pub struct RecordingKeyConfigStatus {
     /// KMS and compared with the recorded fingerprints (`--key-verify-interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_key_verify_time: Option<Timestamp>,
+    /// Bookkeeping: the last `kekeeper.io/verify-now` token honoured with a custody check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_now_token: Option<String>,
 }
 
 /// One key pair's custody problem.

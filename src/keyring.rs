@@ -19,6 +19,10 @@ use crate::policy;
 /// `status.keyPairProblems` and the history.
 pub const ANNOTATION_ACKNOWLEDGE: &str = "kekeeper.io/acknowledge-key-pairs";
 
+/// Annotation on a RecordingKeyConfig: a new token asks for a custody check now, instead of at
+/// the next `--key-verify-interval`.
+pub const ANNOTATION_VERIFY_NOW: &str = "kekeeper.io/verify-now";
+
 /// The reasons of `status.keyPairProblems`.
 pub const KEY_PAIR_MISSING: &str = "KeyPairMissing";
 pub const PUBLIC_KEY_MISMATCH: &str = "PublicKeyMismatch";

@@ -496,6 +496,42 @@ mod tests {
     }
 
     #[test]
+    fn integrity_check_failed_rotates_before_anything_else_but_a_missing_pair() {
+        let mut i = input();
+        i.integrity_failed = true;
+        i.rotate_now_token = Some("t9");
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::IntegrityCheckFailed
+        );
+        i.active = None;
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::NoActiveKeyPair
+        );
+    }
+
+    #[test]
+    fn prune_due_is_never_before_one_rotation_period() {
+        let retired = ts("2026-01-31T00:00:00Z");
+        let zero = SignedDuration::ZERO;
+        // Calendar month from Jan 31: Feb 28.
+        assert_eq!(
+            prune_due(retired, zero, RotationPeriod::Monthly),
+            Some(ts("2026-02-28T00:00:00Z"))
+        );
+        assert_eq!(
+            prune_due(retired, zero, RotationPeriod::Never),
+            Some(ts("2026-02-01T00:00:00Z"))
+        );
+        let long = SignedDuration::from_hours(24 * 2555);
+        assert_eq!(
+            prune_due(retired, long, RotationPeriod::Daily),
+            retired.checked_add(long).ok()
+        );
+    }
+
+    #[test]
     fn steady_state_fires_nothing() {
         assert_eq!(rotation_needed(&input()), None);
     }

@@ -10,7 +10,7 @@ use super::Settings;
 use super::observe::{KeyCheck, Observation};
 use crate::crd::{ANNOTATION_ROTATE_NOW, RecordingKeyConfig};
 use crate::keypair::KeyPairRecord;
-use crate::keyring::{KEY_PAIR_MISSING, KeyRing};
+use crate::keyring::{ANNOTATION_VERIFY_NOW, KEY_PAIR_MISSING, KeyRing};
 use crate::policy::{self, ActivePair, RotationInput, RotationReason};
 
 /// What the reconcile does next.
@@ -128,8 +128,21 @@ fn custody_due(
 ) -> bool {
     let last = rkc.status.as_ref().and_then(|s| s.last_key_verify_time);
     !ring.active_by_org().is_empty()
-        && last.is_some()
-        && policy::kms_key_check_due(last, interval, now)
+        && ((last.is_some() && policy::kms_key_check_due(last, interval, now))
+            || verify_now_token(rkc).is_some_and(|token| {
+                rkc.status
+                    .as_ref()
+                    .and_then(|s| s.verify_now_token.as_deref())
+                    != Some(token)
+            }))
+}
+
+/// The `kekeeper.io/verify-now` annotation's token, if any.
+pub fn verify_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
+    rkc.annotations()
+        .get(ANNOTATION_VERIFY_NOW)
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
 }
 
 /// A pair recorded in status seems to be gone and status does not say so yet: worth a fresh
@@ -463,5 +476,25 @@ mod tests {
         assert_eq!(planned.rotations[0].reason, RotationReason::NoActiveKeyPair);
         assert_eq!(obs.ring.next_sequence(ORG), 2);
         assert_eq!(obs.ring.missing()[0].secret_name, pair.name());
+    }
+
+    #[test]
+    fn a_new_verify_now_token_asks_for_the_custody_check_at_once() {
+        let records = vec![record("2026-01-10T00:00:00Z")];
+        let status = RecordingKeyConfigStatus {
+            last_key_verify_time: Some(ts("2026-01-15T09:59:00Z")),
+            verify_now_token: Some("v1".into()),
+            ..steady_status("2026-01-15T09:30:00Z")
+        };
+        let mut rkc = resource(1, Some(status));
+        rkc.annotations_mut()
+            .insert(ANNOTATION_VERIFY_NOW.into(), "v1".into());
+        let honoured = observe(rkc.clone(), records.clone());
+        assert_eq!(plan(&honoured, ts(NOW), &settings()).step, Step::Execute);
+        rkc.annotations_mut()
+            .insert(ANNOTATION_VERIFY_NOW.into(), "v2".into());
+        let mut asked = observe(rkc, records);
+        asked.records_listed = true;
+        assert_eq!(plan(&asked, ts(NOW), &settings()).step, Step::VerifyCustody);
     }
 }

@@ -278,6 +278,9 @@ fn custody(
         // Pairs are self-tested through KMS when made, which counts as their first check.
         next.last_key_verify_time = Some(now);
     }
+    if input.custody.is_some_and(|c| c.error.is_none()) {
+        next.verify_now_token = super::plan::verify_now_token(input.rkc).map(str::to_owned);
+    }
 }
 
 /// Ready, Reconciling and Stalled from the health chain.
