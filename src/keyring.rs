@@ -146,7 +146,9 @@ impl KeyRing {
             self.anchors
                 .entry(entry.secret_name.clone())
                 .or_insert(entry.public_key_fingerprint.clone());
-            if let Some(sequence) = entry.sequence {
+            // Entries written before `sequence` existed: the name ends in it.
+            let sequence = entry.sequence.or_else(|| sequence_of(&entry.secret_name));
+            if let Some(sequence) = sequence {
                 let highest = self
                     .highest
                     .entry(entry.organization_id.clone())
@@ -380,6 +382,11 @@ impl KeyRing {
     }
 }
 
+/// The sequence number at the end of a key pair Secret name (`...-0007`).
+fn sequence_of(secret_name: &str) -> Option<u64> {
+    secret_name.rsplit_once('-')?.1.parse().ok()
+}
+
 /// The key pair ids of the `kekeeper.io/acknowledge-key-pairs` annotation.
 pub fn acknowledged(annotation: Option<&str>) -> BTreeSet<String> {
     annotation
@@ -489,6 +496,19 @@ mod tests {
         );
         assert_eq!(ring.next_sequence(ORG), 3);
         assert_eq!(ring.next_sequence("org-new"), 1);
+        // Status written before sequences were recorded: the name says it.
+        let mut older = status.clone();
+        older.highest_sequences.clear();
+        for entry in older.key_pair_history.iter_mut() {
+            entry.sequence = None;
+        }
+        let ring = KeyRing::new(
+            vec![all[0].clone()],
+            Tokens::new(),
+            Some(&older),
+            &reading("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(ring.next_sequence(ORG), 3);
         // Even when status has no history left, the recorded highest sequence holds.
         let only_sequences = RecordingKeyConfigStatus {
             highest_sequences: BTreeMap::from([(ORG.to_owned(), 7)]),

@@ -144,6 +144,7 @@ async fn hand_edits_of_key_material_are_caught() {
     deleted_retired_secret_is_reported_missing_until_acknowledged(&cluster, &alias).await;
     deleted_active_secret_never_gives_its_name_to_a_new_pair(&cluster, &alias).await;
     corrupted_private_key_fails_the_custody_check_and_rotates(&cluster, &alias).await;
+    flipped_state_labels_leave_one_active_pair(&cluster, &alias).await;
     a_200_character_name_works_end_to_end(&cluster, &alias).await;
 
     let metrics = operator.get("/metrics").await;
@@ -411,4 +412,70 @@ async fn a_200_character_name_works_end_to_end(cluster: &Cluster, alias: &str) {
         2
     );
     assert!(!config_map_pem(cluster, &name).is_empty());
+}
+
+/// `kekeeper.io/state` flipped by hand: the active pair flipped to retired counts as retired
+/// (the organisation gets a new pair under a new name); a retired pair flipped back to active
+/// is older than the active one, so it is retired again at once, with a Warning event.
+async fn flipped_state_labels_leave_one_active_pair(cluster: &Cluster, alias: &str) {
+    let name = "flipped";
+    let (_, first) = ready_resource(cluster, name, alias).await;
+    let first_name = name_of(&first);
+    cluster
+        .kubectl_ok(&[
+            "label",
+            "--overwrite",
+            "secret",
+            &first_name,
+            "kekeeper.io/state=retired",
+        ])
+        .await;
+    let replaced = wait_for(cluster, name, "a new active pair", |o| {
+        o["status"]["activeKeyPairs"][0]["secretName"]
+            .as_str()
+            .is_some_and(|s| s != first_name)
+            && condition(o, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let second_name = replaced["status"]["activeKeyPairs"][0]["secretName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(second_name.ends_with("-0002"), "{second_name}");
+
+    cluster
+        .kubectl_ok(&[
+            "label",
+            "--overwrite",
+            "secret",
+            &first_name,
+            "kekeeper.io/state=active",
+        ])
+        .await;
+    warning_event(cluster, name, "DuplicateActiveKeyPair", &first_name).await;
+    eventually("the flipped pair retired again", WAIT, || async {
+        let all = secrets(cluster, name);
+        let flipped = all.iter().find(|s| name_of(s) == first_name)?;
+        (count_states(&all) == (1, 1)
+            && flipped["metadata"]["labels"]["kekeeper.io/state"] == "retired")
+            .then_some(())
+    })
+    .await;
+    let after = rkc(cluster, name).unwrap();
+    assert_eq!(
+        after["status"]["activeKeyPairs"][0]["secretName"],
+        second_name.as_str()
+    );
+    assert_eq!(config_map_pem(cluster, name), {
+        let secret = secrets(cluster, name)
+            .into_iter()
+            .find(|s| name_of(s) == second_name)
+            .unwrap();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret["data"]["publicKey.pem"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    });
 }
