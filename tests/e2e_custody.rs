@@ -479,3 +479,144 @@ async fn flipped_state_labels_leave_one_active_pair(cluster: &Cluster, alias: &s
         .unwrap()
     });
 }
+
+/// A small deterministic pseudo-random sequence (no extra dependency), seeded from the clock
+/// so each run kills at other points; the seed is printed to replay a failure.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Every Secret name seen so far with the key pair id it held; a name never holds two.
+fn record_names(
+    cluster: &Cluster,
+    name: &str,
+    seen: &mut std::collections::BTreeMap<String, String>,
+) {
+    for secret in secrets(cluster, name) {
+        let metadata: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(secret["data"]["metadata.json"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let id = metadata["keyPairId"].as_str().unwrap().to_owned();
+        let previous = seen.entry(name_of(&secret)).or_insert(id.clone());
+        assert_eq!(
+            *previous,
+            id,
+            "Secret {} held two key pairs",
+            name_of(&secret)
+        );
+    }
+}
+
+/// Recorders see one key per organisation, and it is the key of an existing key pair Secret.
+fn assert_published_key_is_stored(cluster: &Cluster, name: &str) {
+    let Some(config_map) =
+        cluster
+            .sim
+            .object("", "configmaps", "default", &format!("{name}-public-keys"))
+    else {
+        return;
+    };
+    let entries: Vec<Value> =
+        serde_json::from_str(config_map["data"]["activeKeyPairs.json"].as_str().unwrap()).unwrap();
+    assert!(
+        entries.len() <= 1,
+        "two keys published for one organisation: {entries:#?}"
+    );
+    let stored: Vec<String> = secrets(cluster, name)
+        .iter()
+        .map(|s| {
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(s["data"]["publicKey.pem"].as_str().unwrap())
+                .unwrap();
+            String::from_utf8(pem).unwrap()
+        })
+        .collect();
+    for entry in entries {
+        let pem = entry["publicKeyPem"].as_str().unwrap();
+        assert!(
+            stored.iter().any(|s| s == pem),
+            "published key has no Secret: {entry}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
+async fn kill_nine_during_50_rotations_never_shows_two_keys_or_reuses_a_name() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let cluster = Cluster::start(false).await;
+    let (kubeconfig, _) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
+    cluster.install_crd().await;
+    let args = ["--kms-keypair-rate=20".to_owned()];
+    let start = |n: usize| {
+        cluster.start_operator(&format!("operator-{n}"), &kubeconfig, &endpoint, &args, &[])
+    };
+    let mut operator = start(0);
+    operator.wait_ready().await;
+    let name = "crashing";
+    ready_resource(&cluster, name, &key.alias.to_string()).await;
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill -9 schedule seed: {seed}");
+    let mut random = Lcg(seed);
+    let mut names = std::collections::BTreeMap::new();
+    for round in 1..=50 {
+        let token = format!("t{round}");
+        cluster
+            .kubectl_ok(&[
+                "annotate",
+                "--overwrite",
+                "rkc",
+                name,
+                &format!("kekeeper.io/rotate-now={token}"),
+            ])
+            .await;
+        if random.next_below(2) == 0 {
+            tokio::time::sleep(Duration::from_millis(random.next_below(400))).await;
+            operator.kill();
+            record_names(&cluster, name, &mut names);
+            assert_published_key_is_stored(&cluster, name);
+            operator = start(round);
+            operator.wait_ready().await;
+        }
+        wait_for(&cluster, name, &format!("token {token} honoured"), |o| {
+            o["status"]["rotateNowToken"] == token.as_str()
+                && condition(o, "Ready").as_deref() == Some("True")
+        })
+        .await;
+        record_names(&cluster, name, &mut names);
+        assert_published_key_is_stored(&cluster, name);
+        assert_eq!(
+            count_states(&secrets(&cluster, name)).0,
+            1,
+            "round {round}: one active pair"
+        );
+    }
+    // One pair per token, none twice: 1 + 50 Secrets, sequences 1..=51.
+    let all = secrets(&cluster, name);
+    assert_eq!(count_states(&all), (1, 50));
+    assert_eq!(names.len(), 51);
+    for sequence in 1..=51 {
+        let suffix = format!("-{sequence:04}");
+        assert!(
+            names.keys().any(|n| n.ends_with(&suffix)),
+            "no Secret {suffix}"
+        );
+    }
+    operator.kill();
+}
