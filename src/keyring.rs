@@ -108,60 +108,35 @@ impl KeyRing {
         if let Some(status) = status {
             ring.read_status(status, reading);
         }
-        for record in &ring.records {
-            let highest = ring
-                .highest
-                .entry(record.organization_id.clone())
-                .or_default();
-            *highest = (*highest).max(record.sequence);
+        let sequences: Vec<(String, u64)> = ring
+            .records
+            .iter()
+            .map(|r| (r.organization_id.clone(), r.sequence))
+            .collect();
+        for (org, sequence) in sequences {
+            ring.note_sequence(&org, sequence);
         }
         ring
     }
 
     fn read_status(&mut self, status: &RecordingKeyConfigStatus, reading: &Reading) {
-        let acknowledged = &reading.acknowledged;
-        let present: BTreeSet<&str> = self
-            .records
-            .iter()
-            .map(|r| r.secret_name.as_str())
-            .collect();
-        let recorded = status
-            .active_key_pairs
-            .iter()
-            .map(|a| KeyPairHistoryEntry {
-                organization_id: a.organization_id.clone(),
-                key_pair_id: a.key_pair_id.clone(),
-                created_at: a.created_at,
-                retired_at: None,
-                reason: String::new(),
-                kms_key_arn: a.kms_key_arn.clone(),
-                public_key_fingerprint: a.public_key_fingerprint.clone(),
-                secret_name: a.secret_name.clone(),
-                sequence: None,
-                missing: false,
-            })
-            .chain(status.key_pair_history.iter().cloned());
+        let present: BTreeSet<String> = self.records.iter().map(|r| r.name()).collect();
         let mut missing: BTreeMap<String, MissingPair> = BTreeMap::new();
-        for entry in recorded {
+        for entry in recorded_pairs(status) {
             self.anchors
                 .entry(entry.secret_name.clone())
                 .or_insert(entry.public_key_fingerprint.clone());
             // Entries written before `sequence` existed: the name ends in it.
-            let sequence = entry.sequence.or_else(|| sequence_of(&entry.secret_name));
-            if let Some(sequence) = sequence {
-                let highest = self
-                    .highest
-                    .entry(entry.organization_id.clone())
-                    .or_default();
-                *highest = (*highest).max(sequence);
+            if let Some(sequence) = entry.sequence.or_else(|| sequence_of(&entry.secret_name)) {
+                self.note_sequence(&entry.organization_id, sequence);
             }
             // Gone after its prune time: deleted on purpose, by kekeeper or as it would have.
             let pruned = entry
                 .retired_at
                 .and_then(|at| self.pruning.and_then(|p| p.due(at)))
                 .is_some_and(|due| reading.now >= due);
-            if present.contains(entry.secret_name.as_str())
-                || acknowledged.contains(&entry.key_pair_id)
+            if present.contains(&entry.secret_name)
+                || reading.acknowledged.contains(&entry.key_pair_id)
                 || pruned
             {
                 continue;
@@ -174,20 +149,36 @@ impl KeyRing {
                     secret_name: entry.secret_name.clone(),
                     entry: None,
                 });
-            if !entry.reason.is_empty() || slot.entry.is_none() {
+            // Only a history entry stays in the history (an active pair's has no reason).
+            if !entry.reason.is_empty() {
                 slot.entry = Some(KeyPairHistoryEntry {
                     missing: true,
                     ..entry
                 });
             }
         }
+        self.read_problems(status, &present, &reading.acknowledged, &mut missing);
+        for (org, sequence) in &status.highest_sequences {
+            self.note_sequence(org, *sequence);
+        }
+        self.missing = missing.into_values().collect();
+    }
+
+    /// Problems status reported: missing pairs stay missing past `historyLimit`; failed custody
+    /// checks stay until acknowledged.
+    fn read_problems(
+        &mut self,
+        status: &RecordingKeyConfigStatus,
+        present: &BTreeSet<String>,
+        acknowledged: &BTreeSet<String>,
+        missing: &mut BTreeMap<String, MissingPair>,
+    ) {
         for problem in &status.key_pair_problems {
             if acknowledged.contains(&problem.key_pair_id) {
                 continue;
             }
-            let gone = !present.contains(problem.secret_name.as_str());
             match problem.reason.as_str() {
-                KEY_PAIR_MISSING if gone => {
+                KEY_PAIR_MISSING if !present.contains(&problem.secret_name) => {
                     missing
                         .entry(problem.secret_name.clone())
                         .or_insert_with(|| MissingPair {
@@ -203,11 +194,11 @@ impl KeyRing {
                 _ => {}
             }
         }
-        for (org, sequence) in &status.highest_sequences {
-            let highest = self.highest.entry(org.clone()).or_default();
-            *highest = (*highest).max(*sequence);
-        }
-        self.missing = missing.into_values().collect();
+    }
+
+    fn note_sequence(&mut self, organization_id: &str, sequence: u64) {
+        let highest = self.highest.entry(organization_id.to_owned()).or_default();
+        *highest = (*highest).max(sequence);
     }
 
     pub fn records(&self) -> &[KeyPairRecord] {
@@ -357,11 +348,7 @@ impl KeyRing {
 
     /// A pair stored in this reconcile; the organisation's sequence moves past it.
     pub fn add(&mut self, record: KeyPairRecord) {
-        let highest = self
-            .highest
-            .entry(record.organization_id.clone())
-            .or_default();
-        *highest = (*highest).max(record.sequence);
+        self.note_sequence(&record.organization_id, record.sequence);
         self.records.retain(|r| r.secret_name != record.secret_name);
         self.records.push(record);
     }
@@ -380,6 +367,29 @@ impl KeyRing {
         self.records.retain(|r| !names.contains(&r.secret_name));
         self.anchors.retain(|name, _| !names.contains(name));
     }
+}
+
+/// What status recorded about key pairs: the active ones (as history entries without a reason)
+/// first, then the history.
+fn recorded_pairs(
+    status: &RecordingKeyConfigStatus,
+) -> impl Iterator<Item = KeyPairHistoryEntry> + '_ {
+    status
+        .active_key_pairs
+        .iter()
+        .map(|a| KeyPairHistoryEntry {
+            organization_id: a.organization_id.clone(),
+            key_pair_id: a.key_pair_id.clone(),
+            created_at: a.created_at,
+            retired_at: None,
+            reason: String::new(),
+            kms_key_arn: a.kms_key_arn.clone(),
+            public_key_fingerprint: a.public_key_fingerprint.clone(),
+            secret_name: a.secret_name.clone(),
+            sequence: None,
+            missing: false,
+        })
+        .chain(status.key_pair_history.iter().cloned())
 }
 
 /// The sequence number at the end of a key pair Secret name (`...-0007`).

@@ -210,77 +210,84 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
         .min();
 }
 
-/// `keyPairProblems` and the custody check time. A problem keeps the time it was first seen.
+/// `keyPairProblems`, the custody check time and the verify-now token honoured.
 fn custody(
     input: &StatusInput,
     current: &RecordingKeyConfigStatus,
     next: &mut RecordingKeyConfigStatus,
 ) {
+    next.key_pair_problems = problems(input, current);
+    let checked = input.custody.is_some_and(|c| c.error.is_none());
+    if checked || (current.last_key_verify_time.is_none() && !input.ring.active_by_org().is_empty())
+    {
+        // Pairs are self-tested through KMS when made, which counts as their first check.
+        next.last_key_verify_time = Some(input.now);
+    }
+    if checked {
+        next.verify_now_token = super::plan::verify_now_token(input.rkc).map(str::to_owned);
+    }
+}
+
+/// The key pair problems of the ring; each keeps the time it was first seen.
+fn problems(input: &StatusInput, current: &RecordingKeyConfigStatus) -> Vec<KeyPairProblem> {
     let ring = input.ring;
-    let now = input.now;
-    let problem =
-        |organization_id: &str, key_pair_id: &str, secret: &str, reason: &str, message: String| {
-            let since = current
-                .key_pair_problems
-                .iter()
-                .find(|p| p.secret_name == secret && p.reason == reason)
-                .map_or(now, |p| p.since);
-            KeyPairProblem {
-                organization_id: organization_id.to_owned(),
-                key_pair_id: key_pair_id.to_owned(),
-                secret_name: secret.to_owned(),
-                reason: reason.to_owned(),
-                message,
-                since,
-            }
-        };
+    let problem = |org: &str, key_pair_id: &str, secret: &str, reason: &str, message: String| {
+        let since = current
+            .key_pair_problems
+            .iter()
+            .find(|p| p.secret_name == secret && p.reason == reason)
+            .map_or(input.now, |p| p.since);
+        KeyPairProblem {
+            organization_id: org.to_owned(),
+            key_pair_id: key_pair_id.to_owned(),
+            secret_name: secret.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            since,
+        }
+    };
     let mut problems = Vec::new();
     for m in ring.missing() {
-        problems.push(problem(&m.organization_id, &m.key_pair_id, &m.secret_name, KEY_PAIR_MISSING, format!(
-            "Secret {} of key pair {} (organisation {}) is gone: recordings made with it cannot be decrypted unless it is restored from a backup",
+        let message = format!(
+            "Secret {} of key pair {} (organisation {}) is gone: recordings made with it cannot \
+             be decrypted unless it is restored from a backup",
             m.secret_name, m.key_pair_id, m.organization_id
-        )));
+        );
+        let (org, id, secret) = (&m.organization_id, &m.key_pair_id, &m.secret_name);
+        problems.push(problem(org, id, secret, KEY_PAIR_MISSING, message));
     }
     for m in ring.mismatches() {
-        problems.push(problem(&m.organization_id, &m.key_pair_id, &m.secret_name, PUBLIC_KEY_MISMATCH, format!(
-            "Secret {} holds a public key with fingerprint {}, but status recorded {}: the recorded key stays published; restore publicKey.pem",
+        let message = format!(
+            "Secret {} holds a public key with fingerprint {}, but status recorded {}: the \
+             recorded key stays published; restore publicKey.pem",
             m.secret_name, m.found, m.recorded
-        )));
+        );
+        let (org, id, secret) = (&m.organization_id, &m.key_pair_id, &m.secret_name);
+        problems.push(problem(org, id, secret, PUBLIC_KEY_MISMATCH, message));
     }
     let fresh = input
         .custody
         .map(|c| c.failures.as_slice())
         .unwrap_or_default();
     for secret in ring.custody_failed() {
-        let entry = match fresh.iter().find(|f| &f.secret_name == secret) {
-            Some(f) => problem(
+        match fresh.iter().find(|f| &f.secret_name == secret) {
+            Some(f) => problems.push(problem(
                 &f.organization_id,
                 &f.key_pair_id,
                 secret,
                 CUSTODY_CHECK_FAILED,
                 f.message.clone(),
+            )),
+            None => problems.extend(
+                current
+                    .key_pair_problems
+                    .iter()
+                    .find(|p| &p.secret_name == secret && p.reason == CUSTODY_CHECK_FAILED)
+                    .cloned(),
             ),
-            None => match current
-                .key_pair_problems
-                .iter()
-                .find(|p| &p.secret_name == secret && p.reason == CUSTODY_CHECK_FAILED)
-            {
-                Some(known) => known.clone(),
-                None => continue,
-            },
-        };
-        problems.push(entry);
+        }
     }
-    next.key_pair_problems = problems;
-    if input.custody.is_some_and(|c| c.error.is_none())
-        || (current.last_key_verify_time.is_none() && !ring.active_by_org().is_empty())
-    {
-        // Pairs are self-tested through KMS when made, which counts as their first check.
-        next.last_key_verify_time = Some(now);
-    }
-    if input.custody.is_some_and(|c| c.error.is_none()) {
-        next.verify_now_token = super::plan::verify_now_token(input.rkc).map(str::to_owned);
-    }
+    problems
 }
 
 /// Ready, Reconciling and Stalled from the health chain.
