@@ -11,6 +11,12 @@
 # missing linux/random.h with musl-gcc). distroless/cc adds only glibc and libgcc to the static
 # image. Builder and runtime are both Debian 12 (bookworm), so the glibc versions match.
 # Each platform builds natively (BuildKit/QEMU for foreign platforms); no cross toolchain.
+#
+# Without Docker, scripts/build-image.sh builds the same layout with buildah (from scratch: the
+# release binary at /kekeeper, the glibc/libgcc it links at their Debian 12 paths, the CA bundle
+# at /etc/ssl/certs/ca-certificates.crt, nonroot 65532 in /etc/passwd, ENTRYPOINT ["/kekeeper"],
+# CMD ["run"], USER 65532:65532, port 8080) as an OCI archive; scripts/image-test.sh runs that
+# image as the chart's Deployment does. Keep the two in step.
 
 ARG RUST_VERSION=1.95
 

@@ -64,7 +64,7 @@ say "Key-pair Secrets (the private key is stored only as the KMS ciphertext blob
 kubectl get secrets -l kekeeper.io/config=recordings -L kekeeper.io/state
 
 say "Change key now: kekeeper rotate recordings"
-"$KEKEEPER" rotate recordings -n default
+"$KEKEEPER" rotate recordings -n default --wait --timeout 2m
 for _ in $(seq 1 120); do
   [ "$(kubectl get secrets -l kekeeper.io/config=recordings,kekeeper.io/state=retired -o name | wc -l)" -ge 2 ] && break
   sleep 0.5
@@ -72,4 +72,6 @@ done
 say "Key-pair history after the rotation"
 history
 kubectl get secrets -l kekeeper.io/config=recordings -L kekeeper.io/state
+say "kekeeper status: conditions, key pairs, rotation, KMS errors, history and events"
+"$KEKEEPER" status recordings -n default
 say "Done: the operator log is in .work/demo/operator.log; everything started is stopped now"

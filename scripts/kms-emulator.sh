@@ -11,7 +11,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$ROOT/.venv-kms"
-STATE="$ROOT/.work/kms"
+# KEKEEPER_KMS_STATE: another state directory, for a second emulator (scripts/image-test.sh
+# runs one in its own network namespace).
+STATE="${KEKEEPER_KMS_STATE:-$ROOT/.work/kms}"
 PY="$VENV/bin/python"
 VERSION="4.8.1"
 CONSTRAINTS="$ROOT/scripts/constraints-localstack-$VERSION.txt"

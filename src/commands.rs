@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code (0 ok, 1 failure, 2 bad input).
 
+mod cluster;
 mod common;
 mod crd;
 mod decrypt;
@@ -9,6 +10,7 @@ mod policy;
 mod rotate;
 mod run;
 mod selftest;
+mod status;
 
 use std::process::ExitCode;
 
@@ -20,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Crd => crd::execute(),
         Command::Test(args) => selftest::execute(args).await,
         Command::Policy(args) => policy::execute(args).await,
+        Command::Status(args) => status::execute(args).await,
         Command::Rotate(args) => rotate::execute(args).await,
         Command::Keypair(KeypairCommand::Generate(args)) => keypair::execute(args).await,
         Command::Encrypt(args) => encrypt::execute(args).await,

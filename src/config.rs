@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::arn::AliasArn;
-use crate::crd::RecordingKeyConfigSpec;
+use crate::crd::{DEFAULT_ENCRYPTION_CONTEXT_KEY, RecordingKeyConfigSpec};
 use crate::kms::{EncryptionContext, KeyPairSpec};
 
 /// KMS and the product both cap a configuration at this many organisations.
@@ -106,6 +106,17 @@ pub fn validate(
                 ),
             ));
         }
+        if spec.encryption_context_key == DEFAULT_ENCRYPTION_CONTEXT_KEY && !is_uuid(id) {
+            return Err(ConfigError::new(
+                &format!("spec.organizationIds[{index}]"),
+                format!(
+                    "{id:?} is not a UUID; organisation ids must be UUIDs (like \
+                     3fa85f64-5717-4562-b3fc-2c963f66afa6) when encryptionContextKey is \
+                     {DEFAULT_ENCRYPTION_CONTEXT_KEY}: copy them from Genesys Cloud, or set \
+                     encryptionContextKey for another kind of id"
+                ),
+            ));
+        }
         if !seen.insert(id.as_str()) {
             return Err(ConfigError::new(
                 &format!("spec.organizationIds[{index}]"),
@@ -160,6 +171,10 @@ pub fn validate(
         ));
     }
 
+    if let Some(retention) = &spec.recording_retention {
+        check_retention(retention)?;
+    }
+
     Ok(ValidatedConfig {
         alias,
         organization_ids: ids.clone(),
@@ -167,6 +182,32 @@ pub fn validate(
         home_region,
         encryption_context_key: spec.encryption_context_key.clone(),
     })
+}
+
+/// The shape Genesys Cloud organisation ids have: 8-4-4-4-12 hex digits.
+pub fn is_uuid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn check_retention(retention: &str) -> Result<(), ConfigError> {
+    let field = "spec.recordingRetention";
+    let duration = crate::policy::parse_retention(retention)
+        .map_err(|message| ConfigError::new(field, message))?;
+    if duration < jiff::SignedDuration::from_hours(24) {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{retention:?} must be at least 1d or 24h: retired key pairs must outlive the \
+                 recordings made with them"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -182,12 +223,14 @@ mod tests {
     }
 
     const ARN: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+    const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+    const ORG_B: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 
     #[test]
     fn a_valid_spec_becomes_a_validated_config_with_defaults() {
-        let config = validate(&spec(ARN, &["org-a", "org-b"]), None).unwrap();
+        let config = validate(&spec(ARN, &[ORG_A, ORG_B]), None).unwrap();
         assert_eq!(config.alias.as_str(), ARN);
-        assert_eq!(config.organization_ids, ["org-a", "org-b"]);
+        assert_eq!(config.organization_ids, [ORG_A, ORG_B]);
         assert_eq!(config.key_pair_spec, KeyPairSpec::Rsa3072);
         assert_eq!(config.home_region, "us-east-1");
         assert_eq!(
@@ -195,47 +238,92 @@ mod tests {
             "genesys-cloud-organization-id"
         );
         assert_eq!(
-            config.context_for("org-a"),
+            config.context_for(ORG_A),
             EncryptionContext {
                 key: "genesys-cloud-organization-id".into(),
-                organization_id: "org-a".into()
+                organization_id: ORG_A.into()
             }
         );
-        let config = validate(&spec(ARN, &["org-a"]), Some("us-east-1")).unwrap();
+        let config = validate(&spec(ARN, &[ORG_A]), Some("us-east-1")).unwrap();
         assert_eq!(config.home_region, "us-east-1");
     }
 
     #[test]
     fn every_invalid_field_is_named() {
-        let many: Vec<String> = (0..101).map(|i| format!("org-{i}")).collect();
+        let many: Vec<String> = (0..101)
+            .map(|i| format!("3fa85f64-5717-4562-b3fc-{i:012}"))
+            .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        let mut other_home = spec(ARN, &["a"]);
+        let mut other_home = spec(ARN, &[ORG_A]);
         other_home.home_region = Some("eu-west-1".into());
-        let mut empty_context = spec(ARN, &["a"]);
+        let retention = |value: &str| {
+            let mut spec = spec(ARN, &[ORG_A]);
+            spec.recording_retention = Some(value.into());
+            spec
+        };
+        let mut empty_context = spec(ARN, &[ORG_A]);
         empty_context.encryption_context_key = String::new();
         let cases = [
             (
-                spec("arn:aws:kms:us-east-1:111122223333:key/abc", &["a"]),
+                spec("arn:aws:kms:us-east-1:111122223333:key/abc", &[ORG_A]),
                 None,
                 "spec.kmsKeyAliasArn",
             ),
             (spec(ARN, &[]), None, "spec.organizationIds"),
             (spec(ARN, &many), None, "spec.organizationIds"),
-            (spec(ARN, &["a", ""]), None, "spec.organizationIds[1]"),
-            (spec(ARN, &["a", "b", "a"]), None, "spec.organizationIds[2]"),
+            (spec(ARN, &[ORG_A, ""]), None, "spec.organizationIds[1]"),
             (
-                spec(ARN, &["a", &"x".repeat(129)]),
+                spec(ARN, &[ORG_A, ORG_B, ORG_A]),
+                None,
+                "spec.organizationIds[2]",
+            ),
+            (
+                spec(ARN, &[ORG_A, &"x".repeat(129)]),
                 None,
                 "spec.organizationIds[1]",
             ),
             (other_home, None, "spec.homeRegion"),
-            (spec(ARN, &["a"]), Some("eu-west-1"), "spec.homeRegion"),
+            (spec(ARN, &[ORG_A]), Some("eu-west-1"), "spec.homeRegion"),
             (empty_context, None, "spec.encryptionContextKey"),
+            (
+                spec(ARN, &[ORG_A, "org-b"]),
+                None,
+                "spec.organizationIds[1]",
+            ),
+            (retention("12h"), None, "spec.recordingRetention"),
+            (retention("0d"), None, "spec.recordingRetention"),
+            (retention("1w"), None, "spec.recordingRetention"),
         ];
         for (spec, region, field) in cases {
             let err = validate(&spec, region).expect_err(field);
             assert_eq!(err.field, field, "{err}");
             assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn organisation_ids_need_not_be_uuids_under_another_context_key() {
+        let mut other_key = spec(ARN, &["org-a", "Org B"]);
+        other_key.encryption_context_key = "tenant".into();
+        assert!(validate(&other_key, None).is_ok());
+        let err = validate(&spec(ARN, &["org-a"]), None).unwrap_err();
+        assert!(err.message.contains("not a UUID"), "{err}");
+        assert!(is_uuid("3FA85F64-5717-4562-B3FC-2C963F66AFA6"));
+        for not in [
+            "3fa85f64-5717-4562-b3fc-2c963f66afa",
+            "3fa85f64571745 62b3fc2c963f66afa6",
+            "",
+        ] {
+            assert!(!is_uuid(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn a_retention_of_a_day_or_more_is_accepted() {
+        for ok in ["1d", "24h", "2555d", "100h"] {
+            let mut spec = spec(ARN, &[ORG_A]);
+            spec.recording_retention = Some(ok.into());
+            assert!(validate(&spec, None).is_ok(), "{ok}");
         }
     }
 }

@@ -63,6 +63,13 @@ pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
 ).message(
     "spec.homeRegion must equal the region of spec.kmsKeyAliasArn (arn:aws:kms:REGION:...); use an alias in the home region or fix homeRegion"
 ).field_path(".homeRegion"))]
+// Genesys Cloud organisation ids are UUIDs; with its context key anything else is a typo that
+// would only show as AccessDenied once the key policy is in place.
+#[x_kube(validation = Rule::new(
+    "(has(self.encryptionContextKey) && self.encryptionContextKey != 'genesys-cloud-organization-id') || self.organizationIds.all(id, id.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'))"
+).message(
+    "spec.organizationIds must be UUIDs (like 3fa85f64-5717-4562-b3fc-2c963f66afa6) when encryptionContextKey is genesys-cloud-organization-id; copy the ids from Genesys Cloud, or set encryptionContextKey for another kind of id"
+).field_path(".organizationIds"))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingKeyConfigSpec {
     /// The alias ARN of the organisation's customer-managed symmetric KMS key:
@@ -82,15 +89,22 @@ pub struct RecordingKeyConfigSpec {
         ),
     )]
     pub kms_key_alias_arn: String,
-    /// The organisation ids whose recordings these keys protect (1 to 100, unique).
+    /// The organisation ids whose recordings these keys protect (1 to 100, unique); each gets
+    /// its own key pair, bound to it by the encryption context. UUIDs when
+    /// encryptionContextKey is genesys-cloud-organization-id (the default).
     #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 128)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub organization_ids: Vec<String>,
+    /// When key pairs are replaced by new ones (default: monthly, and when the alias points at
+    /// another KMS key). Replaced key pairs are kept for the recordings made with them.
     #[serde(default)]
     pub rotation: RotationPolicy,
+    /// The RSA key pair KMS generates: RSA_2048, RSA_3072 (default) or RSA_4096. A change
+    /// rotates every organisation's key pair.
     #[serde(default)]
     pub key_pair_spec: KeyPairSpec,
-    /// Defaults to the operator's AWS region; must equal the alias ARN's region.
+    /// The organisation's home region, where its KMS key must be; defaults to the operator's
+    /// AWS region and must equal the alias ARN's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 64),
@@ -98,7 +112,8 @@ pub struct RecordingKeyConfigSpec {
     )]
     pub home_region: Option<String>,
     /// The encryption context key that carries the organisation id (what the key policy's
-    /// `kms:EncryptionContext:<key>` condition names).
+    /// `kms:EncryptionContext:<key>` condition names); default genesys-cloud-organization-id.
+    /// A change rotates every organisation's key pair.
     #[serde(default = "default_encryption_context_key")]
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("!self.startsWith('aws:')").message(
@@ -106,16 +121,20 @@ pub struct RecordingKeyConfigSpec {
     ))]
     pub encryption_context_key: String,
     /// Superseded key pairs are kept at least this long after retirement: whole days (`2555d`)
-    /// or hours (`48h`). Absent means forever; only when set are older retired key pair Secrets
-    /// deleted.
+    /// or hours (`48h`), at least 1d. Absent means forever; only when set are older retired key
+    /// pair Secrets deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16), regex(pattern = r"^[0-9]+(d|h)$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^0*(d|1?[0-9]h|2[0-3]h)$')").message(
+        "spec.recordingRetention must be at least 1d or 24h: retired key pairs must outlive the recordings made with them"
+    ))]
     pub recording_retention: Option<String>,
     /// Entries shown in `status.keyPairHistory` (1 to 100); key material is never trimmed by this.
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 1, max = 100))]
     pub history_limit: u32,
-    /// No changes at all while true (no key pairs generated, retired or pruned).
+    /// No changes at all while true (no key pairs generated, retired or pruned); status is
+    /// still written.
     #[serde(default)]
     pub suspend: bool,
 }
@@ -128,11 +147,19 @@ fn default_history_limit() -> u32 {
     DEFAULT_HISTORY_LIMIT
 }
 
+/// When key pairs rotate.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationPolicy {
+    /// How often every organisation gets a new key pair, counted from its active pair's
+    /// creation in UTC calendar units: Daily, Weekly, Monthly (default; the same day of the
+    /// next month, or its last day: Jan 31 + 1 month = Feb 28 or 29), Yearly (Feb 29 + 1 year
+    /// = Feb 28) or Never.
     #[serde(default)]
     pub period: RotationPeriod,
+    /// What happens when the alias is pointed at another KMS key: Rotate (default; new key
+    /// pairs under the new key, reason KmsKeyChanged) or Ignore (keep the pairs until the
+    /// next rotation).
     #[serde(default)]
     pub on_kms_key_change: KmsKeyChangePolicy,
 }

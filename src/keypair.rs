@@ -18,6 +18,8 @@ pub const SECRET_TYPE: &str = "kekeeper.io/key-pair";
 pub const LABEL_CONFIG: &str = "kekeeper.io/config";
 pub const LABEL_ORGANIZATION: &str = "kekeeper.io/organization-id";
 pub const LABEL_STATE: &str = "kekeeper.io/state";
+/// The key pair id, so `kekeeper decrypt` finds the Secret a recording's header names.
+pub const LABEL_KEY_PAIR_ID: &str = "kekeeper.io/key-pair-id";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The full organisation id (the label may only carry a hash of it).
 pub const ANNOTATION_ORGANIZATION: &str = "kekeeper.io/organization-id";
@@ -165,6 +167,10 @@ impl KeyPairRecord {
             organization_label(&self.organization_id),
         );
         labels.insert(LABEL_STATE.to_owned(), self.state.as_str().to_owned());
+        labels.insert(
+            LABEL_KEY_PAIR_ID.to_owned(),
+            key_pair_id_label(&self.key_pair_id),
+        );
         labels.insert(LABEL_MANAGED_BY.to_owned(), "kekeeper".to_owned());
 
         let mut annotations = BTreeMap::new();
@@ -483,6 +489,12 @@ fn label_value(value: &str) -> String {
     }
 }
 
+/// The `kekeeper.io/key-pair-id` label: the id itself (ids are UUIDs, valid label values), or
+/// a hash for an id from elsewhere that is not a label value.
+pub fn key_pair_id_label(key_pair_id: &str) -> String {
+    label_value(key_pair_id)
+}
+
 /// The `kekeeper.io/organization-id` label: the id itself when it is a valid label value,
 /// otherwise `sha256-` and 48 hex characters of its hash (the full id is in an annotation).
 pub fn organization_label(organization_id: &str) -> String {
@@ -577,6 +589,7 @@ mod tests {
         assert_eq!(labels[LABEL_CONFIG], "recordings");
         assert_eq!(labels[LABEL_ORGANIZATION], record.organization_id);
         assert_eq!(labels[LABEL_STATE], "active");
+        assert_eq!(labels[LABEL_KEY_PAIR_ID], record.key_pair_id);
         let data = secret.data.clone().unwrap();
         assert!(
             String::from_utf8(data[DATA_PUBLIC_KEY].0.clone())

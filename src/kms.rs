@@ -1,6 +1,7 @@
 //! KMS behind a small trait, so the controller's logic runs against a fake in unit tests and the
 //! real SDK client runs against the emulator in integration tests.
 
+pub mod coalesce;
 pub mod fake;
 pub mod sdk;
 

@@ -174,6 +174,23 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of a deleted RecordingKeyConfig (its organisations from its last
+    /// status).
+    pub fn forget(&self, config: &ConfigLabels, status: Option<&RecordingKeyConfigStatus>) {
+        self.ready.remove(config);
+        self.kms_available.remove(config);
+        self.historical_keys_at_risk.remove(config);
+        self.next_rotation.remove(config);
+        self.custody.forget(config);
+        for pair in status.map_or(&[][..], |s| &s.active_key_pairs[..]) {
+            self.key_pair_created.remove(&KeyPairLabels {
+                namespace: config.namespace.clone(),
+                config: config.config.clone(),
+                organization_id: pair.organization_id.clone(),
+            });
+        }
+    }
+
     fn count_kms<T>(&self, operation: KmsOperation, result: &Result<T, KmsError>) {
         let outcome = match result {
             Ok(_) => "ok".to_owned(),
@@ -259,6 +276,12 @@ impl CustodyGauges {
             gauges.missing.clone(),
         );
         gauges
+    }
+
+    /// Drops the series of a deleted RecordingKeyConfig.
+    pub fn forget(&self, config: &ConfigLabels) {
+        self.integrity_problems.remove(config);
+        self.missing.remove(config);
     }
 
     /// The gauges of one resource, from the status just written.

@@ -10,6 +10,9 @@ use common::proxy::FaultProxy;
 use common::{REGION, admin, create_key, kms_endpoint, manifest};
 use tokio::io::AsyncWriteExt;
 
+const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+const ORG_B: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+
 struct Run {
     code: i32,
     stdout: String,
@@ -80,7 +83,7 @@ async fn test_passes_for_every_organisation_and_reads_stdin() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, REGION, false).await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = manifest(key.alias.as_str(), &["org-a", "org-b"], "RSA_2048");
+    let yaml = manifest(key.alias.as_str(), &[ORG_A, ORG_B], "RSA_2048");
     let file = write(dir.path(), "config.yaml", &yaml);
 
     let run = kekeeper(&endpoint, &["test", "-f", &file], None).await;
@@ -97,6 +100,27 @@ async fn test_passes_for_every_organisation_and_reads_stdin() {
 
     let run = kekeeper(&endpoint, &["test", "-f", "-"], Some(yaml.as_bytes())).await;
     assert_eq!(run.code, 0);
+
+    // `kubectl get rkc -o yaml` output: each resource under its own heading.
+    let list = rkc_list(key.alias.as_str(), &[ORG_A], &[ORG_B]);
+    let run = kekeeper(&endpoint, &["test", "-f", "-"], Some(list.as_bytes())).await;
+    assert_eq!(run.code, 0);
+    for heading in [
+        "RecordingKeyConfig telephony/first: ",
+        "RecordingKeyConfig telephony/second: ",
+    ] {
+        assert_eq!(run.stdout.matches(heading).count(), 1, "{heading}");
+    }
+    assert_eq!(
+        run.stdout
+            .matches("PASSED: 1/1 organisations passed")
+            .count(),
+        2
+    );
+    assert!(
+        run.stdout
+            .contains("2 RecordingKeyConfigs tested: all passed")
+    );
 }
 
 #[tokio::test]
@@ -115,7 +139,7 @@ async fn test_fails_with_the_kms_error_for_a_disabled_key_or_unknown_alias() {
     let file = write(
         dir.path(),
         "c.yaml",
-        &manifest(key.alias.as_str(), &["org-a"], "RSA_2048"),
+        &manifest(key.alias.as_str(), &[ORG_A], "RSA_2048"),
     );
     let run = kekeeper(&endpoint, &["test", "-f", &file], None).await;
     assert_eq!(run.code, 1);
@@ -131,7 +155,7 @@ async fn test_fails_with_the_kms_error_for_a_disabled_key_or_unknown_alias() {
     let file = write(
         dir.path(),
         "m.yaml",
-        &manifest(&missing, &["org-a"], "RSA_2048"),
+        &manifest(&missing, &[ORG_A], "RSA_2048"),
     );
     let run = kekeeper(&endpoint, &["test", "-f", &file], None).await;
     assert_eq!(run.code, 1);
@@ -152,7 +176,7 @@ async fn test_reports_access_denied_and_throttling_from_kms() {
     let file = write(
         dir.path(),
         "c.yaml",
-        &manifest(key.alias.as_str(), &["org-a"], "RSA_2048"),
+        &manifest(key.alias.as_str(), &[ORG_A], "RSA_2048"),
     );
 
     proxy.fail(
@@ -193,7 +217,7 @@ async fn bad_input_exits_2_naming_the_problem() {
     let file = write(
         dir.path(),
         "key.yaml",
-        &manifest(key_arn, &["org-a"], "RSA_2048"),
+        &manifest(key_arn, &[ORG_A], "RSA_2048"),
     );
     let run = kekeeper(endpoint, &["test", "-f", &file], None).await;
     assert_eq!(run.code, 2);
@@ -212,7 +236,7 @@ async fn bad_input_exits_2_naming_the_problem() {
     let dup = write(
         dir.path(),
         "dup.yaml",
-        &manifest(alias, &["a", "a"], "RSA_2048"),
+        &manifest(alias, &[ORG_A, ORG_A], "RSA_2048"),
     );
     let run = kekeeper(endpoint, &["test", "-f", &dup], None).await;
     assert_eq!(run.code, 2);
@@ -225,7 +249,7 @@ async fn bad_input_exits_2_naming_the_problem() {
     let bad_spec = write(
         dir.path(),
         "spec.yaml",
-        &manifest(alias, &["a"], "RSA_1024"),
+        &manifest(alias, &[ORG_A], "RSA_1024"),
     );
     let run = kekeeper(endpoint, &["test", "-f", &bad_spec], None).await;
     assert_eq!(run.code, 2);
@@ -247,7 +271,7 @@ async fn bad_input_exits_2_naming_the_problem() {
     let good = write(
         dir.path(),
         "good.yaml",
-        &manifest(alias, &["org-a"], "RSA_2048"),
+        &manifest(alias, &[ORG_A], "RSA_2048"),
     );
     let out = dir.path().join("secret.yaml");
     let run = kekeeper(
@@ -316,12 +340,12 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     let config = write(
         dir.path(),
         "c.yaml",
-        &manifest(key.alias.as_str(), &["org-a", "org-b"], "RSA_3072"),
+        &manifest(key.alias.as_str(), &[ORG_A, ORG_B], "RSA_3072"),
     );
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
 
-    for org in ["org-a", "org-b"] {
-        let out = path(&format!("{org}.yaml"));
+    for (org, file) in [(ORG_A, "org-a.yaml"), (ORG_B, "org-b.yaml")] {
+        let out = path(file);
         let run = kekeeper(
             &endpoint,
             &[
@@ -342,7 +366,7 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     assert_eq!(record.namespace, "telephony");
     assert_eq!(
         secret.metadata.name.as_deref(),
-        Some(kekeeper::keypair::KeyPairRecord::secret_name("recordings", "org-a", 1).as_str())
+        Some(kekeeper::keypair::KeyPairRecord::secret_name("recordings", ORG_A, 1).as_str())
     );
 
     // Three segments and a bit, through stdin and stdout.
@@ -503,4 +527,218 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("DisabledException"), "{}", run.stderr);
     assert!(!dir.path().join("d.out").exists());
+}
+
+#[tokio::test]
+async fn oversized_and_deeply_nested_inputs_are_refused_before_parsing() {
+    // Refused before any KMS call: the endpoint is never contacted.
+    let endpoint = "http://127.0.0.1:9";
+    let dir = tempfile::tempdir().unwrap();
+    // 400 KB of nested `[` took the YAML parser 93 s of CPU before the limits.
+    let nested = write(dir.path(), "nested.yaml", &"[".repeat(400_000));
+    let large = write(
+        dir.path(),
+        "large.yaml",
+        &format!("# {}\n", "x".repeat(2 * 1024 * 1024)),
+    );
+    let out = dir.path().join("out").to_str().unwrap().to_owned();
+    for (file, message) in [
+        (
+            &nested,
+            "nests [ or { 65 levels deep; at most 64 are accepted",
+        ),
+        (&large, "is larger than 1 MiB"),
+    ] {
+        let commands: [Vec<&str>; 4] = [
+            vec!["test", "-f", file],
+            vec![
+                "keypair", "generate", "-f", file, "--org", ORG_A, "-o", &out,
+            ],
+            vec!["encrypt", "--key-pair-secret", file, "-i", file, "-o", &out],
+            vec!["decrypt", "--key-pair-secret", file, "-i", file, "-o", &out],
+        ];
+        for args in commands {
+            let run = kekeeper(endpoint, &args, None).await;
+            assert_eq!(run.code, 2, "{args:?}");
+            assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
+            assert!(!Path::new(&out).exists());
+        }
+    }
+    // Also through stdin.
+    let run = kekeeper(
+        endpoint,
+        &["test", "-f", "-"],
+        Some("{".repeat(100).as_bytes()),
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("stdin nests"), "{}", run.stderr);
+}
+
+/// Two RecordingKeyConfigs as `kubectl get rkc -o yaml` prints them.
+fn rkc_list(alias: &str, first_ids: &[&str], second_ids: &[&str]) -> String {
+    let item = |name: &str, ids: &[&str]| {
+        let ids: Vec<String> = ids.iter().map(|id| format!("      - {id}\n")).collect();
+        format!(
+            "- apiVersion: kekeeper.io/v1alpha1\n  kind: RecordingKeyConfig\n  metadata:\n    name: {name}\n    namespace: telephony\n  spec:\n    kmsKeyAliasArn: {alias}\n    keyPairSpec: RSA_2048\n    organizationIds:\n{}  status: {{}}\n",
+            ids.concat()
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n{}{}",
+        item("first", first_ids),
+        item("second", second_ids)
+    )
+}
+
+#[tokio::test]
+async fn test_takes_lists_and_several_documents_and_exits_with_the_worst() {
+    // The valid resource meets no KMS (nothing listens on port 9): exit 1 for it, 2 overall.
+    let endpoint = "http://127.0.0.1:9";
+    let dir = tempfile::tempdir().unwrap();
+    let alias = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+    let list = write(
+        dir.path(),
+        "list.yaml",
+        &rkc_list(alias, &[ORG_A], &["org-a"]),
+    );
+    let run = kekeeper(endpoint, &["test", "-f", &list], None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout.contains("RecordingKeyConfig telephony/first: "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(
+            "RecordingKeyConfig telephony/second: INVALID: spec.organizationIds[0]: \"org-a\" is not a UUID"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("2 RecordingKeyConfigs tested: some are INVALID"),
+        "{}",
+        run.stdout
+    );
+
+    // Several documents; other kinds are skipped with a note.
+    let documents = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: telephony}}\n---\n{}---\n{}",
+        manifest(alias, &["org-a"], "RSA_2048"),
+        manifest(alias, &["org-b"], "RSA_2048"),
+    );
+    let file = write(dir.path(), "docs.yaml", &documents);
+    let run = kekeeper(endpoint, &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("skipped document 1 (kind Namespace"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stdout.matches(": INVALID: ").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+
+    // keypair generate takes exactly one.
+    let run = kekeeper(
+        endpoint,
+        &["keypair", "generate", "-f", &list, "--org", ORG_A],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("holds 2 RecordingKeyConfigs"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn policy_takes_several_principals_and_a_manifest() {
+    let endpoint = "http://127.0.0.1:9";
+    let dir = tempfile::tempdir().unwrap();
+    let alias = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+    let list = write(
+        dir.path(),
+        "list.yaml",
+        &rkc_list(alias, &[ORG_A], &[ORG_B, ORG_A]),
+    );
+    let genesys = "arn:aws:iam::765628985471:root";
+    let role = "arn:aws:iam::111122223333:role/kekeeper";
+    let run = kekeeper(
+        endpoint,
+        &[
+            "policy",
+            "--principal",
+            genesys,
+            "--principal",
+            role,
+            "-f",
+            &list,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let statements: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        statements[0]["Condition"]["StringEquals"]["kms:EncryptionContext:genesys-cloud-organization-id"],
+        serde_json::json!([ORG_A, ORG_B])
+    );
+    for statement in statements.as_array().unwrap() {
+        assert_eq!(
+            statement["Principal"]["AWS"],
+            serde_json::json!([genesys, role])
+        );
+    }
+
+    // The manifest's own context key is used; `aws:` keys are refused like the CRD does.
+    let tenant = write(
+        dir.path(),
+        "tenant.yaml",
+        &manifest(alias, &["t1"], "RSA_2048").replace(
+            "  keyPairSpec:",
+            "  encryptionContextKey: tenant-id\n  keyPairSpec:",
+        ),
+    );
+    let run = kekeeper(
+        endpoint,
+        &["policy", "--principal", role, "-f", &tenant],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("kms:EncryptionContext:tenant-id"),
+        "{}",
+        run.stdout
+    );
+    let run = kekeeper(
+        endpoint,
+        &[
+            "policy",
+            "--principal",
+            role,
+            "--org-id",
+            "o",
+            "--context-key",
+            "aws:x",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("KMS reserves"), "{}", run.stderr);
+    let run = kekeeper(endpoint, &["policy", "--help"], None).await;
+    assert!(
+        run.stdout.contains("two KMS key policy statements"),
+        "{}",
+        run.stdout
+    );
 }

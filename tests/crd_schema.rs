@@ -137,6 +137,11 @@ fn enums_and_bounds() {
     assert_eq!(props["historyLimit"]["minimum"], 1.0);
     assert_eq!(props["historyLimit"]["maximum"], 100.0);
     assert_eq!(props["recordingRetention"]["pattern"], "^[0-9]+(d|h)$");
+    assert!(
+        rules(&props["recordingRetention"])[0]
+            .1
+            .contains("at least 1d or 24h")
+    );
     assert_eq!(props["encryptionContextKey"]["minLength"], 1);
     assert!(rules(&props["encryptionContextKey"])[0].0.contains("aws:"));
     assert_eq!(
@@ -146,11 +151,42 @@ fn enums_and_bounds() {
 }
 
 #[test]
-fn home_region_must_equal_the_arn_region() {
+fn home_region_must_equal_the_arn_region_and_default_key_ids_be_uuids() {
     let rules = rules(&spec_schema());
-    assert_eq!(rules.len(), 1);
+    assert_eq!(rules.len(), 2);
     assert!(rules[0].0.contains("self.homeRegion"));
     assert!(rules[0].1.starts_with("spec.homeRegion"));
+    assert!(rules[1].0.contains("genesys-cloud-organization-id"));
+    assert!(rules[1].1.starts_with("spec.organizationIds must be UUIDs"));
+}
+
+#[test]
+fn every_spec_field_has_a_description_kubectl_explain_shows() {
+    let spec = spec_schema();
+    let mut missing = Vec::new();
+    let mut check = |path: String, schema: &Value| {
+        if schema["description"].as_str().is_none_or(str::is_empty) {
+            missing.push(path);
+        }
+    };
+    for (name, field) in spec["properties"].as_object().unwrap() {
+        check(format!("spec.{name}"), field);
+    }
+    for (name, field) in spec["properties"]["rotation"]["properties"]
+        .as_object()
+        .unwrap()
+    {
+        check(format!("spec.rotation.{name}"), field);
+    }
+    assert!(missing.is_empty(), "no description: {missing:?}");
+    let period = spec["properties"]["rotation"]["properties"]["period"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        period.contains("Jan 31 + 1 month = Feb 28 or 29"),
+        "{period}"
+    );
+    assert!(period.contains("UTC"), "{period}");
 }
 
 #[test]
@@ -191,4 +227,75 @@ spec:
         "genesys-cloud-organization-id"
     );
     assert!(!rkc.spec.suspend);
+}
+
+mod common;
+
+/// What the API server (kube-sim, which runs the CRD's CEL rules) refuses at apply time, and
+/// that the refusal names the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_rejected_at_apply_time_naming_the_field() {
+    use common::cluster::{Cluster, rkc_manifest};
+    const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+    let cluster = Cluster::start(false).await;
+    cluster.install_crd().await;
+    let alias = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+    let valid = |name: &str, ids: &[&str]| rkc_manifest(name, alias, ids);
+    let with = |name: &str, ids: &[&str], field: &str| {
+        valid(name, ids).replace("  keyPairSpec:", &format!("  {field}\n  keyPairSpec:"))
+    };
+    let rejected = [
+        (
+            valid("not-uuid", &[ORG, "org-a"]),
+            "spec.organizationIds must be UUIDs",
+        ),
+        (
+            with("retention-hours", &[ORG], "recordingRetention: 23h"),
+            "spec.recordingRetention must be at least 1d or 24h",
+        ),
+        (
+            with("retention-zero", &[ORG], "recordingRetention: 0d"),
+            "spec.recordingRetention must be at least 1d or 24h",
+        ),
+    ];
+    for (manifest, message) in &rejected {
+        let out = cluster.apply(manifest).await;
+        assert!(!out.success, "accepted:\n{manifest}");
+        assert!(out.stderr.contains(message), "{message}:\n{}", out.stderr);
+    }
+    for manifest in [
+        valid("uuids", &[ORG, "7C9E6679-7425-40DE-944B-E07FC1F90AE7"]),
+        with(
+            "tenant-ids",
+            &["org-a", "org-b"],
+            "encryptionContextKey: tenant-id",
+        ),
+        with("retention-day", &[ORG], "recordingRetention: 24h"),
+        with("retention-days", &[ORG], "recordingRetention: 1d"),
+    ] {
+        cluster.apply_ok(&manifest).await;
+    }
+    let stored = cluster
+        .sim
+        .objects("kekeeper.io", "recordingkeyconfigs", None);
+    assert_eq!(stored.len(), 4);
+
+    // What `kubectl explain` shows for the fields users ask about.
+    for (field, expected) in [
+        ("rkc.spec.rotation", "When key pairs are replaced"),
+        (
+            "rkc.spec.rotation.period",
+            "Jan 31 + 1 month = Feb 28 or 29",
+        ),
+        (
+            "rkc.spec.rotation.onKmsKeyChange",
+            "pointed at another KMS key",
+        ),
+        ("rkc.spec.organizationIds", "UUIDs when"),
+        ("rkc.spec.recordingRetention", "at least 1d"),
+    ] {
+        let text = cluster.kubectl_ok(&["explain", field]).await;
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(text.contains(expected), "kubectl explain {field}:\n{text}");
+    }
 }

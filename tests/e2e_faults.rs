@@ -105,9 +105,11 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
         || async { (states(&cluster) == (1, 2)).then_some(()) },
     )
     .await;
-    let history = rkc(&cluster).expect("resource")["status"]["keyPairHistory"]
-        .as_array()
-        .map_or(0, Vec::len);
-    assert_eq!(history, 3, "history shows each key pair once");
+    // Status follows the Secrets: each key pair shows once in history.
+    eventually("history shows each key pair once", WAIT, || async {
+        let history = rkc(&cluster)?["status"]["keyPairHistory"].as_array()?.len();
+        (history == 3).then_some(())
+    })
+    .await;
     drop(operator);
 }

@@ -6,15 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::cluster::{
-    Cluster, Operator, condition, eventually, rkc_manifest, rkc_manifest_in, settle,
+    Cluster, Operator, chart_render, condition, eventually, rkc_manifest, rkc_manifest_in, settle,
 };
 use common::proxy::FaultProxy;
 use common::{create_key, kms_endpoint};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
@@ -28,31 +26,6 @@ const RBAC_KINDS: [&str; 5] = [
     "Role",
     "RoleBinding",
 ];
-
-/// The documents of `target/chart-renders/<case>.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`).
-fn chart_render(case: &str) -> Option<Vec<Value>> {
-    let dir = std::env::var_os("KEKEEPER_CHART_RENDERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::cluster::repo_root().join("target/chart-renders"));
-    let path = dir.join(format!("{case}.yaml"));
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        let message = format!(
-            "{} is missing; run scripts/chart-test.sh (it renders the Helm chart)",
-            path.display()
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED: {message}");
-        return None;
-    };
-    Some(
-        serde_yaml::Deserializer::from_str(&text)
-            .map(|doc| Value::deserialize(doc).expect("render YAML"))
-            .filter(|doc| !doc.is_null())
-            .collect(),
-    )
-}
 
 fn of_kind<'a>(docs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
     docs.iter().filter(move |d| d["kind"] == kind)
@@ -95,10 +68,40 @@ impl std::fmt::Display for Grant {
     }
 }
 
-/// Every (group, resource[/subresource], verb) the rendered ClusterRoles and Roles grant.
+/// The rendered (Cluster)Roles that a rendered binding grants (to the operator's
+/// ServiceAccount); the aggregated user roles (`<fullname>-edit`/`-view`) are bound by no
+/// binding of the chart and are not the operator's.
+fn bound_roles(docs: &[Value]) -> impl Iterator<Item = &Value> {
+    let refs: BTreeSet<(String, String, String)> = of_kind(docs, "ClusterRoleBinding")
+        .chain(of_kind(docs, "RoleBinding"))
+        .map(|b| {
+            let kind = b["roleRef"]["kind"].as_str().unwrap_or_default().to_owned();
+            // A ClusterRole is cluster-wide; a Role lives in its binding's namespace.
+            let namespace = match kind.as_str() {
+                "Role" => b["metadata"]["namespace"].as_str().unwrap_or_default(),
+                _ => "",
+            };
+            let name = b["roleRef"]["name"].as_str().unwrap_or_default().to_owned();
+            (kind, namespace.to_owned(), name)
+        })
+        .collect();
+    of_kind(docs, "ClusterRole")
+        .chain(of_kind(docs, "Role"))
+        .filter(move |role| {
+            let kind = role["kind"].as_str().unwrap_or_default().to_owned();
+            let namespace = role["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = role["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            refs.contains(&(kind, namespace.to_owned(), name))
+        })
+}
+
+/// Every (group, resource[/subresource], verb) the rendered bindings grant the operator.
 fn grants(docs: &[Value]) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
-    for role in of_kind(docs, "ClusterRole").chain(of_kind(docs, "Role")) {
+    for role in bound_roles(docs) {
         for rule in role["rules"].as_array().into_iter().flatten() {
             for group in strings(&rule["apiGroups"]) {
                 for resource in strings(&rule["resources"]) {
@@ -446,9 +449,10 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
     drop(s.operator);
 }
 
-/// With several replicas the chart turns leader election on and grants the Lease rules in the
-/// release namespace: the leader creates its Lease, reads it and renews it (update), with no
-/// 403 and no Lease rule left unused.
+/// With several replicas (as by default) the chart runs with leader election and grants the
+/// Lease rules in the release namespace: the leader creates its Lease, reads it and renews it
+/// (update), with no 403 and no Lease rule left unused. The default render's Lease rules are
+/// also covered by `chart_rbac_is_sufficient_and_every_rule_is_used`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn chart_rbac_for_leader_election_is_sufficient_and_used() {
@@ -520,9 +524,11 @@ async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
         2,
         "the namespaced render watches two namespaces"
     );
+    // The user roles (`<fullname>-edit`/`-view`) are ClusterRoles too, but bound to nobody.
     assert!(
-        of_kind(&docs, "ClusterRole").next().is_none(),
-        "a namespaced install has no ClusterRole"
+        of_kind(&docs, "ClusterRoleBinding").next().is_none()
+            && bound_roles(&docs).all(|role| role["kind"] == "Role"),
+        "a namespaced install grants the operator no ClusterRole"
     );
     let s = setup(&endpoint, docs, |_| {}).await;
     let cluster = &s.cluster;

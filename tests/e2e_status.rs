@@ -67,7 +67,18 @@ async fn status_tells_the_truth_through_every_scenario() {
     access_denied_is_failed_within_one_backoff_step(&cluster, &proxy, &alias).await;
     disabled_key_is_failed_and_current_again_within_30s_of_enabling(&cluster, &endpoint, &key)
         .await;
+    rotate_then_kubectl_wait_waits_for_the_new_pair(&cluster, &alias).await;
     suspend_keeps_observed_generation_current(&cluster).await;
+    // The deleted resources' metric series are gone; the live one's are there.
+    let metrics = eventually("deleted resources' series dropped", WAIT, || async {
+        let text = operator.get("/metrics").await;
+        (!["many", "typo", "outage", "denied", "disabled", "rotated"]
+            .iter()
+            .any(|name| text.contains(&format!("config=\"{name}\""))))
+        .then_some(text)
+    })
+    .await;
+    assert!(metrics.contains("kekeeper_ready{"), "{metrics}");
     operator.kill();
 }
 
@@ -227,12 +238,16 @@ async fn access_denied_is_failed_within_one_backoff_step(
     proxy: &FaultProxy,
     alias: &str,
 ) {
-    proxy.fail(
-        "DescribeKey",
-        400,
-        "AccessDeniedException",
-        "injected: not allowed",
-    );
+    // The key policy denies everything (DescribeKey may be served from the operator's
+    // shared description of this alias, so generation is denied too).
+    for operation in ["DescribeKey", "GenerateDataKeyPairWithoutPlaintext"] {
+        proxy.fail(
+            operation,
+            400,
+            "AccessDeniedException",
+            "injected: not allowed",
+        );
+    }
     let started = Instant::now();
     cluster
         .apply_ok(&apply_manifest("denied", alias, &orgs(1), ""))
@@ -287,11 +302,12 @@ async fn disabled_key_is_failed_and_current_again_within_30s_of_enabling(
             "kekeeper.io/rotate-now=after-disable",
         ])
         .await;
-    let failed = wait_for(cluster, "disabled", KStatus::Failed, |_| true).await;
-    assert_eq!(
-        reason(&failed, "KmsAvailable").as_deref(),
-        Some("KmsKeyNotEnabled")
-    );
+    // KMS refuses the generation under the disabled key (DisabledException), and the next
+    // look at the key (one backoff step later) shows why.
+    let failed = wait_for(cluster, "disabled", KStatus::Failed, |o| {
+        reason(o, "KmsAvailable").as_deref() == Some("KmsKeyNotEnabled")
+    })
+    .await;
     assert_eq!(reason(&failed, "Ready").as_deref(), Some("KmsKeyUnusable"));
     admin
         .enable_key()
@@ -312,6 +328,39 @@ async fn disabled_key_is_failed_and_current_again_within_30s_of_enabling(
     assert_eq!(current["status"]["rotateNowToken"], "after-disable");
     assert_eq!(condition(&current, "KmsAvailable").as_deref(), Some("True"));
     cluster.kubectl_ok(&["delete", "rkc", "disabled"]).await;
+}
+
+/// `kekeeper rotate NAME && kubectl wait --for=condition=Ready rkc/NAME`, as the README says:
+/// when kubectl wait returns, the new pair is there and the token honoured.
+async fn rotate_then_kubectl_wait_waits_for_the_new_pair(cluster: &Cluster, alias: &str) {
+    cluster
+        .apply_ok(&apply_manifest("rotated", alias, &orgs(2), ""))
+        .await;
+    cluster.wait_ready("rotated").await;
+    for round in 0..3 {
+        let rotate = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
+            .args(["rotate", "rotated", "-n", "default"])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+            .await
+            .expect("kekeeper rotate");
+        assert!(
+            rotate.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rotate.stderr)
+        );
+        cluster.wait_ready("rotated").await;
+        let object = rkc(cluster, "rotated").expect("rotated");
+        let token = &object["metadata"]["annotations"]["kekeeper.io/rotate-now"];
+        assert_eq!(
+            &object["status"]["rotateNowToken"], token,
+            "round {round}: {object:#}"
+        );
+        let history = object["status"]["keyPairHistory"].as_array().unwrap();
+        assert_eq!(history.len(), 2 * (round + 2), "round {round}: {object:#}");
+        assert_eq!(history[0]["reason"], "RotateNowRequested");
+    }
+    cluster.kubectl_ok(&["delete", "rkc", "rotated"]).await;
 }
 
 /// `suspend: true`: observedGeneration follows the generation, Ready=False Suspended,
@@ -343,4 +392,23 @@ async fn suspend_keeps_observed_generation_current(cluster: &Cluster) {
         ])
         .await;
     assert!(waited.success, "{}", waited.stderr);
+}
+
+/// The kstatus checker itself, on the README's rules.
+#[test]
+fn kstatus_checker_follows_the_readme_rules() {
+    use serde_json::json;
+    let no_status = json!({"metadata": {"generation": 1}});
+    assert_eq!(kstatus(&no_status), KStatus::Current);
+    let stale = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 1}});
+    assert_eq!(kstatus(&stale), KStatus::InProgress);
+    let reconciling = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
+        "conditions": [{"type": "Reconciling", "status": "True"}]}});
+    assert_eq!(kstatus(&reconciling), KStatus::InProgress);
+    let stalled = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "False"}, {"type": "Stalled", "status": "True"}]}});
+    assert_eq!(kstatus(&stalled), KStatus::Failed);
+    let ready = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "True"}, {"type": "Stalled", "status": "False"}]}});
+    assert_eq!(kstatus(&ready), KStatus::Current);
 }

@@ -6,6 +6,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde::Deserialize;
+
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfigSpec;
 use crate::kms::sdk::SdkKms;
@@ -30,15 +32,60 @@ fn display(path: &Path) -> String {
     }
 }
 
+/// The largest manifest or Secret file read (1 MiB): a RecordingKeyConfig, a `kind: List` of
+/// a few hundred of them or a key pair Secret is far smaller.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// The deepest flow nesting (`[`/`{`) accepted. The YAML parser's time grows steeply with
+/// nesting (400 KB of `[` took 93 s), so the bytes are scanned before it sees them.
+pub const MAX_NESTING: usize = 64;
+
+/// Reads a whole (YAML or PEM) input, refusing more than [`MAX_INPUT_BYTES`] and nesting
+/// deeper than [`MAX_NESTING`].
 pub(super) fn read_to_string(path: &Path) -> Result<String, String> {
-    let mut text = String::new();
-    let outcome = if path == Path::new("-") {
-        io::stdin().read_to_string(&mut text)
+    let source = display(path);
+    let reader: Box<dyn Read> = if path == Path::new("-") {
+        Box::new(io::stdin())
     } else {
-        File::open(path).and_then(|mut f| f.read_to_string(&mut text))
+        Box::new(File::open(path).map_err(|e| format!("cannot read {source}: {e}"))?)
     };
-    outcome.map_err(|e| format!("cannot read {}: {e}", display(path)))?;
-    Ok(text)
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_INPUT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {source}: {e}"))?;
+    if bytes.len() > MAX_INPUT_BYTES {
+        return Err(format!(
+            "{source} is larger than 1 MiB, the limit for manifests and key pair Secrets; \
+             pass one RecordingKeyConfig or Secret per file"
+        ));
+    }
+    check_nesting(&bytes).map_err(|depth| {
+        format!(
+            "{source} nests [ or {{ {depth} levels deep; at most {MAX_NESTING} are accepted \
+             (a RecordingKeyConfig or Secret needs 3)"
+        )
+    })?;
+    String::from_utf8(bytes).map_err(|e| format!("{source} is not UTF-8 text: {e}"))
+}
+
+/// `Err(depth)` once `[`/`{` nest deeper than [`MAX_NESTING`]. Every bracket counts, also
+/// inside quotes and comments: an over-estimate that no quoting trick can lower, and no
+/// RecordingKeyConfig or Secret holds 65 unbalanced brackets.
+pub fn check_nesting(bytes: &[u8]) -> Result<(), usize> {
+    let mut depth = 0usize;
+    for &byte in bytes {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn open_input(path: &Path) -> Result<Box<dyn Read>, String> {
@@ -107,11 +154,64 @@ pub(super) struct Manifest {
     pub spec: RecordingKeyConfigSpec,
 }
 
+/// The one RecordingKeyConfig of a manifest file (`keypair generate`).
 pub(super) fn read_manifest(path: &Path) -> Result<Manifest, String> {
+    let mut manifests = read_manifests(path)?;
+    if manifests.len() > 1 {
+        return Err(format!(
+            "{} holds {} RecordingKeyConfigs; pass a file with one",
+            display(path),
+            manifests.len()
+        ));
+    }
+    Ok(manifests.remove(0))
+}
+
+/// Every RecordingKeyConfig of a manifest file: one document, several (`---`), or `kind: List`
+/// (`kubectl get rkc -o yaml`). In a file of several documents other kinds are skipped with a
+/// note; a file without any RecordingKeyConfig is an error.
+pub(super) fn read_manifests(path: &Path) -> Result<Vec<Manifest>, String> {
     let text = read_to_string(path)?;
     let source = display(path);
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("{source} is not valid YAML: {e}"))?;
+    let mut documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|e| format!("{source} is not valid YAML: {e}"))?;
+        match value.get("kind").and_then(serde_yaml::Value::as_str) {
+            Some("List") => match value.get("items").and_then(serde_yaml::Value::as_sequence) {
+                Some(items) => documents.extend(items.iter().cloned()),
+                None => return Err(format!("{source}: a List without items")),
+            },
+            _ if value.is_null() => {}
+            _ => documents.push(value),
+        }
+    }
+    if documents.len() == 1 {
+        return Ok(vec![manifest(&documents[0], &source)?]);
+    }
+    let mut manifests = Vec::new();
+    for (index, value) in documents.iter().enumerate() {
+        let kind = value.get("kind").and_then(serde_yaml::Value::as_str);
+        if kind == Some("RecordingKeyConfig") {
+            manifests.push(manifest(
+                value,
+                &format!("{source} (document {})", index + 1),
+            )?);
+        } else {
+            eprintln!(
+                "kekeeper: note: {source}: skipped document {} (kind {}, not RecordingKeyConfig)",
+                index + 1,
+                kind.unwrap_or("missing")
+            );
+        }
+    }
+    if manifests.is_empty() {
+        return Err(format!("{source} holds no RecordingKeyConfig"));
+    }
+    Ok(manifests)
+}
+
+fn manifest(value: &serde_yaml::Value, source: &str) -> Result<Manifest, String> {
     let field = |name: &str| value.get(name).and_then(serde_yaml::Value::as_str);
     match field("kind") {
         Some("RecordingKeyConfig") => {}
@@ -157,7 +257,51 @@ pub(super) fn read_manifest(path: &Path) -> Result<Manifest, String> {
     })
 }
 
+impl Manifest {
+    /// `namespace/name`, or the name alone when the manifest names no namespace.
+    pub fn qualified_name(&self) -> String {
+        match &self.namespace {
+            Some(namespace) => format!("{namespace}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
 /// The manifest validated against the operator's region, as the controller would.
 pub(super) fn validate(manifest: &Manifest, kms: &SdkKms) -> Result<ValidatedConfig, String> {
     config::validate(&manifest.spec, kms.operator_region()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_on_the_bytes_and_quotes_do_not_hide_it() {
+        assert_eq!(
+            check_nesting(b"spec: {rotation: {period: Monthly}, ids: [a]}"),
+            Ok(())
+        );
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        assert_eq!(check_nesting(&deep(MAX_NESTING)), Ok(()));
+        assert_eq!(check_nesting(&deep(MAX_NESTING + 1)), Err(MAX_NESTING + 1));
+        // Siblings do not add up; stray closing brackets do not buy depth.
+        assert_eq!(check_nesting(&deep(40).repeat(100)), Ok(()));
+        let stray = format!("{}{}", "]".repeat(100), "[".repeat(65));
+        assert_eq!(check_nesting(stray.as_bytes()), Err(65));
+        let quoted = format!("a: \"{}\"", "[".repeat(65));
+        assert_eq!(check_nesting(quoted.as_bytes()), Err(65));
+    }
+
+    #[test]
+    fn inputs_over_a_mebibyte_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at_limit = dir.path().join("at-limit.yaml");
+        std::fs::write(&at_limit, vec![b'#'; MAX_INPUT_BYTES]).unwrap();
+        assert_eq!(read_to_string(&at_limit).unwrap().len(), MAX_INPUT_BYTES);
+        let over = dir.path().join("over.yaml");
+        std::fs::write(&over, vec![b'#'; MAX_INPUT_BYTES + 1]).unwrap();
+        let err = read_to_string(&over).unwrap_err();
+        assert!(err.contains("is larger than 1 MiB"), "{err}");
+    }
 }

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -22,15 +22,21 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
-use crate::controller::leader::{LeaderElector, LeaseSettings};
+use crate::controller::leader::election::LeaseTiming;
+use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
 use crate::controller::ratelimit::TokenBucket;
 use crate::controller::{self, Context, Settings};
 use crate::crd::RecordingKeyConfig;
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
+use crate::kms::coalesce::CoalescingKms;
 use crate::kms::sdk::SdkKms;
-use crate::metrics::{MeteredKms, Metrics};
+use crate::metrics::{ConfigLabels, MeteredKms, Metrics};
 
 pub async fn execute(args: RunArgs) -> ExitCode {
+    if let Err(err) = lease_timing(&args) {
+        error!("{err}");
+        return ExitCode::from(2);
+    }
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -85,31 +91,73 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
     });
 
-    if args.leader_elect {
-        let elector = LeaderElector::new(client.clone(), lease_settings(&args));
+    let mut elector = if args.leader_elect {
+        Some(LeaderElector::new(client.clone(), lease_settings(&args)?))
+    } else {
+        None
+    };
+    if let Some(elector) = elector.as_mut() {
         // A standby replica is ready: it serves and waits.
         health.ready.store(true, Ordering::SeqCst);
-        let mut stop = shutdown_rx.clone();
-        loop {
-            match elector.try_acquire_or_renew(jiff::Timestamp::now()).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(err) => warn!(error = %err, "leader election"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(elector.settings().renew_period) => {}
-                _ = stop.wait_for(|s| *s) => return Ok(()),
-            }
+        if !elector.acquire(&mut shutdown_rx.clone()).await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+            return Ok(());
         }
         health.ready.store(false, Ordering::SeqCst);
-        spawn_renewal(elector, shutdown_rx.clone());
     }
 
-    // Graceful: in-flight reconciles finish; forceful after a grace period, so a reconcile
-    // stuck on a hung call cannot keep the pod past its termination grace.
-    let mut stop = shutdown_rx.clone();
+    let controller = run_controller_with_grace(client, args, metrics, health, shutdown_rx);
+    let result = match elector.as_mut() {
+        None => controller.await,
+        Some(elector) => lead(elector, controller).await,
+    };
+    // After a lost Lease, exit at once rather than wait for the server (it stops on SIGTERM).
+    if result.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+    result
+}
+
+/// Runs the controller while renewing the Lease. Losing the Lease ends the process (exit 1, as
+/// client-go's OnStoppedLeading usually does), so nothing keeps acting and a restarted pod
+/// rejoins as a standby; a controller that stopped (SIGTERM) gives the Lease up.
+async fn lead(
+    elector: &mut LeaderElector,
+    controller: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    enum Ended {
+        Stopped(anyhow::Result<()>),
+        Lost(LostLeadership),
+    }
+    let ended = tokio::select! {
+        result = controller => Ended::Stopped(result),
+        lost = elector.keep_leading() => Ended::Lost(lost),
+    };
+    match ended {
+        Ended::Lost(lost) => Err(anyhow::anyhow!(
+            "leadership lost ({lost}); exiting so that nothing acts without the Lease"
+        )),
+        Ended::Stopped(result) => {
+            if let Err(err) = elector.release().await {
+                warn!(error = %err, "could not release the Lease; a standby takes over once it expires");
+            }
+            result
+        }
+    }
+}
+
+/// The controller until SIGTERM. Graceful: in-flight reconciles finish; forceful after a grace
+/// period, so a reconcile stuck on a hung call cannot keep the pod past its termination grace.
+async fn run_controller_with_grace(
+    client: Client,
+    args: RunArgs,
+    metrics: Metrics,
+    health: Health,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut stop = shutdown.clone();
     let result = tokio::select! {
-        result = run_controller(client, args, metrics, health, shutdown_rx) => result,
+        result = run_controller(client, args, metrics, health, shutdown) => result,
         _ = async move {
             let _ = stop.wait_for(|s| *s).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -119,54 +167,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     info!("controller stopped");
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     result
 }
 
-fn lease_settings(args: &RunArgs) -> LeaseSettings {
+fn lease_settings(args: &RunArgs) -> anyhow::Result<LeaseSettings> {
     let namespace = args.lease_namespace.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
             .map(|ns| ns.trim().to_owned())
             .unwrap_or_else(|_| "default".to_owned())
     });
     let identity = args.identity.clone().unwrap_or_else(|| {
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("kekeeper-{}", std::process::id()))
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kekeeper".to_owned());
+        format!("{host}_{}", &crate::keypair::new_key_pair_id()[..8])
     });
-    LeaseSettings {
+    Ok(LeaseSettings {
         name: args.lease_name.clone(),
         namespace,
         identity,
-        lease_duration: Duration::from_secs(15),
-        renew_period: Duration::from_secs(5),
-    }
+        timing: lease_timing(args)?,
+    })
 }
 
-/// Renews the lease; losing it ends the process (exit 1), so a restarted pod rejoins as a
-/// standby instead of running a second controller.
-fn spawn_renewal(elector: LeaderElector, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut last_renewed = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(elector.settings().renew_period) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            match elector.try_acquire_or_renew(jiff::Timestamp::now()).await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => {
-                    error!("lost leadership; exiting");
-                    std::process::exit(1);
-                }
-                Err(err) => {
-                    warn!(error = %err, "could not renew the lease");
-                    if last_renewed.elapsed() >= elector.settings().lease_duration {
-                        error!("lease expired without renewal; exiting");
-                        std::process::exit(1);
-                    }
-                }
-            }
-        }
-    });
+/// The three durations of `--lease-duration`, `--renew-deadline` and `--retry-period`, checked
+/// against each other.
+pub fn lease_timing(args: &RunArgs) -> anyhow::Result<LeaseTiming> {
+    let duration = |flag: &str, value: jiff::SignedDuration| {
+        Duration::try_from(value)
+            .map_err(|_| anyhow::anyhow!("--{flag} must not be negative; got {value:#}"))
+    };
+    Ok(LeaseTiming::new(
+        duration("lease-duration", args.lease_duration)?,
+        duration("renew-deadline", args.renew_deadline)?,
+        duration("retry-period", args.retry_period)?,
+    )?)
 }
 
 async fn run_controller(
@@ -183,12 +216,19 @@ async fn run_controller(
             key_verify_interval: args.key_verify_interval,
             operator_region: sdk.operator_region().map(str::to_owned),
         },
-        kms: MeteredKms {
-            inner: sdk,
-            metrics: metrics.clone(),
-        },
+        // Metered inside the coalescing layer: the metrics count the calls KMS really gets.
+        kms: CoalescingKms::new(
+            MeteredKms {
+                inner: sdk,
+                metrics: metrics.clone(),
+            },
+            Duration::try_from(args.kms_key_check_interval).unwrap_or(Duration::from_secs(3600)),
+        ),
         // One bucket for every resource in every watched namespace: KMS quotas are per account.
-        key_pair_rate: Arc::new(TokenBucket::new(args.kms_keypair_rate, 1)),
+        key_pair_rate: Arc::new(
+            TokenBucket::new(args.kms_keypair_rate, 1).with_in_flight(args.kms_max_in_flight),
+        ),
+        concurrency: args.concurrency,
         reporter: Reporter {
             controller: "kekeeper".into(),
             instance: args.identity.clone(),
@@ -229,8 +269,9 @@ async fn run_controller(
 #[derive(Clone)]
 struct Shared {
     settings: Settings,
-    kms: MeteredKms<SdkKms>,
+    kms: CoalescingKms<MeteredKms<SdkKms>>,
     key_pair_rate: Arc<TokenBucket>,
+    concurrency: u16,
     reporter: Reporter,
     metrics: Metrics,
 }
@@ -258,31 +299,45 @@ async fn run_scope(
     let rkcs: Api<RecordingKeyConfig> = scoped(&client, namespace);
     let secrets_api: Api<Secret> = scoped(&client, namespace);
     let config_maps_api: Api<ConfigMap> = scoped(&client, namespace);
-    let secrets_trigger_api = secrets_api.clone();
-    let config_maps_trigger_api = config_maps_api.clone();
-    // Caches of the key pair Secrets and the public-keys ConfigMaps: a steady-state reconcile
-    // reads only these.
+    // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
+    // these) and the controller's triggers, so a deleted or edited key pair Secret or
+    // ConfigMap is put right at once. The caches keep only what the controller reads.
+    let (rkc_store, rkc_writer) = reflector::store();
+    let metrics = shared.metrics.clone();
+    let rkc_stream = reflector(
+        rkc_writer,
+        watcher(rkcs, watcher::Config::default()).modify(slim),
+    )
+    .default_backoff()
+    .inspect_ok(move |event| {
+        // A deleted resource's series go with it.
+        if let watcher::Event::Delete(rkc) = event {
+            let config = ConfigLabels {
+                namespace: rkc.namespace().unwrap_or_default(),
+                config: rkc.name_any(),
+            };
+            metrics.forget(&config, rkc.status.as_ref());
+        }
+    })
+    .applied_objects();
     let (secrets, secrets_writer) = reflector::store();
-    tokio::spawn(
-        reflector(
-            secrets_writer,
-            watcher(secrets_api, watcher::Config::default().labels(LABEL_CONFIG)),
-        )
-        .default_backoff()
-        .for_each(|_| futures::future::ready(())),
-    );
+    let secrets_stream = reflector(
+        secrets_writer,
+        watcher(secrets_api, watcher::Config::default().labels(LABEL_CONFIG)).modify(slim),
+    )
+    .default_backoff()
+    .touched_objects();
     let (config_maps, config_maps_writer) = reflector::store();
-    tokio::spawn(
-        reflector(
-            config_maps_writer,
-            watcher(
-                config_maps_api,
-                watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
-            ),
+    let config_maps_stream = reflector(
+        config_maps_writer,
+        watcher(
+            config_maps_api,
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
         )
-        .default_backoff()
-        .for_each(|_| futures::future::ready(())),
-    );
+        .modify(slim),
+    )
+    .default_backoff()
+    .touched_objects();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -296,22 +351,14 @@ async fn run_scope(
         shared.metrics,
     ));
 
-    // Besides the caches above, the controller watches the key pair Secrets and the owned
-    // ConfigMaps itself, so a deleted or edited one is put right at once.
-    let controller = Controller::new(rkcs, watcher::Config::default())
-        .watches(
-            secrets_trigger_api,
-            watcher::Config::default().labels(LABEL_CONFIG),
-            |secret: Secret| {
-                let config = secret.labels().get(LABEL_CONFIG)?.clone();
-                let namespace = secret.namespace()?;
-                Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
-            },
-        )
-        .owns(
-            config_maps_trigger_api,
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}=kekeeper")),
-        );
+    let controller = Controller::for_stream(rkc_stream, rkc_store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
+        .watches_stream(secrets_stream, |secret: Secret| {
+            let config = secret.labels().get(LABEL_CONFIG)?.clone();
+            let namespace = secret.namespace()?;
+            Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
+        })
+        .owns_stream(config_maps_stream);
     let store = controller.store();
     tokio::spawn(async move {
         if synced(&store).await && synced(&secrets).await && synced(&config_maps).await {
@@ -331,6 +378,16 @@ async fn run_scope(
             futures::future::ready(())
         })
         .await;
+}
+
+/// Drops what the controller never reads from a cached object: `managedFields` and
+/// `kubectl apply`'s copy of the whole object in an annotation.
+fn slim<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Whether a cache has synced (false: its watcher is gone). A store's readiness wakes only its

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail, read_manifest, validate};
+use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail, read_manifests, validate};
 use crate::cli::TestArgs;
 use crate::config::ValidatedConfig;
 use crate::kms::Kms;
@@ -68,22 +68,50 @@ pub(super) fn print_report(
 }
 
 pub async fn execute(args: TestArgs) -> ExitCode {
-    let manifest = match read_manifest(&args.file) {
+    let manifests = match read_manifests(&args.file) {
         Ok(m) => m,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
     let kms = SdkKms::from_env().await;
-    let config = match validate(&manifest, &kms) {
-        Ok(c) => c,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
-    };
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    match run(&mut out, &manifest.name, &config, &kms).await {
-        Ok(true) => ExitCode::from(EXIT_OK),
-        Ok(false) => ExitCode::from(EXIT_FAILED),
-        Err(e) => fail(EXIT_FAILED, format!("cannot write the report: {e}")),
+    // The exit code is the worst of all resources: bad input over failure over success.
+    let mut worst = EXIT_OK;
+    for (index, manifest) in manifests.iter().enumerate() {
+        if index > 0 {
+            let _ = writeln!(out);
+        }
+        let code = match validate(manifest, &kms) {
+            Ok(config) => match run(&mut out, &manifest.qualified_name(), &config, &kms).await {
+                Ok(true) => EXIT_OK,
+                Ok(false) => EXIT_FAILED,
+                Err(e) => return fail(EXIT_FAILED, format!("cannot write the report: {e}")),
+            },
+            Err(e) if manifests.len() == 1 => return fail(EXIT_BAD_INPUT, e),
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "RecordingKeyConfig {}: INVALID: {e}",
+                    manifest.qualified_name()
+                );
+                EXIT_BAD_INPUT
+            }
+        };
+        worst = worst.max(code);
     }
+    if manifests.len() > 1 {
+        let _ = writeln!(
+            out,
+            "\n{} RecordingKeyConfigs tested: {}",
+            manifests.len(),
+            match worst {
+                EXIT_OK => "all passed",
+                EXIT_FAILED => "some FAILED",
+                _ => "some are INVALID",
+            }
+        );
+    }
+    ExitCode::from(worst)
 }
 
 /// Prints the report; `Ok(true)` when every organisation passed.
@@ -179,7 +207,10 @@ mod tests {
     fn config() -> ValidatedConfig {
         ValidatedConfig {
             alias: AliasArn::parse("arn:aws:kms:us-east-1:111122223333:alias/recordings").unwrap(),
-            organization_ids: vec!["org-a".into(), "org-b".into()],
+            organization_ids: vec![
+                "3fa85f64-5717-4562-b3fc-2c963f66afa6".into(),
+                "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
+            ],
             key_pair_spec: KeyPairSpec::Rsa2048,
             home_region: "us-east-1".into(),
             encryption_context_key: "genesys-cloud-organization-id".into(),

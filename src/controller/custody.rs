@@ -28,7 +28,7 @@ pub async fn check<K: Kms>(
         .iter()
         .filter_map(|org| active.get(org.as_str()))
     {
-        ctx.key_pair_rate.acquire().await;
+        let _in_flight = ctx.key_pair_rate.acquire().await;
         let decrypted = ctx
             .kms
             .decrypt_private_key(

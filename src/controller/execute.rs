@@ -124,7 +124,7 @@ async fn generate<K: Kms>(
 ) -> Result<KeyPairRecord, Failure> {
     let org = &rotation.organization_id;
     info!(organization = %org, reason = %rotation.reason, why = %rotation.message, "generating key pair");
-    ctx.key_pair_rate.acquire().await;
+    let _in_flight = ctx.key_pair_rate.acquire().await;
     let passed = selftest::run(&ctx.kms, config, org)
         .await
         .map_err(|failure| {

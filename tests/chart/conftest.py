@@ -29,6 +29,11 @@ CASES: dict[str, dict[str, Any]] = {
     "no-crds": {"crds": {"install": False}},
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
     "networkpolicy": {"networkPolicy": {"enabled": True}},
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
     "everything": {
         "replicaCount": 2,
         "watchNamespaces": ["team-a"],
@@ -44,6 +49,11 @@ CASES: dict[str, dict[str, Any]] = {
             "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/kekeeper"}
         },
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "prometheusRule": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prom"},
+                           "alertLabels": {"team": "key-custody"}, "kmsUnavailableFor": "30m",
+                           "notReadyFor": "1h"},
+        "grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                             "annotations": {"grafana_folder": "Security"}},
         "networkPolicy": {
             "enabled": True,
             "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 443, "protocol": "TCP"}]}],
@@ -119,3 +129,18 @@ def one(docs, kind, name=None, namespace=None):
     hits = find(docs, kind, name, namespace)
     assert len(hits) == 1, f"expected one {kind} {name or ''} {namespace or ''}, got {len(hits)}"
     return hits[0]
+
+
+# The metrics the operator exports on /metrics (the condition contract, issue 8), the only
+# names the chart's alerts and dashboard may query.
+KEKEEPER_METRICS = {
+    "kekeeper_ready",
+    "kekeeper_kms_available",
+    "kekeeper_historical_keys_at_risk",
+    "kekeeper_key_pair_integrity_problems",
+    "kekeeper_active_key_pair_created_timestamp_seconds",
+    "kekeeper_next_rotation_timestamp_seconds",
+    "kekeeper_kms_calls_total",
+    "kekeeper_reconcile_errors_total",
+    "kekeeper_reconciles_total",
+}

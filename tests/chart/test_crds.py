@@ -20,6 +20,7 @@ def chart_added_metadata_removed(crd):
     crd = copy.deepcopy(crd)
     meta = crd["metadata"]
     meta.get("annotations", {}).pop("helm.sh/resource-policy", None)
+    meta.get("annotations", {}).pop("argocd.argoproj.io/sync-options", None)
     for key in [k for k in meta.get("labels", {}) if k.startswith(("app.kubernetes.io/", "helm.sh/"))]:
         del meta["labels"][key]
     for key in ("annotations", "labels"):
@@ -64,6 +65,8 @@ def test_resource_policy_keep(renders):
     for case in ("default", "namespaced", "ha", "servicemonitor", "networkpolicy", "everything"):
         crd = one(renders[case], "CustomResourceDefinition", CRD_NAME)
         assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", case
+        # Argo CD ignores Helm's resource policy; this keeps it from pruning the CRD.
+        assert crd["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Prune=false,Delete=false", case
 
 
 def test_crds_absent_when_skipped(renders):
@@ -73,6 +76,20 @@ def test_crds_absent_when_skipped(renders):
 def test_keep_can_be_switched_off_for_throwaway_clusters(chart):
     crd = one(render_docs(chart, {"crds": {"keep": False}}), "CustomResourceDefinition")
     assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    assert "argocd.argoproj.io/sync-options" not in crd["metadata"].get("annotations", {})
+
+
+def test_extra_annotations_for_argocd(chart):
+    prune = {"argocd.argoproj.io/sync-options": "Prune=false"}
+    crd = one(render_docs(chart, {"crds": {"annotations": prune}}), "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep", **prune}
+    # The keep policy is the chart's promise; an annotation value cannot undo it.
+    crd = one(render_docs(chart, {"crds": {"annotations": {"helm.sh/resource-policy": "delete"}}}),
+              "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    crd = one(render_docs(chart, {"crds": {"keep": False, "annotations": prune}}),
+              "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"] == prune
 
 
 def test_nothing_in_helms_crds_directory(chart):

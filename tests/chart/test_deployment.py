@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from helm_python.errors import HelmRenderError
 
 from conftest import NAMESPACE, one, render_docs
 
 BASE_ARGS = ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=1",
-             "--kms-key-check-interval=1h", "--key-verify-interval=24h"]
+             "--kms-key-check-interval=1h", "--key-verify-interval=24h", "--concurrency=16",
+             "--kms-max-in-flight=4"]
 LEADER_ARGS = ["--leader-elect", "--lease-name=kekeeper", f"--lease-namespace={NAMESPACE}"]
 
 
@@ -21,15 +23,17 @@ def container(docs):
 
 
 @pytest.mark.parametrize("case,args", [
-    ("default", BASE_ARGS),
-    ("no-crds", BASE_ARGS),
-    ("servicemonitor", BASE_ARGS),
-    ("networkpolicy", BASE_ARGS),
+    # Leader election is on by default, whatever the replica count.
+    ("default", BASE_ARGS + LEADER_ARGS),
+    ("no-crds", BASE_ARGS + LEADER_ARGS),
+    ("servicemonitor", BASE_ARGS + LEADER_ARGS),
+    ("networkpolicy", BASE_ARGS + LEADER_ARGS),
     # One --namespace per watched namespace (the flag is repeated).
-    ("namespaced", BASE_ARGS + ["--namespace=team-a", "--namespace=team-b"]),
+    ("namespaced", BASE_ARGS + ["--namespace=team-a", "--namespace=team-b"] + LEADER_ARGS),
     ("ha", BASE_ARGS + LEADER_ARGS),
     ("everything", ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=0.5",
                     "--kms-key-check-interval=30m", "--key-verify-interval=24h",
+                    "--concurrency=16", "--kms-max-in-flight=4",
                     "--namespace=team-a", "--leader-elect",
                     "--lease-name=kekeeper-leader", f"--lease-namespace={NAMESPACE}",
                     "--log-json", "--some-future-flag"]),
@@ -41,22 +45,36 @@ def test_args(renders, case, args):
 
 
 def test_replicas_and_rollout_strategy(renders):
-    single = deployment(renders["default"])["spec"]
-    assert single["replicas"] == 1
+    # With the Lease, a rolling update never runs two active controllers: the new pod stands
+    # by until the old one releases the Lease on SIGTERM.
+    for case, replicas in (("default", 1), ("ha", 3)):
+        spec = deployment(renders[case])["spec"]
+        assert spec["replicas"] == replicas, case
+        assert spec["strategy"] == {"type": "RollingUpdate",
+                                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}, case
+
+
+def test_leader_election_can_be_switched_off_for_one_replica(chart):
+    docs = render_docs(chart, {"leaderElection": {"enabled": False}})
+    assert container(docs)["args"] == BASE_ARGS
     # No Lease: a rolling update would briefly run two controllers side by side.
-    assert single["strategy"] == {"type": "Recreate"}
-    ha = deployment(renders["ha"])["spec"]
-    assert ha["replicas"] == 3
-    assert ha["strategy"]["type"] == "RollingUpdate"
-
-
-def test_leader_election_can_be_forced_for_one_replica(chart):
-    docs = render_docs(chart, {"leaderElection": {"force": True}})
-    c = container(docs)
-    assert c["args"][-3:] == LEADER_ARGS
-    assert deployment(docs)["spec"]["strategy"]["type"] == "RollingUpdate"
-    assert one(docs, "Role", "kekeeper-leader-election", NAMESPACE)
+    assert deployment(docs)["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in docs if d["kind"] == "Role"]
     assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_deprecated_force_still_switches_leader_election_on(chart):
+    docs = render_docs(chart, {"leaderElection": {"enabled": False, "force": True}})
+    assert container(docs)["args"][-3:] == LEADER_ARGS
+    assert one(docs, "Role", "kekeeper-leader-election", NAMESPACE)
+
+
+def test_several_replicas_without_leader_election_are_refused(chart):
+    with pytest.raises(HelmRenderError) as err:
+        render_docs(chart, {"replicaCount": 2, "leaderElection": {"enabled": False}})
+    message = str(err.value)
+    assert "leaderElection.enabled=false with replicaCount=2" in message, message
+    assert "set leaderElection.enabled=true" in message, message
 
 
 def test_selector_matches_template_labels(renders):

@@ -35,6 +35,15 @@ def rbac(docs):
     return [d for d in docs if d["kind"] in RBAC_KINDS]
 
 
+def is_user_role(doc):
+    return doc["metadata"]["name"].endswith(("-edit", "-view"))
+
+
+def operator_rbac(docs):
+    """The operator's own RBAC: everything but the aggregated user roles (test_user_roles.py)."""
+    return [d for d in rbac(docs) if not is_user_role(d)]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_no_wildcards_anywhere(renders, case):
     for doc in rbac(renders[case]):
@@ -51,38 +60,62 @@ def binding_ok(binding, role_kind, role_name, sa="kekeeper"):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
 
 
+LEASE_RBAC = [("Role", "kekeeper-leader-election", NAMESPACE),
+              ("RoleBinding", "kekeeper-leader-election", NAMESPACE)]
+
+
+def kinds_and_namespaces(docs):
+    """The operator's own RBAC objects (the user roles are test_user_roles.py's)."""
+    return sorted((d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+                  for d in operator_rbac(docs))
+
+
 def test_cluster_scope(renders):
     docs = renders["default"]
-    assert sorted(d["kind"] for d in rbac(docs)) == ["ClusterRole", "ClusterRoleBinding"]
+    assert kinds_and_namespaces(docs) == sorted(
+        [("ClusterRole", "kekeeper", None), ("ClusterRoleBinding", "kekeeper", None)] + LEASE_RBAC)
     assert one(docs, "ClusterRole", "kekeeper")["rules"] == SCOPE_RULES
     binding_ok(one(docs, "ClusterRoleBinding", "kekeeper"), "ClusterRole", "kekeeper")
 
 
 def test_namespaced_scope(renders):
     docs = renders["namespaced"]
-    assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == []
-    assert sorted((d["kind"], d["metadata"]["namespace"]) for d in rbac(docs)) == [
-        ("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
+    assert [d for d in find(docs, "ClusterRole") if not is_user_role(d)] == []
+    assert find(docs, "ClusterRoleBinding") == []
+    assert kinds_and_namespaces(docs) == sorted([
+        ("Role", "kekeeper", "team-a"), ("Role", "kekeeper", "team-b"),
+        ("RoleBinding", "kekeeper", "team-a"), ("RoleBinding", "kekeeper", "team-b")] + LEASE_RBAC)
     for ns in ("team-a", "team-b"):
         assert one(docs, "Role", "kekeeper", ns)["rules"] == SCOPE_RULES
         binding_ok(one(docs, "RoleBinding", "kekeeper", ns), "Role", "kekeeper")
 
 
-def test_leader_election_role_lives_in_release_namespace(renders):
-    docs = renders["ha"]
-    assert one(docs, "ClusterRole", "kekeeper")["rules"] == SCOPE_RULES
+@pytest.mark.parametrize("case", CASES)
+def test_leader_election_role_lives_in_release_namespace_by_default(renders, case):
+    # Leader election is on by default, whatever the replica count: every case has the Lease
+    # rules, in the release namespace, bound to the ServiceAccount.
+    docs = renders[case]
+    lease_name = CASES[case].get("leaderElection", {}).get("leaseName", "kekeeper")
     role = one(docs, "Role", "kekeeper-leader-election", NAMESPACE)
-    assert role["rules"] == lease_rules()
+    assert role["rules"] == lease_rules(lease_name)
     binding_ok(one(docs, "RoleBinding", "kekeeper-leader-election", NAMESPACE),
                "Role", "kekeeper-leader-election")
-    for case in ("default", "namespaced", "no-crds", "servicemonitor", "networkpolicy"):
-        for doc in rbac(renders[case]):
+    for doc in rbac(docs):
+        if doc["metadata"]["name"] != "kekeeper-leader-election":
             assert all("coordination.k8s.io" not in r["apiGroups"] for r in doc.get("rules", [])), case
+
+
+def test_no_lease_rules_when_leader_election_is_switched_off(chart):
+    docs = render_docs(chart, {"leaderElection": {"enabled": False}})
+    assert kinds_and_namespaces(docs) == [("ClusterRole", "kekeeper", None),
+                                          ("ClusterRoleBinding", "kekeeper", None)]
+    for doc in rbac(docs):
+        assert all("coordination.k8s.io" not in r["apiGroups"] for r in doc.get("rules", []))
 
 
 def test_namespaced_with_leader_election_and_pruning(renders):
     docs = renders["everything"]
-    assert sorted((d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in rbac(docs)) == [
+    assert kinds_and_namespaces(docs) == [
         ("Role", "kekeeper", "team-a"),
         ("Role", "kekeeper-leader-election", NAMESPACE),
         ("RoleBinding", "kekeeper", "team-a"),
@@ -93,9 +126,9 @@ def test_namespaced_with_leader_election_and_pruning(renders):
 
 
 def test_secret_delete_only_with_pruning(chart, renders):
-    assert "delete" not in one(renders["default"], "ClusterRole")["rules"][2]["verbs"]
+    assert "delete" not in one(renders["default"], "ClusterRole", "kekeeper")["rules"][2]["verbs"]
     docs = render_docs(chart, {"pruneRetiredKeyPairs": True})
-    assert one(docs, "ClusterRole")["rules"] == SCOPE_RULES_PRUNE
+    assert one(docs, "ClusterRole", "kekeeper")["rules"] == SCOPE_RULES_PRUNE
 
 
 def test_watching_the_release_namespace_does_not_collide_with_the_lease_role(chart):

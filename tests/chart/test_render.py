@@ -31,6 +31,8 @@ EXPECTED_API = {
     "NetworkPolicy": "networking.k8s.io/v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+    "ConfigMap": "v1",
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -88,24 +90,29 @@ def test_builtin_kinds_match_kubernetes_openapi_schema(renders, case):
     """Strict validation (unknown fields rejected) against the Kubernetes 1.33 OpenAPI schemas."""
     checked = 0
     for doc in renders[case]:
-        if doc["kind"] == "ServiceMonitor":
-            continue  # not a built-in kind; checked by hand in test_servicemonitor_shape
+        if doc["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue  # not built-in kinds; checked in test_servicemonitor_shape / test_alerts.py
         kubernetes_validate.validate(strip(doc), KUBE_VERSION, strict=True)
         checked += 1
     assert checked >= 5
 
 
 def test_expected_objects_per_case(renders):
+    # The leader-election Role and RoleBinding are there by default, and so are the user roles
+    # <fullname>-edit and -view (two ClusterRoles).
+    user_roles = ["ClusterRole", "ClusterRole"]
     base = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-            "Service", "ServiceAccount"]
+            "Service", "ServiceAccount", "Role", "RoleBinding"] + user_roles
     assert kinds(renders["default"]) == sorted(base)
     assert kinds(renders["namespaced"]) == sorted(
         ["CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
-        + ["Role", "RoleBinding"] * 2)
-    assert kinds(renders["ha"]) == sorted(base + ["PodDisruptionBudget", "Role", "RoleBinding"])
-    assert kinds(renders["no-crds"]) == sorted(set(base) - {"CustomResourceDefinition"})
+        + ["Role", "RoleBinding"] * 3 + user_roles)
+    assert kinds(renders["ha"]) == sorted(base + ["PodDisruptionBudget"])
+    assert kinds(renders["no-crds"]) == sorted(k for k in base if k != "CustomResourceDefinition")
     assert kinds(renders["servicemonitor"]) == sorted(base + ["ServiceMonitor"])
     assert kinds(renders["networkpolicy"]) == sorted(base + ["NetworkPolicy"])
+    assert kinds(renders["monitoring"]) == sorted(base + ["ConfigMap", "PrometheusRule",
+                                                          "ServiceMonitor"])
 
 
 def test_renders_are_emitted_for_the_rust_side(renders):
@@ -204,4 +211,6 @@ def test_existing_serviceaccount_requires_a_name(chart):
 def test_object_names_follow_the_release(chart, release, expected):
     docs = render_docs(chart, {}, name=release)
     assert one(docs, "Deployment")["metadata"]["name"] == expected
-    assert one(docs, "ClusterRole")["metadata"]["name"] == expected
+    assert one(docs, "ClusterRole", expected)["metadata"]["name"] == expected
+    assert {d["metadata"]["name"] for d in find(docs, "ClusterRole")} == {
+        expected, f"{expected}-edit", f"{expected}-view"}

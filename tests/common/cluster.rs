@@ -280,6 +280,35 @@ impl Operator {
         }
     }
 
+    /// SIGTERM, as Kubernetes stops a pod.
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM {}", child.id());
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The exit status once the process has ended, or None while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
+    /// The timestamps of the log lines that contain `message` (the text format's first field).
+    pub fn logged_at(&self, message: &str) -> Vec<jiff::Timestamp> {
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains(message))
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -321,13 +350,14 @@ where
     }
 }
 
-/// Waits until `user` has made no write request for `quiet`, at most `timeout`.
+/// Waits until `user` has made no write request for `quiet`, at most `timeout`. Lease writes
+/// (leader election's renewals, every 2 s) are not the controller's work and do not count.
 pub async fn settle(sim: &kube_sim::Running, user: &str, quiet: Duration, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let writes = || {
         sim.request_log()
             .iter()
-            .filter(|r| r.user == user && r.is_write())
+            .filter(|r| r.user == user && r.is_write() && r.resource != "leases")
             .count()
     };
     let mut seen = writes();
@@ -387,4 +417,32 @@ pub fn condition(rkc: &Value, type_: &str) -> Option<String> {
         .find(|c| c["type"] == type_)
         .and_then(|c| c["status"].as_str())
         .map(str::to_owned)
+}
+
+/// The documents of `target/chart-renders/<case>.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`),
+/// which `scripts/chart-test.sh` renders with the real Helm engine. Missing: a failure under
+/// CI, otherwise None with a SKIPPED message.
+pub fn chart_render(case: &str) -> Option<Vec<Value>> {
+    use serde::Deserialize;
+    let dir = std::env::var_os("KEKEEPER_CHART_RENDERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/chart-renders"));
+    let path = dir.join(format!("{case}.yaml"));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        let message = format!(
+            "{} is missing; run scripts/chart-test.sh (it renders the Helm chart)",
+            path.display()
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED: {message}");
+        return None;
+    };
+    Some(
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).expect("render YAML"))
+            .filter(|doc| !doc.is_null())
+            .collect(),
+    )
 }

@@ -41,26 +41,3 @@ pub fn reason(object: &Value, type_: &str) -> Option<String> {
         .and_then(|c| c["reason"].as_str())
         .map(str::to_owned)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn the_readme_rules() {
-        let no_status = json!({"metadata": {"generation": 1}});
-        assert_eq!(kstatus(&no_status), KStatus::Current);
-        let stale = json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 1}});
-        assert_eq!(kstatus(&stale), KStatus::InProgress);
-        let reconciling = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
-            "conditions": [{"type": "Reconciling", "status": "True"}]}});
-        assert_eq!(kstatus(&reconciling), KStatus::InProgress);
-        let stalled = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
-            "conditions": [{"type": "Ready", "status": "False"}, {"type": "Stalled", "status": "True"}]}});
-        assert_eq!(kstatus(&stalled), KStatus::Failed);
-        let ready = json!({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
-            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Stalled", "status": "False"}]}});
-        assert_eq!(kstatus(&ready), KStatus::Current);
-    }
-}

@@ -54,9 +54,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* "true" when the operator runs with --leader-elect, "" otherwise. */}}
+{{/*
+"true" when the operator runs with --leader-elect (the default), "" otherwise. Several replicas
+without it would all reconcile, so that combination is refused.
+*/}}
 {{- define "kekeeper.leaderElect" -}}
-{{- if or .Values.leaderElection.force (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- if or .Values.leaderElection.enabled .Values.leaderElection.force }}true
+{{- else if gt (int .Values.replicaCount) 1 }}
+{{- fail (printf "leaderElection.enabled=false with replicaCount=%d: every replica would reconcile and call KMS; set leaderElection.enabled=true (the default) or replicaCount=1" (int .Values.replicaCount)) }}
+{{- end }}
 {{- end }}
 
 {{- define "kekeeper.leaseName" -}}

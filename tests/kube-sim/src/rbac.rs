@@ -106,35 +106,37 @@ fn role_rules<'s>(store: &'s Store, role_ref: &Value, binding_ns: &str) -> Vec<&
     let Some(role) = store.get(&key) else {
         return Vec::new();
     };
-    let mut rules: Vec<&Value> = role["rules"]
+    // Only the stored rules count, as in the API server's authorizer; the rules of aggregated
+    // ClusterRoles are written by the aggregation controller (`aggregated_rules`).
+    role["rules"]
         .as_array()
         .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    // aggregationRule: the rules of every ClusterRole matching a selector (what the aggregation
-    // controller would copy into `rules`).
-    if let Some(selectors) = role["aggregationRule"]["clusterRoleSelectors"].as_array() {
-        let prefix = (
-            "rbac.authorization.k8s.io".to_string(),
-            "clusterroles".to_string(),
-            String::new(),
-            String::new(),
-        );
-        for (k, other) in store.range(prefix..) {
-            if k.0 != "rbac.authorization.k8s.io" || k.1 != "clusterroles" {
-                break;
-            }
-            if k.3 == key.3 {
+        .unwrap_or_default()
+}
+
+/// What the clusterrole-aggregation controller writes into `rules` of a ClusterRole with an
+/// `aggregationRule` (None without one): for each selector in turn, the rules of the matching
+/// ClusterRoles (in name order, the role itself excluded), each rule once.
+pub fn aggregated_rules(store: &Store, role: &Value) -> Option<Vec<Value>> {
+    let selectors = role["aggregationRule"]["clusterRoleSelectors"].as_array()?;
+    let name = role["metadata"]["name"].as_str().unwrap_or_default();
+    let cluster_roles = store
+        .iter()
+        .filter(|(k, _)| k.0 == "rbac.authorization.k8s.io" && k.1 == "clusterroles");
+    let mut rules: Vec<Value> = Vec::new();
+    for selector in selectors {
+        for (key, other) in cluster_roles.clone() {
+            if key.3 == name || !selector_matches(selector, &other["metadata"]["labels"]) {
                 continue;
             }
-            if selectors
-                .iter()
-                .any(|sel| selector_matches(sel, &other["metadata"]["labels"]))
-            {
-                rules.extend(other["rules"].as_array().into_iter().flatten());
+            for rule in other["rules"].as_array().into_iter().flatten() {
+                if !rules.contains(rule) {
+                    rules.push(rule.clone());
+                }
             }
         }
     }
-    rules
+    Some(rules)
 }
 
 /// A `metav1.LabelSelector` (matchLabels and matchExpressions).
@@ -163,9 +165,8 @@ fn selector_matches(sel: &Value, labels: &Value) -> bool {
                 _ => false,
             }
         });
-    labels_ok
-        && exprs_ok
-        && (sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some())
+    // An empty selector selects everything (metav1.LabelSelectorAsSelector).
+    labels_ok && exprs_ok
 }
 
 pub fn allowed(store: &Store, user: &User, a: &Attributes) -> bool {

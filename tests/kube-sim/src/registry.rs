@@ -74,9 +74,18 @@ impl ResourceType {
         ]
     }
 
-    /// Whether `metadata.generation` is maintained (custom resources and CRDs).
+    /// Whether `metadata.generation` is maintained: custom resources, CRDs and the built-in
+    /// kinds whose strategy bumps it on spec changes (Deployments, PodDisruptionBudgets,
+    /// NetworkPolicies); not ConfigMaps, Secrets, Services or ServiceAccounts.
     pub fn tracks_generation(&self) -> bool {
-        self.is_custom() || self.plural == "customresourcedefinitions"
+        self.is_custom()
+            || matches!(
+                self.plural.as_str(),
+                "customresourcedefinitions"
+                    | "deployments"
+                    | "poddisruptionbudgets"
+                    | "networkpolicies"
+            )
     }
 
     /// Top-level fields of a built-in kind, for strict field validation.
@@ -90,6 +99,10 @@ impl ResourceType {
                 "imagePullSecrets",
                 "automountServiceAccountToken",
             ],
+            ("", "services") | ("apps", "deployments") | ("policy", "poddisruptionbudgets") => {
+                &["spec", "status"]
+            }
+            ("networking.k8s.io", "networkpolicies") => &["spec"],
             ("", "events") => &[
                 "involvedObject",
                 "reason",
@@ -141,7 +154,25 @@ pub fn builtins() -> Vec<ResourceType> {
         ResourceType::builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"]),
         ResourceType::builtin("", "v1", "events", "Event", true, &["ev"]),
         ResourceType::builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
+        ResourceType::builtin("", "v1", "services", "Service", true, &["svc"]),
         ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
+        ResourceType::builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"]),
+        ResourceType::builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+        ),
+        ResourceType::builtin(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+            &["netpol"],
+        ),
         ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
         ResourceType::builtin(rbac, "v1", "roles", "Role", true, &[]),
         ResourceType::builtin(rbac, "v1", "clusterroles", "ClusterRole", false, &[]),
@@ -164,8 +195,20 @@ pub fn builtins() -> Vec<ResourceType> {
         ),
     ];
     for t in &mut v {
-        if t.plural == "namespaces" || t.plural == "customresourcedefinitions" {
+        // Stored objects only: no controller ever writes these statuses, but clients may.
+        if matches!(
+            t.plural.as_str(),
+            "namespaces"
+                | "customresourcedefinitions"
+                | "services"
+                | "deployments"
+                | "poddisruptionbudgets"
+        ) {
             t.status_subresource = true;
+        }
+        // `kubectl get all` expands the `all` category, as for the real kinds.
+        if matches!(t.plural.as_str(), "services" | "deployments") {
+            t.categories = vec!["all".into()];
         }
         if t.group == "events.k8s.io" {
             // events.k8s.io/v1 and core/v1 events share one storage, as in the real server.

@@ -1319,7 +1319,12 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
     }
     let event_name_exempt = ctx.t.group.is_empty() && ctx.t.plural == "events";
     if !event_name_exempt {
-        for m in crate::validation::dns1123_subdomain(&name) {
+        let name_errors = if ctx.t.group == "rbac.authorization.k8s.io" {
+            crate::validation::path_segment_name(&name)
+        } else {
+            crate::validation::dns1123_subdomain(&name)
+        };
+        for m in name_errors {
             errs.push(FieldError::new(
                 FieldErrorKind::Invalid,
                 "metadata.name",

@@ -453,7 +453,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Write) {
     let new_set = field_set(new, w.schema);
     let changed: FieldSet = new_set
         .iter()
-        .filter(|p| old.is_none_or(|o| get(o, p, ctx, "") != get(new, p, ctx, "")))
+        .filter(|p| old.is_none_or(|o| !same_value(get(o, p, ctx, ""), get(new, p, ctx, ""))))
         .cloned()
         .collect();
     for m in &mut managers {
@@ -483,6 +483,30 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, w: &Write) {
     write_managers(new, &managers);
 }
 
+/// Value equality as structured-merge-diff sees it: numbers compare by numeric value, so `100`
+/// and `100.0` (a float field written by one client as an integer) are the same value.
+fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same_json(a, b),
+        (a, b) => a == b,
+    }
+}
+
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// Server-side apply of `applied` onto `live` (an empty object for creation).
 pub fn apply(live: &Value, applied: &Value, force: bool, w: &Write) -> Result<Value, ApiError> {
     let ctx = Ctx::new(w.schema);
@@ -497,7 +521,7 @@ pub fn apply(live: &Value, applied: &Value, force: bool, w: &Write) -> Result<Va
             if matches!(p.last(), Some(Pe::K(_)) | Some(Pe::V(_))) {
                 continue;
             }
-            if get(live, p, ctx, "") != get(applied, p, ctx, "") {
+            if !same_value(get(live, p, ctx, ""), get(applied, p, ctx, "")) {
                 conflicts.push((m.display(), p.clone()));
             }
         }
@@ -517,7 +541,8 @@ pub fn apply(live: &Value, applied: &Value, force: bool, w: &Write) -> Result<Va
             .filter(|m| !m.same(w.manager, "Apply", w.subresource))
         {
             m.fields.retain(|p| {
-                !applied_set.contains(p) || get(live, p, ctx, "") == get(applied, p, ctx, "")
+                !applied_set.contains(p)
+                    || same_value(get(live, p, ctx, ""), get(applied, p, ctx, ""))
             });
         }
     }
@@ -637,5 +662,24 @@ mod tests {
             set.into_iter().map(|p| path_string(&p)).collect::<Vec<_>>(),
             vec![".status.conditions"]
         );
+    }
+
+    #[test]
+    fn an_integer_and_the_same_float_do_not_conflict() {
+        let w = |manager| Write {
+            manager,
+            api_version: "v1",
+            subresource: "",
+            schema: None,
+            now: "2026-01-01T00:00:00Z",
+        };
+        let mut live =
+            json!({"metadata": {"name": "x"}, "spec": {"maximum": 100.0, "minimum": 1.0}});
+        record_update(None, &mut live, &w("kubectl-client-side-apply"));
+        let applied = json!({"spec": {"maximum": 100, "minimum": 1}});
+        assert!(apply(&live, &applied, false, &w("helm")).is_ok());
+        let changed = json!({"spec": {"maximum": 99, "minimum": 1}});
+        let err = apply(&live, &changed, false, &w("helm")).unwrap_err();
+        assert_eq!(err.code, 409);
     }
 }

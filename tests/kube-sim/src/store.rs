@@ -107,8 +107,46 @@ impl State {
         self.objects.insert(key, obj);
     }
 
-    /// Stores (or deletes, when `new` is None) an object and records the watch event.
+    /// Stores (or deletes, when `new` is None) an object and records the watch event. A write to
+    /// a ClusterRole also runs the clusterrole-aggregation controller.
     pub fn commit(&mut self, key: Key, new: Option<Value>) -> Value {
+        let cluster_role = key.0 == "rbac.authorization.k8s.io" && key.1 == "clusterroles";
+        let object = self.record(key, new);
+        if cluster_role {
+            self.aggregate_cluster_roles();
+        }
+        object
+    }
+
+    /// The clusterrole-aggregation controller, run to a fixed point (synchronously, where the
+    /// real one converges through its work queue): each ClusterRole with an `aggregationRule`
+    /// gets the rules `rbac::aggregated_rules` computes, written as an update (new
+    /// resourceVersion, a MODIFIED watch event) only when they differ. Aggregated roles may
+    /// select each other (a real cluster's `view` is aggregated into `edit`, `edit` into
+    /// `admin`), so one write can ripple through several rounds.
+    fn aggregate_cluster_roles(&mut self) {
+        // Every round rewrites one role; more rounds than objects would mean a cycle that
+        // does not settle, which the real controller would keep rewriting: stop there.
+        for _ in 0..=self.objects.len() {
+            let stale = self
+                .objects
+                .iter()
+                .filter(|(k, _)| k.0 == "rbac.authorization.k8s.io" && k.1 == "clusterroles")
+                .find_map(|(key, role)| {
+                    let rules = crate::rbac::aggregated_rules(&self.objects, role)?;
+                    let current = role["rules"].as_array().cloned().unwrap_or_default();
+                    (rules != current).then(|| {
+                        let mut role = role.clone();
+                        role["rules"] = Value::Array(rules);
+                        (key.clone(), role)
+                    })
+                });
+            let Some((key, role)) = stale else { return };
+            self.record(key, Some(role));
+        }
+    }
+
+    fn record(&mut self, key: Key, new: Option<Value>) -> Value {
         self.rv += 1;
         let rv = self.rv;
         let old = self.objects.get(&key).cloned();

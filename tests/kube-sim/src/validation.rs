@@ -64,6 +64,21 @@ pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     out
 }
 
+/// `path.IsValidPathSegmentName`: the name rule of RBAC objects (`ValidateRBACName`), which
+/// allows the bootstrap policy's `system:aggregate-to-view` and the like.
+pub fn path_segment_name(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if s == "." || s == ".." {
+        out.push(format!("may not be '{s}'"));
+    }
+    for bad in ["/", "%"] {
+        if s.contains(bad) {
+            out.push(format!("may not contain '{bad}'"));
+        }
+    }
+    out
+}
+
 /// `validation.IsQualifiedName`.
 pub fn qualified_name(value: &str) -> Vec<String> {
     let parts: Vec<&str> = value.split('/').collect();

@@ -1,0 +1,320 @@
+//! The fleet benchmark (`scripts/bench-fleet.sh`, release build): the real `kekeeper run`
+//! against kube-sim with many RecordingKeyConfigs, KMS being LocalStack (and, for the 10k
+//! memory/resync run, an in-process fast stand-in, labelled as such). Prints one table.
+//!
+//! `cargo bench --bench fleet -- [--resources N] [--steady-secs S] [--storm N] [--big N]`
+//! with `KEKEEPER_TEST_KMS_ENDPOINT` (LocalStack) and `KEKEEPER_TEST_KUBECTL` set.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Operator};
+use common::fleet::{self, FastKms, api_requests, calls, kms_calls, outcomes, rss_mib, total};
+
+struct Args {
+    resources: usize,
+    steady_secs: u64,
+    storm: usize,
+    big: usize,
+    in_flight: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        resources: 1000,
+        steady_secs: 60,
+        storm: 300,
+        big: 10_000,
+        in_flight: 4,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    for pair in argv.windows(2) {
+        let value = || pair[1].parse().expect("a number");
+        match pair[0].as_str() {
+            "--resources" => args.resources = value(),
+            "--steady-secs" => args.steady_secs = value() as u64,
+            "--storm" => args.storm = value(),
+            "--big" => args.big = value(),
+            "--in-flight" => args.in_flight = value(),
+            _ => {}
+        }
+    }
+    args
+}
+
+fn row(what: &str, value: String) {
+    println!("| {what:<58} | {value:<40} |");
+}
+
+fn operator_args(rate: u32, in_flight: usize) -> Vec<String> {
+    vec![
+        format!("--kms-keypair-rate={rate}"),
+        format!("--kms-max-in-flight={in_flight}"),
+        "--concurrency=16".to_owned(),
+    ]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = args();
+    let endpoint = common::kms_endpoint();
+    println!(
+        "| {:<58} | {:<40} |",
+        "fleet benchmark (release build)", "result"
+    );
+    println!("|{}|{}|", "-".repeat(60), "-".repeat(42));
+
+    let capacity = fleet::capacity(&endpoint, args.in_flight, Duration::from_secs(10)).await;
+    row(
+        &format!(
+            "LocalStack capacity, {} in flight (pairs/s)",
+            args.in_flight
+        ),
+        format!("{capacity:.1} generate+decrypt per s"),
+    );
+    localstack_fleet(&args, &endpoint, capacity).await;
+    stand_in_fleet(&args).await;
+}
+
+/// Cold start, steady state, restart and a rotation storm of `args.resources` on LocalStack.
+async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
+    let n = args.resources;
+    let key = common::create_key(endpoint, common::REGION, false).await;
+    let cluster = Cluster::start(false).await;
+    let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
+    cluster.install_crd().await;
+    let client = fleet::client(&cluster).await;
+    fleet::create(&client, "fleet", n, key.alias.as_str()).await;
+
+    let started = Instant::now();
+    let operator_args = operator_args(100, args.in_flight);
+    let mut operator = cluster.start_operator("cold", &kubeconfig, endpoint, &operator_args, &[]);
+    let all_ready = fleet::wait_for(&cluster, n, Duration::from_secs(3600), fleet::is_ready)
+        .await
+        .expect("all Ready");
+    let elapsed = started.elapsed();
+    let cold = kms_calls(&operator).await;
+    let ideal = 2 * n as u64 + 1;
+    let generated = *cold
+        .get(&("GenerateDataKeyPairWithoutPlaintext".into(), "ok".into()))
+        .unwrap_or(&0);
+    let stored = secrets(&cluster);
+    let rate = n as f64 / all_ready.as_secs_f64();
+    row(
+        &format!("cold start of {n}: time to all Ready"),
+        format!("{:.1} s", elapsed.as_secs_f64()),
+    );
+    row(
+        "cold start: pairs/s as % of the KMS capacity (goal >= 90 %)",
+        format!("{rate:.1}/s = {:.0} %", 100.0 * rate / capacity),
+    );
+    row(
+        "cold start: KMS calls / ideal (N gen + N decrypt + 1 describe)",
+        format!(
+            "{} / {ideal} = {:.3}",
+            total(&cold),
+            total(&cold) as f64 / ideal as f64
+        ),
+    );
+    row(
+        "cold start: DescribeKey / Generate / Decrypt calls",
+        format!(
+            "{} / {} / {}",
+            calls(&cold, "DescribeKey"),
+            calls(&cold, "GenerateDataKeyPairWithoutPlaintext"),
+            calls(&cold, "Decrypt")
+        ),
+    );
+    row(
+        "cold start: client timeouts",
+        outcomes(&cold, "Timeout").to_string(),
+    );
+    row(
+        "cold start: discarded key pairs (generated - stored)",
+        format!("{}", generated as i64 - stored as i64),
+    );
+    row(
+        "cold start: API writes",
+        api_requests(&cluster, &user).1.to_string(),
+    );
+    row(
+        "cold start: operator peak RSS",
+        format!("{:.1} MiB", rss_mib(operator.pid()).1),
+    );
+
+    steady(&cluster, &operator, &user, args.steady_secs).await;
+    operator.kill();
+    let operator = restart(
+        &cluster,
+        &kubeconfig,
+        endpoint,
+        &user,
+        n,
+        &operator_args,
+        "LocalStack",
+    )
+    .await;
+    drop(operator);
+    storm(&cluster, &client, &kubeconfig, endpoint, args.storm.min(n)).await;
+}
+
+fn secrets(cluster: &Cluster) -> usize {
+    cluster
+        .sim
+        .objects("", "secrets", Some("default"))
+        .iter()
+        .filter(|s| s["type"] == "kekeeper.io/key-pair")
+        .count()
+}
+
+async fn steady(cluster: &Cluster, operator: &Operator, user: &str, secs: u64) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (requests, _) = api_requests(cluster, user);
+    let kms = total(&kms_calls(operator).await);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    row(
+        &format!("steady state {secs} s: API requests / KMS calls (goal 0 / 0)"),
+        format!(
+            "{} / {}",
+            api_requests(cluster, user).0 - requests,
+            total(&kms_calls(operator).await) - kms
+        ),
+    );
+    row(
+        "steady state: operator RSS",
+        format!("{:.1} MiB", rss_mib(operator.pid()).0),
+    );
+}
+
+async fn restart(
+    cluster: &Cluster,
+    kubeconfig: &std::path::Path,
+    endpoint: &str,
+    user: &str,
+    n: usize,
+    operator_args: &[String],
+    label: &str,
+) -> Operator {
+    let (_, writes) = api_requests(cluster, user);
+    let started = Instant::now();
+    let mut operator = cluster.start_operator("restart", kubeconfig, endpoint, operator_args, &[]);
+    operator.wait_ready().await;
+    while fleet::metric(&operator, "kekeeper_reconciles_total").await < n as f64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resync = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    row(
+        &format!("restart ({label}, {n}): resync time (every resource reconciled)"),
+        format!("{:.2} s", resync.as_secs_f64()),
+    );
+    row(
+        &format!("restart ({label}): KMS calls / API writes (goal 0 / 0)"),
+        format!(
+            "{} / {}",
+            total(&kms_calls(&operator).await),
+            api_requests(cluster, user).1 - writes
+        ),
+    );
+    row(
+        &format!("restart ({label}): operator RSS"),
+        format!("{:.1} MiB", rss_mib(operator.pid()).0),
+    );
+    operator
+}
+
+/// `count` rotate-now requests at once with `--kms-keypair-rate 3`.
+async fn storm(
+    cluster: &Cluster,
+    client: &kube::Client,
+    kubeconfig: &std::path::Path,
+    endpoint: &str,
+    count: usize,
+) {
+    const RATE: f64 = 3.0;
+    let mut operator = cluster.start_operator(
+        "storm",
+        kubeconfig,
+        endpoint,
+        &operator_args(RATE as u32, 4),
+        &[],
+    );
+    operator.wait_ready().await;
+    let started = Instant::now();
+    fleet::rotate_now(client, "fleet", count, "storm").await;
+    let honoured =
+        |o: &serde_json::Value| o["status"]["rotateNowToken"] == "storm" && fleet::is_ready(o);
+    let took = fleet::wait_for(cluster, count, Duration::from_secs(3600), honoured)
+        .await
+        .expect("storm honoured");
+    let _ = started;
+    let kms = kms_calls(&operator).await;
+    let achieved = count as f64 / took.as_secs_f64();
+    row(
+        &format!("rotation storm: {count} rotate-now at rate {RATE}/s"),
+        format!(
+            "{achieved:.2}/s = {:.0} % of the rate",
+            100.0 * achieved / RATE
+        ),
+    );
+    row(
+        "rotation storm: DescribeKey / Generate / Decrypt calls",
+        format!(
+            "{} / {} / {}",
+            calls(&kms, "DescribeKey"),
+            calls(&kms, "GenerateDataKeyPairWithoutPlaintext"),
+            calls(&kms, "Decrypt")
+        ),
+    );
+    operator.kill();
+}
+
+/// Memory and resync with `args.big` resources, KMS served by the in-process stand-in.
+async fn stand_in_fleet(args: &Args) {
+    let n = args.big;
+    let kms = FastKms::start().await;
+    let cluster = Cluster::start(false).await;
+    let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
+    cluster.install_crd().await;
+    let client = fleet::client(&cluster).await;
+    let alias = "arn:aws:kms:us-east-1:000000000000:alias/fast-stand-in";
+    fleet::create(&client, "big", n, alias).await;
+    let label = "KMS stand-in, not LocalStack";
+    let started = Instant::now();
+    let operator_args = operator_args(100_000, 16);
+    let mut operator =
+        cluster.start_operator("big", &kubeconfig, &kms.endpoint, &operator_args, &[]);
+    fleet::wait_for(&cluster, n, Duration::from_secs(3600), fleet::is_ready)
+        .await
+        .expect("all Ready");
+    row(
+        &format!("cold start of {n} ({label}): time to all Ready"),
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    );
+    row(
+        &format!("cold start of {n}: operator peak RSS (goal < 128 MiB)"),
+        format!("{:.1} MiB", rss_mib(operator.pid()).1),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    row(
+        &format!("steady state, {n} + {n} Secrets: RSS (goal < 64 MiB)"),
+        format!("{:.1} MiB", rss_mib(operator.pid()).0),
+    );
+    operator.kill();
+    let operator = restart(
+        &cluster,
+        &kubeconfig,
+        &kms.endpoint,
+        &user,
+        n,
+        &operator_args,
+        label,
+    )
+    .await;
+    row(
+        &format!("restart of {n}: peak RSS during resync"),
+        format!("{:.1} MiB", rss_mib(operator.pid()).1),
+    );
+}

@@ -1,0 +1,521 @@
+//! `kekeeper status NAME [-n NS] [-o json|yaml]`: one screen with what a key-custody team asks
+//! first (cmctl's `status certificate` is the model): conditions, active key pairs with their
+//! age, the next rotation, the last KMS error, recent history and the resource's events.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use jiff::Timestamp;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::cluster::{connect, not_found};
+use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail};
+use crate::cli::{OutputFormat, StatusArgs};
+use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
+
+/// Events shown: the newest ones, oldest first as `kubectl describe` lists them.
+const RECENT_EVENTS: usize = 10;
+
+pub async fn execute(args: StatusArgs) -> ExitCode {
+    let cluster = match connect(&args.kube).await {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let namespace = cluster.namespace.as_str();
+    let api: Api<RecordingKeyConfig> = Api::namespaced(cluster.client.clone(), namespace);
+    let rkc = match api.get_opt(&args.name).await {
+        Ok(Some(rkc)) => rkc,
+        Ok(None) => {
+            return fail(
+                EXIT_BAD_INPUT,
+                not_found("recordingkeyconfig", &args.name, namespace),
+            );
+        }
+        Err(e) => {
+            return fail(
+                EXIT_FAILED,
+                format!("cannot read {namespace}/{}: {e}", args.name),
+            );
+        }
+    };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    if let Some(format) = args.output {
+        let status = rkc.status.clone().unwrap_or_default();
+        let text = match format {
+            OutputFormat::Json => serde_json::to_string_pretty(&status).map_err(|e| e.to_string()),
+            OutputFormat::Yaml => serde_yaml::to_string(&status).map_err(|e| e.to_string()),
+        };
+        return match text {
+            Ok(text) => match writeln!(out, "{}", text.trim_end()) {
+                Ok(()) => ExitCode::from(EXIT_OK),
+                Err(e) => fail(EXIT_FAILED, e),
+            },
+            Err(e) => fail(EXIT_FAILED, e),
+        };
+    }
+    let events_api: Api<Event> = Api::namespaced(cluster.client, namespace);
+    let selector = format!("regarding.uid={}", rkc.uid().unwrap_or_default());
+    let events = match events_api
+        .list(&ListParams::default().fields(&selector))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => {
+            eprintln!(
+                "kekeeper: warning: cannot list the events of {namespace}/{}: {e}",
+                args.name
+            );
+            Vec::new()
+        }
+    };
+    match render(&mut out, &rkc, &events, Timestamp::now()) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => fail(EXIT_FAILED, format!("cannot write the status: {e}")),
+    }
+}
+
+/// The readable screen.
+pub fn render(
+    out: &mut impl Write,
+    rkc: &RecordingKeyConfig,
+    events: &[Event],
+    now: Timestamp,
+) -> io::Result<()> {
+    let spec = &rkc.spec;
+    let empty = RecordingKeyConfigStatus::default();
+    let status = rkc.status.as_ref().unwrap_or(&empty);
+    writeln!(out, "Name:           {}", rkc.name_any())?;
+    writeln!(
+        out,
+        "Namespace:      {}",
+        rkc.namespace().unwrap_or_default()
+    )?;
+    writeln!(out, "Alias:          {}", spec.kms_key_alias_arn)?;
+    writeln!(
+        out,
+        "Rotation:       {:?} (on KMS key change: {:?}){}",
+        spec.rotation.period,
+        spec.rotation.on_kms_key_change,
+        if spec.suspend { ", SUSPENDED" } else { "" }
+    )?;
+    writeln!(
+        out,
+        "Organisations:  {} ({}, encryption context key {})",
+        spec.organization_ids.len(),
+        spec.key_pair_spec,
+        spec.encryption_context_key
+    )?;
+    writeln!(
+        out,
+        "Generation:     {} (status observed {})",
+        rkc.metadata.generation.unwrap_or_default(),
+        status
+            .observed_generation
+            .map_or("none yet".to_owned(), |g| g.to_string())
+    )?;
+    write_conditions(out, status, now)?;
+    write_key_pairs(out, status, now)?;
+    write_rotation_and_kms(out, status, now)?;
+    write_history(out, status, spec.history_limit, now)?;
+    write_events(out, events, now)
+}
+
+fn write_conditions(
+    out: &mut impl Write,
+    status: &RecordingKeyConfigStatus,
+    now: Timestamp,
+) -> io::Result<()> {
+    writeln!(out, "\nConditions:")?;
+    let rows: Vec<Vec<String>> = status
+        .conditions
+        .iter()
+        .map(|c| {
+            vec![
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                age(c.last_transition_time.0, now),
+                c.message.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"],
+        &rows,
+        "none yet",
+    )
+}
+
+fn write_key_pairs(
+    out: &mut impl Write,
+    status: &RecordingKeyConfigStatus,
+    now: Timestamp,
+) -> io::Result<()> {
+    writeln!(out, "\nActive key pairs:")?;
+    let rows: Vec<Vec<String>> = status
+        .active_key_pairs
+        .iter()
+        .map(|p| {
+            vec![
+                p.organization_id.clone(),
+                p.key_pair_id.clone(),
+                age(p.created_at, now),
+                p.key_pair_spec.to_string(),
+                p.public_key_fingerprint.clone(),
+                p.secret_name.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "ORGANISATION",
+            "KEY PAIR",
+            "AGE",
+            "SPEC",
+            "FINGERPRINT",
+            "SECRET",
+        ],
+        &rows,
+        "none",
+    )
+}
+
+fn write_rotation_and_kms(
+    out: &mut impl Write,
+    status: &RecordingKeyConfigStatus,
+    now: Timestamp,
+) -> io::Result<()> {
+    writeln!(out)?;
+    let when = |t: Option<Timestamp>| match t {
+        Some(t) if t > now => format!("{t} (in {})", age(now, t)),
+        Some(t) => format!("{t} ({} ago)", age(t, now)),
+        None => "none".to_owned(),
+    };
+    writeln!(out, "Last rotation:  {}", when(status.last_rotation_time))?;
+    writeln!(out, "Next rotation:  {}", when(status.next_rotation_time))?;
+    match &status.last_kms_error {
+        Some(e) => writeln!(
+            out,
+            "Last KMS error: {} {}: {} ({} ago{})\n                {}",
+            e.operation,
+            e.code,
+            e.time,
+            age(e.time, now),
+            e.resolved_at
+                .map(|t| format!(", resolved {} ago", age(t, now)))
+                .unwrap_or_default(),
+            e.message
+        )?,
+        None => writeln!(out, "Last KMS error: none")?,
+    }
+    if let Some(failed) = status.failed_attempts.filter(|n| *n > 0) {
+        writeln!(
+            out,
+            "Failed attempts: {failed} in a row{} (retried with backoff)",
+            status
+                .last_failure_time
+                .map(|t| format!(", the last {} ago", age(t, now)))
+                .unwrap_or_default()
+        )?;
+    }
+    match &status.last_test {
+        Some(t) => writeln!(
+            out,
+            "Last self-test: {} {} ago: {}",
+            if t.passed { "passed" } else { "FAILED" },
+            age(t.time, now),
+            t.message
+        ),
+        None => writeln!(out, "Last self-test: none"),
+    }
+}
+
+fn write_history(
+    out: &mut impl Write,
+    status: &RecordingKeyConfigStatus,
+    limit: u32,
+    now: Timestamp,
+) -> io::Result<()> {
+    writeln!(out, "\nHistory (newest first, historyLimit {limit}):")?;
+    let rows: Vec<Vec<String>> = status
+        .key_pair_history
+        .iter()
+        .take(limit as usize)
+        .map(|h| {
+            vec![
+                age(h.created_at, now),
+                h.organization_id.clone(),
+                h.key_pair_id.clone(),
+                h.reason.clone(),
+                match (h.missing, h.retired_at) {
+                    (true, _) => "MISSING (Secret gone)".to_owned(),
+                    (false, None) => "active".to_owned(),
+                    (false, Some(t)) => format!("retired {} ago", age(t, now)),
+                },
+                h.secret_name.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "AGE",
+            "ORGANISATION",
+            "KEY PAIR",
+            "REASON",
+            "STATE",
+            "SECRET",
+        ],
+        &rows,
+        "none",
+    )
+}
+
+/// When an event last happened: its series' last observation, else its time.
+fn event_time(event: &Event) -> Option<Timestamp> {
+    event
+        .series
+        .as_ref()
+        .map(|s| s.last_observed_time.0)
+        .or(event.event_time.as_ref().map(|t| t.0))
+        .or(event.deprecated_last_timestamp.as_ref().map(|t| t.0))
+}
+
+fn write_events(out: &mut impl Write, events: &[Event], now: Timestamp) -> io::Result<()> {
+    writeln!(out, "\nEvents:")?;
+    let mut events: Vec<&Event> = events.iter().collect();
+    events.sort_by_key(|e| event_time(e));
+    let recent = &events[events.len().saturating_sub(RECENT_EVENTS)..];
+    let rows: Vec<Vec<String>> = recent
+        .iter()
+        .map(|e| {
+            let count = e.series.as_ref().map_or(1, |s| s.count);
+            vec![
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                event_time(e).map_or("?".to_owned(), |t| age(t, now)),
+                if count > 1 {
+                    format!("x{count}")
+                } else {
+                    String::new()
+                },
+                e.note.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["TYPE", "REASON", "AGE", "COUNT", "MESSAGE"],
+        &rows,
+        "none",
+    )
+}
+
+/// Left-aligned columns two spaces apart, indented; `empty` when there are no rows.
+fn table(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    empty: &str,
+) -> io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(out, "  {empty}");
+    }
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or_default()
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut text = String::from(" ");
+        for (cell, width) in cells.iter().zip(&widths) {
+            text.push(' ');
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 1));
+        }
+        text.trim_end().to_owned()
+    };
+    writeln!(out, "{}", line(headers.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+/// kubectl's short ages: 45s, 12m, 5h, 3d, 2y.
+pub fn age(from: Timestamp, to: Timestamp) -> String {
+    let seconds = to.as_second().saturating_sub(from.as_second()).max(0);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 180 * 60 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s if s < 730 * 86400 => format!("{}d", s / 86400),
+        s => format!("{}y", s / (365 * 86400)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ActiveKeyPair, KeyPairHistoryEntry, LastKmsError};
+    use crate::kms::KeyPairSpec;
+    use k8s_openapi::api::events::v1::EventSeries;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+
+    const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn rkc() -> RecordingKeyConfig {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "organizationIds": [ORG],
+            "historyLimit": 1,
+        }))
+        .unwrap();
+        let mut rkc = RecordingKeyConfig::new("recordings", spec);
+        rkc.metadata.namespace = Some("telephony".into());
+        rkc.metadata.generation = Some(3);
+        let condition = |type_: &str, status: &str, reason: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{type_} message"),
+            observed_generation: Some(3),
+            last_transition_time: Time(ts("2026-11-30T09:55:00Z")),
+        };
+        let entry = |created: &str, retired: Option<&str>, reason: &str| KeyPairHistoryEntry {
+            organization_id: ORG.into(),
+            key_pair_id: format!("kp-{created}"),
+            created_at: ts(created),
+            retired_at: retired.map(ts),
+            reason: reason.into(),
+            kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+            public_key_fingerprint: "SHA256:abc".into(),
+            secret_name: "recordings-secret".into(),
+            sequence: None,
+            missing: false,
+        };
+        rkc.status = Some(RecordingKeyConfigStatus {
+            observed_generation: Some(3),
+            conditions: vec![
+                condition("Ready", "True", "KeyPairsActive"),
+                condition("Stalled", "False", "NotStalled"),
+            ],
+            active_key_pairs: vec![ActiveKeyPair {
+                organization_id: ORG.into(),
+                key_pair_id: "kp-2".into(),
+                created_at: ts("2026-11-28T10:00:00Z"),
+                kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+                key_pair_spec: KeyPairSpec::Rsa3072,
+                public_key_fingerprint: "SHA256:abc".into(),
+                secret_name: "recordings-secret".into(),
+            }],
+            key_pair_history: vec![
+                entry("2026-11-28T10:00:00Z", None, "RotateNowRequested"),
+                entry(
+                    "2026-10-01T10:00:00Z",
+                    Some("2026-11-28T10:00:00Z"),
+                    "NoActiveKeyPair",
+                ),
+            ],
+            next_rotation_time: Some(ts("2026-12-28T10:00:00Z")),
+            last_kms_error: Some(LastKmsError {
+                time: ts("2026-11-30T09:00:00Z"),
+                operation: "DescribeKey".into(),
+                code: "ThrottlingException".into(),
+                message: "Rate exceeded".into(),
+                resolved_at: Some(ts("2026-11-30T09:30:00Z")),
+            }),
+            failed_attempts: Some(2),
+            last_failure_time: Some(ts("2026-11-30T09:00:00Z")),
+            ..RecordingKeyConfigStatus::default()
+        });
+        rkc
+    }
+
+    fn event(reason: &str, at: &str, count: i32) -> Event {
+        Event {
+            type_: Some("Normal".into()),
+            reason: Some(reason.into()),
+            note: Some(format!("{reason} note")),
+            event_time: Some(MicroTime(ts(at))),
+            series: (count > 1).then(|| EventSeries {
+                count,
+                last_observed_time: MicroTime(ts(at)),
+            }),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn the_screen_shows_conditions_pairs_rotation_errors_history_and_events() {
+        let events = [
+            event("KeyPairRotated", "2026-11-28T10:00:00Z", 1),
+            event("KmsUnavailable", "2026-11-30T09:00:00Z", 3),
+        ];
+        let mut out = Vec::new();
+        render(&mut out, &rkc(), &events, ts("2026-11-30T10:00:00Z")).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for expected in [
+            "Namespace:      telephony",
+            "Generation:     3 (status observed 3)",
+            "Ready    True    KeyPairsActive  5m",
+            "Stalled  False   NotStalled",
+            "kp-2      2d",
+            "Next rotation:  2026-12-28T10:00:00Z (in 28d)",
+            "Last KMS error: DescribeKey ThrottlingException: 2026-11-30T09:00:00Z (60m ago, resolved 30m ago)",
+            "Failed attempts: 2 in a row, the last 60m ago",
+            "Rate exceeded",
+            "History (newest first, historyLimit 1):",
+            "RotateNowRequested",
+            "KmsUnavailable  60m  x3     KmsUnavailable note",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
+        }
+        assert!(
+            !text.contains("NoActiveKeyPair"),
+            "history beyond the limit:\n{text}"
+        );
+        let rotated = text.find("KeyPairRotated").unwrap();
+        assert!(
+            rotated < text.find("KmsUnavailable  ").unwrap(),
+            "oldest first:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_resource_without_status_says_so() {
+        let mut rkc = rkc();
+        rkc.status = None;
+        let mut out = Vec::new();
+        render(&mut out, &rkc, &[], Timestamp::UNIX_EPOCH).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("status observed none yet"), "{text}");
+        assert!(text.contains("Conditions:\n  none yet"), "{text}");
+        assert!(text.contains("Last KMS error: none"), "{text}");
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let after = |s: i64| age(t0, t0 + jiff::SignedDuration::from_secs(s));
+        assert_eq!(after(59), "59s");
+        assert_eq!(after(3600), "60m");
+        assert_eq!(after(5 * 3600), "5h");
+        assert_eq!(after(3 * 86400), "3d");
+        assert_eq!(after(800 * 86400), "2y");
+        assert_eq!(age(t0, ts("2025-01-01T00:00:00Z")), "0s");
+    }
+}

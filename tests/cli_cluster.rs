@@ -1,0 +1,601 @@
+//! The cluster commands of the `kekeeper` binary (`status`, `rotate`, `decrypt` without
+//! `--key-pair-secret`) against kube-sim, connected as kubectl connects (`--kubeconfig`,
+//! `KUBECONFIG`, `--context`, `-n`); the `--wait` and `decrypt` tests also run the operator
+//! against the KMS emulator.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::cluster::{Cluster, condition, eventually, rkc_manifest, rkc_manifest_in};
+use common::{create_key, kms_endpoint};
+use serde_json::{Value, json};
+
+const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+const ORG_B: &str = "9b2e6c1a-7d4f-4e8a-a1c3-5f0d2b8e9c47";
+const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// `kekeeper ARGS` with `KUBECONFIG` (when given) and the KMS endpoint (when given) in its
+/// environment and nothing of the caller's.
+async fn kekeeper(kubeconfig: Option<&Path>, kms: Option<&str>, args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"));
+    command
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .env("HOME", "/nonexistent")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", common::REGION)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_KMS", kms.unwrap_or("http://127.0.0.1:9"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(path) = kubeconfig {
+        command.env("KUBECONFIG", path);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("kekeeper {args:?} timed out"))
+        .expect("kekeeper");
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    eprintln!(
+        "$ kekeeper {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+fn rkc(cluster: &Cluster, namespace: &str, name: &str) -> Value {
+    cluster
+        .sim
+        .object("kekeeper.io", "recordingkeyconfigs", namespace, name)
+        .unwrap_or_else(|| panic!("{namespace}/{name} is stored"))
+}
+
+fn rotate_now(cluster: &Cluster, namespace: &str, name: &str) -> Option<String> {
+    rkc(cluster, namespace, name)["metadata"]["annotations"]["kekeeper.io/rotate-now"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Writes `status` through the status subresource, as the operator would.
+async fn write_status(cluster: &Cluster, namespace: &str, name: &str, status: Value) {
+    let patch = json!({ "status": status }).to_string();
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "rkc",
+            name,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .await;
+}
+
+/// The kubeconfig with a second context `billing` whose namespace is `billing`.
+fn with_billing_context(cluster: &Cluster) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
+    let mut config: Value = serde_yaml::from_str(&text).unwrap();
+    let mut billing = config["contexts"][0].clone();
+    billing["name"] = json!("billing");
+    billing["context"]["namespace"] = json!("billing");
+    config["contexts"].as_array_mut().unwrap().push(billing);
+    let path = cluster.path("kubeconfig-billing");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_one_screen_and_prints_json_and_yaml() {
+    let cluster = Cluster::start(false).await;
+    cluster.install_crd().await;
+    cluster
+        .apply_ok(&rkc_manifest("recordings", ALIAS, &[ORG_A]))
+        .await;
+    let uid = rkc(&cluster, "default", "recordings")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Whole seconds: metav1.Time has no fraction.
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
+    let created = now - jiff::SignedDuration::from_hours(50);
+    let status = json!({
+        "observedGeneration": 1,
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "KmsUnavailable",
+             "message": "KMS GenerateDataKeyPair failed", "observedGeneration": 1,
+             "lastTransitionTime": now.to_string()},
+            {"type": "Stalled", "status": "False", "reason": "NotStalled", "message": "",
+             "observedGeneration": 1, "lastTransitionTime": now.to_string()},
+        ],
+        "activeKeyPairs": [{
+            "organizationId": ORG_A, "keyPairId": "0b7c3d2e-1111-4222-8333-944455556666",
+            "createdAt": created.to_string(), "kmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/k",
+            "keyPairSpec": "RSA_2048", "publicKeyFingerprint": "SHA256:fp",
+            "secretName": "recordings-kp-1"}],
+        "keyPairHistory": [{
+            "organizationId": ORG_A, "keyPairId": "0b7c3d2e-1111-4222-8333-944455556666",
+            "createdAt": created.to_string(), "reason": "NoActiveKeyPair",
+            "kmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/k",
+            "publicKeyFingerprint": "SHA256:fp", "secretName": "recordings-kp-1"}],
+        "nextRotationTime": (now + jiff::SignedDuration::from_hours(24 * 28 + 1)).to_string(),
+        "lastKmsError": {"time": now.to_string(), "operation": "GenerateDataKeyPair",
+                         "code": "ThrottlingException", "message": "Rate exceeded"},
+    });
+    write_status(&cluster, "default", "recordings", status.clone()).await;
+    let event = format!(
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata:\n  name: recordings.1\n  namespace: default\neventTime: \"{}\"\nreportingController: kekeeper\nreportingInstance: kekeeper-0\naction: Reconcile\nreason: KmsUnavailable\ntype: Warning\nnote: KMS said no\nregarding:\n  apiVersion: kekeeper.io/v1alpha1\n  kind: RecordingKeyConfig\n  name: recordings\n  namespace: default\n  uid: {uid}\n",
+        jiff::Timestamp::from_second(now.as_second())
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    );
+    cluster.apply_ok(&event).await;
+
+    // KUBECONFIG from the environment, the namespace from its context.
+    let run = kekeeper(Some(&cluster.kubeconfig), None, &["status", "recordings"]).await;
+    assert_eq!(run.code, 0);
+    for expected in [
+        "Namespace:      default",
+        "Ready    False   KmsUnavailable",
+        "KMS GenerateDataKeyPair failed",
+        "Stalled  False   NotStalled",
+        "0b7c3d2e-1111-4222-8333-944455556666",
+        "2d",
+        "(in 28d)",
+        "Last KMS error: GenerateDataKeyPair ThrottlingException",
+        "History (newest first, historyLimit 10):",
+        "NoActiveKeyPair",
+        "Warning  KmsUnavailable",
+        "KMS said no",
+    ] {
+        assert!(run.stdout.contains(expected), "{expected:?} missing");
+    }
+
+    // -o json / yaml: the resource's status, as stored.
+    let run = kekeeper(
+        Some(&cluster.kubeconfig),
+        None,
+        &["status", "recordings", "-o", "json"],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    let printed: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed, rkc(&cluster, "default", "recordings")["status"]);
+    assert_eq!(printed["lastKmsError"]["code"], "ThrottlingException");
+    let run = kekeeper(
+        Some(&cluster.kubeconfig),
+        None,
+        &["status", "recordings", "-o", "yaml"],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    let printed_yaml: Value = serde_yaml::from_str(&run.stdout).unwrap();
+    assert_eq!(printed_yaml, printed);
+
+    // --kubeconfig and -n; a missing resource names its namespace.
+    let kubeconfig = cluster.kubeconfig.to_str().unwrap();
+    let run = kekeeper(
+        None,
+        None,
+        &[
+            "status",
+            "recordings",
+            "--kubeconfig",
+            kubeconfig,
+            "-n",
+            "billing",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("recordingkeyconfig \"recordings\" not found in namespace \"billing\""),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_by_name_all_selector_and_all_namespaces() {
+    let cluster = Cluster::start(false).await;
+    cluster.install_crd().await;
+    cluster
+        .kubectl_ok(&["create", "namespace", "billing"])
+        .await;
+    let labelled = |manifest: String| {
+        manifest.replace(
+            "  namespace:",
+            "  labels:\n    team: telephony\n  namespace:",
+        )
+    };
+    cluster
+        .apply_ok(&labelled(rkc_manifest("a", ALIAS, &[ORG_A])))
+        .await;
+    cluster
+        .apply_ok(
+            &rkc_manifest("paused", ALIAS, &[ORG_A])
+                .replace("  keyPairSpec:", "  suspend: true\n  keyPairSpec:"),
+        )
+        .await;
+    cluster
+        .apply_ok(&rkc_manifest("unlabelled", ALIAS, &[ORG_B]))
+        .await;
+    cluster
+        .apply_ok(&labelled(rkc_manifest_in("billing", "c", ALIAS, &[ORG_A])))
+        .await;
+    let kubeconfig = cluster.kubeconfig.as_path();
+
+    // By name; the annotation is written with field manager `kekeeper`.
+    let run = kekeeper(Some(kubeconfig), None, &["rotate", "a"]).await;
+    assert_eq!(run.code, 0);
+    let token = rotate_now(&cluster, "default", "a").expect("annotated");
+    assert_eq!(
+        run.stdout.trim(),
+        format!("rotate-now requested for default/a (token {token})")
+    );
+    let managers: Vec<Value> = rkc(&cluster, "default", "a")["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let kekeeper_manager = managers
+        .iter()
+        .find(|m| m["manager"] == "kekeeper")
+        .unwrap_or_else(|| panic!("no kekeeper field manager: {managers:#?}"));
+    assert!(
+        kekeeper_manager["fieldsV1"]
+            .to_string()
+            .contains("kekeeper.io/rotate-now"),
+        "{kekeeper_manager}"
+    );
+
+    // Not found: the namespace is named; nothing is written.
+    let run = kekeeper(Some(kubeconfig), None, &["rotate", "nope", "-n", "billing"]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("recordingkeyconfig \"nope\" not found in namespace \"billing\""),
+        "{}",
+        run.stderr
+    );
+
+    // --all: every one in the namespace; the suspended one says so.
+    let run = kekeeper(Some(kubeconfig), None, &["rotate", "--all"]).await;
+    assert_eq!(run.code, 0);
+    assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("rotate-now requested for default/paused (token")
+            && run
+                .stdout
+                .contains("but it is suspended (spec.suspend: true)"),
+        "{}",
+        run.stdout
+    );
+    let token_all = rotate_now(&cluster, "default", "unlabelled").expect("annotated");
+    assert_ne!(token_all, token);
+    assert_eq!(
+        rotate_now(&cluster, "default", "a").as_deref(),
+        Some(token_all.as_str())
+    );
+    assert_eq!(rotate_now(&cluster, "billing", "c"), None);
+
+    // -l with -A: the labelled ones in every namespace, and only those.
+    let run = kekeeper(
+        Some(kubeconfig),
+        None,
+        &["rotate", "-l", "team=telephony", "-A"],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    let token_selected = rotate_now(&cluster, "billing", "c").expect("annotated");
+    assert!(run.stdout.contains("default/a") && run.stdout.contains("billing/c"));
+    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+    assert_eq!(
+        rotate_now(&cluster, "default", "a").as_deref(),
+        Some(token_selected.as_str())
+    );
+    assert_eq!(
+        rotate_now(&cluster, "default", "unlabelled").as_deref(),
+        Some(token_all.as_str())
+    );
+
+    // --context picks the namespace of that context.
+    let billing = with_billing_context(&cluster);
+    let run = kekeeper(
+        Some(&billing),
+        None,
+        &["rotate", "--all", "--context", "billing"],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("billing/c"), "{}", run.stdout);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+
+    // An empty namespace: nothing to do, said so.
+    cluster.kubectl_ok(&["create", "namespace", "empty"]).await;
+    let run = kekeeper(Some(kubeconfig), None, &["rotate", "--all", "-n", "empty"]).await;
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("No RecordingKeyConfigs found in namespace \"empty\"")
+    );
+}
+
+/// `--wait` watches: it returns once status honours the token and Ready is True for the
+/// current generation (written here by hand in place of the operator), and times out naming
+/// what is missing otherwise. Suspended resources are not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
+    let cluster = Cluster::start(false).await;
+    cluster.install_crd().await;
+    cluster
+        .apply_ok(&rkc_manifest("recordings", ALIAS, &[ORG_A]))
+        .await;
+    let kubeconfig = cluster.kubeconfig.clone();
+
+    let run = kekeeper(
+        Some(&kubeconfig),
+        None,
+        &["rotate", "recordings", "--wait", "--timeout", "2s"],
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains(
+            "default/recordings: not honoured before the --timeout: status.rotateNowToken is unset"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // Its own identity, so the request log tells its requests apart from kubectl's.
+    let (cli_kubeconfig, cli_user) = cluster.service_account_kubeconfig("default", "cli");
+    let waiting = tokio::spawn({
+        let kubeconfig = cli_kubeconfig.clone();
+        async move {
+            kekeeper(
+                Some(&kubeconfig),
+                None,
+                &["rotate", "recordings", "--wait", "--timeout", "60s"],
+            )
+            .await
+        }
+    });
+    let first = rotate_now(&cluster, "default", "recordings").expect("the first token");
+    let token = eventually(
+        "a new rotate-now token",
+        Duration::from_secs(20),
+        || async { rotate_now(&cluster, "default", "recordings").filter(|t| *t != first) },
+    )
+    .await;
+    let ready = |status: &str, generation: i64| {
+        json!({"observedGeneration": generation, "rotateNowToken": token, "conditions": [
+            {"type": "Ready", "status": status, "reason": "KeyPairsActive", "message": "",
+             "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+    };
+    // Honoured but not Ready, then Ready for an older generation: still waiting.
+    write_status(&cluster, "default", "recordings", ready("False", 1)).await;
+    write_status(&cluster, "default", "recordings", ready("True", 0)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "returned before Ready for this generation"
+    );
+    write_status(&cluster, "default", "recordings", ready("True", 1)).await;
+    let run = waiting.await.unwrap();
+    assert_eq!(run.code, 0);
+    assert_eq!(
+        run.stdout.lines().last(),
+        Some(format!("default/recordings rotated and Ready (token {token})").as_str())
+    );
+    // A watch, not polling: the resource was read once (the get), then listed and watched.
+    let verbs: Vec<String> = cluster
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.user == cli_user && r.resource == "recordingkeyconfigs")
+        .map(|r| r.verb.clone())
+        .collect();
+    let count = |verb: &str| verbs.iter().filter(|v| *v == verb).count();
+    assert_eq!(count("get"), 1, "{verbs:?}");
+    assert_eq!(count("patch"), 1, "{verbs:?}");
+    assert!(count("watch") >= 1 && count("list") <= 2, "{verbs:?}");
+
+    // Suspended: requested, not waited for.
+    cluster
+        .apply_ok(
+            &rkc_manifest("recordings", ALIAS, &[ORG_A])
+                .replace("  keyPairSpec:", "  suspend: true\n  keyPairSpec:"),
+        )
+        .await;
+    let run = kekeeper(Some(&kubeconfig), None, &["rotate", "recordings", "--wait"]).await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("suspended") && run.stdout.contains("not waiting for it"));
+}
+
+fn b64(data: &Value, key: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(data[key].as_str().unwrap())
+        .unwrap()
+}
+
+/// With the operator and the KMS emulator: `rotate --wait` returns once the operator has
+/// rotated, `status` shows it, and `decrypt` without `--key-pair-secret` finds the key pair's
+/// Secret in the cluster by its label, and says what to do when it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
+async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let alias = key.alias.to_string();
+    let cluster = Cluster::start(false).await;
+    let (operator_kubeconfig, _) =
+        cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
+    cluster.install_crd().await;
+    let mut operator =
+        cluster.start_operator("operator", &operator_kubeconfig, &endpoint, &[], &[]);
+    operator.wait_ready().await;
+    cluster
+        .apply_ok(&rkc_manifest("recordings", &alias, &[ORG_A, ORG_B]))
+        .await;
+    cluster.wait_ready("recordings").await;
+    let kubeconfig = cluster.kubeconfig.clone();
+
+    let run = kekeeper(
+        Some(&kubeconfig),
+        Some(&endpoint),
+        &["rotate", "recordings", "--wait", "--timeout", "2m"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", operator.log_text());
+    let token = rotate_now(&cluster, "default", "recordings").unwrap();
+    assert!(run.stdout.contains(&format!(
+        "default/recordings rotated and Ready (token {token})"
+    )));
+    let stored = rkc(&cluster, "default", "recordings");
+    assert_eq!(stored["status"]["rotateNowToken"], token.as_str());
+    assert_eq!(condition(&stored, "Ready").as_deref(), Some("True"));
+    let history = stored["status"]["keyPairHistory"].as_array().unwrap();
+    assert_eq!(history[0]["reason"], "RotateNowRequested", "{history:#?}");
+
+    let run = kekeeper(Some(&kubeconfig), None, &["status", "recordings"]).await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("Ready "), "{}", run.stdout);
+    assert_eq!(
+        run.stdout.matches("RotateNowRequested  active").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    let events = run.stdout.split("\nEvents:\n").nth(1).unwrap_or_default();
+    assert!(
+        !events.trim().is_empty() && !events.contains("  none"),
+        "{}",
+        run.stdout
+    );
+
+    // Encrypt with the active key pair of ORG_A (its Secret as a file), decrypt from the cluster.
+    let active = stored["status"]["activeKeyPairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["organizationId"] == ORG_A)
+        .unwrap()
+        .clone();
+    let secret_name = active["secretName"].as_str().unwrap();
+    let secret = cluster
+        .sim
+        .object("", "secrets", "default", secret_name)
+        .unwrap();
+    assert_eq!(
+        secret["metadata"]["labels"]["kekeeper.io/key-pair-id"],
+        active["keyPairId"]
+    );
+    assert!(!b64(&secret["data"], "privateKey.kms").is_empty());
+    let secret_file = cluster.path("secret.json");
+    std::fs::write(&secret_file, secret.to_string()).unwrap();
+    let recording: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(cluster.path("rec"), &recording).unwrap();
+    let path = |name: &str| cluster.path(name).to_str().unwrap().to_owned();
+    let run = kekeeper(
+        None,
+        None,
+        &[
+            "encrypt",
+            "--key-pair-secret",
+            &path("secret.json"),
+            "-i",
+            &path("rec"),
+            "-o",
+            &path("rec.enc"),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    let before = cluster.sim.request_log().len();
+    let run = kekeeper(
+        Some(&kubeconfig),
+        Some(&endpoint),
+        &["decrypt", "-i", &path("rec.enc"), "-o", &path("rec.out")],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    assert_eq!(std::fs::read(path("rec.out")).unwrap(), recording);
+    let requests: Vec<(String, String)> = cluster.sim.request_log()[before..]
+        .iter()
+        .filter(|r| r.user == "kube-sim-admin")
+        .map(|r| (r.verb.clone(), r.resource.clone()))
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .all(|(verb, resource)| verb == "list" && resource == "secrets")
+            && !requests.is_empty(),
+        "decrypt only lists Secrets: {requests:?}"
+    );
+
+    // A Secret stored before the label existed is still found (through the operator's label).
+    cluster
+        .kubectl_ok(&["label", "secret", secret_name, "kekeeper.io/key-pair-id-"])
+        .await;
+    let run = kekeeper(
+        Some(&kubeconfig),
+        Some(&endpoint),
+        &["decrypt", "-i", &path("rec.enc"), "-o", &path("rec.out2")],
+    )
+    .await;
+    assert_eq!(run.code, 0);
+    assert_eq!(std::fs::read(path("rec.out2")).unwrap(), recording);
+    let unlabelled = cluster
+        .sim
+        .object("", "secrets", "default", secret_name)
+        .unwrap();
+    assert!(unlabelled["metadata"]["labels"]["kekeeper.io/key-pair-id"].is_null());
+
+    // Gone: a clear error naming the label and the namespace, and no output.
+    cluster.kubectl_ok(&["delete", "secret", secret_name]).await;
+    let run = kekeeper(
+        Some(&kubeconfig),
+        Some(&endpoint),
+        &["decrypt", "-i", &path("rec.enc"), "-o", &path("gone.out")],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains(&format!(
+            "no key-pair Secret with kekeeper.io/key-pair-id={} in namespace \"default\"; restore it from backup",
+            active["keyPairId"].as_str().unwrap()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(!cluster.path("gone.out").exists());
+}
