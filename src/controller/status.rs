@@ -535,3 +535,167 @@ impl Conditions<'_> {
         self.next
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::controller::observe::{CustodyFailure, Tokens};
+    use crate::keyring::Reading;
+    use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
+
+    const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn resource() -> RecordingKeyConfig {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "organizationIds": [ORG],
+        }))
+        .unwrap();
+        let mut rkc = RecordingKeyConfig::new("recordings", spec);
+        rkc.metadata.generation = Some(1);
+        rkc
+    }
+
+    fn pair(sequence: u64, public_key: u8) -> KeyPairRecord {
+        KeyPairRecord::new_active(
+            "recordings",
+            "telephony",
+            sequence,
+            GeneratedKeyPair {
+                kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k1".into(),
+                spec: KeyPairSpec::Rsa3072,
+                public_key_der: vec![public_key; 8],
+                private_key_ciphertext: vec![1; 8],
+            },
+            EncryptionContext {
+                key: "genesys-cloud-organization-id".into(),
+                organization_id: ORG.into(),
+            },
+            ts("2026-01-01T00:00:00Z"),
+            "NoActiveKeyPair",
+        )
+    }
+
+    fn ring(records: Vec<KeyPairRecord>, status: Option<&RecordingKeyConfigStatus>) -> KeyRing {
+        let reading = Reading {
+            acknowledged: BTreeSet::new(),
+            pruning: None,
+            now: ts("2026-01-02T00:00:00Z"),
+        };
+        KeyRing::new(records, Tokens::new(), status, &reading)
+    }
+
+    fn input<'a>(
+        rkc: &'a RecordingKeyConfig,
+        current: Option<&'a RecordingKeyConfigStatus>,
+        ring: &'a KeyRing,
+    ) -> StatusInput<'a> {
+        StatusInput {
+            rkc,
+            current,
+            now: ts("2026-01-02T00:00:00Z"),
+            ring,
+            custody: None,
+            config_error: None,
+            key: None,
+            kms_failure: None,
+            self_test_failure: None,
+            last_test: None,
+            pending: 0,
+            honoured_token: None,
+        }
+    }
+
+    fn condition<'a>(status: &'a RecordingKeyConfigStatus, type_: &str) -> Option<&'a Condition> {
+        status.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    #[test]
+    fn integrity_is_absent_without_pairs_and_verified_with_them() {
+        let rkc = resource();
+        let empty = ring(Vec::new(), None);
+        assert!(condition(&desired(&input(&rkc, None, &empty)), KEY_PAIR_INTEGRITY).is_none());
+        let one = ring(vec![pair(1, 1)], None);
+        let status = desired(&input(&rkc, None, &one));
+        let integrity = condition(&status, KEY_PAIR_INTEGRITY).unwrap();
+        assert_eq!(
+            (integrity.status.as_str(), integrity.reason.as_str()),
+            ("True", "Verified")
+        );
+        assert_eq!(status.highest_sequences[ORG], 1);
+        assert_eq!(
+            status.last_key_verify_time,
+            Some(ts("2026-01-02T00:00:00Z"))
+        );
+        // Conditions keep their fixed order, KeyPairIntegrity last.
+        assert_eq!(status.conditions.last().unwrap().type_, KEY_PAIR_INTEGRITY);
+    }
+
+    #[test]
+    fn a_custody_failure_outlives_the_rotation_until_acknowledged() {
+        let rkc = resource();
+        let failed = pair(1, 1);
+        let before = desired(&input(&rkc, None, &ring(vec![failed.clone()], None)));
+        let mut checked = ring(vec![failed.clone()], Some(&before));
+        checked.fail_custody(&failed.name());
+        let check = CustodyCheck {
+            verified: 0,
+            failures: vec![CustodyFailure {
+                secret_name: failed.name(),
+                organization_id: ORG.into(),
+                key_pair_id: failed.key_pair_id.clone(),
+                message: "KMS cannot decrypt privateKey.kms".into(),
+            }],
+            error: None,
+        };
+        let after = desired(&StatusInput {
+            custody: Some(&check),
+            ..input(&rkc, Some(&before), &checked)
+        });
+        let integrity = condition(&after, KEY_PAIR_INTEGRITY).unwrap();
+        assert_eq!(
+            (integrity.status.as_str(), integrity.reason.as_str()),
+            ("False", CUSTODY_CHECK_FAILED)
+        );
+        // Next reconcile, after the rotation: the failure is carried from status.
+        let mut retired = failed.clone();
+        retired.retire(ts("2026-01-02T00:00:00Z"));
+        let rotated = ring(vec![retired, pair(2, 2)], Some(&after));
+        let later = desired(&input(&rkc, Some(&after), &rotated));
+        assert_eq!(later.key_pair_problems, after.key_pair_problems);
+        assert_eq!(
+            condition(&later, KEY_PAIR_INTEGRITY).unwrap().reason,
+            CUSTODY_CHECK_FAILED
+        );
+    }
+
+    #[test]
+    fn missing_pairs_are_at_risk_and_clear_when_restored() {
+        let rkc = resource();
+        let first = pair(1, 1);
+        let before = desired(&input(&rkc, None, &ring(vec![first.clone()], None)));
+        let gone = desired(&input(
+            &rkc,
+            Some(&before),
+            &ring(Vec::new(), Some(&before)),
+        ));
+        let at_risk = condition(&gone, HISTORICAL_KEYS_AT_RISK).unwrap();
+        assert_eq!(
+            (at_risk.status.as_str(), at_risk.reason.as_str()),
+            ("True", KEY_PAIR_MISSING)
+        );
+        assert!(at_risk.message.contains(&first.name()) && at_risk.message.contains(ORG));
+        assert!(gone.key_pair_history[0].missing);
+        let restored = desired(&input(&rkc, Some(&gone), &ring(vec![first], Some(&gone))));
+        let at_risk = condition(&restored, HISTORICAL_KEYS_AT_RISK).unwrap();
+        assert_eq!(at_risk.status, "False");
+        assert!(restored.key_pair_problems.is_empty());
+        assert!(!restored.key_pair_history[0].missing);
+    }
+}
