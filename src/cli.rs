@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// How often the alias and the retained key pairs' KMS keys are checked (e.g. 1h, 30m).
     #[arg(long, env = "KEKEEPER_KMS_KEY_CHECK_INTERVAL", default_value = "1h")]
     pub kms_key_check_interval: jiff::SignedDuration,
+    /// How often each active key pair's private key blob is decrypted through KMS and compared
+    /// with the fingerprint recorded in status (one KMS Decrypt per active pair; e.g. 24h).
+    #[arg(long, env = "KEKEEPER_KEY_VERIFY_INTERVAL", default_value = "24h")]
+    pub key_verify_interval: jiff::SignedDuration,
     /// Reconciles running at once (across all resources; one resource never runs twice at
     /// once).
     #[arg(long, env = "KEKEEPER_CONCURRENCY", default_value_t = 16)]

@@ -20,6 +20,7 @@
 //!
 //! `kekeeper rotate` (a user, not the controller) needs patch on `recordingkeyconfigs`.
 
+pub mod custody;
 pub mod execute;
 pub mod leader;
 pub mod observe;
@@ -41,13 +42,13 @@ use kube::{Client, ResourceExt};
 use tracing::{instrument, warn};
 
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
-use crate::keypair::{KeyPairRecord, KeyPairState};
+use crate::keyring::KeyRing;
 use crate::kms::Kms;
 use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
 pub use observe::ANNOTATION_ROTATE_NOW_TOKEN;
 use observe::Observation;
-use plan::{Step, active_by_org};
+use plan::Step;
 use ratelimit::TokenBucket;
 use report::StatusWriter;
 pub use report::{public_keys_config_map, public_keys_config_map_name};
@@ -56,6 +57,8 @@ pub use report::{public_keys_config_map, public_keys_config_map_name};
 pub const FIELD_MANAGER: &str = "kekeeper";
 /// The default interval of the DescribeKey check of the alias and the retained pairs' keys.
 pub const DEFAULT_KMS_KEY_CHECK_INTERVAL: SignedDuration = SignedDuration::from_hours(1);
+/// The default interval of the custody check (one KMS Decrypt per active key pair).
+pub const DEFAULT_KEY_VERIFY_INTERVAL: SignedDuration = SignedDuration::from_hours(24);
 
 /// The time, injected so schedules are tested without sleeping.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -93,6 +96,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub kms_key_check_interval: SignedDuration,
+    /// How often each active pair's private key blob is decrypted through KMS and compared
+    /// with the recorded fingerprint.
+    pub key_verify_interval: SignedDuration,
     /// The operator's AWS region (the default homeRegion).
     pub operator_region: Option<String>,
 }
@@ -101,6 +107,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             kms_key_check_interval: DEFAULT_KMS_KEY_CHECK_INTERVAL,
+            key_verify_interval: DEFAULT_KEY_VERIFY_INTERVAL,
             operator_region: None,
         }
     }
@@ -202,22 +209,26 @@ pub async fn reconcile<K: Kms>(
     result
 }
 
-/// Observe → plan → execute → report. The plan may ask for a fresh list of the key pairs or
-/// for KMS's view of the key first; each is fetched once, then the plan is made again.
+/// Observe → plan → execute → report. The plan may ask for a fresh list of the key pairs, for
+/// KMS's view of the key or for the custody check first; each is done once, then the plan is
+/// made again.
 async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>) -> Result<Action> {
     let now = now_of(ctx);
-    let interval = ctx.settings.kms_key_check_interval;
-    let mut obs = Observation::from_cache(ctx, rkc.clone())?;
+    let settings = &ctx.settings;
+    let mut obs = Observation::from_cache(ctx, rkc.clone(), now)?;
     let mut writer = StatusWriter::new(rkc);
-    let mut plan = plan::plan(&obs, now, interval);
-    if plan.step == Step::ListRecords {
-        obs.list_records(ctx).await?;
-        plan = plan::plan(&obs, now, interval);
-    }
-    if plan.step == Step::CheckKey {
-        writer.announce(ctx, &obs, &plan, now).await?;
-        obs.check_key(ctx).await;
-        plan = plan::plan(&obs, now, interval);
+    let mut plan = plan::plan(&obs, now, settings);
+    loop {
+        match plan.step {
+            Step::ListRecords if !obs.records_listed => obs.list_records(ctx).await?,
+            Step::CheckKey if obs.key.is_none() => {
+                writer.announce(ctx, &obs, &plan, now).await?;
+                obs.check_key(ctx).await;
+            }
+            Step::VerifyCustody if obs.custody.is_none() => obs.verify_custody(ctx).await,
+            _ => break,
+        }
+        plan = plan::plan(&obs, now, settings);
     }
     let outcome = match plan.step {
         Step::WaitBackoff(until) => return Ok(requeue_at(until, now)),
@@ -228,18 +239,18 @@ async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>)
     if let Some(failure) = outcome.as_ref().and_then(|o| o.failure.as_ref()) {
         ctx.metrics.count_error(failure.metric_label());
     }
-    let records = outcome.as_ref().map_or(&obs.records, |o| &o.records);
-    record_metrics(ctx, &obs, records, &status);
-    Ok(next_action(ctx, &obs, &plan, records, &status, now))
+    let ring = outcome.as_ref().map_or(&obs.ring, |o| &o.ring);
+    record_metrics(ctx, &obs, ring, &status);
+    Ok(next_action(ctx, &obs, &plan, ring, &status, now))
 }
 
 /// When to look again: on a change only, for an invalid or suspended spec; after the backoff
-/// for a failure; else at the earliest due instant (rotation, key check, prune).
+/// for a failure; else at the earliest due instant (rotation, key check, custody check, prune).
 fn next_action<K>(
     ctx: &Context<K>,
     obs: &Observation,
     plan: &plan::Plan,
-    records: &[KeyPairRecord],
+    ring: &KeyRing,
     status: &RecordingKeyConfigStatus,
     now: Timestamp,
 ) -> Action {
@@ -253,19 +264,19 @@ fn next_action<K>(
         return requeue_at(until, now);
     }
     let rkc = obs.rkc.as_ref();
-    let retention = plan::retention(rkc);
+    let custody = status
+        .last_key_verify_time
+        .filter(|_| !ring.active_by_org().is_empty())
+        .and_then(|t| t.checked_add(ctx.settings.key_verify_interval).ok());
     let next = policy::next_due(
-        active_by_org(records)
+        ring.active_by_org()
             .values()
             .map(|r| policy::rotation_due(r.created_at, rkc.spec.rotation.period)),
         status.last_kms_key_check_time,
         ctx.settings.kms_key_check_interval,
-        records
-            .iter()
-            .filter(|r| r.state == KeyPairState::Retired)
-            .map(|r| {
-                retention.and_then(|ret| r.retired_at.and_then(|at| policy::prune_due(at, ret)))
-            }),
+        ring.prune_times()
+            .map(|(_, due)| Some(due))
+            .chain(std::iter::once(custody)),
         now,
     );
     requeue_at(next, now)
@@ -282,7 +293,7 @@ fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
 fn record_metrics<K>(
     ctx: &Context<K>,
     obs: &Observation,
-    records: &[KeyPairRecord],
+    ring: &KeyRing,
     status: &RecordingKeyConfigStatus,
 ) {
     let labels = |org: &str| KeyPairLabels {
@@ -290,14 +301,15 @@ fn record_metrics<K>(
         config: obs.name.clone(),
         organization_id: org.to_owned(),
     };
-    let active = active_by_org(records);
+    let active = ring.active_by_org();
     for (org, record) in &active {
         ctx.metrics
             .key_pair_created
             .get_or_create(&labels(org))
             .set(record.created_at.as_second());
     }
-    for record in records
+    for record in ring
+        .records()
         .iter()
         .filter(|r| !active.contains_key(r.organization_id.as_str()))
     {
@@ -310,4 +322,5 @@ fn record_metrics<K>(
         config: obs.name.clone(),
     };
     ctx.metrics.record_status(&config, status);
+    ctx.metrics.custody.record(&config, status);
 }

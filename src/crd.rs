@@ -1,6 +1,8 @@
 //! The `RecordingKeyConfig` resource (SPEC §2). The CRD YAML under `crds/` is generated from
 //! these types.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -227,6 +229,38 @@ pub struct RecordingKeyConfigStatus {
     /// When the last of the `failedAttempts` happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Timestamp>,
+    /// Bookkeeping: the highest key pair sequence number ever used per organisation id, so a
+    /// Secret name is never used for two key pairs, even after a Secret was deleted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub highest_sequences: BTreeMap<String, u64>,
+    /// Key pairs with a custody problem: a Secret that is gone (`KeyPairMissing`), whose public
+    /// key disagrees with the fingerprint recorded here (`PublicKeyMismatch`), or whose private
+    /// key blob failed the KMS custody check (`CustodyCheckFailed`). Missing and failed pairs
+    /// stay listed, also past `historyLimit`, until acknowledged with the annotation
+    /// `kekeeper.io/acknowledge-key-pairs: <keyPairId>,...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_pair_problems: Vec<KeyPairProblem>,
+    /// Bookkeeping: when the active key pairs' private key blobs were last decrypted through
+    /// KMS and compared with the recorded fingerprints (`--key-verify-interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_verify_time: Option<Timestamp>,
+    /// Bookkeeping: the last `kekeeper.io/verify-now` token honoured with a custody check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_now_token: Option<String>,
+}
+
+/// One key pair's custody problem.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPairProblem {
+    pub organization_id: String,
+    pub key_pair_id: String,
+    pub secret_name: String,
+    /// `KeyPairMissing`, `PublicKeyMismatch` or `CustodyCheckFailed`.
+    pub reason: String,
+    pub message: String,
+    /// When kekeeper first saw the problem.
+    pub since: Timestamp,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -250,11 +284,19 @@ pub struct KeyPairHistoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<Timestamp>,
     /// Why the pair was made: `NoActiveKeyPair` (first pair, or an organisation added),
-    /// `SpecChanged`, `KmsKeyChanged`, `RotateNowRequested` or `PeriodElapsed`.
+    /// `SpecChanged`, `KmsKeyChanged`, `IntegrityCheckFailed` (the previous pair failed the
+    /// custody check), `RotateNowRequested` or `PeriodElapsed`.
     pub reason: String,
     pub kms_key_arn: String,
     pub public_key_fingerprint: String,
     pub secret_name: String,
+    /// The sequence number in the Secret name (per organisation, never reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// True when the key pair's Secret is gone (see `keyPairProblems`): recordings made with it
+    /// cannot be decrypted unless the Secret is restored from a backup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

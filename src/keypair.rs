@@ -54,6 +54,9 @@ pub struct KeyPairRecord {
     pub organization_id: String,
     /// 1, 2, 3, ... per (config, organisation); part of the deterministic Secret name.
     pub sequence: u64,
+    /// The Secret's `metadata.name`: as read, never recomputed from labels (a long config name
+    /// is only a hash in the label).
+    pub secret_name: String,
     pub key_pair_id: String,
     pub kms_key_arn: String,
     pub key_pair_spec: KeyPairSpec,
@@ -109,6 +112,11 @@ impl KeyPairRecord {
             namespace: namespace.to_owned(),
             organization_id: encryption_context.organization_id.clone(),
             sequence,
+            secret_name: Self::secret_name(
+                config_name,
+                &encryption_context.organization_id,
+                sequence,
+            ),
             key_pair_id: new_key_pair_id(),
             kms_key_arn: key_pair.kms_key_arn,
             key_pair_spec: key_pair.spec,
@@ -146,7 +154,7 @@ impl KeyPairRecord {
 
     /// This record's Secret name.
     pub fn name(&self) -> String {
-        Self::secret_name(&self.config_name, &self.organization_id, self.sequence)
+        self.secret_name.clone()
     }
 
     /// The Secret the controller stores (SPEC §3). No owner reference: deleting the
@@ -308,6 +316,7 @@ impl KeyPairRecord {
             namespace: secret.metadata.namespace.clone().unwrap_or_default(),
             organization_id: metadata.organization_id,
             sequence: metadata.sequence,
+            secret_name: name,
             key_pair_id: metadata.key_pair_id,
             kms_key_arn: metadata.kms_key_arn,
             key_pair_spec: metadata.key_pair_spec,
@@ -375,6 +384,8 @@ impl KeyPairRecord {
             kms_key_arn: self.kms_key_arn.clone(),
             public_key_fingerprint: self.fingerprint(),
             secret_name: self.name(),
+            sequence: Some(self.sequence),
+            missing: false,
         }
     }
 }
@@ -388,20 +399,6 @@ pub fn config_label(config_name: &str) -> String {
 /// The label selector of every key pair Secret of a RecordingKeyConfig.
 pub fn config_selector(config_name: &str) -> String {
     format!("{LABEL_CONFIG}={}", config_label(config_name))
-}
-
-/// The next sequence number for an organisation: one past the highest it has used, 1 for the
-/// first pair. Numbers are never reused, so a retired pair's Secret is never overwritten.
-pub fn next_sequence<'a>(
-    records: impl IntoIterator<Item = &'a KeyPairRecord>,
-    organization_id: &str,
-) -> u64 {
-    records
-        .into_iter()
-        .filter(|r| r.organization_id == organization_id)
-        .map(|r| r.sequence)
-        .max()
-        .map_or(1, |s| s + 1)
 }
 
 /// `SHA256:` + unpadded base64 of SHA-256 over a SubjectPublicKeyInfo DER.
@@ -514,6 +511,11 @@ mod tests {
             namespace: "telephony".into(),
             organization_id: "3fa85f64-5717-4562-b3fc-2c963f66afa6".into(),
             sequence: 3,
+            secret_name: KeyPairRecord::secret_name(
+                "recordings",
+                "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                3,
+            ),
             key_pair_id: new_key_pair_id(),
             kms_key_arn:
                 "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
@@ -629,6 +631,24 @@ mod tests {
     }
 
     #[test]
+    fn a_long_config_name_keeps_its_secret_name_when_read_back() {
+        let config = "c".repeat(200);
+        let mut record = record();
+        record.config_name = config.clone();
+        record.secret_name = KeyPairRecord::secret_name(&config, &record.organization_id, 3);
+        let secret = record.to_secret();
+        let label = &secret.metadata.labels.as_ref().unwrap()[LABEL_CONFIG];
+        assert!(
+            label.starts_with("sha256-") && is_label_value(label),
+            "{label}"
+        );
+        let read = KeyPairRecord::from_secret(&secret).unwrap();
+        assert_eq!(read.name(), record.name());
+        assert!(read.name().starts_with(&config), "{}", read.name());
+        assert!(read.name().len() <= 253);
+    }
+
+    #[test]
     fn organisation_ids_that_are_not_label_values_are_hashed() {
         let mut record = record();
         record.organization_id = "Org With Spaces".into();
@@ -701,22 +721,6 @@ mod tests {
             parse_public_key_pem(&record.public_key_pem()).unwrap(),
             record.public_key_der
         );
-    }
-
-    #[test]
-    fn the_next_sequence_follows_the_highest_of_the_organisation() {
-        let mut a1 = record();
-        a1.sequence = 1;
-        let mut a4 = record();
-        a4.sequence = 4;
-        let mut b2 = record();
-        b2.organization_id = "b".into();
-        b2.sequence = 2;
-        let records = [a1, a4, b2];
-        assert_eq!(next_sequence(&records, &records[0].organization_id), 5);
-        assert_eq!(next_sequence(&records, "b"), 3);
-        assert_eq!(next_sequence(&records, "c"), 1);
-        assert_eq!(next_sequence([], "c"), 1);
     }
 
     #[test]

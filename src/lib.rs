@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod envelope;
 pub mod keypair;
+pub mod keyring;
 pub mod kms;
 pub mod metrics;
 pub mod policy;

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub kms_available: Family<ConfigLabels, Gauge>,
     /// Retained key pairs whose KMS key is disabled, pending deletion or gone.
     pub historical_keys_at_risk: Family<ConfigLabels, Gauge>,
+    pub custody: CustodyGauges,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,7 +113,9 @@ impl Default for Metrics {
             "When the next rotation of a RecordingKeyConfig is due",
             next_rotation.clone(),
         );
+        let custody = CustodyGauges::register(&mut registry);
         Metrics {
+            custody,
             registry: Arc::new(registry),
             reconciles,
             reconcile_errors,
@@ -178,6 +181,7 @@ impl Metrics {
         self.kms_available.remove(config);
         self.historical_keys_at_risk.remove(config);
         self.next_rotation.remove(config);
+        self.custody.forget(config);
         for pair in status.map_or(&[][..], |s| &s.active_key_pairs[..]) {
             self.key_pair_created.remove(&KeyPairLabels {
                 namespace: config.namespace.clone(),
@@ -245,6 +249,54 @@ impl<K: Kms> Kms for MeteredKms<K> {
             .await;
         self.metrics.count_kms(KmsOperation::Decrypt, &result);
         result
+    }
+}
+
+/// Key custody per resource (see the README's "Key custody").
+#[derive(Clone, Default)]
+pub struct CustodyGauges {
+    /// `kekeeper_key_pair_integrity_problems`: Secrets whose public key disagrees with the
+    /// fingerprint recorded in status, and pairs that failed the KMS custody check.
+    pub integrity_problems: Family<ConfigLabels, Gauge>,
+    /// `kekeeper_key_pairs_missing`: key pairs recorded in status whose Secret is gone.
+    pub missing: Family<ConfigLabels, Gauge>,
+}
+
+impl CustodyGauges {
+    fn register(registry: &mut Registry) -> Self {
+        let gauges = CustodyGauges::default();
+        registry.register(
+            "key_pair_integrity_problems",
+            "Key pairs whose Secret disagrees with the fingerprint recorded in status or that failed the KMS custody check",
+            gauges.integrity_problems.clone(),
+        );
+        registry.register(
+            "key_pairs_missing",
+            "Key pairs recorded in status whose Secret is gone (not pruned, not acknowledged)",
+            gauges.missing.clone(),
+        );
+        gauges
+    }
+
+    /// Drops the series of a deleted RecordingKeyConfig.
+    pub fn forget(&self, config: &ConfigLabels) {
+        self.integrity_problems.remove(config);
+        self.missing.remove(config);
+    }
+
+    /// The gauges of one resource, from the status just written.
+    pub fn record(&self, config: &ConfigLabels, status: &RecordingKeyConfigStatus) {
+        let count = |missing: bool| {
+            status
+                .key_pair_problems
+                .iter()
+                .filter(|p| (p.reason == "KeyPairMissing") == missing)
+                .count() as i64
+        };
+        self.integrity_problems
+            .get_or_create(config)
+            .set(count(false));
+        self.missing.get_or_create(config).set(count(true));
     }
 }
 

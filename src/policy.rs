@@ -13,6 +13,9 @@ pub enum RotationReason {
     NoActiveKeyPair,
     SpecChanged,
     KmsKeyChanged,
+    /// The active pair failed the custody check: its private key blob no longer decrypts
+    /// through KMS to the recorded public key.
+    IntegrityCheckFailed,
     RotateNowRequested,
     PeriodElapsed,
 }
@@ -23,6 +26,7 @@ impl RotationReason {
             RotationReason::NoActiveKeyPair => "NoActiveKeyPair",
             RotationReason::SpecChanged => "SpecChanged",
             RotationReason::KmsKeyChanged => "KmsKeyChanged",
+            RotationReason::IntegrityCheckFailed => "IntegrityCheckFailed",
             RotationReason::RotateNowRequested => "RotateNowRequested",
             RotationReason::PeriodElapsed => "PeriodElapsed",
         }
@@ -64,6 +68,8 @@ pub struct RotationInput<'a> {
     pub rotate_now_token: Option<&'a str>,
     /// The last token honoured (`status.rotateNowToken`).
     pub honoured_token: Option<&'a str>,
+    /// The active pair failed the custody check.
+    pub integrity_failed: bool,
 }
 
 /// A fired trigger: the reason (CamelCase) and a message for people.
@@ -74,6 +80,7 @@ pub type RotationPolicy = fn(&RotationInput) -> Option<Trigger>;
 /// The rotation triggers, in order; the first that fires names the reason.
 pub const ROTATION_CHAIN: &[RotationPolicy] = &[
     no_active_key_pair,
+    integrity_check_failed,
     spec_changed,
     kms_key_changed,
     rotate_now_requested,
@@ -90,6 +97,16 @@ pub fn no_active_key_pair(input: &RotationInput) -> Option<Trigger> {
         (
             RotationReason::NoActiveKeyPair,
             "the organisation has no active key pair".to_owned(),
+        )
+    })
+}
+
+pub fn integrity_check_failed(input: &RotationInput) -> Option<Trigger> {
+    (input.active.is_some() && input.integrity_failed).then(|| {
+        (
+            RotationReason::IntegrityCheckFailed,
+            "the active key pair failed the custody check: recordings encrypted with it could not be decrypted"
+                .to_owned(),
         )
     })
 }
@@ -207,9 +224,21 @@ pub fn parse_retention(value: &str) -> Result<SignedDuration, String> {
         .ok_or_else(|| format!("{value:?} is too long"))
 }
 
-/// A retired key pair may be pruned once it has been retired longer than the retention.
-pub fn prune_due(retired_at: Timestamp, retention: SignedDuration) -> Option<Timestamp> {
-    retired_at.checked_add(retention).ok()
+/// A retired key pair may be pruned once it has been retired longer than the retention, and
+/// never earlier than one full rotation period after its retirement (one day for `Never`):
+/// recorders may still encrypt with it until they see the new key, and recordings made with it
+/// may still be in flight.
+pub fn prune_due(
+    retired_at: Timestamp,
+    retention: SignedDuration,
+    period: RotationPeriod,
+) -> Option<Timestamp> {
+    let by_retention = retired_at.checked_add(retention).ok()?;
+    let floor = match period {
+        RotationPeriod::Never => retired_at.checked_add(SignedDuration::from_hours(24)).ok(),
+        period => rotation_due(retired_at, period),
+    }?;
+    Some(by_retention.max(floor))
 }
 
 /// What the health chain looks at: the situation after this reconcile's work.
@@ -462,7 +491,44 @@ mod tests {
             on_kms_key_change: KmsKeyChangePolicy::Rotate,
             rotate_now_token: None,
             honoured_token: None,
+            integrity_failed: false,
         }
+    }
+
+    #[test]
+    fn integrity_check_failed_rotates_before_anything_else_but_a_missing_pair() {
+        let mut i = input();
+        i.integrity_failed = true;
+        i.rotate_now_token = Some("t9");
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::IntegrityCheckFailed
+        );
+        i.active = None;
+        assert_eq!(
+            rotation_needed(&i).unwrap().0,
+            RotationReason::NoActiveKeyPair
+        );
+    }
+
+    #[test]
+    fn prune_due_is_never_before_one_rotation_period() {
+        let retired = ts("2026-01-31T00:00:00Z");
+        let zero = SignedDuration::ZERO;
+        // Calendar month from Jan 31: Feb 28.
+        assert_eq!(
+            prune_due(retired, zero, RotationPeriod::Monthly),
+            Some(ts("2026-02-28T00:00:00Z"))
+        );
+        assert_eq!(
+            prune_due(retired, zero, RotationPeriod::Never),
+            Some(ts("2026-02-01T00:00:00Z"))
+        );
+        let long = SignedDuration::from_hours(24 * 2555);
+        assert_eq!(
+            prune_due(retired, long, RotationPeriod::Daily),
+            retired.checked_add(long).ok()
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ enum Scenario {
     /// stored Secret, event, status, ConfigMap.
     AdoptAfterCrash { stored: Box<Secret> },
     /// Crash between storing the new pair and retiring the old: list, retire the shadowed
-    /// pair, status, ConfigMap; no new pair.
+    /// pair, a Warning event about the two active pairs, status, ConfigMap; no new pair.
     RetireShadowed { existing: Vec<Secret> },
     /// Invalid spec: Warning event and status patch, no list, no KMS.
     ConfigInvalid,
@@ -133,6 +133,12 @@ enum Scenario {
     Suspended,
     /// Steady state: no request at all.
     SteadyState,
+    /// Key pair problems seen in the cache (a substituted public key): status and a Warning
+    /// event naming the problem; no list, no KMS, no ConfigMap write (it keeps the verified key).
+    KeyPairProblem { reason: &'static str },
+    /// The active Secret is gone: a fresh list confirms it, status (Reconciling), a new pair,
+    /// status, a Warning event about the missing pair, ConfigMap.
+    ReplaceDeletedActive,
 }
 
 fn secrets_path() -> String {
@@ -311,11 +317,22 @@ impl Scenario {
                 vec![
                     list(existing),
                     retire_secret(&old),
+                    event("DuplicateActiveKeyPair"),
                     status_patch(object),
                     config_map_apply(),
                 ]
             }
             Scenario::ConfigInvalid => vec![status_patch(object), event("ConfigInvalid")],
+            Scenario::KeyPairProblem { reason } => vec![status_patch(object), event(reason)],
+            Scenario::ReplaceDeletedActive => vec![
+                list(vec![]),
+                status_patch(object),
+                create_secret(),
+                event("KeyPairGenerated"),
+                status_patch(object),
+                event("KeyPairMissing"),
+                config_map_apply(),
+            ],
             Scenario::KmsKeyProblem { reason } => vec![
                 list(vec![]),
                 status_patch(object),
@@ -1105,8 +1122,10 @@ async fn retention_prunes_only_long_retired_pairs() {
     result.unwrap();
     assert!(seen.is_empty());
 
-    // With 1d: a day after retirement, the retired Secret goes.
+    // With 1d and no periodic rotation (whose period would be the floor): a day after
+    // retirement, the retired Secret goes.
     rkc.spec.recording_retention = Some("1d".into());
+    rkc.spec.rotation.period = kekeeper::crd::RotationPeriod::Never;
     rkc.meta_mut().generation = Some(2);
     rkc.status.as_mut().unwrap().observed_generation = Some(2);
     h.now = ts("2026-01-16T10:00:00Z");
@@ -1133,6 +1152,7 @@ async fn crash_before_retiring_the_old_pair_retires_it_on_retry() {
     // The new pair (sequence 2) was stored, then the process died: two active pairs.
     let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
     newer.sequence = 2;
+    newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
     newer.created_at = ts("2026-01-15T10:05:00Z");
     newer.reason = "PeriodElapsed".into();
@@ -1254,6 +1274,7 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     // retiring the old pair and writing status.
     let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
     newer.sequence = 2;
+    newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
     newer.reason = "RotateNowRequested".into();
     let mut newer_secret = newer.to_secret();
@@ -1324,4 +1345,77 @@ async fn a_status_write_on_a_stale_view_is_redone_on_the_newer_one() {
         Some(ts("2026-01-15T11:00:00Z"))
     );
     assert_eq!(h.kms.calls(KmsOperation::DescribeKey), 1);
+}
+
+#[tokio::test]
+async fn a_substituted_public_key_is_reported_and_never_published() {
+    use aws_lc_rs::encoding::AsDer;
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let recorded = rkc.status.as_ref().unwrap().active_key_pairs[0].clone();
+    let other =
+        aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let other_pem =
+        kekeeper::keypair::public_key_pem(other.public_key().as_der().unwrap().as_ref());
+    let mut tampered = secrets.clone();
+    tampered[0].data.as_mut().unwrap().insert(
+        "publicKey.pem".into(),
+        k8s_openapi::ByteString(other_pem.into_bytes()),
+    );
+    h.cache(&[], &tampered);
+    let (result, seen) = h
+        .reconcile(
+            rkc,
+            Scenario::KeyPairProblem {
+                reason: "PublicKeyMismatch",
+            },
+        )
+        .await;
+    result.unwrap();
+    assert_eq!(h.kms.total_calls(), 0);
+    let status = status_of(&seen);
+    let integrity = condition(&status, "KeyPairIntegrity");
+    assert_eq!(
+        (integrity.status.as_str(), integrity.reason.as_str()),
+        ("False", "PublicKeyMismatch")
+    );
+    assert!(integrity.message.contains(&recorded.secret_name));
+    assert_eq!(
+        status.active_key_pairs[0], recorded,
+        "the recorded fingerprint stays"
+    );
+    assert_eq!(condition(&status, "Ready").status, "True");
+}
+
+#[tokio::test]
+async fn a_deleted_active_secret_is_confirmed_reported_and_replaced_under_a_new_name() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let gone = rkc.status.as_ref().unwrap().active_key_pairs[0].clone();
+    assert_eq!(secrets.len(), 1);
+    // The watch saw the deletion: a harness with empty caches; the list confirms it.
+    let mut fresh = Harness::new();
+    fresh.now = h.now;
+    h = fresh;
+    let (result, seen) = h.reconcile(rkc, Scenario::ReplaceDeletedActive).await;
+    result.unwrap();
+    let status = status_of(&seen);
+    let active = &status.active_key_pairs[0];
+    assert_ne!(active.secret_name, gone.secret_name);
+    assert!(
+        active.secret_name.ends_with("-0002"),
+        "{}",
+        active.secret_name
+    );
+    let at_risk = condition(&status, "HistoricalKeysAtRisk");
+    assert_eq!(
+        (at_risk.status.as_str(), at_risk.reason.as_str()),
+        ("True", "KeyPairMissing")
+    );
+    assert!(at_risk.message.contains(&gone.secret_name) && at_risk.message.contains(ORG_A));
+    let entry = status
+        .key_pair_history
+        .iter()
+        .find(|e| e.secret_name == gone.secret_name)
+        .expect("the history keeps the missing pair");
+    assert!(entry.missing);
+    assert_eq!(status.highest_sequences[ORG_A], 2);
 }

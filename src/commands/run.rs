@@ -213,6 +213,7 @@ async fn run_controller(
     let shared = Shared {
         settings: Settings {
             kms_key_check_interval: args.kms_key_check_interval,
+            key_verify_interval: args.key_verify_interval,
             operator_region: sdk.operator_region().map(str::to_owned),
         },
         // Metered inside the coalescing layer: the metrics count the calls KMS really gets.

@@ -252,9 +252,11 @@ fn write_history(
                 h.organization_id.clone(),
                 h.key_pair_id.clone(),
                 h.reason.clone(),
-                h.retired_at.map_or("active".to_owned(), |t| {
-                    format!("retired {} ago", age(t, now))
-                }),
+                match (h.missing, h.retired_at) {
+                    (true, _) => "MISSING (Secret gone)".to_owned(),
+                    (false, None) => "active".to_owned(),
+                    (false, Some(t)) => format!("retired {} ago", age(t, now)),
+                },
                 h.secret_name.clone(),
             ]
         })
@@ -402,6 +404,8 @@ mod tests {
             kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
             public_key_fingerprint: "SHA256:abc".into(),
             secret_name: "recordings-secret".into(),
+            sequence: None,
+            missing: false,
         };
         rkc.status = Some(RecordingKeyConfigStatus {
             observed_generation: Some(3),

@@ -17,6 +17,7 @@ use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
 use crate::keypair::{self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairState};
+use crate::keyring::KeyRing;
 use crate::kms::{Kms, KmsError};
 use crate::selftest;
 
@@ -42,7 +43,7 @@ impl Failure {
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     /// The key pairs after the work.
-    pub records: Vec<KeyPairRecord>,
+    pub ring: KeyRing,
     /// Rotations done (a prefix of the plan's).
     pub done: usize,
     pub last_test: Option<LastTest>,
@@ -59,7 +60,7 @@ pub async fn execute<K: Kms>(
     now: Timestamp,
 ) -> Result<Outcome> {
     let mut outcome = Outcome {
-        records: obs.records.clone(),
+        ring: obs.ring.clone(),
         ..Outcome::default()
     };
     let Ok(config) = &obs.config else {
@@ -83,19 +84,32 @@ pub async fn execute<K: Kms>(
             }
         }
     }
-    let to_retire = super::plan::retire(&config.organization_ids, &outcome.records);
+    let shadowed = outcome.ring.shadowed();
+    let to_retire = outcome.ring.to_retire(&config.organization_ids);
     for name in &to_retire {
         retire(&secrets, name, now).await?;
     }
-    for record in outcome.records.iter_mut() {
-        if to_retire.contains(&record.name()) {
-            record.retire(now);
-        }
+    outcome.ring.retire(&to_retire, now);
+    if !shadowed.is_empty() {
+        let note = format!(
+            "two active key pairs for one organisation (an interrupted rotation?); the newest stays active, retired: {}",
+            shadowed.join(", ")
+        );
+        super::report::publish(
+            ctx,
+            &obs.rkc,
+            EventType::Warning,
+            "DuplicateActiveKeyPair",
+            "Retire",
+            &note,
+            None,
+        )
+        .await;
     }
     for name in &plan.prune {
         prune(&secrets, name).await?;
     }
-    outcome.records.retain(|r| !plan.prune.contains(&r.name()));
+    outcome.ring.remove(&plan.prune);
     Ok(outcome)
 }
 
@@ -135,7 +149,7 @@ async fn generate<K: Kms>(
     Ok(KeyPairRecord::new_active(
         &obs.name,
         &obs.namespace,
-        keypair::next_sequence(&outcome.records, org),
+        outcome.ring.next_sequence(org),
         passed.key_pair,
         config.context_for(org),
         now,
@@ -156,7 +170,8 @@ async fn store<K>(
     let stored = create_or_adopt(secrets, &record, rotate_now_token(&obs.rkc)).await?;
     let org = &rotation.organization_id;
     let previous: Vec<String> = outcome
-        .records
+        .ring
+        .records()
         .iter()
         .filter(|r| {
             &r.organization_id == org
@@ -168,12 +183,7 @@ async fn store<K>(
     for name in &previous {
         retire(secrets, name, now).await?;
     }
-    for r in outcome.records.iter_mut() {
-        if previous.contains(&r.name()) {
-            r.retire(now);
-        }
-    }
-    outcome.records.retain(|r| r.name() != stored.name());
+    outcome.ring.retire(&previous, now);
     let note = format!(
         "{}: key pair {} for organisation {org} in Secret {} ({})",
         rotation.reason,
@@ -198,7 +208,7 @@ async fn store<K>(
         Some(secret),
     )
     .await;
-    outcome.records.push(stored);
+    outcome.ring.add(stored);
     Ok(())
 }
 

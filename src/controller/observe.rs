@@ -2,8 +2,10 @@
 //! (from the cache, or listed fresh when work is due) and, only when the plan asks for it, what
 //! KMS says about the alias's key.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use jiff::Timestamp;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
@@ -14,15 +16,14 @@ use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
 use crate::keypair::{self, KeyPairRecord, LABEL_CONFIG};
+pub use crate::keyring::Tokens;
+use crate::keyring::{self, KeyRing, Pruning, Reading};
 use crate::kms::{KeyDescription, Kms, KmsError, KmsErrorKind};
 use crate::selftest;
 
 /// The `kekeeper.io/rotate-now` token a key pair Secret was generated under, so a retry after
 /// a crash before the status write does not rotate a second time for the same token.
 pub const ANNOTATION_ROTATE_NOW_TOKEN: &str = "kekeeper.io/rotate-now-token";
-
-/// Key pair Secret name -> the rotate-now token it was generated under.
-pub type Tokens = BTreeMap<String, String>;
 
 /// Everything one reconcile decides on.
 #[derive(Clone, Debug)]
@@ -32,13 +33,37 @@ pub struct Observation {
     pub name: String,
     /// The spec, parsed; `Err` names the field and the fix.
     pub config: Result<ValidatedConfig, String>,
-    pub records: Vec<KeyPairRecord>,
-    pub tokens: Tokens,
+    /// The key pairs, read against what status recorded about them.
+    pub ring: KeyRing,
     /// True once the Secrets were listed from the API server in this reconcile (the cache can
     /// lag behind our own writes).
     pub records_listed: bool,
     /// What KMS said about the key in this reconcile; `None` when it was not asked.
     pub key: Option<KeyCheck>,
+    /// The custody check of the active pairs, when it ran in this reconcile.
+    pub custody: Option<CustodyCheck>,
+    /// The time of this reconcile.
+    pub now: Timestamp,
+}
+
+/// The outcome of decrypting each active pair's private key blob through KMS and comparing the
+/// public key derived from it with the recorded fingerprint.
+#[derive(Clone, Debug, Default)]
+pub struct CustodyCheck {
+    /// Pairs checked and found good.
+    pub verified: usize,
+    pub failures: Vec<CustodyFailure>,
+    /// A KMS failure that stopped the check (not a verdict on any pair).
+    pub error: Option<KmsError>,
+}
+
+/// A pair whose private key blob does not decrypt to its recorded public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustodyFailure {
+    pub secret_name: String,
+    pub organization_id: String,
+    pub key_pair_id: String,
+    pub message: String,
 }
 
 /// The outcome of asking KMS about the alias's key (and the retained pairs' keys).
@@ -62,7 +87,11 @@ pub enum KeyCheck {
 
 impl Observation {
     /// The resource and its key pairs as the caches hold them; no request.
-    pub fn from_cache<K>(ctx: &Context<K>, rkc: Arc<RecordingKeyConfig>) -> Result<Self> {
+    pub fn from_cache<K>(
+        ctx: &Context<K>,
+        rkc: Arc<RecordingKeyConfig>,
+        now: Timestamp,
+    ) -> Result<Self> {
         let namespace = rkc.namespace().ok_or(Error::NoNamespace)?;
         let name = rkc.name_any();
         let config = config::validate(&rkc.spec, ctx.settings.operator_region.as_deref())
@@ -71,16 +100,22 @@ impl Observation {
             s.namespace().as_deref() == Some(namespace.as_str()) && secret_matches(s, &name)
         });
         let (records, tokens) = records_of(secrets.iter().map(|s| s.as_ref()), &name);
+        let ring = ring_of(&rkc, records, tokens, now);
         Ok(Observation {
             rkc,
             namespace,
             name,
             config,
-            records,
-            tokens,
+            ring,
             records_listed: false,
             key: None,
+            custody: None,
+            now,
         })
+    }
+
+    pub fn records(&self) -> &[KeyPairRecord] {
+        self.ring.records()
     }
 
     /// Replaces the cached key pairs with a fresh list from the API server.
@@ -89,7 +124,8 @@ impl Observation {
         let listed = api
             .list(&ListParams::default().labels(&keypair::config_selector(&self.name)))
             .await?;
-        (self.records, self.tokens) = records_of(listed.items.iter(), &self.name);
+        let (records, tokens) = records_of(listed.items.iter(), &self.name);
+        self.ring = ring_of(&self.rkc, records, tokens, self.now);
         self.records_listed = true;
         Ok(())
     }
@@ -115,7 +151,7 @@ impl Observation {
                     message: problem.to_string(),
                 },
                 Ok(()) => {
-                    let at_risk = keys_at_risk(ctx, &self.records, &description).await;
+                    let at_risk = keys_at_risk(ctx, self.ring.records(), &description).await;
                     KeyCheck::Usable {
                         description,
                         at_risk,
@@ -124,6 +160,17 @@ impl Observation {
             },
         };
         self.key = Some(check);
+    }
+
+    /// Decrypts each active pair's private key through KMS and compares it with the recorded
+    /// fingerprint; failed pairs are marked in the ring (they rotate).
+    pub async fn verify_custody<K: Kms>(&mut self, ctx: &Context<K>) {
+        let Ok(config) = &self.config else { return };
+        let check = super::custody::check(ctx, &self.ring, &config.organization_ids).await;
+        for failure in &check.failures {
+            self.ring.fail_custody(&failure.secret_name);
+        }
+        self.custody = Some(check);
     }
 
     /// The key the alias resolves to: from this reconcile's check, else as status last saw it.
@@ -137,6 +184,28 @@ impl Observation {
                 .and_then(|s| s.kms_key_arn.as_deref()),
         }
     }
+}
+
+/// The ring of `records` read against the resource's status at `now`.
+pub fn ring_of(
+    rkc: &RecordingKeyConfig,
+    records: Vec<KeyPairRecord>,
+    tokens: Tokens,
+    now: Timestamp,
+) -> KeyRing {
+    let reading = Reading {
+        acknowledged: keyring::acknowledged(
+            rkc.annotations()
+                .get(keyring::ANNOTATION_ACKNOWLEDGE)
+                .map(String::as_str),
+        ),
+        pruning: Some(Pruning {
+            retention: super::plan::retention(rkc),
+            period: rkc.spec.rotation.period,
+        }),
+        now,
+    };
+    KeyRing::new(records, tokens, rkc.status.as_ref(), &reading)
 }
 
 /// Retained key pairs whose KMS key (other than the alias's current one, which
@@ -180,7 +249,9 @@ pub fn records_of<'a>(
     let records = secrets
         .into_iter()
         .filter_map(|secret| match KeyPairRecord::from_secret(secret) {
-            Ok(record) if record.config_name == config || secret_matches(secret, config) => {
+            Ok(mut record) if record.config_name == config || secret_matches(secret, config) => {
+                // The label may only carry a hash of a long name.
+                record.config_name = config.to_owned();
                 if let Some(token) = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN) {
                     tokens.insert(record.name(), token.clone());
                 }

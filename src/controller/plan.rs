@@ -1,14 +1,16 @@
 //! Plan: a pure function of the observation and the clock that says what to do next. No I/O,
 //! so every decision is tested with plain values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
-use super::observe::{KeyCheck, Observation, Tokens};
+use super::Settings;
+use super::observe::{KeyCheck, Observation};
 use crate::crd::{ANNOTATION_ROTATE_NOW, RecordingKeyConfig};
-use crate::keypair::{KeyPairRecord, KeyPairState};
+use crate::keypair::KeyPairRecord;
+use crate::keyring::{ANNOTATION_VERIFY_NOW, KEY_PAIR_MISSING, KeyRing};
 use crate::policy::{self, ActivePair, RotationInput, RotationReason};
 
 /// What the reconcile does next.
@@ -20,10 +22,13 @@ pub enum Step {
     ConfigInvalid(String),
     /// A recent failure's backoff runs until then: no KMS call, no write.
     WaitBackoff(Timestamp),
-    /// Work is due, but the key pairs came from the cache: list them fresh, then plan again.
+    /// Work is due, or a key pair seems to be missing, but the key pairs came from the cache:
+    /// list them fresh, then plan again.
     ListRecords,
     /// KMS must be asked about the key first, then plan again.
     CheckKey,
+    /// The active pairs' private key blobs are due for the custody check, then plan again.
+    VerifyCustody,
     /// KMS failed or the key cannot be used: report only; the active pairs stay.
     Blocked,
     /// Generate, retire and prune as listed (nothing at all in steady state).
@@ -45,15 +50,15 @@ pub struct Plan {
     /// Active pairs (Secret names) to retire: organisations removed from the spec, and pairs
     /// shadowed by a newer active pair of the same organisation.
     pub retire: Vec<String>,
-    /// Retired pairs (Secret names) past `recordingRetention`.
+    /// Retired pairs (Secret names) past `recordingRetention` and the rotation-period floor.
     pub prune: Vec<String>,
     /// The rotate-now token (the annotation's) honoured once every rotation is done.
     pub token: Option<String>,
 }
 
-/// Decides on `obs` at `now`; `check_interval` is how often KMS is asked about the key when
-/// nothing else is due.
-pub fn plan(obs: &Observation, now: Timestamp, check_interval: SignedDuration) -> Plan {
+/// Decides on `obs` at `now`; the settings say how often KMS is asked about the key and about
+/// the active pairs' private keys when nothing else is due.
+pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
     let rkc = obs.rkc.as_ref();
     let status = rkc.status.clone().unwrap_or_default();
     let mut plan = Plan {
@@ -65,8 +70,8 @@ pub fn plan(obs: &Observation, now: Timestamp, check_interval: SignedDuration) -
     };
     if let Ok(config) = &obs.config {
         plan.rotations = rotations(obs, &config.organization_ids, now);
-        plan.retire = retire(&config.organization_ids, &obs.records);
-        plan.prune = prunable(retention(rkc), &obs.records, now);
+        plan.retire = obs.ring.to_retire(&config.organization_ids);
+        plan.prune = obs.ring.prunable(now);
     }
     if rkc.spec.suspend {
         plan.step = Step::Suspended;
@@ -82,31 +87,83 @@ pub fn plan(obs: &Observation, now: Timestamp, check_interval: SignedDuration) -
         status.failed_attempts.unwrap_or(0),
         status.last_failure_time,
     );
-    let work_due = !plan.rotations.is_empty() || !plan.retire.is_empty() || !plan.prune.is_empty();
+    let work_due = !plan.rotations.is_empty()
+        || !plan.retire.is_empty()
+        || !plan.prune.is_empty()
+        || newly_missing(&obs.ring, &status);
     let key_due = obs.key.is_none()
         && (new_generation
             || !plan.rotations.is_empty()
             || status.failed_attempts.unwrap_or(0) > 0
-            || policy::kms_key_check_due(status.last_kms_key_check_time, check_interval, now));
+            || policy::kms_key_check_due(
+                status.last_kms_key_check_time,
+                settings.kms_key_check_interval,
+                now,
+            ));
+    let custody_due =
+        obs.custody.is_none() && custody_due(&obs.ring, rkc, settings.key_verify_interval, now);
     plan.step = match backoff {
         Some(until) if now < until && !new_generation && obs.key.is_none() => {
             Step::WaitBackoff(until)
         }
-        _ if (work_due || key_due) && !obs.records_listed => Step::ListRecords,
+        _ if (work_due || key_due || custody_due) && !obs.records_listed => Step::ListRecords,
         _ if key_due => Step::CheckKey,
         _ => match &obs.key {
             Some(KeyCheck::Unusable { .. } | KeyCheck::Failed(_)) => Step::Blocked,
+            _ if custody_due => Step::VerifyCustody,
+            _ if obs.custody.as_ref().is_some_and(|c| c.error.is_some()) => Step::Blocked,
             _ => Step::Execute,
         },
     };
     plan
 }
 
+/// Whether the custody check is due: active pairs exist and the interval since the last check
+/// (or since status first recorded them) has passed.
+fn custody_due(
+    ring: &KeyRing,
+    rkc: &RecordingKeyConfig,
+    interval: SignedDuration,
+    now: Timestamp,
+) -> bool {
+    let last = rkc.status.as_ref().and_then(|s| s.last_key_verify_time);
+    !ring.active_by_org().is_empty()
+        && ((last.is_some() && policy::kms_key_check_due(last, interval, now))
+            || verify_now_token(rkc).is_some_and(|token| {
+                rkc.status
+                    .as_ref()
+                    .and_then(|s| s.verify_now_token.as_deref())
+                    != Some(token)
+            }))
+}
+
+/// The `kekeeper.io/verify-now` annotation's token, if any.
+pub fn verify_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
+    rkc.annotations()
+        .get(ANNOTATION_VERIFY_NOW)
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+}
+
+/// A pair recorded in status seems to be gone and status does not say so yet: worth a fresh
+/// list (the cache may simply not have seen our own newest Secret yet).
+fn newly_missing(ring: &KeyRing, status: &crate::crd::RecordingKeyConfigStatus) -> bool {
+    let reported: BTreeSet<&str> = status
+        .key_pair_problems
+        .iter()
+        .filter(|p| p.reason == KEY_PAIR_MISSING)
+        .map(|p| p.secret_name.as_str())
+        .collect();
+    ring.missing()
+        .iter()
+        .any(|m| !reported.contains(m.secret_name.as_str()))
+}
+
 /// Which organisations need a new key pair and why (the rotation policy chain).
 fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec<Rotation> {
     let rkc = obs.rkc.as_ref();
     let status = rkc.status.as_ref();
-    let active = active_by_org(&obs.records);
+    let active = obs.ring.active_by_org();
     let requested = rotate_now_token(rkc);
     let Ok(config) = &obs.config else {
         return Vec::new();
@@ -131,7 +188,9 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
                 period: rkc.spec.rotation.period,
                 on_kms_key_change: rkc.spec.rotation.on_kms_key_change,
                 rotate_now_token: requested,
-                honoured_token: honoured(pair.copied(), &obs.tokens, requested, status),
+                honoured_token: honoured(pair.copied(), &obs.ring, requested, status),
+                integrity_failed: pair
+                    .is_some_and(|r| obs.ring.custody_failed().contains(&r.secret_name)),
             };
             policy::rotation_needed(&input).map(|(reason, message)| Rotation {
                 organization_id: org.clone(),
@@ -146,11 +205,11 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
 /// rotation whose status write was lost).
 fn honoured<'a>(
     pair: Option<&KeyPairRecord>,
-    tokens: &'a Tokens,
+    ring: &'a KeyRing,
     requested: Option<&'a str>,
     status: Option<&'a crate::crd::RecordingKeyConfigStatus>,
 ) -> Option<&'a str> {
-    match pair.and_then(|r| tokens.get(&r.name())) {
+    match pair.and_then(|r| ring.tokens().get(&r.name())) {
         Some(token) if Some(token.as_str()) == requested => requested,
         _ => status.and_then(|s| s.rotate_now_token.as_deref()),
     }
@@ -161,59 +220,6 @@ pub fn rotate_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
         .get(ANNOTATION_ROTATE_NOW)
         .map(String::as_str)
         .filter(|t| !t.is_empty())
-}
-
-/// The active record per organisation (the newest, should there ever be two).
-pub fn active_by_org(records: &[KeyPairRecord]) -> BTreeMap<&str, &KeyPairRecord> {
-    let mut active: BTreeMap<&str, &KeyPairRecord> = BTreeMap::new();
-    for record in records.iter().filter(|r| r.state == KeyPairState::Active) {
-        let slot = active
-            .entry(record.organization_id.as_str())
-            .or_insert(record);
-        if record.sequence > slot.sequence {
-            *slot = record;
-        }
-    }
-    active
-}
-
-/// Active pairs to retire: those of organisations no longer in the spec, and any active pair
-/// shadowed by a newer active one of the same organisation (left by an interrupted rotation).
-pub fn retire(organizations: &[String], records: &[KeyPairRecord]) -> Vec<String> {
-    let wanted: BTreeSet<&str> = organizations.iter().map(String::as_str).collect();
-    let newest = active_by_org(records);
-    records
-        .iter()
-        .filter(|r| r.state == KeyPairState::Active)
-        .filter(|r| {
-            !wanted.contains(r.organization_id.as_str())
-                || newest
-                    .get(r.organization_id.as_str())
-                    .is_some_and(|n| n.sequence != r.sequence)
-        })
-        .map(KeyPairRecord::name)
-        .collect()
-}
-
-/// Retired pairs past `recordingRetention` (only when the user set it).
-pub fn prunable(
-    retention: Option<SignedDuration>,
-    records: &[KeyPairRecord],
-    now: Timestamp,
-) -> Vec<String> {
-    let Some(retention) = retention else {
-        return Vec::new();
-    };
-    records
-        .iter()
-        .filter(|r| r.state == KeyPairState::Retired)
-        .filter(|r| {
-            r.retired_at
-                .and_then(|at| policy::prune_due(at, retention))
-                .is_some_and(|due| now >= due)
-        })
-        .map(KeyPairRecord::name)
-        .collect()
 }
 
 pub fn retention(rkc: &RecordingKeyConfig) -> Option<SignedDuration> {
@@ -229,6 +235,7 @@ mod tests {
 
     use super::*;
     use crate::config;
+    use crate::controller::observe::{Tokens, ring_of};
     use crate::crd::{LastKmsError, RecordingKeyConfigStatus};
     use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec, KmsError};
     use crate::kms::{KmsErrorKind, KmsOperation};
@@ -285,16 +292,26 @@ mod tests {
         }
     }
 
+    fn settings() -> Settings {
+        Settings {
+            kms_key_check_interval: HOUR,
+            key_verify_interval: SignedDuration::from_hours(24),
+            operator_region: None,
+        }
+    }
+
     fn observe(rkc: RecordingKeyConfig, records: Vec<KeyPairRecord>) -> Observation {
+        let ring = ring_of(&rkc, records, Tokens::new(), ts(NOW));
         Observation {
             config: config::validate(&rkc.spec, None).map_err(|e| e.to_string()),
             rkc: Arc::new(rkc),
             namespace: "telephony".into(),
             name: "recordings".into(),
-            records,
-            tokens: Tokens::new(),
+            ring,
             records_listed: false,
             key: None,
+            custody: None,
+            now: ts(NOW),
         }
     }
 
@@ -306,7 +323,7 @@ mod tests {
             resource(1, Some(steady_status("2026-01-15T09:30:00Z"))),
             vec![record("2026-01-10T00:00:00Z")],
         );
-        let plan = plan(&obs, ts(NOW), HOUR);
+        let plan = plan(&obs, ts(NOW), &settings());
         assert_eq!(plan.step, Step::Execute);
         assert!(plan.rotations.is_empty() && plan.retire.is_empty() && plan.prune.is_empty());
     }
@@ -314,17 +331,17 @@ mod tests {
     #[test]
     fn a_new_resource_lists_then_checks_the_key_then_creates() {
         let mut obs = observe(resource(1, None), Vec::new());
-        let first = plan(&obs, ts(NOW), HOUR);
+        let first = plan(&obs, ts(NOW), &settings());
         assert_eq!(first.step, Step::ListRecords);
         assert_eq!(first.rotations[0].reason, RotationReason::NoActiveKeyPair);
         obs.records_listed = true;
-        assert_eq!(plan(&obs, ts(NOW), HOUR).step, Step::CheckKey);
+        assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::CheckKey);
         obs.key = Some(KeyCheck::Failed(KmsError::new(
             KmsOperation::DescribeKey,
             KmsErrorKind::Timeout,
             "slow",
         )));
-        assert_eq!(plan(&obs, ts(NOW), HOUR).step, Step::Blocked);
+        assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::Blocked);
     }
 
     #[test]
@@ -334,12 +351,18 @@ mod tests {
             resource(1, Some(steady_status("2026-01-15T08:59:59Z"))),
             records.clone(),
         );
-        assert_eq!(plan(&stale_check, ts(NOW), HOUR).step, Step::ListRecords);
+        assert_eq!(
+            plan(&stale_check, ts(NOW), &settings()).step,
+            Step::ListRecords
+        );
         let new_generation = observe(
             resource(2, Some(steady_status("2026-01-15T09:30:00Z"))),
             records,
         );
-        assert_eq!(plan(&new_generation, ts(NOW), HOUR).step, Step::ListRecords);
+        assert_eq!(
+            plan(&new_generation, ts(NOW), &settings()).step,
+            Step::ListRecords
+        );
     }
 
     #[test]
@@ -360,17 +383,17 @@ mod tests {
         let obs = observe(resource(1, Some(failing.clone())), records.clone());
         // 2 failures: 10 s from the last one.
         assert_eq!(
-            plan(&obs, ts(NOW), HOUR).step,
+            plan(&obs, ts(NOW), &settings()).step,
             Step::WaitBackoff(ts("2026-01-15T10:00:05Z"))
         );
         // Once it is over, the key is checked again at once (not at the next hourly check).
         assert_eq!(
-            plan(&obs, ts("2026-01-15T10:00:05Z"), HOUR).step,
+            plan(&obs, ts("2026-01-15T10:00:05Z"), &settings()).step,
             Step::ListRecords
         );
         // A new generation is acted on at once.
         let changed = observe(resource(2, Some(failing)), records);
-        assert_eq!(plan(&changed, ts(NOW), HOUR).step, Step::ListRecords);
+        assert_eq!(plan(&changed, ts(NOW), &settings()).step, Step::ListRecords);
     }
 
     #[test]
@@ -378,12 +401,12 @@ mod tests {
         let mut suspended = resource(1, None);
         suspended.spec.suspend = true;
         assert_eq!(
-            plan(&observe(suspended, Vec::new()), ts(NOW), HOUR).step,
+            plan(&observe(suspended, Vec::new()), ts(NOW), &settings()).step,
             Step::Suspended
         );
         let mut invalid = resource(1, None);
         invalid.spec.home_region = Some("eu-west-1".into());
-        let step = plan(&observe(invalid, Vec::new()), ts(NOW), HOUR).step;
+        let step = plan(&observe(invalid, Vec::new()), ts(NOW), &settings()).step;
         assert!(matches!(step, Step::ConfigInvalid(m) if m.contains("homeRegion")));
     }
 
@@ -393,7 +416,7 @@ mod tests {
         rkc.annotations_mut()
             .insert(ANNOTATION_ROTATE_NOW.into(), "t1".into());
         let obs = observe(rkc.clone(), vec![record("2026-01-10T00:00:00Z")]);
-        let planned = plan(&obs, ts(NOW), HOUR);
+        let planned = plan(&obs, ts(NOW), &settings());
         assert_eq!(
             planned.rotations[0].reason,
             RotationReason::RotateNowRequested
@@ -401,6 +424,77 @@ mod tests {
         assert_eq!(planned.token.as_deref(), Some("t1"));
         rkc.status.as_mut().unwrap().rotate_now_token = Some("t1".into());
         let honoured = observe(rkc, vec![record("2026-01-10T00:00:00Z")]);
-        assert!(plan(&honoured, ts(NOW), HOUR).rotations.is_empty());
+        assert!(plan(&honoured, ts(NOW), &settings()).rotations.is_empty());
+    }
+
+    #[test]
+    fn the_custody_check_is_due_after_its_interval_and_a_failure_rotates() {
+        let records = vec![record("2026-01-10T00:00:00Z")];
+        let verified = |at: &str| RecordingKeyConfigStatus {
+            last_key_verify_time: Some(ts(at)),
+            ..steady_status("2026-01-15T09:30:00Z")
+        };
+        let fresh = observe(
+            resource(1, Some(verified("2026-01-15T00:00:00Z"))),
+            records.clone(),
+        );
+        assert_eq!(plan(&fresh, ts(NOW), &settings()).step, Step::Execute);
+
+        let mut due = observe(
+            resource(1, Some(verified("2026-01-14T09:59:59Z"))),
+            records.clone(),
+        );
+        assert_eq!(plan(&due, ts(NOW), &settings()).step, Step::ListRecords);
+        due.records_listed = true;
+        assert_eq!(plan(&due, ts(NOW), &settings()).step, Step::VerifyCustody);
+
+        // The check found the active pair's blob broken: rotate at once.
+        due.custody = Some(crate::controller::observe::CustodyCheck::default());
+        due.ring.fail_custody(&records[0].name());
+        let after = plan(&due, ts(NOW), &settings());
+        assert_eq!(
+            after.rotations[0].reason,
+            RotationReason::IntegrityCheckFailed
+        );
+        assert_eq!(after.step, Step::CheckKey);
+    }
+
+    #[test]
+    fn a_secret_missing_from_the_cache_is_confirmed_with_a_fresh_list() {
+        let pair = record("2026-01-10T00:00:00Z");
+        let status = RecordingKeyConfigStatus {
+            active_key_pairs: vec![pair.to_active_key_pair()],
+            key_pair_history: vec![pair.to_history_entry()],
+            ..steady_status("2026-01-15T09:30:00Z")
+        };
+        let mut obs = observe(resource(1, Some(status)), Vec::new());
+        let planned = plan(&obs, ts(NOW), &settings());
+        assert_eq!(planned.step, Step::ListRecords);
+        obs.records_listed = true;
+        // Confirmed gone: a new pair, under a new name.
+        let planned = plan(&obs, ts(NOW), &settings());
+        assert_eq!(planned.rotations[0].reason, RotationReason::NoActiveKeyPair);
+        assert_eq!(obs.ring.next_sequence(ORG), 2);
+        assert_eq!(obs.ring.missing()[0].secret_name, pair.name());
+    }
+
+    #[test]
+    fn a_new_verify_now_token_asks_for_the_custody_check_at_once() {
+        let records = vec![record("2026-01-10T00:00:00Z")];
+        let status = RecordingKeyConfigStatus {
+            last_key_verify_time: Some(ts("2026-01-15T09:59:00Z")),
+            verify_now_token: Some("v1".into()),
+            ..steady_status("2026-01-15T09:30:00Z")
+        };
+        let mut rkc = resource(1, Some(status));
+        rkc.annotations_mut()
+            .insert(ANNOTATION_VERIFY_NOW.into(), "v1".into());
+        let honoured = observe(rkc.clone(), records.clone());
+        assert_eq!(plan(&honoured, ts(NOW), &settings()).step, Step::Execute);
+        rkc.annotations_mut()
+            .insert(ANNOTATION_VERIFY_NOW.into(), "v2".into());
+        let mut asked = observe(rkc, records);
+        asked.records_listed = true;
+        assert_eq!(plan(&asked, ts(NOW), &settings()).step, Step::VerifyCustody);
     }
 }

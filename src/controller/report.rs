@@ -18,11 +18,12 @@ use tracing::warn;
 
 use super::execute::{Failure, Outcome};
 use super::observe::{KeyCheck, Observation};
-use super::plan::{Plan, Step, active_by_org};
+use super::plan::{Plan, Step};
 use super::status::{self, StatusInput};
 use super::{Context, FIELD_MANAGER, Result};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
-use crate::keypair::{self, KeyPairRecord, LABEL_CONFIG, LABEL_MANAGED_BY};
+use crate::keypair::{self, LABEL_CONFIG, LABEL_MANAGED_BY};
+use crate::keyring::KeyRing;
 
 /// Progress during long work is written at least this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -33,11 +34,14 @@ const CONFLICT_RETRIES: usize = 3;
 pub struct StatusWriter {
     view: Arc<RecordingKeyConfig>,
     last_write: Option<Instant>,
+    /// Status as the reconcile found it (what is new in this reconcile is announced).
+    initial: Option<RecordingKeyConfigStatus>,
 }
 
 impl StatusWriter {
     pub fn new(rkc: Arc<RecordingKeyConfig>) -> Self {
         StatusWriter {
+            initial: rkc.status.clone(),
             view: rkc,
             last_write: None,
         }
@@ -129,14 +133,14 @@ impl StatusWriter {
         outcome: &Outcome,
         now: Timestamp,
     ) -> Result<()> {
-        let records = if outcome.done > 0 {
-            &outcome.records
+        let ring = if outcome.done > 0 {
+            &outcome.ring
         } else {
-            &obs.records
+            &obs.ring
         };
         self.write(ctx, |view| {
             status::desired(&StatusInput {
-                records,
+                ring,
                 last_test: outcome.last_test.as_ref(),
                 pending: plan.rotations.len() - outcome.done,
                 ..input(view, obs, plan, now)
@@ -162,7 +166,8 @@ fn input<'a>(
         rkc: &obs.rkc,
         current: view.status.as_ref(),
         now,
-        records: &obs.records,
+        ring: &obs.ring,
+        custody: obs.custody.as_ref(),
         config_error,
         key: obs.key.as_ref(),
         kms_failure: None,
@@ -191,7 +196,7 @@ pub async fn report<K>(
         Some(Failure::SelfTest(message)) => (None, Some(message.as_str())),
         None => (None, None),
     };
-    let records = outcome.map_or(&obs.records, |o| &o.records);
+    let ring = outcome.map_or(&obs.ring, |o| &o.ring);
     let failed = outcome.is_some_and(|o| o.failure.is_some());
     let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
     let before = writer.view.status.clone();
@@ -199,7 +204,7 @@ pub async fn report<K>(
         .write(ctx, |view| {
             let base = input(view, obs, plan, now);
             status::desired(&StatusInput {
-                records,
+                ring,
                 kms_failure,
                 self_test_failure,
                 last_test: outcome.and_then(|o| o.last_test.as_ref()),
@@ -212,8 +217,9 @@ pub async fn report<K>(
         .await?;
     let changed = before.as_ref() != Some(&desired);
     warn_about(ctx, obs, plan, outcome, changed).await;
+    warn_about_custody(ctx, obs, writer.initial.as_ref(), &desired).await;
     if matches!(plan.step, Step::Execute | Step::Blocked) {
-        apply_public_keys(ctx, &obs.rkc, records).await?;
+        apply_public_keys(ctx, &obs.rkc, ring).await?;
     }
     Ok(desired)
 }
@@ -313,26 +319,78 @@ pub fn public_keys_config_map_name(config: &str) -> String {
     format!("{config}-public-keys")
 }
 
+/// A Warning event for each key pair problem status did not list before (a new problem is
+/// loud once, not on every reconcile).
+async fn warn_about_custody<K>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    before: Option<&RecordingKeyConfigStatus>,
+    now: &RecordingKeyConfigStatus,
+) {
+    let known = |p: &crate::crd::KeyPairProblem| {
+        before.is_some_and(|b| {
+            b.key_pair_problems
+                .iter()
+                .any(|k| k.secret_name == p.secret_name && k.reason == p.reason)
+        })
+    };
+    for problem in now.key_pair_problems.iter().filter(|p| !known(p)) {
+        warn!(reason = %problem.reason, secret = %problem.secret_name, "{}", problem.message);
+        let secret = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Secret".to_owned()),
+            name: Some(problem.secret_name.clone()),
+            namespace: Some(obs.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        publish(
+            ctx,
+            &obs.rkc,
+            EventType::Warning,
+            &problem.reason,
+            "VerifyCustody",
+            &problem.message,
+            Some(secret),
+        )
+        .await;
+    }
+}
+
 /// The `<config>-public-keys` ConfigMap: one PEM per organisation (key `<org>.pem`, the org id
 /// or its hash as in the Secret label) and `activeKeyPairs.json` (org id, key pair id,
 /// fingerprint, PEM) for recorders, which need the key pair id for the recording header. Owned
 /// by the resource: it is derived data, rebuilt from the Secrets.
-pub fn public_keys_config_map(rkc: &RecordingKeyConfig, records: &[KeyPairRecord]) -> ConfigMap {
-    let active = active_by_org(records);
+///
+/// Only verified keys are published: an active pair whose Secret disagrees with the fingerprint
+/// recorded in status keeps the entry `published` (the ConfigMap as it is) has for it, if that
+/// entry carries the recorded fingerprint; otherwise the organisation is left out.
+pub fn public_keys_config_map(
+    rkc: &RecordingKeyConfig,
+    ring: &KeyRing,
+    published: Option<&ConfigMap>,
+) -> ConfigMap {
     let mut data = BTreeMap::new();
     let mut entries = Vec::new();
-    for (org, record) in &active {
-        let pem = record.public_key_pem();
-        data.insert(
-            format!("{}.pem", keypair::organization_label(org)),
-            pem.clone(),
-        );
-        entries.push(json!({
-            "organizationId": org,
-            "keyPairId": record.key_pair_id,
-            "publicKeyFingerprint": record.fingerprint(),
-            "publicKeyPem": pem,
-        }));
+    for (org, record) in ring.active_by_org() {
+        let pem_key = format!("{}.pem", keypair::organization_label(org));
+        let entry = if ring.is_verified(record) {
+            let pem = record.public_key_pem();
+            Some((
+                pem.clone(),
+                json!({
+                    "organizationId": org,
+                    "keyPairId": record.key_pair_id,
+                    "publicKeyFingerprint": record.fingerprint(),
+                    "publicKeyPem": pem,
+                }),
+            ))
+        } else {
+            published_entry(published, org, &pem_key, &ring.trusted_fingerprint(record))
+        };
+        if let Some((pem, json)) = entry {
+            data.insert(pem_key, pem);
+            entries.push(json);
+        }
     }
     data.insert(
         "activeKeyPairs.json".to_owned(),
@@ -357,18 +415,40 @@ pub fn public_keys_config_map(rkc: &RecordingKeyConfig, records: &[KeyPairRecord
     }
 }
 
+/// The organisation's entry in the published ConfigMap, if its PEM has the `trusted`
+/// fingerprint.
+fn published_entry(
+    published: Option<&ConfigMap>,
+    org: &str,
+    pem_key: &str,
+    trusted: &str,
+) -> Option<(String, serde_json::Value)> {
+    let data = published?.data.as_ref()?;
+    let pem = data.get(pem_key)?;
+    let der = keypair::parse_public_key_pem(pem).ok()?;
+    if keypair::fingerprint(&der) != trusted {
+        return None;
+    }
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(data.get("activeKeyPairs.json")?).ok()?;
+    let entry = entries
+        .into_iter()
+        .find(|e| e["organizationId"] == org && e["publicKeyFingerprint"] == trusted)?;
+    Some((pem.clone(), entry))
+}
+
 /// Server-side applies the ConfigMap unless the cached one already carries the same data.
 async fn apply_public_keys<K>(
     ctx: &Context<K>,
     rkc: &RecordingKeyConfig,
-    records: &[KeyPairRecord],
+    ring: &KeyRing,
 ) -> Result<()> {
-    let desired = public_keys_config_map(rkc, records);
     let name = public_keys_config_map_name(&rkc.name_any());
     let namespace = rkc.namespace().unwrap_or_default();
     let cached = ctx
         .config_maps
         .get(&ObjectRef::new(&name).within(&namespace));
+    let desired = public_keys_config_map(rkc, ring, cached.as_deref());
     if cached.is_some_and(|c| c.data == desired.data && c.labels() == desired.labels()) {
         return Ok(());
     }

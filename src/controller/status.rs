@@ -4,10 +4,13 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::observe::KeyCheck;
-use super::plan::active_by_org;
-use crate::crd::{LastKmsError, LastTest, RecordingKeyConfig, RecordingKeyConfigStatus};
+use super::observe::{CustodyCheck, KeyCheck};
+use crate::crd::{
+    KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
+    RecordingKeyConfigStatus,
+};
 use crate::keypair::KeyPairRecord;
+use crate::keyring::{CUSTODY_CHECK_FAILED, KEY_PAIR_MISSING, KeyRing, PUBLIC_KEY_MISMATCH};
 use crate::kms::KmsError;
 use crate::policy::{self, HealthInput};
 
@@ -17,15 +20,17 @@ pub const STALLED: &str = "Stalled";
 pub const KMS_AVAILABLE: &str = "KmsAvailable";
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const HISTORICAL_KEYS_AT_RISK: &str = "HistoricalKeysAtRisk";
+pub const KEY_PAIR_INTEGRITY: &str = "KeyPairIntegrity";
 
 /// The condition types in the order status lists them.
-const ORDER: [&str; 6] = [
+const ORDER: [&str; 7] = [
     READY,
     RECONCILING,
     STALLED,
     KMS_AVAILABLE,
     CONFIG_VALID,
     HISTORICAL_KEYS_AT_RISK,
+    KEY_PAIR_INTEGRITY,
 ];
 
 /// What this reconcile learnt and did.
@@ -37,7 +42,10 @@ pub struct StatusInput<'a> {
     /// reconcile did not look at.
     pub current: Option<&'a RecordingKeyConfigStatus>,
     pub now: Timestamp,
-    pub records: &'a [KeyPairRecord],
+    /// The key pairs after this reconcile's work.
+    pub ring: &'a KeyRing,
+    /// The custody check, when it ran in this reconcile.
+    pub custody: Option<&'a CustodyCheck>,
     /// The spec's problem (field and fix).
     pub config_error: Option<&'a str>,
     /// What DescribeKey said in this reconcile, if it was asked.
@@ -58,18 +66,22 @@ impl StatusInput<'_> {
     pub fn failed(&self) -> bool {
         self.kms_failure.is_some()
             || self.self_test_failure.is_some()
+            || self.custody.is_some_and(|c| c.error.is_some())
             || matches!(
                 self.key,
                 Some(KeyCheck::Failed(_) | KeyCheck::Unusable { .. })
             )
     }
 
-    /// The KMS error of this reconcile: of the work, else of DescribeKey.
+    /// The KMS error of this reconcile: of the work, else of DescribeKey, else of the custody
+    /// check.
     fn kms_error(&self) -> Option<&KmsError> {
-        self.kms_failure.or(match self.key {
-            Some(KeyCheck::Failed(err)) => Some(err),
-            _ => None,
-        })
+        self.kms_failure
+            .or(match self.key {
+                Some(KeyCheck::Failed(err)) => Some(err),
+                _ => None,
+            })
+            .or(self.custody.and_then(|c| c.error.as_ref()))
     }
 }
 
@@ -85,6 +97,7 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     };
     kms_bookkeeping(input, &current, &mut next);
     key_pairs(input, &mut next);
+    custody(input, &current, &mut next);
     let mut conditions = Conditions {
         current: &current.conditions,
         next: Vec::new(),
@@ -93,6 +106,7 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     };
     health_conditions(input, &next, &mut conditions);
     kms_conditions(input, &mut conditions);
+    custody_conditions(input, &next, &mut conditions);
     next.conditions = conditions.finish();
     next
 }
@@ -151,28 +165,41 @@ fn kms_bookkeeping(
     }
 }
 
-/// Active pairs, history and the rotation times, from the records.
+/// Active pairs, history and the rotation times, from the key ring. Fingerprints are the ones
+/// status recorded (a Secret editor cannot change them); pairs whose Secret is gone stay in the
+/// history, marked missing.
 fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
     let rkc = input.rkc;
-    let active = active_by_org(input.records);
+    let ring = input.ring;
+    let active = ring.active_by_org();
     let wanted = &rkc.spec.organization_ids;
     next.active_key_pairs = wanted
         .iter()
         .filter_map(|org| active.get(org.as_str()))
-        .map(|r| r.to_active_key_pair())
+        .map(|r| crate::crd::ActiveKeyPair {
+            public_key_fingerprint: ring.trusted_fingerprint(r),
+            ..r.to_active_key_pair()
+        })
         .collect();
-    let mut history: Vec<&KeyPairRecord> = input.records.iter().collect();
-    history.sort_by(|a, b| {
+    let mut present: Vec<&KeyPairRecord> = ring.records().iter().collect();
+    present.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
             .then(b.sequence.cmp(&a.sequence))
             .then(a.organization_id.cmp(&b.organization_id))
     });
-    next.key_pair_history = history
+    let mut history: Vec<KeyPairHistoryEntry> = present
         .into_iter()
         .take(rkc.spec.history_limit.clamp(1, 100) as usize)
-        .map(KeyPairRecord::to_history_entry)
+        .map(|r| KeyPairHistoryEntry {
+            public_key_fingerprint: ring.trusted_fingerprint(r),
+            ..r.to_history_entry()
+        })
         .collect();
+    history.extend(ring.missing().iter().filter_map(|m| m.entry.clone()));
+    history.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+    next.key_pair_history = history;
+    next.highest_sequences = ring.highest_sequences().clone();
     let in_spec = active
         .iter()
         .filter(|(org, _)| wanted.iter().any(|w| w == *org))
@@ -181,6 +208,86 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
     next.next_rotation_time = in_spec
         .filter_map(|r| policy::rotation_due(r.created_at, rkc.spec.rotation.period))
         .min();
+}
+
+/// `keyPairProblems`, the custody check time and the verify-now token honoured.
+fn custody(
+    input: &StatusInput,
+    current: &RecordingKeyConfigStatus,
+    next: &mut RecordingKeyConfigStatus,
+) {
+    next.key_pair_problems = problems(input, current);
+    let checked = input.custody.is_some_and(|c| c.error.is_none());
+    if checked || (current.last_key_verify_time.is_none() && !input.ring.active_by_org().is_empty())
+    {
+        // Pairs are self-tested through KMS when made, which counts as their first check.
+        next.last_key_verify_time = Some(input.now);
+    }
+    if checked {
+        next.verify_now_token = super::plan::verify_now_token(input.rkc).map(str::to_owned);
+    }
+}
+
+/// The key pair problems of the ring; each keeps the time it was first seen.
+fn problems(input: &StatusInput, current: &RecordingKeyConfigStatus) -> Vec<KeyPairProblem> {
+    let ring = input.ring;
+    let problem = |org: &str, key_pair_id: &str, secret: &str, reason: &str, message: String| {
+        let since = current
+            .key_pair_problems
+            .iter()
+            .find(|p| p.secret_name == secret && p.reason == reason)
+            .map_or(input.now, |p| p.since);
+        KeyPairProblem {
+            organization_id: org.to_owned(),
+            key_pair_id: key_pair_id.to_owned(),
+            secret_name: secret.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            since,
+        }
+    };
+    let mut problems = Vec::new();
+    for m in ring.missing() {
+        let message = format!(
+            "Secret {} of key pair {} (organisation {}) is gone: recordings made with it cannot \
+             be decrypted unless it is restored from a backup",
+            m.secret_name, m.key_pair_id, m.organization_id
+        );
+        let (org, id, secret) = (&m.organization_id, &m.key_pair_id, &m.secret_name);
+        problems.push(problem(org, id, secret, KEY_PAIR_MISSING, message));
+    }
+    for m in ring.mismatches() {
+        let message = format!(
+            "Secret {} holds a public key with fingerprint {}, but status recorded {}: the \
+             recorded key stays published; restore publicKey.pem",
+            m.secret_name, m.found, m.recorded
+        );
+        let (org, id, secret) = (&m.organization_id, &m.key_pair_id, &m.secret_name);
+        problems.push(problem(org, id, secret, PUBLIC_KEY_MISMATCH, message));
+    }
+    let fresh = input
+        .custody
+        .map(|c| c.failures.as_slice())
+        .unwrap_or_default();
+    for secret in ring.custody_failed() {
+        match fresh.iter().find(|f| &f.secret_name == secret) {
+            Some(f) => problems.push(problem(
+                &f.organization_id,
+                &f.key_pair_id,
+                secret,
+                CUSTODY_CHECK_FAILED,
+                f.message.clone(),
+            )),
+            None => problems.extend(
+                current
+                    .key_pair_problems
+                    .iter()
+                    .find(|p| &p.secret_name == secret && p.reason == CUSTODY_CHECK_FAILED)
+                    .cloned(),
+            ),
+        }
+    }
+    problems
 }
 
 /// Ready, Reconciling and Stalled from the health chain.
@@ -219,7 +326,7 @@ fn health_conditions(
     }
 }
 
-/// KmsAvailable, ConfigValid and HistoricalKeysAtRisk: what KMS said, or as before when it
+/// KmsAvailable and ConfigValid: what KMS said, or as before when it
 /// was not asked.
 fn kms_conditions(input: &StatusInput, conditions: &mut Conditions) {
     match (input.kms_error(), input.key) {
@@ -262,23 +369,104 @@ fn kms_conditions(input: &StatusInput, conditions: &mut Conditions) {
         ),
         _ => conditions.keep(CONFIG_VALID),
     }
-    match input.key {
-        Some(KeyCheck::Usable { at_risk, .. }) if at_risk.is_empty() => conditions.set(
+}
+
+/// HistoricalKeysAtRisk (missing Secrets first, then retained pairs' KMS keys) and
+/// KeyPairIntegrity.
+fn custody_conditions(
+    input: &StatusInput,
+    next: &RecordingKeyConfigStatus,
+    conditions: &mut Conditions,
+) {
+    let missing = input.ring.missing();
+    // Without a KMS key check in this reconcile, the condition stays as it was, unless it
+    // reported Secrets that are no longer missing.
+    let recompute = matches!(input.key, Some(KeyCheck::Usable { .. }))
+        || conditions.current_reason(HISTORICAL_KEYS_AT_RISK) == Some(KEY_PAIR_MISSING);
+    if !missing.is_empty() {
+        let named: Vec<String> = missing
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} (key pair {}, organisation {})",
+                    m.secret_name, m.key_pair_id, m.organization_id
+                )
+            })
+            .collect();
+        conditions.set(
             HISTORICAL_KEYS_AT_RISK,
-            false,
-            "KmsKeysUsable",
-            "the KMS keys of all retained key pairs are usable",
-        ),
-        Some(KeyCheck::Usable { at_risk, .. }) => conditions.set(
+            true,
+            KEY_PAIR_MISSING,
+            &format!(
+                "key pair Secrets are gone; recordings made with them cannot be decrypted until they are restored from a backup (or acknowledge with the annotation kekeeper.io/acknowledge-key-pairs): {}",
+                named.join(", ")
+            ),
+        );
+    } else if !recompute {
+        conditions.keep(HISTORICAL_KEYS_AT_RISK);
+    } else if !next.key_pairs_at_risk.is_empty() {
+        conditions.set(
             HISTORICAL_KEYS_AT_RISK,
             true,
             "KmsKeyDisabledOrPendingDeletion",
             &format!(
                 "recordings made with key pairs under these KMS keys cannot be decrypted until the key is enabled again: {}",
-                at_risk.join(", ")
+                next.key_pairs_at_risk.join(", ")
             ),
-        ),
-        _ => conditions.keep(HISTORICAL_KEYS_AT_RISK),
+        );
+    } else {
+        conditions.set(
+            HISTORICAL_KEYS_AT_RISK,
+            false,
+            "KmsKeysUsable",
+            "the KMS keys of all retained key pairs are usable",
+        );
+    }
+    integrity_condition(input, next, conditions);
+}
+
+/// KeyPairIntegrity: False while a Secret disagrees with its recorded fingerprint or a pair
+/// failed the custody check; absent until there is a key pair.
+fn integrity_condition(
+    input: &StatusInput,
+    next: &RecordingKeyConfigStatus,
+    conditions: &mut Conditions,
+) {
+    let problem = |reason: &str| {
+        next.key_pair_problems
+            .iter()
+            .filter(|p| p.reason == reason)
+            .map(|p| p.message.as_str())
+            .collect::<Vec<_>>()
+    };
+    let mismatches = problem(PUBLIC_KEY_MISMATCH);
+    let failed = problem(CUSTODY_CHECK_FAILED);
+    if !failed.is_empty() {
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            false,
+            CUSTODY_CHECK_FAILED,
+            &failed.join("; "),
+        );
+    } else if !mismatches.is_empty() {
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            false,
+            PUBLIC_KEY_MISMATCH,
+            &mismatches.join("; "),
+        );
+    } else if !input.ring.records().is_empty() {
+        let when = next
+            .last_key_verify_time
+            .map_or_else(|| "not yet".to_owned(), |t| t.to_string());
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            true,
+            "Verified",
+            &format!(
+                "key pair Secrets agree with the fingerprints recorded in status; last custody check through KMS: {when}"
+            ),
+        );
     }
 }
 
@@ -307,6 +495,13 @@ impl Conditions<'_> {
             last_transition_time: since,
             observed_generation: self.generation,
         });
+    }
+
+    fn current_reason(&self, type_: &str) -> Option<&str> {
+        self.current
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.reason.as_str())
     }
 
     /// Carries a condition over (now for this generation: nothing in it changed), or
@@ -338,5 +533,169 @@ impl Conditions<'_> {
                 .unwrap_or(usize::MAX)
         });
         self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::controller::observe::{CustodyFailure, Tokens};
+    use crate::keyring::Reading;
+    use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
+
+    const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn resource() -> RecordingKeyConfig {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "organizationIds": [ORG],
+        }))
+        .unwrap();
+        let mut rkc = RecordingKeyConfig::new("recordings", spec);
+        rkc.metadata.generation = Some(1);
+        rkc
+    }
+
+    fn pair(sequence: u64, public_key: u8) -> KeyPairRecord {
+        KeyPairRecord::new_active(
+            "recordings",
+            "telephony",
+            sequence,
+            GeneratedKeyPair {
+                kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k1".into(),
+                spec: KeyPairSpec::Rsa3072,
+                public_key_der: vec![public_key; 8],
+                private_key_ciphertext: vec![1; 8],
+            },
+            EncryptionContext {
+                key: "genesys-cloud-organization-id".into(),
+                organization_id: ORG.into(),
+            },
+            ts("2026-01-01T00:00:00Z"),
+            "NoActiveKeyPair",
+        )
+    }
+
+    fn ring(records: Vec<KeyPairRecord>, status: Option<&RecordingKeyConfigStatus>) -> KeyRing {
+        let reading = Reading {
+            acknowledged: BTreeSet::new(),
+            pruning: None,
+            now: ts("2026-01-02T00:00:00Z"),
+        };
+        KeyRing::new(records, Tokens::new(), status, &reading)
+    }
+
+    fn input<'a>(
+        rkc: &'a RecordingKeyConfig,
+        current: Option<&'a RecordingKeyConfigStatus>,
+        ring: &'a KeyRing,
+    ) -> StatusInput<'a> {
+        StatusInput {
+            rkc,
+            current,
+            now: ts("2026-01-02T00:00:00Z"),
+            ring,
+            custody: None,
+            config_error: None,
+            key: None,
+            kms_failure: None,
+            self_test_failure: None,
+            last_test: None,
+            pending: 0,
+            honoured_token: None,
+        }
+    }
+
+    fn condition<'a>(status: &'a RecordingKeyConfigStatus, type_: &str) -> Option<&'a Condition> {
+        status.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    #[test]
+    fn integrity_is_absent_without_pairs_and_verified_with_them() {
+        let rkc = resource();
+        let empty = ring(Vec::new(), None);
+        assert!(condition(&desired(&input(&rkc, None, &empty)), KEY_PAIR_INTEGRITY).is_none());
+        let one = ring(vec![pair(1, 1)], None);
+        let status = desired(&input(&rkc, None, &one));
+        let integrity = condition(&status, KEY_PAIR_INTEGRITY).unwrap();
+        assert_eq!(
+            (integrity.status.as_str(), integrity.reason.as_str()),
+            ("True", "Verified")
+        );
+        assert_eq!(status.highest_sequences[ORG], 1);
+        assert_eq!(
+            status.last_key_verify_time,
+            Some(ts("2026-01-02T00:00:00Z"))
+        );
+        // Conditions keep their fixed order, KeyPairIntegrity last.
+        assert_eq!(status.conditions.last().unwrap().type_, KEY_PAIR_INTEGRITY);
+    }
+
+    #[test]
+    fn a_custody_failure_outlives_the_rotation_until_acknowledged() {
+        let rkc = resource();
+        let failed = pair(1, 1);
+        let before = desired(&input(&rkc, None, &ring(vec![failed.clone()], None)));
+        let mut checked = ring(vec![failed.clone()], Some(&before));
+        checked.fail_custody(&failed.name());
+        let check = CustodyCheck {
+            verified: 0,
+            failures: vec![CustodyFailure {
+                secret_name: failed.name(),
+                organization_id: ORG.into(),
+                key_pair_id: failed.key_pair_id.clone(),
+                message: "KMS cannot decrypt privateKey.kms".into(),
+            }],
+            error: None,
+        };
+        let after = desired(&StatusInput {
+            custody: Some(&check),
+            ..input(&rkc, Some(&before), &checked)
+        });
+        let integrity = condition(&after, KEY_PAIR_INTEGRITY).unwrap();
+        assert_eq!(
+            (integrity.status.as_str(), integrity.reason.as_str()),
+            ("False", CUSTODY_CHECK_FAILED)
+        );
+        // Next reconcile, after the rotation: the failure is carried from status.
+        let mut retired = failed.clone();
+        retired.retire(ts("2026-01-02T00:00:00Z"));
+        let rotated = ring(vec![retired, pair(2, 2)], Some(&after));
+        let later = desired(&input(&rkc, Some(&after), &rotated));
+        assert_eq!(later.key_pair_problems, after.key_pair_problems);
+        assert_eq!(
+            condition(&later, KEY_PAIR_INTEGRITY).unwrap().reason,
+            CUSTODY_CHECK_FAILED
+        );
+    }
+
+    #[test]
+    fn missing_pairs_are_at_risk_and_clear_when_restored() {
+        let rkc = resource();
+        let first = pair(1, 1);
+        let before = desired(&input(&rkc, None, &ring(vec![first.clone()], None)));
+        let gone = desired(&input(
+            &rkc,
+            Some(&before),
+            &ring(Vec::new(), Some(&before)),
+        ));
+        let at_risk = condition(&gone, HISTORICAL_KEYS_AT_RISK).unwrap();
+        assert_eq!(
+            (at_risk.status.as_str(), at_risk.reason.as_str()),
+            ("True", KEY_PAIR_MISSING)
+        );
+        assert!(at_risk.message.contains(&first.name()) && at_risk.message.contains(ORG));
+        assert!(gone.key_pair_history[0].missing);
+        let restored = desired(&input(&rkc, Some(&gone), &ring(vec![first], Some(&gone))));
+        let at_risk = condition(&restored, HISTORICAL_KEYS_AT_RISK).unwrap();
+        assert_eq!(at_risk.status, "False");
+        assert!(restored.key_pair_problems.is_empty());
+        assert!(!restored.key_pair_history[0].missing);
     }
 }

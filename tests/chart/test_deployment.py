@@ -8,7 +8,8 @@ from helm_python.errors import HelmRenderError
 from conftest import NAMESPACE, one, render_docs
 
 BASE_ARGS = ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=1",
-             "--kms-key-check-interval=1h", "--concurrency=16", "--kms-max-in-flight=4"]
+             "--kms-key-check-interval=1h", "--key-verify-interval=24h", "--concurrency=16",
+             "--kms-max-in-flight=4"]
 LEADER_ARGS = ["--leader-elect", "--lease-name=kekeeper", f"--lease-namespace={NAMESPACE}"]
 
 
@@ -31,7 +32,8 @@ def container(docs):
     ("namespaced", BASE_ARGS + ["--namespace=team-a", "--namespace=team-b"] + LEADER_ARGS),
     ("ha", BASE_ARGS + LEADER_ARGS),
     ("everything", ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=0.5",
-                    "--kms-key-check-interval=30m", "--concurrency=16", "--kms-max-in-flight=4",
+                    "--kms-key-check-interval=30m", "--key-verify-interval=24h",
+                    "--concurrency=16", "--kms-max-in-flight=4",
                     "--namespace=team-a", "--leader-elect",
                     "--lease-name=kekeeper-leader", f"--lease-namespace={NAMESPACE}",
                     "--log-json", "--some-future-flag"]),

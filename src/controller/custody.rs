@@ -1,0 +1,127 @@
+//! The custody check: each active key pair's private key blob is decrypted through KMS (with
+//! its encryption context), the public key is derived from it and compared with the fingerprint
+//! recorded in status. It proves that recordings encrypted with the published key can still be
+//! decrypted. The plaintext private key lives only in a zeroising buffer for the comparison.
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::PrivateDecryptingKey;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use super::Context;
+use super::observe::{CustodyCheck, CustodyFailure};
+use crate::keypair::{self, KeyPairRecord};
+use crate::keyring::KeyRing;
+use crate::kms::{Kms, KmsErrorKind};
+
+/// Checks the active pairs of the organisations in `organizations`, one KMS Decrypt each, under
+/// the shared rate limit of key pair generation. Stops at the first KMS failure that is not a
+/// verdict on the blob (throttling, network, access denied).
+pub async fn check<K: Kms>(
+    ctx: &Context<K>,
+    ring: &KeyRing,
+    organizations: &[String],
+) -> CustodyCheck {
+    let mut check = CustodyCheck::default();
+    let active = ring.active_by_org();
+    for record in organizations
+        .iter()
+        .filter_map(|org| active.get(org.as_str()))
+    {
+        let _in_flight = ctx.key_pair_rate.acquire().await;
+        let decrypted = ctx
+            .kms
+            .decrypt_private_key(
+                &record.kms_key_arn,
+                &record.private_key_ciphertext,
+                &record.encryption_context,
+            )
+            .await;
+        let verdict = match decrypted {
+            Ok(private_key) => compare(&private_key, &ring.trusted_fingerprint(record)),
+            Err(err)
+                if matches!(
+                    err.kind,
+                    KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey
+                ) =>
+            {
+                Err(format!("KMS cannot decrypt privateKey.kms: {err}"))
+            }
+            Err(err) => {
+                warn!(secret = %record.secret_name, code = %err.code, "custody check interrupted by a KMS failure");
+                check.error = Some(err);
+                return check;
+            }
+        };
+        match verdict {
+            Ok(()) => check.verified += 1,
+            Err(problem) => check.failures.push(failure(record, problem)),
+        }
+    }
+    info!(
+        verified = check.verified,
+        failed = check.failures.len(),
+        "custody check done"
+    );
+    check
+}
+
+fn failure(record: &KeyPairRecord, problem: String) -> CustodyFailure {
+    CustodyFailure {
+        secret_name: record.secret_name.clone(),
+        organization_id: record.organization_id.clone(),
+        key_pair_id: record.key_pair_id.clone(),
+        message: format!(
+            "key pair {} of organisation {} (Secret {}): {problem}",
+            record.key_pair_id, record.organization_id, record.secret_name
+        ),
+    }
+}
+
+/// Whether the public key of a PKCS#8 private key has the `recorded` fingerprint. The error
+/// never carries key material.
+pub fn compare(private_key_pkcs8: &Zeroizing<Vec<u8>>, recorded: &str) -> Result<(), String> {
+    let derived = public_key_of(private_key_pkcs8)?;
+    let fingerprint = keypair::fingerprint(&derived);
+    if fingerprint == recorded {
+        Ok(())
+    } else {
+        Err(format!(
+            "the private key decrypts, but its public key has fingerprint {fingerprint}, not the recorded {recorded}"
+        ))
+    }
+}
+
+/// The SubjectPublicKeyInfo DER of a PKCS#8 RSA private key.
+fn public_key_of(private_key_pkcs8: &Zeroizing<Vec<u8>>) -> Result<Vec<u8>, String> {
+    let key = PrivateDecryptingKey::from_pkcs8(private_key_pkcs8)
+        .map_err(|_| "the decrypted private key is not an RSA PKCS#8 key".to_owned())?;
+    let der = key
+        .public_key()
+        .as_der()
+        .map_err(|_| "the public key cannot be encoded".to_owned())?;
+    Ok(der.as_ref().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::rsa::KeySize;
+
+    use super::*;
+
+    #[test]
+    fn the_derived_public_key_is_compared_with_the_recorded_fingerprint() {
+        let private = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+        let public_der = private.public_key().as_der().unwrap().as_ref().to_vec();
+        let pkcs8 = Zeroizing::new(private.as_der().unwrap().as_ref().to_vec());
+        assert_eq!(compare(&pkcs8, &keypair::fingerprint(&public_der)), Ok(()));
+        let err = compare(&pkcs8, "SHA256:other").unwrap_err();
+        assert!(err.contains("not the recorded SHA256:other"), "{err}");
+        let garbage = Zeroizing::new(vec![1u8; 64]);
+        assert!(
+            compare(&garbage, "SHA256:x")
+                .unwrap_err()
+                .contains("PKCS#8")
+        );
+    }
+}
