@@ -104,11 +104,13 @@ pub async fn wait_for(
     done: impl Fn(&Value) -> bool,
 ) -> Option<Duration> {
     let start = Instant::now();
+    // Reading every object is not free: poll a large fleet less often.
+    let every = Duration::from_millis(if n > 1000 { 2000 } else { 200 });
     while start.elapsed() < timeout {
         if count(cluster, &done) >= n {
             return Some(start.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
     None
 }
