@@ -296,6 +296,11 @@ fn record_metrics<K>(
     ring: &KeyRing,
     status: &RecordingKeyConfigStatus,
 ) {
+    // A reconcile that was running when its resource was deleted must not bring the deleted
+    // resource's series back.
+    if ctx.metrics.is_forgotten(obs.rkc.uid().as_deref()) {
+        return;
+    }
     let labels = |org: &str| KeyPairLabels {
         namespace: obs.namespace.clone(),
         config: obs.name.clone(),

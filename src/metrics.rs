@@ -58,6 +58,8 @@ pub struct Metrics {
     /// Retained key pairs whose KMS key is disabled, pending deletion or gone.
     pub historical_keys_at_risk: Family<ConfigLabels, Gauge>,
     pub custody: CustodyGauges,
+    /// Uids of deleted resources, whose series are not recorded again.
+    forgotten: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +118,7 @@ impl Default for Metrics {
         let custody = CustodyGauges::register(&mut registry);
         Metrics {
             custody,
+            forgotten: Arc::default(),
             registry: Arc::new(registry),
             reconciles,
             reconcile_errors,
@@ -136,6 +139,17 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Whether the resource with this uid was deleted (its series are dropped for good; a new
+    /// resource of the same name has another uid).
+    pub fn is_forgotten(&self, uid: Option<&str>) -> bool {
+        uid.is_some_and(|uid| {
+            self.forgotten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(uid)
+        })
     }
 
     /// One more failed reconcile, by reason (`kekeeper_reconcile_errors_total`).
@@ -176,7 +190,18 @@ impl Metrics {
 
     /// Drops every series of a deleted RecordingKeyConfig (its organisations from its last
     /// status).
-    pub fn forget(&self, config: &ConfigLabels, status: Option<&RecordingKeyConfigStatus>) {
+    pub fn forget(
+        &self,
+        config: &ConfigLabels,
+        uid: Option<&str>,
+        status: Option<&RecordingKeyConfigStatus>,
+    ) {
+        if let Some(uid) = uid {
+            self.forgotten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(uid.to_owned());
+        }
         self.ready.remove(config);
         self.kms_available.remove(config);
         self.historical_keys_at_risk.remove(config);

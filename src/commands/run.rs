@@ -312,7 +312,7 @@ async fn run_scope(
                     namespace: rkc.namespace().unwrap_or_default(),
                     config: rkc.name_any(),
                 };
-                metrics.forget(&config, rkc.status.as_ref());
+                metrics.forget(&config, rkc.uid().as_deref(), rkc.status.as_ref());
             }
         })
         .applied_objects();
