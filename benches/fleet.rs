@@ -82,9 +82,7 @@ async fn main() {
 async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
     let n = args.resources;
     let key = common::create_key(endpoint, common::REGION, false).await;
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, user) = Cluster::with_operator_identity().await;
     let client = fleet::client(&cluster).await;
     fleet::create(&client, "fleet", n, key.alias.as_str()).await;
 
@@ -275,9 +273,7 @@ async fn storm(
 async fn stand_in_fleet(args: &Args) {
     let n = args.big;
     let kms = FastKms::start().await;
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, user) = Cluster::with_operator_identity().await;
     let client = fleet::client(&cluster).await;
     let alias = "arn:aws:kms:us-east-1:000000000000:alias/fast-stand-in";
     fleet::create(&client, "big", n, alias).await;

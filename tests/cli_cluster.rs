@@ -456,10 +456,7 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
     let alias = key.alias.to_string();
-    let cluster = Cluster::start(false).await;
-    let (operator_kubeconfig, _) =
-        cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, operator_kubeconfig, _) = Cluster::with_operator_identity().await;
     let mut operator =
         cluster.start_operator("operator", &operator_kubeconfig, &endpoint, &[], &[]);
     operator.wait_ready().await;

@@ -130,9 +130,7 @@ async fn hand_edits_of_key_material_are_caught() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
     let alias = key.alias.to_string();
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, _) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
     let args = [
         "--kms-keypair-rate=5".to_owned(),
         "--key-verify-interval=3s".to_owned(),
@@ -556,9 +554,7 @@ fn assert_published_key_is_stored(cluster: &Cluster, name: &str) {
 async fn kill_nine_during_50_rotations_never_shows_two_keys_or_reuses_a_name() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, _) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
     let args = ["--kms-keypair-rate=20".to_owned()];
     let start = |n: usize| {
         cluster.start_operator(&format!("operator-{n}"), &kubeconfig, &endpoint, &args, &[])

@@ -30,9 +30,7 @@ fn rkc(cluster: &Cluster) -> Option<Value> {
 async fn operator_recovers_from_api_errors_and_dropped_watches() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, user) = Cluster::with_operator_identity().await;
     let mut operator = cluster.start_operator("operator", &kubeconfig, &endpoint, &[], &[]);
     operator.wait_ready().await;
 

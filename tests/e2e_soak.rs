@@ -20,9 +20,7 @@ const ROUNDS: usize = 70;
 async fn repeated_rotate_now_with_restarts_never_rolls_status_back() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, _) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
     let client = fleet::client(&cluster).await;
     fleet::create(&client, "soak", RESOURCES, key.alias.as_str()).await;
     let args = ["--kms-keypair-rate=100".to_owned()];

@@ -68,9 +68,7 @@ async fn status_tells_the_truth_through_every_scenario() {
     let key = create_key(&endpoint, common::REGION, false).await;
     let alias = key.alias.to_string();
     let proxy = FaultProxy::start(&endpoint).await;
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, _) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
     let args = ["--kms-keypair-rate=5".to_owned()];
     let mut operator =
         cluster.start_operator("operator", &kubeconfig, &proxy.endpoint(), &args, &[]);

@@ -20,9 +20,7 @@ const N: usize = 100;
 async fn a_cold_start_of_100_makes_the_ideal_kms_calls_and_wastes_nothing() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
-    let cluster = Cluster::start(false).await;
-    let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
-    cluster.install_crd().await;
+    let (cluster, kubeconfig, user) = Cluster::with_operator_identity().await;
     let client = fleet::client(&cluster).await;
     fleet::create(&client, "fleet", N, key.alias.as_str()).await;
     let args = ["--kms-keypair-rate=100".to_owned()];

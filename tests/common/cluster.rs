@@ -57,6 +57,15 @@ impl Cluster {
         }
     }
 
+    /// kube-sim without RBAC, the CRD installed, and a kubeconfig for the operator's own
+    /// identity (so the request log tells it apart from kubectl): (cluster, kubeconfig, user).
+    pub async fn with_operator_identity() -> (Cluster, PathBuf, String) {
+        let cluster = Cluster::start(false).await;
+        let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
+        cluster.install_crd().await;
+        (cluster, kubeconfig, user)
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
