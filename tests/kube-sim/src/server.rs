@@ -672,7 +672,7 @@ async fn dispatch(
         (Method::POST, false) => create(&mut ctx, &bytes),
         (Method::POST, true) if ctx.sub() == "token" => token_request(&ctx, &bytes),
         (Method::PUT, true) => update(&mut ctx, &bytes),
-        (Method::PATCH, true) => patch_handler(&mut ctx, &bytes),
+        (Method::PATCH, true) => patch_retrying(&mut ctx, &bytes),
         (Method::DELETE, true) => delete(&ctx, &bytes),
         (Method::DELETE, false) => delete_collection(&ctx, &bytes),
         (m, _) => Err(ApiError::method_not_supported(
@@ -1499,16 +1499,27 @@ fn admit_crd(new: &mut Value, name: &str) -> Result<(), ApiError> {
 }
 
 /// Stores an admitted object (unless dry-run); no-op writes do not bump the resourceVersion.
-fn store(ctx: &Ctx, key: Key, old: Option<&Value>, new: Value) -> Value {
+/// Stores `new` in place of `old`, checking under the store lock that `old` is still what is
+/// stored (another writer may have raced us): a 409 then, never a lost update.
+fn store(ctx: &Ctx, key: Key, old: Option<&Value>, new: Value) -> Result<Value, ApiError> {
     if let Some(o) = old
         && strip_volatile(o) == strip_volatile(&new)
     {
-        return o.clone();
+        return Ok(o.clone());
     }
     if ctx.dry_run() {
-        return new;
+        return Ok(new);
     }
     let mut st = ctx.sim.state();
+    if let Some(o) = old
+        && st
+            .objects
+            .get(&key)
+            .map(|s| &s["metadata"]["resourceVersion"])
+            != Some(&o["metadata"]["resourceVersion"])
+    {
+        return Err(ApiError::modified(&ctx.t.group, &ctx.t.plural, &key.3));
+    }
     let finalized = !new["metadata"]["deletionTimestamp"].is_null()
         && new["metadata"]["finalizers"]
             .as_array()
@@ -1521,7 +1532,7 @@ fn store(ctx: &Ctx, key: Key, old: Option<&Value>, new: Value) -> Value {
     if ctx.t.plural == "customresourcedefinitions" {
         st.refresh_types();
     }
-    out
+    Ok(out)
 }
 
 fn check_namespace(ctx: &Ctx) -> Result<(), ApiError> {
@@ -1691,20 +1702,24 @@ fn write_existing(
             },
         );
     }
-    // Re-check the precondition under the store lock: another writer may have raced us.
-    {
-        let st = ctx.sim.state();
-        if st
-            .objects
-            .get(&key)
-            .map(|o| &o["metadata"]["resourceVersion"])
-            != Some(&old["metadata"]["resourceVersion"])
-        {
-            return Err(ApiError::modified(&ctx.t.group, &ctx.t.plural, &key.3));
+    let out = store(ctx, key, Some(old), new)?;
+    Ok((200, ctx.present(&out)))
+}
+
+/// A patch that names no resourceVersion is applied to the object as stored: when another
+/// write lands between reading the object and storing the result, the API server's
+/// GuaranteedUpdate applies the patch again to the newer object instead of answering 409. Only a
+/// patch that carries a resourceVersion (a precondition the client asked for) gets the 409.
+fn patch_retrying(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> {
+    const ATTEMPTS: usize = 5;
+    let preconditioned = String::from_utf8_lossy(bytes).contains("resourceVersion");
+    let mut attempt = 1;
+    loop {
+        match patch_handler(ctx, bytes) {
+            Err(err) if err.code == 409 && !preconditioned && attempt < ATTEMPTS => attempt += 1,
+            result => return result,
         }
     }
-    let out = store(ctx, key, Some(old), new);
-    Ok((200, ctx.present(&out)))
 }
 
 fn patch_handler(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> {

@@ -236,6 +236,40 @@ async fn finalizers_delay_deletion() {
     assert_eq!(status(cms.get("f").await).code, 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_without_a_resource_version_all_apply() {
+    let sim = start(false).await;
+    let client = admin(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("busy", json!({})))
+        .await
+        .unwrap();
+    // As the API server retries such a patch on the newer object, none of them gets a 409.
+    let patches = (0..40).map(|i| {
+        let cms = cms.clone();
+        async move {
+            cms.patch(
+                "busy",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {format!("k{i}"): "v"}})),
+            )
+            .await
+        }
+    });
+    for result in futures::future::join_all(patches).await {
+        result.expect("a patch without a resourceVersion is never refused as a conflict");
+    }
+    let data = cms.get("busy").await.unwrap().data.unwrap();
+    assert_eq!(data.len(), 41, "every patch applied");
+    // A patch that names an old resourceVersion is still refused.
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "data": {"late": "v"}});
+    let err = cms
+        .patch("busy", &PatchParams::default(), &Patch::Merge(&stale))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
+}
+
 #[tokio::test]
 async fn merge_json_and_strategic_patches() {
     let sim = start(false).await;
