@@ -89,6 +89,15 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// A `key=value` requirement of the selector, if it has one: an index can narrow a list
+    /// to the objects with that label before the whole selector is matched.
+    pub fn equality(&self) -> Option<(&str, &str)> {
+        self.0.iter().find_map(|req| match req {
+            Req::Eq(k, v) => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+    }
+
     pub fn matches(&self, labels: &Value) -> bool {
         let get = |k: &str| labels.get(k).and_then(Value::as_str);
         self.0.iter().all(|r| match r {

@@ -904,9 +904,29 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
     } else {
         None
     };
+    let limit = ctx
+        .q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    // Selectors are matched on the object as presented; only events are stored in another
+    // shape, so the others are matched as stored, without a copy.
+    let events = ctx.t.group == "events.k8s.io";
+    let keep = |o: &Value| {
+        if events {
+            filter.matches(&ctx.present(o))
+        } else {
+            filter.matches(o)
+        }
+    };
+    let scope = crate::store::Scope {
+        group: &ctx.t.storage_group,
+        plural: &ctx.t.plural,
+        ns,
+        label: filter.labels.equality(),
+    };
     let mut list_rv = st.rv;
-    let mut start_after: Option<(String, String)> = None;
-    let items = if let Some(token) = ctx.q.get("continue").filter(|c| !c.is_empty()) {
+    let (items, remaining) = if let Some(token) = ctx.q.get("continue").filter(|c| !c.is_empty()) {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(token)
             .ok()
@@ -915,31 +935,30 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
                 ApiError::bad_request("continue key is not valid: illegal base64 data")
             })?;
         list_rv = decoded["rv"].as_u64().unwrap_or(st.rv);
-        start_after = Some((
-            decoded["ns"].as_str().unwrap_or_default().to_string(),
-            decoded["name"].as_str().unwrap_or_default().to_string(),
-        ));
-        st.list_at(&ctx.t.storage_group, &ctx.t.plural, ns, list_rv).ok_or_else(|| {
+        let after = (
+            decoded["ns"].as_str().unwrap_or_default(),
+            decoded["name"].as_str().unwrap_or_default(),
+        );
+        st.page(&scope, Some(list_rv), Some(after), keep, limit).ok_or_else(|| {
             ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
         })?
     } else {
         let rv = ctx.q.get("resourceVersion").filter(|v| !v.is_empty());
-        match (rv, ctx.q.get("resourceVersionMatch").map(String::as_str)) {
+        let at = match (rv, ctx.q.get("resourceVersionMatch").map(String::as_str)) {
             (Some(rv), Some("Exact")) => {
                 let n = parse_rv(rv)?;
                 if n > st.rv {
                     return Err(too_large(n, st.rv));
                 }
                 list_rv = n;
-                st.list_at(&ctx.t.storage_group, &ctx.t.plural, ns, n)
-                    .ok_or_else(|| too_old(n, st.compacted))?
+                Some(n)
             }
             (Some(rv), _) => {
                 let n = parse_rv(rv)?;
                 if n > st.rv {
                     return Err(too_large(n, st.rv));
                 }
-                st.list(&ctx.t.storage_group, &ctx.t.plural, ns)
+                None
             }
             (None, Some(m)) if !m.is_empty() => {
                 return Err(ApiError::new(
@@ -948,37 +967,14 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
                     "resourceVersionMatch is forbidden unless resourceVersion is provided",
                 ));
             }
-            _ => st.list(&ctx.t.storage_group, &ctx.t.plural, ns),
-        }
+            _ => None,
+        };
+        st.page(&scope, at, None, keep, limit)
+            .ok_or_else(|| too_old(at.unwrap_or_default(), st.compacted))?
     };
     drop(st);
-    let limit = ctx
-        .q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0);
-    let mut out = Vec::new();
-    let mut next: Option<(String, String)> = None;
-    let mut remaining = 0usize;
-    for (k, obj) in items {
-        if let Some((sns, sname)) = &start_after
-            && (k.2.as_str(), k.3.as_str()) <= (sns.as_str(), sname.as_str())
-        {
-            continue;
-        }
-        let presented = ctx.present(&obj);
-        if !filter.matches(&presented) {
-            continue;
-        }
-        if limit.is_some_and(|l| out.len() >= l) {
-            remaining += 1;
-            continue;
-        }
-        if limit.is_some_and(|l| out.len() + 1 == l) {
-            next = Some((k.2.clone(), k.3.clone()));
-        }
-        out.push(presented);
-    }
+    let next = items.last().map(|(k, _)| (k.2.clone(), k.3.clone()));
+    let out: Vec<Value> = items.iter().map(|(_, obj)| ctx.present(obj)).collect();
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
     if remaining > 0
         && let Some((ns, name)) = next

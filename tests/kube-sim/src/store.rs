@@ -1,7 +1,8 @@
 //! The object store: one global resourceVersion counter, a bounded event history for watches
 //! and the registered kinds.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -24,9 +25,14 @@ pub struct Event {
     pub old: Option<Value>,
 }
 
+/// (storage group, plural, label key, label value)
+type LabelKey = (String, String, String, String);
+
 pub struct State {
     pub rv: u64,
     pub objects: BTreeMap<Key, Value>,
+    /// (namespace, name) of the objects carrying each label, for selective lists.
+    by_label: HashMap<LabelKey, BTreeSet<(String, String)>>,
     pub history: VecDeque<Arc<Event>>,
     /// resourceVersion of the newest event dropped from the history (0: none).
     pub compacted: u64,
@@ -47,6 +53,7 @@ impl State {
         let mut st = Self {
             rv: 0,
             objects: BTreeMap::new(),
+            by_label: HashMap::new(),
             history: VecDeque::new(),
             compacted: 0,
             history_size: history_size.max(1),
@@ -104,6 +111,7 @@ impl State {
     fn put(&mut self, key: Key, mut obj: Value) {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.index(&key, &obj, true);
         self.objects.insert(key, obj);
     }
 
@@ -150,9 +158,13 @@ impl State {
         self.rv += 1;
         let rv = self.rv;
         let old = self.objects.get(&key).cloned();
+        if let Some(old) = &old {
+            self.index(&key, old, false);
+        }
         let (kind, object) = match new {
             Some(mut obj) => {
                 obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                self.index(&key, &obj, true);
                 self.objects.insert(key.clone(), obj.clone());
                 (if old.is_some() { "MODIFIED" } else { "ADDED" }, obj)
             }
@@ -179,6 +191,30 @@ impl State {
         }
         let _ = self.tx.send(ev);
         object
+    }
+
+    /// Adds (or removes) the object at `key` to (from) the label index.
+    fn index(&mut self, key: &Key, object: &Value, add: bool) {
+        let Some(labels) = object["metadata"]["labels"].as_object() else {
+            return;
+        };
+        for (label, value) in labels {
+            let entry = (
+                key.0.clone(),
+                key.1.clone(),
+                label.clone(),
+                value.as_str().unwrap_or_default().to_string(),
+            );
+            let member = (key.2.clone(), key.3.clone());
+            if add {
+                self.by_label.entry(entry).or_default().insert(member);
+            } else if let Some(members) = self.by_label.get_mut(&entry) {
+                members.remove(&member);
+                if members.is_empty() {
+                    self.by_label.remove(&entry);
+                }
+            }
+        }
     }
 
     /// Removes an object, then collects garbage as the garbage collector would (background
@@ -276,51 +312,150 @@ impl State {
 
     /// Objects of one storage resource, optionally in one namespace, sorted by key.
     pub fn list(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<(Key, Value)> {
-        let start = (
-            group.to_string(),
-            plural.to_string(),
-            ns.unwrap_or_default().to_string(),
-            String::new(),
-        );
-        self.objects
-            .range(start..)
-            .take_while(|(k, _)| k.0 == group && k.1 == plural && ns.is_none_or(|n| k.2 == n))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        let scope = Scope {
+            group,
+            plural,
+            ns,
+            label: None,
+        };
+        self.page(&scope, None, None, |_| true, None)
+            .map(|(items, _)| items)
+            .unwrap_or_default()
     }
 
-    /// The objects of one resource as they were at `rv`, rebuilt from the event history.
-    pub fn list_at(
+    /// One page of a list: the objects of `scope` as they were at `rv` (None: now) after the
+    /// (namespace, name) `after`, that `keep` accepts, at most `limit` of them, and how many
+    /// more there are. Only what is returned is copied: the objects written since `rv` are
+    /// looked up in the event history, the others read in place. None when `rv` is older than
+    /// the history.
+    pub fn page(
         &self,
-        group: &str,
-        plural: &str,
-        ns: Option<&str>,
-        rv: u64,
-    ) -> Option<Vec<(Key, Value)>> {
-        if rv < self.compacted {
-            return None;
-        }
-        let mut map: BTreeMap<Key, Value> = self.list(group, plural, ns).into_iter().collect();
-        for e in self.history.iter().rev().take_while(|e| e.rv > rv) {
-            if e.group != group || e.plural != plural || ns.is_some_and(|n| n != e.namespace) {
-                continue;
+        scope: &Scope<'_>,
+        rv: Option<u64>,
+        after: Option<(&str, &str)>,
+        keep: impl Fn(&Value) -> bool,
+        limit: Option<usize>,
+    ) -> Option<(Vec<(Key, Value)>, usize)> {
+        // Each key written since `rv`, with what it was then (None: it did not exist).
+        let mut then: BTreeMap<Key, Option<&Value>> = BTreeMap::new();
+        if let Some(rv) = rv {
+            if rv < self.compacted {
+                return None;
             }
-            let name = e.object["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let key = (e.group.clone(), e.plural.clone(), e.namespace.clone(), name);
-            match &e.old {
-                Some(o) => {
-                    map.insert(key, o.clone());
+            // Newest first: the last insert for a key is its state at `rv`.
+            for e in self.history.iter().rev().take_while(|e| e.rv > rv) {
+                if e.group != scope.group
+                    || e.plural != scope.plural
+                    || scope.ns.is_some_and(|n| n != e.namespace)
+                {
+                    continue;
                 }
-                None => {
-                    map.remove(&key);
-                }
+                let name = e.object["metadata"]["name"].as_str().unwrap_or_default();
+                let key = (
+                    e.group.clone(),
+                    e.plural.clone(),
+                    e.namespace.clone(),
+                    name.to_string(),
+                );
+                then.insert(key, e.old.as_ref());
             }
         }
-        Some(map.into_iter().collect())
+        let lower = match after {
+            Some((ns, name)) => Bound::Excluded(scope.key(ns, name)),
+            None => Bound::Included(scope.key(scope.ns.unwrap_or_default(), "")),
+        };
+        // A list of now with a `key=value` label: only the objects carrying that label.
+        if let (Some((label, value)), None) = (scope.label, rv) {
+            let entry = (
+                scope.group.to_string(),
+                scope.plural.to_string(),
+                label.to_string(),
+                value.to_string(),
+            );
+            let members = self.by_label.get(&entry);
+            let candidates = members.into_iter().flatten().filter_map(|(ns, name)| {
+                let key = scope.key(ns, name);
+                let after_lower = match &lower {
+                    Bound::Excluded(l) => key > *l,
+                    _ => true,
+                };
+                (scope.contains(&key) && after_lower)
+                    .then(|| self.objects.get_key_value(&key))
+                    .flatten()
+            });
+            return Some(take_page(candidates, keep, limit));
+        }
+        let range = (lower, Bound::Unbounded);
+        let now = self
+            .objects
+            .range::<Key, _>(range.clone())
+            .take_while(|(k, _)| scope.contains(k))
+            .filter(|(k, _)| !then.contains_key(*k));
+        let past = then
+            .range::<Key, _>(range)
+            .filter(|(k, _)| scope.contains(k))
+            .filter_map(|(k, v)| v.map(|v| (k, v)));
+        Some(take_page(merge_by_key(now, past), keep, limit))
     }
+}
+
+/// The first `limit` of `objects` that `keep` accepts, copied, and how many more it accepts.
+fn take_page<'a>(
+    objects: impl Iterator<Item = (&'a Key, &'a Value)>,
+    keep: impl Fn(&Value) -> bool,
+    limit: Option<usize>,
+) -> (Vec<(Key, Value)>, usize) {
+    let mut items = Vec::new();
+    let mut more = 0;
+    for (key, object) in objects {
+        if !keep(object) {
+            continue;
+        }
+        if limit.is_some_and(|l| items.len() >= l) {
+            more += 1;
+        } else {
+            items.push((key.clone(), object.clone()));
+        }
+    }
+    (items, more)
+}
+
+/// Which objects a list is about: one storage resource, optionally in one namespace.
+pub struct Scope<'a> {
+    pub group: &'a str,
+    pub plural: &'a str,
+    pub ns: Option<&'a str>,
+    /// A label every listed object must carry (`key`, `value`), if known: the label index
+    /// then gives the candidates. `keep` must still test it.
+    pub label: Option<(&'a str, &'a str)>,
+}
+
+impl Scope<'_> {
+    fn key(&self, ns: &str, name: &str) -> Key {
+        (
+            self.group.to_string(),
+            self.plural.to_string(),
+            ns.to_string(),
+            name.to_string(),
+        )
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        key.0 == self.group && key.1 == self.plural && self.ns.is_none_or(|n| key.2 == n)
+    }
+}
+
+/// Two key-sorted sequences (with no key in both) as one.
+fn merge_by_key<'a>(
+    a: impl Iterator<Item = (&'a Key, &'a Value)>,
+    b: impl Iterator<Item = (&'a Key, &'a Value)>,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
@@ -329,4 +464,43 @@ fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
         .into_iter()
         .flatten()
         .filter_map(|r| r["uid"].as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(name: &str, app: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": "ns", "labels": {"app": app}}})
+    }
+
+    fn names(state: &State, app: &str, rv: Option<u64>) -> Vec<String> {
+        let scope = Scope {
+            group: "",
+            plural: "secrets",
+            ns: Some("ns"),
+            label: Some(("app", app)),
+        };
+        let keep = |o: &Value| o["metadata"]["labels"]["app"] == app;
+        let (items, _) = state.page(&scope, rv, None, keep, None).unwrap();
+        items.into_iter().map(|(k, _)| k.3).collect()
+    }
+
+    #[test]
+    fn a_list_by_label_follows_relabelling_and_deletion() {
+        let mut state = State::new(100, broadcast::channel(16).0);
+        let key = |name: &str| ("".into(), "secrets".into(), "ns".into(), name.to_string());
+        state.commit(key("b"), Some(secret("b", "x")));
+        state.commit(key("a"), Some(secret("a", "x")));
+        state.commit(key("c"), Some(secret("c", "y")));
+        assert_eq!(names(&state, "x", None), ["a", "b"]);
+        let before = state.rv;
+        state.commit(key("a"), Some(secret("a", "y")));
+        state.commit(key("b"), None);
+        assert_eq!(names(&state, "x", None), Vec::<String>::new());
+        assert_eq!(names(&state, "y", None), ["a", "c"]);
+        // A list as of an earlier resourceVersion sees the objects as they were.
+        assert_eq!(names(&state, "x", Some(before)), ["a", "b"]);
+    }
 }
