@@ -20,6 +20,7 @@
 //!
 //! `kekeeper rotate` (a user, not the controller) needs patch on `recordingkeyconfigs`.
 
+pub mod cache;
 pub mod custody;
 pub mod execute;
 pub mod leader;
@@ -34,10 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use tracing::{instrument, warn};
 
@@ -46,11 +45,12 @@ use crate::keyring::KeyRing;
 use crate::kms::Kms;
 use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
+use cache::{KeyPairCache, PublicKeysCache};
 pub use observe::ANNOTATION_ROTATE_NOW_TOKEN;
 use observe::Observation;
 use plan::Step;
 use ratelimit::TokenBucket;
-use report::StatusWriter;
+use report::{Events, StatusWriter};
 pub use report::{public_keys_config_map, public_keys_config_map_name};
 
 /// The field manager of every server-side apply kekeeper makes.
@@ -118,11 +118,11 @@ pub struct Context<K> {
     pub client: Client,
     pub kms: K,
     pub clock: Clock,
-    pub recorder: Recorder,
-    /// Key pair Secrets (label `kekeeper.io/config`), from a reflector.
-    pub secrets: Store<Secret>,
-    /// `<config>-public-keys` ConfigMaps, from a reflector.
-    pub config_maps: Store<ConfigMap>,
+    pub events: Events,
+    /// Key pair Secrets (label `kekeeper.io/config`) as records, by resource.
+    pub key_pairs: KeyPairCache,
+    /// `<config>-public-keys` ConfigMaps, as digests.
+    pub public_keys: PublicKeysCache,
     /// One bucket for key pair generation across all resources.
     pub key_pair_rate: Arc<TokenBucket>,
     pub settings: Settings,
@@ -138,9 +138,9 @@ impl<K> Context<K> {
         client: Client,
         kms: K,
         clock: Clock,
-        recorder: Recorder,
-        secrets: Store<Secret>,
-        config_maps: Store<ConfigMap>,
+        events: Events,
+        key_pairs: KeyPairCache,
+        public_keys: PublicKeysCache,
         key_pair_rate: Arc<TokenBucket>,
         settings: Settings,
         metrics: Metrics,
@@ -149,9 +149,9 @@ impl<K> Context<K> {
             client,
             kms,
             clock,
-            recorder,
-            secrets,
-            config_maps,
+            events,
+            key_pairs,
+            public_keys,
             key_pair_rate,
             settings,
             metrics,
@@ -199,6 +199,11 @@ pub async fn reconcile<K: Kms>(
     rkc: Arc<RecordingKeyConfig>,
     ctx: Arc<Context<K>>,
 ) -> Result<Action> {
+    // A reconcile decides on the owned objects' caches: never before their first list is in
+    // (the resources' watch may deliver first; an empty cache would look like missing pairs
+    // and a missing ConfigMap).
+    ctx.key_pairs.synced().await;
+    ctx.public_keys.synced().await;
     ctx.metrics.reconciles.inc();
     let object = ObjectRef::from_obj(rkc.as_ref());
     let result = reconcile_steps(rkc, &ctx).await;
@@ -327,5 +332,4 @@ fn record_metrics<K>(
         config: obs.name.clone(),
     };
     ctx.metrics.record_status(&config, status);
-    ctx.metrics.custody.record(&config, status);
 }

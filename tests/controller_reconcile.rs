@@ -9,7 +9,9 @@ use std::time::Duration;
 use http::{Method, Request, Response};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kekeeper::controller::cache::{self, KeyPairCache, PublicKeysCache};
 use kekeeper::controller::ratelimit::TokenBucket;
+use kekeeper::controller::report::Events;
 use kekeeper::controller::{self, Context, Settings};
 use kekeeper::crd::{
     KmsKeyChangePolicy, LastKmsError, RecordingKeyConfig, RecordingKeyConfigSpec,
@@ -20,8 +22,7 @@ use kekeeper::kms::fake::FakeKms;
 use kekeeper::kms::{KeyPairSpec, KmsErrorKind, KmsOperation};
 use kekeeper::metrics::Metrics;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -134,8 +135,12 @@ enum Scenario {
     /// Steady state: no request at all.
     SteadyState,
     /// Key pair problems seen in the cache (a substituted public key): status and a Warning
-    /// event naming the problem; no list, no KMS, no ConfigMap write (it keeps the verified key).
-    KeyPairProblem { reason: &'static str },
+    /// event naming the problem; no Secret list, no KMS; the published ConfigMap is read (the
+    /// cache keeps only its digest) and not written (it keeps the verified key).
+    KeyPairProblem {
+        reason: &'static str,
+        published: Box<ConfigMap>,
+    },
     /// The active Secret is gone: a fresh list confirms it, status (Reconciling), a new pair,
     /// status, a Warning event about the missing pair, ConfigMap.
     ReplaceDeletedActive,
@@ -219,6 +224,19 @@ fn status_patch(object: &Value) -> Expect {
                 object["status"] = body["status"].clone();
                 (200, object)
             }
+        }),
+    }
+}
+fn list_config_maps(published: ConfigMap) -> Expect {
+    Expect {
+        method: Method::GET,
+        path: format!("/api/v1/namespaces/{NS}/configmaps"),
+        query_contains: vec!["fieldSelector=metadata.name%3Drecordings-public-keys"],
+        reply: Box::new(move |_| {
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {}, "items": [published]}),
+            )
         }),
     }
 }
@@ -323,7 +341,11 @@ impl Scenario {
                 ]
             }
             Scenario::ConfigInvalid => vec![status_patch(object), event("ConfigInvalid")],
-            Scenario::KeyPairProblem { reason } => vec![status_patch(object), event(reason)],
+            Scenario::KeyPairProblem { reason, published } => vec![
+                status_patch(object),
+                event(reason),
+                list_config_maps(*published),
+            ],
             Scenario::ReplaceDeletedActive => vec![
                 list(vec![]),
                 status_patch(object),
@@ -461,10 +483,10 @@ async fn verify(mut handle: Handle, expectations: Vec<Expect>) -> Vec<Seen> {
 
 struct Harness {
     kms: FakeKms,
-    secrets: reflector::store::Writer<Secret>,
-    secrets_store: Store<Secret>,
-    config_maps: reflector::store::Writer<ConfigMap>,
-    config_maps_store: Store<ConfigMap>,
+    secrets: KeyPairCache,
+    config_maps: PublicKeysCache,
+    /// The ConfigMaps as last applied (the cache keeps only digests).
+    published: Vec<ConfigMap>,
     now: Timestamp,
     key_arn: String,
 }
@@ -473,14 +495,16 @@ impl Harness {
     fn new() -> Self {
         let kms = FakeKms::reusing_key_pairs();
         let key_arn = kms.create_key_for(&kekeeper::arn::AliasArn::parse(ALIAS).unwrap());
-        let (secrets_store, secrets) = reflector::store();
-        let (config_maps_store, config_maps) = reflector::store();
+        let secrets = cache::key_pair_cache();
+        let config_maps = cache::public_keys_cache();
+        // Synced and empty, as after a first list that found nothing.
+        secrets.apply_watcher_event(&watcher::Event::InitDone);
+        config_maps.apply_watcher_event(&watcher::Event::InitDone);
         Harness {
             kms,
             secrets,
-            secrets_store,
             config_maps,
-            config_maps_store,
+            published: Vec::new(),
             now: ts(NOW),
             key_arn,
         }
@@ -503,9 +527,9 @@ impl Harness {
             client.clone(),
             self.kms.clone(),
             Arc::new(move || now),
-            Recorder::new(client, Reporter::from("kekeeper")),
-            self.secrets_store.clone(),
-            self.config_maps_store.clone(),
+            Events::new(client, Reporter::from("kekeeper")),
+            self.secrets.clone(),
+            self.config_maps.clone(),
             Arc::new(TokenBucket::new(1000.0, 100)),
             Settings::default(),
             Metrics::default(),
@@ -557,7 +581,8 @@ impl Harness {
             if s.method == Method::PATCH && s.path == config_map_path() {
                 let cm: ConfigMap = serde_json::from_value(s.body.clone()).unwrap();
                 self.config_maps
-                    .apply_watcher_event(&watcher::Event::Apply(cm));
+                    .apply_watcher_event(&watcher::Event::Apply(cm.clone()));
+                self.published = vec![cm];
             }
         }
         for secret in &secrets {
@@ -1367,6 +1392,7 @@ async fn a_substituted_public_key_is_reported_and_never_published() {
             rkc,
             Scenario::KeyPairProblem {
                 reason: "PublicKeyMismatch",
+                published: Box::new(h.published[0].clone()),
             },
         )
         .await;

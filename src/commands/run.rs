@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -22,9 +22,11 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
+use crate::controller::cache::{self, Cache};
 use crate::controller::leader::election::LeaseTiming;
 use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
 use crate::controller::ratelimit::TokenBucket;
+use crate::controller::report::Events;
 use crate::controller::{self, Context, Settings};
 use crate::crd::RecordingKeyConfig;
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
@@ -302,7 +304,7 @@ async fn run_scope(
     // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
     // these) and the controller's triggers, so a deleted or edited key pair Secret or
     // ConfigMap is put right at once.
-    let (rkc_store, rkc_events) = cached(rkcs, watcher::Config::default());
+    let (rkc_store, rkc_events) = cached(rkcs, list_in_pages());
     let metrics = shared.metrics.clone();
     let rkc_stream = rkc_events
         .inspect_ok(move |event| {
@@ -316,19 +318,28 @@ async fn run_scope(
             }
         })
         .applied_objects();
-    let (secrets, secrets_events) =
-        cached(secrets_api, watcher::Config::default().labels(LABEL_CONFIG));
+    // The owned objects are kept as records and digests, not objects (see `controller::cache`).
+    let key_pairs = cache::key_pair_cache();
+    let secrets_events = compacted(
+        secrets_api,
+        list_in_pages().labels(LABEL_CONFIG),
+        &key_pairs,
+    );
     let managed = format!("{LABEL_MANAGED_BY}=kekeeper");
-    let (config_maps, config_maps_events) =
-        cached(config_maps_api, watcher::Config::default().labels(&managed));
+    let public_keys = cache::public_keys_cache();
+    let config_maps_events = compacted(
+        config_maps_api,
+        list_in_pages().labels(&managed),
+        &public_keys,
+    );
 
     let ctx = Arc::new(Context::new(
         client.clone(),
         shared.kms,
         controller::system_clock(),
-        Recorder::new(client.clone(), shared.reporter),
-        secrets.clone(),
-        config_maps.clone(),
+        Events::new(client.clone(), shared.reporter),
+        key_pairs.clone(),
+        public_keys.clone(),
         shared.key_pair_rate,
         shared.settings,
         shared.metrics,
@@ -344,7 +355,9 @@ async fn run_scope(
         .owns_stream(config_maps_events.touched_objects());
     let store = controller.store();
     tokio::spawn(async move {
-        if synced(&store).await && synced(&secrets).await && synced(&config_maps).await {
+        if synced(&store).await {
+            key_pairs.synced().await;
+            public_keys.synced().await;
             on_synced();
         }
     });
@@ -361,6 +374,12 @@ async fn run_scope(
             futures::future::ready(())
         })
         .await;
+}
+
+/// Watches that list in pages of 100 objects: the objects of a page are parsed at once, and
+/// smaller pages keep that passing memory (and the heap it leaves fragmented) small.
+fn list_in_pages() -> watcher::Config {
+    watcher::Config::default().page_size(100)
 }
 
 /// A cache of `api`'s objects (slimmed) and the watch events that fill it, for the triggers.
@@ -384,6 +403,23 @@ where
     let (store, writer) = reflector::store();
     let events = reflector(writer, watcher(api, config).modify(slim)).default_backoff();
     (store, events)
+}
+
+/// The watch events of `api`'s objects, each taken into `cache` before it is passed on (to
+/// trigger reconciles).
+fn compacted<K, V>(
+    api: Api<K>,
+    config: watcher::Config,
+    cache: &Cache<K, V>,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K, V>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let cache = cache.clone();
+    watcher(api, config)
+        .default_backoff()
+        .inspect_ok(move |event| cache.apply_watcher_event(event))
 }
 
 /// Drops what the controller never reads from a cached object: `managedFields` and

@@ -198,16 +198,7 @@ async fn store<K>(
         namespace: Some(obs.namespace.clone()),
         ..ObjectReference::default()
     };
-    super::report::publish(
-        ctx,
-        &obs.rkc,
-        EventType::Normal,
-        "KeyPairGenerated",
-        "Rotate",
-        &note,
-        Some(secret),
-    )
-    .await;
+    super::report::publish_once(ctx, &obs.rkc, "KeyPairGenerated", "Rotate", &note, secret).await;
     outcome.ring.add(stored);
     Ok(())
 }

@@ -12,6 +12,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
+use super::cache::CachedKeyPair;
 use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
@@ -96,10 +97,10 @@ impl Observation {
         let name = rkc.name_any();
         let config = config::validate(&rkc.spec, ctx.settings.operator_region.as_deref())
             .map_err(|err| err.to_string());
-        let secrets = ctx.secrets.state_filter(|s| {
-            s.namespace().as_deref() == Some(namespace.as_str()) && secret_matches(s, &name)
-        });
-        let (records, tokens) = records_of(secrets.iter().map(|s| s.as_ref()), &name);
+        let cached = ctx
+            .key_pairs
+            .group(&namespace, &keypair::config_label(&name));
+        let (records, tokens) = assemble(cached.into_iter().map(|(_, pair)| pair), &name);
         let ring = ring_of(&rkc, records, tokens, now);
         Ok(Observation {
             rkc,
@@ -165,6 +166,8 @@ impl Observation {
     /// Decrypts each active pair's private key through KMS and compares it with the recorded
     /// fingerprint; failed pairs are marked in the ring (they rotate).
     pub async fn verify_custody<K: Kms>(&mut self, ctx: &Context<K>) {
+        // The cache keeps no private key blobs: the plan lists the Secrets before this step.
+        debug_assert!(self.records_listed, "custody check on cached records");
         let Ok(config) = &self.config else { return };
         let check = super::custody::check(ctx, &self.ring, &config.organization_ids).await;
         for failure in &check.failures {
@@ -245,23 +248,43 @@ pub fn records_of<'a>(
     secrets: impl IntoIterator<Item = &'a Secret>,
     config: &str,
 ) -> (Vec<KeyPairRecord>, Tokens) {
-    let mut tokens = Tokens::new();
-    let records = secrets
+    let pairs = secrets
         .into_iter()
         .filter_map(|secret| match KeyPairRecord::from_secret(secret) {
-            Ok(mut record) if record.config_name == config || secret_matches(secret, config) => {
-                // The label may only carry a hash of a long name.
-                record.config_name = config.to_owned();
-                if let Some(token) = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN) {
-                    tokens.insert(record.name(), token.clone());
-                }
-                Some(record)
+            Ok(record) if record.config_name == config || secret_matches(secret, config) => {
+                Some(CachedKeyPair {
+                    record,
+                    rotate_now_token: secret
+                        .annotations()
+                        .get(ANNOTATION_ROTATE_NOW_TOKEN)
+                        .cloned(),
+                })
             }
             Ok(_) => None,
             Err(err) => {
                 warn!(secret = %secret.name_any(), error = %err, "skipping unreadable key pair Secret");
                 None
             }
+        });
+    assemble(pairs, config)
+}
+
+/// The records of `config`'s key pairs and the rotate-now tokens they carry.
+fn assemble(
+    pairs: impl IntoIterator<Item = CachedKeyPair>,
+    config: &str,
+) -> (Vec<KeyPairRecord>, Tokens) {
+    let mut tokens = Tokens::new();
+    let records = pairs
+        .into_iter()
+        .map(|pair| {
+            let mut record = pair.record;
+            // The label may only carry a hash of a long name.
+            record.config_name = config.to_owned();
+            if let Some(token) = pair.rotate_now_token {
+                tokens.insert(record.name(), token);
+            }
+            record
         })
         .collect();
     (records, tokens)

@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
-use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::ObjectRef;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
+use super::cache::content_digest;
 use super::execute::{Failure, Outcome};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Step};
@@ -297,8 +299,74 @@ pub async fn publish<K>(
         action: action.to_owned(),
         secondary,
     };
-    let recorder: &Recorder = &ctx.recorder;
-    if let Err(err) = recorder.publish(&event, &rkc.object_ref(&())).await {
+    if let Err(err) = ctx
+        .events
+        .recorder
+        .publish(&event, &rkc.object_ref(&()))
+        .await
+    {
+        warn!(error = %err, reason, "could not publish event");
+    }
+}
+
+/// Where events go: repeatable ones through kube's [`Recorder`], which merges a repeat into
+/// the first event's series and so keeps every event it sent for a while; one-off events
+/// (each about a new key pair) straight to the API server, keeping nothing.
+pub struct Events {
+    recorder: Recorder,
+    client: kube::Client,
+    reporter: Reporter,
+}
+
+impl Events {
+    pub fn new(client: kube::Client, reporter: Reporter) -> Self {
+        Events {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
+        }
+    }
+}
+
+/// A Normal event that is never repeated (it names `related`, a new object): created
+/// directly, with no series and nothing kept in memory. Best effort, like [`publish`].
+pub async fn publish_once<K>(
+    ctx: &Context<K>,
+    rkc: &RecordingKeyConfig,
+    reason: &str,
+    action: &str,
+    note: &str,
+    related: ObjectReference,
+) {
+    let reporter = &ctx.events.reporter;
+    let now = (ctx.clock)();
+    let regarding = rkc.object_ref(&());
+    let namespace = rkc.namespace().unwrap_or_default();
+    let event = K8sEvent {
+        metadata: ObjectMeta {
+            // As kube's Recorder names events: the object's name and the time.
+            name: Some(format!("{}.{:x}", rkc.name_any(), now.as_nanosecond())),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Normal".to_owned()),
+        reason: Some(reason.to_owned()),
+        action: Some(action.to_owned()),
+        note: Some(truncate(note, 1000)),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(regarding),
+        related: Some(related),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        ..K8sEvent::default()
+    };
+    let api: Api<K8sEvent> = Api::namespaced(ctx.events.client.clone(), &namespace);
+    if let Err(err) = api.create(&PostParams::default(), &event).await {
         warn!(error = %err, reason, "could not publish event");
     }
 }
@@ -437,7 +505,8 @@ fn published_entry(
     Some((pem.clone(), entry))
 }
 
-/// Server-side applies the ConfigMap unless the cached one already carries the same data.
+/// Server-side applies the ConfigMap unless the cached one already carries the same labels
+/// and data.
 async fn apply_public_keys<K>(
     ctx: &Context<K>,
     rkc: &RecordingKeyConfig,
@@ -445,14 +514,23 @@ async fn apply_public_keys<K>(
 ) -> Result<()> {
     let name = public_keys_config_map_name(&rkc.name_any());
     let namespace = rkc.namespace().unwrap_or_default();
-    let cached = ctx
-        .config_maps
-        .get(&ObjectRef::new(&name).within(&namespace));
-    let desired = public_keys_config_map(rkc, ring, cached.as_deref());
-    if cached.is_some_and(|c| c.data == desired.data && c.labels() == desired.labels()) {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The cache keeps digests only: the published entries of an unverified pair are read from
+    // the API server (a list by name: the controller may list ConfigMaps, not get them).
+    let unverified = ring
+        .active_by_org()
+        .values()
+        .any(|record| !ring.is_verified(record));
+    let published = if unverified {
+        let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+        api.list(&by_name).await?.items.into_iter().next()
+    } else {
+        None
+    };
+    let desired = public_keys_config_map(rkc, ring, published.as_ref());
+    if ctx.public_keys.get(&namespace, &name) == Some(content_digest(&desired)) {
         return Ok(());
     }
-    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut body = serde_json::to_value(&desired).unwrap_or_default();
     body["apiVersion"] = json!("v1");
     body["kind"] = json!("ConfigMap");
