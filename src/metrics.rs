@@ -1,10 +1,12 @@
 //! Prometheus metrics (text format on `/metrics`), and a KMS wrapper that counts every call by
 //! operation and outcome.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,14 +52,8 @@ pub struct Metrics {
     pub kms_calls: Family<KmsCallLabels, Counter>,
     /// Creation time (Unix seconds) of each organisation's active key pair; age is `time() - x`.
     pub key_pair_created: Family<KeyPairLabels, Gauge>,
-    pub next_rotation: Family<ConfigLabels, Gauge<f64, AtomicU64>>,
-    /// 1 while the resource's Ready condition is True.
-    pub ready: Family<ConfigLabels, Gauge>,
-    /// 1 while its KmsAvailable condition is True.
-    pub kms_available: Family<ConfigLabels, Gauge>,
-    /// Retained key pairs whose KMS key is disabled, pending deletion or gone.
-    pub historical_keys_at_risk: Family<ConfigLabels, Gauge>,
-    pub custody: CustodyGauges,
+    /// The gauges with one series per resource.
+    resources: Arc<ResourceGauges>,
     /// Uids of deleted resources, whose series are not recorded again.
     forgotten: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -75,25 +71,8 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let kms_calls = Family::<KmsCallLabels, Counter>::default();
         let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
-        let next_rotation = Family::<ConfigLabels, Gauge<f64, AtomicU64>>::default();
-        let ready = Family::<ConfigLabels, Gauge>::default();
-        let kms_available = Family::<ConfigLabels, Gauge>::default();
-        let historical_keys_at_risk = Family::<ConfigLabels, Gauge>::default();
-        registry.register(
-            "ready",
-            "1 while the RecordingKeyConfig is Ready",
-            ready.clone(),
-        );
-        registry.register(
-            "kms_available",
-            "1 while the last KMS interaction of the RecordingKeyConfig succeeded",
-            kms_available.clone(),
-        );
-        registry.register(
-            "historical_keys_at_risk",
-            "Retained key pairs whose KMS key is disabled, pending deletion or gone",
-            historical_keys_at_risk.clone(),
-        );
+        let resources = Arc::new(ResourceGauges::default());
+        registry.register_collector(Box::new(resources.clone()));
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -110,24 +89,14 @@ impl Default for Metrics {
             "Creation time of each organisation's active key pair (key pair age = time() - this)",
             key_pair_created.clone(),
         );
-        registry.register(
-            "next_rotation_timestamp_seconds",
-            "When the next rotation of a RecordingKeyConfig is due",
-            next_rotation.clone(),
-        );
-        let custody = CustodyGauges::register(&mut registry);
         Metrics {
-            custody,
+            resources,
             forgotten: Arc::default(),
             registry: Arc::new(registry),
             reconciles,
             reconcile_errors,
             kms_calls,
             key_pair_created,
-            next_rotation,
-            ready,
-            kms_available,
-            historical_keys_at_risk,
         }
     }
 }
@@ -161,31 +130,7 @@ impl Metrics {
 
     /// The per-resource gauges, from the status just written.
     pub fn record_status(&self, config: &ConfigLabels, status: &RecordingKeyConfigStatus) {
-        let is_true = |type_: &str| {
-            i64::from(
-                status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == type_ && c.status == "True"),
-            )
-        };
-        self.ready.get_or_create(config).set(is_true("Ready"));
-        self.kms_available
-            .get_or_create(config)
-            .set(is_true("KmsAvailable"));
-        self.historical_keys_at_risk
-            .get_or_create(config)
-            .set(status.key_pairs_at_risk.len() as i64);
-        match status.next_rotation_time {
-            Some(next) => {
-                self.next_rotation
-                    .get_or_create(config)
-                    .set(next.as_second() as f64);
-            }
-            None => {
-                self.next_rotation.remove(config);
-            }
-        }
+        self.resources.set(config, ResourceValues::of(status));
     }
 
     /// Drops every series of a deleted RecordingKeyConfig (its organisations from its last
@@ -202,11 +147,7 @@ impl Metrics {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(uid.to_owned());
         }
-        self.ready.remove(config);
-        self.kms_available.remove(config);
-        self.historical_keys_at_risk.remove(config);
-        self.next_rotation.remove(config);
-        self.custody.forget(config);
+        self.resources.forget(config);
         for pair in status.map_or(&[][..], |s| &s.active_key_pairs[..]) {
             self.key_pair_created.remove(&KeyPairLabels {
                 namespace: config.namespace.clone(),
@@ -277,51 +218,135 @@ impl<K: Kms> Kms for MeteredKms<K> {
     }
 }
 
-/// Key custody per resource (see the README's "Key custody").
-#[derive(Clone, Default)]
-pub struct CustodyGauges {
-    /// `kekeeper_key_pair_integrity_problems`: Secrets whose public key disagrees with the
-    /// fingerprint recorded in status, and pairs that failed the KMS custody check.
-    pub integrity_problems: Family<ConfigLabels, Gauge>,
-    /// `kekeeper_key_pairs_missing`: key pairs recorded in status whose Secret is gone.
-    pub missing: Family<ConfigLabels, Gauge>,
+/// The gauges with one series per resource, kept as one entry per resource (six `Family`s
+/// would keep six label sets and six gauges each) and encoded on scrape.
+#[derive(Debug, Default)]
+struct ResourceGauges {
+    values: RwLock<HashMap<ConfigLabels, ResourceValues>>,
 }
 
-impl CustodyGauges {
-    fn register(registry: &mut Registry) -> Self {
-        let gauges = CustodyGauges::default();
-        registry.register(
-            "key_pair_integrity_problems",
-            "Key pairs whose Secret disagrees with the fingerprint recorded in status or that failed the KMS custody check",
-            gauges.integrity_problems.clone(),
-        );
-        registry.register(
-            "key_pairs_missing",
-            "Key pairs recorded in status whose Secret is gone (not pruned, not acknowledged)",
-            gauges.missing.clone(),
-        );
-        gauges
-    }
+/// One resource's gauge values.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct ResourceValues {
+    /// `kekeeper_ready`: 1 while the Ready condition is True.
+    ready: i64,
+    /// `kekeeper_kms_available`: 1 while the KmsAvailable condition is True.
+    kms_available: i64,
+    /// `kekeeper_historical_keys_at_risk`: retained pairs whose KMS key is disabled, pending
+    /// deletion or gone.
+    keys_at_risk: i64,
+    /// `kekeeper_next_rotation_timestamp_seconds`, when status names one.
+    next_rotation: Option<f64>,
+    /// `kekeeper_key_pair_integrity_problems`: Secrets whose public key disagrees with the
+    /// fingerprint recorded in status, and pairs that failed the KMS custody check (see the
+    /// README's "Key custody").
+    integrity_problems: i64,
+    /// `kekeeper_key_pairs_missing`: pairs recorded in status whose Secret is gone.
+    missing: i64,
+}
 
-    /// Drops the series of a deleted RecordingKeyConfig.
-    pub fn forget(&self, config: &ConfigLabels) {
-        self.integrity_problems.remove(config);
-        self.missing.remove(config);
-    }
-
-    /// The gauges of one resource, from the status just written.
-    pub fn record(&self, config: &ConfigLabels, status: &RecordingKeyConfigStatus) {
-        let count = |missing: bool| {
+impl ResourceValues {
+    fn of(status: &RecordingKeyConfigStatus) -> Self {
+        let is_true = |type_: &str| {
+            i64::from(
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True"),
+            )
+        };
+        let problems = |missing: bool| {
             status
                 .key_pair_problems
                 .iter()
                 .filter(|p| (p.reason == "KeyPairMissing") == missing)
                 .count() as i64
         };
-        self.integrity_problems
-            .get_or_create(config)
-            .set(count(false));
-        self.missing.get_or_create(config).set(count(true));
+        ResourceValues {
+            ready: is_true("Ready"),
+            kms_available: is_true("KmsAvailable"),
+            keys_at_risk: status.key_pairs_at_risk.len() as i64,
+            next_rotation: status.next_rotation_time.map(|t| t.as_second() as f64),
+            integrity_problems: problems(false),
+            missing: problems(true),
+        }
+    }
+}
+
+/// A gauge value, printed as the gauge it stands for would print it.
+enum GaugeValue {
+    Count(i64),
+    Seconds(f64),
+}
+
+/// (name, help, value) of each per-resource gauge; `None` leaves the series out.
+type GaugeOf = fn(&ResourceValues) -> Option<GaugeValue>;
+const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 6] = [
+    ("ready", "1 while the RecordingKeyConfig is Ready", |v| {
+        Some(GaugeValue::Count(v.ready))
+    }),
+    (
+        "kms_available",
+        "1 while the last KMS interaction of the RecordingKeyConfig succeeded",
+        |v| Some(GaugeValue::Count(v.kms_available)),
+    ),
+    (
+        "historical_keys_at_risk",
+        "Retained key pairs whose KMS key is disabled, pending deletion or gone",
+        |v| Some(GaugeValue::Count(v.keys_at_risk)),
+    ),
+    (
+        "next_rotation_timestamp_seconds",
+        "When the next rotation of a RecordingKeyConfig is due",
+        |v| v.next_rotation.map(GaugeValue::Seconds),
+    ),
+    (
+        "key_pair_integrity_problems",
+        "Key pairs whose Secret disagrees with the fingerprint recorded in status or that failed the KMS custody check",
+        |v| Some(GaugeValue::Count(v.integrity_problems)),
+    ),
+    (
+        "key_pairs_missing",
+        "Key pairs recorded in status whose Secret is gone (not pruned, not acknowledged)",
+        |v| Some(GaugeValue::Count(v.missing)),
+    ),
+];
+
+impl ResourceGauges {
+    fn set(&self, config: &ConfigLabels, values: ResourceValues) {
+        let mut map = self.values.write().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(config) {
+            Some(current) => *current = values,
+            None => {
+                map.insert(config.clone(), values);
+            }
+        }
+    }
+
+    fn forget(&self, config: &ConfigLabels) {
+        self.values
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(config);
+    }
+}
+
+impl Collector for ResourceGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let map = self.values.read().unwrap_or_else(|p| p.into_inner());
+        for (name, help, value_of) in RESOURCE_GAUGES {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, values) in map.iter() {
+                match value_of(values) {
+                    Some(GaugeValue::Count(n)) => metric.encode_family(labels)?.encode_gauge(&n)?,
+                    Some(GaugeValue::Seconds(s)) => {
+                        metric.encode_family(labels)?.encode_gauge(&s)?
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(())
     }
 }
 
