@@ -11,7 +11,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Operator};
-use common::fleet::{self, FastKms, api_requests, calls, kms_calls, outcomes, rss_mib, total};
+use common::fleet::{
+    self, FastKms, api_requests, calls, kms_calls, outcomes, rss_detail, rss_mib, total,
+};
 
 struct Args {
     resources: usize,
@@ -66,16 +68,21 @@ async fn main() {
     );
     println!("|{}|{}|", "-".repeat(60), "-".repeat(42));
 
-    let capacity = fleet::capacity(&endpoint, args.in_flight, Duration::from_secs(10)).await;
-    row(
-        &format!(
-            "LocalStack capacity, {} in flight (pairs/s)",
-            args.in_flight
-        ),
-        format!("{capacity:.1} generate+decrypt per s"),
-    );
-    localstack_fleet(&args, &endpoint, capacity).await;
-    stand_in_fleet(&args).await;
+    // `--resources 0` or `--big 0` leaves that part out.
+    if args.resources > 0 {
+        let capacity = fleet::capacity(&endpoint, args.in_flight, Duration::from_secs(10)).await;
+        row(
+            &format!(
+                "LocalStack capacity, {} in flight (pairs/s)",
+                args.in_flight
+            ),
+            format!("{capacity:.1} generate+decrypt per s"),
+        );
+        localstack_fleet(&args, &endpoint, capacity).await;
+    }
+    if args.big > 0 {
+        stand_in_fleet(&args).await;
+    }
 }
 
 /// Cold start, steady state, restart and a rotation storm of `args.resources` on LocalStack.
@@ -180,10 +187,7 @@ async fn steady(cluster: &Cluster, operator: &Operator, user: &str, secs: u64) {
             total(&kms_calls(operator).await) - kms
         ),
     );
-    row(
-        "steady state: operator RSS",
-        format!("{:.1} MiB", rss_mib(operator.pid()).0),
-    );
+    row("steady state: operator RSS", rss_detail(operator.pid()));
 }
 
 async fn restart(
@@ -218,7 +222,7 @@ async fn restart(
     );
     row(
         &format!("restart ({label}): operator RSS"),
-        format!("{:.1} MiB", rss_mib(operator.pid()).0),
+        rss_detail(operator.pid()),
     );
     operator
 }
@@ -296,7 +300,7 @@ async fn stand_in_fleet(args: &Args) {
     tokio::time::sleep(Duration::from_secs(10)).await;
     row(
         &format!("steady state, {n} + {n} Secrets: RSS (goal < 64 MiB)"),
-        format!("{:.1} MiB", rss_mib(operator.pid()).0),
+        rss_detail(operator.pid()),
     );
     operator.kill();
     let operator = restart(

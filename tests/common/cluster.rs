@@ -195,7 +195,15 @@ impl Cluster {
     ) -> Operator {
         let log = self.path(&format!("{log_name}.log"));
         let file = std::fs::File::create(&log).expect("operator log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_kekeeper"));
+        // `KEKEEPER_TEST_OPERATOR_WRAPPER=heaptrack` (say) runs the operator under a profiler.
+        let mut command = match std::env::var("KEKEEPER_TEST_OPERATOR_WRAPPER") {
+            Ok(wrapper) if !wrapper.is_empty() => {
+                let mut command = Command::new(wrapper);
+                command.arg(env!("CARGO_BIN_EXE_kekeeper"));
+                command
+            }
+            _ => Command::new(env!("CARGO_BIN_EXE_kekeeper")),
+        };
         command.arg("run");
         if !args.iter().any(|a| a.starts_with("--metrics-addr")) {
             command.arg("--metrics-addr=127.0.0.1:0");

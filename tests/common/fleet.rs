@@ -201,6 +201,25 @@ pub fn rss_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
+/// A process's resident memory now: "X MiB (heap and other anonymous A, mapped files F)".
+pub fn rss_detail(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    format!(
+        "{:.1} MiB (anon {:.1}, files {:.1})",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:")
+    )
+}
+
 /// Key pairs generated and then decrypted per second by `concurrency` workers for `duration`,
 /// directly against the KMS endpoint: the peer's own capacity.
 pub async fn capacity(endpoint: &str, concurrency: usize, duration: Duration) -> f64 {
@@ -308,7 +327,10 @@ async fn answer(
             "Origin": "AWS_KMS", "CreationDate": 1.7e9}}),
         "GenerateDataKeyPairWithoutPlaintext" => {
             let i = pool.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pool.pairs.len();
-            let blob = json!({"pair": i, "context": request["EncryptionContext"]}).to_string();
+            // Padded to the size of a real RSA_2048 private key blob (about 1.4 KB).
+            let blob = json!({"pair": i, "context": request["EncryptionContext"],
+                              "pad": "x".repeat(1250)})
+            .to_string();
             json!({"KeyId": FAST_KEY_ARN, "KeyPairSpec": "RSA_2048",
                    "PublicKey": b64.encode(&pool.pairs[i].0),
                    "PrivateKeyCiphertextBlob": b64.encode(blob)})
