@@ -640,6 +640,28 @@ async fn created(orgs: &[&str]) -> (Harness, RecordingKeyConfig, Vec<Secret>) {
 // Scenarios.
 
 #[tokio::test]
+async fn a_reconcile_waits_for_the_first_list_of_the_key_pair_cache() {
+    let mut h = Harness::new();
+    // A restarted operator: the key pair Secrets' first list is not in yet.
+    h.secrets = cache::key_pair_cache();
+    let secrets = h.secrets.clone();
+    let rkc = resource(spec(&[ORG_A]), 1);
+    let run = h.reconcile(rkc, Scenario::Create { orgs: 1 });
+    tokio::pin!(run);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut run)
+            .await
+            .is_err(),
+        "reconciled before the cache had listed"
+    );
+    assert_eq!(h.kms.total_calls(), 0);
+    secrets.apply_watcher_event(&watcher::Event::InitDone);
+    let (result, seen) = run.await;
+    result.unwrap();
+    assert_eq!(status_of(&seen).active_key_pairs.len(), 1);
+}
+
+#[tokio::test]
 async fn create_makes_secrets_status_and_config_map() {
     let mut h = Harness::new();
     let rkc = resource(spec(&[ORG_A, ORG_B]), 1);
