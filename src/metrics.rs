@@ -356,6 +356,38 @@ mod tests {
     use crate::kms::fake::FakeKms;
     use crate::kms::{KmsErrorKind, KmsOperation};
 
+    #[test]
+    fn per_resource_gauges_are_printed_and_forgotten() {
+        let metrics = Metrics::default();
+        let config = ConfigLabels {
+            namespace: "ns".into(),
+            config: "recordings".into(),
+        };
+        let status: RecordingKeyConfigStatus = serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KeyPairsActive",
+                            "message": "", "lastTransitionTime": "2026-11-30T00:00:00Z"}],
+            "nextRotationTime": "2026-12-30T00:00:00Z",
+            "keyPairsAtRisk": ["arn:aws:kms:us-east-1:111122223333:key/k: Disabled"],
+        }))
+        .unwrap();
+        metrics.record_status(&config, &status);
+        let text = metrics.encode();
+        let series = r#"{namespace="ns",config="recordings"}"#;
+        for line in [
+            format!("kekeeper_ready{series} 1"),
+            format!("kekeeper_kms_available{series} 0"),
+            format!("kekeeper_historical_keys_at_risk{series} 1"),
+            format!("kekeeper_next_rotation_timestamp_seconds{series} 1798588800.0"),
+            format!("kekeeper_key_pair_integrity_problems{series} 0"),
+            format!("kekeeper_key_pairs_missing{series} 0"),
+        ] {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(text.contains("# TYPE kekeeper_ready gauge"), "{text}");
+        metrics.forget(&config, Some("uid"), Some(&status));
+        assert!(!metrics.encode().contains("recordings"));
+    }
+
     #[tokio::test]
     async fn counts_kms_calls_by_operation_and_outcome() {
         let metrics = Metrics::default();

@@ -188,35 +188,30 @@ pub fn api_requests(cluster: &Cluster, user: &str) -> (usize, usize) {
     (mine.len(), writes)
 }
 
-/// (current, peak) resident memory of a process in MiB, from `/proc/PID/status`.
-pub fn rss_mib(pid: u32) -> (f64, f64) {
+/// A memory field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, ...) in MiB; 0 when absent.
+fn proc_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
-/// A process's resident memory now: "X MiB (heap and other anonymous A, mapped files F)".
+/// (current, peak) resident memory of a process in MiB.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    (proc_mib(pid, "VmRSS:"), proc_mib(pid, "VmHWM:"))
+}
+
+/// A process's resident memory now: "X MiB (anon A, files F)": heap and other anonymous
+/// memory, and mapped files (the binary).
 pub fn rss_detail(pid: u32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mib = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
     format!(
         "{:.1} MiB (anon {:.1}, files {:.1})",
-        mib("VmRSS:"),
-        mib("RssAnon:"),
-        mib("RssFile:")
+        proc_mib(pid, "VmRSS:"),
+        proc_mib(pid, "RssAnon:"),
+        proc_mib(pid, "RssFile:")
     )
 }
 
