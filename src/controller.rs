@@ -25,6 +25,7 @@ pub mod custody;
 pub mod execute;
 pub mod leader;
 pub mod observe;
+pub mod packed;
 pub mod plan;
 pub mod ratelimit;
 pub mod report;
@@ -48,6 +49,7 @@ use crate::policy;
 use cache::{KeyPairCache, PublicKeysCache};
 pub use observe::ANNOTATION_ROTATE_NOW_TOKEN;
 use observe::Observation;
+use packed::PackedConfig;
 use plan::Step;
 use ratelimit::TokenBucket;
 use report::{Events, StatusWriter};
@@ -77,6 +79,8 @@ pub enum Error {
     AdoptFailed { name: String, message: String },
     #[error("resource has no namespace")]
     NoNamespace,
+    #[error(transparent)]
+    Unpack(#[from] packed::UnpackError),
 }
 
 impl Error {
@@ -86,6 +90,7 @@ impl Error {
             Error::Kube(_) => "KubeApi".to_owned(),
             Error::AdoptFailed { .. } => "AdoptFailed".to_owned(),
             Error::NoNamespace => "NoNamespace".to_owned(),
+            Error::Unpack(_) => "Unpack".to_owned(),
         }
     }
 }
@@ -164,9 +169,9 @@ impl<K> Context<K> {
     }
 
     /// Counts one more failure of `rkc` and returns the backoff before its retry.
-    fn record_failure(&self, rkc: &RecordingKeyConfig) -> (u32, Duration) {
+    fn record_failure(&self, object: ObjectRef<RecordingKeyConfig>) -> (u32, Duration) {
         let mut failures = self.failures();
-        let count = failures.entry(ObjectRef::from_obj(rkc)).or_default();
+        let count = failures.entry(object).or_default();
         *count = count.saturating_add(1);
         (*count, policy::backoff(*count))
     }
@@ -183,8 +188,30 @@ pub fn error_policy<K>(
     error: &Error,
     ctx: Arc<Context<K>>,
 ) -> Action {
-    let (failures, delay) = ctx.record_failure(&rkc);
+    let (failures, delay) = ctx.record_failure(ObjectRef::from_obj(rkc.as_ref()));
     warn!(name = %rkc.name_any(), error = %error, failures, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// [`reconcile`] of a resource from the controller's packed cache.
+pub async fn reconcile_packed<K: Kms>(
+    packed: Arc<PackedConfig>,
+    ctx: Arc<Context<K>>,
+) -> Result<Action> {
+    let rkc = packed.unpack()?;
+    reconcile(Arc::new(rkc), ctx).await
+}
+
+/// [`error_policy`] of a resource from the controller's packed cache.
+pub fn error_policy_packed<K>(
+    packed: Arc<PackedConfig>,
+    error: &Error,
+    ctx: Arc<Context<K>>,
+) -> Action {
+    let name = packed.name_any();
+    let object = ObjectRef::new(&name).within(&packed.namespace().unwrap_or_default());
+    let (failures, delay) = ctx.record_failure(object);
+    warn!(name = %name, error = %error, failures, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
 

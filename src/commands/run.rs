@@ -25,10 +25,10 @@ use crate::cli::RunArgs;
 use crate::controller::cache::{self, Cache};
 use crate::controller::leader::election::LeaseTiming;
 use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
+use crate::controller::packed::PackedConfig;
 use crate::controller::ratelimit::TokenBucket;
 use crate::controller::report::Events;
 use crate::controller::{self, Context, Settings};
-use crate::crd::RecordingKeyConfig;
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
 use crate::kms::coalesce::CoalescingKms;
 use crate::kms::sdk::SdkKms;
@@ -298,7 +298,8 @@ async fn run_scope(
     shutdown: watch::Receiver<bool>,
 ) {
     let namespace = namespace.as_deref();
-    let rkcs: Api<RecordingKeyConfig> = scoped(&client, namespace);
+    // The resources are cached packed (see `controller::packed`).
+    let rkcs: Api<PackedConfig> = scoped(&client, namespace);
     let secrets_api: Api<Secret> = scoped(&client, namespace);
     let config_maps_api: Api<ConfigMap> = scoped(&client, namespace);
     // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
@@ -314,7 +315,8 @@ async fn run_scope(
                     namespace: rkc.namespace().unwrap_or_default(),
                     config: rkc.name_any(),
                 };
-                metrics.forget(&config, rkc.uid().as_deref(), rkc.status.as_ref());
+                let status = rkc.unpack().ok().and_then(|rkc| rkc.status);
+                metrics.forget(&config, rkc.uid().as_deref(), status.as_ref());
             }
         })
         .applied_objects();
@@ -350,7 +352,7 @@ async fn run_scope(
         .watches_stream(secrets_events.touched_objects(), |secret: Secret| {
             let config = secret.labels().get(LABEL_CONFIG)?.clone();
             let namespace = secret.namespace()?;
-            Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
+            Some(ObjectRef::<PackedConfig>::new(&config).within(&namespace))
         })
         .owns_stream(config_maps_events.touched_objects());
     let store = controller.store();
@@ -366,7 +368,11 @@ async fn run_scope(
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .run(controller::reconcile, controller::error_policy, ctx)
+        .run(
+            controller::reconcile_packed,
+            controller::error_policy_packed,
+            ctx,
+        )
         .for_each(|result| {
             if let Err(err) = result {
                 warn!(error = %err, "reconcile");
