@@ -11,9 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Operator};
-use common::fleet::{
-    self, FastKms, api_requests, calls, kms_calls, outcomes, rss_detail, rss_mib, total,
-};
+use common::fleet::{self, FastKms, api_requests, kms_calls, outcomes, rss_detail, rss_mib, total};
 
 struct Args {
     resources: usize,
@@ -125,12 +123,7 @@ async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
     );
     row(
         "cold start: DescribeKey / Generate / Decrypt calls",
-        format!(
-            "{} / {} / {}",
-            calls(&cold, "DescribeKey"),
-            calls(&cold, "GenerateDataKeyPairWithoutPlaintext"),
-            calls(&cold, "Decrypt")
-        ),
+        fleet::by_operation(&cold),
     );
     row(
         "cold start: client timeouts",
@@ -263,12 +256,7 @@ async fn storm(
     );
     row(
         "rotation storm: DescribeKey / Generate / Decrypt calls",
-        format!(
-            "{} / {} / {}",
-            calls(&kms, "DescribeKey"),
-            calls(&kms, "GenerateDataKeyPairWithoutPlaintext"),
-            calls(&kms, "Decrypt")
-        ),
+        fleet::by_operation(&kms),
     );
     operator.kill();
 }

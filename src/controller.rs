@@ -181,18 +181,6 @@ impl<K> Context<K> {
     }
 }
 
-/// `error_policy`, for failures that could not be reported in status (API errors): capped
-/// exponential backoff per resource (5 s doubling to 5 min), reset by the next success.
-pub fn error_policy<K>(
-    rkc: Arc<RecordingKeyConfig>,
-    error: &Error,
-    ctx: Arc<Context<K>>,
-) -> Action {
-    let (failures, delay) = ctx.record_failure(ObjectRef::from_obj(rkc.as_ref()));
-    warn!(name = %rkc.name_any(), error = %error, failures, ?delay, "reconcile failed; retrying");
-    Action::requeue(delay)
-}
-
 /// [`reconcile`] of a resource from the controller's packed cache.
 pub async fn reconcile_packed<K: Kms>(
     packed: Arc<PackedConfig>,
@@ -202,12 +190,9 @@ pub async fn reconcile_packed<K: Kms>(
     reconcile(Arc::new(rkc), ctx).await
 }
 
-/// [`error_policy`] of a resource from the controller's packed cache.
-pub fn error_policy_packed<K>(
-    packed: Arc<PackedConfig>,
-    error: &Error,
-    ctx: Arc<Context<K>>,
-) -> Action {
+/// `error_policy`, for failures that could not be reported in status (API errors): capped
+/// exponential backoff per resource (5 s doubling to 5 min), reset by the next success.
+pub fn error_policy<K>(packed: Arc<PackedConfig>, error: &Error, ctx: Arc<Context<K>>) -> Action {
     let name = packed.name_any();
     let object = ObjectRef::new(&name).within(&packed.namespace().unwrap_or_default());
     let (failures, delay) = ctx.record_failure(object);

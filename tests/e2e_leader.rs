@@ -262,14 +262,7 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() {
 
 /// The sum of `kekeeper_kms_calls_total` on a replica's /metrics.
 async fn kms_calls(replica: &Replica) -> f64 {
-    replica
-        .operator
-        .get("/metrics")
-        .await
-        .lines()
-        .filter(|line| line.starts_with("kekeeper_kms_calls_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::fleet::metric(&replica.operator, "kekeeper_kms_calls_total").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

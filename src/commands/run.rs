@@ -368,11 +368,7 @@ async fn run_scope(
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .run(
-            controller::reconcile_packed,
-            controller::error_policy_packed,
-            ctx,
-        )
+        .run(controller::reconcile_packed, controller::error_policy, ctx)
         .for_each(|result| {
             if let Err(err) = result {
                 warn!(error = %err, "reconcile");

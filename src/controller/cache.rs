@@ -175,12 +175,9 @@ impl<K: kube::Resource, V: Clone> Cache<K, V> {
     }
 
     /// Objects kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.read().live.group_of.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Waits until the first list is complete.

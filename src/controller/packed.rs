@@ -77,7 +77,8 @@ impl PackedConfig {
     }
 
     /// Bytes of the packed spec and status.
-    pub fn packed_len(&self) -> usize {
+    #[cfg(test)]
+    fn packed_len(&self) -> usize {
         self.body.len()
     }
 }

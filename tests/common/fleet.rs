@@ -132,7 +132,7 @@ pub async fn kms_calls(operator: &Operator) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
-/// The value of a metric without labels (a counter's `_total`), 0 when absent.
+/// The sum of a metric's samples (all its series), 0 when absent.
 pub async fn metric(operator: &Operator, name: &str) -> f64 {
     metric_family(&operator.get("/metrics").await, name)
         .into_iter()
@@ -161,6 +161,16 @@ pub fn calls(all: &BTreeMap<(String, String), u64>, operation: &str) -> u64 {
         .filter(|((op, _), _)| op == operation)
         .map(|(_, n)| n)
         .sum()
+}
+
+/// "DescribeKey / Generate / Decrypt" call counts, as the benchmark's table shows them.
+pub fn by_operation(all: &BTreeMap<(String, String), u64>) -> String {
+    format!(
+        "{} / {} / {}",
+        calls(all, "DescribeKey"),
+        calls(all, "GenerateDataKeyPairWithoutPlaintext"),
+        calls(all, "Decrypt")
+    )
 }
 
 pub fn outcomes(all: &BTreeMap<(String, String), u64>, outcome: &str) -> u64 {
