@@ -501,6 +501,36 @@ pub fn organization_label(organization_id: &str) -> String {
     label_value(organization_id)
 }
 
+/// An active key pair for unit tests: resource `recordings` in `telephony`, KMS key
+/// `arn:aws:kms:us-east-1:111122223333:key/k1`, the default context key, reason
+/// `NoActiveKeyPair`, made-up key material (`public_key_der` as given).
+#[cfg(test)]
+pub(crate) fn test_pair(
+    organization_id: &str,
+    sequence: u64,
+    spec: KeyPairSpec,
+    public_key_der: Vec<u8>,
+    created_at: Timestamp,
+) -> KeyPairRecord {
+    KeyPairRecord::new_active(
+        "recordings",
+        "telephony",
+        sequence,
+        GeneratedKeyPair {
+            kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k1".into(),
+            spec,
+            public_key_der,
+            private_key_ciphertext: vec![9; 8],
+        },
+        EncryptionContext {
+            key: "genesys-cloud-organization-id".into(),
+            organization_id: organization_id.into(),
+        },
+        created_at,
+        "NoActiveKeyPair",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -412,32 +412,23 @@ pub fn acknowledged(annotation: Option<&str>) -> BTreeSet<String> {
 mod tests {
     use super::*;
     use crate::crd::KeyPairProblem;
-    use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
+    use crate::keypair::test_pair;
+    use crate::kms::KeyPairSpec;
 
     const ORG: &str = "org-a";
-    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/k1";
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
 
     fn pair(org: &str, sequence: u64, public_key: u8) -> KeyPairRecord {
-        KeyPairRecord::new_active(
-            "recordings",
-            "telephony",
+        let created = ts("2026-01-01T00:00:00Z") + SignedDuration::from_hours(sequence as i64);
+        test_pair(
+            org,
             sequence,
-            GeneratedKeyPair {
-                kms_key_arn: KEY.into(),
-                spec: KeyPairSpec::Rsa2048,
-                public_key_der: vec![public_key; 8],
-                private_key_ciphertext: vec![9; 8],
-            },
-            EncryptionContext {
-                key: "genesys-cloud-organization-id".into(),
-                organization_id: org.into(),
-            },
-            ts("2026-01-01T00:00:00Z") + SignedDuration::from_hours(sequence as i64),
-            "NoActiveKeyPair",
+            KeyPairSpec::Rsa2048,
+            vec![public_key; 8],
+            created,
         )
     }
 

@@ -231,13 +231,14 @@ pub fn retention(rkc: &RecordingKeyConfig) -> Option<SignedDuration> {
 
 #[cfg(test)]
 mod tests {
+    use crate::keypair::test_pair;
     use std::sync::Arc;
 
     use super::*;
     use crate::config;
     use crate::controller::observe::{Tokens, ring_of};
     use crate::crd::{LastKmsError, RecordingKeyConfigStatus};
-    use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec, KmsError};
+    use crate::kms::{KeyPairSpec, KmsError};
     use crate::kms::{KmsErrorKind, KmsOperation};
 
     const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
@@ -262,23 +263,7 @@ mod tests {
     }
 
     fn record(created: &str) -> KeyPairRecord {
-        KeyPairRecord::new_active(
-            "recordings",
-            "telephony",
-            1,
-            GeneratedKeyPair {
-                kms_key_arn: KEY.into(),
-                spec: KeyPairSpec::Rsa2048,
-                public_key_der: vec![1, 2, 3],
-                private_key_ciphertext: vec![4, 5, 6],
-            },
-            EncryptionContext {
-                key: "genesys-cloud-organization-id".into(),
-                organization_id: ORG.into(),
-            },
-            ts(created),
-            "NoActiveKeyPair",
-        )
+        test_pair(ORG, 1, KeyPairSpec::Rsa2048, vec![1, 2, 3], ts(created))
     }
 
     /// A resource whose one pair is active and whose status is current at generation 1.

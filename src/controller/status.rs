@@ -538,12 +538,13 @@ impl Conditions<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::keypair::test_pair;
     use std::collections::BTreeSet;
 
     use super::*;
     use crate::controller::observe::{CustodyFailure, Tokens};
     use crate::keyring::Reading;
-    use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
+    use crate::kms::KeyPairSpec;
 
     const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
 
@@ -563,22 +564,13 @@ mod tests {
     }
 
     fn pair(sequence: u64, public_key: u8) -> KeyPairRecord {
-        KeyPairRecord::new_active(
-            "recordings",
-            "telephony",
+        let created = ts("2026-01-01T00:00:00Z");
+        test_pair(
+            ORG,
             sequence,
-            GeneratedKeyPair {
-                kms_key_arn: "arn:aws:kms:us-east-1:111122223333:key/k1".into(),
-                spec: KeyPairSpec::Rsa3072,
-                public_key_der: vec![public_key; 8],
-                private_key_ciphertext: vec![1; 8],
-            },
-            EncryptionContext {
-                key: "genesys-cloud-organization-id".into(),
-                organization_id: ORG.into(),
-            },
-            ts("2026-01-01T00:00:00Z"),
-            "NoActiveKeyPair",
+            KeyPairSpec::Rsa3072,
+            vec![public_key; 8],
+            created,
         )
     }
 
