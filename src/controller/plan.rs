@@ -231,13 +231,13 @@ pub fn retention(rkc: &RecordingKeyConfig) -> Option<SignedDuration> {
 
 #[cfg(test)]
 mod tests {
-    use crate::keypair::test_pair;
     use std::sync::Arc;
 
     use super::*;
     use crate::config;
     use crate::controller::observe::{Tokens, ring_of};
     use crate::crd::{LastKmsError, RecordingKeyConfigStatus};
+    use crate::keypair::test_pair;
     use crate::kms::{KeyPairSpec, KmsError};
     use crate::kms::{KmsErrorKind, KmsOperation};
 

@@ -538,11 +538,11 @@ impl Conditions<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::keypair::test_pair;
     use std::collections::BTreeSet;
 
     use super::*;
     use crate::controller::observe::{CustodyFailure, Tokens};
+    use crate::keypair::test_pair;
     use crate::keyring::Reading;
     use crate::kms::KeyPairSpec;
 
