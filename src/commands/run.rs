@@ -309,14 +309,8 @@ async fn run_scope(
     let metrics = shared.metrics.clone();
     let rkc_stream = rkc_events
         .inspect_ok(move |event| {
-            // A deleted resource's series go with it.
             if let watcher::Event::Delete(rkc) = event {
-                let config = ConfigLabels {
-                    namespace: rkc.namespace().unwrap_or_default(),
-                    config: rkc.name_any(),
-                };
-                let status = rkc.unpack().ok().and_then(|rkc| rkc.status);
-                metrics.forget(&config, rkc.uid().as_deref(), status.as_ref());
+                forget_deleted(&metrics, rkc);
             }
         })
         .applied_objects();
@@ -378,13 +372,26 @@ async fn run_scope(
         .await;
 }
 
+/// A deleted resource's series go with it. Its uid and status are in the packed body.
+fn forget_deleted(metrics: &Metrics, rkc: &PackedConfig) {
+    let config = ConfigLabels {
+        namespace: rkc.namespace().unwrap_or_default(),
+        config: rkc.name_any(),
+    };
+    let unpacked = rkc.unpack().ok();
+    let uid = unpacked.as_ref().and_then(|rkc| rkc.uid());
+    let status = unpacked.and_then(|rkc| rkc.status);
+    metrics.forget(&config, uid.as_deref(), status.as_ref());
+}
+
 /// Watches that list in pages of 100 objects: the objects of a page are parsed at once, and
 /// smaller pages keep that passing memory (and the heap it leaves fragmented) small.
 fn list_in_pages() -> watcher::Config {
     watcher::Config::default().page_size(100)
 }
 
-/// A cache of `api`'s objects (slimmed) and the watch events that fill it, for the triggers.
+/// A cache of `api`'s objects and the watch events that fill it, for the triggers. (The
+/// resources are cached packed, which drops what the controller never reads.)
 fn cached<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -403,7 +410,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    let events = reflector(writer, watcher(api, config).modify(slim)).default_backoff();
+    let events = reflector(writer, watcher(api, config)).default_backoff();
     (store, events)
 }
 
@@ -422,16 +429,6 @@ where
     watcher(api, config)
         .default_backoff()
         .inspect_ok(move |event| cache.apply_watcher_event(event))
-}
-
-/// Drops what the controller never reads from a cached object: `managedFields` and
-/// `kubectl apply`'s copy of the whole object in an annotation.
-fn slim<K: kube::Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
 }
 
 /// Whether a cache has synced (false: its watcher is gone). A store's readiness wakes only its
@@ -489,5 +486,21 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_resource_is_forgotten_by_its_uid() {
+        let text = include_str!("../../tests/fixtures/status/ready.json");
+        let packed: PackedConfig = serde_json::from_str(text).unwrap();
+        let uid = Some("5b0e3f0a-8a64-4a4c-9f1e-0d5c1f6a7b21");
+        let metrics = Metrics::default();
+        assert!(!metrics.is_forgotten(uid));
+        forget_deleted(&metrics, &packed);
+        assert!(metrics.is_forgotten(uid));
     }
 }
