@@ -5,17 +5,19 @@
 //! so a resource's key pairs are found without scanning every Secret. Fed by one watch per
 //! kind; a relist replaces the contents in one step once it is complete.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use aws_lc_rs::digest;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::keypair::{KeyPairRecord, LABEL_CONFIG};
+use crate::keypair::{KeyPairRecord, KeyPairState, LABEL_CONFIG};
+use crate::kms::{EncryptionContext, KeyPairSpec};
 
 use super::observe::ANNOTATION_ROTATE_NOW_TOKEN;
 
@@ -23,7 +25,7 @@ use super::observe::ANNOTATION_ROTATE_NOW_TOKEN;
 pub struct Cache<K, V> {
     shared: Arc<Shared<V>>,
     /// The group and the kept value of an object; `None` keeps nothing of it.
-    compact: fn(&K) -> Option<(String, V)>,
+    compact: fn(&K, &mut Interner) -> Option<(String, V)>,
 }
 
 impl<K, V> Clone for Cache<K, V> {
@@ -47,10 +49,13 @@ struct State<V> {
 }
 
 /// (namespace, group) → (name, value)s, and (namespace, name) → group to move or drop an
-/// entry. A group is small (a resource's key pairs), so a list sized to it, not a map.
+/// entry whose group is not its own name (an object in no `group_of` entry is in the group of
+/// its name, if anywhere). A group is small (a resource's key pairs), so a list sized to it,
+/// not a map.
 struct Contents<V> {
     groups: HashMap<(String, String), Vec<(String, V)>>,
     group_of: HashMap<(String, String), String>,
+    interner: Interner,
 }
 
 impl<V> Default for Contents<V> {
@@ -58,6 +63,7 @@ impl<V> Default for Contents<V> {
         Contents {
             groups: HashMap::new(),
             group_of: HashMap::new(),
+            interner: Interner::default(),
         }
     }
 }
@@ -71,16 +77,16 @@ impl<V> Contents<V> {
             .or_default();
         members.push((name.clone(), value));
         members.shrink_to_fit();
-        self.group_of.insert((namespace, name), group);
+        if group != name {
+            self.group_of.insert((namespace, name), group);
+        }
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {
-        let Some(group) = self
+        let group = self
             .group_of
             .remove(&(namespace.to_owned(), name.to_owned()))
-        else {
-            return;
-        };
+            .unwrap_or_else(|| name.to_owned());
         let key = (namespace.to_owned(), group);
         if let Some(members) = self.groups.get_mut(&key) {
             members.retain(|(member, _)| member != name);
@@ -91,8 +97,26 @@ impl<V> Contents<V> {
     }
 }
 
-impl<K: kube::Resource, V: Clone> Cache<K, V> {
-    pub fn new(compact: fn(&K) -> Option<(String, V)>) -> Self {
+/// Strings that many cached values share (the KMS key ARN, say), each kept once. A relist
+/// starts a new one, so values no longer seen do not stay.
+#[derive(Default)]
+pub struct Interner {
+    strings: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn get(&mut self, value: &str) -> Arc<str> {
+        if let Some(kept) = self.strings.get(value) {
+            return kept.clone();
+        }
+        let kept: Arc<str> = value.into();
+        self.strings.insert(kept.clone());
+        kept
+    }
+}
+
+impl<K: kube::Resource, V> Cache<K, V> {
+    pub fn new(compact: fn(&K, &mut Interner) -> Option<(String, V)>) -> Self {
         Cache {
             shared: Arc::new(Shared {
                 state: RwLock::new(State {
@@ -142,33 +166,42 @@ impl<K: kube::Resource, V: Clone> Cache<K, V> {
     fn keep(&self, contents: &mut Contents<V>, object: &K) {
         let namespace = object.namespace().unwrap_or_default();
         let name = object.name_any();
-        match (self.compact)(object) {
+        match (self.compact)(object, &mut contents.interner) {
             Some((group, value)) => contents.insert(namespace, name, group, value),
             None => contents.remove(&namespace, &name),
         }
     }
 
-    /// The values of one group, with their objects' names.
-    pub fn group(&self, namespace: &str, group: &str) -> Vec<(String, V)> {
+    /// `read` of each value of one group, with its object's name.
+    pub fn group<T>(&self, namespace: &str, group: &str, read: impl Fn(&str, &V) -> T) -> Vec<T> {
         self.read()
             .live
             .groups
             .get(&(namespace.to_owned(), group.to_owned()))
-            .cloned()
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|(name, value)| read(name, value))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The value kept of one object.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<V> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<V>
+    where
+        V: Clone,
+    {
         let state = self.read();
         let group = state
             .live
             .group_of
-            .get(&(namespace.to_owned(), name.to_owned()))?;
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map_or(name, String::as_str);
         state
             .live
             .groups
-            .get(&(namespace.to_owned(), group.clone()))?
+            .get(&(namespace.to_owned(), group.to_owned()))?
             .iter()
             .find(|(member, _)| member == name)
             .map(|(_, value)| value.clone())
@@ -177,7 +210,7 @@ impl<K: kube::Resource, V: Clone> Cache<K, V> {
     /// Objects kept.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.read().live.group_of.len()
+        self.read().live.groups.values().map(Vec::len).sum()
     }
 
     /// Waits until the first list is complete.
@@ -187,13 +220,76 @@ impl<K: kube::Resource, V: Clone> Cache<K, V> {
     }
 }
 
-/// A key pair Secret as the cache keeps it.
+/// A key pair Secret as the cache keeps it: its record without the private key blob, the
+/// config name and the namespace (the group's), the strings every pair has the same shared.
 #[derive(Clone, Debug)]
 pub struct CachedKeyPair {
-    /// The record, its private key blob left out (empty).
-    pub record: KeyPairRecord,
+    organization_id: Box<str>,
+    sequence: u64,
+    secret_name: Box<str>,
+    key_pair_id: Box<str>,
+    kms_key_arn: Arc<str>,
+    key_pair_spec: KeyPairSpec,
+    context_key: Arc<str>,
+    created_at: Timestamp,
+    reason: Arc<str>,
+    state: KeyPairState,
+    retired_at: Option<Timestamp>,
+    public_key_der: Box<[u8]>,
     /// The `kekeeper.io/rotate-now-token` annotation.
-    pub rotate_now_token: Option<String>,
+    rotate_now_token: Option<Box<str>>,
+}
+
+impl CachedKeyPair {
+    fn new(
+        record: KeyPairRecord,
+        rotate_now_token: Option<&String>,
+        shared: &mut Interner,
+    ) -> Self {
+        CachedKeyPair {
+            organization_id: record.organization_id.into(),
+            sequence: record.sequence,
+            secret_name: record.secret_name.into(),
+            key_pair_id: record.key_pair_id.into(),
+            kms_key_arn: shared.get(&record.kms_key_arn),
+            key_pair_spec: record.key_pair_spec,
+            context_key: shared.get(&record.encryption_context.key),
+            created_at: record.created_at,
+            reason: shared.get(&record.reason),
+            state: record.state,
+            retired_at: record.retired_at,
+            public_key_der: record.public_key_der.into(),
+            rotate_now_token: rotate_now_token.map(|t| t.as_str().into()),
+        }
+    }
+
+    /// The record of a pair of `config` in `namespace`, its private key blob left out (empty).
+    pub fn record(&self, config: &str, namespace: &str) -> KeyPairRecord {
+        KeyPairRecord {
+            config_name: config.to_owned(),
+            namespace: namespace.to_owned(),
+            organization_id: self.organization_id.to_string(),
+            sequence: self.sequence,
+            secret_name: self.secret_name.to_string(),
+            key_pair_id: self.key_pair_id.to_string(),
+            kms_key_arn: self.kms_key_arn.to_string(),
+            key_pair_spec: self.key_pair_spec,
+            encryption_context: EncryptionContext {
+                key: self.context_key.to_string(),
+                organization_id: self.organization_id.to_string(),
+            },
+            created_at: self.created_at,
+            reason: self.reason.to_string(),
+            state: self.state,
+            retired_at: self.retired_at,
+            public_key_der: self.public_key_der.to_vec(),
+            private_key_ciphertext: Vec::new(),
+        }
+    }
+
+    pub fn rotate_now_token(&self) -> Option<&str> {
+        self.rotate_now_token.as_deref()
+    }
 }
 
 /// Key pair Secrets, grouped by their config label.
@@ -203,23 +299,14 @@ pub fn key_pair_cache() -> KeyPairCache {
     Cache::new(compact_key_pair)
 }
 
-/// The record of a key pair Secret, without its blob; an unreadable one is logged (once per
-/// change, as it arrives) and not kept, as a reconcile would skip it.
-fn compact_key_pair(secret: &Secret) -> Option<(String, CachedKeyPair)> {
+/// What is kept of a key pair Secret; an unreadable one is logged (once per change, as it
+/// arrives) and not kept, as a reconcile would skip it.
+fn compact_key_pair(secret: &Secret, shared: &mut Interner) -> Option<(String, CachedKeyPair)> {
     let group = secret.labels().get(LABEL_CONFIG)?.clone();
     match KeyPairRecord::from_secret(secret) {
-        Ok(mut record) => {
-            record.private_key_ciphertext = Vec::new();
-            Some((
-                group,
-                CachedKeyPair {
-                    record,
-                    rotate_now_token: secret
-                        .annotations()
-                        .get(ANNOTATION_ROTATE_NOW_TOKEN)
-                        .cloned(),
-                },
-            ))
+        Ok(record) => {
+            let token = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN);
+            Some((group, CachedKeyPair::new(record, token, shared)))
         }
         Err(err) => {
             warn!(secret = %secret.name_any(), error = %err, "skipping unreadable key pair Secret");
@@ -235,7 +322,7 @@ pub type ContentDigest = [u8; 32];
 pub type PublicKeysCache = Cache<ConfigMap, ContentDigest>;
 
 pub fn public_keys_cache() -> PublicKeysCache {
-    Cache::new(|config_map| Some((config_map.name_any(), content_digest(config_map))))
+    Cache::new(|config_map, _| Some((config_map.name_any(), content_digest(config_map))))
 }
 
 /// What decides whether a ConfigMap must be written again: its labels and data.
@@ -267,7 +354,11 @@ mod tests {
 
     /// Grouped by label, like the key pair cache.
     fn by_label() -> Cache<ConfigMap, String> {
-        Cache::new(|cm| Some((cm.labels().get(LABEL_CONFIG)?.clone(), cm.name_any())))
+        Cache::new(|cm, _| Some((cm.labels().get(LABEL_CONFIG)?.clone(), cm.name_any())))
+    }
+
+    fn members(cache: &Cache<ConfigMap, String>, group: &str) -> Vec<(String, String)> {
+        cache.group("ns", group, |name, value| (name.to_owned(), value.clone()))
     }
 
     #[test]
@@ -275,15 +366,64 @@ mod tests {
         let cache = by_label();
         cache.apply_watcher_event(&watcher::Event::Apply(config_map("a", "one")));
         cache.apply_watcher_event(&watcher::Event::Apply(config_map("b", "one")));
-        assert_eq!(cache.group("ns", "one").len(), 2);
+        assert_eq!(members(&cache, "one").len(), 2);
         cache.apply_watcher_event(&watcher::Event::Apply(config_map("a", "two")));
-        assert_eq!(cache.group("ns", "one").len(), 1);
-        assert_eq!(cache.group("ns", "two"), vec![("a".into(), "a".into())]);
-        assert_eq!(cache.group("other", "two"), vec![]);
+        assert_eq!(members(&cache, "one").len(), 1);
+        assert_eq!(members(&cache, "two"), vec![("a".into(), "a".into())]);
+        assert!(cache.group("other", "two", |_, _| ()).is_empty());
         cache.apply_watcher_event(&watcher::Event::Delete(config_map("a", "two")));
-        assert!(cache.group("ns", "two").is_empty());
+        assert!(members(&cache, "two").is_empty());
         assert_eq!(cache.get("ns", "b"), Some("b".into()));
         assert_eq!(cache.len(), 1);
+    }
+
+    /// An object in the group of its own name has no `group_of` entry: it still moves out of
+    /// it, back into it, and leaves on delete.
+    #[test]
+    fn an_object_in_its_own_group_moves_and_leaves() {
+        let cache = by_label();
+        cache.apply_watcher_event(&watcher::Event::Apply(config_map("a", "a")));
+        assert_eq!(members(&cache, "a"), vec![("a".into(), "a".into())]);
+        assert_eq!(cache.get("ns", "a"), Some("a".into()));
+        cache.apply_watcher_event(&watcher::Event::Apply(config_map("a", "other")));
+        assert!(members(&cache, "a").is_empty());
+        assert_eq!(members(&cache, "other").len(), 1);
+        cache.apply_watcher_event(&watcher::Event::Apply(config_map("a", "a")));
+        assert!(members(&cache, "other").is_empty());
+        assert_eq!(cache.len(), 1);
+        cache.apply_watcher_event(&watcher::Event::Delete(config_map("a", "a")));
+        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.get("ns", "a"), None);
+    }
+
+    /// The cached record is the Secret's, without its private key blob; pairs share one copy
+    /// of their KMS key ARN.
+    #[test]
+    fn a_key_pair_is_kept_as_its_record_without_the_blob() {
+        let cache = key_pair_cache();
+        let created = "2026-11-30T10:00:00Z".parse().unwrap();
+        let pairs = ["org-a", "org-b"].map(|org| {
+            crate::keypair::test_pair(org, 1, KeyPairSpec::Rsa2048, vec![1, 2, 3], created)
+        });
+        for pair in &pairs {
+            let mut secret = pair.to_secret();
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(ANNOTATION_ROTATE_NOW_TOKEN.into(), "t1".into());
+            cache.apply_watcher_event(&watcher::Event::Apply(secret));
+        }
+        let group = crate::keypair::config_label("recordings");
+        let kept = cache.group("telephony", &group, |_, pair| pair.clone());
+        assert_eq!(kept.len(), 2);
+        for (pair, cached) in pairs.iter().zip(&kept) {
+            let mut expected = pair.clone();
+            expected.private_key_ciphertext = Vec::new();
+            assert_eq!(cached.record("recordings", "telephony"), expected);
+            assert_eq!(cached.rotate_now_token(), Some("t1"));
+        }
+        assert!(Arc::ptr_eq(&kept[0].kms_key_arn, &kept[1].kms_key_arn));
     }
 
     #[tokio::test]
@@ -297,7 +437,7 @@ mod tests {
         assert_eq!(cache.get("ns", "new"), None);
         cache.apply_watcher_event(&watcher::Event::InitDone);
         cache.synced().await;
-        assert_eq!(cache.group("ns", "one"), vec![("new".into(), "new".into())]);
+        assert_eq!(members(&cache, "one"), vec![("new".into(), "new".into())]);
     }
 
     #[test]

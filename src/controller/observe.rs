@@ -12,7 +12,6 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
-use super::cache::CachedKeyPair;
 use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
@@ -99,8 +98,11 @@ impl Observation {
             .map_err(|err| err.to_string());
         let cached = ctx
             .key_pairs
-            .group(&namespace, &keypair::config_label(&name));
-        let (records, tokens) = assemble(cached.into_iter().map(|(_, pair)| pair), &name);
+            .group(&namespace, &keypair::config_label(&name), |_, pair| {
+                let token = pair.rotate_now_token().map(str::to_owned);
+                (pair.record(&name, &namespace), token)
+            });
+        let (records, tokens) = assemble(cached, &name);
         let ring = ring_of(&rkc, records, tokens, now);
         Ok(Observation {
             rkc,
@@ -252,13 +254,8 @@ pub fn records_of<'a>(
         .into_iter()
         .filter_map(|secret| match KeyPairRecord::from_secret(secret) {
             Ok(record) if record.config_name == config || secret_matches(secret, config) => {
-                Some(CachedKeyPair {
-                    record,
-                    rotate_now_token: secret
-                        .annotations()
-                        .get(ANNOTATION_ROTATE_NOW_TOKEN)
-                        .cloned(),
-                })
+                let token = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN);
+                Some((record, token.cloned()))
             }
             Ok(_) => None,
             Err(err) => {
@@ -271,17 +268,16 @@ pub fn records_of<'a>(
 
 /// The records of `config`'s key pairs and the rotate-now tokens they carry.
 fn assemble(
-    pairs: impl IntoIterator<Item = CachedKeyPair>,
+    pairs: impl IntoIterator<Item = (KeyPairRecord, Option<String>)>,
     config: &str,
 ) -> (Vec<KeyPairRecord>, Tokens) {
     let mut tokens = Tokens::new();
     let records = pairs
         .into_iter()
-        .map(|pair| {
-            let mut record = pair.record;
+        .map(|(mut record, token)| {
             // The label may only carry a hash of a long name.
             record.config_name = config.to_owned();
-            if let Some(token) = pair.rotate_now_token {
+            if let Some(token) = token {
                 tokens.insert(record.name(), token);
             }
             record
