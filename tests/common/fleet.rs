@@ -85,10 +85,7 @@ pub async fn rotate_now(client: &Client, prefix: &str, n: usize, token: &str) {
 pub fn count(cluster: &Cluster, done: impl Fn(&Value) -> bool) -> usize {
     cluster
         .sim
-        .objects("kekeeper.io", "recordingkeyconfigs", Some("default"))
-        .iter()
-        .filter(|o| done(o))
-        .count()
+        .count("kekeeper.io", "recordingkeyconfigs", Some("default"), done)
 }
 
 pub fn is_ready(object: &Value) -> bool {
@@ -104,7 +101,7 @@ pub async fn wait_for(
     done: impl Fn(&Value) -> bool,
 ) -> Option<Duration> {
     let start = Instant::now();
-    // Reading every object is not free: poll a large fleet less often.
+    // Counting reads every object (under kube-sim's lock): poll a large fleet less often.
     let every = Duration::from_millis(if n > 1000 { 2000 } else { 200 });
     while start.elapsed() < timeout {
         if count(cluster, &done) >= n {

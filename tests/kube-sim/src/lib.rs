@@ -388,6 +388,17 @@ impl Running {
             .collect()
     }
 
+    /// How many objects of a kind `keep` accepts, without copying them (for polling many).
+    pub fn count(
+        &self,
+        api_group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> usize {
+        self.sim.state().count(api_group, resource, namespace, keep)
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.sim.state().rv

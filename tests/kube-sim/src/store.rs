@@ -323,6 +323,24 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// How many objects of a kind `keep` accepts, read in place (nothing is copied).
+    pub fn count(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> usize {
+        let scope = Scope {
+            group,
+            plural,
+            ns,
+            label: None,
+        };
+        self.page(&scope, None, None, keep, Some(0))
+            .map_or(0, |(_, more)| more)
+    }
+
     /// One page of a list: the objects of `scope` as they were at `rv` (None: now) after the
     /// (namespace, name) `after`, that `keep` accepts, at most `limit` of them, and how many
     /// more there are. Only what is returned is copied: the objects written since `rv` are
@@ -502,5 +520,8 @@ mod tests {
         assert_eq!(names(&state, "y", None), ["a", "c"]);
         // A list as of an earlier resourceVersion sees the objects as they were.
         assert_eq!(names(&state, "x", Some(before)), ["a", "b"]);
+        let labelled = |app: &'static str| move |o: &Value| o["metadata"]["labels"]["app"] == app;
+        assert_eq!(state.count("", "secrets", Some("ns"), labelled("y")), 2);
+        assert_eq!(state.count("", "secrets", Some("other"), labelled("y")), 0);
     }
 }
