@@ -68,7 +68,8 @@ async fn main() {
 
     // `--resources 0` or `--big 0` leaves that part out.
     if args.resources > 0 {
-        let capacity = fleet::capacity(&endpoint, args.in_flight, Duration::from_secs(10)).await;
+        // As long as the cold start takes, give or take: key generation times vary widely.
+        let capacity = fleet::capacity(&endpoint, args.in_flight, Duration::from_secs(30)).await;
         row(
             &format!(
                 "LocalStack capacity, {} in flight (pairs/s)",
@@ -136,6 +137,10 @@ async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
     row(
         "cold start: API writes",
         api_requests(&cluster, &user).1.to_string(),
+    );
+    row(
+        "cold start: operator CPU time (user + system)",
+        format!("{:.1} s", fleet::cpu_seconds(operator.pid())),
     );
     row(
         "cold start: operator peak RSS",
@@ -215,6 +220,11 @@ async fn restart(
     );
     row(
         &format!("restart ({label}): operator RSS"),
+        rss_detail(operator.pid()),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    row(
+        &format!("restart ({label}): operator RSS 10 s later"),
         rss_detail(operator.pid()),
     );
     operator

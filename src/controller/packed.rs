@@ -61,7 +61,8 @@ pub struct UnpackError {
 /// the resources at hand, the smaller they pack.
 const PRIMER: &[u8] = include_bytes!("packed_primer.json");
 
-/// Compression level: small inputs gain little from more effort.
+/// Compression level. With the primer, 6 packs a typical resource smaller than 1 (about 250
+/// against 355 bytes) and no slower: the fast matcher of level 1 misses the primer's strings.
 const LEVEL: u8 = 6;
 
 /// The compressed primer, flushed to a byte boundary: what every packed body follows.

@@ -222,6 +222,22 @@ pub fn rss_detail(pid: u32) -> String {
     )
 }
 
+/// CPU seconds (user + system) a process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Kernel clock ticks: 100 per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Key pairs generated and then decrypted per second by `concurrency` workers for `duration`,
 /// directly against the KMS endpoint: the peer's own capacity.
 pub async fn capacity(endpoint: &str, concurrency: usize, duration: Duration) -> f64 {
