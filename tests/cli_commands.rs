@@ -644,6 +644,28 @@ async fn test_takes_lists_and_several_documents_and_exits_with_the_worst() {
         run.stdout
     );
 
+    // Ten skipped documents are named; the rest are counted.
+    let many = format!(
+        "{}{}",
+        "kind: ConfigMap\n---\n".repeat(25),
+        manifest(alias, &["org-a"], "RSA_2048")
+    );
+    let file = write(dir.path(), "many.yaml", &many);
+    let run = kekeeper(endpoint, &["test", "-f", &file], None).await;
+    assert_eq!(run.code, 2);
+    assert_eq!(
+        run.stderr.matches("skipped document ").count(),
+        10,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("skipped 15 more documents that are not RecordingKeyConfigs"),
+        "{}",
+        run.stderr
+    );
+
     // keypair generate takes exactly one.
     let run = kekeeper(
         endpoint,

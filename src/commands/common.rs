@@ -167,6 +167,10 @@ pub(super) fn read_manifest(path: &Path) -> Result<Manifest, String> {
     Ok(manifests.remove(0))
 }
 
+/// Skipped documents named one by one; the rest are counted (a file of a hundred thousand tiny
+/// documents would otherwise spend most of its time printing notes).
+const MAX_SKIP_NOTES: usize = 10;
+
 /// Every RecordingKeyConfig of a manifest file: one document, several (`---`), or `kind: List`
 /// (`kubectl get rkc -o yaml`). In a file of several documents other kinds are skipped with a
 /// note; a file without any RecordingKeyConfig is an error.
@@ -190,6 +194,7 @@ pub(super) fn read_manifests(path: &Path) -> Result<Vec<Manifest>, String> {
         return Ok(vec![manifest(&documents[0], &source)?]);
     }
     let mut manifests = Vec::new();
+    let mut skipped = 0;
     for (index, value) in documents.iter().enumerate() {
         let kind = value.get("kind").and_then(serde_yaml::Value::as_str);
         if kind == Some("RecordingKeyConfig") {
@@ -197,13 +202,22 @@ pub(super) fn read_manifests(path: &Path) -> Result<Vec<Manifest>, String> {
                 value,
                 &format!("{source} (document {})", index + 1),
             )?);
-        } else {
+            continue;
+        }
+        skipped += 1;
+        if skipped <= MAX_SKIP_NOTES {
             eprintln!(
                 "kekeeper: note: {source}: skipped document {} (kind {}, not RecordingKeyConfig)",
                 index + 1,
                 kind.unwrap_or("missing")
             );
         }
+    }
+    if skipped > MAX_SKIP_NOTES {
+        eprintln!(
+            "kekeeper: note: {source}: skipped {} more documents that are not RecordingKeyConfigs",
+            skipped - MAX_SKIP_NOTES
+        );
     }
     if manifests.is_empty() {
         return Err(format!("{source} holds no RecordingKeyConfig"));
