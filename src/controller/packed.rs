@@ -57,8 +57,10 @@ pub struct UnpackError {
     message: String,
 }
 
-/// A Ready resource's body as [`PackedConfig::pack`] writes it. Any text works; the closer to
-/// the resources at hand, the smaller they pack.
+/// A Ready resource's body as [`PackedConfig::pack`] writes it: that of
+/// `tests/fixtures/status/ready.json`, kept equal by a test (`KEKEEPER_WRITE_PRIMER=1 cargo
+/// test --lib packed` writes it again). Any text works; the closer to the resources at hand,
+/// the smaller they pack.
 const PRIMER: &[u8] = include_bytes!("packed_primer.json");
 
 /// Compression level. With the primer, 6 packs a typical resource smaller than 1 (about 250
@@ -98,28 +100,34 @@ fn drop_unread(metadata: &mut ObjectMeta) {
     }
 }
 
+/// A resource as the metadata kept as it is (name, namespace, resourceVersion) and the JSON of
+/// the rest.
+fn split(rkc: RecordingKeyConfig) -> (ObjectMeta, Vec<u8>) {
+    let RecordingKeyConfig {
+        metadata: mut rest,
+        spec,
+        status,
+        ..
+    } = rkc;
+    let kept = ObjectMeta {
+        name: rest.name.take(),
+        namespace: rest.namespace.take(),
+        resource_version: rest.resource_version.take(),
+        ..ObjectMeta::default()
+    };
+    drop_unread(&mut rest);
+    let body = Body {
+        metadata: &rest,
+        spec: &spec,
+        status: &status,
+    };
+    // Serializing these types into memory cannot fail.
+    (kept, serde_json::to_vec(&body).unwrap_or_default())
+}
+
 impl PackedConfig {
     pub fn pack(rkc: RecordingKeyConfig) -> Self {
-        let RecordingKeyConfig {
-            metadata: mut rest,
-            spec,
-            status,
-            ..
-        } = rkc;
-        let metadata = ObjectMeta {
-            name: rest.name.take(),
-            namespace: rest.namespace.take(),
-            resource_version: rest.resource_version.take(),
-            ..ObjectMeta::default()
-        };
-        drop_unread(&mut rest);
-        let body = Body {
-            metadata: &rest,
-            spec: &spec,
-            status: &status,
-        };
-        // Serializing these types into memory cannot fail.
-        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let (metadata, json) = split(rkc);
         let (mut compressor, _) = primed_compressor();
         PackedConfig {
             metadata,
@@ -291,6 +299,25 @@ mod tests {
         assert_eq!(
             serde_json::to_value(packed.unpack().unwrap()).unwrap(),
             serde_json::to_value(&rkc).unwrap()
+        );
+    }
+
+    /// The primer is the Ready fixture as `pack` writes it today, so it stays typical when the
+    /// status changes shape.
+    #[test]
+    fn the_primer_is_the_ready_fixture_packed() {
+        let (_, json) = split(serde_json::from_str(READY).unwrap());
+        if std::env::var_os("KEKEEPER_WRITE_PRIMER").is_some() {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/controller/packed_primer.json"
+            );
+            std::fs::write(path, &json).unwrap();
+        }
+        assert!(
+            PRIMER == json.as_slice(),
+            "src/controller/packed_primer.json is out of date: \
+             KEKEEPER_WRITE_PRIMER=1 cargo test --lib packed writes it again"
         );
     }
 
