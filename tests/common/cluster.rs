@@ -2,6 +2,7 @@
 //! a child process. Everything lives in one temporary directory; every process started here is
 //! killed on drop, and a failing test prints the operator log.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -196,13 +197,18 @@ impl Cluster {
         let log = self.path(&format!("{log_name}.log"));
         let file = std::fs::File::create(&log).expect("operator log");
         // `KEKEEPER_TEST_OPERATOR_WRAPPER=heaptrack` (say) runs the operator under a profiler.
-        let mut command = match std::env::var("KEKEEPER_TEST_OPERATOR_WRAPPER") {
-            Ok(wrapper) if !wrapper.is_empty() => {
+        // A wrapper (heaptrack forks the operator) gets a process group of its own, so that
+        // killing it kills the operator too.
+        let wrapper = std::env::var("KEKEEPER_TEST_OPERATOR_WRAPPER")
+            .ok()
+            .filter(|w| !w.is_empty());
+        let mut command = match &wrapper {
+            Some(wrapper) => {
                 let mut command = Command::new(wrapper);
-                command.arg(env!("CARGO_BIN_EXE_kekeeper"));
+                command.arg(env!("CARGO_BIN_EXE_kekeeper")).process_group(0);
                 command
             }
-            _ => Command::new(env!("CARGO_BIN_EXE_kekeeper")),
+            None => Command::new(env!("CARGO_BIN_EXE_kekeeper")),
         };
         command.arg("run");
         if !args.iter().any(|a| a.starts_with("--metrics-addr")) {
@@ -228,6 +234,7 @@ impl Cluster {
         Operator {
             child: Some(child),
             log,
+            wrapped: wrapper.is_some(),
         }
     }
 }
@@ -257,6 +264,8 @@ async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 pub struct Operator {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Started under `KEKEEPER_TEST_OPERATOR_WRAPPER`, in a process group of its own.
+    wrapped: bool,
 }
 
 impl Operator {
@@ -329,6 +338,10 @@ impl Operator {
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.wrapped {
+                let group = format!("-{}", child.id());
+                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
