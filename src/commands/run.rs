@@ -423,7 +423,7 @@ fn compacted<K, V>(
 ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K, V>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    V: Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
 {
     let cache = cache.clone();
     watcher(api, config)

@@ -920,10 +920,8 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
         }
     };
     let scope = crate::store::Scope {
-        group: &ctx.t.storage_group,
-        plural: &ctx.t.plural,
-        ns,
         label: filter.labels.equality(),
+        ..crate::store::Scope::of(&ctx.t.storage_group, &ctx.t.plural, ns)
     };
     let mut list_rv = st.rv;
     let (items, remaining) = if let Some(token) = ctx.q.get("continue").filter(|c| !c.is_empty()) {

@@ -312,12 +312,7 @@ impl State {
 
     /// Objects of one storage resource, optionally in one namespace, sorted by key.
     pub fn list(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<(Key, Value)> {
-        let scope = Scope {
-            group,
-            plural,
-            ns,
-            label: None,
-        };
+        let scope = Scope::of(group, plural, ns);
         self.page(&scope, None, None, |_| true, None)
             .map(|(items, _)| items)
             .unwrap_or_default()
@@ -331,12 +326,7 @@ impl State {
         ns: Option<&str>,
         keep: impl Fn(&Value) -> bool,
     ) -> usize {
-        let scope = Scope {
-            group,
-            plural,
-            ns,
-            label: None,
-        };
+        let scope = Scope::of(group, plural, ns);
         self.page(&scope, None, None, keep, Some(0))
             .map_or(0, |(_, more)| more)
     }
@@ -448,7 +438,17 @@ pub struct Scope<'a> {
     pub label: Option<(&'a str, &'a str)>,
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
+    /// Every object of one storage resource, optionally in one namespace.
+    pub fn of(group: &'a str, plural: &'a str, ns: Option<&'a str>) -> Self {
+        Scope {
+            group,
+            plural,
+            ns,
+            label: None,
+        }
+    }
+
     fn key(&self, ns: &str, name: &str) -> Key {
         (
             self.group.to_string(),
@@ -495,10 +495,8 @@ mod tests {
 
     fn names(state: &State, app: &str, rv: Option<u64>) -> Vec<String> {
         let scope = Scope {
-            group: "",
-            plural: "secrets",
-            ns: Some("ns"),
             label: Some(("app", app)),
+            ..Scope::of("", "secrets", Some("ns"))
         };
         let keep = |o: &Value| o["metadata"]["labels"]["app"] == app;
         let (items, _) = state.page(&scope, rv, None, keep, None).unwrap();
