@@ -81,6 +81,35 @@ pub enum Error {
     NoNamespace,
     #[error(transparent)]
     Unpack(#[from] packed::UnpackError),
+    #[error(transparent)]
+    Serialize(#[from] SerializeError),
+}
+
+/// A value that could not be serialised to JSON. Never replaced by an empty default: an empty
+/// ConfigMap body under a forced apply would wipe the published keys (docs/design.md,
+/// "Serialisation failures are errors").
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serialise {what}: {source}")]
+pub struct SerializeError {
+    what: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// The JSON bytes of `value`, or an error naming `what`.
+pub fn to_json_vec<T: serde::Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, SerializeError> {
+    serde_json::to_vec(value).map_err(|source| SerializeError { what, source })
+}
+
+/// The JSON value of `value`, or an error naming `what`.
+pub fn to_json_value<T: serde::Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<serde_json::Value, SerializeError> {
+    serde_json::to_value(value).map_err(|source| SerializeError { what, source })
 }
 
 impl Error {
@@ -91,6 +120,7 @@ impl Error {
             Error::AdoptFailed { .. } => "AdoptFailed".to_owned(),
             Error::NoNamespace => "NoNamespace".to_owned(),
             Error::Unpack(_) => "Unpack".to_owned(),
+            Error::Serialize(_) => "Serialize".to_owned(),
         }
     }
 }
@@ -344,4 +374,31 @@ fn record_metrics<K>(
         config: obs.name.clone(),
     };
     ctx.metrics.record_status(&config, status);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value serde_json cannot serialise (a map with non-string keys) is an error that names
+    /// what was being serialised, and a reconcile error with its own metric label; never an
+    /// empty default.
+    #[test]
+    fn serialisation_failures_are_errors_naming_what() {
+        let unserialisable = std::collections::BTreeMap::from([((1, 2), "x")]);
+        let err = to_json_vec("the packed resource", &unserialisable).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot serialise the packed resource:"),
+            "{err}"
+        );
+        let err = to_json_value("the public-keys ConfigMap", &unserialisable).unwrap_err();
+        let err = Error::from(err);
+        assert_eq!(err.metric_label(), "Serialize");
+        assert!(
+            err.to_string().contains("the public-keys ConfigMap"),
+            "{err}"
+        );
+        assert_eq!(to_json_vec("ok", &[1, 2]).unwrap(), b"[1,2]");
+    }
 }

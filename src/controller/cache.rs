@@ -325,13 +325,38 @@ pub fn public_keys_cache() -> PublicKeysCache {
     Cache::new(|config_map, _| Some((config_map.name_any(), content_digest(config_map))))
 }
 
-/// What decides whether a ConfigMap must be written again: its labels and data.
+/// What decides whether a ConfigMap must be written again: its labels and data. Hashed
+/// field by field (each string length-prefixed, each map after its presence and size), so
+/// there is no serialisation that could fail and silently make every digest that of an empty
+/// body (docs/design.md, "Serialisation failures are errors").
 pub fn content_digest(config_map: &ConfigMap) -> ContentDigest {
-    let content =
-        serde_json::to_vec(&(&config_map.metadata.labels, &config_map.data)).unwrap_or_default();
+    let mut context = digest::Context::new(&digest::SHA256);
+    for map in [&config_map.metadata.labels, &config_map.data] {
+        digest_map(&mut context, map.as_ref());
+    }
     let mut out = [0u8; 32];
-    out.copy_from_slice(digest::digest(&digest::SHA256, &content).as_ref());
+    out.copy_from_slice(context.finish().as_ref());
     out
+}
+
+/// Feeds an optional string map to `context` unambiguously: absent, or its size and each
+/// key and value with its length.
+fn digest_map(
+    context: &mut digest::Context,
+    map: Option<&std::collections::BTreeMap<String, String>>,
+) {
+    let Some(map) = map else {
+        context.update(&[0]);
+        return;
+    };
+    context.update(&[1]);
+    context.update(&(map.len() as u64).to_le_bytes());
+    for (key, value) in map {
+        for s in [key, value] {
+            context.update(&(s.len() as u64).to_le_bytes());
+            context.update(s.as_bytes());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -449,5 +474,41 @@ mod tests {
         assert_ne!(content_digest(&a), content_digest(&b));
         let relabelled = config_map("a", "two");
         assert_ne!(content_digest(&a), content_digest(&relabelled));
+    }
+
+    /// The digest is of the content itself: moving bytes between a key and its value, between
+    /// entries or between labels and data, or an empty map against none, changes it.
+    #[test]
+    fn the_digest_is_unambiguous() {
+        let with = |labels: Option<&[(&str, &str)]>, data: Option<&[(&str, &str)]>| {
+            let map = |pairs: &[(&str, &str)]| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>()
+            };
+            let mut cm = ConfigMap::default();
+            cm.metadata.labels = labels.map(map);
+            cm.data = data.map(map);
+            content_digest(&cm)
+        };
+        let digests = [
+            with(None, None),
+            with(Some(&[]), None),
+            with(None, Some(&[])),
+            with(None, Some(&[("ab", "c")])),
+            with(None, Some(&[("a", "bc")])),
+            with(None, Some(&[("a", "b"), ("c", "")])),
+            with(Some(&[("ab", "c")]), None),
+        ];
+        for (i, a) in digests.iter().enumerate() {
+            for b in &digests[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            with(None, Some(&[("a", "bc")])),
+            with(None, Some(&[("a", "bc")]))
+        );
     }
 }

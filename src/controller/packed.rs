@@ -22,6 +22,7 @@ use miniz_oxide::deflate::core::{
 };
 use serde::{Deserialize, Deserializer};
 
+use super::{SerializeError, to_json_vec};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigSpec, RecordingKeyConfigStatus};
 
 /// One RecordingKeyConfig, packed. The same API resource as [`RecordingKeyConfig`]: it is
@@ -102,7 +103,7 @@ fn drop_unread(metadata: &mut ObjectMeta) {
 
 /// A resource as the metadata kept as it is (name, namespace, resourceVersion) and the JSON of
 /// the rest.
-fn split(rkc: RecordingKeyConfig) -> (ObjectMeta, Vec<u8>) {
+fn split(rkc: RecordingKeyConfig) -> Result<(ObjectMeta, Vec<u8>), SerializeError> {
     let RecordingKeyConfig {
         metadata: mut rest,
         spec,
@@ -121,18 +122,19 @@ fn split(rkc: RecordingKeyConfig) -> (ObjectMeta, Vec<u8>) {
         spec: &spec,
         status: &status,
     };
-    // Serializing these types into memory cannot fail.
-    (kept, serde_json::to_vec(&body).unwrap_or_default())
+    // An error, not an empty body: that would unpack as a resource without spec or status
+    // (docs/design.md, "Serialisation failures are errors").
+    Ok((kept, to_json_vec("the packed resource", &body)?))
 }
 
 impl PackedConfig {
-    pub fn pack(rkc: RecordingKeyConfig) -> Self {
-        let (metadata, json) = split(rkc);
+    pub fn pack(rkc: RecordingKeyConfig) -> Result<Self, SerializeError> {
+        let (metadata, json) = split(rkc)?;
         let (mut compressor, _) = primed_compressor();
-        PackedConfig {
+        Ok(PackedConfig {
             metadata,
             body: deflate_into(&mut compressor, &json, TDEFLFlush::Finish).into(),
-        }
+        })
     }
 
     pub fn unpack(&self) -> Result<RecordingKeyConfig, UnpackError> {
@@ -168,7 +170,9 @@ impl PackedConfig {
 
 impl<'de> Deserialize<'de> for PackedConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        RecordingKeyConfig::deserialize(deserializer).map(PackedConfig::pack)
+        // A resource that cannot be packed is a watch error for that object, not an empty one.
+        let rkc = RecordingKeyConfig::deserialize(deserializer)?;
+        PackedConfig::pack(rkc).map_err(serde::de::Error::custom)
     }
 }
 
@@ -241,7 +245,7 @@ mod tests {
             ),
         ]));
         rkc.metadata.managed_fields = Some(vec![Default::default()]);
-        let packed = PackedConfig::pack(rkc.clone());
+        let packed = PackedConfig::pack(rkc.clone()).unwrap();
         assert_eq!(
             packed.metadata,
             ObjectMeta {
@@ -289,7 +293,7 @@ mod tests {
             .replace("\"recordings\"", "\"billing\"");
         let rkc: RecordingKeyConfig = serde_json::from_str(&text).unwrap();
         let json = serde_json::to_vec(&rkc).unwrap();
-        let packed = PackedConfig::pack(rkc.clone());
+        let packed = PackedConfig::pack(rkc.clone()).unwrap();
         assert!(
             packed.packed_len() * 8 < json.len(),
             "{} packed of {} bytes",
@@ -306,7 +310,7 @@ mod tests {
     /// status changes shape.
     #[test]
     fn the_primer_is_the_ready_fixture_packed() {
-        let (_, json) = split(serde_json::from_str(READY).unwrap());
+        let (_, json) = split(serde_json::from_str(READY).unwrap()).unwrap();
         if std::env::var_os("KEKEEPER_WRITE_PRIMER").is_some() {
             let path = concat!(
                 env!("CARGO_MANIFEST_DIR"),

@@ -22,7 +22,7 @@ use super::execute::{Failure, Outcome};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Step};
 use super::status::{self, StatusInput};
-use super::{Context, FIELD_MANAGER, Result};
+use super::{Context, FIELD_MANAGER, Result, SerializeError, to_json_value};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keypair::{self, LABEL_CONFIG, LABEL_MANAGED_BY};
 use crate::keyring::KeyRing;
@@ -436,7 +436,7 @@ pub fn public_keys_config_map(
     rkc: &RecordingKeyConfig,
     ring: &KeyRing,
     published: Option<&ConfigMap>,
-) -> ConfigMap {
+) -> Result<ConfigMap, SerializeError> {
     let mut data = BTreeMap::new();
     let mut entries = Vec::new();
     for (org, record) in ring.active_by_org() {
@@ -460,11 +460,14 @@ pub fn public_keys_config_map(
             entries.push(json);
         }
     }
-    data.insert(
-        "activeKeyPairs.json".to_owned(),
-        serde_json::to_string_pretty(&entries).unwrap_or_default(),
-    );
-    ConfigMap {
+    // An error, not an empty default: applied with force, an empty document would withdraw
+    // every published key (docs/design.md, "Serialisation failures are errors").
+    let entries = serde_json::to_string_pretty(&entries).map_err(|source| SerializeError {
+        what: "activeKeyPairs.json",
+        source,
+    })?;
+    data.insert("activeKeyPairs.json".to_owned(), entries);
+    Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(public_keys_config_map_name(&rkc.name_any())),
             namespace: rkc.namespace(),
@@ -480,7 +483,7 @@ pub fn public_keys_config_map(
         },
         data: Some(data),
         ..ConfigMap::default()
-    }
+    })
 }
 
 /// The organisation's entry in the published ConfigMap, if its PEM has the `trusted`
@@ -527,11 +530,11 @@ async fn apply_public_keys<K>(
     } else {
         None
     };
-    let desired = public_keys_config_map(rkc, ring, published.as_ref());
+    let desired = public_keys_config_map(rkc, ring, published.as_ref())?;
     if ctx.public_keys.get(&namespace, &name) == Some(content_digest(&desired)) {
         return Ok(());
     }
-    let mut body = serde_json::to_value(&desired).unwrap_or_default();
+    let mut body = to_json_value("the public-keys ConfigMap", &desired)?;
     body["apiVersion"] = json!("v1");
     body["kind"] = json!("ConfigMap");
     api.patch(
