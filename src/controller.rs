@@ -267,12 +267,12 @@ async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>)
     let mut plan = plan::plan(&obs, now, settings);
     loop {
         match plan.step {
-            Step::ListRecords if !obs.records_listed => obs.list_records(ctx).await?,
+            Step::ListRecords if !obs.records_listed() => obs.list_records(ctx).await?,
             Step::CheckKey if obs.key.is_none() => {
                 writer.announce(ctx, &obs, &plan, now).await?;
                 obs.check_key(ctx).await;
             }
-            Step::VerifyCustody if obs.custody.is_none() => obs.verify_custody(ctx).await,
+            Step::VerifyCustody if obs.custody.is_none() => obs.verify_custody(ctx).await?,
             _ => break,
         }
         plan = plan::plan(&obs, now, settings);

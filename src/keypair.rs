@@ -45,7 +45,10 @@ impl KeyPairState {
     }
 }
 
-/// Everything kekeeper knows about one key pair.
+/// What kekeeper knows about one key pair, without its private key blob: what the caches,
+/// the key ring, the plan and status read. A pair with its blob is a [`KeyPairSecret`], a
+/// different type, so nothing that needs the blob (the custody check) can be handed a record
+/// from the cache, which keeps none (docs/design.md, "Blobs by type").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyPairRecord {
     /// The RecordingKeyConfig this pair belongs to.
@@ -68,8 +71,29 @@ pub struct KeyPairRecord {
     pub retired_at: Option<Timestamp>,
     /// SubjectPublicKeyInfo, DER.
     pub public_key_der: Vec<u8>,
+}
+
+/// A key pair as its Secret holds it: the record and the KMS ciphertext blob of the private
+/// key, which is never empty (a Secret without one does not parse).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPairSecret {
+    pub record: KeyPairRecord,
     /// The KMS ciphertext blob of the private key.
     pub private_key_ciphertext: Vec<u8>,
+}
+
+impl std::ops::Deref for KeyPairSecret {
+    type Target = KeyPairRecord;
+
+    fn deref(&self) -> &KeyPairRecord {
+        &self.record
+    }
+}
+
+impl std::ops::DerefMut for KeyPairSecret {
+    fn deref_mut(&mut self) -> &mut KeyPairRecord {
+        &mut self.record
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -95,8 +119,8 @@ struct SecretMetadata {
     sequence: u64,
 }
 
-impl KeyPairRecord {
-    /// A freshly generated (and self-tested) key pair as an active record.
+impl KeyPairSecret {
+    /// A freshly generated (and self-tested) key pair, active.
     #[allow(clippy::too_many_arguments)]
     pub fn new_active(
         config_name: &str,
@@ -107,12 +131,12 @@ impl KeyPairRecord {
         created_at: Timestamp,
         reason: &str,
     ) -> Self {
-        KeyPairRecord {
+        let record = KeyPairRecord {
             config_name: config_name.to_owned(),
             namespace: namespace.to_owned(),
             organization_id: encryption_context.organization_id.clone(),
             sequence,
-            secret_name: Self::secret_name(
+            secret_name: KeyPairRecord::secret_name(
                 config_name,
                 &encryption_context.organization_id,
                 sequence,
@@ -126,10 +150,20 @@ impl KeyPairRecord {
             state: KeyPairState::Active,
             retired_at: None,
             public_key_der: key_pair.public_key_der,
+        };
+        KeyPairSecret {
+            record,
             private_key_ciphertext: key_pair.private_key_ciphertext,
         }
     }
 
+    /// The record, without the blob.
+    pub fn into_record(self) -> KeyPairRecord {
+        self.record
+    }
+}
+
+impl KeyPairRecord {
     /// The deterministic Secret name of (config, organisation, sequence), so a retry after a
     /// crash finds the same object: `{config}-{first 10 hex of sha256(org)}-{sequence:04}`, a
     /// DNS-1123 subdomain of at most 253 characters. A config name too long to fit is cut and
@@ -156,7 +190,9 @@ impl KeyPairRecord {
     pub fn name(&self) -> String {
         self.secret_name.clone()
     }
+}
 
+impl KeyPairSecret {
     /// The Secret the controller stores (SPEC §3). No owner reference: deleting the
     /// RecordingKeyConfig must not delete key material.
     pub fn to_secret(&self) -> Secret {
@@ -311,7 +347,7 @@ impl KeyPairRecord {
             None => None,
         };
 
-        Ok(KeyPairRecord {
+        let record = KeyPairRecord {
             config_name,
             namespace: secret.metadata.namespace.clone().unwrap_or_default(),
             organization_id: metadata.organization_id,
@@ -326,10 +362,25 @@ impl KeyPairRecord {
             state,
             retired_at,
             public_key_der,
+        };
+        Ok(KeyPairSecret {
+            record,
             private_key_ciphertext,
         })
     }
 
+    /// The generated pair this Secret stores, e.g. to re-run [`crate::selftest::verify`] on it.
+    pub fn key_pair(&self) -> GeneratedKeyPair {
+        GeneratedKeyPair {
+            kms_key_arn: self.kms_key_arn.clone(),
+            spec: self.key_pair_spec,
+            public_key_der: self.public_key_der.clone(),
+            private_key_ciphertext: self.private_key_ciphertext.clone(),
+        }
+    }
+}
+
+impl KeyPairRecord {
     /// Marks the pair superseded; its material stays (historical recordings need it).
     pub fn retire(&mut self, at: Timestamp) {
         if self.state == KeyPairState::Active {
@@ -350,16 +401,6 @@ impl KeyPairRecord {
 }
 
 impl KeyPairRecord {
-    /// The generated pair this record stores, e.g. to re-run [`crate::selftest::verify`] on it.
-    pub fn key_pair(&self) -> GeneratedKeyPair {
-        GeneratedKeyPair {
-            kms_key_arn: self.kms_key_arn.clone(),
-            spec: self.key_pair_spec,
-            public_key_der: self.public_key_der.clone(),
-            private_key_ciphertext: self.private_key_ciphertext.clone(),
-        }
-    }
-
     /// This pair as `status.activeKeyPairs[]`.
     pub fn to_active_key_pair(&self) -> ActiveKeyPair {
         ActiveKeyPair {
@@ -512,7 +553,7 @@ pub(crate) fn test_pair(
     public_key_der: Vec<u8>,
     created_at: Timestamp,
 ) -> KeyPairRecord {
-    KeyPairRecord::new_active(
+    KeyPairSecret::new_active(
         "recordings",
         "telephony",
         sequence,
@@ -529,14 +570,15 @@ pub(crate) fn test_pair(
         created_at,
         "NoActiveKeyPair",
     )
+    .into_record()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub(crate) fn record() -> KeyPairRecord {
-        KeyPairRecord {
+    pub(crate) fn record() -> KeyPairSecret {
+        let record = KeyPairRecord {
             config_name: "recordings".into(),
             namespace: "telephony".into(),
             organization_id: "3fa85f64-5717-4562-b3fc-2c963f66afa6".into(),
@@ -559,6 +601,9 @@ mod tests {
             state: KeyPairState::Active,
             retired_at: None,
             public_key_der: (0u8..=255).cycle().take(422).collect(),
+        };
+        KeyPairSecret {
+            record,
             private_key_ciphertext: vec![7; 1876],
         }
     }
@@ -634,7 +679,7 @@ mod tests {
             metadata["encryptionContext"]["genesys-cloud-organization-id"],
             record.organization_id
         );
-        assert_eq!(KeyPairRecord::from_secret(&secret).unwrap(), record);
+        assert_eq!(KeyPairSecret::from_secret(&secret).unwrap(), record);
 
         record.retire("2026-12-29T07:00:00Z".parse().unwrap());
         let first_retirement = record.retired_at;
@@ -652,12 +697,12 @@ mod tests {
             secret.metadata.annotations.as_ref().unwrap()[ANNOTATION_RETIRED_AT],
             "2026-12-29T07:00:00Z"
         );
-        assert_eq!(KeyPairRecord::from_secret(&secret).unwrap(), record);
+        assert_eq!(KeyPairSecret::from_secret(&secret).unwrap(), record);
 
         // Through YAML, as `kekeeper keypair generate` writes it and `kubectl` reads it.
         let yaml = serde_yaml::to_string(&secret).unwrap();
         let parsed: Secret = serde_yaml::from_str(&yaml).unwrap();
-        assert_eq!(KeyPairRecord::from_secret(&parsed).unwrap(), record);
+        assert_eq!(KeyPairSecret::from_secret(&parsed).unwrap(), record);
     }
 
     #[test]
@@ -672,7 +717,7 @@ mod tests {
             label.starts_with("sha256-") && is_label_value(label),
             "{label}"
         );
-        let read = KeyPairRecord::from_secret(&secret).unwrap();
+        let read = KeyPairSecret::from_secret(&secret).unwrap();
         assert_eq!(read.name(), record.name());
         assert!(read.name().starts_with(&config), "{}", read.name());
         assert!(read.name().len() <= 253);
@@ -694,7 +739,7 @@ mod tests {
             "Org With Spaces"
         );
         assert_eq!(
-            KeyPairRecord::from_secret(&secret).unwrap().organization_id,
+            KeyPairSecret::from_secret(&secret).unwrap().organization_id,
             "Org With Spaces"
         );
         assert!(!is_label_value(&"a".repeat(64)));
@@ -726,7 +771,7 @@ mod tests {
             (wrong_type, "\"Opaque\""),
             (bad_metadata, "data.metadata.json is not valid"),
         ] {
-            let err = KeyPairRecord::from_secret(&secret).unwrap_err().to_string();
+            let err = KeyPairSecret::from_secret(&secret).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
             assert!(err.contains(&record().name()), "{err}");
         }

@@ -359,7 +359,7 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     }
     let secret: k8s_openapi::api::core::v1::Secret =
         serde_yaml::from_str(&std::fs::read_to_string(path("org-a.yaml")).unwrap()).unwrap();
-    let record = kekeeper::keypair::KeyPairRecord::from_secret(&secret).unwrap();
+    let record = kekeeper::keypair::KeyPairSecret::from_secret(&secret).unwrap();
     assert_eq!(record.sequence, 1);
     assert_eq!(record.state, kekeeper::keypair::KeyPairState::Active);
     assert_eq!(record.kms_key_arn, key.key_arn);

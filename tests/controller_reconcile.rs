@@ -17,7 +17,7 @@ use kekeeper::crd::{
     KmsKeyChangePolicy, LastKmsError, RecordingKeyConfig, RecordingKeyConfigSpec,
     RecordingKeyConfigStatus, RotationPeriod, RotationPolicy,
 };
-use kekeeper::keypair::KeyPairRecord;
+use kekeeper::keypair::{KeyPairRecord, KeyPairSecret};
 use kekeeper::kms::fake::FakeKms;
 use kekeeper::kms::{KeyPairSpec, KmsErrorKind, KmsOperation};
 use kekeeper::metrics::Metrics;
@@ -130,6 +130,9 @@ enum Scenario {
         existing: Vec<Secret>,
         newer: Box<RecordingKeyConfig>,
     },
+    /// The custody check: a fresh list (the only source of private key blobs; the cache keeps
+    /// none), then status; nothing else.
+    VerifyCustody { existing: Vec<Secret> },
     /// Suspended: one status write, nothing else.
     Suspended,
     /// Steady state: no request at all.
@@ -379,6 +382,7 @@ impl Scenario {
             ],
             Scenario::StaleCache { existing } => vec![list(existing)],
             Scenario::Recover { existing } => vec![list(existing), status_patch(object)],
+            Scenario::VerifyCustody { existing } => vec![list(existing), status_patch(object)],
             Scenario::Suspended => vec![status_patch(object)],
             Scenario::Conflict { existing, newer } => {
                 let stored = serde_json::to_value(&newer).unwrap();
@@ -694,7 +698,7 @@ async fn create_makes_secrets_status_and_config_map() {
             secret.metadata.owner_references.is_none(),
             "key material must not be garbage-collected with the resource"
         );
-        let record = KeyPairRecord::from_secret(secret).unwrap();
+        let record = KeyPairSecret::from_secret(secret).unwrap();
         assert_eq!(record.sequence, 1);
         assert_eq!(record.reason, "NoActiveKeyPair");
         assert_eq!(record.kms_key_arn, h.key_arn);
@@ -965,7 +969,7 @@ async fn spec_change_rotates() {
     assert_eq!(status.key_pair_history[0].reason, "SpecChanged");
     assert_eq!(status.observed_generation, Some(2));
     let new_secret: Secret = serde_json::from_value(seen[2].body.clone()).unwrap();
-    let record = KeyPairRecord::from_secret(&new_secret).unwrap();
+    let record = KeyPairSecret::from_secret(&new_secret).unwrap();
     assert_eq!(record.encryption_context.key, "tenant-id");
 }
 
@@ -1042,7 +1046,7 @@ async fn crash_after_secret_write_adopts_the_stored_secret() {
         kms.create_key_for(&alias);
         let config = kekeeper::config::validate(&rkc.spec, None).unwrap();
         let passed = kekeeper::selftest::run(&kms, &config, ORG_A).await.unwrap();
-        KeyPairRecord::new_active(
+        KeyPairSecret::new_active(
             NAME,
             NS,
             1,
@@ -1197,7 +1201,7 @@ async fn retention_prunes_only_long_retired_pairs() {
 async fn crash_before_retiring_the_old_pair_retires_it_on_retry() {
     let (mut h, rkc, secrets) = created(&[ORG_A]).await;
     // The new pair (sequence 2) was stored, then the process died: two active pairs.
-    let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
+    let mut newer = KeyPairSecret::from_secret(&secrets[0]).unwrap();
     newer.sequence = 2;
     newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
@@ -1319,7 +1323,7 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
         .insert("kekeeper.io/rotate-now".into(), "t1".into());
     // The rotation for t1 stored its Secret (with the token), then the process died before
     // retiring the old pair and writing status.
-    let mut newer = KeyPairRecord::from_secret(&secrets[0]).unwrap();
+    let mut newer = KeyPairSecret::from_secret(&secrets[0]).unwrap();
     newer.sequence = 2;
     newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
@@ -1466,4 +1470,27 @@ async fn a_deleted_active_secret_is_confirmed_reported_and_replaced_under_a_new_
         .expect("the history keeps the missing pair");
     assert!(entry.missing);
     assert_eq!(status.highest_sequences[ORG_A], 2);
+}
+
+/// The custody check runs on the listed Secrets' private key blobs, never on the cache's
+/// records (which have none, and are another type): asked for with verify-now, the reconcile
+/// lists the Secrets, decrypts each active blob through KMS and records the check.
+#[tokio::test]
+async fn the_custody_check_decrypts_the_listed_blobs() {
+    let (h, rkc, secrets) = created(&[ORG_A, ORG_B]).await;
+    let mut rkc = rkc;
+    rkc.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert("kekeeper.io/verify-now".into(), "v1".into());
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::VerifyCustody { existing: secrets })
+        .await;
+    result.unwrap();
+    assert_eq!(h.kms.calls(KmsOperation::Decrypt), 2);
+    let status = status_of(&seen);
+    assert_eq!(status.verify_now_token.as_deref(), Some("v1"));
+    assert_eq!(status.last_key_verify_time, Some(ts(NOW)));
+    assert!(status.key_pair_problems.is_empty(), "{status:?}");
+    assert_eq!(condition(&status, "KeyPairIntegrity").status, "True");
 }

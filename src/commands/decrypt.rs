@@ -14,17 +14,17 @@ use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_inp
 use crate::cli::DecryptArgs;
 use crate::envelope;
 use crate::keypair::{
-    KeyPairRecord, LABEL_KEY_PAIR_ID, LABEL_MANAGED_BY, SECRET_TYPE, key_pair_id_label,
+    KeyPairSecret, LABEL_KEY_PAIR_ID, LABEL_MANAGED_BY, SECRET_TYPE, key_pair_id_label,
 };
 use crate::kms::Kms;
 use crate::kms::sdk::SdkKms;
 
 /// A key pair Secret manifest (`kekeeper keypair generate` output or `kubectl get secret -o yaml`).
-pub(super) fn read_key_pair_secret(path: &Path) -> Result<KeyPairRecord, String> {
+pub(super) fn read_key_pair_secret(path: &Path) -> Result<KeyPairSecret, String> {
     let text = super::common::read_to_string(path)?;
     let secret: Secret = serde_yaml::from_str(&text)
         .map_err(|e| format!("{} is not a Secret manifest: {e}", path.display()))?;
-    KeyPairRecord::from_secret(&secret).map_err(|e| format!("{}: {e}", path.display()))
+    KeyPairSecret::from_secret(&secret).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The key pair Secret the header names, from the cluster: found by its
@@ -32,7 +32,7 @@ pub(super) fn read_key_pair_secret(path: &Path) -> Result<KeyPairRecord, String>
 async fn fetch_key_pair_secret(
     kube: &crate::cli::KubeArgs,
     key_pair_id: &str,
-) -> Result<KeyPairRecord, String> {
+) -> Result<KeyPairSecret, String> {
     let cluster = connect(kube).await.map_err(|e| {
         format!("{e}; without --key-pair-secret the key pair Secret is read from the cluster")
     })?;
@@ -49,7 +49,7 @@ async fn fetch_key_pair_secret(
     let found = by_label
         .iter()
         .find(|s| s.type_.as_deref() == Some(SECRET_TYPE))
-        .map(KeyPairRecord::from_secret);
+        .map(KeyPairSecret::from_secret);
     // Secrets stored before the label existed: look through the operator's Secrets.
     let found = match found {
         Some(found) => Some(found),
@@ -57,7 +57,7 @@ async fn fetch_key_pair_secret(
             .await?
             .iter()
             .filter(|s| s.type_.as_deref() == Some(SECRET_TYPE))
-            .filter_map(|s| KeyPairRecord::from_secret(s).ok())
+            .filter_map(|s| KeyPairSecret::from_secret(s).ok())
             .find(|r| r.key_pair_id == key_pair_id)
             .map(Ok),
     };

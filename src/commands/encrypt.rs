@@ -22,6 +22,7 @@ fn key(args: &EncryptArgs) -> Result<(Vec<u8>, String), String> {
                     .unwrap_or_default()
             );
         }
+        let record = record.into_record();
         return Ok((record.public_key_der, record.key_pair_id));
     }
     match (&args.public_key, &args.key_pair_id) {

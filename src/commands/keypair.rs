@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, read_manifest, validate};
 use super::selftest::print_report;
 use crate::cli::KeypairGenerateArgs;
-use crate::keypair::KeyPairRecord;
+use crate::keypair::KeyPairSecret;
 use crate::kms::sdk::SdkKms;
 use crate::selftest;
 
@@ -45,7 +45,7 @@ pub async fn execute(args: KeypairGenerateArgs) -> ExitCode {
     };
     let _ = print_report(&mut std::io::stderr(), &passed.report, None);
 
-    let record = KeyPairRecord::new_active(
+    let record = KeyPairSecret::new_active(
         &manifest.name,
         manifest.namespace.as_deref().unwrap_or_default(),
         1,

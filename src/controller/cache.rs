@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::keypair::{KeyPairRecord, KeyPairState, LABEL_CONFIG};
+use crate::keypair::{KeyPairRecord, KeyPairSecret, KeyPairState, LABEL_CONFIG};
 use crate::kms::{EncryptionContext, KeyPairSpec};
 
 use super::observe::ANNOTATION_ROTATE_NOW_TOKEN;
@@ -263,7 +263,8 @@ impl CachedKeyPair {
         }
     }
 
-    /// The record of a pair of `config` in `namespace`, its private key blob left out (empty).
+    /// The record of a pair of `config` in `namespace` (the cache keeps no private key blob,
+    /// and a [`KeyPairRecord`] has none).
     pub fn record(&self, config: &str, namespace: &str) -> KeyPairRecord {
         KeyPairRecord {
             config_name: config.to_owned(),
@@ -283,7 +284,6 @@ impl CachedKeyPair {
             state: self.state,
             retired_at: self.retired_at,
             public_key_der: self.public_key_der.to_vec(),
-            private_key_ciphertext: Vec::new(),
         }
     }
 
@@ -303,10 +303,10 @@ pub fn key_pair_cache() -> KeyPairCache {
 /// arrives) and not kept, as a reconcile would skip it.
 fn compact_key_pair(secret: &Secret, shared: &mut Interner) -> Option<(String, CachedKeyPair)> {
     let group = secret.labels().get(LABEL_CONFIG)?.clone();
-    match KeyPairRecord::from_secret(secret) {
-        Ok(record) => {
+    match KeyPairSecret::from_secret(secret) {
+        Ok(pair) => {
             let token = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN);
-            Some((group, CachedKeyPair::new(record, token, shared)))
+            Some((group, CachedKeyPair::new(pair.into_record(), token, shared)))
         }
         Err(err) => {
             warn!(secret = %secret.name_any(), error = %err, "skipping unreadable key pair Secret");
@@ -427,8 +427,9 @@ mod tests {
     fn a_key_pair_is_kept_as_its_record_without_the_blob() {
         let cache = key_pair_cache();
         let created = "2026-11-30T10:00:00Z".parse().unwrap();
-        let pairs = ["org-a", "org-b"].map(|org| {
-            crate::keypair::test_pair(org, 1, KeyPairSpec::Rsa2048, vec![1, 2, 3], created)
+        let pairs = ["org-a", "org-b"].map(|org| KeyPairSecret {
+            record: crate::keypair::test_pair(org, 1, KeyPairSpec::Rsa2048, vec![1, 2, 3], created),
+            private_key_ciphertext: vec![9; 8],
         });
         for pair in &pairs {
             let mut secret = pair.to_secret();
@@ -443,9 +444,7 @@ mod tests {
         let kept = cache.group("telephony", &group, |_, pair| pair.clone());
         assert_eq!(kept.len(), 2);
         for (pair, cached) in pairs.iter().zip(&kept) {
-            let mut expected = pair.clone();
-            expected.private_key_ciphertext = Vec::new();
-            assert_eq!(cached.record("recordings", "telephony"), expected);
+            assert_eq!(cached.record("recordings", "telephony"), pair.record);
             assert_eq!(cached.rotate_now_token(), Some("t1"));
         }
         assert!(Arc::ptr_eq(&kept[0].kms_key_arn, &kept[1].kms_key_arn));

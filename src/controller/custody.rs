@@ -10,24 +10,30 @@ use zeroize::Zeroizing;
 
 use super::Context;
 use super::observe::{CustodyCheck, CustodyFailure};
-use crate::keypair::{self, KeyPairRecord};
+use crate::keypair::{self, KeyPairRecord, KeyPairSecret};
 use crate::keyring::KeyRing;
 use crate::kms::{Kms, KmsErrorKind};
 
 /// Checks the active pairs of the organisations in `organizations`, one KMS Decrypt each, under
 /// the shared rate limit of key pair generation. Stops at the first KMS failure that is not a
 /// verdict on the blob (throttling, network, access denied).
+///
+/// The blobs come from `listed`, the Secrets as listed from the API server: a
+/// [`KeyPairSecret`] always has its blob, and a cached [`KeyPairRecord`] cannot be passed here
+/// (docs/design.md, "Blobs by type"). `ring` says which of them are active.
 pub async fn check<K: Kms>(
     ctx: &Context<K>,
     ring: &KeyRing,
+    listed: &[KeyPairSecret],
     organizations: &[String],
 ) -> CustodyCheck {
     let mut check = CustodyCheck::default();
     let active = ring.active_by_org();
-    for record in organizations
+    let checked = organizations
         .iter()
         .filter_map(|org| active.get(org.as_str()))
-    {
+        .filter_map(|active| listed.iter().find(|p| p.secret_name == active.secret_name));
+    for record in checked {
         let _in_flight = ctx.key_pair_rate.acquire().await;
         let decrypted = ctx
             .kms
@@ -38,7 +44,7 @@ pub async fn check<K: Kms>(
             )
             .await;
         let verdict = match decrypted {
-            Ok(private_key) => compare(&private_key, &ring.trusted_fingerprint(record)),
+            Ok(private_key) => compare(&private_key, &ring.trusted_fingerprint(&record.record)),
             Err(err)
                 if matches!(
                     err.kind,

@@ -16,7 +16,7 @@ use super::report::StatusWriter;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
-use crate::keypair::{self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairState};
+use crate::keypair::{self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairSecret, KeyPairState};
 use crate::keyring::KeyRing;
 use crate::kms::{Kms, KmsError};
 use crate::selftest;
@@ -121,7 +121,7 @@ async fn generate<K: Kms>(
     rotation: &Rotation,
     outcome: &mut Outcome,
     now: Timestamp,
-) -> Result<KeyPairRecord, Failure> {
+) -> Result<KeyPairSecret, Failure> {
     let org = &rotation.organization_id;
     info!(organization = %org, reason = %rotation.reason, why = %rotation.message, "generating key pair");
     let _in_flight = ctx.key_pair_rate.acquire().await;
@@ -146,7 +146,7 @@ async fn generate<K: Kms>(
             passed.report.total().as_millis()
         ),
     });
-    Ok(KeyPairRecord::new_active(
+    Ok(KeyPairSecret::new_active(
         &obs.name,
         &obs.namespace,
         outcome.ring.next_sequence(org),
@@ -163,7 +163,7 @@ async fn store<K>(
     obs: &Observation,
     secrets: &Api<Secret>,
     rotation: &Rotation,
-    record: KeyPairRecord,
+    record: KeyPairSecret,
     outcome: &mut Outcome,
     now: Timestamp,
 ) -> Result<()> {
@@ -207,7 +207,7 @@ async fn store<K>(
 /// write and the status write), adopts it instead of making a second active pair.
 async fn create_or_adopt(
     api: &Api<Secret>,
-    record: &KeyPairRecord,
+    record: &KeyPairSecret,
     rotate_now_token: Option<&str>,
 ) -> Result<KeyPairRecord> {
     let params = PostParams {
@@ -221,15 +221,17 @@ async fn create_or_adopt(
             .insert(ANNOTATION_ROTATE_NOW_TOKEN.to_owned(), token.to_owned());
     }
     match api.create(&params, &secret).await {
-        Ok(_) => Ok(record.clone()),
+        Ok(_) => Ok(record.record.clone()),
         Err(kube::Error::Api(status)) if status.is_already_exists() => {
             let name = record.name();
             info!(secret = %name, "key pair Secret exists (retry after a crash?); adopting it");
             let existing = api.get(&name).await?;
-            KeyPairRecord::from_secret(&existing).map_err(|e| Error::AdoptFailed {
-                name,
-                message: e.to_string(),
-            })
+            KeyPairSecret::from_secret(&existing)
+                .map(KeyPairSecret::into_record)
+                .map_err(|e| Error::AdoptFailed {
+                    name,
+                    message: e.to_string(),
+                })
         }
         Err(err) => Err(err.into()),
     }

@@ -15,7 +15,7 @@ use tracing::warn;
 use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
-use crate::keypair::{self, KeyPairRecord, LABEL_CONFIG};
+use crate::keypair::{self, KeyPairRecord, KeyPairSecret, LABEL_CONFIG};
 pub use crate::keyring::Tokens;
 use crate::keyring::{self, KeyRing, Pruning, Reading};
 use crate::kms::{KeyDescription, Kms, KmsError, KmsErrorKind};
@@ -35,9 +35,9 @@ pub struct Observation {
     pub config: Result<ValidatedConfig, String>,
     /// The key pairs, read against what status recorded about them.
     pub ring: KeyRing,
-    /// True once the Secrets were listed from the API server in this reconcile (the cache can
-    /// lag behind our own writes).
-    pub records_listed: bool,
+    /// The key pair Secrets, with their private key blobs, once listed from the API server in
+    /// this reconcile (the cache can lag behind our own writes, and keeps no blobs).
+    pub listed: Option<Vec<KeyPairSecret>>,
     /// What KMS said about the key in this reconcile; `None` when it was not asked.
     pub key: Option<KeyCheck>,
     /// The custody check of the active pairs, when it ran in this reconcile.
@@ -102,7 +102,16 @@ impl Observation {
                 let token = pair.rotate_now_token().map(str::to_owned);
                 (pair.record(&name, &namespace), token)
             });
-        let (records, tokens) = assemble(cached, &name);
+        let mut tokens = Tokens::new();
+        let records = cached
+            .into_iter()
+            .map(|(record, token)| {
+                if let Some(token) = token {
+                    tokens.insert(record.name(), token);
+                }
+                record
+            })
+            .collect();
         let ring = ring_of(&rkc, records, tokens, now);
         Ok(Observation {
             rkc,
@@ -110,7 +119,7 @@ impl Observation {
             name,
             config,
             ring,
-            records_listed: false,
+            listed: None,
             key: None,
             custody: None,
             now,
@@ -127,10 +136,16 @@ impl Observation {
         let listed = api
             .list(&ListParams::default().labels(&keypair::config_selector(&self.name)))
             .await?;
-        let (records, tokens) = records_of(listed.items.iter(), &self.name);
+        let (pairs, tokens) = records_of(listed.items.iter(), &self.name);
+        let records = pairs.iter().map(|pair| pair.record.clone()).collect();
         self.ring = ring_of(&self.rkc, records, tokens, self.now);
-        self.records_listed = true;
+        self.listed = Some(pairs);
         Ok(())
+    }
+
+    /// Whether the key pairs were listed from the API server in this reconcile.
+    pub fn records_listed(&self) -> bool {
+        self.listed.is_some()
     }
 
     /// Asks KMS about the alias's key; when it is usable, also about the retained pairs' keys.
@@ -167,15 +182,22 @@ impl Observation {
 
     /// Decrypts each active pair's private key through KMS and compares it with the recorded
     /// fingerprint; failed pairs are marked in the ring (they rotate).
-    pub async fn verify_custody<K: Kms>(&mut self, ctx: &Context<K>) {
-        // The cache keeps no private key blobs: the plan lists the Secrets before this step.
-        debug_assert!(self.records_listed, "custody check on cached records");
-        let Ok(config) = &self.config else { return };
-        let check = super::custody::check(ctx, &self.ring, &config.organization_ids).await;
+    /// Only listed Secrets carry their blobs, and the check takes nothing else (docs/design.md,
+    /// "Blobs by type"); the plan lists before it asks for the check, so listing here is a
+    /// fallback, not the usual path.
+    pub async fn verify_custody<K: Kms>(&mut self, ctx: &Context<K>) -> Result<()> {
+        if self.listed.is_none() {
+            self.list_records(ctx).await?;
+        }
+        let (Ok(config), Some(listed)) = (&self.config, &self.listed) else {
+            return Ok(());
+        };
+        let check = super::custody::check(ctx, &self.ring, listed, &config.organization_ids).await;
         for failure in &check.failures {
             self.ring.fail_custody(&failure.secret_name);
         }
         self.custody = Some(check);
+        Ok(())
     }
 
     /// The key the alias resolves to: from this reconcile's check, else as status last saw it.
@@ -244,46 +266,32 @@ async fn keys_at_risk<K: Kms>(
     at_risk
 }
 
-/// Records of the resource's key pair Secrets (unreadable ones are logged and skipped), and
-/// the rotate-now tokens they carry.
+/// The resource's key pair Secrets, with their blobs (unreadable ones are logged and skipped),
+/// and the rotate-now tokens they carry.
 pub fn records_of<'a>(
     secrets: impl IntoIterator<Item = &'a Secret>,
     config: &str,
-) -> (Vec<KeyPairRecord>, Tokens) {
+) -> (Vec<KeyPairSecret>, Tokens) {
+    let mut tokens = Tokens::new();
     let pairs = secrets
         .into_iter()
-        .filter_map(|secret| match KeyPairRecord::from_secret(secret) {
-            Ok(record) if record.config_name == config || secret_matches(secret, config) => {
-                let token = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN);
-                Some((record, token.cloned()))
+        .filter_map(|secret| match KeyPairSecret::from_secret(secret) {
+            Ok(mut pair) if pair.config_name == config || secret_matches(secret, config) => {
+                // The label may only carry a hash of a long name.
+                pair.config_name = config.to_owned();
+                if let Some(token) = secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN) {
+                    tokens.insert(pair.name(), token.clone());
+                }
+                Some(pair)
             }
             Ok(_) => None,
             Err(err) => {
                 warn!(secret = %secret.name_any(), error = %err, "skipping unreadable key pair Secret");
                 None
             }
-        });
-    assemble(pairs, config)
-}
-
-/// The records of `config`'s key pairs and the rotate-now tokens they carry.
-fn assemble(
-    pairs: impl IntoIterator<Item = (KeyPairRecord, Option<String>)>,
-    config: &str,
-) -> (Vec<KeyPairRecord>, Tokens) {
-    let mut tokens = Tokens::new();
-    let records = pairs
-        .into_iter()
-        .map(|(mut record, token)| {
-            // The label may only carry a hash of a long name.
-            record.config_name = config.to_owned();
-            if let Some(token) = token {
-                tokens.insert(record.name(), token);
-            }
-            record
         })
         .collect();
-    (records, tokens)
+    (pairs, tokens)
 }
 
 fn secret_matches(secret: &Secret, config: &str) -> bool {

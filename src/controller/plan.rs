@@ -106,7 +106,7 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         Some(until) if now < until && !new_generation && obs.key.is_none() => {
             Step::WaitBackoff(until)
         }
-        _ if (work_due || key_due || custody_due) && !obs.records_listed => Step::ListRecords,
+        _ if (work_due || key_due || custody_due) && !obs.records_listed() => Step::ListRecords,
         _ if key_due => Step::CheckKey,
         _ => match &obs.key {
             Some(KeyCheck::Unusable { .. } | KeyCheck::Failed(_)) => Step::Blocked,
@@ -293,7 +293,7 @@ mod tests {
             namespace: "telephony".into(),
             name: "recordings".into(),
             ring,
-            records_listed: false,
+            listed: None,
             key: None,
             custody: None,
             now: ts(NOW),
@@ -319,7 +319,7 @@ mod tests {
         let first = plan(&obs, ts(NOW), &settings());
         assert_eq!(first.step, Step::ListRecords);
         assert_eq!(first.rotations[0].reason, RotationReason::NoActiveKeyPair);
-        obs.records_listed = true;
+        obs.listed = Some(Vec::new());
         assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::CheckKey);
         obs.key = Some(KeyCheck::Failed(KmsError::new(
             KmsOperation::DescribeKey,
@@ -430,7 +430,7 @@ mod tests {
             records.clone(),
         );
         assert_eq!(plan(&due, ts(NOW), &settings()).step, Step::ListRecords);
-        due.records_listed = true;
+        due.listed = Some(Vec::new());
         assert_eq!(plan(&due, ts(NOW), &settings()).step, Step::VerifyCustody);
 
         // The check found the active pair's blob broken: rotate at once.
@@ -455,7 +455,7 @@ mod tests {
         let mut obs = observe(resource(1, Some(status)), Vec::new());
         let planned = plan(&obs, ts(NOW), &settings());
         assert_eq!(planned.step, Step::ListRecords);
-        obs.records_listed = true;
+        obs.listed = Some(Vec::new());
         // Confirmed gone: a new pair, under a new name.
         let planned = plan(&obs, ts(NOW), &settings());
         assert_eq!(planned.rotations[0].reason, RotationReason::NoActiveKeyPair);
@@ -479,7 +479,7 @@ mod tests {
         rkc.annotations_mut()
             .insert(ANNOTATION_VERIFY_NOW.into(), "v2".into());
         let mut asked = observe(rkc, records);
-        asked.records_listed = true;
+        asked.listed = Some(Vec::new());
         assert_eq!(plan(&asked, ts(NOW), &settings()).step, Step::VerifyCustody);
     }
 }
