@@ -2,6 +2,9 @@
 //! real SDK client runs against the emulator in integration tests.
 
 pub mod coalesce;
+/// The in-memory KMS of the tests; not built into the release (docs/design.md, "Test doubles
+/// stay out of the release").
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod sdk;
 
@@ -238,7 +241,7 @@ pub struct GeneratedKeyPair {
 }
 
 /// The KMS operations kekeeper needs. Implemented by the AWS SDK client ([`sdk::SdkKms`]) and by
-/// an in-memory fake for tests ([`fake::FakeKms`]).
+/// an in-memory fake for tests (`fake::FakeKms`, behind the `test-util` feature).
 pub trait Kms: Send + Sync {
     /// `DescribeKey` on the alias: which key it points at and whether that key is usable.
     fn describe_key(
@@ -277,4 +280,19 @@ pub trait Kms: Send + Sync {
         ciphertext: &[u8],
         context: &EncryptionContext,
     ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, KmsError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The test doubles are opt-in: no default feature pulls `test-util` into a release build.
+    #[test]
+    fn test_util_is_not_a_default_feature() {
+        let manifest = include_str!("../Cargo.toml");
+        let default = manifest
+            .lines()
+            .find(|line| line.trim_start().starts_with("default ="))
+            .expect("a default feature list");
+        assert!(!default.contains("test-util"), "{default}");
+        assert!(manifest.contains("\ntest-util = []"));
+    }
 }

@@ -16,9 +16,6 @@ pub mod policy;
 pub mod selftest;
 pub mod telemetry;
 
-#[cfg(test)]
-pub mod fixtures;
-
 /// The one error type of the library; each concern keeps its own detailed error and is wrapped
 /// here so callers can match on the concern.
 #[derive(Debug, thiserror::Error)]
