@@ -220,6 +220,10 @@ pub struct KeyDescription {
     /// The region of `key_arn`.
     pub region: String,
     pub multi_region: Option<MultiRegionKey>,
+    /// How long before it was handed out KMS gave this answer: zero from KMS itself, the age
+    /// of a shared answer from [`coalesce::CoalescingKms`]. Status records when KMS was
+    /// actually asked (docs/design.md, "When KMS was asked").
+    pub age: std::time::Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

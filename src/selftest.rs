@@ -485,6 +485,7 @@ mod tests {
             key_manager: "CUSTOMER".into(),
             region: "us-east-1".into(),
             multi_region: None,
+            age: std::time::Duration::ZERO,
         }
     }
 

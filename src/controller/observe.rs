@@ -73,6 +73,8 @@ pub enum KeyCheck {
         description: KeyDescription,
         /// Retained pairs' KMS keys that are disabled, pending deletion or gone.
         at_risk: Vec<String>,
+        /// When KMS gave this answer (a shared answer may be up to the key-check interval old).
+        checked_at: Timestamp,
     },
     /// KMS answered, and the key cannot root key pairs: missing alias, disabled, pending
     /// deletion, wrong type or region. Only a change by someone fixes it.
@@ -80,6 +82,8 @@ pub enum KeyCheck {
         key_arn: Option<String>,
         reason: String,
         message: String,
+        /// When KMS gave this answer.
+        checked_at: Timestamp,
     },
     /// The DescribeKey call failed.
     Failed(KmsError),
@@ -151,8 +155,10 @@ impl Observation {
     /// Asks KMS about the alias's key; when it is usable, also about the retained pairs' keys.
     pub async fn check_key<K: Kms>(&mut self, ctx: &Context<K>) {
         let Ok(config) = &self.config else { return };
+        let now = self.now;
         let check = match ctx.kms.describe_key(&config.alias).await {
             Err(err) if err.kind == KmsErrorKind::NotFound => KeyCheck::Unusable {
+                checked_at: now,
                 key_arn: None,
                 reason: "AliasNotFound".to_owned(),
                 message: format!(
@@ -164,6 +170,7 @@ impl Observation {
             Err(err) => KeyCheck::Failed(err),
             Ok(description) => match selftest::validate_key(&description, config) {
                 Err(problem) => KeyCheck::Unusable {
+                    checked_at: answered_at(now, &description),
                     key_arn: Some(description.key_arn.clone()),
                     reason: problem.reason().to_owned(),
                     message: problem.to_string(),
@@ -171,6 +178,7 @@ impl Observation {
                 Ok(()) => {
                     let at_risk = keys_at_risk(ctx, self.ring.records(), &description).await;
                     KeyCheck::Usable {
+                        checked_at: answered_at(now, &description),
                         description,
                         at_risk,
                     }
@@ -211,6 +219,14 @@ impl Observation {
                 .and_then(|s| s.kms_key_arn.as_deref()),
         }
     }
+}
+
+/// When KMS gave `description`: `now` less the age of a shared answer, in whole seconds (as
+/// every status time). See docs/design.md, "When KMS was asked".
+fn answered_at(now: Timestamp, description: &KeyDescription) -> Timestamp {
+    let age = jiff::SignedDuration::try_from(description.age).unwrap_or_default();
+    let at = now.checked_sub(age).unwrap_or(now);
+    Timestamp::from_second(at.as_second()).unwrap_or(at)
 }
 
 /// The ring of `records` read against the resource's status at `now`.

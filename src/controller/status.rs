@@ -125,18 +125,20 @@ fn kms_bookkeeping(
         Some(KeyCheck::Usable {
             description,
             at_risk,
+            checked_at,
         }) => {
             next.kms_key_arn = Some(description.key_arn.clone());
-            next.last_kms_key_check_time = Some(now);
+            next.last_kms_key_check_time = Some(*checked_at);
             next.key_pairs_at_risk = at_risk.clone();
         }
         Some(KeyCheck::Unusable {
             key_arn,
             reason,
             message,
+            checked_at,
         }) => {
             next.kms_key_arn = key_arn.clone().or(current.kms_key_arn.clone());
-            next.last_kms_key_check_time = Some(now);
+            next.last_kms_key_check_time = Some(*checked_at);
             next.last_kms_error = Some(LastKmsError {
                 time: now,
                 operation: "DescribeKey".to_owned(),
@@ -627,6 +629,47 @@ mod tests {
         );
         // Conditions keep their fixed order, KeyPairIntegrity last.
         assert_eq!(status.conditions.last().unwrap().type_, KEY_PAIR_INTEGRITY);
+    }
+
+    /// lastKmsKeyCheckTime is when KMS gave the answer (a shared answer is older than the
+    /// reconcile), for a usable and an unusable key alike.
+    #[test]
+    fn the_key_check_time_is_when_kms_answered() {
+        let rkc = resource();
+        let empty = ring(Vec::new(), None);
+        let description = crate::kms::KeyDescription {
+            key_arn: "arn:aws:kms:us-east-1:111122223333:key/k1".into(),
+            key_id: "k1".into(),
+            key_state: "Enabled".into(),
+            key_spec: "SYMMETRIC_DEFAULT".into(),
+            key_usage: "ENCRYPT_DECRYPT".into(),
+            key_manager: "CUSTOMER".into(),
+            region: "us-east-1".into(),
+            multi_region: None,
+            age: std::time::Duration::from_secs(1800),
+        };
+        let asked = ts("2026-01-01T23:30:00Z");
+        let usable = KeyCheck::Usable {
+            description,
+            at_risk: Vec::new(),
+            checked_at: asked,
+        };
+        let status = desired(&StatusInput {
+            key: Some(&usable),
+            ..input(&rkc, None, &empty)
+        });
+        assert_eq!(status.last_kms_key_check_time, Some(asked));
+        let unusable = KeyCheck::Unusable {
+            key_arn: None,
+            reason: "DisabledException".into(),
+            message: "disabled".into(),
+            checked_at: asked,
+        };
+        let status = desired(&StatusInput {
+            key: Some(&unusable),
+            ..input(&rkc, None, &empty)
+        });
+        assert_eq!(status.last_kms_key_check_time, Some(asked));
     }
 
     #[test]

@@ -63,7 +63,8 @@ impl<K: Kms> CoalescingKms<K> {
     }
 
     /// The description of `key`: an answer that arrived while this asker waited (whatever it
-    /// was), a usable one younger than the TTL, or a new call.
+    /// was), a usable one younger than the TTL, or a new call. A shared description carries
+    /// its age, so status says when KMS was asked, not when the answer was handed out.
     async fn describe(
         &self,
         key: &str,
@@ -77,7 +78,10 @@ impl<K: Kms> CoalescingKms<K> {
             let fresh_and_usable =
                 at.elapsed() < self.ttl && result.as_ref().is_ok_and(|d| d.key_state == "Enabled");
             if in_flight_while_waiting || fresh_and_usable {
-                return result.clone();
+                let age = at.elapsed();
+                return result
+                    .clone()
+                    .map(|description| KeyDescription { age, ..description });
             }
         }
         let result = call.await;
@@ -150,6 +154,28 @@ mod tests {
         assert!(answers.iter().all(Result::is_ok));
         assert!(kms.describe_key(&alias).await.is_ok());
         assert_eq!(fake.calls(KmsOperation::DescribeKey), 1);
+    }
+
+    /// A shared answer says how old it is; a new call's answer is fresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_description_carries_its_age() {
+        let fake = FakeKms::new();
+        fake.create_key_for(&alias());
+        let kms = CoalescingKms::new(fake.clone(), HOUR);
+        assert_eq!(
+            kms.describe_key(&alias()).await.unwrap().age,
+            Duration::ZERO
+        );
+        tokio::time::advance(Duration::from_secs(1800)).await;
+        let shared = kms.describe_key(&alias()).await.unwrap();
+        assert_eq!(shared.age, Duration::from_secs(1800));
+        assert_eq!(fake.calls(KmsOperation::DescribeKey), 1);
+        tokio::time::advance(Duration::from_secs(1801)).await;
+        assert_eq!(
+            kms.describe_key(&alias()).await.unwrap().age,
+            Duration::ZERO
+        );
+        assert_eq!(fake.calls(KmsOperation::DescribeKey), 2);
     }
 
     #[tokio::test(start_paused = true)]

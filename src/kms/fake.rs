@@ -98,6 +98,7 @@ impl FakeKms {
                     key_manager: "CUSTOMER".into(),
                     region: region.into(),
                     multi_region: None,
+                    age: std::time::Duration::ZERO,
                 },
                 master_key,
             },

@@ -238,6 +238,7 @@ impl SdkKms {
                 .unwrap_or_default(),
             region,
             multi_region,
+            age: std::time::Duration::ZERO,
         })
     }
 }
