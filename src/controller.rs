@@ -162,10 +162,24 @@ pub struct Context<K> {
     pub key_pair_rate: Arc<TokenBucket>,
     pub settings: Settings,
     pub metrics: Metrics,
-    /// Consecutive failed reconciles per resource that could not write status (API errors);
-    /// KMS failures are counted in status instead.
-    failures: Mutex<HashMap<ObjectRef<RecordingKeyConfig>, u32>>,
+    /// Consecutive failed reconciles per resource that could not write status (API errors),
+    /// and when the last one was counted; KMS failures are counted in status instead. Bounded:
+    /// see [`Context::record_failure`] and [`Context::forget_deleted`].
+    failures: Mutex<HashMap<ObjectRef<RecordingKeyConfig>, FailureCount>>,
 }
+
+/// Consecutive failures of one resource, and when the last was counted.
+#[derive(Clone, Copy, Debug)]
+struct FailureCount {
+    count: u32,
+    at: tokio::time::Instant,
+}
+
+/// A failure count untouched this long is dropped: twice the longest backoff, by when a
+/// resource that still fails has counted again (its retry comes after at most the longest
+/// backoff), so only deleted resources' entries (and those whose reconcile hangs) go.
+/// docs/design.md, "Bounded per-resource memory".
+const FAILURE_COUNT_KEPT: Duration = Duration::from_secs(2 * 300);
 
 impl<K> Context<K> {
     #[allow(clippy::too_many_arguments)]
@@ -194,21 +208,47 @@ impl<K> Context<K> {
         }
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<RecordingKeyConfig>, u32>> {
+    fn failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<RecordingKeyConfig>, FailureCount>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one more failure of `rkc` and returns the backoff before its retry.
+    /// Counts one more failure of `rkc` and returns the backoff before its retry. Counts not
+    /// touched for [`FAILURE_COUNT_KEPT`] go first, so a deleted resource whose delete event
+    /// came before its last failure (a reconcile in flight) does not stay for ever.
     fn record_failure(&self, object: ObjectRef<RecordingKeyConfig>) -> (u32, Duration) {
+        let now = tokio::time::Instant::now();
         let mut failures = self.failures();
-        let count = failures.entry(object).or_default();
-        *count = count.saturating_add(1);
-        (*count, policy::backoff(*count))
+        failures.retain(|_, f| now.duration_since(f.at) < FAILURE_COUNT_KEPT);
+        let entry = failures
+            .entry(object)
+            .or_insert(FailureCount { count: 0, at: now });
+        entry.count = entry.count.saturating_add(1);
+        entry.at = now;
+        (entry.count, policy::backoff(entry.count))
     }
 
     fn clear_failures(&self, object: &ObjectRef<RecordingKeyConfig>) {
         self.failures().remove(object);
     }
+
+    /// A deleted resource's failure count goes with it (its delete event).
+    pub fn forget_deleted(&self, packed: &PackedConfig) {
+        self.clear_failures(&object_of(packed));
+    }
+
+    /// Resources with a failure count.
+    #[cfg(test)]
+    fn failing(&self) -> usize {
+        self.failures().len()
+    }
+}
+
+/// The key of a resource in the failure counts (`ObjectRef` equality ignores uid and version,
+/// so this matches `ObjectRef::from_obj` of the unpacked resource).
+fn object_of(packed: &PackedConfig) -> ObjectRef<RecordingKeyConfig> {
+    ObjectRef::new(&packed.name_any()).within(&packed.namespace().unwrap_or_default())
 }
 
 /// [`reconcile`] of a resource from the controller's packed cache.
@@ -224,8 +264,7 @@ pub async fn reconcile_packed<K: Kms>(
 /// exponential backoff per resource (5 s doubling to 5 min), reset by the next success.
 pub fn error_policy<K>(packed: Arc<PackedConfig>, error: &Error, ctx: Arc<Context<K>>) -> Action {
     let name = packed.name_any();
-    let object = ObjectRef::new(&name).within(&packed.namespace().unwrap_or_default());
-    let (failures, delay) = ctx.record_failure(object);
+    let (failures, delay) = ctx.record_failure(object_of(&packed));
     warn!(name = %name, error = %error, failures, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
@@ -379,6 +418,56 @@ fn record_metrics<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kms::fake::FakeKms;
+
+    fn context() -> Context<FakeKms> {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "ns");
+        Context::new(
+            client.clone(),
+            FakeKms::new(),
+            system_clock(),
+            Events::new(client, kube::runtime::events::Reporter::from("kekeeper")),
+            cache::key_pair_cache(),
+            cache::public_keys_cache(),
+            Arc::new(TokenBucket::new(1.0, 1)),
+            Settings::default(),
+            Metrics::default(),
+        )
+    }
+
+    fn packed(name: &str) -> PackedConfig {
+        let text = include_str!("../tests/fixtures/status/ready.json");
+        let mut rkc: RecordingKeyConfig = serde_json::from_str(text).unwrap();
+        rkc.metadata.name = Some(name.into());
+        PackedConfig::pack(rkc).unwrap()
+    }
+
+    /// A deleted resource's failure count goes with its delete event; the count of one whose
+    /// delete came first (a reconcile in flight) goes once it is older than twice the longest
+    /// backoff, when the next failure of any resource is counted.
+    #[tokio::test(start_paused = true)]
+    async fn failure_counts_are_cleared_for_deleted_resources_and_bounded() {
+        let ctx = context();
+        let (a, b, c) = (packed("a"), packed("b"), packed("c"));
+        assert_eq!(ctx.record_failure(object_of(&a)).0, 1);
+        assert_eq!(ctx.record_failure(object_of(&a)).0, 2);
+        ctx.record_failure(object_of(&b));
+        assert_eq!(ctx.failing(), 2);
+        ctx.forget_deleted(&a);
+        assert_eq!(ctx.failing(), 1);
+        // b is deleted while its reconcile runs: no delete clears it, and it never fails
+        // again; c keeps failing at the longest backoff.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(300)).await;
+            ctx.record_failure(object_of(&c));
+        }
+        assert_eq!(ctx.failing(), 1, "b's stale count is gone, c's stays");
+        assert_eq!(ctx.record_failure(object_of(&c)).0, 3);
+    }
 
     /// A value serde_json cannot serialise (a map with non-string keys) is an error that names
     /// what was being serialised, and a reconcile error with its own metric label; never an

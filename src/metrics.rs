@@ -54,8 +54,39 @@ pub struct Metrics {
     pub key_pair_created: Family<KeyPairLabels, Gauge>,
     /// The gauges with one series per resource.
     resources: Arc<ResourceGauges>,
-    /// Uids of deleted resources, whose series are not recorded again.
-    forgotten: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Uids of recently deleted resources, whose series are not recorded again.
+    forgotten: Arc<std::sync::Mutex<Forgotten>>,
+}
+
+/// How many deleted resources' uids are kept. The set only has to outlast the reconciles that
+/// were running when their resource was deleted (at most the controller's concurrency run at
+/// once), so the newest few thousand are plenty; the oldest go first. docs/design.md,
+/// "Bounded per-resource memory".
+pub const FORGOTTEN_UIDS_KEPT: usize = 4096;
+
+/// The uids of the most recently deleted resources, oldest first out.
+#[derive(Debug, Default)]
+struct Forgotten {
+    uids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Forgotten {
+    fn insert(&mut self, uid: &str) {
+        if !self.uids.insert(uid.to_owned()) {
+            return;
+        }
+        self.order.push_back(uid.to_owned());
+        while self.order.len() > FORGOTTEN_UIDS_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.uids.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, uid: &str) -> bool {
+        self.uids.contains(uid)
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,7 +176,7 @@ impl Metrics {
             self.forgotten
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(uid.to_owned());
+                .insert(uid);
         }
         self.resources.forget(config);
         for pair in status.map_or(&[][..], |s| &s.active_key_pairs[..]) {
@@ -386,6 +417,29 @@ mod tests {
         assert!(text.contains("# TYPE kekeeper_ready gauge"), "{text}");
         metrics.forget(&config, Some("uid"), Some(&status));
         assert!(!metrics.encode().contains("recordings"));
+    }
+
+    /// The deleted resources' uids are bounded: past [`FORGOTTEN_UIDS_KEPT`], the oldest go.
+    #[test]
+    fn forgotten_uids_are_bounded_oldest_first() {
+        let metrics = Metrics::default();
+        let config = ConfigLabels {
+            namespace: "ns".into(),
+            config: "c".into(),
+        };
+        let uid = |i: usize| format!("uid-{i}");
+        for i in 0..FORGOTTEN_UIDS_KEPT + 10 {
+            metrics.forget(&config, Some(&uid(i)), None);
+        }
+        // Forgetting one again does not count twice.
+        metrics.forget(&config, Some(&uid(FORGOTTEN_UIDS_KEPT + 9)), None);
+        let forgotten = metrics.forgotten.lock().unwrap();
+        assert_eq!(forgotten.uids.len(), FORGOTTEN_UIDS_KEPT);
+        assert_eq!(forgotten.order.len(), FORGOTTEN_UIDS_KEPT);
+        drop(forgotten);
+        assert!(!metrics.is_forgotten(Some(&uid(9))));
+        assert!(metrics.is_forgotten(Some(&uid(10))));
+        assert!(metrics.is_forgotten(Some(&uid(FORGOTTEN_UIDS_KEPT + 9))));
     }
 
     #[tokio::test]

@@ -306,14 +306,6 @@ async fn run_scope(
     // these) and the controller's triggers, so a deleted or edited key pair Secret or
     // ConfigMap is put right at once.
     let (rkc_store, rkc_events) = cached(rkcs, list_in_pages());
-    let metrics = shared.metrics.clone();
-    let rkc_stream = rkc_events
-        .inspect_ok(move |event| {
-            if let watcher::Event::Delete(rkc) = event {
-                forget_deleted(&metrics, rkc);
-            }
-        })
-        .applied_objects();
     // The owned objects are kept as records and digests, not objects (see `controller::cache`).
     let key_pairs = cache::key_pair_cache();
     let secrets_events = compacted(
@@ -340,6 +332,16 @@ async fn run_scope(
         shared.settings,
         shared.metrics,
     ));
+    // A deleted resource's metric series and failure count go with it.
+    let deleted = ctx.clone();
+    let rkc_stream = rkc_events
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(rkc) = event {
+                forget_deleted(&deleted.metrics, rkc);
+                deleted.forget_deleted(rkc);
+            }
+        })
+        .applied_objects();
 
     let controller = Controller::for_stream(rkc_stream, rkc_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
