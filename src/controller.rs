@@ -39,7 +39,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
-use tracing::{instrument, warn};
+use tracing::{info, instrument, warn};
 
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keyring::KeyRing;
@@ -62,6 +62,10 @@ pub const DEFAULT_KMS_KEY_CHECK_INTERVAL: SignedDuration = SignedDuration::from_
 /// The default interval of the custody check (one KMS Decrypt per active key pair).
 pub const DEFAULT_KEY_VERIFY_INTERVAL: SignedDuration = SignedDuration::from_hours(24);
 
+/// How often one reconcile plans again on a resource that changed under it before it gives
+/// up and retries with backoff.
+const MAX_REPLANS: usize = 3;
+
 /// The time, injected so schedules are tested without sleeping.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -83,6 +87,10 @@ pub enum Error {
     Unpack(#[from] packed::UnpackError),
     #[error(transparent)]
     Serialize(#[from] SerializeError),
+    /// A status write met a newer resource whose spec or annotations differ from those the
+    /// plan was made on: nothing was written; the reconcile plans again on this one.
+    #[error("the resource changed while it was reconciled (generation {:?})", .0.metadata.generation)]
+    Superseded(Box<RecordingKeyConfig>),
 }
 
 /// A value that could not be serialised to JSON. Never replaced by an empty default: an empty
@@ -121,6 +129,7 @@ impl Error {
             Error::NoNamespace => "NoNamespace".to_owned(),
             Error::Unpack(_) => "Unpack".to_owned(),
             Error::Serialize(_) => "Serialize".to_owned(),
+            Error::Superseded(_) => "Superseded".to_owned(),
         }
     }
 }
@@ -287,7 +296,20 @@ pub async fn reconcile<K: Kms>(
     ctx.public_keys.synced().await;
     ctx.metrics.reconciles.inc();
     let object = ObjectRef::from_obj(rkc.as_ref());
-    let result = reconcile_steps(rkc, &ctx).await;
+    let mut rkc = rkc;
+    let mut replans = 0;
+    let result = loop {
+        match reconcile_steps(rkc.clone(), &ctx).await {
+            // A plan made on an older resource never writes status: plan again on the newer
+            // one (docs/design.md, "A conflict re-plans").
+            Err(Error::Superseded(fresh)) if replans < MAX_REPLANS => {
+                replans += 1;
+                info!(generation = ?fresh.metadata.generation, "resource changed during the reconcile; planning again");
+                rkc = Arc::new(*fresh);
+            }
+            other => break other,
+        }
+    };
     match &result {
         Ok(_) => ctx.clear_failures(&object),
         Err(err) => ctx.metrics.count_error(err.metric_label()),

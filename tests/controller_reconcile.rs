@@ -133,6 +133,14 @@ enum Scenario {
     /// The custody check: a fresh list (the only source of private key blobs; the cache keeps
     /// none), then status; nothing else.
     VerifyCustody { existing: Vec<Secret> },
+    /// The status write meets a newer resource whose spec changed (409): nothing is written
+    /// from the old plan; the reconcile plans again on the newer resource and rotates for its
+    /// spec: list, status (Reconciling), create, retire, event, status, ConfigMap, every write
+    /// guarded by the newer resourceVersion.
+    ConflictReplan {
+        existing: Vec<Secret>,
+        fresh: Box<RecordingKeyConfig>,
+    },
     /// Suspended: one status write, nothing else.
     Suspended,
     /// Steady state: no request at all.
@@ -419,6 +427,39 @@ impl Scenario {
                             (200, object)
                         }),
                     },
+                ]
+            }
+            Scenario::ConflictReplan { existing, fresh } => {
+                let old = existing[0].metadata.name.clone().unwrap();
+                let fresh_value = serde_json::to_value(&fresh).unwrap();
+                vec![
+                    list(existing.clone()),
+                    Expect {
+                        method: Method::PATCH,
+                        path: status_path(),
+                        query_contains: vec!["fieldManager=kekeeper"],
+                        reply: Box::new(|_| {
+                            (
+                                409,
+                                json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                   "reason": "Conflict", "code": 409,
+                                   "message": "the object has been modified"}),
+                            )
+                        }),
+                    },
+                    Expect {
+                        method: Method::GET,
+                        path: status_path(),
+                        query_contains: vec![],
+                        reply: Box::new(move |_| (200, serde_json::to_value(&fresh).unwrap())),
+                    },
+                    list(existing),
+                    status_patch(&fresh_value),
+                    create_secret(),
+                    retire_secret(&old),
+                    event("KeyPairGenerated"),
+                    status_patch(&fresh_value),
+                    config_map_apply(),
                 ]
             }
             Scenario::SteadyState => vec![],
@@ -1357,7 +1398,8 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
 async fn a_status_write_on_a_stale_view_is_redone_on_the_newer_one() {
     let (mut h, rkc, secrets) = created(&[ORG_A]).await;
     // The cached view predates our own last write, which honoured token t2 and recorded a
-    // newer self-test.
+    // newer self-test; only status differs, so the plan stands and status is rebuilt on the
+    // newer one.
     let mut stale = rkc.clone();
     stale.metadata.resource_version = Some("100".into());
     let mut newer = rkc;
@@ -1370,11 +1412,6 @@ async fn a_status_write_on_a_stale_view_is_redone_on_the_newer_one() {
         message: "newer".into(),
     };
     newer_status.last_test = Some(newer_test.clone());
-    newer
-        .meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .insert("kekeeper.io/rotate-now".into(), "t2".into());
     // The hourly key check is due: DescribeKey, then a status write.
     h.now = ts("2026-01-15T11:00:00Z");
     let (result, seen) = h
@@ -1493,4 +1530,57 @@ async fn the_custody_check_decrypts_the_listed_blobs() {
     assert_eq!(status.last_key_verify_time, Some(ts(NOW)));
     assert!(status.key_pair_problems.is_empty(), "{status:?}");
     assert_eq!(condition(&status, "KeyPairIntegrity").status, "True");
+}
+
+/// A 409 on the status write whose newer resource has another spec: no status from the plan
+/// made on the older resource is written; the reconcile plans again on the newer one (a new
+/// generation with another key pair spec: a rotation) and every later write is for it.
+#[tokio::test]
+async fn a_conflict_with_a_changed_spec_plans_again_on_the_newer_resource() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let mut stale = rkc.clone();
+    stale.metadata.resource_version = Some("100".into());
+    let mut fresh = rkc;
+    fresh.metadata.resource_version = Some("101".into());
+    fresh.metadata.generation = Some(2);
+    fresh.spec.key_pair_spec = KeyPairSpec::Rsa3072;
+    // The hourly key check is due on the stale view: its status write meets the new spec.
+    h.now = ts("2026-01-15T11:00:00Z");
+    let (result, seen) = h
+        .reconcile(
+            stale,
+            Scenario::ConflictReplan {
+                existing: secrets,
+                fresh: Box::new(fresh),
+            },
+        )
+        .await;
+    result.unwrap();
+    let writes: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == Method::PATCH && s.path == status_path())
+        .collect();
+    assert_eq!(writes.len(), 3);
+    // The rejected write was the old plan's; every write after it is the new plan's.
+    assert_eq!(writes[0].body["metadata"]["resourceVersion"], "100");
+    assert_eq!(writes[0].body["status"]["observedGeneration"], 1);
+    for write in &writes[1..] {
+        assert_eq!(write.body["metadata"]["resourceVersion"], "101");
+        assert_eq!(
+            write.body["status"]["observedGeneration"], 2,
+            "{}",
+            write.body
+        );
+    }
+    let status = status_of(&seen);
+    assert_eq!(status.active_key_pairs.len(), 1);
+    assert_eq!(
+        status.active_key_pairs[0].key_pair_spec,
+        KeyPairSpec::Rsa3072
+    );
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        1
+    );
 }

@@ -22,7 +22,7 @@ use super::execute::{Failure, Outcome};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Step};
 use super::status::{self, StatusInput};
-use super::{Context, FIELD_MANAGER, Result, SerializeError, to_json_value};
+use super::{Context, Error, FIELD_MANAGER, Result, SerializeError, to_json_value};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keypair::{self, LABEL_CONFIG, LABEL_MANAGED_BY};
 use crate::keyring::KeyRing;
@@ -34,6 +34,9 @@ const CONFLICT_RETRIES: usize = 3;
 
 /// Writes status on top of the newest view of the resource.
 pub struct StatusWriter {
+    /// The resource as the plan saw it: a newer view that differs from it in what the plan
+    /// reads (generation, spec, annotations) supersedes the plan.
+    planned: Arc<RecordingKeyConfig>,
     view: Arc<RecordingKeyConfig>,
     last_write: Option<Instant>,
     /// Status as the reconcile found it (what is new in this reconcile is announced).
@@ -44,14 +47,18 @@ impl StatusWriter {
     pub fn new(rkc: Arc<RecordingKeyConfig>) -> Self {
         StatusWriter {
             initial: rkc.status.clone(),
+            planned: rkc.clone(),
             view: rkc,
             last_write: None,
         }
     }
 
     /// Writes what `build` makes of the newest view, unless the view already shows it. A 409
-    /// (someone, or our own earlier write, changed the resource since that view) re-reads it
-    /// and builds again.
+    /// (someone, or our own earlier write, changed the resource since that view) re-reads it:
+    /// if only status changed (our own earlier write the cache had not shown), it builds again
+    /// on the newer status; if what the plan read changed (a new spec, a rotate-now token),
+    /// nothing is written and the reconcile is superseded, to be planned again on the newer
+    /// resource (docs/design.md, "A conflict re-plans").
     pub async fn write<K>(
         &mut self,
         ctx: &Context<K>,
@@ -86,7 +93,11 @@ impl StatusWriter {
                 }
                 Err(kube::Error::Api(err)) if err.code == 409 && attempt < CONFLICT_RETRIES => {
                     attempt += 1;
-                    self.view = Arc::new(api.get_status(&name).await?);
+                    let fresh = api.get_status(&name).await?;
+                    if plan_inputs_changed(&self.planned, &fresh) {
+                        return Err(Error::Superseded(Box::new(fresh)));
+                    }
+                    self.view = Arc::new(fresh);
                 }
                 Err(err) => return Err(err.into()),
             }
@@ -151,6 +162,14 @@ impl StatusWriter {
         .await?;
         Ok(())
     }
+}
+
+/// Whether `fresh` differs from `planned` in what a plan reads besides status: the spec (and
+/// its generation) and the annotations (rotate-now, verify-now, acknowledged key pairs).
+fn plan_inputs_changed(planned: &RecordingKeyConfig, fresh: &RecordingKeyConfig) -> bool {
+    planned.metadata.generation != fresh.metadata.generation
+        || planned.spec != fresh.spec
+        || planned.annotations() != fresh.annotations()
 }
 
 /// The status input of a reconcile that did no work (yet).
