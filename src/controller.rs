@@ -48,7 +48,7 @@ use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
 use cache::{KeyPairCache, PublicKeysCache};
 pub use observe::ANNOTATION_ROTATE_NOW_TOKEN;
-use observe::Observation;
+use observe::{KeyCheck, Observation};
 use packed::PackedConfig;
 use plan::Step;
 use ratelimit::TokenBucket;
@@ -376,11 +376,16 @@ fn next_action<K>(
         .last_key_verify_time
         .filter(|_| !ring.active_by_org().is_empty())
         .and_then(|t| t.checked_add(ctx.settings.key_verify_interval).ok());
+    // The key check of this reconcile counts even when status kept an older time for it (a
+    // check that changed nothing is not written: docs/design.md, "A quiet steady state").
+    let last_key_check = status
+        .last_kms_key_check_time
+        .max(obs.key.as_ref().and_then(KeyCheck::checked_at));
     let next = policy::next_due(
         ring.active_by_org()
             .values()
             .map(|r| policy::rotation_due(r.created_at, rkc.spec.rotation.period)),
-        status.last_kms_key_check_time,
+        last_key_check,
         ctx.settings.kms_key_check_interval,
         ring.prune_times()
             .map(|(_, due)| Some(due))

@@ -97,8 +97,9 @@ enum Scenario {
     /// Organisation added and one removed: list, create, event, retire the removed, status,
     /// ConfigMap.
     AddAndRemove { existing: Vec<Secret> },
-    /// KMS fails while a rotation is due: list, status (Reconciling), status (the error),
-    /// a Warning event named after the KMS code; nothing else.
+    /// KMS fails: while a rotation is due, list, status (Reconciling), status (the error), a
+    /// Warning event named after the KMS code; in a key check alone, no list (the key check
+    /// reads the cache), status and the event; nothing else.
     KmsFailure {
         existing: Vec<Secret>,
         code: &'static str,
@@ -120,8 +121,8 @@ enum Scenario {
         existing: Vec<Secret>,
         pruned: String,
     },
-    /// KMS is back after a failure: list, DescribeKey, status; nothing else.
-    Recover { existing: Vec<Secret> },
+    /// KMS is back after a failure: DescribeKey, status; nothing else.
+    Recover,
     /// Right after our own writes, the Secret cache lags: one fresh list, then nothing.
     StaleCache { existing: Vec<Secret> },
     /// The status write meets a newer resource (409): it re-reads it and writes again on top
@@ -305,8 +306,9 @@ impl Scenario {
                 code,
                 rotating,
             } => {
-                let mut e = vec![list(existing)];
+                let mut e = Vec::new();
                 if rotating {
+                    e.push(list(existing));
                     e.push(status_patch(object));
                 }
                 e.extend([status_patch(object), event(code)]);
@@ -389,7 +391,7 @@ impl Scenario {
                 status_patch(object),
             ],
             Scenario::StaleCache { existing } => vec![list(existing)],
-            Scenario::Recover { existing } => vec![list(existing), status_patch(object)],
+            Scenario::Recover => vec![status_patch(object)],
             Scenario::VerifyCustody { existing } => vec![list(existing), status_patch(object)],
             Scenario::Suspended => vec![status_patch(object)],
             Scenario::Conflict { existing, newer } => {
@@ -1328,9 +1330,7 @@ async fn kms_recovery_clears_the_condition_and_keeps_the_last_error() {
     // Five seconds later (the first backoff), KMS answers again.
     h.now = ts("2026-01-15T12:00:05Z");
     h.kms.reset_calls();
-    let (result, seen) = h
-        .reconcile(rkc, Scenario::Recover { existing: secrets })
-        .await;
+    let (result, seen) = h.reconcile(rkc, Scenario::Recover).await;
     result.unwrap();
     assert_eq!(h.kms.calls(KmsOperation::DescribeKey), 1);
     let status = status_of(&seen);
@@ -1412,8 +1412,9 @@ async fn a_status_write_on_a_stale_view_is_redone_on_the_newer_one() {
         message: "newer".into(),
     };
     newer_status.last_test = Some(newer_test.clone());
-    // The hourly key check is due: DescribeKey, then a status write.
-    h.now = ts("2026-01-15T11:00:00Z");
+    // A day and an hour on, the custody check (which lists) and the key check are due: list,
+    // DescribeKey, Decrypt, then a status write.
+    h.now = ts("2026-01-16T11:00:00Z");
     let (result, seen) = h
         .reconcile(
             stale,
@@ -1430,7 +1431,7 @@ async fn a_status_write_on_a_stale_view_is_redone_on_the_newer_one() {
     assert_eq!(status.last_test, Some(newer_test));
     assert_eq!(
         status.last_kms_key_check_time,
-        Some(ts("2026-01-15T11:00:00Z"))
+        Some(ts("2026-01-16T11:00:00Z"))
     );
     assert_eq!(h.kms.calls(KmsOperation::DescribeKey), 1);
 }
@@ -1544,8 +1545,9 @@ async fn a_conflict_with_a_changed_spec_plans_again_on_the_newer_resource() {
     fresh.metadata.resource_version = Some("101".into());
     fresh.metadata.generation = Some(2);
     fresh.spec.key_pair_spec = KeyPairSpec::Rsa3072;
-    // The hourly key check is due on the stale view: its status write meets the new spec.
-    h.now = ts("2026-01-15T11:00:00Z");
+    // A day and an hour on, the custody and key checks are due on the stale view: its status
+    // write meets the new spec.
+    h.now = ts("2026-01-16T11:00:00Z");
     let (result, seen) = h
         .reconcile(
             stale,
@@ -1583,4 +1585,27 @@ async fn a_conflict_with_a_changed_spec_plans_again_on_the_newer_resource() {
             .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
         1
     );
+}
+
+/// Hours of steady state: a resource whose state does not change makes no API request at all
+/// (no status write to move lastKmsKeyCheckTime, no Secret list) across several key-check
+/// intervals; KMS is asked once per interval (in the operator, once per alias for all
+/// resources), and each reconcile requeues for the next check.
+#[tokio::test]
+async fn hours_of_steady_state_make_no_request() {
+    let (mut h, rkc, _) = created(&[ORG_A, ORG_B]).await;
+    let recorded = rkc.status.clone();
+    for hour in 1..=6 {
+        h.now = ts(NOW) + jiff::SignedDuration::from_hours(hour);
+        let (result, seen) = h.reconcile(rkc.clone(), Scenario::SteadyState).await;
+        assert!(seen.is_empty(), "hour {hour}: {seen:?}");
+        assert_eq!(h.kms.calls(KmsOperation::DescribeKey), hour as usize);
+        assert_eq!(
+            result.unwrap(),
+            kube::runtime::controller::Action::requeue(Duration::from_secs(3600)),
+            "hour {hour}"
+        );
+    }
+    assert_eq!(h.kms.total_calls(), 6);
+    assert_eq!(rkc.status, recorded);
 }

@@ -89,6 +89,18 @@ pub enum KeyCheck {
     Failed(KmsError),
 }
 
+impl KeyCheck {
+    /// When KMS gave this answer; `None` for a failed call.
+    pub fn checked_at(&self) -> Option<Timestamp> {
+        match self {
+            KeyCheck::Usable { checked_at, .. } | KeyCheck::Unusable { checked_at, .. } => {
+                Some(*checked_at)
+            }
+            KeyCheck::Failed(_) => None,
+        }
+    }
+}
+
 impl Observation {
     /// The resource and its key pairs as the caches hold them; no request.
     pub fn from_cache<K>(

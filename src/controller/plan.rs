@@ -106,7 +106,10 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         Some(until) if now < until && !new_generation && obs.key.is_none() => {
             Step::WaitBackoff(until)
         }
-        _ if (work_due || key_due || custody_due) && !obs.records_listed() => Step::ListRecords,
+        // The key check reads only what the cache has (the retained pairs' KMS keys): a list
+        // only when there is work or the custody check needs the blobs (docs/design.md, "A
+        // quiet steady state").
+        _ if (work_due || custody_due) && !obs.records_listed() => Step::ListRecords,
         _ if key_due => Step::CheckKey,
         _ => match &obs.key {
             Some(KeyCheck::Unusable { .. } | KeyCheck::Failed(_)) => Step::Blocked,
@@ -329,6 +332,7 @@ mod tests {
         assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::Blocked);
     }
 
+    /// A due key check asks KMS at once, on the cached records: it needs no fresh list.
     #[test]
     fn the_key_check_is_due_after_the_interval_and_after_a_new_generation() {
         let records = vec![record("2026-01-10T00:00:00Z")];
@@ -338,7 +342,7 @@ mod tests {
         );
         assert_eq!(
             plan(&stale_check, ts(NOW), &settings()).step,
-            Step::ListRecords
+            Step::CheckKey
         );
         let new_generation = observe(
             resource(2, Some(steady_status("2026-01-15T09:30:00Z"))),
@@ -346,7 +350,7 @@ mod tests {
         );
         assert_eq!(
             plan(&new_generation, ts(NOW), &settings()).step,
-            Step::ListRecords
+            Step::CheckKey
         );
     }
 
@@ -374,11 +378,11 @@ mod tests {
         // Once it is over, the key is checked again at once (not at the next hourly check).
         assert_eq!(
             plan(&obs, ts("2026-01-15T10:00:05Z"), &settings()).step,
-            Step::ListRecords
+            Step::CheckKey
         );
         // A new generation is acted on at once.
         let changed = observe(resource(2, Some(failing)), records);
-        assert_eq!(plan(&changed, ts(NOW), &settings()).step, Step::ListRecords);
+        assert_eq!(plan(&changed, ts(NOW), &settings()).step, Step::CheckKey);
     }
 
     #[test]

@@ -108,7 +108,38 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     kms_conditions(input, &mut conditions);
     custody_conditions(input, &next, &mut conditions);
     next.conditions = conditions.finish();
-    next
+    quiet_key_check(&current, next)
+}
+
+/// How old the recorded `lastKmsKeyCheckTime` may grow before a key check that changed nothing
+/// else is written anyway.
+pub const KMS_KEY_CHECK_RECORD_PERIOD: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// A key check that changed nothing else in status keeps the recorded `lastKmsKeyCheckTime`,
+/// so an unchanged resource writes no status per check, unless the recorded time is a
+/// [`KMS_KEY_CHECK_RECORD_PERIOD`] old (docs/design.md, "A quiet steady state").
+fn quiet_key_check(
+    current: &RecordingKeyConfigStatus,
+    next: RecordingKeyConfigStatus,
+) -> RecordingKeyConfigStatus {
+    let (Some(recorded), Some(checked)) = (
+        current.last_kms_key_check_time,
+        next.last_kms_key_check_time,
+    ) else {
+        return next;
+    };
+    let quiet = RecordingKeyConfigStatus {
+        last_kms_key_check_time: Some(recorded),
+        ..next.clone()
+    };
+    let recent = recorded
+        .checked_add(KMS_KEY_CHECK_RECORD_PERIOD)
+        .is_ok_and(|due| checked < due);
+    if quiet == *current && recent {
+        quiet
+    } else {
+        next
+    }
 }
 
 /// `lastKmsError`, the key check bookkeeping and the failure count for the backoff.
@@ -670,6 +701,39 @@ mod tests {
             ..input(&rkc, None, &empty)
         });
         assert_eq!(status.last_kms_key_check_time, Some(asked));
+    }
+
+    /// A key check that changed nothing else keeps the recorded time, until that is a
+    /// record period old; any other change writes the new time with it.
+    #[test]
+    fn a_quiet_key_check_is_written_only_with_another_change_or_after_a_day() {
+        let recorded = ts("2026-01-01T00:00:00Z");
+        let current = RecordingKeyConfigStatus {
+            last_kms_key_check_time: Some(recorded),
+            ..RecordingKeyConfigStatus::default()
+        };
+        let checked = |at: &str| RecordingKeyConfigStatus {
+            last_kms_key_check_time: Some(ts(at)),
+            ..current.clone()
+        };
+        let quiet = quiet_key_check(&current, checked("2026-01-01T23:00:00Z"));
+        assert_eq!(quiet.last_kms_key_check_time, Some(recorded));
+        let day = quiet_key_check(&current, checked("2026-01-02T00:00:00Z"));
+        assert_eq!(
+            day.last_kms_key_check_time,
+            Some(ts("2026-01-02T00:00:00Z"))
+        );
+        let changed = quiet_key_check(
+            &current,
+            RecordingKeyConfigStatus {
+                kms_key_arn: Some("arn:aws:kms:us-east-1:111122223333:key/k2".into()),
+                ..checked("2026-01-01T01:00:00Z")
+            },
+        );
+        assert_eq!(
+            changed.last_kms_key_check_time,
+            Some(ts("2026-01-01T01:00:00Z"))
+        );
     }
 
     #[test]
