@@ -1,4 +1,4 @@
-//! The command line of the one `kekeeper` binary (SPEC §5).
+//! The command line of the one `kekeeper` binary (docs/cli.md; docs/design.md#module-map).
 
 use std::path::PathBuf;
 

@@ -59,8 +59,8 @@ impl From<crate::arn::ArnError> for ConfigError {
 /// Checks a spec; `operator_region` is the region the operator runs in (the default homeRegion).
 ///
 /// The home region is `spec.homeRegion`, else the operator's region, else the alias ARN's
-/// region; whichever it is, it must equal the ARN's region (SPEC §2), since the organisation's
-/// key must live in its home region.
+/// region; whichever it is, it must equal the ARN's region, since the organisation's key must
+/// live in its home region (docs/design.md#product-contract).
 pub fn validate(
     spec: &RecordingKeyConfigSpec,
     operator_region: Option<&str>,

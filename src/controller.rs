@@ -1,4 +1,4 @@
-//! The controller (SPEC §2–§4). One reconcile is four steps:
+//! The controller (docs/design.md#reconcile). One reconcile is four steps:
 //! [`observe`] (the resource, its key pair Secrets, and what KMS says about the key — each
 //! once), [`plan`] (pure: observation + clock → what to do), [`execute`] (KMS and API work
 //! only) and [`report`] (the one place that writes status, events and the ConfigMap).

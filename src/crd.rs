@@ -1,5 +1,5 @@
-//! The `RecordingKeyConfig` resource (SPEC §2). The CRD YAML under `crds/` is generated from
-//! these types.
+//! The `RecordingKeyConfig` resource (docs/design.md#product-contract). The CRD YAML under
+//! `crds/` is generated from these types.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,7 @@
-//! The recording envelope (SPEC §6): AES-256-GCM in fixed-size segments under a fresh data key,
-//! the data key wrapped with RSA-OAEP-SHA256 under the organisation's public key.
+//! The recording envelope: AES-256-GCM in fixed-size segments under a fresh data key, the data
+//! key wrapped with RSA-OAEP-SHA256 under the organisation's public key. docs/envelope.md is the
+//! format's contract for other implementations, with test vectors; the summary below agrees
+//! with it.
 //!
 //! # Format, version 1
 //!

@@ -1,5 +1,6 @@
-//! A key pair record and its Secret layout (SPEC §3): type `kekeeper.io/key-pair`,
-//! `publicKey.pem`, `privateKey.kms`, `metadata.json`, labels. Never holds a plaintext private key.
+//! A key pair record and its Secret layout (docs/design.md#key-ring): type
+//! `kekeeper.io/key-pair`, `publicKey.pem`, `privateKey.kms`, `metadata.json`, labels. Never
+//! holds a plaintext private key.
 
 use std::collections::BTreeMap;
 
@@ -193,8 +194,8 @@ impl KeyPairRecord {
 }
 
 impl KeyPairSecret {
-    /// The Secret the controller stores (SPEC §3). No owner reference: deleting the
-    /// RecordingKeyConfig must not delete key material.
+    /// The Secret the controller stores. No owner reference: deleting the RecordingKeyConfig
+    /// must not delete key material (docs/design.md#key-custody).
     pub fn to_secret(&self) -> Secret {
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_CONFIG.to_owned(), config_label(&self.config_name));

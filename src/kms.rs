@@ -254,8 +254,9 @@ pub trait Kms: Send + Sync {
     ) -> impl Future<Output = Result<KeyDescription, KmsError>> + Send;
 
     /// `DescribeKey` on a key ARN, e.g. the key of a historical key pair, to see whether its
-    /// recordings are still decryptable (SPEC §4, `HistoricalKeysAtRisk`). The default answers
-    /// NotFound so that test doubles written before this method existed keep compiling.
+    /// recordings are still decryptable (`HistoricalKeysAtRisk`,
+    /// docs/design.md#status-model). The default answers NotFound so that test doubles written
+    /// before this method existed keep compiling.
     fn describe_key_arn(
         &self,
         key_arn: &str,

@@ -269,8 +269,8 @@ struct ResourceValues {
     /// `kekeeper_next_rotation_timestamp_seconds`, when status names one.
     next_rotation: Option<f64>,
     /// `kekeeper_key_pair_integrity_problems`: Secrets whose public key disagrees with the
-    /// fingerprint recorded in status, and pairs that failed the KMS custody check (see the
-    /// README's "Key custody").
+    /// fingerprint recorded in status, and pairs that failed the KMS custody check
+    /// (docs/design.md#key-custody).
     integrity_problems: i64,
     /// `kekeeper_key_pairs_missing`: pairs recorded in status whose Secret is gone.
     missing: i64,

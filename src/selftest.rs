@@ -1,8 +1,8 @@
 //! The self-test (the Test button): generate a key pair, encrypt test data with its public key,
 //! KMS-decrypt the private key with the same context, decrypt, compare.
 //!
-//! It runs the recording envelope's own code path (SPEC §6), so a pass means recordings
-//! encrypted with this public key can be decrypted through KMS.
+//! It runs the recording envelope's own code path, so a pass means recordings encrypted with
+//! this public key can be decrypted through KMS (docs/design.md#decisions).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -331,9 +331,9 @@ impl KeyProblem {
     }
 }
 
-/// Checks what `DescribeKey` said about the alias's key (SPEC §4): enabled, symmetric,
-/// ENCRYPT_DECRYPT, customer managed, and in the home region (for a multi-region key, the
-/// primary or a replica there).
+/// Checks what `DescribeKey` said about the alias's key: enabled, symmetric, ENCRYPT_DECRYPT,
+/// customer managed, and in the home region (for a multi-region key, the primary or a replica
+/// there). docs/design.md#kms.
 pub fn validate_key(
     description: &KeyDescription,
     config: &ValidatedConfig,
