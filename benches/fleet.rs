@@ -104,7 +104,7 @@ async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
     let generated = *cold
         .get(&("GenerateDataKeyPairWithoutPlaintext".into(), "ok".into()))
         .unwrap_or(&0);
-    let stored = secrets(&cluster);
+    let stored = secrets(&cluster).await;
     let rate = n as f64 / all_ready.as_secs_f64();
     row(
         &format!("cold start of {n}: time to all Ready"),
@@ -163,10 +163,10 @@ async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
     storm(&cluster, &client, &kubeconfig, endpoint, args.storm.min(n)).await;
 }
 
-fn secrets(cluster: &Cluster) -> usize {
+async fn secrets(cluster: &Cluster) -> usize {
     cluster
-        .sim
         .objects("", "secrets", Some("default"))
+        .await
         .iter()
         .filter(|s| s["type"] == "kekeeper.io/key-pair")
         .count()

@@ -2,8 +2,15 @@
 # The main job on an embedded default, on this machine alone: a local KMS endpoint (LocalStack),
 # a local Kubernetes API (kube-sim), the operator, a sample RecordingKeyConfig; then its status
 # and key-pair history, a "change key now", and the history again. Everything it starts is
-# stopped when it ends.
+# stopped when it ends. `scripts/demo.sh --real` runs the same story on the real control plane
+# (etcd, kube-apiserver, kube-controller-manager built from source: docs/testing.md).
 set -euo pipefail
+REAL=false
+case "${1:-}" in
+  --real) REAL=true ;;
+  "") ;;
+  *) echo "usage: $0 [--real]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 WORK="$ROOT/.work/demo"
@@ -15,6 +22,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   scripts/kms-emulator.sh stop >/dev/null 2>&1 || true
+  if $REAL; then scripts/control-plane.sh stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
@@ -32,12 +40,19 @@ export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 ALIAS_ARN="$(scripts/kms-emulator.sh create-key kekeeper-demo)"
 echo "alias: $ALIAS_ARN"
 
-say "Starting kube-sim, the local Kubernetes API"
-export KUBECONFIG="$WORK/kubeconfig"
-"$ROOT/target/debug/kube-sim" --listen 127.0.0.1:0 --kubeconfig "$KUBECONFIG" >"$WORK/kube-sim.out" 2>"$WORK/kube-sim.log" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q listening "$WORK/kube-sim.out" 2>/dev/null && break; sleep 0.1; done
-head -n 1 "$WORK/kube-sim.out"
+if $REAL; then
+  say "Starting the real control plane (etcd, kube-apiserver, kube-controller-manager; built once, cached under .work/)"
+  control_plane_env="$(scripts/control-plane.sh start)"
+  eval "$control_plane_env"
+  "$KUBECTL" version 2>/dev/null | grep Server
+else
+  say "Starting kube-sim, the local Kubernetes API"
+  export KUBECONFIG="$WORK/kubeconfig"
+  "$ROOT/target/debug/kube-sim" --listen 127.0.0.1:0 --kubeconfig "$KUBECONFIG" >"$WORK/kube-sim.out" 2>"$WORK/kube-sim.log" &
+  pids+=($!)
+  for _ in $(seq 1 100); do grep -q listening "$WORK/kube-sim.out" 2>/dev/null && break; sleep 0.1; done
+  head -n 1 "$WORK/kube-sim.out"
+fi
 kubectl() { "$KUBECTL" --cache-dir "$WORK/kubectl-cache" "$@"; }
 
 say "Installing the CRD (crds/) and starting the operator"

@@ -22,15 +22,32 @@ step "tools: KMS emulator (LocalStack) and kubectl"
 scripts/kms-emulator.sh install
 KEKEEPER_TEST_KUBECTL="$(scripts/kubectl.sh)"
 export KEKEEPER_TEST_KUBECTL
-trap 'scripts/kms-emulator.sh stop; rm -rf "$LOGS"' EXIT
+trap 'scripts/kms-emulator.sh stop; scripts/control-plane.sh stop; rm -rf "$LOGS"' EXIT
 # An assignment keeps start's exit status (a bare eval "$(...)" would hide a failed start).
 emulator_env="$(scripts/kms-emulator.sh start)"
 eval "$emulator_env"
 export KEKEEPER_TEST_KMS_ENDPOINT="$AWS_ENDPOINT_URL_KMS"
 export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 
-step "cargo test --workspace"
+# The end-to-end tests that run on the real control plane too (the rest stay on kube-sim for
+# now; docs/testing.md says which and why).
+REAL_TESTS="--test e2e_operator"
+
+step "cargo test --workspace (end-to-end tests on kube-sim)"
 cargo test --workspace -- --include-ignored 2>&1 | tee "$LOGS/cargo.log"
+
+step "recording envelope: the independent Python reader (docs/envelope.md)"
+scripts/envelope-reader-test.sh 2>&1 | tee "$LOGS/envelope.log"
+envelope_passed="$(grep -Eo '^envelope-reader: [0-9]+ passed' "$LOGS/envelope.log" | grep -Eo '[0-9]+' || true)"
+
+step "real control plane: etcd, kube-apiserver, kube-controller-manager $(cat tests/control-plane/RELEASE) built from source; the end-to-end tests that run on it (docs/testing.md)"
+control_plane_env="$(scripts/control-plane.sh start)"
+(
+  eval "$control_plane_env"
+  export KEKEEPER_TEST_CLUSTER=real
+  cargo test $REAL_TESTS -- --include-ignored
+) 2>&1 | tee "$LOGS/real.log"
+scripts/control-plane.sh stop
 
 step "operator image: built with buildah (OCI archive), run as the chart's Deployment runs it"
 scripts/build-image.sh
@@ -40,6 +57,7 @@ image_passed="$(grep -c '^image-test: PASS' "$LOGS/image.log" || true)"
 # One closing line for the whole suite (cargo's own last line is the doc-test run of kube-sim).
 chart_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/chart.log" | tail -n 1 | grep -Eo '[0-9]+')"
 read -r cargo_passed cargo_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$LOGS/cargo.log")
+read -r real_passed real_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$LOGS/real.log")
 echo
-echo "${chart_passed:-0} chart tests, $cargo_passed Rust tests and $image_passed image test"
-echo "tests: $((chart_passed + cargo_passed + image_passed)) passed, $cargo_failed failed"
+echo "${chart_passed:-0} chart tests, $cargo_passed Rust tests on kube-sim, $real_passed on the real control plane, ${envelope_passed:-0} envelope-reader checks and $image_passed image test"
+echo "tests: $((chart_passed + cargo_passed + real_passed + ${envelope_passed:-0} + image_passed)) passed, $((cargo_failed + real_failed)) failed"

@@ -67,15 +67,15 @@ async fn kekeeper(kubeconfig: Option<&Path>, kms: Option<&str>, args: &[&str]) -
     run
 }
 
-fn rkc(cluster: &Cluster, namespace: &str, name: &str) -> Value {
+async fn rkc(cluster: &Cluster, namespace: &str, name: &str) -> Value {
     cluster
-        .sim
         .object("kekeeper.io", "recordingkeyconfigs", namespace, name)
+        .await
         .unwrap_or_else(|| panic!("{namespace}/{name} is stored"))
 }
 
-fn rotate_now(cluster: &Cluster, namespace: &str, name: &str) -> Option<String> {
-    rkc(cluster, namespace, name)["metadata"]["annotations"]["kekeeper.io/rotate-now"]
+async fn rotate_now(cluster: &Cluster, namespace: &str, name: &str) -> Option<String> {
+    rkc(cluster, namespace, name).await["metadata"]["annotations"]["kekeeper.io/rotate-now"]
         .as_str()
         .map(str::to_owned)
 }
@@ -118,7 +118,7 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
     cluster
         .apply_ok(&rkc_manifest("recordings", ALIAS, &[ORG_A]))
         .await;
-    let uid = rkc(&cluster, "default", "recordings")["metadata"]["uid"]
+    let uid = rkc(&cluster, "default", "recordings").await["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -186,7 +186,10 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
     .await;
     assert_eq!(run.code, 0);
     let printed: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(printed, rkc(&cluster, "default", "recordings")["status"]);
+    assert_eq!(
+        printed,
+        rkc(&cluster, "default", "recordings").await["status"]
+    );
     assert_eq!(printed["lastKmsError"]["code"], "ThrottlingException");
     let run = kekeeper(
         Some(&cluster.kubeconfig),
@@ -255,12 +258,14 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
     // By name; the annotation is written with field manager `kekeeper`.
     let run = kekeeper(Some(kubeconfig), None, &["rotate", "a"]).await;
     assert_eq!(run.code, 0);
-    let token = rotate_now(&cluster, "default", "a").expect("annotated");
+    let token = rotate_now(&cluster, "default", "a")
+        .await
+        .expect("annotated");
     assert_eq!(
         run.stdout.trim(),
         format!("rotate-now requested for default/a (token {token})")
     );
-    let managers: Vec<Value> = rkc(&cluster, "default", "a")["metadata"]["managedFields"]
+    let managers: Vec<Value> = rkc(&cluster, "default", "a").await["metadata"]["managedFields"]
         .as_array()
         .unwrap()
         .clone();
@@ -298,13 +303,15 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
         "{}",
         run.stdout
     );
-    let token_all = rotate_now(&cluster, "default", "unlabelled").expect("annotated");
+    let token_all = rotate_now(&cluster, "default", "unlabelled")
+        .await
+        .expect("annotated");
     assert_ne!(token_all, token);
     assert_eq!(
-        rotate_now(&cluster, "default", "a").as_deref(),
+        rotate_now(&cluster, "default", "a").await.as_deref(),
         Some(token_all.as_str())
     );
-    assert_eq!(rotate_now(&cluster, "billing", "c"), None);
+    assert_eq!(rotate_now(&cluster, "billing", "c").await, None);
 
     // -l with -A: the labelled ones in every namespace, and only those.
     let run = kekeeper(
@@ -314,15 +321,19 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
     )
     .await;
     assert_eq!(run.code, 0);
-    let token_selected = rotate_now(&cluster, "billing", "c").expect("annotated");
+    let token_selected = rotate_now(&cluster, "billing", "c")
+        .await
+        .expect("annotated");
     assert!(run.stdout.contains("default/a") && run.stdout.contains("billing/c"));
     assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
     assert_eq!(
-        rotate_now(&cluster, "default", "a").as_deref(),
+        rotate_now(&cluster, "default", "a").await.as_deref(),
         Some(token_selected.as_str())
     );
     assert_eq!(
-        rotate_now(&cluster, "default", "unlabelled").as_deref(),
+        rotate_now(&cluster, "default", "unlabelled")
+            .await
+            .as_deref(),
         Some(token_all.as_str())
     );
 
@@ -376,7 +387,7 @@ async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
     );
 
     // Its own identity, so the request log tells its requests apart from kubectl's.
-    let (cli_kubeconfig, cli_user) = cluster.service_account_kubeconfig("default", "cli");
+    let (cli_kubeconfig, cli_user) = cluster.service_account_kubeconfig("default", "cli").await;
     let waiting = tokio::spawn({
         let kubeconfig = cli_kubeconfig.clone();
         async move {
@@ -388,11 +399,17 @@ async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
             .await
         }
     });
-    let first = rotate_now(&cluster, "default", "recordings").expect("the first token");
+    let first = rotate_now(&cluster, "default", "recordings")
+        .await
+        .expect("the first token");
     let token = eventually(
         "a new rotate-now token",
         Duration::from_secs(20),
-        || async { rotate_now(&cluster, "default", "recordings").filter(|t| *t != first) },
+        || async {
+            rotate_now(&cluster, "default", "recordings")
+                .await
+                .filter(|t| *t != first)
+        },
     )
     .await;
     let ready = |status: &str, generation: i64| {
@@ -417,7 +434,6 @@ async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
     );
     // A watch, not polling: the resource was read once (the get), then listed and watched.
     let verbs: Vec<String> = cluster
-        .sim
         .request_log()
         .iter()
         .filter(|r| r.user == cli_user && r.resource == "recordingkeyconfigs")
@@ -473,11 +489,11 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     )
     .await;
     assert_eq!(run.code, 0, "{}", operator.log_text());
-    let token = rotate_now(&cluster, "default", "recordings").unwrap();
+    let token = rotate_now(&cluster, "default", "recordings").await.unwrap();
     assert!(run.stdout.contains(&format!(
         "default/recordings rotated and Ready (token {token})"
     )));
-    let stored = rkc(&cluster, "default", "recordings");
+    let stored = rkc(&cluster, "default", "recordings").await;
     assert_eq!(stored["status"]["rotateNowToken"], token.as_str());
     assert_eq!(condition(&stored, "Ready").as_deref(), Some("True"));
     let history = stored["status"]["keyPairHistory"].as_array().unwrap();
@@ -509,8 +525,8 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
         .clone();
     let secret_name = active["secretName"].as_str().unwrap();
     let secret = cluster
-        .sim
         .object("", "secrets", "default", secret_name)
+        .await
         .unwrap();
     assert_eq!(
         secret["metadata"]["labels"]["kekeeper.io/key-pair-id"],
@@ -537,7 +553,7 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     )
     .await;
     assert_eq!(run.code, 0);
-    let before = cluster.sim.request_log().len();
+    let before = cluster.request_log().len();
     let run = kekeeper(
         Some(&kubeconfig),
         Some(&endpoint),
@@ -546,7 +562,7 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     .await;
     assert_eq!(run.code, 0);
     assert_eq!(std::fs::read(path("rec.out")).unwrap(), recording);
-    let requests: Vec<(String, String)> = cluster.sim.request_log()[before..]
+    let requests: Vec<(String, String)> = cluster.request_log()[before..]
         .iter()
         .filter(|r| r.user == "kube-sim-admin")
         .map(|r| (r.verb.clone(), r.resource.clone()))
@@ -572,8 +588,8 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     assert_eq!(run.code, 0);
     assert_eq!(std::fs::read(path("rec.out2")).unwrap(), recording);
     let unlabelled = cluster
-        .sim
         .object("", "secrets", "default", secret_name)
+        .await
         .unwrap();
     assert!(unlabelled["metadata"]["labels"]["kekeeper.io/key-pair-id"].is_null());
 

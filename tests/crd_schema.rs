@@ -276,8 +276,8 @@ async fn invalid_specs_are_rejected_at_apply_time_naming_the_field() {
         cluster.apply_ok(&manifest).await;
     }
     let stored = cluster
-        .sim
-        .objects("kekeeper.io", "recordingkeyconfigs", None);
+        .objects("kekeeper.io", "recordingkeyconfigs", Some(&cluster.ns()))
+        .await;
     assert_eq!(stored.len(), 4);
 
     // What `kubectl explain` shows for the fields users ask about.

@@ -21,18 +21,18 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
+async fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
     cluster
-        .sim
         .object("kekeeper.io", "recordingkeyconfigs", "default", name)
+        .await
 }
 
 /// The key pair Secrets of `config` (its label value may be a hash of a long name).
-fn secrets(cluster: &Cluster, config: &str) -> Vec<Value> {
+async fn secrets(cluster: &Cluster, config: &str) -> Vec<Value> {
     let label = keypair::config_label(config);
     cluster
-        .sim
         .objects("", "secrets", Some("default"))
+        .await
         .into_iter()
         .filter(|s| s["metadata"]["labels"]["kekeeper.io/config"] == label.as_str())
         .collect()
@@ -59,7 +59,7 @@ async fn wait_for(
     ready: impl Fn(&Value) -> bool,
 ) -> Value {
     eventually(&format!("{name}: {what}"), WAIT, || async {
-        rkc(cluster, name).filter(|o| ready(o))
+        rkc(cluster, name).await.filter(|o| ready(o))
     })
     .await
 }
@@ -75,7 +75,7 @@ async fn ready_resource(cluster: &Cluster, name: &str, alias: &str) -> (Value, V
     })
     .await;
     let secret = eventually(&format!("{name}: one active Secret"), WAIT, || async {
-        let all = secrets(cluster, name);
+        let all = secrets(cluster, name).await;
         (count_states(&all) == (1, 0)).then(|| all[0].clone())
     })
     .await;
@@ -86,13 +86,13 @@ async fn ready_resource(cluster: &Cluster, name: &str, alias: &str) -> (Value, V
 async fn warning_event(cluster: &Cluster, name: &str, reason: &str, mentions: &str) -> Value {
     eventually(&format!("Warning {reason} about {name}"), WAIT, || async {
         cluster
-            .sim
             .objects("", "events", Some("default"))
+            .await
             .into_iter()
             .chain(
                 cluster
-                    .sim
-                    .objects("events.k8s.io", "events", Some("default")),
+                    .objects("events.k8s.io", "events", Some("default"))
+                    .await,
             )
             .find(|e| {
                 e["type"] == "Warning"
@@ -113,10 +113,10 @@ async fn patch_secret_data(cluster: &Cluster, secret: &str, key: &str, value: &[
         .await;
 }
 
-fn config_map_pem(cluster: &Cluster, name: &str) -> String {
+async fn config_map_pem(cluster: &Cluster, name: &str) -> String {
     let config_map = cluster
-        .sim
         .object("", "configmaps", "default", &format!("{name}-public-keys"))
+        .await
         .expect("the public-keys ConfigMap");
     config_map["data"][format!("{ORG}.pem")]
         .as_str()
@@ -161,7 +161,7 @@ async fn substituted_public_key_is_never_published(cluster: &Cluster, alias: &st
     let name = "substituted";
     let (before, secret) = ready_resource(cluster, name, alias).await;
     let secret_name = name_of(&secret);
-    let published = config_map_pem(cluster, name);
+    let published = config_map_pem(cluster, name).await;
     let recorded = before["status"]["activeKeyPairs"][0]["publicKeyFingerprint"].clone();
 
     let other = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
@@ -197,7 +197,7 @@ async fn substituted_public_key_is_never_published(cluster: &Cluster, alias: &st
     warning_event(cluster, name, "PublicKeyMismatch", &secret_name).await;
     // Recorders never get the substituted key, however many reconciles run.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(config_map_pem(cluster, name), published);
+    assert_eq!(config_map_pem(cluster, name).await, published);
 
     patch_secret_data(cluster, &secret_name, "publicKey.pem", &original_pem).await;
     let restored = wait_for(cluster, name, "KeyPairIntegrity=True again", |o| {
@@ -208,7 +208,7 @@ async fn substituted_public_key_is_never_published(cluster: &Cluster, alias: &st
         condition_field(&restored, "KeyPairIntegrity", "reason").as_deref(),
         Some("Verified")
     );
-    assert_eq!(config_map_pem(cluster, name), published);
+    assert_eq!(config_map_pem(cluster, name).await, published);
 }
 
 /// Rotate, then delete the retired Secret: HistoricalKeysAtRisk=True KeyPairMissing naming the
@@ -225,7 +225,7 @@ async fn deleted_retired_secret_is_reported_missing_until_acknowledged(
         .kubectl_ok(&["annotate", "rkc", name, "kekeeper.io/rotate-now=t1"])
         .await;
     eventually("one active and one retired Secret", WAIT, || async {
-        (count_states(&secrets(cluster, name)) == (1, 1)).then_some(())
+        (count_states(&secrets(cluster, name).await) == (1, 1)).then_some(())
     })
     .await;
     let rotated = wait_for(cluster, name, "rotate-now honoured", |o| {
@@ -329,6 +329,7 @@ async fn deleted_active_secret_never_gives_its_name_to_a_new_pair(cluster: &Clus
     );
     assert!(
         secrets(cluster, name)
+            .await
             .iter()
             .all(|s| name_of(s) != first_name)
     );
@@ -341,7 +342,7 @@ async fn corrupted_private_key_fails_the_custody_check_and_rotates(cluster: &Clu
     let name = "corrupted";
     let (_, secret) = ready_resource(cluster, name, alias).await;
     let secret_name = name_of(&secret);
-    let published = config_map_pem(cluster, name);
+    let published = config_map_pem(cluster, name).await;
     let mut blob = base64::engine::general_purpose::STANDARD
         .decode(secret["data"]["privateKey.kms"].as_str().unwrap())
         .unwrap();
@@ -370,7 +371,7 @@ async fn corrupted_private_key_fails_the_custody_check_and_rotates(cluster: &Clu
     assert_eq!(newest["reason"], "IntegrityCheckFailed", "{flagged:#}");
     warning_event(cluster, name, "CustodyCheckFailed", &secret_name).await;
     let republished = eventually("recorders get the new key", WAIT, || async {
-        let pem = config_map_pem(cluster, name);
+        let pem = config_map_pem(cluster, name).await;
         (pem != published).then_some(pem)
     })
     .await;
@@ -394,7 +395,7 @@ async fn a_200_character_name_works_end_to_end(cluster: &Cluster, alias: &str) {
         .kubectl_ok(&["annotate", "rkc", &name, "kekeeper.io/rotate-now=long"])
         .await;
     eventually("the first pair retired, a second active", WAIT, || async {
-        let all = secrets(cluster, &name);
+        let all = secrets(cluster, &name).await;
         let retired = all.iter().find(|s| name_of(s) == first_name)?;
         (count_states(&all) == (1, 1)
             && retired["metadata"]["labels"]["kekeeper.io/state"] == "retired")
@@ -409,7 +410,7 @@ async fn a_200_character_name_works_end_to_end(cluster: &Cluster, alias: &str) {
         done["status"]["keyPairHistory"].as_array().unwrap().len(),
         2
     );
-    assert!(!config_map_pem(cluster, &name).is_empty());
+    assert!(!config_map_pem(cluster, &name).await.is_empty());
 }
 
 /// `kekeeper.io/state` flipped by hand: the active pair flipped to retired counts as retired
@@ -452,20 +453,21 @@ async fn flipped_state_labels_leave_one_active_pair(cluster: &Cluster, alias: &s
         .await;
     warning_event(cluster, name, "DuplicateActiveKeyPair", &first_name).await;
     eventually("the flipped pair retired again", WAIT, || async {
-        let all = secrets(cluster, name);
+        let all = secrets(cluster, name).await;
         let flipped = all.iter().find(|s| name_of(s) == first_name)?;
         (count_states(&all) == (1, 1)
             && flipped["metadata"]["labels"]["kekeeper.io/state"] == "retired")
             .then_some(())
     })
     .await;
-    let after = rkc(cluster, name).unwrap();
+    let after = rkc(cluster, name).await.unwrap();
     assert_eq!(
         after["status"]["activeKeyPairs"][0]["secretName"],
         second_name.as_str()
     );
-    assert_eq!(config_map_pem(cluster, name), {
+    assert_eq!(config_map_pem(cluster, name).await, {
         let secret = secrets(cluster, name)
+            .await
             .into_iter()
             .find(|s| name_of(s) == second_name)
             .unwrap();
@@ -493,12 +495,12 @@ impl Lcg {
 }
 
 /// Every Secret name seen so far with the key pair id it held; a name never holds two.
-fn record_names(
+async fn record_names(
     cluster: &Cluster,
     name: &str,
     seen: &mut std::collections::BTreeMap<String, String>,
 ) {
-    for secret in secrets(cluster, name) {
+    for secret in secrets(cluster, name).await {
         let metadata: Value = serde_json::from_slice(
             &base64::engine::general_purpose::STANDARD
                 .decode(secret["data"]["metadata.json"].as_str().unwrap())
@@ -517,11 +519,10 @@ fn record_names(
 }
 
 /// Recorders see one key per organisation, and it is the key of an existing key pair Secret.
-fn assert_published_key_is_stored(cluster: &Cluster, name: &str) {
-    let Some(config_map) =
-        cluster
-            .sim
-            .object("", "configmaps", "default", &format!("{name}-public-keys"))
+async fn assert_published_key_is_stored(cluster: &Cluster, name: &str) {
+    let Some(config_map) = cluster
+        .object("", "configmaps", "default", &format!("{name}-public-keys"))
+        .await
     else {
         return;
     };
@@ -532,6 +533,7 @@ fn assert_published_key_is_stored(cluster: &Cluster, name: &str) {
         "two keys published for one organisation: {entries:#?}"
     );
     let stored: Vec<String> = secrets(cluster, name)
+        .await
         .iter()
         .map(|s| {
             let pem = base64::engine::general_purpose::STANDARD
@@ -585,8 +587,8 @@ async fn kill_nine_during_50_rotations_never_shows_two_keys_or_reuses_a_name() {
         if random.next_below(2) == 0 {
             tokio::time::sleep(Duration::from_millis(random.next_below(400))).await;
             operator.kill();
-            record_names(&cluster, name, &mut names);
-            assert_published_key_is_stored(&cluster, name);
+            record_names(&cluster, name, &mut names).await;
+            assert_published_key_is_stored(&cluster, name).await;
             operator = start(round);
             operator.wait_ready().await;
         }
@@ -595,16 +597,16 @@ async fn kill_nine_during_50_rotations_never_shows_two_keys_or_reuses_a_name() {
                 && condition(o, "Ready").as_deref() == Some("True")
         })
         .await;
-        record_names(&cluster, name, &mut names);
-        assert_published_key_is_stored(&cluster, name);
+        record_names(&cluster, name, &mut names).await;
+        assert_published_key_is_stored(&cluster, name).await;
         assert_eq!(
-            count_states(&secrets(&cluster, name)).0,
+            count_states(&secrets(&cluster, name).await).0,
             1,
             "round {round}: one active pair"
         );
     }
     // One pair per token, none twice: 1 + 50 Secrets, sequences 1..=51.
-    let all = secrets(&cluster, name);
+    let all = secrets(&cluster, name).await;
     assert_eq!(count_states(&all), (1, 50));
     assert_eq!(names.len(), 51);
     for sequence in 1..=51 {

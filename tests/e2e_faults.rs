@@ -15,14 +15,14 @@ const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
 const NAME: &str = "recordings";
 const WAIT: Duration = Duration::from_secs(40);
 
-fn states(cluster: &Cluster) -> (usize, usize) {
-    count_states(&cluster.key_pair_secrets(NAME))
+async fn states(cluster: &Cluster) -> (usize, usize) {
+    count_states(&cluster.key_pair_secrets(NAME).await)
 }
 
-fn rkc(cluster: &Cluster) -> Option<Value> {
+async fn rkc(cluster: &Cluster) -> Option<Value> {
     cluster
-        .sim
         .object("kekeeper.io", "recordingkeyconfigs", "default", NAME)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +35,7 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
     operator.wait_ready().await;
 
     // The first two status writes and the first retirement patch fail with 500.
-    let faults = cluster.sim.faults();
+    let faults = cluster.sim().faults();
     for (resource, subresource, verb, times) in [
         ("recordingkeyconfigs", "status", "patch", 2),
         ("secrets", "", "patch", 1),
@@ -55,12 +55,17 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
         .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG]))
         .await;
     eventually("Ready despite failed status writes", WAIT, || async {
-        rkc(&cluster).filter(|r| condition(r, "Ready").as_deref() == Some("True"))
+        rkc(&cluster)
+            .await
+            .filter(|r| condition(r, "Ready").as_deref() == Some("True"))
     })
     .await;
-    assert_eq!(states(&cluster), (1, 0), "exactly one active key pair");
+    assert_eq!(
+        states(&cluster).await,
+        (1, 0),
+        "exactly one active key pair"
+    );
     let failed_status_writes = cluster
-        .sim
         .request_log()
         .iter()
         .filter(|r| r.user == user && r.subresource == "status" && r.code == 500)
@@ -72,11 +77,10 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
         .kubectl_ok(&["annotate", "rkc", NAME, "kekeeper.io/rotate-now=first"])
         .await;
     eventually("one rotation despite a failed retirement", WAIT, || async {
-        (states(&cluster) == (1, 1)).then_some(())
+        (states(&cluster).await == (1, 1)).then_some(())
     })
     .await;
     let failed_retirements = cluster
-        .sim
         .request_log()
         .iter()
         .filter(|r| r.user == user && r.resource == "secrets" && r.verb == "patch" && r.code == 500)
@@ -100,12 +104,14 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
     eventually(
         "a rotation seen after the watches were dropped",
         WAIT,
-        || async { (states(&cluster) == (1, 2)).then_some(()) },
+        || async { (states(&cluster).await == (1, 2)).then_some(()) },
     )
     .await;
     // Status follows the Secrets: each key pair shows once in history.
     eventually("history shows each key pair once", WAIT, || async {
-        let history = rkc(&cluster)?["status"]["keyPairHistory"].as_array()?.len();
+        let history = rkc(&cluster).await?["status"]["keyPairHistory"]
+            .as_array()?
+            .len();
         (history == 3).then_some(())
     })
     .await;

@@ -39,12 +39,13 @@ struct Pair {
     cluster: Cluster,
 }
 
-fn start_replica(cluster: &Cluster, identity: &str, kms: &str, timing: &[&str]) -> Replica {
-    let (kubeconfig, user): (PathBuf, String) =
-        cluster.service_account_kubeconfig("kekeeper-system", identity);
+async fn start_replica(cluster: &Cluster, identity: &str, kms: &str, timing: &[&str]) -> Replica {
+    let (kubeconfig, user): (PathBuf, String) = cluster
+        .service_account_kubeconfig("kekeeper-system", identity)
+        .await;
     let mut args: Vec<String> = [
         "--leader-elect",
-        "--lease-namespace=default",
+        &format!("--lease-namespace={}", cluster.ns()),
         &format!("--identity={identity}"),
     ]
     .iter()
@@ -59,10 +60,10 @@ fn start_replica(cluster: &Cluster, identity: &str, kms: &str, timing: &[&str]) 
     }
 }
 
-fn holder(cluster: &Cluster) -> Option<String> {
+async fn holder(cluster: &Cluster) -> Option<String> {
     let lease = cluster
-        .sim
-        .object("coordination.k8s.io", "leases", "default", LEASE)?;
+        .object("coordination.k8s.io", "leases", &cluster.ns(), LEASE)
+        .await?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
 }
 
@@ -71,13 +72,15 @@ fn holder(cluster: &Cluster) -> Option<String> {
 async fn leader_and_standby(kms: &str, timing: &[&str]) -> Pair {
     let cluster = Cluster::start(false).await;
     cluster.install_crd().await;
-    let mut a = start_replica(&cluster, "replica-a", kms, timing);
+    let mut a = start_replica(&cluster, "replica-a", kms, timing).await;
     a.operator.wait_ready().await;
-    eventually("replica-a holds the Lease", Duration::from_secs(30), || {
-        std::future::ready((holder(&cluster).as_deref() == Some("replica-a")).then_some(()))
-    })
+    eventually(
+        "replica-a holds the Lease",
+        Duration::from_secs(30),
+        || async { (holder(&cluster).await.as_deref() == Some("replica-a")).then_some(()) },
+    )
     .await;
-    let mut b = start_replica(&cluster, "replica-b", kms, timing);
+    let mut b = start_replica(&cluster, "replica-b", kms, timing).await;
     b.operator.wait_ready().await;
     eventually(
         "replica-b reads the Lease twice",
@@ -97,7 +100,7 @@ async fn leader_and_standby(kms: &str, timing: &[&str]) -> Pair {
         || std::future::ready(acts(&requests(&cluster, &a.user)).then_some(())),
     )
     .await;
-    assert_eq!(holder(&cluster).as_deref(), Some("replica-a"));
+    assert_eq!(holder(&cluster).await.as_deref(), Some("replica-a"));
     assert!(
         !acts(&requests(&cluster, &b.user)),
         "the standby made controller requests: {:?}",
@@ -108,7 +111,6 @@ async fn leader_and_standby(kms: &str, timing: &[&str]) -> Pair {
 
 fn requests(cluster: &Cluster, user: &str) -> Vec<RequestRecord> {
     cluster
-        .sim
         .request_log()
         .into_iter()
         .filter(|r| r.user == user)
@@ -124,7 +126,7 @@ fn acts(log: &[RequestRecord]) -> bool {
 /// of one user collapsed: `[a, b]` means every write of a came before every write of b.
 fn lease_writers(cluster: &Cluster) -> Vec<String> {
     let mut writers: Vec<String> = Vec::new();
-    for r in cluster.sim.request_log() {
+    for r in cluster.request_log() {
         let written = r.resource == "leases" && r.is_write() && (200..300).contains(&r.code);
         if written && writers.last() != Some(&r.user) {
             writers.push(r.user.clone());
@@ -172,7 +174,7 @@ async fn sigterm_hands_the_lease_to_the_standby_within_three_seconds() {
     let sent_at = Timestamp::now();
     let mut takeover = None;
     while sent.elapsed() < Duration::from_secs(20) {
-        if holder(&cluster).as_deref() == Some("replica-b") {
+        if holder(&cluster).await.as_deref() == Some("replica-b") {
             takeover = Some(sent.elapsed());
             break;
         }
@@ -219,7 +221,7 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() {
     ];
     let Pair { mut a, b, cluster } = leader_and_standby(NO_KMS, &timing).await;
     // Every renewal of replica-a fails from now on; it can still read the Lease.
-    cluster.sim.faults().inject(kube_sim::ErrorFault {
+    cluster.sim().faults().inject(kube_sim::ErrorFault {
         user: Some(a.user.clone()),
         verb: Some("update".into()),
         resource: Some("leases".into()),
@@ -232,13 +234,15 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() {
     let a_exited = injected.elapsed();
     assert_eq!(status.code(), Some(1), "replica-a exited with {status}");
     assert_ne!(
-        holder(&cluster).as_deref(),
+        holder(&cluster).await.as_deref(),
         Some("replica-b"),
         "the standby took over before the leader had stopped"
     );
-    eventually("replica-b holds the Lease", Duration::from_secs(15), || {
-        std::future::ready((holder(&cluster).as_deref() == Some("replica-b")).then_some(()))
-    })
+    eventually(
+        "replica-b holds the Lease",
+        Duration::from_secs(15),
+        || async { (holder(&cluster).await.as_deref() == Some("replica-b")).then_some(()) },
+    )
     .await;
     let b_holds = injected.elapsed();
     eprintln!(
@@ -284,9 +288,11 @@ async fn only_the_leader_calls_kms_and_the_new_leader_carries_on() {
     a.operator.terminate();
     let status = wait_exit(&mut a, Duration::from_secs(10)).await;
     assert!(status.success(), "replica-a exited with {status}");
-    eventually("replica-b holds the Lease", Duration::from_secs(3), || {
-        std::future::ready((holder(&cluster).as_deref() == Some("replica-b")).then_some(()))
-    })
+    eventually(
+        "replica-b holds the Lease",
+        Duration::from_secs(3),
+        || async { (holder(&cluster).await.as_deref() == Some("replica-b")).then_some(()) },
+    )
     .await;
     cluster
         .kubectl_ok(&[
@@ -298,14 +304,18 @@ async fn only_the_leader_calls_kms_and_the_new_leader_carries_on() {
     eventually(
         "the new leader rotates: 1 active and 1 retired key pair",
         Duration::from_secs(40),
-        || async { (count_states(&cluster.key_pair_secrets(NAME)) == (1, 1)).then_some(()) },
+        || async { (count_states(&cluster.key_pair_secrets(NAME).await) == (1, 1)).then_some(()) },
     )
     .await;
     assert!(
         kms_calls(&b).await >= 2.0,
         "generate and decrypt by replica-b"
     );
-    assert_eq!(cluster.key_pair_secrets(NAME).len(), 2, "no duplicate pair");
+    assert_eq!(
+        cluster.key_pair_secrets(NAME).await.len(),
+        2,
+        "no duplicate pair"
+    );
     assert_eq!(lease_writers(&cluster), [a.user.clone(), b.user.clone()]);
     drop((a, b));
 }

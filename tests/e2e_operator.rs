@@ -1,4 +1,4 @@
-//! End to end: the real `kekeeper run` against kube-sim (in-process) and the KMS emulator,
+//! End to end: the real `kekeeper run` against the suite's API server (the real control plane, or kube-sim) and the KMS emulator,
 //! driven with kubectl as a user would (scripts/demo.sh is the model).
 
 mod common;
@@ -31,11 +31,11 @@ async fn wait_key_pairs(cluster: &Cluster, total: usize) -> Value {
         &format!("{total} key pair Secrets (2 active) and history {total}"),
         WAIT,
         || async {
-            let secrets = cluster.key_pair_secrets(NAME);
+            let secrets = cluster.key_pair_secrets(NAME).await;
             let (active, retired) = count_states(&secrets);
             let rkc = cluster
-                .sim
-                .object("kekeeper.io", "recordingkeyconfigs", "default", NAME)?;
+                .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), NAME)
+                .await?;
             let history = rkc["status"]["keyPairHistory"].as_array()?.len();
             let actives = rkc["status"]["activeKeyPairs"].as_array()?.len();
             (secrets.len() == total
@@ -81,14 +81,15 @@ fn pem_der(pem: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
-async fn operator_end_to_end_on_kube_sim() {
+async fn operator_end_to_end() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
     let alias = key.alias.to_string();
     let cluster = Cluster::start(false).await;
     // The operator gets its own identity so the request log tells it apart from kubectl.
-    let (operator_kubeconfig, operator_user) =
-        cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
+    let (operator_kubeconfig, operator_user) = cluster
+        .service_account_kubeconfig("kekeeper-system", "kekeeper")
+        .await;
 
     // 1. CRD, operator, a RecordingKeyConfig with two organisations; Ready.
     cluster.install_crd().await;
@@ -230,14 +231,14 @@ async fn operator_end_to_end_on_kube_sim() {
     }
     assert!(
         cluster
-            .sim
             .object("kekeeper.io", "recordingkeyconfigs", "default", "invalid")
+            .await
             .is_none()
     );
     assert_eq!(
         cluster
-            .sim
             .objects("kekeeper.io", "recordingkeyconfigs", None)
+            .await
             .len(),
         1
     );
@@ -262,9 +263,9 @@ async fn operator_end_to_end_on_kube_sim() {
     assert_eq!(newest, BTreeSet::from([ORG_A, ORG_B]));
 
     // 6. Crash (SIGKILL) and restart: nothing duplicated, then a quiet steady state.
-    settle(&cluster.sim, &operator_user, Duration::from_secs(2), WAIT).await;
+    settle(&cluster, &operator_user, Duration::from_secs(2), WAIT).await;
     operator.kill();
-    cluster.sim.clear_request_log();
+    cluster.clear_request_log();
     let mut operator = cluster.start_operator(
         "operator-restarted",
         &operator_kubeconfig,
@@ -273,10 +274,10 @@ async fn operator_end_to_end_on_kube_sim() {
         &[],
     );
     operator.wait_ready().await;
-    settle(&cluster.sim, &operator_user, Duration::from_secs(2), WAIT).await;
-    let secrets = cluster.key_pair_secrets(NAME);
+    settle(&cluster, &operator_user, Duration::from_secs(2), WAIT).await;
+    let secrets = cluster.key_pair_secrets(NAME).await;
     assert_eq!(count_states(&secrets), (2, 2), "after the restart");
-    let log = cluster.sim.request_log();
+    let log = cluster.request_log();
     let reads = log
         .iter()
         .filter(|r| r.user == operator_user && (r.verb == "list" || r.verb == "watch"))
@@ -287,10 +288,9 @@ async fn operator_end_to_end_on_kube_sim() {
         .filter(|r| r.user == operator_user && r.verb == "create" && r.resource == "secrets")
         .collect();
     assert!(creates.is_empty(), "restart created Secrets: {creates:#?}");
-    cluster.sim.clear_request_log();
+    cluster.clear_request_log();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let writes: Vec<_> = cluster
-        .sim
         .request_log()
         .into_iter()
         .filter(|r| r.user == operator_user && r.is_write())
@@ -299,7 +299,7 @@ async fn operator_end_to_end_on_kube_sim() {
 
     // 7. `kekeeper rotate` (the CLI, admin kubeconfig): another rotation.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
-        .args(["rotate", NAME, "-n", "default"])
+        .args(["rotate", NAME, "-n", &cluster.ns()])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .output()

@@ -159,7 +159,7 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
         .collect();
     namespaces.insert(release_ns.clone());
     for ns in &namespaces {
-        if cluster.sim.object("", "namespaces", "", ns).is_none() {
+        if cluster.object("", "namespaces", "", ns).await.is_none() {
             cluster.kubectl_ok(&["create", "namespace", ns]).await;
         }
     }
@@ -171,7 +171,9 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
         .collect();
     cluster.apply_ok(&stream.join("\n---\n")).await;
 
-    let (kubeconfig, user) = cluster.service_account_kubeconfig(&release_ns, &sa_name);
+    let (kubeconfig, user) = cluster
+        .service_account_kubeconfig(&release_ns, &sa_name)
+        .await;
 
     // The rendered Deployment's container: its args (metrics on 127.0.0.1:0) and env.
     let deployment = of_kind(&docs, "Deployment").next().expect("Deployment");
@@ -214,10 +216,10 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
     }
 }
 
-fn status(cluster: &Cluster) -> Option<Value> {
+async fn status(cluster: &Cluster) -> Option<Value> {
     cluster
-        .sim
         .object("kekeeper.io", "recordingkeyconfigs", "default", NAME)
+        .await
         .map(|o| o["status"].clone())
 }
 
@@ -233,7 +235,7 @@ fn assert_no_refusals(log: &[kube_sim::RequestRecord], user: &str) {
 
 async fn wait_secrets(cluster: &Cluster, total: usize) {
     eventually(&format!("{total} key pair Secrets"), WAIT, || async {
-        (cluster.key_pair_secrets(NAME).len() == total).then_some(())
+        (cluster.key_pair_secrets(NAME).await.len() == total).then_some(())
     })
     .await;
 }
@@ -256,7 +258,7 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
     wait_secrets(cluster, 2).await;
     // The crash-retry race (SPEC §3): the next Secret create is answered AlreadyExists once,
     // so the operator takes its adopt path (get the existing Secret) before it succeeds.
-    cluster.sim.faults().inject(kube_sim::ErrorFault {
+    cluster.sim().faults().inject(kube_sim::ErrorFault {
         user: Some(s.user.clone()),
         verb: Some("create".into()),
         resource: Some("secrets".into()),
@@ -288,7 +290,7 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
         ])
         .await;
     let status = eventually("lastKmsError AccessDeniedException", WAIT, || async {
-        let status = status(cluster)?;
+        let status = status(cluster).await?;
         (status["lastKmsError"]["code"] == "AccessDeniedException").then_some(status)
     })
     .await;
@@ -302,8 +304,8 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
         WAIT,
         || async {
             cluster
-                .sim
                 .objects("", "events", Some("default"))
+                .await
                 .into_iter()
                 .find(|e| {
                     e["type"] == "Warning"
@@ -316,17 +318,19 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
     // an event series, which it patches.
     eventually("a patched (repeated) event", WAIT, || async {
         cluster
-            .sim
             .request_log()
             .into_iter()
             .find(|r| r.user == s.user && r.resource == "events" && r.verb == "patch")
     })
     .await;
-    assert_eq!(cluster.key_pair_secrets(NAME).len(), 4, "key material kept");
+    assert_eq!(
+        cluster.key_pair_secrets(NAME).await.len(),
+        4,
+        "key material kept"
+    );
 
     // The request log of the ServiceAccount: never refused, every granted rule used.
     let log: Vec<_> = cluster
-        .sim
         .request_log()
         .into_iter()
         .filter(|r| r.user == s.user)
@@ -419,7 +423,7 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
         .await;
 
     let refused = eventually("a 403 on creating a Secret", WAIT, || async {
-        cluster.sim.request_log().into_iter().find(|r| {
+        cluster.request_log().into_iter().find(|r| {
             r.user == s.user && r.code == 403 && r.verb == "create" && r.resource == "secrets"
         })
     })
@@ -439,8 +443,8 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(cluster.key_pair_secrets(NAME).is_empty());
-    let status = status(cluster).unwrap_or_default();
+    assert!(cluster.key_pair_secrets(NAME).await.is_empty());
+    let status = status(cluster).await.unwrap_or_default();
     assert_ne!(
         condition(&json!({ "status": status }), "Ready").as_deref(),
         Some("True"),
@@ -473,7 +477,6 @@ async fn chart_rbac_for_leader_election_is_sufficient_and_used() {
     let log = eventually("the leader renews its Lease", WAIT, || {
         let log: Vec<_> = s
             .cluster
-            .sim
             .request_log()
             .into_iter()
             .filter(|r| r.user == s.user)
@@ -540,18 +543,18 @@ async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
             .await;
     }
     for namespace in &watched {
-        eventually(&format!("{namespace}/{NAME} Ready"), WAIT, || {
+        eventually(&format!("{namespace}/{NAME} Ready"), WAIT, || async {
             let rkc = cluster
-                .sim
-                .object("kekeeper.io", "recordingkeyconfigs", namespace, NAME);
-            std::future::ready(rkc.filter(|rkc| condition(rkc, "Ready").as_deref() == Some("True")))
+                .object("kekeeper.io", "recordingkeyconfigs", namespace, NAME)
+                .await;
+            rkc.filter(|rkc| condition(rkc, "Ready").as_deref() == Some("True"))
         })
         .await;
     }
-    settle(&cluster.sim, &s.user, Duration::from_secs(2), WAIT).await;
+    settle(cluster, &s.user, Duration::from_secs(2), WAIT).await;
     let outside = cluster
-        .sim
         .object("kekeeper.io", "recordingkeyconfigs", OUTSIDE, NAME)
+        .await
         .expect("the unwatched RecordingKeyConfig exists");
     assert!(
         outside["status"].is_null(),
@@ -559,9 +562,12 @@ async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
         outside["status"]
     );
     assert!(
-        cluster.sim.objects("", "secrets", Some(OUTSIDE)).is_empty(),
+        cluster
+            .objects("", "secrets", Some(OUTSIDE))
+            .await
+            .is_empty(),
         "key pairs were made in an unwatched namespace"
     );
-    assert_no_refusals(&cluster.sim.request_log(), &s.user);
+    assert_no_refusals(&cluster.request_log(), &s.user);
     drop(s.operator);
 }

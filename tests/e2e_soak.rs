@@ -60,15 +60,15 @@ async fn repeated_rotate_now_with_restarts_never_rolls_status_back() {
     for i in 0..RESOURCES {
         let name = format!("soak-{i}");
         let object = cluster
-            .sim
             .object("kekeeper.io", "recordingkeyconfigs", "default", &name)
+            .await
             .expect("resource");
         assert_eq!(
             object["status"]["rotateNowToken"],
             object["metadata"]["annotations"]["kekeeper.io/rotate-now"],
             "{name}"
         );
-        let secrets = cluster.key_pair_secrets(&name);
+        let secrets = cluster.key_pair_secrets(&name).await;
         let (active, retired) = count_states(&secrets);
         assert_eq!(active, 1, "{name}: one active pair");
         let names: BTreeSet<&str> = secrets
@@ -103,7 +103,8 @@ async fn wait_honoured(cluster: &Cluster, token: &str) {
         || async {
             let done = fleet::count(cluster, |o| {
                 o["status"]["rotateNowToken"] == token && fleet::is_ready(o)
-            });
+            })
+            .await;
             (done == RESOURCES).then_some(())
         },
     )

@@ -22,10 +22,10 @@ fn orgs(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
+async fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
     cluster
-        .sim
         .object("kekeeper.io", "recordingkeyconfigs", "default", name)
+        .await
 }
 
 /// Waits until `name`'s kstatus verdict is `want` and `also` holds; then checks that the
@@ -37,7 +37,7 @@ async fn wait_for(
     also: impl Fn(&Value) -> bool,
 ) -> Value {
     let object = eventually(&format!("{name} {want:?}"), WAIT, || async {
-        let object = rkc(cluster, name)?;
+        let object = rkc(cluster, name).await?;
         (kstatus(&object) == want && also(&object)).then_some(object)
     })
     .await;
@@ -152,7 +152,7 @@ async fn many_organisations_show_progress_before_and_during_the_work(
         "{message}"
     );
     let done = eventually("100 pairs, Ready", Duration::from_secs(120), || async {
-        let object = rkc(cluster, "many")?;
+        let object = rkc(cluster, "many").await?;
         (kstatus(&object) == KStatus::Current
             && condition(&object, "Ready").as_deref() == Some("True"))
         .then_some(object)
@@ -379,7 +379,7 @@ async fn rotate_then_kubectl_wait_waits_for_the_new_pair(cluster: &Cluster, alia
             String::from_utf8_lossy(&rotate.stderr)
         );
         cluster.wait_ready("rotated").await;
-        let object = rkc(cluster, "rotated").expect("rotated");
+        let object = rkc(cluster, "rotated").await.expect("rotated");
         let token = &object["metadata"]["annotations"]["kekeeper.io/rotate-now"];
         assert_eq!(
             &object["status"]["rotateNowToken"], token,
@@ -395,7 +395,7 @@ async fn rotate_then_kubectl_wait_waits_for_the_new_pair(cluster: &Cluster, alia
 /// `suspend: true`: observedGeneration follows the generation, Ready=False Suspended,
 /// kstatus Current, and no key change.
 async fn suspend_keeps_observed_generation_current(cluster: &Cluster) {
-    let before = rkc(cluster, "typo");
+    let before = rkc(cluster, "typo").await;
     assert!(before.is_none(), "typo was deleted");
     let key_alias = "arn:aws:kms:us-east-1:000000000000:alias/never-asked";
     cluster

@@ -233,8 +233,8 @@ async fn an_editor_manages_and_a_viewer_reads() {
     ok_as(&cluster, EDITOR, &["delete", "rkc", NAME], None).await;
     assert!(
         cluster
-            .sim
             .object("kekeeper.io", "recordingkeyconfigs", NS, NAME)
+            .await
             .is_none(),
         "the editor deleted it"
     );

@@ -31,16 +31,62 @@ pub struct Output {
     pub success: bool,
 }
 
+/// The API server under a test: kube-sim in-process, or the real control plane that
+/// `scripts/control-plane.sh` started for the whole run (`KEKEEPER_TEST_CLUSTER=real`, its state
+/// directory in `KEKEEPER_CONTROL_PLANE`). docs/testing.md says which test runs where.
+pub enum Server {
+    Sim(kube_sim::Running),
+    Real(Real),
+}
+
+/// One test's share of the shared real control plane: namespaces of its own (named with a
+/// suffix no other test uses) and the API server's audit log read as its request log.
+pub struct Real {
+    state: PathBuf,
+    url: String,
+    ca_pem: String,
+    suffix: String,
+    client: kube::Client,
+    /// Where the request log starts (`clear_request_log` moves it): a byte offset in audit.log.
+    audit_mark: std::sync::Mutex<u64>,
+    /// Namespaces and cluster-scoped objects this test made, deleted when it ends.
+    made: std::sync::Mutex<Vec<String>>,
+}
+
+/// True when the suite runs against the real control plane.
+pub fn real_server() -> bool {
+    match std::env::var("KEKEEPER_TEST_CLUSTER").as_deref() {
+        Ok("real") => true,
+        Ok("sim") | Err(_) => false,
+        Ok(other) => panic!("KEKEEPER_TEST_CLUSTER={other}: expected real or sim"),
+    }
+}
+
 pub struct Cluster {
-    pub sim: kube_sim::Running,
+    pub server: Server,
     pub dir: tempfile::TempDir,
-    /// The admin kubeconfig.
+    /// The admin kubeconfig (its context's namespace is the test's namespace, `ns()`).
     pub kubeconfig: PathBuf,
     kubectl: PathBuf,
+    /// `rbac` as the test asked for it: without, service accounts are bound to cluster-admin
+    /// on the real server (which always enforces RBAC), as kube-sim without RBAC allows all.
+    rbac: bool,
 }
 
 impl Cluster {
+    /// The suite's server: the real control plane under `KEKEEPER_TEST_CLUSTER=real`, else
+    /// kube-sim (with RBAC enforced when `rbac`; the real server always enforces it).
     pub async fn start(rbac: bool) -> Cluster {
+        if real_server() {
+            Cluster::start_real(rbac).await
+        } else {
+            Cluster::start_sim(rbac).await
+        }
+    }
+
+    /// kube-sim whichever server the suite runs on: for the tests that need a fault only
+    /// kube-sim makes (each caller says which in one line).
+    pub async fn start_sim(rbac: bool) -> Cluster {
         let sim = kube_sim::Server::start(kube_sim::Options {
             rbac,
             ..Default::default()
@@ -51,18 +97,132 @@ impl Cluster {
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
         Cluster {
-            sim,
+            server: Server::Sim(sim),
             dir,
             kubeconfig,
             kubectl: kubectl_path(),
+            rbac,
         }
     }
 
-    /// kube-sim without RBAC, the CRD installed, and a kubeconfig for the operator's own
-    /// identity (so the request log tells it apart from kubectl): (cluster, kubeconfig, user).
+    async fn start_real(rbac: bool) -> Cluster {
+        let state = PathBuf::from(std::env::var_os("KEKEEPER_CONTROL_PLANE").expect(
+            "KEKEEPER_TEST_CLUSTER=real needs KEKEEPER_CONTROL_PLANE: run scripts/test.sh, or \
+             eval \"$(scripts/control-plane.sh start)\"",
+        ));
+        let admin = std::fs::read_to_string(state.join("admin.kubeconfig"))
+            .expect("the control plane's admin kubeconfig");
+        let port = std::fs::read_to_string(state.join("apiserver-port")).expect("apiserver-port");
+        let ca_pem = std::fs::read_to_string(state.join("ca.crt")).expect("ca.crt");
+        let suffix = super::unique("t")[2..].to_owned();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let namespace = format!("default-{suffix}");
+        std::fs::write(
+            &kubeconfig,
+            admin.replace("namespace: default", &format!("namespace: {namespace}")),
+        )
+        .expect("write kubeconfig");
+        let client = client_for(&kubeconfig).await;
+        let audit_len = std::fs::metadata(state.join("audit.log")).map_or(0, |m| m.len());
+        let cluster = Cluster {
+            server: Server::Real(Real {
+                url: format!("https://127.0.0.1:{}", port.trim()),
+                state,
+                ca_pem,
+                suffix,
+                client,
+                audit_mark: std::sync::Mutex::new(audit_len),
+                made: std::sync::Mutex::new(Vec::new()),
+            }),
+            dir,
+            kubeconfig,
+            kubectl: kubectl_path(),
+            rbac,
+        };
+        cluster.create_namespace(&namespace).await;
+        cluster
+    }
+
+    pub fn is_real(&self) -> bool {
+        matches!(self.server, Server::Real(_))
+    }
+
+    /// kube-sim, for what only it has (faults, its own store); panics on the real server.
+    pub fn sim(&self) -> &kube_sim::Running {
+        match &self.server {
+            Server::Sim(sim) => sim,
+            Server::Real(_) => panic!("this test needs kube-sim: start it with Cluster::start_sim"),
+        }
+    }
+
+    /// The test's own name for namespace `name`: `name` on kube-sim, `name-<suffix>` on the
+    /// shared real server (created on first use there), so parallel tests never meet.
+    pub async fn namespace(&self, name: &str) -> String {
+        match &self.server {
+            Server::Sim(_) => name.to_owned(),
+            Server::Real(real) => {
+                let namespace = format!("{name}-{}", real.suffix);
+                self.create_namespace(&namespace).await;
+                namespace
+            }
+        }
+    }
+
+    /// The test's main namespace (kubectl's and `rkc_manifest`'s): `default` on kube-sim.
+    pub fn ns(&self) -> String {
+        match &self.server {
+            Server::Sim(_) => "default".to_owned(),
+            Server::Real(real) => format!("default-{}", real.suffix),
+        }
+    }
+
+    /// A name for a cluster-scoped object that no other test uses (unchanged on kube-sim).
+    pub fn cluster_name(&self, name: &str) -> String {
+        match &self.server {
+            Server::Sim(_) => name.to_owned(),
+            Server::Real(real) => format!("{name}-{}", real.suffix),
+        }
+    }
+
+    async fn create_namespace(&self, namespace: &str) {
+        let Server::Real(real) = &self.server else {
+            return;
+        };
+        if real.made.lock().unwrap().iter().any(|n| n == namespace) {
+            return;
+        }
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                                      "metadata": {"name": namespace}});
+        let request = http::Request::post("/api/v1/namespaces")
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap();
+        match real.client.request::<Value>(request).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("create namespace {namespace}: {e}"),
+        }
+        real.made.lock().unwrap().push(namespace.to_owned());
+        // ServiceAccount admission refuses pods, and TokenRequest needs the account: wait for
+        // the controller-manager's `default` ServiceAccount, as a real cluster user would.
+        let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/default");
+        eventually(
+            &format!("ServiceAccount default in {namespace}"),
+            Duration::from_secs(30),
+            || async { real_get(&real.client, &path).await },
+        )
+        .await;
+    }
+
+    /// kube-sim without RBAC (on the real server: the service account bound to cluster-admin),
+    /// the CRD installed, and a kubeconfig for the operator's own identity (so the request log
+    /// tells it apart from kubectl): (cluster, kubeconfig, user).
     pub async fn with_operator_identity() -> (Cluster, PathBuf, String) {
         let cluster = Cluster::start(false).await;
-        let (kubeconfig, user) = cluster.service_account_kubeconfig("kekeeper-system", "kekeeper");
+        let (kubeconfig, user) = cluster
+            .service_account_kubeconfig("kekeeper-system", "kekeeper")
+            .await;
         cluster.install_crd().await;
         (cluster, kubeconfig, user)
     }
@@ -71,12 +231,145 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
-    /// A kubeconfig for a service account (token issued by kube-sim); returns (path, user).
-    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> (PathBuf, String) {
-        let token = self.sim.service_account_token(namespace, name);
+    /// A kubeconfig for a service account, `namespace` as `namespace()` names it (kube-sim
+    /// issues the token itself; the real server through the TokenRequest API); returns (path,
+    /// user). Without `rbac`, the real server's account is bound to cluster-admin.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> (PathBuf, String) {
+        let namespace = self.namespace(namespace).await;
+        let (token, url, ca_pem) = match &self.server {
+            Server::Sim(sim) => (
+                sim.service_account_token(&namespace, name),
+                sim.url(),
+                sim.ca_pem(),
+            ),
+            Server::Real(real) => {
+                let account = format!(
+                    "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
+                );
+                self.apply_ok(&account).await;
+                if !self.rbac {
+                    let binding = self.cluster_name(&format!("{name}-cluster-admin"));
+                    self.apply_ok(&format!(
+                        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {binding}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: cluster-admin\nsubjects:\n- kind: ServiceAccount\n  name: {name}\n  namespace: {namespace}\n"
+                    ))
+                    .await;
+                    self.forget_later(&format!("clusterrolebinding/{binding}"));
+                }
+                let token = self
+                    .kubectl_ok(&["create", "token", name, "-n", &namespace, "--duration=2h"])
+                    .await;
+                (
+                    token.trim().to_owned(),
+                    real.url.clone(),
+                    real.ca_pem.clone(),
+                )
+            }
+        };
+        let user = format!("system:serviceaccount:{namespace}:{name}");
         let path = self.path(&format!("kubeconfig-{namespace}-{name}"));
-        std::fs::write(&path, self.sim.kubeconfig_for_token(&token)).expect("write kubeconfig");
-        (path, format!("system:serviceaccount:{namespace}:{name}"))
+        std::fs::write(
+            &path,
+            kube_sim::kubeconfig_yaml(&url, &ca_pem, &token, &user),
+        )
+        .expect("write kubeconfig");
+        (path, user)
+    }
+
+    /// A cluster-scoped object (`kind/name`, as kubectl names it) the test made, deleted when
+    /// the test ends on the real server.
+    pub fn forget_later(&self, object: &str) {
+        if let Server::Real(real) = &self.server {
+            real.made.lock().unwrap().push(object.to_owned());
+        }
+    }
+
+    /// The admin's user name in the request log.
+    pub fn admin_user(&self) -> &'static str {
+        match &self.server {
+            Server::Sim(_) => "kube-sim-admin",
+            Server::Real(_) => "kekeeper-admin",
+        }
+    }
+
+    /// One object as JSON, or None when it does not exist.
+    pub async fn object(
+        &self,
+        api_group: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        match &self.server {
+            Server::Sim(sim) => sim.object(api_group, resource, namespace, name),
+            Server::Real(real) => {
+                let collection = collection_path(api_group, resource, Some(namespace));
+                real_get(&real.client, &format!("{collection}/{name}")).await
+            }
+        }
+    }
+
+    /// Every object of a resource, in one namespace or all.
+    pub async fn objects(
+        &self,
+        api_group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Vec<Value> {
+        match &self.server {
+            Server::Sim(sim) => sim.objects(api_group, resource, namespace),
+            Server::Real(real) => {
+                let path = collection_path(api_group, resource, namespace);
+                real_get(&real.client, &path)
+                    .await
+                    .and_then(|list| list["items"].as_array().cloned())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// How many objects of a resource satisfy `keep` (kube-sim counts in place).
+    pub async fn count(
+        &self,
+        api_group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> usize {
+        match &self.server {
+            Server::Sim(sim) => sim.count(api_group, resource, namespace, keep),
+            Server::Real(_) => self
+                .objects(api_group, resource, namespace)
+                .await
+                .iter()
+                .filter(|o| keep(o))
+                .count(),
+        }
+    }
+
+    /// The API requests since the start or the last `clear_request_log`: kube-sim's own log,
+    /// or the real API server's audit log (every test's requests: filter by user, namespace).
+    pub fn request_log(&self) -> Vec<kube_sim::RequestRecord> {
+        match &self.server {
+            Server::Sim(sim) => sim.request_log(),
+            Server::Real(real) => {
+                let mark = *real.audit_mark.lock().unwrap();
+                read_audit_log(&real.state.join("audit.log"), mark)
+            }
+        }
+    }
+
+    pub fn clear_request_log(&self) {
+        match &self.server {
+            Server::Sim(sim) => sim.clear_request_log(),
+            Server::Real(real) => {
+                let len = std::fs::metadata(real.state.join("audit.log")).map_or(0, |m| m.len());
+                *real.audit_mark.lock().unwrap() = len;
+            }
+        }
     }
 
     /// Runs kubectl as admin, optionally with `stdin`.
@@ -143,11 +436,24 @@ impl Cluster {
         );
     }
 
-    /// Applies the CRD from `crds/` and waits for Established.
+    /// Applies the CRD from `crds/` and waits for Established. On the shared real server the
+    /// CRD is shared too: a server-side apply, which tests running at once may repeat.
     pub async fn install_crd(&self) {
         let crds = repo_root().join("crds");
-        self.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()])
+        let crds = crds.to_str().unwrap();
+        if self.is_real() {
+            self.kubectl_ok(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=kekeeper-tests",
+                "-f",
+                crds,
+            ])
             .await;
+        } else {
+            self.kubectl_ok(&["apply", "-f", crds]).await;
+        }
         self.kubectl_ok(&[
             "wait",
             "--for=condition=Established",
@@ -175,10 +481,10 @@ impl Cluster {
         serde_json::from_str(&self.kubectl_ok(&all).await).expect("kubectl JSON")
     }
 
-    /// The key pair Secrets of a RecordingKeyConfig in `default` (from the simulator's store).
-    pub fn key_pair_secrets(&self, config: &str) -> Vec<Value> {
-        self.sim
-            .objects("", "secrets", Some("default"))
+    /// The key pair Secrets of a RecordingKeyConfig in the test's namespace.
+    pub async fn key_pair_secrets(&self, config: &str) -> Vec<Value> {
+        self.objects("", "secrets", Some(&self.ns()))
+            .await
             .into_iter()
             .filter(|s| s["metadata"]["labels"]["kekeeper.io/config"] == config)
             .collect()
@@ -213,6 +519,17 @@ impl Cluster {
         command.arg("run");
         if !args.iter().any(|a| a.starts_with("--metrics-addr")) {
             command.arg("--metrics-addr=127.0.0.1:0");
+        }
+        if self.is_real() {
+            // The shared server: the operator watches the test's namespace only, and its
+            // Lease lives there (unless the test says otherwise).
+            if !args
+                .iter()
+                .any(|a| a.starts_with("--namespace") || a == "-n")
+            {
+                command.arg(format!("--namespace={}", self.ns()));
+            }
+            command.env("KEKEEPER_LEASE_NAMESPACE", self.ns());
         }
         command
             .args(args)
@@ -382,10 +699,11 @@ where
 
 /// Waits until `user` has made no write request for `quiet`, at most `timeout`. Lease writes
 /// (leader election's renewals, every 2 s) are not the controller's work and do not count.
-pub async fn settle(sim: &kube_sim::Running, user: &str, quiet: Duration, timeout: Duration) {
+pub async fn settle(cluster: &Cluster, user: &str, quiet: Duration, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let writes = || {
-        sim.request_log()
+        cluster
+            .request_log()
             .iter()
             .filter(|r| r.user == user && r.is_write() && r.resource != "leases")
             .count()
@@ -408,9 +726,10 @@ pub async fn settle(sim: &kube_sim::Running, user: &str, quiet: Duration, timeou
     }
 }
 
-/// A RecordingKeyConfig manifest in `default`.
+/// A RecordingKeyConfig manifest without a namespace: kubectl puts it in its context's, the
+/// test's namespace (`Cluster::ns`).
 pub fn rkc_manifest(name: &str, alias: &str, organization_ids: &[&str]) -> String {
-    rkc_manifest_in("default", name, alias, organization_ids)
+    rkc_manifest_in("", name, alias, organization_ids).replace("  namespace: \n", "")
 }
 
 pub fn rkc_manifest_in(
@@ -475,4 +794,108 @@ pub fn chart_render(case: &str) -> Option<Vec<Value>> {
             .filter(|doc| !doc.is_null())
             .collect(),
     )
+}
+
+/// An admin client from a kubeconfig.
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("client config");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// The API version a test reads of each group.
+fn group_version(api_group: &str) -> String {
+    match api_group {
+        "" => "v1".to_owned(),
+        "kekeeper.io" => "kekeeper.io/v1alpha1".to_owned(),
+        group => format!("{group}/v1"),
+    }
+}
+
+/// `/api/v1/namespaces/NS/secrets`, `/apis/kekeeper.io/v1alpha1/recordingkeyconfigs`, ...
+fn collection_path(api_group: &str, resource: &str, namespace: Option<&str>) -> String {
+    let root = match api_group {
+        "" => "/api/v1".to_owned(),
+        _ => format!("/apis/{}", group_version(api_group)),
+    };
+    match namespace {
+        Some(ns) if !ns.is_empty() => format!("{root}/namespaces/{ns}/{resource}"),
+        _ => format!("{root}/{resource}"),
+    }
+}
+
+/// GET `path` as JSON; None on 404.
+async fn real_get(client: &kube::Client, path: &str) -> Option<Value> {
+    let request = http::Request::get(path).body(Vec::new()).unwrap();
+    match client.request::<Value>(request).await {
+        Ok(value) => Some(value),
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+/// The audit log's events from byte `from`, as request records. Each line is one event at
+/// the ResponseComplete stage (scripts/control-plane.sh's policy); a line still being written
+/// is left for the next read.
+fn read_audit_log(path: &Path, from: u64) -> Vec<kube_sim::RequestRecord> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path).expect("audit.log");
+    file.seek(std::io::SeekFrom::Start(from)).expect("seek");
+    let mut text = String::new();
+    file.read_to_string(&mut text).expect("read audit.log");
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|event| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            let object = &event["objectRef"];
+            let verb = s(&event["verb"]);
+            let method = match verb.as_str() {
+                "get" | "list" | "watch" => "GET",
+                "create" => "POST",
+                "update" => "PUT",
+                "patch" => "PATCH",
+                "delete" | "deletecollection" => "DELETE",
+                other => other,
+            };
+            kube_sim::RequestRecord {
+                method: method.to_owned(),
+                path: s(&event["requestURI"]),
+                verb,
+                api_group: s(&object["apiGroup"]),
+                resource: s(&object["resource"]),
+                subresource: s(&object["subresource"]),
+                namespace: s(&object["namespace"]),
+                name: s(&object["name"]),
+                user: s(&event["user"]["username"]),
+                code: event["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+                time: s(&event["stageTimestamp"]),
+            }
+        })
+        .collect()
+}
+
+impl Drop for Cluster {
+    /// On the shared real server: the test's namespaces and cluster-scoped objects go (not
+    /// waited for: the namespace controller finishes the work).
+    fn drop(&mut self) {
+        let Server::Real(real) = &self.server else {
+            return;
+        };
+        let made = std::mem::take(&mut *real.made.lock().unwrap());
+        for object in made {
+            let target = if object.contains('/') {
+                object
+            } else {
+                format!("namespace/{object}")
+            };
+            let _ = Command::new(&self.kubectl)
+                .args(["delete", &target, "--wait=false", "--ignore-not-found"])
+                .env("KUBECONFIG", &self.kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }

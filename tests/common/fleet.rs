@@ -82,10 +82,10 @@ pub async fn rotate_now(client: &Client, prefix: &str, n: usize, token: &str) {
 }
 
 /// How many RecordingKeyConfigs satisfy `done`.
-pub fn count(cluster: &Cluster, done: impl Fn(&Value) -> bool) -> usize {
+pub async fn count(cluster: &Cluster, done: impl Fn(&Value) -> bool) -> usize {
     cluster
-        .sim
         .count("kekeeper.io", "recordingkeyconfigs", Some("default"), done)
+        .await
 }
 
 pub fn is_ready(object: &Value) -> bool {
@@ -104,7 +104,7 @@ pub async fn wait_for(
     // Counting reads every object (under kube-sim's lock): poll a large fleet less often.
     let every = Duration::from_millis(if n > 1000 { 2000 } else { 200 });
     while start.elapsed() < timeout {
-        if count(cluster, &done) >= n {
+        if count(cluster, &done).await >= n {
             return Some(start.elapsed());
         }
         tokio::time::sleep(every).await;
@@ -183,7 +183,7 @@ pub fn total(all: &BTreeMap<(String, String), u64>) -> u64 {
 
 /// The operator's API requests in kube-sim's log: (all, writes), leases excluded.
 pub fn api_requests(cluster: &Cluster, user: &str) -> (usize, usize) {
-    let log = cluster.sim.request_log();
+    let log = cluster.request_log();
     let mine: Vec<_> = log
         .iter()
         .filter(|r| r.user == user && r.resource != "leases")
