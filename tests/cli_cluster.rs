@@ -233,9 +233,10 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
         .kubectl_ok(&["create", "namespace", "billing"])
         .await;
     let labelled = |manifest: String| {
-        manifest.replace(
-            "  namespace:",
-            "  labels:\n    team: telephony\n  namespace:",
+        manifest.replacen(
+            "metadata:\n",
+            "metadata:\n  labels:\n    team: telephony\n",
+            1,
         )
     };
     cluster
