@@ -199,12 +199,15 @@ EOF
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
     --controllers "$CONTROLLERS" \
     --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
-    --use-service-account-credentials=false --profiling=false
+    --use-service-account-credentials=true --profiling=false
   wait_for kube-controller-manager curl -skf "https://127.0.0.1:$kcm_port/healthz"
 
   local kc=(kubectl --kubeconfig "$STATE/admin.kubeconfig")
   wait_for kube-apiserver "${kc[@]}" get clusterrole cluster-admin admin edit view
   wait_for kube-controller-manager "${kc[@]}" get serviceaccount default -n default
+  # Aggregation done: `edit` carries the rules of the roles labelled aggregate-to-edit.
+  wait_for kube-controller-manager bash -c \
+    "${kc[*]} get clusterrole edit -o 'jsonpath={.rules[*].verbs}' | grep -q ."
   log "$RELEASE ready on https://127.0.0.1:$api_port in $((SECONDS - started)) s ($STATE)"
   print_env
 }

@@ -98,13 +98,13 @@ async fn write_status(cluster: &Cluster, namespace: &str, name: &str, status: Va
         .await;
 }
 
-/// The kubeconfig with a second context `billing` whose namespace is `billing`.
-fn with_billing_context(cluster: &Cluster) -> std::path::PathBuf {
+/// The kubeconfig with a second context `billing` whose namespace is `namespace`.
+fn with_billing_context(cluster: &Cluster, namespace: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
     let mut config: Value = serde_yaml::from_str(&text).unwrap();
     let mut billing = config["contexts"][0].clone();
     billing["name"] = json!("billing");
-    billing["context"]["namespace"] = json!("billing");
+    billing["context"]["namespace"] = json!(namespace);
     config["contexts"].as_array_mut().unwrap().push(billing);
     let path = cluster.path("kubeconfig-billing");
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
@@ -118,7 +118,7 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
     cluster
         .apply_ok(&rkc_manifest("recordings", ALIAS, &[ORG_A]))
         .await;
-    let uid = rkc(&cluster, "default", "recordings").await["metadata"]["uid"]
+    let uid = rkc(&cluster, &cluster.ns(), "recordings").await["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -148,9 +148,10 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
         "lastKmsError": {"time": now.to_string(), "operation": "GenerateDataKeyPair",
                          "code": "ThrottlingException", "message": "Rate exceeded"},
     });
-    write_status(&cluster, "default", "recordings", status.clone()).await;
+    write_status(&cluster, &cluster.ns(), "recordings", status.clone()).await;
+    let ns = cluster.ns();
     let event = format!(
-        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata:\n  name: recordings.1\n  namespace: default\neventTime: \"{}\"\nreportingController: kekeeper\nreportingInstance: kekeeper-0\naction: Reconcile\nreason: KmsUnavailable\ntype: Warning\nnote: KMS said no\nregarding:\n  apiVersion: kekeeper.io/v1alpha1\n  kind: RecordingKeyConfig\n  name: recordings\n  namespace: default\n  uid: {uid}\n",
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata:\n  name: recordings.1\n  namespace: {ns}\neventTime: \"{}\"\nreportingController: kekeeper\nreportingInstance: kekeeper-0\naction: Reconcile\nreason: KmsUnavailable\ntype: Warning\nnote: KMS said no\nregarding:\n  apiVersion: kekeeper.io/v1alpha1\n  kind: RecordingKeyConfig\n  name: recordings\n  namespace: {ns}\n  uid: {uid}\n",
         jiff::Timestamp::from_second(now.as_second())
             .unwrap()
             .strftime("%Y-%m-%dT%H:%M:%S.000000Z")
@@ -188,7 +189,7 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
     let printed: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(
         printed,
-        rkc(&cluster, "default", "recordings").await["status"]
+        rkc(&cluster, &cluster.ns(), "recordings").await["status"]
     );
     assert_eq!(printed["lastKmsError"]["code"], "ThrottlingException");
     let run = kekeeper(
@@ -203,6 +204,7 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
 
     // --kubeconfig and -n; a missing resource names its namespace.
     let kubeconfig = cluster.kubeconfig.to_str().unwrap();
+    let billing = cluster.namespace("billing").await;
     let run = kekeeper(
         None,
         None,
@@ -212,14 +214,15 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
             "--kubeconfig",
             kubeconfig,
             "-n",
-            "billing",
+            &billing,
         ],
     )
     .await;
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr
-            .contains("recordingkeyconfig \"recordings\" not found in namespace \"billing\""),
+        run.stderr.contains(&format!(
+            "recordingkeyconfig \"recordings\" not found in namespace \"{billing}\""
+        )),
         "{}",
         run.stderr
     );
@@ -229,9 +232,8 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
 async fn rotate_by_name_all_selector_and_all_namespaces() {
     let cluster = Cluster::start(false).await;
     cluster.install_crd().await;
-    cluster
-        .kubectl_ok(&["create", "namespace", "billing"])
-        .await;
+    let ns = cluster.ns();
+    let billing = cluster.namespace("billing").await;
     let labelled = |manifest: String| {
         manifest.replacen(
             "metadata:\n",
@@ -252,21 +254,21 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
         .apply_ok(&rkc_manifest("unlabelled", ALIAS, &[ORG_B]))
         .await;
     cluster
-        .apply_ok(&labelled(rkc_manifest_in("billing", "c", ALIAS, &[ORG_A])))
+        .apply_ok(&labelled(rkc_manifest_in(&billing, "c", ALIAS, &[ORG_A])))
         .await;
     let kubeconfig = cluster.kubeconfig.as_path();
 
     // By name; the annotation is written with field manager `kekeeper`.
     let run = kekeeper(Some(kubeconfig), None, &["rotate", "a"]).await;
     assert_eq!(run.code, 0);
-    let token = rotate_now(&cluster, "default", "a")
+    let token = rotate_now(&cluster, &cluster.ns(), "a")
         .await
         .expect("annotated");
     assert_eq!(
         run.stdout.trim(),
-        format!("rotate-now requested for default/a (token {token})")
+        format!("rotate-now requested for {ns}/a (token {token})")
     );
-    let managers: Vec<Value> = rkc(&cluster, "default", "a").await["metadata"]["managedFields"]
+    let managers: Vec<Value> = rkc(&cluster, &cluster.ns(), "a").await["metadata"]["managedFields"]
         .as_array()
         .unwrap()
         .clone();
@@ -282,11 +284,12 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
     );
 
     // Not found: the namespace is named; nothing is written.
-    let run = kekeeper(Some(kubeconfig), None, &["rotate", "nope", "-n", "billing"]).await;
+    let run = kekeeper(Some(kubeconfig), None, &["rotate", "nope", "-n", &billing]).await;
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr
-            .contains("recordingkeyconfig \"nope\" not found in namespace \"billing\""),
+        run.stderr.contains(&format!(
+            "recordingkeyconfig \"nope\" not found in namespace \"{billing}\""
+        )),
         "{}",
         run.stderr
     );
@@ -297,22 +300,22 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
     assert_eq!(run.stdout.lines().count(), 3, "{}", run.stdout);
     assert!(
         run.stdout
-            .contains("rotate-now requested for default/paused (token")
+            .contains(&format!("rotate-now requested for {ns}/paused (token"))
             && run
                 .stdout
                 .contains("but it is suspended (spec.suspend: true)"),
         "{}",
         run.stdout
     );
-    let token_all = rotate_now(&cluster, "default", "unlabelled")
+    let token_all = rotate_now(&cluster, &cluster.ns(), "unlabelled")
         .await
         .expect("annotated");
     assert_ne!(token_all, token);
     assert_eq!(
-        rotate_now(&cluster, "default", "a").await.as_deref(),
+        rotate_now(&cluster, &cluster.ns(), "a").await.as_deref(),
         Some(token_all.as_str())
     );
-    assert_eq!(rotate_now(&cluster, "billing", "c").await, None);
+    assert_eq!(rotate_now(&cluster, &billing, "c").await, None);
 
     // -l with -A: the labelled ones in every namespace, and only those.
     let run = kekeeper(
@@ -322,42 +325,47 @@ async fn rotate_by_name_all_selector_and_all_namespaces() {
     )
     .await;
     assert_eq!(run.code, 0);
-    let token_selected = rotate_now(&cluster, "billing", "c")
+    let token_selected = rotate_now(&cluster, &billing, "c")
         .await
         .expect("annotated");
-    assert!(run.stdout.contains("default/a") && run.stdout.contains("billing/c"));
+    assert!(
+        run.stdout.contains(&format!("{ns}/a")) && run.stdout.contains(&format!("{billing}/c"))
+    );
     assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
     assert_eq!(
-        rotate_now(&cluster, "default", "a").await.as_deref(),
+        rotate_now(&cluster, &cluster.ns(), "a").await.as_deref(),
         Some(token_selected.as_str())
     );
     assert_eq!(
-        rotate_now(&cluster, "default", "unlabelled")
+        rotate_now(&cluster, &cluster.ns(), "unlabelled")
             .await
             .as_deref(),
         Some(token_all.as_str())
     );
 
     // --context picks the namespace of that context.
-    let billing = with_billing_context(&cluster);
+    let billing_kubeconfig = with_billing_context(&cluster, &billing);
     let run = kekeeper(
-        Some(&billing),
+        Some(&billing_kubeconfig),
         None,
         &["rotate", "--all", "--context", "billing"],
     )
     .await;
     assert_eq!(run.code, 0);
-    assert!(run.stdout.contains("billing/c"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("{billing}/c")),
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
 
     // An empty namespace: nothing to do, said so.
-    cluster.kubectl_ok(&["create", "namespace", "empty"]).await;
-    let run = kekeeper(Some(kubeconfig), None, &["rotate", "--all", "-n", "empty"]).await;
+    let empty = cluster.namespace("empty").await;
+    let run = kekeeper(Some(kubeconfig), None, &["rotate", "--all", "-n", &empty]).await;
     assert_eq!(run.code, 0);
-    assert!(
-        run.stderr
-            .contains("No RecordingKeyConfigs found in namespace \"empty\"")
-    );
+    assert!(run.stderr.contains(&format!(
+        "No RecordingKeyConfigs found in namespace \"{empty}\""
+    )));
 }
 
 /// `--wait` watches: it returns once status honours the token and Ready is True for the
@@ -380,9 +388,10 @@ async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
     .await;
     assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains(
-            "default/recordings: not honoured before the --timeout: status.rotateNowToken is unset"
-        ),
+        run.stderr.contains(&format!(
+            "{}/recordings: not honoured before the --timeout: status.rotateNowToken is unset",
+            cluster.ns()
+        )),
         "{}",
         run.stderr
     );
@@ -400,14 +409,14 @@ async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
             .await
         }
     });
-    let first = rotate_now(&cluster, "default", "recordings")
+    let first = rotate_now(&cluster, &cluster.ns(), "recordings")
         .await
         .expect("the first token");
     let token = eventually(
         "a new rotate-now token",
         Duration::from_secs(20),
         || async {
-            rotate_now(&cluster, "default", "recordings")
+            rotate_now(&cluster, &cluster.ns(), "recordings")
                 .await
                 .filter(|t| *t != first)
         },
@@ -419,19 +428,25 @@ async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
              "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
     };
     // Honoured but not Ready, then Ready for an older generation: still waiting.
-    write_status(&cluster, "default", "recordings", ready("False", 1)).await;
-    write_status(&cluster, "default", "recordings", ready("True", 0)).await;
+    write_status(&cluster, &cluster.ns(), "recordings", ready("False", 1)).await;
+    write_status(&cluster, &cluster.ns(), "recordings", ready("True", 0)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !waiting.is_finished(),
         "returned before Ready for this generation"
     );
-    write_status(&cluster, "default", "recordings", ready("True", 1)).await;
+    write_status(&cluster, &cluster.ns(), "recordings", ready("True", 1)).await;
     let run = waiting.await.unwrap();
     assert_eq!(run.code, 0);
     assert_eq!(
         run.stdout.lines().last(),
-        Some(format!("default/recordings rotated and Ready (token {token})").as_str())
+        Some(
+            format!(
+                "{}/recordings rotated and Ready (token {token})",
+                cluster.ns()
+            )
+            .as_str()
+        )
     );
     // A watch, not polling: the resource was read once (the get), then listed and watched.
     let verbs: Vec<String> = cluster
@@ -490,11 +505,14 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     )
     .await;
     assert_eq!(run.code, 0, "{}", operator.log_text());
-    let token = rotate_now(&cluster, "default", "recordings").await.unwrap();
+    let token = rotate_now(&cluster, &cluster.ns(), "recordings")
+        .await
+        .unwrap();
     assert!(run.stdout.contains(&format!(
-        "default/recordings rotated and Ready (token {token})"
+        "{}/recordings rotated and Ready (token {token})",
+        cluster.ns()
     )));
-    let stored = rkc(&cluster, "default", "recordings").await;
+    let stored = rkc(&cluster, &cluster.ns(), "recordings").await;
     assert_eq!(stored["status"]["rotateNowToken"], token.as_str());
     assert_eq!(condition(&stored, "Ready").as_deref(), Some("True"));
     let history = stored["status"]["keyPairHistory"].as_array().unwrap();
@@ -526,7 +544,7 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
         .clone();
     let secret_name = active["secretName"].as_str().unwrap();
     let secret = cluster
-        .object("", "secrets", "default", secret_name)
+        .object("", "secrets", &cluster.ns(), secret_name)
         .await
         .unwrap();
     assert_eq!(
@@ -589,7 +607,7 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     assert_eq!(run.code, 0);
     assert_eq!(std::fs::read(path("rec.out2")).unwrap(), recording);
     let unlabelled = cluster
-        .object("", "secrets", "default", secret_name)
+        .object("", "secrets", &cluster.ns(), secret_name)
         .await
         .unwrap();
     assert!(unlabelled["metadata"]["labels"]["kekeeper.io/key-pair-id"].is_null());

@@ -23,7 +23,7 @@ fn b64(bytes: &[u8]) -> String {
 
 async fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
     cluster
-        .object("kekeeper.io", "recordingkeyconfigs", "default", name)
+        .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), name)
         .await
 }
 
@@ -31,7 +31,7 @@ async fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
 async fn secrets(cluster: &Cluster, config: &str) -> Vec<Value> {
     let label = keypair::config_label(config);
     cluster
-        .objects("", "secrets", Some("default"))
+        .objects("", "secrets", Some(&cluster.ns()))
         .await
         .into_iter()
         .filter(|s| s["metadata"]["labels"]["kekeeper.io/config"] == label.as_str())
@@ -86,12 +86,12 @@ async fn ready_resource(cluster: &Cluster, name: &str, alias: &str) -> (Value, V
 async fn warning_event(cluster: &Cluster, name: &str, reason: &str, mentions: &str) -> Value {
     eventually(&format!("Warning {reason} about {name}"), WAIT, || async {
         cluster
-            .objects("", "events", Some("default"))
+            .objects("", "events", Some(&cluster.ns()))
             .await
             .into_iter()
             .chain(
                 cluster
-                    .objects("events.k8s.io", "events", Some("default"))
+                    .objects("events.k8s.io", "events", Some(&cluster.ns()))
                     .await,
             )
             .find(|e| {
@@ -115,7 +115,12 @@ async fn patch_secret_data(cluster: &Cluster, secret: &str, key: &str, value: &[
 
 async fn config_map_pem(cluster: &Cluster, name: &str) -> String {
     let config_map = cluster
-        .object("", "configmaps", "default", &format!("{name}-public-keys"))
+        .object(
+            "",
+            "configmaps",
+            &cluster.ns(),
+            &format!("{name}-public-keys"),
+        )
         .await
         .expect("the public-keys ConfigMap");
     config_map["data"][format!("{ORG}.pem")]
@@ -521,7 +526,12 @@ async fn record_names(
 /// Recorders see one key per organisation, and it is the key of an existing key pair Secret.
 async fn assert_published_key_is_stored(cluster: &Cluster, name: &str) {
     let Some(config_map) = cluster
-        .object("", "configmaps", "default", &format!("{name}-public-keys"))
+        .object(
+            "",
+            "configmaps",
+            &cluster.ns(),
+            &format!("{name}-public-keys"),
+        )
         .await
     else {
         return;

@@ -21,7 +21,7 @@ async fn states(cluster: &Cluster) -> (usize, usize) {
 
 async fn rkc(cluster: &Cluster) -> Option<Value> {
     cluster
-        .object("kekeeper.io", "recordingkeyconfigs", "default", NAME)
+        .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), NAME)
         .await
 }
 

@@ -231,7 +231,12 @@ async fn operator_end_to_end() {
     }
     assert!(
         cluster
-            .object("kekeeper.io", "recordingkeyconfigs", "default", "invalid")
+            .object(
+                "kekeeper.io",
+                "recordingkeyconfigs",
+                &cluster.ns(),
+                "invalid"
+            )
             .await
             .is_none()
     );

@@ -218,7 +218,7 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
 
 async fn status(cluster: &Cluster) -> Option<Value> {
     cluster
-        .object("kekeeper.io", "recordingkeyconfigs", "default", NAME)
+        .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), NAME)
         .await
         .map(|o| o["status"].clone())
 }
@@ -244,9 +244,7 @@ async fn wait_secrets(cluster: &Cluster, total: usize) {
 #[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
     let endpoint = kms_endpoint();
-    let Some(docs) = chart_render("default") else {
-        return;
-    };
+    let docs = chart_render("default");
     let s = setup(&endpoint, docs, |_| {}).await;
     let cluster = &s.cluster;
 
@@ -304,7 +302,7 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
         WAIT,
         || async {
             cluster
-                .objects("", "events", Some("default"))
+                .objects("", "events", Some(&cluster.ns()))
                 .await
                 .into_iter()
                 .find(|e| {
@@ -396,9 +394,7 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
 #[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn chart_rbac_without_secrets_create_fails_visibly() {
     let endpoint = kms_endpoint();
-    let Some(docs) = chart_render("default") else {
-        return;
-    };
+    let docs = chart_render("default");
     // The same chart with `create` taken off the Secrets rule.
     let s = setup(&endpoint, docs, |docs| {
         let mut removed = false;
@@ -461,9 +457,7 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
 #[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn chart_rbac_for_leader_election_is_sufficient_and_used() {
     let endpoint = kms_endpoint();
-    let Some(docs) = chart_render("ha") else {
-        return;
-    };
+    let docs = chart_render("ha");
     let s = setup(&endpoint, docs, |_| {}).await;
     let lease_grants: Vec<Grant> = grants(&s.docs)
         .into_iter()
@@ -513,9 +507,7 @@ async fn chart_rbac_for_leader_election_is_sufficient_and_used() {
 #[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
 async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
     let endpoint = kms_endpoint();
-    let Some(docs) = chart_render("namespaced") else {
-        return;
-    };
+    let docs = chart_render("namespaced");
     let deployment = of_kind(&docs, "Deployment").next().expect("Deployment");
     let watched: Vec<String> =
         strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])

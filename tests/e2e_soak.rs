@@ -60,7 +60,7 @@ async fn repeated_rotate_now_with_restarts_never_rolls_status_back() {
     for i in 0..RESOURCES {
         let name = format!("soak-{i}");
         let object = cluster
-            .object("kekeeper.io", "recordingkeyconfigs", "default", &name)
+            .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), &name)
             .await
             .expect("resource");
         assert_eq!(

@@ -24,7 +24,7 @@ fn orgs(n: usize) -> Vec<String> {
 
 async fn rkc(cluster: &Cluster, name: &str) -> Option<Value> {
     cluster
-        .object("kekeeper.io", "recordingkeyconfigs", "default", name)
+        .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), name)
         .await
 }
 
@@ -368,7 +368,7 @@ async fn rotate_then_kubectl_wait_waits_for_the_new_pair(cluster: &Cluster, alia
     cluster.wait_ready("rotated").await;
     for round in 0..3 {
         let rotate = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
-            .args(["rotate", "rotated", "-n", "default"])
+            .args(["rotate", "rotated", "-n", &cluster.ns()])
             .env("KUBECONFIG", &cluster.kubeconfig)
             .output()
             .await

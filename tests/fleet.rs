@@ -40,7 +40,7 @@ async fn a_cold_start_of_100_makes_the_ideal_kms_calls_and_wastes_nothing() {
     assert_eq!(calls(&cold, "DescribeKey"), 1, "{cold:?}");
     assert_eq!(outcomes(&cold, "Timeout"), 0, "{cold:?}");
     let stored = cluster
-        .objects("", "secrets", Some("default"))
+        .objects("", "secrets", Some(&cluster.ns()))
         .await
         .iter()
         .filter(|s| s["type"] == "kekeeper.io/key-pair")

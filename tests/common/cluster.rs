@@ -156,11 +156,15 @@ impl Cluster {
         }
     }
 
-    /// The test's own name for namespace `name`: `name` on kube-sim, `name-<suffix>` on the
-    /// shared real server (created on first use there), so parallel tests never meet.
+    /// The test's own name for namespace `name`, created if missing: `name` on kube-sim,
+    /// `name-<suffix>` on the shared real server, so parallel tests never meet.
     pub async fn namespace(&self, name: &str) -> String {
         match &self.server {
-            Server::Sim(_) => name.to_owned(),
+            Server::Sim(_) => {
+                // AlreadyExists (for `default`, or a second call) is what we want.
+                self.kubectl(&["create", "namespace", name]).await;
+                name.to_owned()
+            }
             Server::Real(real) => {
                 let namespace = format!("{name}-{}", real.suffix);
                 self.create_namespace(&namespace).await;
@@ -769,31 +773,24 @@ pub fn condition(rkc: &Value, type_: &str) -> Option<String> {
 }
 
 /// The documents of `target/chart-renders/<case>.yaml` (or `$KEKEEPER_CHART_RENDERS_DIR`),
-/// which `scripts/chart-test.sh` renders with the real Helm engine. Missing: a failure under
-/// CI, otherwise None with a SKIPPED message.
-pub fn chart_render(case: &str) -> Option<Vec<Value>> {
+/// which `scripts/chart-test.sh` renders with the real Helm engine; a missing render fails.
+pub fn chart_render(case: &str) -> Vec<Value> {
     use serde::Deserialize;
     let dir = std::env::var_os("KEKEEPER_CHART_RENDERS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/chart-renders"));
     let path = dir.join(format!("{case}.yaml"));
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        let message = format!(
-            "{} is missing; run scripts/chart-test.sh (it renders the Helm chart)",
+    // A missing render fails the test, in CI or not: a test that returns early passes falsely.
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/chart-test.sh first (it renders the Helm chart)",
             path.display()
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED: {message}");
-        return None;
-    };
-    Some(
-        serde_yaml::Deserializer::from_str(&text)
-            .map(|doc| Value::deserialize(doc).expect("render YAML"))
-            .filter(|doc| !doc.is_null())
-            .collect(),
-    )
+        )
+    });
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("render YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect()
 }
 
 /// An admin client from a kubeconfig.
