@@ -165,7 +165,7 @@ async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
 
 async fn secrets(cluster: &Cluster) -> usize {
     cluster
-        .objects("", "secrets", Some("default"))
+        .objects("", "secrets", Some(&cluster.ns()))
         .await
         .iter()
         .filter(|s| s["type"] == "kekeeper.io/key-pair")

@@ -11,8 +11,8 @@
 //!
 //! | resource | verbs |
 //! |---|---|
-//! | `kekeeper.io` `recordingkeyconfigs` | get, list, watch |
-//! | `kekeeper.io` `recordingkeyconfigs/status` | patch (server-side apply) |
+//! | `kekeeper.io` `recordingkeyconfigs` | list, watch |
+//! | `kekeeper.io` `recordingkeyconfigs/status` | patch (server-side apply), get (after a 409 on it) |
 //! | core `secrets` | list, watch (cache, label `kekeeper.io/config`), get (adopt), create, patch (retire), delete (only with `recordingRetention`) |
 //! | core `configmaps` | list, watch, create, patch (server-side apply of `<name>-public-keys`) |
 //! | `events.k8s.io` `events` | create, patch |

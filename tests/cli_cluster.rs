@@ -583,7 +583,8 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     assert_eq!(std::fs::read(path("rec.out")).unwrap(), recording);
     let requests: Vec<(String, String)> = cluster.request_log()[before..]
         .iter()
-        .filter(|r| r.user == "kube-sim-admin")
+        // (On the shared real server the admin is every test's: this test's namespace only.)
+        .filter(|r| r.user == cluster.admin_user() && r.namespace == cluster.ns())
         .map(|r| (r.verb.clone(), r.resource.clone()))
         .collect();
     assert!(
@@ -623,8 +624,9 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains(&format!(
-            "no key-pair Secret with kekeeper.io/key-pair-id={} in namespace \"default\"; restore it from backup",
-            active["keyPairId"].as_str().unwrap()
+            "no key-pair Secret with kekeeper.io/key-pair-id={} in namespace \"{}\"; restore it from backup",
+            active["keyPairId"].as_str().unwrap(),
+            cluster.ns()
         )),
         "{}",
         run.stderr

@@ -1,5 +1,5 @@
 //! Robustness of the real `kekeeper run` against a misbehaving API server (kube-sim's fault
-//! injection): failed writes are retried without ever making a second active key pair, and
+//! injection, or on the real server a fault proxy in front of it): failed writes are retried without ever making a second active key pair, and
 //! dropped watches are re-established so later changes are still seen.
 
 mod common;
@@ -31,11 +31,11 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
     let endpoint = kms_endpoint();
     let key = create_key(&endpoint, common::REGION, false).await;
     let (cluster, kubeconfig, user) = Cluster::with_operator_identity().await;
+    let (kubeconfig, faults) = cluster.with_faults(&kubeconfig).await;
     let mut operator = cluster.start_operator("operator", &kubeconfig, &endpoint, &[], &[]);
     operator.wait_ready().await;
 
     // The first two status writes and the first retirement patch fail with 500.
-    let faults = cluster.sim().faults();
     for (resource, subresource, verb, times) in [
         ("recordingkeyconfigs", "status", "patch", 2),
         ("secrets", "", "patch", 1),
@@ -65,8 +65,8 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
         (1, 0),
         "exactly one active key pair"
     );
-    let failed_status_writes = cluster
-        .request_log()
+    let failed_status_writes = faults
+        .request_log(&cluster)
         .iter()
         .filter(|r| r.user == user && r.subresource == "status" && r.code == 500)
         .count();
@@ -80,8 +80,8 @@ async fn operator_recovers_from_api_errors_and_dropped_watches() {
         (states(&cluster).await == (1, 1)).then_some(())
     })
     .await;
-    let failed_retirements = cluster
-        .request_log()
+    let failed_retirements = faults
+        .request_log(&cluster)
         .iter()
         .filter(|r| r.user == user && r.resource == "secrets" && r.verb == "patch" && r.code == 500)
         .count();

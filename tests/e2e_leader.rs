@@ -17,7 +17,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, Operator, count_states, eventually, rkc_manifest};
+use common::cluster::{Cluster, Faults, Operator, count_states, eventually, rkc_manifest};
 use common::{create_key, kms_endpoint};
 use jiff::Timestamp;
 use kube_sim::RequestRecord;
@@ -30,6 +30,8 @@ struct Replica {
     operator: Operator,
     user: String,
     identity: String,
+    /// Faults in this replica's requests (kube-sim's, or a fault proxy's on the real server).
+    faults: Faults,
 }
 
 struct Pair {
@@ -43,6 +45,7 @@ async fn start_replica(cluster: &Cluster, identity: &str, kms: &str, timing: &[&
     let (kubeconfig, user): (PathBuf, String) = cluster
         .service_account_kubeconfig("kekeeper-system", identity)
         .await;
+    let (kubeconfig, faults) = cluster.with_faults(&kubeconfig).await;
     let mut args: Vec<String> = [
         "--leader-elect",
         &format!("--lease-namespace={}", cluster.ns()),
@@ -57,6 +60,7 @@ async fn start_replica(cluster: &Cluster, identity: &str, kms: &str, timing: &[&
         operator,
         user,
         identity: identity.to_owned(),
+        faults,
     }
 }
 
@@ -127,7 +131,11 @@ fn acts(log: &[RequestRecord]) -> bool {
 fn lease_writers(cluster: &Cluster) -> Vec<String> {
     let mut writers: Vec<String> = Vec::new();
     for r in cluster.request_log() {
-        let written = r.resource == "leases" && r.is_write() && (200..300).contains(&r.code);
+        let written = r.resource == "leases"
+            && r.namespace == cluster.ns()
+            && r.name == LEASE
+            && r.is_write()
+            && (200..300).contains(&r.code);
         if written && writers.last() != Some(&r.user) {
             writers.push(r.user.clone());
         }
@@ -221,7 +229,7 @@ async fn a_leader_that_cannot_renew_stops_before_the_standby_takes_over() {
     ];
     let Pair { mut a, b, cluster } = leader_and_standby(NO_KMS, &timing).await;
     // Every renewal of replica-a fails from now on; it can still read the Lease.
-    cluster.sim().faults().inject(kube_sim::ErrorFault {
+    a.faults.inject(kube_sim::ErrorFault {
         user: Some(a.user.clone()),
         verb: Some("update".into()),
         resource: Some("leases".into()),

@@ -5,11 +5,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::cluster::{
-    Cluster, Operator, chart_render, condition, eventually, rkc_manifest, rkc_manifest_in, settle,
+    Cluster, Faults, Operator, chart_render, condition, eventually, rkc_manifest, rkc_manifest_in,
+    settle,
 };
 use common::proxy::FaultProxy;
 use common::{create_key, kms_endpoint};
@@ -131,6 +132,8 @@ fn grants(docs: &[Value]) -> BTreeSet<Grant> {
 struct Setup {
     // Dropped first: the operator (its log is printed from the cluster's tempdir), then the rest.
     operator: Operator,
+    /// Faults in the operator's API requests (kube-sim's, or a fault proxy's on the real server).
+    faults: Faults,
     cluster: Cluster,
     proxy: FaultProxy,
     user: String,
@@ -138,11 +141,80 @@ struct Setup {
     docs: Vec<Value>,
 }
 
+/// On the shared real server, the render's namespaces become the test's own
+/// (`Cluster::namespace`) and its ClusterRoles and ClusterRoleBindings get names no other test
+/// uses, so tests running side by side never share a grant. Unchanged on kube-sim.
+async fn localize(cluster: &Cluster, docs: &mut [Value]) {
+    if !cluster.is_real() {
+        return;
+    }
+    let mut local: BTreeMap<String, String> = BTreeMap::new();
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    for doc in docs.iter() {
+        named.extend(doc["metadata"]["namespace"].as_str().map(str::to_owned));
+        for subject in doc["subjects"].as_array().into_iter().flatten() {
+            named.extend(subject["namespace"].as_str().map(str::to_owned));
+        }
+    }
+    for arg in deployment_args(docs) {
+        for flag in ["--namespace=", "--lease-namespace="] {
+            named.extend(arg.strip_prefix(flag).map(str::to_owned));
+        }
+    }
+    for namespace in named {
+        let own = cluster.namespace(&namespace).await;
+        local.insert(namespace, own);
+    }
+    // (`get_mut`: indexing a Value mutably would add the fields it does not have.)
+    let map = |v: Option<&mut Value>, local: &BTreeMap<String, String>| {
+        if let Some(v) = v
+            && let Some(own) = v.as_str().and_then(|n| local.get(n))
+        {
+            *v = json!(own);
+        }
+    };
+    for doc in docs.iter_mut() {
+        map(doc.pointer_mut("/metadata/namespace"), &local);
+        let subjects = doc.get_mut("subjects").and_then(Value::as_array_mut);
+        for subject in subjects.into_iter().flatten() {
+            map(subject.get_mut("namespace"), &local);
+        }
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        if kind == "ClusterRole" || kind == "ClusterRoleBinding" {
+            let name = cluster.cluster_name(doc["metadata"]["name"].as_str().unwrap());
+            cluster.forget_later(&format!("{}/{name}", kind.to_lowercase()));
+            doc["metadata"]["name"] = json!(name);
+        }
+        if doc.pointer("/roleRef/kind") == Some(&json!("ClusterRole")) {
+            let name = cluster.cluster_name(doc["roleRef"]["name"].as_str().unwrap());
+            doc["roleRef"]["name"] = json!(name);
+        }
+        if kind == "Deployment" {
+            let args = doc.pointer_mut("/spec/template/spec/containers/0/args");
+            for arg in args.and_then(Value::as_array_mut).into_iter().flatten() {
+                let text = arg.as_str().unwrap_or_default().to_owned();
+                for flag in ["--namespace=", "--lease-namespace="] {
+                    if let Some(own) = text.strip_prefix(flag).and_then(|n| local.get(n)) {
+                        *arg = json!(format!("{flag}{own}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deployment_args(docs: &[Value]) -> Vec<String> {
+    of_kind(docs, "Deployment")
+        .flat_map(|d| strings(&d["spec"]["template"]["spec"]["containers"][0]["args"]))
+        .collect()
+}
+
 async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<Value>)) -> Setup {
     edit(&mut docs);
     let key = create_key(endpoint, common::REGION, false).await;
     let cluster = Cluster::start(true).await;
     cluster.install_crd().await;
+    localize(&cluster, &mut docs).await;
 
     let account = of_kind(&docs, "ServiceAccount")
         .next()
@@ -158,22 +230,24 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
         .filter_map(|d| d["metadata"]["namespace"].as_str().map(str::to_owned))
         .collect();
     namespaces.insert(release_ns.clone());
-    for ns in &namespaces {
-        if cluster.object("", "namespaces", "", ns).await.is_none() {
-            cluster.kubectl_ok(&["create", "namespace", ns]).await;
+    if !cluster.is_real() {
+        // (On the real server `localize` made the test's own.)
+        for ns in &namespaces {
+            cluster.namespace(ns).await;
         }
     }
     // The rendered objects as one multi-document stream, as `helm template | kubectl apply -f -`.
     let stream: Vec<String> = docs
         .iter()
         .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
-        .map(|d| d.to_string())
+        .map(|d| serde_yaml::to_string(d).unwrap())
         .collect();
-    cluster.apply_ok(&stream.join("\n---\n")).await;
+    cluster.apply_ok(&stream.join("---\n")).await;
 
     let (kubeconfig, user) = cluster
-        .service_account_kubeconfig(&release_ns, &sa_name)
+        .service_account_kubeconfig_in(&release_ns, &sa_name)
         .await;
+    let (kubeconfig, faults) = cluster.with_faults(&kubeconfig).await;
 
     // The rendered Deployment's container: its args (metrics on 127.0.0.1:0) and env.
     let deployment = of_kind(&docs, "Deployment").next().expect("Deployment");
@@ -208,6 +282,7 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
     operator.wait_ready().await;
     Setup {
         cluster,
+        faults,
         operator,
         proxy,
         user,
@@ -256,12 +331,24 @@ async fn chart_rbac_is_sufficient_and_every_rule_is_used() {
     wait_secrets(cluster, 2).await;
     // The crash-retry race (SPEC §3): the next Secret create is answered AlreadyExists once,
     // so the operator takes its adopt path (get the existing Secret) before it succeeds.
-    cluster.sim().faults().inject(kube_sim::ErrorFault {
+    s.faults.inject(kube_sim::ErrorFault {
         user: Some(s.user.clone()),
         verb: Some("create".into()),
         resource: Some("secrets".into()),
         code: 409,
         reason: Some("AlreadyExists".into()),
+        times: Some(1),
+        ..Default::default()
+    });
+    // The next status write is refused with 409, as when someone changes the resource between
+    // the operator's read and its write: it reads the newer resource (status get), writes again.
+    s.faults.inject(kube_sim::ErrorFault {
+        user: Some(s.user.clone()),
+        verb: Some("patch".into()),
+        resource: Some("recordingkeyconfigs".into()),
+        subresource: Some("status".into()),
+        code: 409,
+        reason: Some("Conflict".into()),
         times: Some(1),
         ..Default::default()
     });
@@ -424,7 +511,7 @@ async fn chart_rbac_without_secrets_create_fails_visibly() {
         })
     })
     .await;
-    assert_eq!(refused.namespace, "default");
+    assert_eq!(refused.namespace, cluster.ns());
     let log = eventually("the refusal in the operator log", WAIT, || async {
         let text = s.operator.log_text();
         text.contains(r#"cannot create resource "secrets""#)
@@ -527,9 +614,15 @@ async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
     );
     let s = setup(&endpoint, docs, |_| {}).await;
     let cluster = &s.cluster;
-    const OUTSIDE: &str = "kekeeper-unwatched";
-    cluster.kubectl_ok(&["create", "namespace", OUTSIDE]).await;
-    for namespace in watched.iter().map(String::as_str).chain([OUTSIDE]) {
+    // The namespaces as set up (the test's own on the real server).
+    let deployment = of_kind(&s.docs, "Deployment").next().expect("Deployment");
+    let watched: Vec<String> =
+        strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+            .iter()
+            .filter_map(|arg| arg.strip_prefix("--namespace=").map(str::to_owned))
+            .collect();
+    let outside = cluster.namespace("kekeeper-unwatched").await;
+    for namespace in watched.iter().chain([&outside]) {
         cluster
             .apply_ok(&rkc_manifest_in(namespace, NAME, &s.alias, &[ORG_A]))
             .await;
@@ -544,18 +637,18 @@ async fn chart_rbac_namespaced_scope_reconciles_only_its_namespaces() {
         .await;
     }
     settle(cluster, &s.user, Duration::from_secs(2), WAIT).await;
-    let outside = cluster
-        .object("kekeeper.io", "recordingkeyconfigs", OUTSIDE, NAME)
+    let unwatched = cluster
+        .object("kekeeper.io", "recordingkeyconfigs", &outside, NAME)
         .await
         .expect("the unwatched RecordingKeyConfig exists");
     assert!(
-        outside["status"].is_null(),
+        unwatched["status"].is_null(),
         "a RecordingKeyConfig outside the watched namespaces was reconciled: {}",
-        outside["status"]
+        unwatched["status"]
     );
     assert!(
         cluster
-            .objects("", "secrets", Some(OUTSIDE))
+            .objects("", "secrets", Some(&outside))
             .await
             .is_empty(),
         "key pairs were made in an unwatched namespace"

@@ -9,7 +9,7 @@ from conftest import CASES, NAMESPACE, find, one, render_docs
 RKC = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs"],
        "verbs": ["list", "watch"]}
 RKC_STATUS = {"apiGroups": ["kekeeper.io"], "resources": ["recordingkeyconfigs/status"],
-              "verbs": ["patch"]}
+              "verbs": ["get", "patch"]}
 SECRETS = {"apiGroups": [""], "resources": ["secrets"],
            "verbs": ["get", "list", "watch", "create", "patch"]}
 SECRETS_PRUNE = {**SECRETS, "verbs": SECRETS["verbs"] + ["delete"]}

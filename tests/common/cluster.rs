@@ -244,6 +244,16 @@ impl Cluster {
         name: &str,
     ) -> (PathBuf, String) {
         let namespace = self.namespace(namespace).await;
+        self.service_account_kubeconfig_in(&namespace, name).await
+    }
+
+    /// As `service_account_kubeconfig`, in a namespace that exists under exactly this name.
+    pub async fn service_account_kubeconfig_in(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> (PathBuf, String) {
+        let namespace = namespace.to_owned();
         let (token, url, ca_pem) = match &self.server {
             Server::Sim(sim) => (
                 sim.service_account_token(&namespace, name),
@@ -275,12 +285,45 @@ impl Cluster {
         };
         let user = format!("system:serviceaccount:{namespace}:{name}");
         let path = self.path(&format!("kubeconfig-{namespace}-{name}"));
+        // The context's namespace is the test's main one, as in the admin kubeconfig.
         std::fs::write(
             &path,
-            kube_sim::kubeconfig_yaml(&url, &ca_pem, &token, &user),
+            kube_sim::kubeconfig_yaml(&url, &ca_pem, &token, &user)
+                .replace("namespace: default", &format!("namespace: {}", self.ns())),
         )
         .expect("write kubeconfig");
         (path, user)
+    }
+
+    /// Faults for the requests made through `kubeconfig` (a service account's, from
+    /// `service_account_kubeconfig`): kube-sim injects them itself; on the real server a
+    /// `kube_sim::FaultProxy` in front of it does, and the returned kubeconfig points there.
+    pub async fn with_faults(&self, kubeconfig: &Path) -> (PathBuf, Faults) {
+        match &self.server {
+            Server::Sim(sim) => (kubeconfig.to_owned(), Faults::Sim(sim.faults())),
+            Server::Real(real) => {
+                let config: Value =
+                    serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+                let user = &config["users"][0];
+                let token = user["user"]["token"].as_str().expect("a token kubeconfig");
+                let proxy = kube_sim::FaultProxy::start(&real.url, &real.ca_pem)
+                    .await
+                    .expect("start the fault proxy");
+                let path = kubeconfig.with_extension("faults");
+                std::fs::write(
+                    &path,
+                    kube_sim::kubeconfig_yaml(
+                        &proxy.url(),
+                        &proxy.ca_pem(),
+                        token,
+                        user["name"].as_str().unwrap(),
+                    )
+                    .replace("namespace: default", &format!("namespace: {}", self.ns())),
+                )
+                .expect("write kubeconfig");
+                (path, Faults::Proxy(proxy))
+            }
+        }
     }
 
     /// A cluster-scoped object (`kind/name`, as kubectl names it) the test made, deleted when
@@ -582,6 +625,38 @@ async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// A running `kekeeper run`; killed (SIGKILL) on drop. Prints its log when the test panics.
+/// Faults injected into one client's requests: by kube-sim, or by a fault proxy in front of
+/// the real server (`Cluster::with_faults`).
+pub enum Faults {
+    Sim(kube_sim::Faults),
+    Proxy(kube_sim::FaultProxy),
+}
+
+impl Faults {
+    pub fn inject(&self, fault: kube_sim::ErrorFault) {
+        match self {
+            Faults::Sim(faults) => faults.inject(fault),
+            Faults::Proxy(proxy) => proxy.inject(fault),
+        }
+    }
+
+    /// Ends every open watch of the client.
+    pub fn drop_watches(&self) {
+        match self {
+            Faults::Sim(faults) => faults.drop_watches(),
+            Faults::Proxy(proxy) => proxy.drop_watches(),
+        }
+    }
+
+    /// The client's requests with the codes it was answered, injected errors included.
+    pub fn request_log(&self, cluster: &Cluster) -> Vec<kube_sim::RequestRecord> {
+        match self {
+            Faults::Sim(_) => cluster.request_log(),
+            Faults::Proxy(proxy) => proxy.request_log(),
+        }
+    }
+}
+
 pub struct Operator {
     child: Option<Child>,
     pub log: PathBuf,
@@ -833,9 +908,10 @@ async fn real_get(client: &kube::Client, path: &str) -> Option<Value> {
     }
 }
 
-/// The audit log's events from byte `from`, as request records. Each line is one event at
-/// the ResponseComplete stage (scripts/control-plane.sh's policy); a line still being written
-/// is left for the next read.
+/// The audit log's events from byte `from`, as request records: one per request, at the
+/// ResponseComplete stage, except a watch, which counts when it starts (ResponseStarted: it
+/// completes only when it ends) unless it was refused. A line still being written is left for
+/// the next read.
 fn read_audit_log(path: &Path, from: u64) -> Vec<kube_sim::RequestRecord> {
     use std::io::{Read, Seek};
     let mut file = std::fs::File::open(path).expect("audit.log");
@@ -844,6 +920,11 @@ fn read_audit_log(path: &Path, from: u64) -> Vec<kube_sim::RequestRecord> {
     file.read_to_string(&mut text).expect("read audit.log");
     text.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| {
+            // A refused watch never starts: its ResponseComplete is the record.
+            let refused = event["responseStatus"]["code"].as_u64().unwrap_or(0) >= 300;
+            event["stage"] == "ResponseStarted" || event["verb"] != "watch" || refused
+        })
         .map(|event| {
             let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
             let object = &event["objectRef"];

@@ -34,17 +34,18 @@ pub async fn client(cluster: &Cluster) -> Client {
     Client::try_from(config).expect("client")
 }
 
-/// Creates `n` RecordingKeyConfigs `{prefix}-{i}` in `default`, one organisation each, all
+/// Creates `n` RecordingKeyConfigs `{prefix}-{i}` in the client's namespace (the test's
+/// main one, `Cluster::ns`), one organisation each, all
 /// under `alias`, 32 requests at a time.
 pub async fn create(client: &Client, prefix: &str, n: usize, alias: &str) {
-    let api: Api<RecordingKeyConfig> = Api::namespaced(client.clone(), "default");
+    let api: Api<RecordingKeyConfig> = Api::default_namespaced(client.clone());
     futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
             async move {
                 let rkc: RecordingKeyConfig = serde_json::from_value(json!({
                     "apiVersion": "kekeeper.io/v1alpha1", "kind": "RecordingKeyConfig",
-                    "metadata": {"name": format!("{prefix}-{i}"), "namespace": "default"},
+                    "metadata": {"name": format!("{prefix}-{i}")},
                     "spec": {"kmsKeyAliasArn": alias, "organizationIds": [org(i)],
                              "keyPairSpec": "RSA_2048"},
                 }))
@@ -61,7 +62,7 @@ pub async fn create(client: &Client, prefix: &str, n: usize, alias: &str) {
 
 /// Sets a rotate-now token on `{prefix}-{i}` for `i` in `0..n`.
 pub async fn rotate_now(client: &Client, prefix: &str, n: usize, token: &str) {
-    let api: Api<RecordingKeyConfig> = Api::namespaced(client.clone(), "default");
+    let api: Api<RecordingKeyConfig> = Api::default_namespaced(client.clone());
     let patch = json!({"metadata": {"annotations": {"kekeeper.io/rotate-now": token}}});
     futures::stream::iter(0..n)
         .map(|i| {
@@ -84,7 +85,12 @@ pub async fn rotate_now(client: &Client, prefix: &str, n: usize, token: &str) {
 /// How many RecordingKeyConfigs satisfy `done`.
 pub async fn count(cluster: &Cluster, done: impl Fn(&Value) -> bool) -> usize {
     cluster
-        .count("kekeeper.io", "recordingkeyconfigs", Some("default"), done)
+        .count(
+            "kekeeper.io",
+            "recordingkeyconfigs",
+            Some(&cluster.ns()),
+            done,
+        )
         .await
 }
 

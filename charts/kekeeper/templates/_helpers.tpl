@@ -83,10 +83,11 @@ kekeeper.rbac.leaseRules: rules for leader election (Role in the release namespa
 - apiGroups: ["kekeeper.io"]
   resources: ["recordingkeyconfigs"]
   verbs: ["list", "watch"]
-# Status is written only through the status subresource, by server-side apply.
+# Status is written only through the status subresource, by server-side apply; a write
+# refused with 409 (someone changed the resource) reads the newer one there (get).
 - apiGroups: ["kekeeper.io"]
   resources: ["recordingkeyconfigs/status"]
-  verbs: ["patch"]
+  verbs: ["get", "patch"]
 # Key-pair Secrets (type kekeeper.io/key-pair). `delete` only with pruneRetiredKeyPairs.
 - apiGroups: [""]
   resources: ["secrets"]

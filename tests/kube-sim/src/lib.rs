@@ -10,6 +10,7 @@ mod discovery;
 mod errors;
 mod patch;
 mod proto;
+mod proxy;
 mod rbac;
 mod registry;
 mod schema;
@@ -28,6 +29,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+pub use crate::proxy::FaultProxy;
 
 use crate::errors::ApiError;
 use crate::rbac::Attributes;
