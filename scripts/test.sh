@@ -31,7 +31,7 @@ export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 
 # The end-to-end tests that run on the real control plane too (the rest stay on kube-sim for
 # now; docs/testing.md says which and why).
-REAL_TESTS="--test e2e_operator"
+REAL_TESTS="--test e2e_operator --test e2e_alias"
 
 step "cargo test --workspace (end-to-end tests on kube-sim)"
 cargo test --workspace -- --include-ignored 2>&1 | tee "$LOGS/cargo.log"

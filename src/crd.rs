@@ -204,8 +204,10 @@ pub struct RecordingKeyConfigStatus {
     /// Bookkeeping: the number of organisation ids in the spec (the `Orgs` printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_count: Option<u32>,
-    /// Bookkeeping: the alias ARN the active key pairs were generated under (a different
-    /// `spec.kmsKeyAliasArn` rotates with reason `SpecChanged`).
+    /// Bookkeeping: the alias ARN every active key pair was made under, once they all were.
+    /// A summary: each key pair records its own alias (`activeKeyPairs[].kmsKeyAliasArn`), and
+    /// that is what is compared with the spec; this is read only for key pairs made before
+    /// kekeeper recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_alias_arn: Option<String>,
     /// Bookkeeping: the KMS key ARN the alias resolved to at the last KMS key check.
@@ -270,6 +272,11 @@ pub struct ActiveKeyPair {
     pub key_pair_id: String,
     pub created_at: Timestamp,
     pub kms_key_arn: String,
+    /// The alias ARN (spec.kmsKeyAliasArn) the key pair was made under: a key pair whose alias
+    /// differs from the spec's is replaced (reason SpecChanged). Absent for key pairs made
+    /// before kekeeper recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_alias_arn: Option<String>,
     pub key_pair_spec: KeyPairSpec,
     pub public_key_fingerprint: String,
     pub secret_name: String,
@@ -288,6 +295,11 @@ pub struct KeyPairHistoryEntry {
     /// custody check), `RotateNowRequested` or `PeriodElapsed`.
     pub reason: String,
     pub kms_key_arn: String,
+    /// The alias ARN (spec.kmsKeyAliasArn) the key pair was made under: a key pair whose alias
+    /// differs from the spec's is replaced (reason SpecChanged). Absent for key pairs made
+    /// before kekeeper recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_alias_arn: Option<String>,
     pub public_key_fingerprint: String,
     pub secret_name: String,
     /// The sequence number in the Secret name (per organisation, never reused).

@@ -63,6 +63,9 @@ pub struct KeyPairRecord {
     pub secret_name: String,
     pub key_pair_id: String,
     pub kms_key_arn: String,
+    /// The alias ARN (`spec.kmsKeyAliasArn`) the pair was made under; `None` for a pair made
+    /// before kekeeper recorded it (docs/design.md, "The alias a pair was made under").
+    pub kms_key_alias_arn: Option<String>,
     pub key_pair_spec: KeyPairSpec,
     pub encryption_context: EncryptionContext,
     pub created_at: Timestamp,
@@ -112,6 +115,9 @@ struct SecretMetadata {
     key_pair_id: String,
     organization_id: String,
     kms_key_arn: String,
+    /// Absent in Secrets made before kekeeper recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kms_key_alias_arn: Option<String>,
     key_pair_spec: KeyPairSpec,
     /// As KMS takes it: `{<context key>: <organisation id>}`.
     encryption_context: BTreeMap<String, String>,
@@ -121,13 +127,15 @@ struct SecretMetadata {
 }
 
 impl KeyPairSecret {
-    /// A freshly generated (and self-tested) key pair, active.
+    /// A freshly generated (and self-tested) key pair, active, made under the alias
+    /// `kms_key_alias_arn` (which resolved to `key_pair.kms_key_arn`).
     #[allow(clippy::too_many_arguments)]
     pub fn new_active(
         config_name: &str,
         namespace: &str,
         sequence: u64,
         key_pair: GeneratedKeyPair,
+        kms_key_alias_arn: &str,
         encryption_context: EncryptionContext,
         created_at: Timestamp,
         reason: &str,
@@ -144,6 +152,7 @@ impl KeyPairSecret {
             ),
             key_pair_id: new_key_pair_id(),
             kms_key_arn: key_pair.kms_key_arn,
+            kms_key_alias_arn: Some(kms_key_alias_arn.to_owned()),
             key_pair_spec: key_pair.spec,
             encryption_context,
             created_at,
@@ -224,6 +233,7 @@ impl KeyPairSecret {
             key_pair_id: self.key_pair_id.clone(),
             organization_id: self.organization_id.clone(),
             kms_key_arn: self.kms_key_arn.clone(),
+            kms_key_alias_arn: self.kms_key_alias_arn.clone(),
             key_pair_spec: self.key_pair_spec,
             encryption_context: BTreeMap::from([(
                 self.encryption_context.key.clone(),
@@ -356,6 +366,7 @@ impl KeyPairSecret {
             secret_name: name,
             key_pair_id: metadata.key_pair_id,
             kms_key_arn: metadata.kms_key_arn,
+            kms_key_alias_arn: metadata.kms_key_alias_arn,
             key_pair_spec: metadata.key_pair_spec,
             encryption_context,
             created_at: metadata.created_at,
@@ -409,6 +420,7 @@ impl KeyPairRecord {
             key_pair_id: self.key_pair_id.clone(),
             created_at: self.created_at,
             kms_key_arn: self.kms_key_arn.clone(),
+            kms_key_alias_arn: self.kms_key_alias_arn.clone(),
             key_pair_spec: self.key_pair_spec,
             public_key_fingerprint: self.fingerprint(),
             secret_name: self.name(),
@@ -424,6 +436,7 @@ impl KeyPairRecord {
             retired_at: self.retired_at,
             reason: self.reason.clone(),
             kms_key_arn: self.kms_key_arn.clone(),
+            kms_key_alias_arn: self.kms_key_alias_arn.clone(),
             public_key_fingerprint: self.fingerprint(),
             secret_name: self.name(),
             sequence: Some(self.sequence),
@@ -544,7 +557,8 @@ pub fn organization_label(organization_id: &str) -> String {
 }
 
 /// An active key pair for unit tests: resource `recordings` in `telephony`, KMS key
-/// `arn:aws:kms:us-east-1:111122223333:key/k1`, the default context key, reason
+/// `arn:aws:kms:us-east-1:111122223333:key/k1` under the alias `alias/recordings`, the
+/// default context key, reason
 /// `NoActiveKeyPair`, made-up key material (`public_key_der` as given).
 #[cfg(test)]
 pub(crate) fn test_pair(
@@ -564,6 +578,7 @@ pub(crate) fn test_pair(
             public_key_der,
             private_key_ciphertext: vec![9; 8],
         },
+        "arn:aws:kms:us-east-1:111122223333:alias/recordings",
         EncryptionContext {
             key: "genesys-cloud-organization-id".into(),
             organization_id: organization_id.into(),
@@ -592,6 +607,7 @@ mod tests {
             key_pair_id: new_key_pair_id(),
             kms_key_arn:
                 "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
+            kms_key_alias_arn: Some("arn:aws:kms:us-east-1:111122223333:alias/recordings".into()),
             key_pair_spec: KeyPairSpec::Rsa3072,
             encryption_context: EncryptionContext {
                 key: "genesys-cloud-organization-id".into(),
@@ -677,6 +693,10 @@ mod tests {
         assert_eq!(metadata["keyPairSpec"], "RSA_3072");
         assert_eq!(metadata["sequence"], 3);
         assert_eq!(
+            metadata["kmsKeyAliasArn"],
+            "arn:aws:kms:us-east-1:111122223333:alias/recordings"
+        );
+        assert_eq!(
             metadata["encryptionContext"]["genesys-cloud-organization-id"],
             record.organization_id
         );
@@ -704,6 +724,28 @@ mod tests {
         let yaml = serde_yaml::to_string(&secret).unwrap();
         let parsed: Secret = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(KeyPairSecret::from_secret(&parsed).unwrap(), record);
+    }
+
+    /// Secrets made before the alias was recorded on each pair still read, without one.
+    #[test]
+    fn a_secret_without_the_alias_reads_as_a_pair_with_none() {
+        let mut secret = record().to_secret();
+        let data = secret.data.as_mut().unwrap();
+        let mut metadata: serde_json::Value =
+            serde_json::from_slice(&data[DATA_METADATA].0).unwrap();
+        metadata.as_object_mut().unwrap().remove("kmsKeyAliasArn");
+        data.insert(
+            DATA_METADATA.into(),
+            ByteString(serde_json::to_vec(&metadata).unwrap()),
+        );
+        let read = KeyPairSecret::from_secret(&secret).unwrap();
+        assert_eq!(read.kms_key_alias_arn, None);
+        assert_eq!(read.to_history_entry().kms_key_alias_arn, None);
+        // Written back, it still has none (nothing is made up for it).
+        let again = read.to_secret();
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&again.data.unwrap()[DATA_METADATA].0).unwrap();
+        assert!(metadata.get("kmsKeyAliasArn").is_none(), "{metadata}");
     }
 
     #[test]

@@ -83,6 +83,11 @@ pub struct KeyRing {
     tokens: Tokens,
     /// Secret name -> the fingerprint status recorded.
     anchors: BTreeMap<String, String>,
+    /// Secret name -> the alias ARN status recorded the pair was made under.
+    aliases: BTreeMap<String, String>,
+    /// `status.kmsKeyAliasArn`: taken as the alias of pairs that record none (made before
+    /// kekeeper recorded it on each pair).
+    legacy_alias: Option<String>,
     /// Organisation -> the highest sequence ever used (status ∪ Secrets).
     highest: BTreeMap<String, u64>,
     missing: Vec<MissingPair>,
@@ -122,10 +127,16 @@ impl KeyRing {
     fn read_status(&mut self, status: &RecordingKeyConfigStatus, reading: &Reading) {
         let present: BTreeSet<String> = self.records.iter().map(|r| r.name()).collect();
         let mut missing: BTreeMap<String, MissingPair> = BTreeMap::new();
+        self.legacy_alias = status.kms_key_alias_arn.clone();
         for entry in recorded_pairs(status) {
             self.anchors
                 .entry(entry.secret_name.clone())
                 .or_insert(entry.public_key_fingerprint.clone());
+            if let Some(alias) = &entry.kms_key_alias_arn {
+                self.aliases
+                    .entry(entry.secret_name.clone())
+                    .or_insert(alias.clone());
+            }
             // Entries written before `sequence` existed: the name ends in it.
             if let Some(sequence) = entry.sequence.or_else(|| sequence_of(&entry.secret_name)) {
                 self.note_sequence(&entry.organization_id, sequence);
@@ -307,6 +318,24 @@ impl KeyRing {
             .map_or_else(|| record.fingerprint(), str::to_owned)
     }
 
+    /// The alias ARN the pair was made under, as recorded: by status (the trust anchor, as for
+    /// fingerprints), else by its Secret (a pair stored just before a crash); `None` for a pair
+    /// made before kekeeper recorded it.
+    pub fn recorded_alias<'a>(&'a self, record: &'a KeyPairRecord) -> Option<&'a str> {
+        self.aliases
+            .get(&record.secret_name)
+            .map(String::as_str)
+            .or(record.kms_key_alias_arn.as_deref())
+    }
+
+    /// The alias ARN the pair is taken to be made under, to compare with the spec: the recorded
+    /// one, else (a pair made before kekeeper recorded it) `status.kmsKeyAliasArn`, the alias
+    /// the older version compared with; `None` when neither is known, and then the alias is
+    /// not compared (docs/design.md, "The alias a pair was made under").
+    pub fn made_under<'a>(&'a self, record: &'a KeyPairRecord) -> Option<&'a str> {
+        self.recorded_alias(record).or(self.legacy_alias.as_deref())
+    }
+
     /// Secrets whose public key disagrees with the fingerprint status recorded.
     pub fn mismatches(&self) -> Vec<Mismatch> {
         self.records
@@ -366,6 +395,7 @@ impl KeyRing {
     pub fn remove(&mut self, names: &[String]) {
         self.records.retain(|r| !names.contains(&r.secret_name));
         self.anchors.retain(|name, _| !names.contains(name));
+        self.aliases.retain(|name, _| !names.contains(name));
     }
 }
 
@@ -384,6 +414,7 @@ fn recorded_pairs(
             retired_at: None,
             reason: String::new(),
             kms_key_arn: a.kms_key_arn.clone(),
+            kms_key_alias_arn: a.kms_key_alias_arn.clone(),
             public_key_fingerprint: a.public_key_fingerprint.clone(),
             secret_name: a.secret_name.clone(),
             sequence: None,
@@ -482,6 +513,47 @@ mod tests {
         let retire = ring.to_retire(&[ORG.to_owned()]);
         assert_eq!(retire.len(), 2);
         assert!(retire.contains(&pair("org-b", 1, 3).name()));
+    }
+
+    /// The alias a pair was made under: what status recorded (a Secret editor cannot change
+    /// it), else what its Secret says, else, for a pair from before either recorded it, the
+    /// status summary.
+    #[test]
+    fn the_alias_of_a_pair_is_status_then_secret_then_the_summary() {
+        const OLD: &str = "arn:aws:kms:us-east-1:111122223333:alias/old";
+        const NEW: &str = "arn:aws:kms:us-east-1:111122223333:alias/new";
+        let mut recorded = pair(ORG, 1, 1);
+        recorded.kms_key_alias_arn = Some(OLD.into());
+        let mut status = status_of(std::slice::from_ref(&recorded));
+        status.kms_key_alias_arn = Some(NEW.into());
+        // The Secret was edited to claim the new alias; status says otherwise.
+        let mut edited = recorded.clone();
+        edited.kms_key_alias_arn = Some(NEW.into());
+        // Stored just before a crash: status has not seen it yet.
+        let mut unseen = pair("org-b", 1, 2);
+        unseen.kms_key_alias_arn = Some(OLD.into());
+        // Made by a version that recorded no alias on the pair.
+        let mut legacy = pair("org-c", 1, 3);
+        legacy.kms_key_alias_arn = None;
+        let ring = KeyRing::new(
+            vec![edited.clone(), unseen.clone(), legacy.clone()],
+            Tokens::new(),
+            Some(&status),
+            &reading("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(ring.recorded_alias(&edited), Some(OLD));
+        assert_eq!(ring.made_under(&edited), Some(OLD));
+        assert_eq!(ring.recorded_alias(&unseen), Some(OLD));
+        assert_eq!(ring.recorded_alias(&legacy), None);
+        assert_eq!(ring.made_under(&legacy), Some(NEW));
+        status.kms_key_alias_arn = None;
+        let ring = KeyRing::new(
+            vec![legacy.clone()],
+            Tokens::new(),
+            Some(&status),
+            &reading("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(ring.made_under(&legacy), None);
     }
 
     #[test]

@@ -44,6 +44,9 @@ impl std::fmt::Display for RotationReason {
 pub struct ActivePair<'a> {
     pub created_at: Timestamp,
     pub kms_key_arn: &'a str,
+    /// The alias ARN the pair was made under (recorded on the pair); `None` when unknown, and
+    /// then the alias is not compared (docs/design.md, "The alias a pair was made under").
+    pub kms_key_alias_arn: Option<&'a str>,
     pub key_pair_spec: KeyPairSpec,
     pub encryption_context_key: &'a str,
 }
@@ -55,9 +58,6 @@ pub struct RotationInput<'a> {
     pub active: Option<ActivePair<'a>>,
     /// The spec's alias ARN.
     pub alias_arn: &'a str,
-    /// The alias ARN the active key pairs were generated under (`status.kmsKeyAliasArn`);
-    /// `None` when unknown (then the alias is not compared).
-    pub active_alias_arn: Option<&'a str>,
     /// The KMS key ARN the alias resolves to now, when known.
     pub alias_key_arn: Option<&'a str>,
     pub key_pair_spec: KeyPairSpec,
@@ -113,7 +113,9 @@ pub fn integrity_check_failed(input: &RotationInput) -> Option<Trigger> {
 
 pub fn spec_changed(input: &RotationInput) -> Option<Trigger> {
     let active = input.active.as_ref()?;
-    if let Some(previous) = input.active_alias_arn
+    // The pair's own alias, not a summary of all pairs: an alias change cut short (a KMS
+    // failure, a crash) replaces only the pairs still under the old alias.
+    if let Some(previous) = active.kms_key_alias_arn
         && previous != input.alias_arn
     {
         return Some((
@@ -479,11 +481,11 @@ mod tests {
             active: Some(ActivePair {
                 created_at: ts("2026-01-01T00:00:00Z"),
                 kms_key_arn: KEY_A,
+                kms_key_alias_arn: Some(ALIAS),
                 key_pair_spec: KeyPairSpec::Rsa3072,
                 encryption_context_key: CTX,
             }),
             alias_arn: ALIAS,
-            active_alias_arn: Some(ALIAS),
             alias_key_arn: Some(KEY_A),
             key_pair_spec: KeyPairSpec::Rsa3072,
             encryption_context_key: CTX,
@@ -563,7 +565,19 @@ mod tests {
                 "unknown previous alias",
                 Box::new(move |i| {
                     i.alias_arn = other_alias;
-                    i.active_alias_arn = None
+                    if let Some(active) = i.active.as_mut() {
+                        active.kms_key_alias_arn = None;
+                    }
+                }),
+                false,
+            ),
+            (
+                "pair already made under the new alias",
+                Box::new(move |i| {
+                    i.alias_arn = other_alias;
+                    if let Some(active) = i.active.as_mut() {
+                        active.kms_key_alias_arn = Some(other_alias);
+                    }
                 }),
                 false,
             ),

@@ -1094,6 +1094,7 @@ async fn crash_after_secret_write_adopts_the_stored_secret() {
             NS,
             1,
             passed.key_pair,
+            ALIAS,
             config.context_for(ORG_A),
             ts("2026-01-15T09:59:58Z"),
             "NoActiveKeyPair",
@@ -1392,6 +1393,147 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     let status = status_of(&seen);
     assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
     assert_eq!(status.active_key_pairs[0].key_pair_id, newer.key_pair_id);
+}
+
+const NEW_ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings-2027";
+
+/// The key pair Secret of `secret` as the cache and a list would hold it after `change`.
+fn changed_secret(secret: &Secret, change: impl FnOnce(&mut KeyPairSecret)) -> Secret {
+    let mut pair = KeyPairSecret::from_secret(secret).unwrap();
+    change(&mut pair);
+    let mut changed = pair.to_secret();
+    changed.metadata.namespace = Some(NS.into());
+    changed
+}
+
+/// The Secret of a key pair made by a version that recorded no alias on the pair.
+fn without_alias(secret: &Secret) -> Secret {
+    changed_secret(secret, |pair| pair.kms_key_alias_arn = None)
+}
+
+/// An alias change cut short: organisation A already has its pair under the new alias (its
+/// old pair retired), B's is still under the old one, and the final status write never
+/// happened, so status still names the old alias. Only B gets a new pair, and the resource
+/// ends with one pair per organisation under the new alias (docs/design.md, "The alias a pair
+/// was made under").
+#[tokio::test]
+async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_alias() {
+    let (mut h, rkc, secrets) = created(&[ORG_A, ORG_B]).await;
+    let new_alias = kekeeper::arn::AliasArn::parse(NEW_ALIAS).unwrap();
+    let new_key = h.kms.create_key_for(&new_alias);
+    let org_of = |s: &Secret| {
+        KeyPairSecret::from_secret(s)
+            .unwrap()
+            .organization_id
+            .clone()
+    };
+    let a1 = secrets.iter().find(|s| org_of(s) == ORG_A).unwrap();
+    let b1 = secrets.iter().find(|s| org_of(s) == ORG_B).unwrap();
+    let a2 = changed_secret(a1, |pair| {
+        pair.sequence = 2;
+        pair.secret_name = KeyPairRecord::secret_name(NAME, ORG_A, 2);
+        pair.key_pair_id = kekeeper::keypair::new_key_pair_id();
+        pair.kms_key_arn = new_key.clone();
+        pair.kms_key_alias_arn = Some(NEW_ALIAS.into());
+        pair.reason = "SpecChanged".into();
+        pair.created_at = ts("2026-01-15T10:30:00Z");
+    });
+    let a1_retired = changed_secret(a1, |pair| pair.retire(ts("2026-01-15T10:30:00Z")));
+    // B's pair first: the one the rotation retires.
+    let existing = vec![b1.clone(), a1_retired, a2.clone()];
+    h.cache(&[], &existing);
+    let mut rkc = rkc;
+    assert_eq!(
+        rkc.status.as_ref().unwrap().kms_key_alias_arn.as_deref(),
+        Some(ALIAS),
+        "status still summarises the old alias"
+    );
+    rkc.spec.kms_key_alias_arn = NEW_ALIAS.into();
+    rkc.meta_mut().generation = Some(2);
+    h.now = ts("2026-01-15T10:31:00Z");
+
+    let (result, seen) = h.reconcile(rkc, Scenario::Rotate { existing }).await;
+    result.unwrap();
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        1,
+        "A's pair under the new alias is not made again"
+    );
+    let created: Secret = serde_json::from_value(seen[2].body.clone()).unwrap();
+    let created = KeyPairSecret::from_secret(&created).unwrap();
+    assert_eq!(created.organization_id, ORG_B);
+    assert_eq!(created.kms_key_alias_arn.as_deref(), Some(NEW_ALIAS));
+    assert_eq!(created.reason, "SpecChanged");
+    let status = status_of(&seen);
+    assert_eq!(status.active_key_pairs.len(), 2);
+    for active in &status.active_key_pairs {
+        assert_eq!(
+            active.kms_key_alias_arn.as_deref(),
+            Some(NEW_ALIAS),
+            "{active:?}"
+        );
+        assert_eq!(active.kms_key_arn, new_key);
+    }
+    let a2_name = a2.metadata.name.as_deref().unwrap();
+    assert!(
+        status
+            .active_key_pairs
+            .iter()
+            .any(|a| a.secret_name == a2_name)
+    );
+    let old_entries: Vec<_> = status
+        .key_pair_history
+        .iter()
+        .filter(|e| e.retired_at.is_some())
+        .collect();
+    assert_eq!(old_entries.len(), 2);
+    for entry in old_entries {
+        assert_eq!(entry.kms_key_alias_arn.as_deref(), Some(ALIAS), "{entry:?}");
+    }
+    assert_eq!(status.kms_key_alias_arn.as_deref(), Some(NEW_ALIAS));
+    assert_eq!(condition(&status, "Ready").status, "True");
+}
+
+/// An upgrade from a version that recorded no alias on each pair: its pairs are taken as made
+/// under the alias status summarised, so the upgraded operator rotates nothing, and a later
+/// alias change still replaces them.
+#[tokio::test]
+async fn pairs_from_before_the_alias_was_recorded_are_kept_until_the_alias_changes() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let legacy: Vec<Secret> = secrets.iter().map(without_alias).collect();
+    let mut rkc = rkc;
+    let status = rkc.status.as_mut().unwrap();
+    for active in &mut status.active_key_pairs {
+        active.kms_key_alias_arn = None;
+    }
+    for entry in &mut status.key_pair_history {
+        entry.kms_key_alias_arn = None;
+    }
+    assert_eq!(status.kms_key_alias_arn.as_deref(), Some(ALIAS));
+    h.cache(&[], &legacy);
+
+    let (result, seen) = h.reconcile(rkc.clone(), Scenario::SteadyState).await;
+    result.unwrap();
+    assert!(seen.is_empty());
+    assert_eq!(h.kms.total_calls(), 0);
+
+    h.kms
+        .create_key_for(&kekeeper::arn::AliasArn::parse(NEW_ALIAS).unwrap());
+    rkc.spec.kms_key_alias_arn = NEW_ALIAS.into();
+    rkc.meta_mut().generation = Some(2);
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Rotate { existing: legacy })
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.key_pair_history[0].reason, "SpecChanged");
+    assert_eq!(
+        status.active_key_pairs[0].kms_key_alias_arn.as_deref(),
+        Some(NEW_ALIAS)
+    );
+    // The old pair's entry claims no alias it never recorded.
+    assert_eq!(status.key_pair_history[1].kms_key_alias_arn, None);
 }
 
 #[tokio::test]

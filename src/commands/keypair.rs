@@ -50,6 +50,7 @@ pub async fn execute(args: KeypairGenerateArgs) -> ExitCode {
         manifest.namespace.as_deref().unwrap_or_default(),
         1,
         passed.key_pair,
+        config.alias.as_str(),
         config.context_for(&args.org),
         jiff::Timestamp::now(),
         "Created",

@@ -229,6 +229,7 @@ pub struct CachedKeyPair {
     secret_name: Box<str>,
     key_pair_id: Box<str>,
     kms_key_arn: Arc<str>,
+    kms_key_alias_arn: Option<Arc<str>>,
     key_pair_spec: KeyPairSpec,
     context_key: Arc<str>,
     created_at: Timestamp,
@@ -252,6 +253,7 @@ impl CachedKeyPair {
             secret_name: record.secret_name.into(),
             key_pair_id: record.key_pair_id.into(),
             kms_key_arn: shared.get(&record.kms_key_arn),
+            kms_key_alias_arn: record.kms_key_alias_arn.as_deref().map(|a| shared.get(a)),
             key_pair_spec: record.key_pair_spec,
             context_key: shared.get(&record.encryption_context.key),
             created_at: record.created_at,
@@ -274,6 +276,7 @@ impl CachedKeyPair {
             secret_name: self.secret_name.to_string(),
             key_pair_id: self.key_pair_id.to_string(),
             kms_key_arn: self.kms_key_arn.to_string(),
+            kms_key_alias_arn: self.kms_key_alias_arn.as_deref().map(str::to_owned),
             key_pair_spec: self.key_pair_spec,
             encryption_context: EncryptionContext {
                 key: self.context_key.to_string(),

@@ -151,6 +151,7 @@ async fn generate<K: Kms>(
         &obs.namespace,
         outcome.ring.next_sequence(org),
         passed.key_pair,
+        config.alias.as_str(),
         config.context_for(org),
         now,
         rotation.reason.as_str(),

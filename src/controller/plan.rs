@@ -180,11 +180,13 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
                 active: pair.map(|r| ActivePair {
                     created_at: r.created_at,
                     kms_key_arn: &r.kms_key_arn,
+                    // Per pair, never the status summary alone (docs/design.md, "The alias a
+                    // pair was made under").
+                    kms_key_alias_arn: obs.ring.made_under(r),
                     key_pair_spec: r.key_pair_spec,
                     encryption_context_key: &r.encryption_context.key,
                 }),
                 alias_arn: config.alias.as_str(),
-                active_alias_arn: status.and_then(|s| s.kms_key_alias_arn.as_deref()),
                 alias_key_arn: obs.alias_key_arn(),
                 key_pair_spec: config.key_pair_spec,
                 encryption_context_key: &config.encryption_context_key,
@@ -465,6 +467,95 @@ mod tests {
         assert_eq!(planned.rotations[0].reason, RotationReason::NoActiveKeyPair);
         assert_eq!(obs.ring.next_sequence(ORG), 2);
         assert_eq!(obs.ring.missing()[0].secret_name, pair.name());
+    }
+
+    const NEW_ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings-2026";
+    const ORG_2: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+
+    /// Two organisations whose pairs were made under `aliases` (ORG, ORG_2), the spec naming
+    /// `NEW_ALIAS` at generation 2, status (written at generation 1) summarising `summary`.
+    fn alias_change(aliases: [Option<&str>; 2], summary: Option<&str>) -> Plan {
+        let status = RecordingKeyConfigStatus {
+            kms_key_alias_arn: summary.map(str::to_owned),
+            ..steady_status("2026-01-15T09:30:00Z")
+        };
+        let mut rkc = resource(2, Some(status));
+        rkc.spec.kms_key_alias_arn = NEW_ALIAS.into();
+        rkc.spec.organization_ids.push(ORG_2.into());
+        let records = [ORG, ORG_2]
+            .into_iter()
+            .zip(aliases)
+            .map(|(org, alias)| {
+                let mut pair = test_pair(
+                    org,
+                    1,
+                    KeyPairSpec::Rsa2048,
+                    vec![1, 2, 3],
+                    ts("2026-01-10T00:00:00Z"),
+                );
+                pair.kms_key_alias_arn = alias.map(str::to_owned);
+                pair
+            })
+            .collect();
+        let mut obs = observe(rkc, records);
+        obs.listed = Some(Vec::new());
+        plan(&obs, ts(NOW), &settings())
+    }
+
+    fn rotated(plan: &Plan) -> Vec<(&str, RotationReason)> {
+        plan.rotations
+            .iter()
+            .map(|r| (r.organization_id.as_str(), r.reason))
+            .collect()
+    }
+
+    /// An alias change cut short (a KMS failure at the second organisation, a crash, a lost
+    /// status write) left status summarising the old alias: only the pair still made under
+    /// the old alias is replaced, the one already under the new alias is not made again.
+    #[test]
+    fn an_alias_change_replaces_only_pairs_made_under_another_alias() {
+        let plan = alias_change([Some(NEW_ALIAS), Some(ALIAS)], Some(ALIAS));
+        assert_eq!(rotated(&plan), [(ORG_2, RotationReason::SpecChanged)]);
+        assert!(
+            plan.rotations[0].message.contains(ALIAS)
+                && plan.rotations[0].message.contains(NEW_ALIAS),
+            "{}",
+            plan.rotations[0].message
+        );
+        // Every pair under the new alias: nothing to do, whatever the summary says.
+        assert!(
+            alias_change([Some(NEW_ALIAS); 2], Some(ALIAS))
+                .rotations
+                .is_empty()
+        );
+        assert!(
+            alias_change([Some(NEW_ALIAS); 2], None)
+                .rotations
+                .is_empty()
+        );
+    }
+
+    /// Pairs made before kekeeper recorded the alias on each pair are taken as made under the
+    /// alias status summarised: an upgrade rotates nothing, and an alias change still rotates
+    /// them; with no summary either, the alias is not compared (as before the upgrade).
+    #[test]
+    fn pairs_without_a_recorded_alias_are_taken_under_the_status_summary() {
+        let both = [
+            (ORG, RotationReason::SpecChanged),
+            (ORG_2, RotationReason::SpecChanged),
+        ];
+        assert_eq!(rotated(&alias_change([None, None], Some(ALIAS))), both);
+        assert!(
+            alias_change([None, None], Some(NEW_ALIAS))
+                .rotations
+                .is_empty()
+        );
+        assert!(alias_change([None, None], None).rotations.is_empty());
+        // Upgraded half-way through an alias change: the new pair records its alias.
+        assert_eq!(
+            rotated(&alias_change([Some(NEW_ALIAS), None], Some(ALIAS))),
+            [(ORG_2, RotationReason::SpecChanged)]
+        );
     }
 
     #[test]

@@ -211,6 +211,7 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
         .filter_map(|org| active.get(org.as_str()))
         .map(|r| crate::crd::ActiveKeyPair {
             public_key_fingerprint: ring.trusted_fingerprint(r),
+            kms_key_alias_arn: ring.recorded_alias(r).map(str::to_owned),
             ..r.to_active_key_pair()
         })
         .collect();
@@ -226,6 +227,7 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
         .take(rkc.spec.history_limit.clamp(1, 100) as usize)
         .map(|r| KeyPairHistoryEntry {
             public_key_fingerprint: ring.trusted_fingerprint(r),
+            kms_key_alias_arn: ring.recorded_alias(r).map(str::to_owned),
             ..r.to_history_entry()
         })
         .collect();

@@ -17,6 +17,9 @@ pub struct Fault {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// Only requests whose body contains this (an organisation id in the encryption context,
+    /// say) get the fault; `None`: every request of the operation.
+    pub body_contains: Option<String>,
 }
 
 #[derive(Default)]
@@ -67,14 +70,44 @@ impl FaultProxy {
     /// Answers every request for `operation` (e.g. `GenerateDataKeyPairWithoutPlaintext`) with
     /// HTTP `status` and the AWS JSON error `code` until cleared.
     pub fn fail(&self, operation: &str, status: u16, code: &str, message: &str) {
+        self.insert_fault(operation, status, code, message, None);
+    }
+
+    /// As [`Self::fail`], only for the requests whose body contains `needle` (e.g. one
+    /// organisation's id, which every request under its encryption context carries).
+    pub fn fail_matching(
+        &self,
+        operation: &str,
+        needle: &str,
+        status: u16,
+        code: &str,
+        message: &str,
+    ) {
+        self.insert_fault(operation, status, code, message, Some(needle.to_owned()));
+    }
+
+    fn insert_fault(
+        &self,
+        operation: &str,
+        status: u16,
+        code: &str,
+        message: &str,
+        body_contains: Option<String>,
+    ) {
         self.state.faults.lock().unwrap().insert(
             operation.to_owned(),
             Fault {
                 status,
                 code: code.to_owned(),
                 message: message.to_owned(),
+                body_contains,
             },
         );
+    }
+
+    /// How many requests got a fault so far.
+    pub fn faulted(&self) -> u64 {
+        self.state.next_request.load(Ordering::SeqCst)
     }
 
     /// Never answers requests for `operation`.
@@ -161,7 +194,18 @@ async fn handle(mut client: TcpStream, upstream: &str, state: &State) -> std::io
         return Ok(());
     }
 
-    let fault = state.faults.lock().unwrap().get(&operation).cloned();
+    let body = &buf[head_end..];
+    let fault = state
+        .faults
+        .lock()
+        .unwrap()
+        .get(&operation)
+        .filter(|f| {
+            f.body_contains
+                .as_ref()
+                .is_none_or(|needle| find(body, needle.as_bytes()).is_some())
+        })
+        .cloned();
     if let Some(fault) = fault {
         let n = state.next_request.fetch_add(1, Ordering::SeqCst) + 1;
         let body = serde_json::json!({"__type": fault.code, "message": fault.message}).to_string();
