@@ -29,9 +29,13 @@ eval "$emulator_env"
 export KEKEEPER_TEST_KMS_ENDPOINT="$AWS_ENDPOINT_URL_KMS"
 export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 
-# The end-to-end tests that run on the real control plane too (the rest stay on kube-sim for
-# now; docs/testing.md says which and why).
-REAL_TESTS="--test e2e_operator --test e2e_alias"
+# The end-to-end tests, run a second time on the real control plane (docs/testing.md): the same
+# test bodies, each in namespaces of its own, faults through kube_sim::FaultProxy.
+REAL_TESTS=""
+for test in e2e_operator e2e_alias e2e_status e2e_custody e2e_soak fleet e2e_faults e2e_rbac \
+  e2e_user_roles e2e_leader crd_schema status_fixtures cli_cluster; do
+  REAL_TESTS+=" --test $test"
+done
 
 step "cargo test --workspace (end-to-end tests on kube-sim)"
 cargo test --workspace -- --include-ignored 2>&1 | tee "$LOGS/cargo.log"
