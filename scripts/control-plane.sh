@@ -199,7 +199,7 @@ EOF
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
     --controllers "$CONTROLLERS" \
     --service-account-private-key-file "$STATE/pki/sa.key" --root-ca-file "$STATE/pki/ca.crt" \
-    --use-service-account-credentials=false --profiling=false
+    --use-service-account-credentials=true --profiling=false
   wait_for kube-controller-manager curl -skf "https://127.0.0.1:$kcm_port/healthz"
 
   local kc=(kubectl --kubeconfig "$STATE/admin.kubeconfig")
