@@ -62,6 +62,12 @@ impl ApiError {
         .with_details(json!({"causes": [{"message": message}]}))
     }
 
+    /// An error the storage layer answers without a reason (StatusReasonUnknown), as
+    /// kube-apiserver does for a create that carries a resourceVersion.
+    pub fn unknown(code: u16, message: impl Into<String>) -> Self {
+        Self::new(code, "", message)
+    }
+
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
         Self::new(
             404,

@@ -52,7 +52,7 @@ fn full_match(fmt: &str, s: &str) -> bool {
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     if s.len() > 253 {
-        out.push("must be no more than 253 characters".to_string());
+        out.push("must be no more than 253 bytes".to_string());
     }
     if !full_match(DNS1123_SUBDOMAIN_FMT, s) {
         out.push(regex_error(
@@ -110,7 +110,7 @@ fn name_part(name: &str) -> Vec<String> {
     if name.is_empty() {
         errs.push("name part must be non-empty".to_string());
     } else if name.len() > 63 {
-        errs.push("name part must be no more than 63 characters".to_string());
+        errs.push("name part must be no more than 63 bytes".to_string());
     }
     if !name.is_empty() && !full_match(QNAME_FMT, name) {
         errs.push(format!(
@@ -124,7 +124,7 @@ fn name_part(name: &str) -> Vec<String> {
 pub fn label_value(v: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if v.len() > 63 {
-        errs.push("must be no more than 63 characters".to_string());
+        errs.push("must be no more than 63 bytes".to_string());
     }
     if !full_match(LABEL_VALUE_FMT, v) {
         errs.push(regex_error(
@@ -165,6 +165,18 @@ pub fn object_meta(meta: &Value) -> Vec<FieldError> {
                     "must be a string".into(),
                 )),
             }
+        }
+    }
+    // ValidateFinalizerName: a name without a '/' must be one of the standard finalizers.
+    let finalizers = meta["finalizers"].as_array().cloned().unwrap_or_default();
+    for (i, f) in finalizers.iter().enumerate() {
+        let f = f.as_str().unwrap_or_default();
+        if !f.contains('/') && !["kubernetes", "orphan", "foregroundDeletion"].contains(&f) {
+            errs.push(invalid(
+                &format!("metadata.finalizers[{i}]"),
+                f,
+                "name is neither a standard finalizer name nor is it fully qualified".into(),
+            ));
         }
     }
     let refs = meta["ownerReferences"]
@@ -235,11 +247,7 @@ pub fn config_data(obj: &Value, secret: bool) -> Vec<FieldError> {
             for (k, v) in m {
                 let path = format!("{field}[{k}]");
                 if k.len() > 253 {
-                    errs.push(invalid(
-                        &path,
-                        k,
-                        "must be no more than 253 characters".into(),
-                    ));
+                    errs.push(invalid(&path, k, "must be no more than 253 bytes".into()));
                 }
                 if !full_match(CONFIG_KEY_FMT, k) {
                     errs.push(invalid(
