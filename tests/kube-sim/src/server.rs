@@ -1131,8 +1131,10 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
                     .iter()
                     .map(|u| format!("unknown field {u:?}"))
                     .collect();
+                let kind = &ctx.t.kind;
                 return Err(ApiError::bad_request(format!(
-                    "strict decoding error: {}",
+                    "{kind} in version {:?} cannot be handled as a {kind}: strict decoding error: {}",
+                    ctx.t.version,
                     list.join(", ")
                 )));
             }

@@ -24,7 +24,8 @@ fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
     let mut out = format!("{msg} (e.g. ");
     for (i, e) in examples.iter().enumerate() {
         if i > 0 {
-            out.push_str("or ");
+            // kube-apiserver's RegexError: " or " after "', " (two spaces).
+            out.push_str(" or ");
         }
         out.push_str(&format!("'{e}', "));
     }
@@ -183,18 +184,14 @@ pub fn object_meta(meta: &Value) -> Vec<FieldError> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    for r in &refs {
-        for (field, what) in [
-            ("apiVersion", "version"),
-            ("kind", "kind"),
-            ("name", "name"),
-            ("uid", "uid"),
-        ] {
+    for (i, r) in refs.iter().enumerate() {
+        for field in ["apiVersion", "kind", "name", "uid"] {
             if r[field].as_str().is_none_or(str::is_empty) {
-                errs.push(invalid(
-                    &format!("metadata.ownerReferences.{field}"),
-                    "",
-                    format!("{what} must not be empty"),
+                errs.push(crate::errors::FieldError::new(
+                    crate::errors::FieldErrorKind::Required,
+                    &format!("metadata.ownerReferences[{i}].{field}"),
+                    None,
+                    "must not be empty",
                 ));
             }
         }
