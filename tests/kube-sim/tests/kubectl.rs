@@ -286,7 +286,7 @@ fn invalid_resources_show_field_errors() {
     let bad = sim.write("bad3.yaml", &CR.replace("alias/recordings", "key/1234"));
     let err = sim.fails(&["apply", "-f", &bad]);
     assert!(
-        err.contains("spec.kmsKeyAliasArn: Invalid value: \"string\": must be a KMS alias ARN"),
+        err.contains("spec.kmsKeyAliasArn: Invalid value: \"arn:aws:kms:us-east-1:111122223333:key/1234\": must be a KMS alias ARN"),
         "{err}"
     );
     // Nothing was stored; dry-run validates without storing.
