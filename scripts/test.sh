@@ -50,6 +50,8 @@ control_plane_env="$(scripts/control-plane.sh start)"
   eval "$control_plane_env"
   export KEKEEPER_TEST_CLUSTER=real
   cargo test $REAL_TESTS -- --include-ignored
+  # kube-sim's own API tests on the real server: the differential harness (tests/kube-sim/README.md).
+  cargo test -p kube-sim -- --include-ignored
 ) 2>&1 | tee "$LOGS/real.log"
 scripts/control-plane.sh stop
 

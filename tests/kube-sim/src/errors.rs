@@ -52,14 +52,10 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        let message = message.into();
-        Self::new(
-            500,
-            "InternalError",
-            format!("Internal error occurred: {message}"),
-        )
-        .with_details(json!({"causes": [{"message": message}]}))
+    /// An error the storage layer answers without a reason (StatusReasonUnknown), as
+    /// kube-apiserver does for a create that carries a resourceVersion.
+    pub fn unknown(code: u16, message: impl Into<String>) -> Self {
+        Self::new(code, "", message)
     }
 
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
@@ -286,7 +282,7 @@ impl std::fmt::Display for FieldError {
 pub fn go_value(v: &Value) -> String {
     match v {
         Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
-        Value::Null => "\"null\"".to_string(),
+        Value::Null => "null".to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         other => other.to_string(),

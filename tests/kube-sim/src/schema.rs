@@ -181,6 +181,14 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldEr
     if let Some(o) = old {
         ratchet(&mut errs, obj, o);
     }
+    // Order as kube-apiserver answers: the properties' errors, then missing required fields
+    // (kube-openapi's object validator reports them after), then the list-type (set and map
+    // key) ones (a second pass in the apiextensions-apiserver). Approximate for nested objects.
+    errs.sort_by_key(|e| match e.kind {
+        FieldErrorKind::Required => 1,
+        FieldErrorKind::Duplicate => 2,
+        _ => 0,
+    });
     // As the apiextensions-apiserver: CEL rules run only when the schema errors do not make the
     // object unfit for them (type, required, enum and size violations).
     let blocking = errs.iter().any(|e| {
@@ -197,7 +205,7 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldEr
         errs.push(FieldError::new(
             FieldErrorKind::Invalid,
             "<nil>",
-            Some(Value::String("null".into())),
+            Some(Value::Null),
             "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
         ));
     } else {
@@ -494,14 +502,23 @@ fn combinators(v: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>
             format!("{path} in body must validate at least one schema (anyOf)"),
         ));
     }
-    if let Some(one) = schema["oneOf"].as_array()
-        && one.iter().filter(|b| passes(b)).count() != 1
-    {
-        errs.push(invalid(
-            path,
-            shown(),
-            format!("{path} in body must validate one and only one schema (oneOf)"),
-        ));
+    if let Some(one) = schema["oneOf"].as_array() {
+        match one.iter().filter(|b| passes(b)).count() {
+            1 => {}
+            // kube-apiserver v1.37.2's wording for more than one, field and value left out.
+            n @ 2.. => errs.push(invalid(
+                "<nil>",
+                Value::String(String::new()),
+                format!(
+                    "\"{path}\" must validate one and only one schema (oneOf). Found {n} valid alternatives"
+                ),
+            )),
+            0 => errs.push(invalid(
+                path,
+                shown(),
+                format!("{path} in body must validate one and only one schema (oneOf)"),
+            )),
+        }
     }
     if let Some(not) = schema.get("not")
         && passes(not)
@@ -659,7 +676,11 @@ fn cel_rules(
             Some("FieldValueDuplicate") => FieldErrorKind::Duplicate,
             _ => FieldErrorKind::Invalid,
         };
-        let ty = Value::String(schema_type(v, schema));
+        // The failing value itself when it is a scalar, as kube-apiserver prints it.
+        let ty = match v {
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => v.clone(),
+            _ => Value::String(schema_type(v, schema)),
+        };
         match crate::cel::eval(expr, v, old) {
             Ok(Value::Bool(true)) => {}
             Ok(Value::Bool(false)) => {
@@ -670,7 +691,10 @@ fn cel_rules(
                     message = Some(m);
                 }
                 let message = message.unwrap_or_else(|| format!("failed rule: {expr}"));
-                let value = if matches!(kind, FieldErrorKind::Invalid | FieldErrorKind::Duplicate) {
+                // A rule with a fieldPath names no value (kube-apiserver omits it).
+                let value = if rule.get("fieldPath").is_some() {
+                    None
+                } else if matches!(kind, FieldErrorKind::Invalid | FieldErrorKind::Duplicate) {
                     Some(ty)
                 } else {
                     None

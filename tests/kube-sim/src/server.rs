@@ -1131,8 +1131,10 @@ fn admit(ctx: &mut Ctx, old: Option<&Value>, mut incoming: Value) -> Result<Valu
                     .iter()
                     .map(|u| format!("unknown field {u:?}"))
                     .collect();
+                let kind = &ctx.t.kind;
                 return Err(ApiError::bad_request(format!(
-                    "strict decoding error: {}",
+                    "{kind} in version {:?} cannot be handled as a {kind}: strict decoding error: {}",
+                    ctx.t.version,
                     list.join(", ")
                 )));
             }
@@ -1399,14 +1401,23 @@ fn admit_crd(new: &mut Value, name: &str) -> Result<(), ApiError> {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // When every version has the same schema, kube-apiserver validates it as the internal
+    // CRD's single top-level `spec.validation` and names that path in its errors.
+    let shared = !versions.is_empty()
+        && versions
+            .iter()
+            .all(|v| v["schema"] == versions[0]["schema"]);
     for (i, v) in versions.iter().enumerate() {
+        if shared && i > 0 {
+            break;
+        }
+        let path = if shared {
+            "spec.validation.openAPIV3Schema".to_owned()
+        } else {
+            format!("spec.versions[{i}].schema.openAPIV3Schema")
+        };
         match v["schema"].get("openAPIV3Schema") {
-            Some(schema) => structural_errors(
-                schema,
-                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
-                "at the root",
-                &mut errs,
-            ),
+            Some(schema) => structural_errors(schema, &path, "at the root", &mut errs),
             None => errs.push(FieldError::new(
                 FieldErrorKind::Required,
                 &format!("spec.versions[{i}].schema.openAPIV3Schema"),
@@ -1594,7 +1605,8 @@ fn create(ctx: &mut Ctx, bytes: &[u8]) -> Result<(u16, Value), ApiError> {
         .as_str()
         .is_some_and(|rv| !rv.is_empty())
     {
-        return Err(ApiError::internal(
+        return Err(ApiError::unknown(
+            500,
             "resourceVersion should not be set on objects to be created",
         ));
     }

@@ -24,7 +24,8 @@ fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
     let mut out = format!("{msg} (e.g. ");
     for (i, e) in examples.iter().enumerate() {
         if i > 0 {
-            out.push_str("or ");
+            // kube-apiserver's RegexError: " or " after "', " (two spaces).
+            out.push_str(" or ");
         }
         out.push_str(&format!("'{e}', "));
     }
@@ -52,7 +53,7 @@ fn full_match(fmt: &str, s: &str) -> bool {
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     if s.len() > 253 {
-        out.push("must be no more than 253 characters".to_string());
+        out.push("must be no more than 253 bytes".to_string());
     }
     if !full_match(DNS1123_SUBDOMAIN_FMT, s) {
         out.push(regex_error(
@@ -110,7 +111,7 @@ fn name_part(name: &str) -> Vec<String> {
     if name.is_empty() {
         errs.push("name part must be non-empty".to_string());
     } else if name.len() > 63 {
-        errs.push("name part must be no more than 63 characters".to_string());
+        errs.push("name part must be no more than 63 bytes".to_string());
     }
     if !name.is_empty() && !full_match(QNAME_FMT, name) {
         errs.push(format!(
@@ -124,7 +125,7 @@ fn name_part(name: &str) -> Vec<String> {
 pub fn label_value(v: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if v.len() > 63 {
-        errs.push("must be no more than 63 characters".to_string());
+        errs.push("must be no more than 63 bytes".to_string());
     }
     if !full_match(LABEL_VALUE_FMT, v) {
         errs.push(regex_error(
@@ -167,22 +168,30 @@ pub fn object_meta(meta: &Value) -> Vec<FieldError> {
             }
         }
     }
+    // ValidateFinalizerName: a name without a '/' must be one of the standard finalizers.
+    let finalizers = meta["finalizers"].as_array().cloned().unwrap_or_default();
+    for (i, f) in finalizers.iter().enumerate() {
+        let f = f.as_str().unwrap_or_default();
+        if !f.contains('/') && !["kubernetes", "orphan", "foregroundDeletion"].contains(&f) {
+            errs.push(invalid(
+                &format!("metadata.finalizers[{i}]"),
+                f,
+                "name is neither a standard finalizer name nor is it fully qualified".into(),
+            ));
+        }
+    }
     let refs = meta["ownerReferences"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    for r in &refs {
-        for (field, what) in [
-            ("apiVersion", "version"),
-            ("kind", "kind"),
-            ("name", "name"),
-            ("uid", "uid"),
-        ] {
+    for (i, r) in refs.iter().enumerate() {
+        for field in ["apiVersion", "kind", "name", "uid"] {
             if r[field].as_str().is_none_or(str::is_empty) {
-                errs.push(invalid(
-                    &format!("metadata.ownerReferences.{field}"),
-                    "",
-                    format!("{what} must not be empty"),
+                errs.push(crate::errors::FieldError::new(
+                    crate::errors::FieldErrorKind::Required,
+                    &format!("metadata.ownerReferences[{i}].{field}"),
+                    None,
+                    "must not be empty",
                 ));
             }
         }
@@ -235,11 +244,7 @@ pub fn config_data(obj: &Value, secret: bool) -> Vec<FieldError> {
             for (k, v) in m {
                 let path = format!("{field}[{k}]");
                 if k.len() > 253 {
-                    errs.push(invalid(
-                        &path,
-                        k,
-                        "must be no more than 253 characters".into(),
-                    ));
+                    errs.push(invalid(&path, k, "must be no more than 253 bytes".into()));
                 }
                 if !full_match(CONFIG_KEY_FMT, k) {
                     errs.push(invalid(

@@ -145,6 +145,7 @@ spec:
   keyPairSpec: RSA_3072
 ";
 
+// Sim-only: drives the kube-sim binary itself (its flags, its kubeconfig, its process).
 #[test]
 fn apply_get_tables_and_output_formats() {
     let sim = Sim::start(&[]);
@@ -251,6 +252,7 @@ fn apply_get_tables_and_output_formats() {
     assert!(describe.contains("Kms Key Alias Arn"), "{describe}");
 }
 
+// Sim-only: drives the kube-sim binary itself (its flags, its kubeconfig, its process).
 #[test]
 fn invalid_resources_show_field_errors() {
     let sim = Sim::start(&[]);
@@ -284,7 +286,7 @@ fn invalid_resources_show_field_errors() {
     let bad = sim.write("bad3.yaml", &CR.replace("alias/recordings", "key/1234"));
     let err = sim.fails(&["apply", "-f", &bad]);
     assert!(
-        err.contains("spec.kmsKeyAliasArn: Invalid value: \"string\": must be a KMS alias ARN"),
+        err.contains("spec.kmsKeyAliasArn: Invalid value: \"arn:aws:kms:us-east-1:111122223333:key/1234\": must be a KMS alias ARN"),
         "{err}"
     );
     // Nothing was stored; dry-run validates without storing.
@@ -297,6 +299,7 @@ fn invalid_resources_show_field_errors() {
     assert!(sim.fails(&["get", "rkc", "demo"]).contains("not found"));
 }
 
+// Sim-only: drives the kube-sim binary itself (its flags, its kubeconfig, its process).
 #[test]
 fn watch_wait_label_annotate_patch_replace_delete() {
     let sim = Sim::start(&[]);
@@ -405,6 +408,7 @@ fn watch_wait_label_annotate_patch_replace_delete() {
     drop(watch);
 }
 
+// Sim-only: drives the kube-sim binary itself (its flags, its kubeconfig, its process).
 #[test]
 fn rbac_tokens_and_forbidden() {
     let sim = Sim::start(&["--rbac"]);
@@ -463,6 +467,7 @@ fn rbac_tokens_and_forbidden() {
     );
 }
 
+// Sim-only: drives the kube-sim binary itself (its flags, its kubeconfig, its process).
 #[test]
 fn sim_endpoints_over_http() {
     let sim = Sim::start(&[]);
@@ -487,6 +492,7 @@ fn sim_endpoints_over_http() {
     );
 }
 
+// Sim-only: drives the kube-sim binary itself (its flags, its kubeconfig, its process).
 #[test]
 fn binary_exits_cleanly_on_sigterm() {
     let mut sim = Sim::start(&[]);
@@ -509,6 +515,7 @@ fn binary_exits_cleanly_on_sigterm() {
 
 /// `kubectl apply -f` of a `kind: List`: kubectl validates a List client-side against
 /// `/openapi/v2` (protobuf), then applies each item (still with server-side field validation).
+// Sim-only: drives the kube-sim binary itself (its flags, its kubeconfig, its process).
 #[test]
 fn apply_lists() {
     let sim = Sim::start(&[]);

@@ -38,8 +38,8 @@ fn deployment(replicas: i32) -> Deployment {
 
 #[tokio::test]
 async fn discovery_lists_the_workload_kinds() {
-    let sim = start(false).await;
-    let client = admin(&sim).await;
+    let h = Harness::start(false).await;
+    let client = h.client.clone();
     let discovery = Discovery::new(client).run().await.unwrap();
     let expected = [
         ("apps", "v1", "Deployment", "deployments"),
@@ -69,16 +69,21 @@ async fn discovery_lists_the_workload_kinds() {
 
 #[tokio::test]
 async fn deployments_keep_generation_and_status_apart() {
-    let sim = start(false).await;
-    let client = admin(&sim).await;
-    let api: Api<Deployment> = Api::namespaced(client, "default");
+    let h = Harness::start(false).await;
+    let client = h.client.clone();
+    let ns = h.namespace("default").await;
+    let api: Api<Deployment> = Api::namespaced(client, &ns);
 
     let created = api
         .create(&PostParams::default(), &deployment(1))
         .await
         .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
-    assert!(created.status.is_none(), "status is not writable on create");
+    // (The real server answers an empty `status: {}`; kube-sim none.)
+    assert!(
+        created.status.unwrap_or_default().replicas.is_none(),
+        "status is not writable on create"
+    );
 
     // A label change keeps the generation; a spec change bumps it.
     let patch = json!({"metadata": {"labels": {"extra": "1"}}});
@@ -114,10 +119,11 @@ async fn deployments_keep_generation_and_status_apart() {
 
 #[tokio::test]
 async fn server_side_apply_of_the_chart_kinds_round_trips() {
-    let sim = start(false).await;
-    let client = admin(&sim).await;
+    let h = Harness::start(false).await;
+    let client = h.client.clone();
+    let ns = h.namespace("default").await;
     let pp = PatchParams::apply("helm").force();
-    let svc: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
     let service = json!({
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics"},
         "spec": {"selector": {"app": "op"}, "ports": [{"name": "metrics", "port": 8080, "targetPort": "metrics"}]}
@@ -132,7 +138,7 @@ async fn server_side_apply_of_the_chart_kinds_round_trips() {
         "Services have no generation"
     );
 
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
     let pdb = json!({
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "op"},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "op"}}}
@@ -146,7 +152,7 @@ async fn server_side_apply_of_the_chart_kinds_round_trips() {
         Some("helm")
     );
 
-    let netpols: Api<NetworkPolicy> = Api::namespaced(client, "default");
+    let netpols: Api<NetworkPolicy> = Api::namespaced(client, &ns);
     let netpol = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "op"},
         "spec": {"podSelector": {"matchLabels": {"app": "op"}}, "policyTypes": ["Ingress"],
@@ -168,20 +174,19 @@ async fn server_side_apply_of_the_chart_kinds_round_trips() {
     });
     let mut strict = PatchParams::apply("helm");
     strict.field_validation = Some(kube::api::ValidationDirective::Strict);
+    // kube-sim: 400 `unknown field "status"`; the real server: 500 "failed to create typed
+    // patch object (...): .status: field not declared in schema" (README, Differences).
     let e = status(netpols.patch("bogus", &strict, &Patch::Apply(&bogus)).await);
-    assert_eq!(e.code, 400, "{}", e.message);
-    assert!(
-        e.message.contains("unknown field \"status\""),
-        "{}",
-        e.message
-    );
+    assert!(e.code == 400 || e.code == 500, "{}", e.message);
+    assert!(e.message.contains("status"), "{}", e.message);
 }
 
 #[tokio::test]
 async fn deployments_list_watch_and_delete() {
-    let sim = start(false).await;
-    let client = admin(&sim).await;
-    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let h = Harness::start(false).await;
+    let client = h.client.clone();
+    let ns = h.namespace("default").await;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let list = api.list(&ListParams::default()).await.unwrap();
     let rv = list.metadata.resource_version.unwrap();
     let mut events = api
@@ -217,6 +222,7 @@ async fn deployments_list_watch_and_delete() {
             .await
             .unwrap()
             .items
-            .is_empty()
+            .iter()
+            .all(|d| d.metadata.namespace.as_deref() != Some(ns.as_str()))
     );
 }
