@@ -294,7 +294,6 @@ pub async fn reconcile<K: Kms>(
     // and a missing ConfigMap).
     ctx.key_pairs.synced().await;
     ctx.public_keys.synced().await;
-    ctx.metrics.reconciles.inc();
     let object = ObjectRef::from_obj(rkc.as_ref());
     let mut rkc = rkc;
     let mut replans = 0;
@@ -314,6 +313,8 @@ pub async fn reconcile<K: Kms>(
         Ok(_) => ctx.clear_failures(&object),
         Err(err) => ctx.metrics.count_error(err.metric_label()),
     }
+    // Counted when done, its writes made: a test waits on it to see a reconcile's whole effect.
+    ctx.metrics.reconciles.inc();
     result
 }
 

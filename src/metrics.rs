@@ -104,7 +104,11 @@ impl Default for Metrics {
         let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
         let resources = Arc::new(ResourceGauges::default());
         registry.register_collector(Box::new(resources.clone()));
-        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles run (counted when they end)",
+            reconciles.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Reconciles that failed, by reason",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use base64::Engine;
-use common::cluster::{Cluster, condition, count_states, eventually, rkc_manifest};
+use common::cluster::{Cluster, Operator, condition, count_states, eventually, rkc_manifest};
 use common::{create_key, kms_endpoint};
 use kekeeper::keypair;
 use serde_json::{Value, json};
@@ -143,7 +143,7 @@ async fn hand_edits_of_key_material_are_caught() {
     let mut operator = cluster.start_operator("operator", &kubeconfig, &endpoint, &args, &[]);
     operator.wait_ready().await;
 
-    substituted_public_key_is_never_published(&cluster, &alias).await;
+    substituted_public_key_is_never_published(&cluster, &operator, &alias).await;
     deleted_retired_secret_is_reported_missing_until_acknowledged(&cluster, &alias).await;
     deleted_active_secret_never_gives_its_name_to_a_new_pair(&cluster, &alias).await;
     corrupted_private_key_fails_the_custody_check_and_rotates(&cluster, &alias).await;
@@ -162,7 +162,11 @@ async fn hand_edits_of_key_material_are_caught() {
 /// Another key in publicKey.pem: the ConfigMap keeps the verified key, status keeps the
 /// recorded fingerprint, KeyPairIntegrity=False PublicKeyMismatch naming the Secret, a Warning
 /// event; restoring the key clears it.
-async fn substituted_public_key_is_never_published(cluster: &Cluster, alias: &str) {
+async fn substituted_public_key_is_never_published(
+    cluster: &Cluster,
+    operator: &Operator,
+    alias: &str,
+) {
     let name = "substituted";
     let (before, secret) = ready_resource(cluster, name, alias).await;
     let secret_name = name_of(&secret);
@@ -200,8 +204,20 @@ async fn substituted_public_key_is_never_published(cluster: &Cluster, alias: &st
         "status keeps the recorded fingerprint"
     );
     warning_event(cluster, name, "PublicKeyMismatch", &secret_name).await;
-    // Recorders never get the substituted key, however many reconciles run.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Recorders never get the substituted key, however many reconciles run: two more, waited
+    // for until done (woken by an annotation the operator does not read).
+    for touch in ["1", "2"] {
+        let done = common::fleet::metric(operator, "kekeeper_reconciles_total").await as u64;
+        cluster
+            .kubectl_ok(&[
+                "annotate",
+                "--overwrite",
+                &format!("rkc/{name}"),
+                &format!("example.com/touched={touch}"),
+            ])
+            .await;
+        common::fleet::wait_reconciles(operator, done + 1).await;
+    }
     assert_eq!(config_map_pem(cluster, name).await, published);
 
     patch_secret_data(cluster, &secret_name, "publicKey.pem", &original_pem).await;

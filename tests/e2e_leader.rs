@@ -174,8 +174,18 @@ async fn wait_exit(replica: &mut Replica, within: Duration) -> std::process::Exi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_the_lease_to_the_standby_within_three_seconds() {
     let Pair { mut a, b, cluster } = leader_and_standby(NO_KMS, &[]).await;
-    // Let the leader renew and the standby poll for a while.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The leader has renewed (an update of the Lease) before it is stopped.
+    eventually(
+        "replica-a renews its Lease",
+        Duration::from_secs(30),
+        || {
+            let renewed = requests(&cluster, &a.user)
+                .iter()
+                .any(|r| r.resource == "leases" && r.verb == "update" && r.code == 200);
+            std::future::ready(renewed.then_some(()))
+        },
+    )
+    .await;
 
     a.operator.terminate();
     let sent = Instant::now();

@@ -294,7 +294,13 @@ async fn operator_end_to_end() {
         .collect();
     assert!(creates.is_empty(), "restart created Secrets: {creates:#?}");
     cluster.clear_request_log();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A reconcile with nothing to do (woken by an annotation the operator does not read),
+    // waited for until done, writes nothing.
+    let done = common::fleet::metric(&operator, "kekeeper_reconciles_total").await as u64;
+    cluster
+        .kubectl_ok(&["annotate", &format!("rkc/{NAME}"), "example.com/touched=1"])
+        .await;
+    common::fleet::wait_reconciles(&operator, done + 1).await;
     let writes: Vec<_> = cluster
         .request_log()
         .into_iter()

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, settle};
 use common::fleet::{self, api_requests, calls, kms_calls, outcomes, total};
 use common::{create_key, kms_endpoint};
 
@@ -55,10 +55,20 @@ async fn a_cold_start_of_100_makes_the_ideal_kms_calls_and_wastes_nothing() {
     assert_eq!(stored, N);
     assert_eq!(generated, N as u64, "key pairs generated and thrown away");
 
-    // Steady state: nothing to do, nothing asked.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Steady state: a reconcile of every resource with nothing to do (woken by an annotation
+    // the operator does not read) asks nothing and writes nothing. Waiting for the reconciles
+    // to be done, not for time to pass, so a slow machine cannot make this pass.
+    settle(
+        &cluster,
+        &user,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    )
+    .await;
     let (requests, _) = api_requests(&cluster, &user);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let done = fleet::metric(&operator, "kekeeper_reconciles_total").await as u64;
+    fleet::annotate(&client, "fleet", N, "example.com/touched", "1").await;
+    fleet::wait_reconciles(&operator, done + N as u64).await;
     assert_eq!(
         api_requests(&cluster, &user).0,
         requests,
@@ -83,7 +93,6 @@ async fn a_cold_start_of_100_makes_the_ideal_kms_calls_and_wastes_nothing() {
         },
     );
     resynced.await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         total(&kms_calls(&operator).await),
         0,

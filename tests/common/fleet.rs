@@ -62,8 +62,13 @@ pub async fn create(client: &Client, prefix: &str, n: usize, alias: &str) {
 
 /// Sets a rotate-now token on `{prefix}-{i}` for `i` in `0..n`.
 pub async fn rotate_now(client: &Client, prefix: &str, n: usize, token: &str) {
+    annotate(client, prefix, n, "kekeeper.io/rotate-now", token).await;
+}
+
+/// Sets annotation `key` to `value` on `{prefix}-{i}` for `i` in `0..n`.
+pub async fn annotate(client: &Client, prefix: &str, n: usize, key: &str, value: &str) {
     let api: Api<RecordingKeyConfig> = Api::default_namespaced(client.clone());
-    let patch = json!({"metadata": {"annotations": {"kekeeper.io/rotate-now": token}}});
+    let patch = json!({"metadata": {"annotations": {key: value}}});
     futures::stream::iter(0..n)
         .map(|i| {
             let (api, patch) = (api.clone(), patch.clone());
@@ -133,6 +138,19 @@ pub async fn kms_calls(operator: &Operator) -> BTreeMap<(String, String), u64> {
             ((label("operation"), label("outcome")), value as u64)
         })
         .collect()
+}
+
+/// Waits until the operator has finished `n` reconciles in all (`kekeeper_reconciles_total`
+/// counts a reconcile when it ends, its writes made).
+pub async fn wait_reconciles(operator: &Operator, n: u64) {
+    super::cluster::eventually(
+        &format!("{n} reconciles done"),
+        Duration::from_secs(60),
+        || async {
+            (metric(operator, "kekeeper_reconciles_total").await >= n as f64).then_some(())
+        },
+    )
+    .await;
 }
 
 /// The sum of a metric's samples (all its series), 0 when absent.
