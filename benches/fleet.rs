@@ -65,6 +65,12 @@ async fn main() {
         "fleet benchmark (release build)", "result"
     );
     println!("|{}|{}|", "-".repeat(60), "-".repeat(42));
+    let server = if common::cluster::real_server() {
+        "the real control plane (scripts/control-plane.sh)"
+    } else {
+        "kube-sim"
+    };
+    row("API server", server.to_owned());
 
     // `--resources 0` or `--big 0` leaves that part out.
     if args.resources > 0 {

@@ -86,18 +86,7 @@ async fn leader_and_standby(kms: &str, timing: &[&str]) -> Pair {
     .await;
     let mut b = start_replica(&cluster, "replica-b", kms, timing).await;
     b.operator.wait_ready().await;
-    eventually(
-        "replica-b reads the Lease twice",
-        Duration::from_secs(30),
-        || {
-            let reads = requests(&cluster, &b.user)
-                .iter()
-                .filter(|r| r.resource == "leases" && r.verb == "get")
-                .count();
-            std::future::ready((reads >= 2).then_some(()))
-        },
-    )
-    .await;
+    lease_requests(&cluster, &b.user, "get", 2).await;
     eventually(
         "replica-a's controller watches",
         Duration::from_secs(30),
@@ -111,6 +100,22 @@ async fn leader_and_standby(kms: &str, timing: &[&str]) -> Pair {
         requests(&cluster, &b.user)
     );
     Pair { a, b, cluster }
+}
+
+/// Waits until `user` has made `n` successful `verb` requests on Leases.
+async fn lease_requests(cluster: &Cluster, user: &str, verb: &str, n: usize) {
+    eventually(
+        &format!("{user}: {n} Lease {verb}s"),
+        Duration::from_secs(30),
+        || {
+            let made = requests(cluster, user)
+                .iter()
+                .filter(|r| r.resource == "leases" && r.verb == verb && r.code == 200)
+                .count();
+            std::future::ready((made >= n).then_some(()))
+        },
+    )
+    .await;
 }
 
 fn requests(cluster: &Cluster, user: &str) -> Vec<RequestRecord> {
@@ -175,17 +180,7 @@ async fn wait_exit(replica: &mut Replica, within: Duration) -> std::process::Exi
 async fn sigterm_hands_the_lease_to_the_standby_within_three_seconds() {
     let Pair { mut a, b, cluster } = leader_and_standby(NO_KMS, &[]).await;
     // The leader has renewed (an update of the Lease) before it is stopped.
-    eventually(
-        "replica-a renews its Lease",
-        Duration::from_secs(30),
-        || {
-            let renewed = requests(&cluster, &a.user)
-                .iter()
-                .any(|r| r.resource == "leases" && r.verb == "update" && r.code == 200);
-            std::future::ready(renewed.then_some(()))
-        },
-    )
-    .await;
+    lease_requests(&cluster, &a.user, "update", 1).await;
 
     a.operator.terminate();
     let sent = Instant::now();
