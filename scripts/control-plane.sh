@@ -202,7 +202,7 @@ EOF
     --use-service-account-credentials=true --profiling=false
   wait_for kube-controller-manager curl -skf "https://127.0.0.1:$kcm_port/healthz"
 
-  local kc=(kubectl --kubeconfig "$STATE/admin.kubeconfig")
+  local kc=("$("$ROOT/scripts/kubectl.sh")" --kubeconfig "$STATE/admin.kubeconfig")
   wait_for kube-apiserver "${kc[@]}" get clusterrole cluster-admin admin edit view
   wait_for kube-controller-manager "${kc[@]}" get serviceaccount default -n default
   # Aggregation done: `edit` carries the rules of the roles labelled aggregate-to-edit.

@@ -55,15 +55,28 @@ control_plane_env="$(scripts/control-plane.sh start)"
 ) 2>&1 | tee "$LOGS/real.log"
 scripts/control-plane.sh stop
 
-step "operator image: built with buildah (OCI archive), run as the chart's Deployment runs it"
+step "Helm install/upgrade/uninstall on a real control plane of its own (Helm must own the CRD that the other tests apply themselves)"
+helm_state="$PWD/.work/control-plane/helm"
+trap 'scripts/kms-emulator.sh stop; scripts/control-plane.sh stop; KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh stop; rm -rf "$LOGS"' EXIT
+helm_env="$(KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh start)"
+(
+  eval "$helm_env"
+  # The venv and tools come from the chart step above.
+  KEKEEPER_TEST_CLUSTER=real .venv-helm/bin/python -m pytest -q tests/chart/test_install.py
+) 2>&1 | tee "$LOGS/helm-real.log"
+KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh stop
+
+step "operator image: built with buildah (OCI archive), run as the chart's Deployment runs it, on a real control plane"
 scripts/build-image.sh
-scripts/image-test.sh 2>&1 | tee "$LOGS/image.log"
+KEKEEPER_TEST_CLUSTER=real scripts/image-test.sh 2>&1 | tee "$LOGS/image.log"
 image_passed="$(grep -c '^image-test: PASS' "$LOGS/image.log" || true)"
 
 # One closing line for the whole suite (cargo's own last line is the doc-test run of kube-sim).
 chart_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/chart.log" | tail -n 1 | grep -Eo '[0-9]+')"
 read -r cargo_passed cargo_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$LOGS/cargo.log")
 read -r real_passed real_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$LOGS/real.log")
+helm_real_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/helm-real.log" | tail -n 1 | grep -Eo '[0-9]+')"
+real_passed=$((real_passed + ${helm_real_passed:-0}))
 echo
 echo "${chart_passed:-0} chart tests, $cargo_passed Rust tests on kube-sim, $real_passed on the real control plane, ${envelope_passed:-0} envelope-reader checks and $image_passed image test"
 echo "tests: $((chart_passed + cargo_passed + real_passed + ${envelope_passed:-0} + image_passed)) passed, $((cargo_failed + real_failed)) failed"

@@ -1,7 +1,12 @@
-"""kube-sim (tests/kube-sim) as a process for the chart install tests, and a tiny REST client.
+"""The API servers of the chart install tests, behind one tiny REST client.
 
-The binary is built with cargo (the workspace's target dir), started on a free loopback port
-with a kubeconfig in a temporary directory, and stopped (SIGTERM, then SIGKILL) afterwards.
+`KubeSim`: kube-sim (tests/kube-sim) as a process. The binary is built with cargo (the
+workspace's target dir), started on a free loopback port with a kubeconfig in a temporary
+directory, and stopped (SIGTERM, then SIGKILL) afterwards.
+
+`RealCluster`: the real control plane of scripts/control-plane.sh, reached through its admin
+kubeconfig (a client certificate in system:masters). It is shared by the tests of a run, so
+`reset` removes what a test left behind and waits until the server has finished deleting it.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import time
 import ssl
 import subprocess
 import urllib.error
@@ -36,41 +42,19 @@ def build() -> Path:
     raise RuntimeError("cargo built no kube-sim executable")
 
 
-class KubeSim:
-    """A running kube-sim: `kubeconfig` is the admin kubeconfig path."""
+class Client:
+    """Requests as the admin user: subclasses set `url`, `tls` and `headers`."""
 
-    def __init__(self, binary: Path, workdir: Path):
-        self.kubeconfig = workdir / "kubeconfig"
-        self.proc = subprocess.Popen(
-            [str(binary), "--kubeconfig", str(self.kubeconfig)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        line = self.proc.stdout.readline()
-        if not line.startswith("kube-sim listening on "):
-            self.stop()
-            raise RuntimeError(f"kube-sim did not start: {line!r}")
-        self.url = line.split()[-1]
-        kc = yaml.safe_load(self.kubeconfig.read_text())
-        ca = base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"])
-        self.token = kc["users"][0]["user"]["token"]
-        self.tls = ssl.create_default_context(cadata=ca.decode())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    url: str
+    tls: ssl.SSLContext
+    headers: dict[str, str]
 
     def request(self, method: str, path: str, body: Any = None,
                 content_type: str = "application/json") -> tuple[int, Any]:
         """(HTTP status, decoded JSON body) of one request as the admin user."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": content_type,
-            "Accept": "application/json"})
+            **self.headers, "Content-Type": content_type, "Accept": "application/json"})
         try:
             with urllib.request.urlopen(req, context=self.tls, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
@@ -92,6 +76,106 @@ class KubeSim:
         code, out = self.request("POST", path, obj)
         assert code == 201, f"POST {path}: {code} {out}"
         return out
+
+    def create_crd(self, crd: dict[str, Any]) -> None:
+        """Creates a CRD and waits until it is served, as `kubectl wait
+        --for=condition=Established` does: a real server serves a new CRD a moment later."""
+        self.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        self.wait_established(crd["metadata"]["name"])
+
+    def wait_established(self, name: str, timeout: float = 30) -> None:
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+        deadline = time.monotonic() + timeout
+        while True:
+            crd = self.get(path) or {}
+            conditions = crd.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return
+            assert time.monotonic() < deadline, f"CRD {name} not Established: {conditions}"
+            time.sleep(0.1)
+
+
+class KubeSim(Client):
+    """A running kube-sim: `kubeconfig` is the admin kubeconfig path."""
+
+    def __init__(self, binary: Path, workdir: Path):
+        self.kubeconfig = workdir / "kubeconfig"
+        self.proc = subprocess.Popen(
+            [str(binary), "--kubeconfig", str(self.kubeconfig)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("kube-sim listening on "):
+            self.stop()
+            raise RuntimeError(f"kube-sim did not start: {line!r}")
+        self.url = line.split()[-1]
+        kc = yaml.safe_load(self.kubeconfig.read_text())
+        ca = base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"])
+        self.tls = ssl.create_default_context(cadata=ca.decode())
+        self.headers = {"Authorization": f"Bearer {kc['users'][0]['user']['token']}"}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RealCluster(Client):
+    """The running control plane whose admin kubeconfig is `kubeconfig`."""
+
+    # Namespaces the control plane makes itself; `reset` leaves them.
+    SYSTEM_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
+
+    def __init__(self, kubeconfig: Path, workdir: Path):
+        self.kubeconfig = kubeconfig
+        kc = yaml.safe_load(kubeconfig.read_text())
+        cluster, user = kc["clusters"][0]["cluster"], kc["users"][0]["user"]
+        self.url = cluster["server"]
+        ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
+        self.tls = ssl.create_default_context(cadata=ca)
+        cert, key = workdir / "admin.crt", workdir / "admin.key"
+        cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+        key.write_bytes(base64.b64decode(user["client-key-data"]))
+        self.tls.load_cert_chain(cert, key)
+        self.headers = {}
+
+    def wait_instances_served(self, crd_path: str, deadline: float) -> None:
+        """Waits until the API server's cache of a CRD's objects is ready. A CRD deleted
+        before that stays Terminating for minutes: its finalizer cannot list the instances
+        ("storage is (re)initializing") and retries with a growing backoff."""
+        crd = self.get(crd_path)
+        if crd is None:
+            return
+        spec = crd["spec"]
+        version = next(v["name"] for v in spec["versions"] if v["storage"])
+        instances = f"/apis/{spec['group']}/{version}/{spec['names']['plural']}"
+        while (code := self.request("GET", f"{instances}?resourceVersion=0&limit=1")[0]) != 200:
+            assert time.monotonic() < deadline, f"GET {instances}: {code}"
+            time.sleep(0.2)
+
+    def reset(self, cluster_scoped: list[str], timeout: float = 120) -> None:
+        """Deletes the given cluster-scoped paths and every namespace the control plane did
+        not make, then waits until all of it is gone (namespaces are emptied by the
+        namespace controller, CRDs by the API server)."""
+        code, namespaces = self.request("GET", "/api/v1/namespaces")
+        assert code == 200, namespaces
+        paths = list(cluster_scoped) + [
+            f"/api/v1/namespaces/{ns['metadata']['name']}" for ns in namespaces["items"]
+            if ns["metadata"]["name"] not in self.SYSTEM_NAMESPACES]
+        deadline = time.monotonic() + timeout
+        for path in paths:
+            if "/customresourcedefinitions/" in path:
+                self.wait_instances_served(path, deadline)
+            code, out = self.request("DELETE", path)
+            assert code in (200, 202, 404), f"DELETE {path}: {code} {out}"
+        for path in paths:
+            while self.get(path) is not None:
+                assert time.monotonic() < deadline, f"{path} still there after {timeout} s"
+                time.sleep(0.2)
 
 
 PLURALS = {

@@ -1,12 +1,22 @@
 """helm install / upgrade / uninstall of the real chart, with the real Helm v4 engine
-(helm-python-sdk), into kube-sim (tests/kube-sim, built and started here, stopped after each
-test). kube-sim stores what Helm sends and runs no controllers, so these tests check what Helm
-does to the API: the objects as rendered, the values schema, upgrades and the kept CRD.
+(helm-python-sdk), into an API server: what Helm does to the API (the objects as rendered, the
+values schema, upgrades, the kept CRD).
+
+KEKEEPER_TEST_CLUSTER chooses the server (docs/testing.md):
+- `sim` (the default): a kube-sim per test (tests/kube-sim, built and started here, stopped
+  after each test). It stores what Helm sends and runs no controllers.
+- `real`: the running control plane of scripts/control-plane.sh (KUBECONFIG, its admin
+  kubeconfig). It defaults fields, serves a new CRD a moment after it is created and garbage
+  collects; the tests share it, so each test uninstalls and deletes its CRDs and namespaces
+  when it ends. scripts/test.sh gives these tests a control plane of their own, because Helm
+  must own the cluster-scoped CRD that every other end-to-end test applies itself.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -41,22 +51,48 @@ MONITORING_CRDS = [
 ]
 
 
+REAL = os.environ.get("KEKEEPER_TEST_CLUSTER", "sim") == "real"
+CLUSTER_ROLES = ["/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                 "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"]
+
+
 @pytest.fixture(scope="module")
 def kube_sim_binary():
-    return kube_sim.build()
+    return None if REAL else kube_sim.build()
 
 
 @pytest.fixture
 def sim(kube_sim_binary, tmp_path):
-    running = kube_sim.KubeSim(kube_sim_binary, tmp_path)
-    yield running
-    running.stop()
+    if not REAL:
+        running = kube_sim.KubeSim(kube_sim_binary, tmp_path)
+        yield running
+        running.stop()
+        return
+    cluster = kube_sim.RealCluster(Path(os.environ["KUBECONFIG"]), tmp_path)
+    yield cluster
+    cluster.reset(leftovers(cluster))
+
+
+def leftovers(cluster) -> list[str]:
+    """What a test may leave on the shared server outside namespaces: the CRDs, and the
+    release's cluster roles and bindings (uninstalled already unless the test failed)."""
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    paths = [f"{crds}/{name}" for name in
+             [CRD_NAME] + [crd["metadata"]["name"] for crd in MONITORING_CRDS]]
+    for path in CLUSTER_ROLES:
+        for item in cluster.get(path)["items"]:
+            annotations = item["metadata"].get("annotations") or {}
+            if annotations.get("meta.helm.sh/release-name") == RELEASE:
+                paths.append(f"{path}/{item['metadata']['name']}")
+    return paths
 
 
 @pytest.fixture
 def helm(sim):
     cfg = helm_python.Config(kubeconfig_path=str(sim.kubeconfig), namespace=NAMESPACE)
     yield cfg
+    if REAL and any(r["name"] == RELEASE for r in cfg.list()):
+        cfg.uninstall(RELEASE)
     cfg.close()
 
 
@@ -75,8 +111,9 @@ def manifest_docs(release: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def assert_stored_as_rendered(sim, docs: list[dict[str, Any]]) -> None:
-    """Every rendered object exists with its rendered content (kube-sim does no defaulting),
-    its rendered labels and annotations, and Helm's ownership annotations."""
+    """Every rendered object exists with its rendered content (on kube-sim exactly, which does
+    no defaulting; on a real server every rendered field, next to the fields it defaults), its
+    rendered labels and annotations, and Helm's ownership annotations."""
     assert docs, "nothing rendered"
     for doc in docs:
         stored = sim.get(kube_sim.object_path(doc, NAMESPACE))
@@ -84,13 +121,33 @@ def assert_stored_as_rendered(sim, docs: list[dict[str, Any]]) -> None:
         assert stored is not None, f"{what} was not created"
         for key, value in doc.items():
             if key not in ("metadata", "status"):
-                assert stored[key] == value, f"{what}: {key} differs from the render"
+                if REAL:
+                    assert_rendered_in(value, stored[key], f"{what}: {key}")
+                else:
+                    assert stored[key] == value, f"{what}: {key} differs from the render"
         meta = stored["metadata"]
         for field in ("labels", "annotations"):
             rendered = doc["metadata"].get(field) or {}
             assert rendered.items() <= (meta.get(field) or {}).items(), f"{what}: {field}"
         assert meta["annotations"]["meta.helm.sh/release-name"] == RELEASE, what
         assert meta["annotations"]["meta.helm.sh/release-namespace"] == NAMESPACE, what
+
+
+def assert_rendered_in(rendered: Any, stored: Any, where: str) -> None:
+    """`rendered` is part of `stored`: maps may hold more keys (server defaults), lists hold
+    the same number of items, each item rendered in its stored counterpart."""
+    if isinstance(rendered, dict):
+        assert isinstance(stored, dict), f"{where}: {stored!r} is not a map"
+        for key, value in rendered.items():
+            assert key in stored, f"{where}.{key} missing"
+            assert_rendered_in(value, stored[key], f"{where}.{key}")
+    elif isinstance(rendered, list):
+        assert isinstance(stored, list) and len(stored) == len(rendered), \
+            f"{where}: {stored!r} differs from the render {rendered!r}"
+        for i, (r, s) in enumerate(zip(rendered, stored)):
+            assert_rendered_in(r, s, f"{where}[{i}]")
+    else:
+        assert stored == rendered, f"{where}: stored {stored!r}, rendered {rendered!r}"
 
 
 def container(sim) -> dict[str, Any]:
@@ -110,7 +167,9 @@ def test_install_creates_the_rendered_objects(sim, helm, chart_obj):
     binding = sim.get("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/kekeeper")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kekeeper", "namespace": NAMESPACE}]
-    # The CRD is served: a RecordingKeyConfig can be created right after the install.
+    # The CRD is served: a RecordingKeyConfig can be created once it is Established (a real
+    # server serves a new CRD a moment after it is created).
+    sim.wait_established(CRD_NAME)
     sim.create("/apis/kekeeper.io/v1alpha1/namespaces/default/recordingkeyconfigs", EXAMPLE_RKC)
     # Helm keeps the release in a Secret of the release namespace.
     secret = sim.get(f"/api/v1/namespaces/{NAMESPACE}/secrets/sh.helm.release.v1.{RELEASE}.v1")
@@ -119,7 +178,7 @@ def test_install_creates_the_rendered_objects(sim, helm, chart_obj):
 
 def test_every_optional_object_installs_as_rendered(sim, helm, chart_obj):
     for crd in MONITORING_CRDS:
-        sim.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        sim.create_crd(crd)
     values = copy.deepcopy(CASES["everything"])
     namespaces = set(values["watchNamespaces"])
     namespaces |= {values[k]["namespace"] for k in ("prometheusRule", "grafanaDashboard")}
@@ -183,6 +242,7 @@ def test_values_schema_is_enforced_on_install_and_upgrade(sim, helm, chart_obj):
 
 def test_uninstall_keeps_the_crd_and_the_configs(sim, helm, chart_obj):
     docs = manifest_docs(install(helm, chart_obj))
+    sim.wait_established(CRD_NAME)
     sim.create("/apis/kekeeper.io/v1alpha1/namespaces/default/recordingkeyconfigs", EXAMPLE_RKC)
 
     helm.uninstall(RELEASE)
@@ -203,7 +263,7 @@ def test_uninstall_keeps_the_crd_and_the_configs(sim, helm, chart_obj):
 def test_a_crd_applied_before_is_adopted_once_annotated(sim, helm, chart_obj):
     """The chart README's recipe for a CRD applied from crds/ before the first install."""
     crd = yaml.safe_load((REPO / "crds" / f"{CRD_NAME}.yaml").read_text())
-    sim.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    sim.create_crd(crd)
     with pytest.raises(HelmError, match="invalid ownership metadata"):
         install(helm, chart_obj)
 
