@@ -423,7 +423,7 @@ async fn suspend_keeps_observed_generation_current(cluster: &Cluster) {
     assert!(waited.success, "{}", waited.stderr);
 }
 
-/// The kstatus checker itself, on the README's rules.
+/// The kstatus checker itself, on the rules of docs/status.md ("Conditions").
 #[test]
 fn kstatus_checker_follows_the_readme_rules() {
     use serde_json::json;

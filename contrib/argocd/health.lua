@@ -1,6 +1,6 @@
 -- Argo CD health check for kekeeper.io/RecordingKeyConfig.
 -- Install as resource.customizations.health.kekeeper.io_RecordingKeyConfig in argocd-cm
--- (README: "GitOps health"). Written for Argo CD's Lua 5.1 (gopher-lua); tested with lua5.4.
+-- (docs/gitops.md). Written for Argo CD's Lua 5.1 (gopher-lua); tested with lua5.4.
 --
 -- Order matters: the first rule that matches decides. Flux's healthCheckExprs in
 -- examples/flux/kustomization.yaml make the same decisions (tests/gitops checks both).

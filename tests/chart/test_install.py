@@ -261,13 +261,13 @@ def test_uninstall_keeps_the_crd_and_the_configs(sim, helm, chart_obj):
 
 
 def test_a_crd_applied_before_is_adopted_once_annotated(sim, helm, chart_obj):
-    """The chart README's recipe for a CRD applied from crds/ before the first install."""
+    """docs/gitops.md's recipe for a CRD applied from crds/ before the first install."""
     crd = yaml.safe_load((REPO / "crds" / f"{CRD_NAME}.yaml").read_text())
     sim.create_crd(crd)
     with pytest.raises(HelmError, match="invalid ownership metadata"):
         install(helm, chart_obj)
 
-    # kubectl label/annotate as the README says, here as one merge patch.
+    # kubectl label/annotate as docs/gitops.md says, here as one merge patch.
     patch = {"metadata": {
         "labels": {"app.kubernetes.io/managed-by": "Helm"},
         "annotations": {"meta.helm.sh/release-name": RELEASE,

@@ -1,5 +1,5 @@
-//! The kstatus rules (sigs.k8s.io/cli-utils/pkg/kstatus, README "Conditions" and the generic
-//! checks of `status.Compute`) for a custom resource, as Flux's `wait: true` and
+//! The kstatus rules (sigs.k8s.io/cli-utils/pkg/kstatus, docs/status.md "Conditions" and the
+//! generic checks of `status.Compute`) for a custom resource, as Flux's `wait: true` and
 //! `kubectl`-based tooling read it.
 
 use serde_json::Value;

@@ -4,7 +4,7 @@
   Argo CD runs health checks in gopher-lua, a Lua 5.1 implementation.
 - The healthCheckExprs of examples/flux/kustomization.yaml run in cel-python the way Flux's
   CEL status reader applies them (generation check, then inProgress, failed, current).
-- The README shows the Lua script verbatim inside the argocd-cm snippet.
+- docs/gitops.md shows the Lua script verbatim inside the argocd-cm snippet.
 
 scripts/chart-test.sh installs the interpreters (apt) and cel-python (venv) before running this.
 """
@@ -152,10 +152,10 @@ def test_flux_exprs_agree_with_argocd(name):
     assert flux_status(fixture(name)) == KSTATUS[EXPECTED[name][0]]
 
 
-def test_readme_shows_the_argocd_script_verbatim():
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+def test_gitops_page_shows_the_argocd_script_verbatim():
+    page = (REPO / "docs" / "gitops.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", page, re.S)
     argocd_cm = [yaml.safe_load(b) for b in blocks if "resource.customizations.health.kekeeper.io" in b]
-    assert len(argocd_cm) == 1, "README needs one argocd-cm snippet with the health check"
+    assert len(argocd_cm) == 1, "docs/gitops.md needs one argocd-cm snippet with the health check"
     script = argocd_cm[0]["data"]["resource.customizations.health.kekeeper.io_RecordingKeyConfig"]
     assert script == HEALTH_LUA.read_text()
