@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -333,6 +336,39 @@ pub struct LastKmsError {
 
 /// The CRD as YAML, exactly as committed under `crds/` and printed by `kekeeper crd`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&crd())
+}
+
+/// The RecordingKeyConfig CRD: the derived one, with the integer formats a real API server
+/// knows (`int64`) in place of schemars' `uint32`/`uint64`, which it warns about on every
+/// apply (docs/design.md, "The CRD on a real API server").
+pub fn crd() -> CustomResourceDefinition {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&RecordingKeyConfig::crd())
+    let mut crd = RecordingKeyConfig::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            known_formats(schema);
+        }
+    }
+    crd
+}
+
+fn known_formats(schema: &mut JSONSchemaProps) {
+    if matches!(schema.format.as_deref(), Some("uint32" | "uint64")) {
+        schema.format = Some("int64".to_owned());
+    }
+    for property in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        known_formats(property);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
+        known_formats(values);
+    }
+    match &mut schema.items {
+        Some(JSONSchemaPropsOrArray::Schema(item)) => known_formats(item),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(known_formats),
+        None => {}
+    }
+    for alternatives in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
+        alternatives.iter_mut().flatten().for_each(known_formats);
+    }
 }

@@ -102,7 +102,7 @@ fn every_rendered_object_is_its_kubernetes_type() {
 #[test]
 fn chart_crd_is_the_generated_crd() {
     let Some(dir) = renders_dir() else { return };
-    let generated = serde_json::to_value(RecordingKeyConfig::crd()).unwrap();
+    let generated = serde_json::to_value(kekeeper::crd::crd()).unwrap();
     let docs = documents(&dir, "default");
     let rendered = docs
         .iter()

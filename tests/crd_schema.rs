@@ -19,7 +19,7 @@ fn committed_crd_matches_the_generated_one() {
 }
 
 fn version() -> Value {
-    serde_json::to_value(RecordingKeyConfig::crd()).unwrap()["spec"]["versions"][0].clone()
+    serde_json::to_value(kekeeper::crd::crd()).unwrap()["spec"]["versions"][0].clone()
 }
 
 fn spec_schema() -> Value {
@@ -45,7 +45,7 @@ fn rules(schema: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn names_short_name_category_and_status_subresource() {
-    let crd = serde_json::to_value(RecordingKeyConfig::crd()).unwrap();
+    let crd = serde_json::to_value(kekeeper::crd::crd()).unwrap();
     assert_eq!(crd["metadata"]["name"], "recordingkeyconfigs.kekeeper.io");
     assert_eq!(crd["spec"]["scope"], "Namespaced");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "rkc");
