@@ -12,11 +12,15 @@
 #   chart's ServiceAccount token, in place of the in-cluster service-account mount. /tmp is a
 #   tmpfs like the chart's emptyDir. buildah has no read-only root filesystem, so every path
 #   of the image is bind-mounted read-only onto itself (checked in the process's mountinfo).
-# - kube-sim runs with --rbac and the chart's RBAC objects applied, so the operator works with
-#   exactly the chart's permissions.
+# - The API server has the chart's RBAC objects, ServiceAccount and CRD applied, so the operator
+#   works with exactly the chart's permissions, authenticated by a token of that ServiceAccount
+#   from the TokenRequest API. KEKEEPER_TEST_CLUSTER chooses the server: `real` (what
+#   scripts/test.sh runs) starts a control plane of its own (scripts/control-plane.sh, state in
+#   the test's temporary directory, the real RBAC authorizer); `sim` (the default) kube-sim
+#   with --rbac.
 # - Everything runs in a private network namespace (unshare --net): the rendered
 #   --metrics-addr=0.0.0.0:8080 binds nothing outside it, and nothing can clash with the host.
-#   kube-sim, LocalStack (state in .work/kms-image) and the container are stopped on exit.
+#   The API server, LocalStack (state in .work/kms-image) and the container are stopped on exit.
 #
 # KEKEEPER_IMAGE_TEST_TIMEOUT: seconds to wait for Ready (default 180).
 set -euo pipefail
@@ -27,6 +31,7 @@ log() { echo "image-test: $*" >&2; }
 ARCHIVE="${KEKEEPER_IMAGE_OUT:-target/image/kekeeper.oci.tar}"
 RENDER="${KEKEEPER_CHART_RENDERS_DIR:-target/chart-renders}/default.yaml"
 PY="$ROOT/.venv-helm/bin/python"
+CLUSTER="${KEKEEPER_TEST_CLUSTER:-sim}"
 
 # Outside the namespace: what needs the network (apt, pip, cargo), then re-run inside it.
 prepare() {
@@ -38,7 +43,11 @@ prepare() {
     apt-get install -y -qq buildah >/dev/null
   fi
   scripts/kms-emulator.sh install
-  cargo build --quiet -p kube-sim --bin kube-sim
+  if [[ "$CLUSTER" == real ]]; then
+    scripts/control-plane.sh build
+  else
+    cargo build --quiet -p kube-sim --bin kube-sim
+  fi
   exec unshare --net -- "$0" --in-netns
 }
 
@@ -49,6 +58,8 @@ cleanup() {
   # The image `buildah from` unpacked into our private storage (target/image/storage).
   "${BH[@]}" rmi --all >/dev/null 2>&1
   [[ -n "$SIM_PID" ]] && kill -TERM "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null
+  [[ "$CLUSTER" == real ]] && KEKEEPER_CONTROL_PLANE_STATE="$WORK/control-plane" \
+    scripts/control-plane.sh stop
   scripts/kms-emulator.sh stop
   rm -rf "$WORK"
 }
@@ -65,6 +76,14 @@ start_kube_sim() {
   grep -q listening "$WORK/kube-sim.out" \
     || { log "kube-sim did not start"; cat "$WORK/kube-sim.log" >&2; exit 1; }
   export KUBECONFIG="$WORK/admin.kubeconfig"
+}
+
+start_control_plane() {
+  local exports
+  log "the real control plane (scripts/control-plane.sh)"
+  exports="$(KEKEEPER_CONTROL_PLANE_STATE="$WORK/control-plane" scripts/control-plane.sh start)"
+  eval "$exports"
+  cp "$KUBECONFIG" "$WORK/admin.kubeconfig"
 }
 
 # The Deployment's container as rendered: args, and env with fieldRefs resolved as the kubelet
@@ -98,15 +117,19 @@ PY
 # The chart's RBAC, ServiceAccount and CRD in kube-sim; a kubeconfig with the SA's token.
 install_chart_objects() {
   local token
-  log "the chart's objects (RBAC, ServiceAccount, CRD) in kube-sim"
+  log "the chart's objects (RBAC, ServiceAccount, CRD) in the API server ($CLUSTER)"
   "$KUBECTL" create namespace "$NAMESPACE" >/dev/null
   "$KUBECTL" apply --server-side -f "$WORK/objects.json" >/dev/null
   "$KUBECTL" wait --for=condition=Established crd/recordingkeyconfigs.kekeeper.io \
     --timeout=30s >/dev/null
   token="$("$KUBECTL" -n "$NAMESPACE" create token "$(cat "$WORK/serviceaccount")")"
-  cp "$WORK/admin.kubeconfig" "$WORK/operator.kubeconfig"
-  KUBECONFIG="$WORK/operator.kubeconfig" \
-    "$KUBECTL" config set-credentials kube-sim-admin --token="$token" >/dev/null
+  # The admin kubeconfig's server and CA; the token is the only credential.
+  "$KUBECTL" config view --raw --minify -o json | "$PY" -c '
+import json, sys
+kc = json.load(sys.stdin)
+kc["users"] = [{"name": "kekeeper", "user": {"token": sys.argv[1]}}]
+kc["contexts"][0]["context"]["user"] = "kekeeper"
+json.dump(kc, open(sys.argv[2], "w"))' "$token" "$WORK/operator.kubeconfig"
   chmod 0644 "$WORK/operator.kubeconfig"
 }
 
@@ -199,7 +222,7 @@ BH=(buildah --storage-driver vfs --root "$ROOT/target/image/storage"
 SIM_PID="" OP_PID="" CTR="" RO_PATHS=() ENTRYPOINT=()
 trap cleanup EXIT
 
-start_kube_sim
+if [[ "$CLUSTER" == real ]]; then start_control_plane; else start_kube_sim; fi
 log "LocalStack (KMS) and a key"
 eval "$(scripts/kms-emulator.sh start)"
 ALIAS_ARN="$(scripts/kms-emulator.sh create-key kekeeper-image-test)"
@@ -211,5 +234,5 @@ run_image
 create_config
 wait_ready
 check_operator
-log "PASS: the image ran as 65532, read-only but /tmp, with the chart's args, env and RBAC;" \
-  "rkc/image-test is Ready"
+log "PASS: the image ran as 65532, read-only but /tmp, with the chart's args, env and RBAC" \
+  "on the $CLUSTER API server; rkc/image-test is Ready"
