@@ -427,17 +427,27 @@ async fn rotate_wait_follows_the_status_and_times_out_naming_what_is_missing() {
             {"type": "Ready", "status": status, "reason": "KeyPairsActive", "message": "",
              "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
     };
-    // Honoured but not Ready, then Ready for an older generation: still waiting.
+    // Honoured but not Ready, then Ready for an older generation: still waiting. The states
+    // are written once the CLI watches, so it sees each of them as an event, in order.
+    eventually("the CLI's watch", Duration::from_secs(20), || async {
+        cluster
+            .request_log()
+            .iter()
+            .any(|r| r.user == cli_user && r.verb == "watch")
+            .then_some(())
+    })
+    .await;
     write_status(&cluster, &cluster.ns(), "recordings", ready("False", 1)).await;
     write_status(&cluster, &cluster.ns(), "recordings", ready("True", 0)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !waiting.is_finished(),
-        "returned before Ready for this generation"
-    );
     write_status(&cluster, &cluster.ns(), "recordings", ready("True", 1)).await;
     let run = waiting.await.unwrap();
     assert_eq!(run.code, 0);
+    // It reported the older generation's Ready as a reason to wait, so it did not stop there.
+    let waited = format!(
+        "kekeeper: waiting for {}/recordings: Ready is for generation 0, the resource is at 1",
+        cluster.ns()
+    );
+    assert!(run.stderr.contains(&waited), "{}", run.stderr);
     assert_eq!(
         run.stdout.lines().last(),
         Some(

@@ -263,7 +263,12 @@ async fn watch_until(
         match next {
             Some(Ok(rkc)) => match why_not(&rkc) {
                 None => return Ok(()),
-                Some(why) => last = why,
+                // Each new reason once, as `kubectl rollout status` reports progress.
+                Some(why) if why != last => {
+                    eprintln!("kekeeper: waiting for {namespace}/{name}: {why}");
+                    last = why;
+                }
+                Some(_) => {}
             },
             // The watcher retries by itself; keep the reason for the timeout message.
             Some(Err(e)) => last = format!("watch failed: {e}"),
