@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::kms::KeyPairSpec;
+use crate::kms::{KeyPairSpec, KmsError};
 
 pub const DEFAULT_ENCRYPTION_CONTEXT_KEY: &str = "genesys-cloud-organization-id";
 pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
@@ -329,6 +329,19 @@ pub struct LastKmsError {
     /// When a later KMS interaction succeeded; absent while the error is current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<Timestamp>,
+}
+
+impl LastKmsError {
+    /// `status.lastKmsError` for `err`, seen at `time`.
+    pub fn of(err: &KmsError, time: Timestamp) -> Self {
+        LastKmsError {
+            time,
+            operation: err.operation.as_str().to_owned(),
+            code: err.code.clone(),
+            message: err.message.clone(),
+            resolved_at: None,
+        }
+    }
 }
 
 /// The CRD as YAML, exactly as committed under `crds/` and printed by `kekeeper crd`.

@@ -150,7 +150,7 @@ fn kms_bookkeeping(
 ) {
     let now = input.now;
     if let Some(err) = input.kms_error() {
-        next.last_kms_error = Some(err.to_status(now));
+        next.last_kms_error = Some(LastKmsError::of(err, now));
     }
     match input.key {
         Some(KeyCheck::Usable {
