@@ -227,13 +227,6 @@ pub fn rotate_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-pub fn retention(rkc: &RecordingKeyConfig) -> Option<SignedDuration> {
-    rkc.spec
-        .recording_retention
-        .as_deref()
-        .and_then(|r| policy::parse_retention(r).ok())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -440,7 +433,7 @@ mod tests {
         assert_eq!(plan(&due, ts(NOW), &settings()).step, Step::VerifyCustody);
 
         // The check found the active pair's blob broken: rotate at once.
-        due.custody = Some(crate::controller::observe::CustodyCheck::default());
+        due.custody = Some(crate::controller::custody::CustodyCheck::default());
         due.ring.fail_custody(&records[0].name());
         let after = plan(&due, ts(NOW), &settings());
         assert_eq!(

@@ -4,7 +4,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::observe::{CustodyCheck, KeyCheck};
+use super::custody::CustodyCheck;
+use super::observe::KeyCheck;
 use crate::crd::{
     KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
     RecordingKeyConfigStatus,
@@ -576,7 +577,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::controller::observe::{CustodyFailure, Tokens};
+    use crate::controller::custody::CustodyFailure;
+    use crate::controller::observe::Tokens;
     use crate::keypair::test_pair;
     use crate::keyring::Reading;
     use crate::kms::KeyPairSpec;
