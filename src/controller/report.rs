@@ -18,7 +18,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::cache::content_digest;
-use super::execute::{Failure, Outcome};
+use super::execute::{Failure, OnProgress, Outcome, Progress};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Step};
 use super::status::{self, StatusInput};
@@ -104,6 +104,23 @@ impl StatusWriter {
         }
     }
 
+    /// The report of the work `plan` lists while it runs.
+    pub fn reporting<'a, K>(
+        &'a mut self,
+        ctx: &'a Context<K>,
+        obs: &'a Observation,
+        plan: &'a Plan,
+        now: Timestamp,
+    ) -> ProgressReport<'a, K> {
+        ProgressReport {
+            ctx,
+            writer: self,
+            obs,
+            plan,
+            now,
+        }
+    }
+
     /// Before the first KMS call of new work: status says what is pending (Reconciling, and
     /// Ready=False while rotations wait), so waiters never see a stale Ready=True.
     pub async fn announce<K>(
@@ -161,6 +178,72 @@ impl StatusWriter {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// The report of the work while it runs: its events at once, status at most every
+/// [`PROGRESS_EVERY`].
+pub struct ProgressReport<'a, K> {
+    ctx: &'a Context<K>,
+    writer: &'a mut StatusWriter,
+    obs: &'a Observation,
+    plan: &'a Plan,
+    now: Timestamp,
+}
+
+impl<K: Send + Sync> OnProgress for ProgressReport<'_, K> {
+    async fn progress(&mut self, progress: Progress<'_>) -> Result<()> {
+        let (ctx, obs, plan, now) = (self.ctx, self.obs, self.plan, self.now);
+        let writer = &mut *self.writer;
+        match progress {
+            Progress::Starting(outcome) => writer.progress(ctx, obs, plan, outcome, now).await,
+            Progress::Stored {
+                rotation,
+                stored,
+                outcome,
+            } => {
+                let note = format!(
+                    "{}: key pair {} for organisation {} in Secret {} ({})",
+                    rotation.reason,
+                    stored.key_pair_id,
+                    rotation.organization_id,
+                    stored.name(),
+                    rotation.message
+                );
+                let secret = secret_ref(obs, stored.name());
+                publish_once(ctx, &obs.rkc, "KeyPairGenerated", "Rotate", &note, secret).await;
+                writer.progress(ctx, obs, plan, outcome, now).await
+            }
+            Progress::Shadowed(retired) => {
+                let note = format!(
+                    "two active key pairs for one organisation (an interrupted rotation?); the newest stays active, retired: {}",
+                    retired.join(", ")
+                );
+                let (reason, action) = ("DuplicateActiveKeyPair", "Retire");
+                publish(
+                    ctx,
+                    &obs.rkc,
+                    EventType::Warning,
+                    reason,
+                    action,
+                    &note,
+                    None,
+                )
+                .await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A reference to one of the resource's key pair Secrets (the related object of an event).
+fn secret_ref(obs: &Observation, name: String) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Secret".to_owned()),
+        name: Some(name),
+        namespace: Some(obs.namespace.clone()),
+        ..ObjectReference::default()
     }
 }
 
@@ -302,7 +385,7 @@ async fn warn_about<K>(
 
 /// An event, optionally about a related object (the key pair Secret). Events are best
 /// effort: a failure to record one must not fail the reconcile.
-pub async fn publish<K>(
+async fn publish<K>(
     ctx: &Context<K>,
     rkc: &RecordingKeyConfig,
     type_: EventType,
@@ -349,7 +432,7 @@ impl Events {
 
 /// A Normal event that is never repeated (it names `related`, a new object): created
 /// directly, with no series and nothing kept in memory. Best effort, like [`publish`].
-pub async fn publish_once<K>(
+async fn publish_once<K>(
     ctx: &Context<K>,
     rkc: &RecordingKeyConfig,
     reason: &str,
@@ -423,13 +506,7 @@ async fn warn_about_custody<K>(
     };
     for problem in now.key_pair_problems.iter().filter(|p| !known(p)) {
         warn!(reason = %problem.reason, secret = %problem.secret_name, "{}", problem.message);
-        let secret = ObjectReference {
-            api_version: Some("v1".to_owned()),
-            kind: Some("Secret".to_owned()),
-            name: Some(problem.secret_name.clone()),
-            namespace: Some(obs.namespace.clone()),
-            ..ObjectReference::default()
-        };
+        let secret = secret_ref(obs, problem.secret_name.clone());
         publish(
             ctx,
             &obs.rkc,
