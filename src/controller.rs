@@ -47,7 +47,6 @@ use crate::kms::Kms;
 use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
 use cache::{KeyPairCache, PublicKeysCache};
-pub use observe::ANNOTATION_ROTATE_NOW_TOKEN;
 use observe::{KeyCheck, Observation};
 use packed::PackedConfig;
 use plan::Step;

@@ -1,7 +1,7 @@
 //! The `RecordingKeyConfig` resource (docs/design.md#product-contract). The CRD YAML under
 //! `crds/` is generated from these types.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -17,6 +17,15 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
 /// Annotation whose value, when it changes, rotates every organisation's key pair once
 /// ("Change key now"); `kekeeper rotate NAME` sets it.
 pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
+
+/// Annotation whose value, when it changes, asks for a custody check now, instead of at the
+/// next `--key-verify-interval`.
+pub const ANNOTATION_VERIFY_NOW: &str = "kekeeper.io/verify-now";
+
+/// Annotation: key pair ids (comma-separated) whose reported problem (missing Secret, failed
+/// custody check) a person has seen and accepted; they leave `status.keyPairProblems` and the
+/// history.
+pub const ANNOTATION_ACKNOWLEDGE: &str = "kekeeper.io/acknowledge-key-pairs";
 
 /// Which KMS key roots the key pairs, for which organisations, and how often they rotate.
 // The finer checks (well-formed ARN, no key ARN, no AWS managed key, region match) are CEL
@@ -145,6 +154,35 @@ fn default_encryption_context_key() -> String {
 
 fn default_history_limit() -> u32 {
     DEFAULT_HISTORY_LIMIT
+}
+
+impl RecordingKeyConfig {
+    /// The [`ANNOTATION_ROTATE_NOW`] token, if any.
+    pub fn rotate_now_token(&self) -> Option<&str> {
+        self.annotation(ANNOTATION_ROTATE_NOW)
+    }
+
+    /// The [`ANNOTATION_VERIFY_NOW`] token, if any.
+    pub fn verify_now_token(&self) -> Option<&str> {
+        self.annotation(ANNOTATION_VERIFY_NOW)
+    }
+
+    /// The key pair ids of the [`ANNOTATION_ACKNOWLEDGE`] annotation.
+    pub fn acknowledged_key_pairs(&self) -> BTreeSet<String> {
+        self.annotation(ANNOTATION_ACKNOWLEDGE)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// An annotation's value; an empty one counts as absent.
+    fn annotation(&self, name: &str) -> Option<&str> {
+        let value = self.metadata.annotations.as_ref()?.get(name)?;
+        Some(value.as_str()).filter(|v| !v.is_empty())
+    }
 }
 
 /// When key pairs rotate.
@@ -348,4 +386,45 @@ impl LastKmsError {
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&RecordingKeyConfig::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotated(annotations: &[(&str, &str)]) -> RecordingKeyConfig {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "organizationIds": ["3fa85f64-5717-4562-b3fc-2c963f66afa6"],
+        }))
+        .unwrap();
+        let mut rkc = RecordingKeyConfig::new("recordings", spec);
+        rkc.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        rkc
+    }
+
+    #[test]
+    fn the_annotations_are_read_on_the_resource() {
+        let rkc = annotated(&[
+            (ANNOTATION_ROTATE_NOW, "t1"),
+            (ANNOTATION_VERIFY_NOW, ""),
+            (ANNOTATION_ACKNOWLEDGE, " other-id, kp-1 ,"),
+        ]);
+        assert_eq!(rkc.rotate_now_token(), Some("t1"));
+        assert_eq!(
+            rkc.verify_now_token(),
+            None,
+            "an empty token asks for nothing"
+        );
+        assert_eq!(
+            rkc.acknowledged_key_pairs(),
+            BTreeSet::from(["other-id".to_owned(), "kp-1".to_owned()])
+        );
+        assert!(annotated(&[]).acknowledged_key_pairs().is_empty());
+    }
 }

@@ -10,12 +10,15 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::observe::{ANNOTATION_ROTATE_NOW_TOKEN, Observation};
-use super::plan::{Plan, Rotation, rotate_now_token};
+use super::observe::Observation;
+use super::plan::{Plan, Rotation};
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
-use crate::keypair::{self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairSecret, KeyPairState};
+use crate::keypair::{
+    self, ANNOTATION_RETIRED_AT, ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret,
+    KeyPairState,
+};
 use crate::keyring::KeyRing;
 use crate::kms::{Kms, KmsError};
 use crate::selftest;
@@ -181,7 +184,7 @@ async fn store(
     outcome: &mut Outcome,
     now: Timestamp,
 ) -> Result<KeyPairRecord> {
-    let stored = create_or_adopt(secrets, &record, rotate_now_token(&obs.rkc)).await?;
+    let stored = create_or_adopt(secrets, &record, obs.rkc.rotate_now_token()).await?;
     let org = &rotation.organization_id;
     let previous: Vec<String> = outcome
         .ring

@@ -16,15 +16,13 @@ use super::custody::{self, CustodyCheck};
 use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
-use crate::keypair::{self, KeyPairRecord, KeyPairSecret, LABEL_CONFIG};
+use crate::keypair::{
+    self, ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret, LABEL_CONFIG,
+};
 pub use crate::keyring::Tokens;
-use crate::keyring::{self, KeyRing, Pruning, Reading};
+use crate::keyring::{KeyRing, Pruning, Reading};
 use crate::kms::{KeyDescription, Kms, KmsError, KmsErrorKind};
 use crate::{policy, selftest};
-
-/// The `kekeeper.io/rotate-now` token a key pair Secret was generated under, so a retry after
-/// a crash before the status write does not rotate a second time for the same token.
-pub const ANNOTATION_ROTATE_NOW_TOKEN: &str = "kekeeper.io/rotate-now-token";
 
 /// Everything one reconcile decides on.
 #[derive(Clone, Debug)]
@@ -230,11 +228,7 @@ pub fn ring_of(
     now: Timestamp,
 ) -> KeyRing {
     let reading = Reading {
-        acknowledged: keyring::acknowledged(
-            rkc.annotations()
-                .get(keyring::ANNOTATION_ACKNOWLEDGE)
-                .map(String::as_str),
-        ),
+        acknowledged: rkc.acknowledged_key_pairs(),
         pruning: Some(Pruning {
             retention: retention(rkc),
             period: rkc.spec.rotation.period,

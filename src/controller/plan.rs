@@ -4,13 +4,12 @@
 use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
 
 use super::Settings;
 use super::observe::{KeyCheck, Observation};
-use crate::crd::{ANNOTATION_ROTATE_NOW, RecordingKeyConfig};
+use crate::crd::RecordingKeyConfig;
 use crate::keypair::KeyPairRecord;
-use crate::keyring::{ANNOTATION_VERIFY_NOW, KEY_PAIR_MISSING, KeyRing};
+use crate::keyring::{KEY_PAIR_MISSING, KeyRing};
 use crate::policy::{self, ActivePair, RotationInput, RotationReason};
 
 /// What the reconcile does next.
@@ -66,7 +65,7 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         rotations: Vec::new(),
         retire: Vec::new(),
         prune: Vec::new(),
-        token: rotate_now_token(rkc).map(str::to_owned),
+        token: rkc.rotate_now_token().map(str::to_owned),
     };
     if let Ok(config) = &obs.config {
         plan.rotations = rotations(obs, &config.organization_ids, now);
@@ -132,20 +131,12 @@ fn custody_due(
     let last = rkc.status.as_ref().and_then(|s| s.last_key_verify_time);
     !ring.active_by_org().is_empty()
         && ((last.is_some() && policy::kms_key_check_due(last, interval, now))
-            || verify_now_token(rkc).is_some_and(|token| {
+            || rkc.verify_now_token().is_some_and(|token| {
                 rkc.status
                     .as_ref()
                     .and_then(|s| s.verify_now_token.as_deref())
                     != Some(token)
             }))
-}
-
-/// The `kekeeper.io/verify-now` annotation's token, if any.
-pub fn verify_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
-    rkc.annotations()
-        .get(ANNOTATION_VERIFY_NOW)
-        .map(String::as_str)
-        .filter(|t| !t.is_empty())
 }
 
 /// A pair recorded in status seems to be gone and status does not say so yet: worth a fresh
@@ -167,7 +158,7 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
     let rkc = obs.rkc.as_ref();
     let status = rkc.status.as_ref();
     let active = obs.ring.active_by_org();
-    let requested = rotate_now_token(rkc);
+    let requested = rkc.rotate_now_token();
     let Ok(config) = &obs.config else {
         return Vec::new();
     };
@@ -220,21 +211,18 @@ fn honoured<'a>(
     }
 }
 
-pub fn rotate_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
-    rkc.annotations()
-        .get(ANNOTATION_ROTATE_NOW)
-        .map(String::as_str)
-        .filter(|t| !t.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use kube::ResourceExt;
+
     use super::*;
     use crate::config;
     use crate::controller::observe::{Tokens, ring_of};
-    use crate::crd::{LastKmsError, RecordingKeyConfigStatus};
+    use crate::crd::{
+        ANNOTATION_ROTATE_NOW, ANNOTATION_VERIFY_NOW, LastKmsError, RecordingKeyConfigStatus,
+    };
     use crate::keypair::test_pair;
     use crate::kms::{KeyPairSpec, KmsError};
     use crate::kms::{KmsErrorKind, KmsOperation};

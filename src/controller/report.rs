@@ -332,7 +332,7 @@ pub async fn report<K>(
 /// and only while it is still the one the newest view asks for (a reconcile on a stale view
 /// never records an older token over a newer one).
 fn honoured(view: &RecordingKeyConfig, plan: &Plan, complete: bool) -> Option<String> {
-    let asked = super::plan::rotate_now_token(view);
+    let asked = view.rotate_now_token();
     (plan.step == Step::Execute && complete && asked.is_some() && plan.token.as_deref() == asked)
         .then(|| plan.token.clone())
         .flatten()

@@ -260,7 +260,7 @@ fn custody(
         next.last_key_verify_time = Some(input.now);
     }
     if checked {
-        next.verify_now_token = super::plan::verify_now_token(input.rkc).map(str::to_owned);
+        next.verify_now_token = input.rkc.verify_now_token().map(str::to_owned);
     }
 }
 
