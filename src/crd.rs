@@ -167,6 +167,17 @@ impl RecordingKeyConfig {
         self.annotation(ANNOTATION_VERIFY_NOW)
     }
 
+    /// The rotate-now token honoured: `done` (a token whose rotations are all done) while it is
+    /// still the one asked for, else the one status recorded. So a rotation whose status write
+    /// was lost is not done twice, and a reconcile on a stale view never records an older
+    /// token over a newer one.
+    pub fn honoured_token<'a>(&'a self, done: Option<&'a str>) -> Option<&'a str> {
+        match done {
+            Some(token) if self.rotate_now_token() == Some(token) => Some(token),
+            _ => self.status.as_ref()?.rotate_now_token.as_deref(),
+        }
+    }
+
     /// The key pair ids of the [`ANNOTATION_ACKNOWLEDGE`] annotation.
     pub fn acknowledged_key_pairs(&self) -> BTreeSet<String> {
         self.annotation(ANNOTATION_ACKNOWLEDGE)
@@ -426,5 +437,18 @@ mod tests {
             BTreeSet::from(["other-id".to_owned(), "kp-1".to_owned()])
         );
         assert!(annotated(&[]).acknowledged_key_pairs().is_empty());
+    }
+
+    #[test]
+    fn a_done_token_is_honoured_only_while_it_is_still_asked_for() {
+        let mut rkc = annotated(&[(ANNOTATION_ROTATE_NOW, "t2")]);
+        rkc.status = Some(RecordingKeyConfigStatus {
+            rotate_now_token: Some("t1".into()),
+            ..RecordingKeyConfigStatus::default()
+        });
+        assert_eq!(rkc.honoured_token(Some("t2")), Some("t2"));
+        // Done on a stale view, or not done at all: status keeps what it recorded.
+        assert_eq!(rkc.honoured_token(Some("t0")), Some("t1"));
+        assert_eq!(rkc.honoured_token(None), Some("t1"));
     }
 }

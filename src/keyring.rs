@@ -208,8 +208,9 @@ impl KeyRing {
         &self.records
     }
 
-    pub fn tokens(&self) -> &Tokens {
-        &self.tokens
+    /// The rotate-now token `record`'s Secret was generated under, if any.
+    pub fn token_of(&self, record: &KeyPairRecord) -> Option<&str> {
+        self.tokens.get(&record.name()).map(String::as_str)
     }
 
     /// The active pair per organisation: the newest sequence labelled active (two active pairs

@@ -8,7 +8,6 @@ use jiff::{SignedDuration, Timestamp};
 use super::Settings;
 use super::observe::{KeyCheck, Observation};
 use crate::crd::RecordingKeyConfig;
-use crate::keypair::KeyPairRecord;
 use crate::keyring::{KEY_PAIR_MISSING, KeyRing};
 use crate::policy::{self, ActivePair, RotationInput, RotationReason};
 
@@ -156,9 +155,7 @@ fn newly_missing(ring: &KeyRing, status: &crate::crd::RecordingKeyConfigStatus) 
 /// Which organisations need a new key pair and why (the rotation policy chain).
 fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec<Rotation> {
     let rkc = obs.rkc.as_ref();
-    let status = rkc.status.as_ref();
     let active = obs.ring.active_by_org();
-    let requested = rkc.rotate_now_token();
     let Ok(config) = &obs.config else {
         return Vec::new();
     };
@@ -183,8 +180,9 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
                 encryption_context_key: &config.encryption_context_key,
                 period: rkc.spec.rotation.period,
                 on_kms_key_change: rkc.spec.rotation.on_kms_key_change,
-                rotate_now_token: requested,
-                honoured_token: honoured(pair.copied(), &obs.ring, requested, status),
+                rotate_now_token: rkc.rotate_now_token(),
+                // Also honoured by the active pair of a rotation whose status write was lost.
+                honoured_token: rkc.honoured_token(pair.and_then(|r| obs.ring.token_of(r))),
                 integrity_failed: pair
                     .is_some_and(|r| obs.ring.custody_failed().contains(&r.secret_name)),
             };
@@ -195,20 +193,6 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
             })
         })
         .collect()
-}
-
-/// The token honoured for one organisation: in status, or already by its active pair (a
-/// rotation whose status write was lost).
-fn honoured<'a>(
-    pair: Option<&KeyPairRecord>,
-    ring: &'a KeyRing,
-    requested: Option<&'a str>,
-    status: Option<&'a crate::crd::RecordingKeyConfigStatus>,
-) -> Option<&'a str> {
-    match pair.and_then(|r| ring.tokens().get(&r.name())) {
-        Some(token) if Some(token.as_str()) == requested => requested,
-        _ => status.and_then(|s| s.rotate_now_token.as_deref()),
-    }
 }
 
 #[cfg(test)]
@@ -223,7 +207,7 @@ mod tests {
     use crate::crd::{
         ANNOTATION_ROTATE_NOW, ANNOTATION_VERIFY_NOW, LastKmsError, RecordingKeyConfigStatus,
     };
-    use crate::keypair::test_pair;
+    use crate::keypair::{KeyPairRecord, test_pair};
     use crate::kms::{KeyPairSpec, KmsError};
     use crate::kms::{KmsErrorKind, KmsOperation};
 

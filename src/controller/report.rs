@@ -278,10 +278,7 @@ fn input<'a>(
         self_test_failure: None,
         last_test: None,
         pending: plan.rotations.len(),
-        honoured_token: view
-            .status
-            .as_ref()
-            .and_then(|s| s.rotate_now_token.clone()),
+        honoured_token: view.honoured_token(None).map(str::to_owned),
     }
 }
 
@@ -313,8 +310,14 @@ pub async fn report<K>(
                 self_test_failure,
                 last_test: outcome.and_then(|o| o.last_test.as_ref()),
                 pending,
-                honoured_token: honoured(view, plan, pending == 0 && !failed)
-                    .or(base.honoured_token.clone()),
+                // Only the token planned for, once every rotation is done.
+                honoured_token: view
+                    .honoured_token(
+                        plan.token
+                            .as_deref()
+                            .filter(|_| plan.step == Step::Execute && pending == 0 && !failed),
+                    )
+                    .map(str::to_owned),
                 ..base
             })
         })
@@ -326,16 +329,6 @@ pub async fn report<K>(
         apply_public_keys(ctx, &obs.rkc, ring).await?;
     }
     Ok(desired)
-}
-
-/// The token this reconcile honoured: the one it planned for, once every rotation is done,
-/// and only while it is still the one the newest view asks for (a reconcile on a stale view
-/// never records an older token over a newer one).
-fn honoured(view: &RecordingKeyConfig, plan: &Plan, complete: bool) -> Option<String> {
-    let asked = view.rotate_now_token();
-    (plan.step == Step::Execute && complete && asked.is_some() && plan.token.as_deref() == asked)
-        .then(|| plan.token.clone())
-        .flatten()
 }
 
 /// Warning events: a KMS error or key problem on every occurrence (the reason is its code, so
