@@ -133,8 +133,7 @@ impl StatusWriter {
         if plan.rotations.is_empty() && obs.rkc.status.is_some() {
             return Ok(());
         }
-        self.progress_now(ctx, obs, plan, &Outcome::default(), now)
-            .await
+        self.progress_now(ctx, obs, plan, None, now).await
     }
 
     /// During long work: progress, at most every [`PROGRESS_EVERY`].
@@ -152,7 +151,7 @@ impl StatusWriter {
         {
             return Ok(());
         }
-        self.progress_now(ctx, obs, plan, outcome, now).await
+        self.progress_now(ctx, obs, plan, Some(outcome), now).await
     }
 
     async fn progress_now<K>(
@@ -160,21 +159,11 @@ impl StatusWriter {
         ctx: &Context<K>,
         obs: &Observation,
         plan: &Plan,
-        outcome: &Outcome,
+        outcome: Option<&Outcome>,
         now: Timestamp,
     ) -> Result<()> {
-        let ring = if outcome.done > 0 {
-            &outcome.ring
-        } else {
-            &obs.ring
-        };
         self.write(ctx, |view| {
-            status::desired(&StatusInput {
-                ring,
-                last_test: outcome.last_test.as_ref(),
-                pending: plan.rotations.len() - outcome.done,
-                ..input(view, obs, plan, now)
-            })
+            status::desired(&input(view, obs, plan, outcome, false, now))
         })
         .await?;
         Ok(())
@@ -255,30 +244,44 @@ fn plan_inputs_changed(planned: &RecordingKeyConfig, fresh: &RecordingKeyConfig)
         || planned.annotations() != fresh.annotations()
 }
 
-/// The status input of a reconcile that did no work (yet).
+/// The status input of this reconcile: what it observed, and what the work did (`outcome`,
+/// once it started), on top of `view`'s status. A rotate-now token is honoured only when the
+/// work is `finished`: the one planned for, once every rotation is done.
 fn input<'a>(
     view: &'a RecordingKeyConfig,
     obs: &'a Observation,
     plan: &'a Plan,
+    outcome: Option<&'a Outcome>,
+    finished: bool,
     now: Timestamp,
 ) -> StatusInput<'a> {
     let config_error = match &plan.step {
         Step::ConfigInvalid(message) => Some(message.as_str()),
         _ => None,
     };
+    let failure = outcome.and_then(|o| o.failure.as_ref());
+    let (kms_failure, self_test_failure) = match failure {
+        Some(Failure::Kms(err)) => (Some(err), None),
+        Some(Failure::SelfTest(message)) => (None, Some(message.as_str())),
+        None => (None, None),
+    };
+    let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
+    let complete = finished && plan.step == Step::Execute && pending == 0 && failure.is_none();
     StatusInput {
         rkc: &obs.rkc,
         current: view.status.as_ref(),
         now,
-        ring: &obs.ring,
+        ring: outcome.map_or(&obs.ring, |o| &o.ring),
         custody: obs.custody.as_ref(),
         config_error,
         key: obs.key.as_ref(),
-        kms_failure: None,
-        self_test_failure: None,
-        last_test: None,
-        pending: plan.rotations.len(),
-        honoured_token: view.honoured_token(None).map(str::to_owned),
+        kms_failure,
+        self_test_failure,
+        last_test: outcome.and_then(|o| o.last_test.as_ref()),
+        pending,
+        honoured_token: view
+            .honoured_token(plan.token.as_deref().filter(|_| complete))
+            .map(str::to_owned),
     }
 }
 
@@ -292,40 +295,17 @@ pub async fn report<K>(
     outcome: Option<&Outcome>,
     now: Timestamp,
 ) -> Result<RecordingKeyConfigStatus> {
-    let (kms_failure, self_test_failure) = match outcome.and_then(|o| o.failure.as_ref()) {
-        Some(Failure::Kms(err)) => (Some(err), None),
-        Some(Failure::SelfTest(message)) => (None, Some(message.as_str())),
-        None => (None, None),
-    };
-    let ring = outcome.map_or(&obs.ring, |o| &o.ring);
-    let failed = outcome.is_some_and(|o| o.failure.is_some());
-    let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
     let before = writer.view.status.clone();
     let desired = writer
         .write(ctx, |view| {
-            let base = input(view, obs, plan, now);
-            status::desired(&StatusInput {
-                ring,
-                kms_failure,
-                self_test_failure,
-                last_test: outcome.and_then(|o| o.last_test.as_ref()),
-                pending,
-                // Only the token planned for, once every rotation is done.
-                honoured_token: view
-                    .honoured_token(
-                        plan.token
-                            .as_deref()
-                            .filter(|_| plan.step == Step::Execute && pending == 0 && !failed),
-                    )
-                    .map(str::to_owned),
-                ..base
-            })
+            status::desired(&input(view, obs, plan, outcome, true, now))
         })
         .await?;
     let changed = before.as_ref() != Some(&desired);
     warn_about(ctx, obs, plan, outcome, changed).await;
     warn_about_custody(ctx, obs, writer.initial.as_ref(), &desired).await;
     if matches!(plan.step, Step::Execute | Step::Blocked) {
+        let ring = outcome.map_or(&obs.ring, |o| &o.ring);
         apply_public_keys(ctx, &obs.rkc, ring).await?;
     }
     Ok(desired)
