@@ -66,17 +66,33 @@ pub fn validate(
     operator_region: Option<&str>,
 ) -> Result<ValidatedConfig, ConfigError> {
     let alias = AliasArn::parse(&spec.kms_key_alias_arn)?;
+    check_organization_ids(&spec.organization_ids, &spec.encryption_context_key)?;
+    let home_region = home_region(spec.home_region.as_deref(), operator_region, &alias)?;
+    check_encryption_context_key(&spec.encryption_context_key)?;
+    if let Some(retention) = &spec.recording_retention {
+        check_retention(retention)?;
+    }
+    Ok(ValidatedConfig {
+        alias,
+        organization_ids: spec.organization_ids.clone(),
+        key_pair_spec: spec.key_pair_spec,
+        home_region,
+        encryption_context_key: spec.encryption_context_key.clone(),
+    })
+}
 
-    let ids = &spec.organization_ids;
+/// `spec.organizationIds`: 1 to [`MAX_ORGANIZATIONS`] ids, each well-formed, none twice.
+fn check_organization_ids(ids: &[String], context_key: &str) -> Result<(), ConfigError> {
+    let field = "spec.organizationIds";
     if ids.is_empty() {
         return Err(ConfigError::new(
-            "spec.organizationIds",
+            field,
             "must list at least one organisation id",
         ));
     }
     if ids.len() > MAX_ORGANIZATIONS {
         return Err(ConfigError::new(
-            "spec.organizationIds",
+            field,
             format!(
                 "lists {} organisation ids; at most {MAX_ORGANIZATIONS} are allowed, split them over several RecordingKeyConfigs",
                 ids.len()
@@ -85,103 +101,81 @@ pub fn validate(
     }
     let mut seen = HashSet::new();
     for (index, id) in ids.iter().enumerate() {
-        if id.trim().is_empty() {
-            return Err(ConfigError::new(
-                &format!("spec.organizationIds[{index}]"),
-                "must not be empty",
-            ));
-        }
-        if id != id.trim() {
-            return Err(ConfigError::new(
-                &format!("spec.organizationIds[{index}]"),
-                format!("{id:?} has leading or trailing whitespace; remove it"),
-            ));
-        }
-        if id.len() > MAX_ORGANIZATION_ID_LEN {
-            return Err(ConfigError::new(
-                &format!("spec.organizationIds[{index}]"),
-                format!(
-                    "is {} characters long; at most {MAX_ORGANIZATION_ID_LEN} are allowed",
-                    id.len()
-                ),
-            ));
-        }
-        if spec.encryption_context_key == DEFAULT_ENCRYPTION_CONTEXT_KEY && !is_uuid(id) {
-            return Err(ConfigError::new(
-                &format!("spec.organizationIds[{index}]"),
-                format!(
-                    "{id:?} is not a UUID; organisation ids must be UUIDs (like \
-                     3fa85f64-5717-4562-b3fc-2c963f66afa6) when encryptionContextKey is \
-                     {DEFAULT_ENCRYPTION_CONTEXT_KEY}: copy them from Genesys Cloud, or set \
-                     encryptionContextKey for another kind of id"
-                ),
-            ));
-        }
+        let at = |message: String| ConfigError::new(&format!("{field}[{index}]"), message);
+        check_organization_id(id, context_key).map_err(at)?;
         if !seen.insert(id.as_str()) {
-            return Err(ConfigError::new(
-                &format!("spec.organizationIds[{index}]"),
-                format!("{id:?} is listed more than once; list each organisation once"),
-            ));
+            return Err(at(format!(
+                "{id:?} is listed more than once; list each organisation once"
+            )));
         }
     }
+    Ok(())
+}
 
-    let home_region = match (&spec.home_region, operator_region) {
-        (Some(home), _) => {
-            if home != alias.region() {
-                return Err(ConfigError::new(
-                    "spec.homeRegion",
-                    format!(
-                        "{home:?} differs from the region of kmsKeyAliasArn ({:?}); the KMS key must be in the home region, so use an alias in {home} or set homeRegion to {}",
-                        alias.region(),
-                        alias.region()
-                    ),
-                ));
-            }
-            home.clone()
-        }
-        (None, Some(operator)) => {
-            if operator != alias.region() {
-                return Err(ConfigError::new(
-                    "spec.homeRegion",
-                    format!(
-                        "not set, so it defaults to the operator's region {operator:?}, which differs from the region of kmsKeyAliasArn ({:?}); set homeRegion: {} if that is the organisation's home region",
-                        alias.region(),
-                        alias.region()
-                    ),
-                ));
-            }
-            operator.to_owned()
-        }
-        (None, None) => alias.region().to_owned(),
-    };
-
-    if spec.encryption_context_key.trim().is_empty() {
-        return Err(ConfigError::new(
-            "spec.encryptionContextKey",
-            format!(
-                "must not be empty (the default is {})",
-                crate::crd::DEFAULT_ENCRYPTION_CONTEXT_KEY
-            ),
+/// One organisation id: not empty, no surrounding whitespace, at most
+/// [`MAX_ORGANIZATION_ID_LEN`] characters, and a UUID under the default context key.
+fn check_organization_id(id: &str, context_key: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if id != id.trim() {
+        return Err(format!(
+            "{id:?} has leading or trailing whitespace; remove it"
         ));
     }
-    if spec.encryption_context_key.starts_with("aws:") {
+    if id.len() > MAX_ORGANIZATION_ID_LEN {
+        return Err(format!(
+            "is {} characters long; at most {MAX_ORGANIZATION_ID_LEN} are allowed",
+            id.len()
+        ));
+    }
+    if context_key == DEFAULT_ENCRYPTION_CONTEXT_KEY && !is_uuid(id) {
+        return Err(format!(
+            "{id:?} is not a UUID; organisation ids must be UUIDs (like \
+             3fa85f64-5717-4562-b3fc-2c963f66afa6) when encryptionContextKey is \
+             {DEFAULT_ENCRYPTION_CONTEXT_KEY}: copy them from Genesys Cloud, or set \
+             encryptionContextKey for another kind of id"
+        ));
+    }
+    Ok(())
+}
+
+/// The home region: `spec.homeRegion`, else the operator's region, else the alias ARN's; it
+/// must be the ARN's.
+fn home_region(
+    home: Option<&str>,
+    operator: Option<&str>,
+    alias: &AliasArn,
+) -> Result<String, ConfigError> {
+    let region = alias.region();
+    let message = match (home, operator) {
+        (Some(home), _) if home != region => format!(
+            "{home:?} differs from the region of kmsKeyAliasArn ({region:?}); the KMS key must be in the home region, so use an alias in {home} or set homeRegion to {region}"
+        ),
+        (None, Some(operator)) if operator != region => format!(
+            "not set, so it defaults to the operator's region {operator:?}, which differs from the region of kmsKeyAliasArn ({region:?}); set homeRegion: {region} if that is the organisation's home region"
+        ),
+        (home, operator) => return Ok(home.or(operator).unwrap_or(region).to_owned()),
+    };
+    Err(ConfigError::new("spec.homeRegion", message))
+}
+
+/// `spec.encryptionContextKey`: not empty, and not in the `aws:` namespace KMS reserves.
+fn check_encryption_context_key(key: &str) -> Result<(), ConfigError> {
+    let field = "spec.encryptionContextKey";
+    if key.trim().is_empty() {
         return Err(ConfigError::new(
-            "spec.encryptionContextKey",
+            field,
+            format!("must not be empty (the default is {DEFAULT_ENCRYPTION_CONTEXT_KEY})"),
+        ));
+    }
+    if key.starts_with("aws:") {
+        return Err(ConfigError::new(
+            field,
             "must not start with \"aws:\", which KMS reserves",
         ));
     }
-
-    if let Some(retention) = &spec.recording_retention {
-        check_retention(retention)?;
-    }
-
-    Ok(ValidatedConfig {
-        alias,
-        organization_ids: ids.clone(),
-        key_pair_spec: spec.key_pair_spec,
-        home_region,
-        encryption_context_key: spec.encryption_context_key.clone(),
-    })
+    Ok(())
 }
 
 /// The shape Genesys Cloud organisation ids have: 8-4-4-4-12 hex digits.

@@ -47,7 +47,6 @@ use crate::kms::Kms;
 use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
 use cache::{KeyPairCache, PublicKeysCache};
-pub use observe::ANNOTATION_ROTATE_NOW_TOKEN;
 use observe::{KeyCheck, Observation};
 use packed::PackedConfig;
 use plan::Step;
@@ -341,7 +340,10 @@ async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>)
     }
     let outcome = match plan.step {
         Step::WaitBackoff(until) => return Ok(requeue_at(until, now)),
-        Step::Execute => Some(execute::execute(ctx, &obs, &plan, &mut writer, now).await?),
+        Step::Execute => {
+            let progress = writer.reporting(ctx, &obs, &plan, now);
+            Some(execute::execute(ctx, &obs, &plan, now, progress).await?)
+        }
         _ => None,
     };
     let status = report::report(ctx, &mut writer, &obs, &plan, outcome.as_ref(), now).await?;

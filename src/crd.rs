@@ -1,7 +1,7 @@
 //! The `RecordingKeyConfig` resource (docs/design.md#product-contract). The CRD YAML under
 //! `crds/` is generated from these types.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -12,7 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::kms::KeyPairSpec;
+use crate::kms::{KeyPairSpec, KmsError};
 
 pub const DEFAULT_ENCRYPTION_CONTEXT_KEY: &str = "genesys-cloud-organization-id";
 pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
@@ -20,6 +20,15 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
 /// Annotation whose value, when it changes, rotates every organisation's key pair once
 /// ("Change key now"); `kekeeper rotate NAME` sets it.
 pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
+
+/// Annotation whose value, when it changes, asks for a custody check now, instead of at the
+/// next `--key-verify-interval`.
+pub const ANNOTATION_VERIFY_NOW: &str = "kekeeper.io/verify-now";
+
+/// Annotation: key pair ids (comma-separated) whose reported problem (missing Secret, failed
+/// custody check) a person has seen and accepted; they leave `status.keyPairProblems` and the
+/// history.
+pub const ANNOTATION_ACKNOWLEDGE: &str = "kekeeper.io/acknowledge-key-pairs";
 
 /// Which KMS key roots the key pairs, for which organisations, and how often they rotate.
 // The finer checks (well-formed ARN, no key ARN, no AWS managed key, region match) are CEL
@@ -148,6 +157,46 @@ fn default_encryption_context_key() -> String {
 
 fn default_history_limit() -> u32 {
     DEFAULT_HISTORY_LIMIT
+}
+
+impl RecordingKeyConfig {
+    /// The [`ANNOTATION_ROTATE_NOW`] token, if any.
+    pub fn rotate_now_token(&self) -> Option<&str> {
+        self.annotation(ANNOTATION_ROTATE_NOW)
+    }
+
+    /// The [`ANNOTATION_VERIFY_NOW`] token, if any.
+    pub fn verify_now_token(&self) -> Option<&str> {
+        self.annotation(ANNOTATION_VERIFY_NOW)
+    }
+
+    /// The rotate-now token honoured: `done` (a token whose rotations are all done) while it is
+    /// still the one asked for, else the one status recorded. So a rotation whose status write
+    /// was lost is not done twice, and a reconcile on a stale view never records an older
+    /// token over a newer one.
+    pub fn honoured_token<'a>(&'a self, done: Option<&'a str>) -> Option<&'a str> {
+        match done {
+            Some(token) if self.rotate_now_token() == Some(token) => Some(token),
+            _ => self.status.as_ref()?.rotate_now_token.as_deref(),
+        }
+    }
+
+    /// The key pair ids of the [`ANNOTATION_ACKNOWLEDGE`] annotation.
+    pub fn acknowledged_key_pairs(&self) -> BTreeSet<String> {
+        self.annotation(ANNOTATION_ACKNOWLEDGE)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// An annotation's value; an empty one counts as absent.
+    fn annotation(&self, name: &str) -> Option<&str> {
+        let value = self.metadata.annotations.as_ref()?.get(name)?;
+        Some(value.as_str()).filter(|v| !v.is_empty())
+    }
 }
 
 /// When key pairs rotate.
@@ -334,6 +383,19 @@ pub struct LastKmsError {
     pub resolved_at: Option<Timestamp>,
 }
 
+impl LastKmsError {
+    /// `status.lastKmsError` for `err`, seen at `time`.
+    pub fn of(err: &KmsError, time: Timestamp) -> Self {
+        LastKmsError {
+            time,
+            operation: err.operation.as_str().to_owned(),
+            code: err.code.clone(),
+            message: err.message.clone(),
+            resolved_at: None,
+        }
+    }
+}
+
 /// The CRD as YAML, exactly as committed under `crds/` and printed by `kekeeper crd`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&crd())
@@ -370,5 +432,59 @@ fn known_formats(schema: &mut JSONSchemaProps) {
     }
     for alternatives in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
         alternatives.iter_mut().flatten().for_each(known_formats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotated(annotations: &[(&str, &str)]) -> RecordingKeyConfig {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "organizationIds": ["3fa85f64-5717-4562-b3fc-2c963f66afa6"],
+        }))
+        .unwrap();
+        let mut rkc = RecordingKeyConfig::new("recordings", spec);
+        rkc.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        rkc
+    }
+
+    #[test]
+    fn the_annotations_are_read_on_the_resource() {
+        let rkc = annotated(&[
+            (ANNOTATION_ROTATE_NOW, "t1"),
+            (ANNOTATION_VERIFY_NOW, ""),
+            (ANNOTATION_ACKNOWLEDGE, " other-id, kp-1 ,"),
+        ]);
+        assert_eq!(rkc.rotate_now_token(), Some("t1"));
+        assert_eq!(
+            rkc.verify_now_token(),
+            None,
+            "an empty token asks for nothing"
+        );
+        assert_eq!(
+            rkc.acknowledged_key_pairs(),
+            BTreeSet::from(["other-id".to_owned(), "kp-1".to_owned()])
+        );
+        assert!(annotated(&[]).acknowledged_key_pairs().is_empty());
+    }
+
+    #[test]
+    fn a_done_token_is_honoured_only_while_it_is_still_asked_for() {
+        let mut rkc = annotated(&[(ANNOTATION_ROTATE_NOW, "t2")]);
+        rkc.status = Some(RecordingKeyConfigStatus {
+            rotate_now_token: Some("t1".into()),
+            ..RecordingKeyConfigStatus::default()
+        });
+        assert_eq!(rkc.honoured_token(Some("t2")), Some("t2"));
+        // Done on a stale view, or not done at all: status keeps what it recorded.
+        assert_eq!(rkc.honoured_token(Some("t0")), Some("t1"));
+        assert_eq!(rkc.honoured_token(None), Some("t1"));
     }
 }

@@ -26,6 +26,9 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const ANNOTATION_ORGANIZATION: &str = "kekeeper.io/organization-id";
 pub const ANNOTATION_RETIRED_AT: &str = "kekeeper.io/retired-at";
 pub const ANNOTATION_FINGERPRINT: &str = "kekeeper.io/public-key-fingerprint";
+/// The `kekeeper.io/rotate-now` token a key pair Secret was generated under, so a retry after
+/// a crash before the status write does not rotate a second time for the same token.
+pub const ANNOTATION_ROTATE_NOW_TOKEN: &str = "kekeeper.io/rotate-now-token";
 
 pub const DATA_PUBLIC_KEY: &str = "publicKey.pem";
 pub const DATA_PRIVATE_KEY: &str = "privateKey.kms";

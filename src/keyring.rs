@@ -14,15 +14,6 @@ use crate::crd::{KeyPairHistoryEntry, RecordingKeyConfigStatus, RotationPeriod};
 use crate::keypair::{KeyPairRecord, KeyPairState};
 use crate::policy;
 
-/// Annotation on a RecordingKeyConfig: key pair ids (comma-separated) whose reported problem
-/// (missing Secret, failed custody check) a person has seen and accepted; they leave
-/// `status.keyPairProblems` and the history.
-pub const ANNOTATION_ACKNOWLEDGE: &str = "kekeeper.io/acknowledge-key-pairs";
-
-/// Annotation on a RecordingKeyConfig: a new token asks for a custody check now, instead of at
-/// the next `--key-verify-interval`.
-pub const ANNOTATION_VERIFY_NOW: &str = "kekeeper.io/verify-now";
-
 /// The reasons of `status.keyPairProblems`.
 pub const KEY_PAIR_MISSING: &str = "KeyPairMissing";
 pub const PUBLIC_KEY_MISMATCH: &str = "PublicKeyMismatch";
@@ -71,7 +62,8 @@ pub struct Mismatch {
 /// What the ring reads status with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
-    /// Key pair ids whose problems a person acknowledged ([`ANNOTATION_ACKNOWLEDGE`]).
+    /// Key pair ids whose problems a person acknowledged
+    /// ([`crate::crd::ANNOTATION_ACKNOWLEDGE`]).
     pub acknowledged: BTreeSet<String>,
     pub pruning: Option<Pruning>,
     pub now: Timestamp,
@@ -216,8 +208,9 @@ impl KeyRing {
         &self.records
     }
 
-    pub fn tokens(&self) -> &Tokens {
-        &self.tokens
+    /// The rotate-now token `record`'s Secret was generated under, if any.
+    pub fn token_of(&self, record: &KeyPairRecord) -> Option<&str> {
+        self.tokens.get(&record.name()).map(String::as_str)
     }
 
     /// The active pair per organisation: the newest sequence labelled active (two active pairs
@@ -426,17 +419,6 @@ fn recorded_pairs(
 /// The sequence number at the end of a key pair Secret name (`...-0007`).
 fn sequence_of(secret_name: &str) -> Option<u64> {
     secret_name.rsplit_once('-')?.1.parse().ok()
-}
-
-/// The key pair ids of the `kekeeper.io/acknowledge-key-pairs` annotation.
-pub fn acknowledged(annotation: Option<&str>) -> BTreeSet<String> {
-    annotation
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 #[cfg(test)]
@@ -658,7 +640,7 @@ mod tests {
     }
 
     fn acknowledged_ids(id: &str) -> BTreeSet<String> {
-        acknowledged(Some(&format!(" other-id, {id} ,")))
+        BTreeSet::from(["other-id".to_owned(), id.to_owned()])
     }
 
     #[test]

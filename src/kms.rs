@@ -181,17 +181,6 @@ impl KmsErrorKind {
 }
 
 impl KmsError {
-    /// `status.lastKmsError` for this error, seen at `time`.
-    pub fn to_status(&self, time: jiff::Timestamp) -> crate::crd::LastKmsError {
-        crate::crd::LastKmsError {
-            time,
-            operation: self.operation.as_str().to_owned(),
-            code: self.code.clone(),
-            message: self.message.clone(),
-            resolved_at: None,
-        }
-    }
-
     /// An error of `kind` with its default AWS code.
     pub fn new(operation: KmsOperation, kind: KmsErrorKind, message: impl Into<String>) -> Self {
         KmsError {

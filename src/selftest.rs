@@ -155,21 +155,12 @@ pub async fn run<K: Kms>(
     let started = Instant::now();
     let generated = kms
         .generate_key_pair(&config.alias, config.key_pair_spec, &context)
-        .await;
-    let generated = match generated {
+        .await
+        .map_err(SelfTestCause::Kms);
+    let generated = match report.timed(SelfTestStep::GenerateKeyPair, started, generated) {
         Ok(pair) => pair,
-        Err(err) => {
-            return Err(SelfTestFailure {
-                step: SelfTestStep::GenerateKeyPair,
-                cause: SelfTestCause::Kms(err),
-                report,
-            });
-        }
+        Err(failed) => return Err(failed.with(report)),
     };
-    report.steps.push(StepTiming {
-        step: SelfTestStep::GenerateKeyPair,
-        duration: started.elapsed(),
-    });
     report.kms_key_arn = Some(generated.kms_key_arn.clone());
 
     let report = verify_into(kms, &generated, &context, report).await?;
@@ -191,100 +182,113 @@ pub async fn verify<K: Kms>(
     verify_into(kms, key_pair, context, report).await
 }
 
+/// A step that failed, before the report of the steps that passed is attached.
+struct Failed {
+    step: SelfTestStep,
+    cause: SelfTestCause,
+}
+
+impl Failed {
+    fn with(self, report: SelfTestReport) -> SelfTestFailure {
+        SelfTestFailure {
+            step: self.step,
+            cause: self.cause,
+            report,
+        }
+    }
+}
+
+impl SelfTestReport {
+    /// The result of `step`, begun at `started`: its time is recorded if it passed.
+    fn timed<T>(
+        &mut self,
+        step: SelfTestStep,
+        started: Instant,
+        result: Result<T, SelfTestCause>,
+    ) -> Result<T, Failed> {
+        let value = result.map_err(|cause| Failed { step, cause })?;
+        self.steps.push(StepTiming {
+            step,
+            duration: started.elapsed(),
+        });
+        Ok(value)
+    }
+}
+
 async fn verify_into<K: Kms>(
     kms: &K,
     key_pair: &GeneratedKeyPair,
     context: &EncryptionContext,
     mut report: SelfTestReport,
 ) -> Result<SelfTestReport, SelfTestFailure> {
-    macro_rules! fail {
-        ($step:expr, $cause:expr) => {
-            return Err(SelfTestFailure {
-                step: $step,
-                cause: $cause,
-                report,
-            })
-        };
+    match verify_steps(kms, key_pair, context, &mut report).await {
+        Ok(()) => Ok(report),
+        Err(failed) => Err(failed.with(report)),
     }
+}
+
+/// Encrypt, KMS-decrypt the private key, decrypt, compare; each step's time goes to `report`.
+async fn verify_steps<K: Kms>(
+    kms: &K,
+    key_pair: &GeneratedKeyPair,
+    context: &EncryptionContext,
+    report: &mut SelfTestReport,
+) -> Result<(), Failed> {
+    use SelfTestStep::{Compare, DecryptPrivateKey, DecryptTestData, EncryptTestData};
+    let crypto = SelfTestCause::Crypto;
 
     let mut test_data = vec![0u8; TEST_DATA_LEN];
-    if aws_lc_rs::rand::fill(&mut test_data).is_err() {
-        fail!(
-            SelfTestStep::EncryptTestData,
-            SelfTestCause::Crypto("the system random number generator failed".into())
-        );
-    }
+    aws_lc_rs::rand::fill(&mut test_data).map_err(|_| Failed {
+        step: EncryptTestData,
+        cause: crypto("the system random number generator failed".into()),
+    })?;
 
     let started = Instant::now();
     let mut sealed = Vec::with_capacity(TEST_DATA_LEN + 4096);
-    if let Err(err) = envelope::encrypt(
+    let encrypted = envelope::encrypt(
         &key_pair.public_key_der,
         SELF_TEST_KEY_PAIR_ID,
         test_data.as_slice(),
         &mut sealed,
-    ) {
-        fail!(
-            SelfTestStep::EncryptTestData,
-            SelfTestCause::Crypto(format!("envelope encryption with the public key: {err}"))
-        );
-    }
-    report.steps.push(StepTiming {
-        step: SelfTestStep::EncryptTestData,
-        duration: started.elapsed(),
-    });
+    )
+    .map_err(|err| crypto(format!("envelope encryption with the public key: {err}")));
+    report.timed(EncryptTestData, started, encrypted)?;
 
     let started = Instant::now();
-    let private_key: Zeroizing<Vec<u8>> = match kms
+    let private_key = kms
         .decrypt_private_key(
             &key_pair.kms_key_arn,
             &key_pair.private_key_ciphertext,
             context,
         )
         .await
-    {
-        Ok(key) => key,
-        Err(err) => fail!(SelfTestStep::DecryptPrivateKey, SelfTestCause::Kms(err)),
-    };
-    report.steps.push(StepTiming {
-        step: SelfTestStep::DecryptPrivateKey,
-        duration: started.elapsed(),
-    });
+        .map_err(SelfTestCause::Kms);
+    let private_key: Zeroizing<Vec<u8>> = report.timed(DecryptPrivateKey, started, private_key)?;
 
     let started = Instant::now();
     let mut reader = sealed.as_slice();
     let mut decrypted = Vec::with_capacity(TEST_DATA_LEN);
     let outcome = envelope::Header::read_from(&mut reader)
-        .and_then(|header| envelope::decrypt(&private_key, &header, reader, &mut decrypted));
-    // The plaintext private key lives no longer than it must.
-    drop(private_key);
-    if let Err(err) = outcome {
-        fail!(
-            SelfTestStep::DecryptTestData,
-            SelfTestCause::Crypto(format!(
+        .and_then(|header| envelope::decrypt(&private_key, &header, reader, &mut decrypted))
+        .map_err(|err| {
+            crypto(format!(
                 "envelope decryption with the KMS-decrypted private key: {err}"
             ))
-        );
-    }
-    report.steps.push(StepTiming {
-        step: SelfTestStep::DecryptTestData,
-        duration: started.elapsed(),
-    });
+        });
+    // The plaintext private key lives no longer than it must.
+    drop(private_key);
+    report.timed(DecryptTestData, started, outcome)?;
 
     let started = Instant::now();
-    if decrypted != test_data {
-        fail!(
-            SelfTestStep::Compare,
-            SelfTestCause::Crypto(
-                "the decrypted test data differs from the original: the private key KMS returned does not match the public key"
-                    .into()
-            )
-        );
-    }
-    report.steps.push(StepTiming {
-        step: SelfTestStep::Compare,
-        duration: started.elapsed(),
-    });
-    Ok(report)
+    let same = if decrypted == test_data {
+        Ok(())
+    } else {
+        Err(crypto(
+            "the decrypted test data differs from the original: the private key KMS returned does not match the public key"
+                .into(),
+        ))
+    };
+    report.timed(Compare, started, same)
 }
 
 /// Why the KMS key behind the alias cannot root recording keys.

@@ -71,6 +71,23 @@ async fn kekeeper(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
     run
 }
 
+/// `kekeeper decrypt` of `input` into `output` with the key pair Secret in the file `secret`.
+async fn decrypt(endpoint: &str, secret: &str, input: &str, output: &str) -> Run {
+    kekeeper(endpoint, &decrypt_args(secret, input, output), None).await
+}
+
+fn decrypt_args<'a>(secret: &'a str, input: &'a str, output: &'a str) -> [&'a str; 7] {
+    [
+        "decrypt",
+        "--key-pair-secret",
+        secret,
+        "-i",
+        input,
+        "-o",
+        output,
+    ]
+}
+
 fn write(dir: &Path, name: &str, contents: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
@@ -386,18 +403,11 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     )
     .await;
     assert_eq!(run.code, 0);
-    let run = kekeeper(
+    let run = decrypt(
         &endpoint,
-        &[
-            "decrypt",
-            "--key-pair-secret",
-            &path("org-a.yaml"),
-            "-i",
-            &path("rec.enc"),
-            "-o",
-            &path("rec.out"),
-        ],
-        None,
+        &path("org-a.yaml"),
+        &path("rec.enc"),
+        &path("rec.out"),
     )
     .await;
     assert_eq!(run.code, 0);
@@ -422,36 +432,16 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     )
     .await;
     assert_eq!(run.code, 0);
-    let run = kekeeper(
-        &endpoint,
-        &[
-            "decrypt",
-            "--key-pair-secret",
-            &path("org-a.yaml"),
-            "-i",
-            &path("rec2.enc"),
-            "-o",
-            "-",
-        ],
-        None,
-    )
-    .await;
+    let run = decrypt(&endpoint, &path("org-a.yaml"), &path("rec2.enc"), "-").await;
     assert_eq!(run.code, 0);
     assert!(run.stdout_bytes == recording, "decrypted stdout differs");
 
     // The wrong Secret: named clearly, nothing written.
-    let run = kekeeper(
+    let run = decrypt(
         &endpoint,
-        &[
-            "decrypt",
-            "--key-pair-secret",
-            &path("org-b.yaml"),
-            "-i",
-            &path("rec.enc"),
-            "-o",
-            &path("wrong.out"),
-        ],
-        None,
+        &path("org-b.yaml"),
+        &path("rec.enc"),
+        &path("wrong.out"),
     )
     .await;
     assert_eq!(run.code, 2);
@@ -466,18 +456,11 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     // A truncated recording: exit 1 naming the truncation, no partial plaintext left behind.
     let sealed = std::fs::read(path("rec.enc")).unwrap();
     std::fs::write(path("cut.enc"), &sealed[..sealed.len() - 1000]).unwrap();
-    let run = kekeeper(
+    let run = decrypt(
         &endpoint,
-        &[
-            "decrypt",
-            "--key-pair-secret",
-            &path("org-a.yaml"),
-            "-i",
-            &path("cut.enc"),
-            "-o",
-            &path("cut.out"),
-        ],
-        None,
+        &path("org-a.yaml"),
+        &path("cut.enc"),
+        &path("cut.out"),
     )
     .await;
     assert_eq!(run.code, 1);
@@ -485,20 +468,7 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
     assert!(!dir.path().join("cut.out").exists());
 
     // Not a recording.
-    let run = kekeeper(
-        &endpoint,
-        &[
-            "decrypt",
-            "--key-pair-secret",
-            &path("org-a.yaml"),
-            "-i",
-            &config,
-            "-o",
-            &path("x.out"),
-        ],
-        None,
-    )
-    .await;
+    let run = decrypt(&endpoint, &path("org-a.yaml"), &config, &path("x.out")).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("recording header"), "{}", run.stderr);
 
@@ -510,18 +480,11 @@ async fn keypair_generate_encrypt_decrypt_round_trip() {
         .send()
         .await
         .unwrap();
-    let run = kekeeper(
+    let run = decrypt(
         &endpoint,
-        &[
-            "decrypt",
-            "--key-pair-secret",
-            &path("org-a.yaml"),
-            "-i",
-            &path("rec.enc"),
-            "-o",
-            &path("d.out"),
-        ],
-        None,
+        &path("org-a.yaml"),
+        &path("rec.enc"),
+        &path("d.out"),
     )
     .await;
     assert_eq!(run.code, 1);
@@ -555,7 +518,7 @@ async fn oversized_and_deeply_nested_inputs_are_refused_before_parsing() {
                 "keypair", "generate", "-f", file, "--org", ORG_A, "-o", &out,
             ],
             vec!["encrypt", "--key-pair-secret", file, "-i", file, "-o", &out],
-            vec!["decrypt", "--key-pair-secret", file, "-i", file, "-o", &out],
+            decrypt_args(file, file, &out).to_vec(),
         ];
         for args in commands {
             let run = kekeeper(endpoint, &args, None).await;

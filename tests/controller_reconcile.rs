@@ -661,6 +661,24 @@ fn condition<'a>(
         .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
 }
 
+/// `rkc` asking for one rotation of every key pair with `token` (as `kekeeper rotate` does).
+fn rotate_now(rkc: RecordingKeyConfig, token: &str) -> RecordingKeyConfig {
+    annotate(rkc, "kekeeper.io/rotate-now", token)
+}
+
+/// `rkc` asking for a custody check now with `token`.
+fn verify_now(rkc: RecordingKeyConfig, token: &str) -> RecordingKeyConfig {
+    annotate(rkc, "kekeeper.io/verify-now", token)
+}
+
+fn annotate(mut rkc: RecordingKeyConfig, name: &str, value: &str) -> RecordingKeyConfig {
+    rkc.meta_mut()
+        .annotations
+        .get_or_insert_default()
+        .insert(name.into(), value.into());
+    rkc
+}
+
 fn with_status(
     mut rkc: RecordingKeyConfig,
     status: RecordingKeyConfigStatus,
@@ -811,8 +829,7 @@ async fn steady_state_makes_no_request_and_no_kms_call() {
 
 #[tokio::test]
 async fn steady_state_requeues_for_the_rotation_when_that_is_earlier() {
-    let (mut h, rkc, _) = created(&[ORG_A]).await;
-    let mut rkc = rkc;
+    let (mut h, mut rkc, _) = created(&[ORG_A]).await;
     // Daily period, a clock 23h30m on (the rotation is due in 30 minutes) and a KMS key
     // check ten minutes ago (next one in 50).
     rkc.spec.rotation.period = RotationPeriod::Daily;
@@ -888,11 +905,7 @@ async fn kms_failure_keeps_the_active_pair_and_reports_the_error() {
 #[tokio::test]
 async fn kms_failure_during_generation_reports_the_failed_test() {
     let (h, rkc, secrets) = created(&[ORG_A]).await;
-    let mut rkc = rkc;
-    rkc.meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    let rkc = rotate_now(rkc, "t1");
     h.kms.fail_next(
         KmsOperation::GenerateDataKeyPairWithoutPlaintext,
         KmsErrorKind::Throttling,
@@ -932,11 +945,7 @@ async fn kms_failure_during_generation_reports_the_failed_test() {
 #[tokio::test]
 async fn rotate_now_rotates_once_per_token() {
     let (mut h, rkc, secrets) = created(&[ORG_A]).await;
-    let mut rkc = rkc;
-    rkc.meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    let rkc = rotate_now(rkc, "t1");
     let (result, seen) = h
         .reconcile(
             rkc.clone(),
@@ -1000,8 +1009,7 @@ async fn period_elapsed_rotates() {
 
 #[tokio::test]
 async fn spec_change_rotates() {
-    let (h, rkc, secrets) = created(&[ORG_A]).await;
-    let mut rkc = rkc;
+    let (h, mut rkc, secrets) = created(&[ORG_A]).await;
     rkc.spec.encryption_context_key = "tenant-id".into();
     rkc.meta_mut().generation = Some(2);
     let (result, seen) = h
@@ -1054,8 +1062,7 @@ async fn disabled_old_kms_key_raises_historical_keys_at_risk() {
 
 #[tokio::test]
 async fn organisation_added_and_removed() {
-    let (h, rkc, secrets) = created(&[ORG_A]).await;
-    let mut rkc = rkc;
+    let (h, mut rkc, secrets) = created(&[ORG_A]).await;
     rkc.spec.organization_ids = vec![ORG_B.into()];
     rkc.meta_mut().generation = Some(2);
     let (result, seen) = h
@@ -1193,11 +1200,7 @@ async fn suspended_resource_is_left_alone() {
 async fn retention_prunes_only_long_retired_pairs() {
     let (mut h, rkc, secrets) = created(&[ORG_A]).await;
     // Rotate once so there is a retired pair.
-    let mut rkc = rkc;
-    rkc.meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    let rkc = rotate_now(rkc, "t1");
     let (result, seen) = h
         .reconcile(
             rkc.clone(),
@@ -1358,11 +1361,7 @@ async fn kms_recovery_clears_the_condition_and_keeps_the_last_error() {
 #[tokio::test]
 async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     let (mut h, rkc, secrets) = created(&[ORG_A]).await;
-    let mut rkc = rkc;
-    rkc.meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .insert("kekeeper.io/rotate-now".into(), "t1".into());
+    let rkc = rotate_now(rkc, "t1");
     // The rotation for t1 stored its Secret (with the token), then the process died before
     // retiring the old pair and writing status.
     let mut newer = KeyPairSecret::from_secret(&secrets[0]).unwrap();
@@ -1418,7 +1417,7 @@ fn without_alias(secret: &Secret) -> Secret {
 /// was made under").
 #[tokio::test]
 async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_alias() {
-    let (mut h, rkc, secrets) = created(&[ORG_A, ORG_B]).await;
+    let (mut h, mut rkc, secrets) = created(&[ORG_A, ORG_B]).await;
     let new_alias = kekeeper::arn::AliasArn::parse(NEW_ALIAS).unwrap();
     let new_key = h.kms.create_key_for(&new_alias);
     let org_of = |s: &Secret| {
@@ -1442,7 +1441,6 @@ async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_a
     // B's pair first: the one the rotation retires.
     let existing = vec![b1.clone(), a1_retired, a2.clone()];
     h.cache(&[], &existing);
-    let mut rkc = rkc;
     assert_eq!(
         rkc.status.as_ref().unwrap().kms_key_alias_arn.as_deref(),
         Some(ALIAS),
@@ -1500,9 +1498,8 @@ async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_a
 /// alias change still replaces them.
 #[tokio::test]
 async fn pairs_from_before_the_alias_was_recorded_are_kept_until_the_alias_changes() {
-    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let (mut h, mut rkc, secrets) = created(&[ORG_A]).await;
     let legacy: Vec<Secret> = secrets.iter().map(without_alias).collect();
-    let mut rkc = rkc;
     let status = rkc.status.as_mut().unwrap();
     for active in &mut status.active_key_pairs {
         active.kms_key_alias_arn = None;
@@ -1658,11 +1655,7 @@ async fn a_deleted_active_secret_is_confirmed_reported_and_replaced_under_a_new_
 #[tokio::test]
 async fn the_custody_check_decrypts_the_listed_blobs() {
     let (h, rkc, secrets) = created(&[ORG_A, ORG_B]).await;
-    let mut rkc = rkc;
-    rkc.meta_mut()
-        .annotations
-        .get_or_insert_default()
-        .insert("kekeeper.io/verify-now".into(), "v1".into());
+    let rkc = verify_now(rkc, "v1");
     let (result, seen) = h
         .reconcile(rkc, Scenario::VerifyCustody { existing: secrets })
         .await;

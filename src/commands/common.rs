@@ -24,6 +24,38 @@ pub(super) fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Why a command failed: its exit code and what `kekeeper: error:` says.
+pub(super) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    /// Bad input ([`EXIT_BAD_INPUT`]).
+    pub(super) fn bad_input(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_BAD_INPUT,
+            message: message.to_string(),
+        }
+    }
+
+    /// A KMS or crypto failure ([`EXIT_FAILED`]).
+    pub(super) fn failed(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_FAILED,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The exit code of a command's result; a failure is printed first.
+pub(super) fn exit(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(failure) => fail(failure.code, failure.message),
+    }
+}
+
 fn display(path: &Path) -> String {
     if path == Path::new("-") {
         "stdin".to_owned()

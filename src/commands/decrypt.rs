@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::ListParams;
 
 use super::cluster::connect;
-use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, open_input};
+use super::common::{Failure, Output, exit, open_input};
 use crate::cli::DecryptArgs;
 use crate::envelope;
 use crate::keypair::{
@@ -71,90 +71,60 @@ async fn fetch_key_pair_secret(
 }
 
 pub async fn execute(args: DecryptArgs) -> ExitCode {
+    exit(decrypt(&args).await)
+}
+
+async fn decrypt(args: &DecryptArgs) -> Result<(), Failure> {
     // The Secret file is checked before the recording is opened, as before.
-    let from_file = match &args.key_pair_secret {
-        Some(path) => match read_key_pair_secret(path) {
-            Ok(r) => Some(r),
-            Err(e) => return fail(EXIT_BAD_INPUT, e),
-        },
-        None => None,
-    };
-    let mut input = match open_input(&args.input) {
-        Ok(i) => i,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
-    };
-    let header = match envelope::Header::read_from(&mut input) {
-        Ok(h) => h,
-        Err(e) => {
-            return fail(
-                EXIT_BAD_INPUT,
-                format!("cannot read the recording header: {e}"),
-            );
-        }
-    };
+    let from_file = (args.key_pair_secret.as_deref())
+        .map(read_key_pair_secret)
+        .transpose()
+        .map_err(Failure::bad_input)?;
+    let mut input = open_input(&args.input).map_err(Failure::bad_input)?;
+    let header = envelope::Header::read_from(&mut input)
+        .map_err(|e| Failure::bad_input(format!("cannot read the recording header: {e}")))?;
     let record = match from_file {
         Some(record) => record,
-        None => match fetch_key_pair_secret(&args.kube, &header.key_pair_id).await {
-            Ok(record) => record,
-            Err(e) => return fail(EXIT_BAD_INPUT, e),
-        },
+        None => fetch_key_pair_secret(&args.kube, &header.key_pair_id)
+            .await
+            .map_err(Failure::bad_input)?,
     };
     if header.key_pair_id != record.key_pair_id {
-        return fail(
-            EXIT_BAD_INPUT,
-            format!(
-                "the recording was encrypted with key pair {}, but Secret {} holds key pair {}; \
-                 use the Secret whose metadata.json names keyPairId {}",
-                header.key_pair_id,
-                record.name(),
-                record.key_pair_id,
-                header.key_pair_id
-            ),
-        );
+        return Err(Failure::bad_input(format!(
+            "the recording was encrypted with key pair {}, but Secret {} holds key pair {}; \
+             use the Secret whose metadata.json names keyPairId {}",
+            header.key_pair_id,
+            record.name(),
+            record.key_pair_id,
+            header.key_pair_id
+        )));
     }
     // Only now, with a matching header, create the output and ask KMS.
-    let mut output = match Output::create(&args.output) {
-        Ok(o) => o,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
-    };
+    let mut output = Output::create(&args.output).map_err(Failure::bad_input)?;
     let kms = SdkKms::from_env().await;
-    let private_key = match kms
+    let private_key = kms
         .decrypt_private_key(
             &record.kms_key_arn,
             &record.private_key_ciphertext,
             &record.encryption_context,
         )
         .await
-    {
-        Ok(key) => key,
-        Err(err) => {
-            let request_id = err
-                .request_id
-                .as_ref()
+        .map_err(|err| {
+            let request_id = (err.request_id.as_ref())
                 .map(|id| format!(" (request id {id})"))
                 .unwrap_or_default();
-            return fail(
-                EXIT_FAILED,
-                format!(
-                    "KMS could not decrypt the private key of key pair {}: {err}{request_id}",
-                    record.key_pair_id
-                ),
-            );
-        }
-    };
+            Failure::failed(format!(
+                "KMS could not decrypt the private key of key pair {}: {err}{request_id}",
+                record.key_pair_id
+            ))
+        })?;
     let outcome = envelope::decrypt(&private_key, &header, input, output.writer());
     drop(private_key);
-    match outcome {
-        Ok(bytes) => match output.finish() {
-            Ok(()) => {
-                eprintln!(
-                    "decrypted {bytes} bytes with key pair {}",
-                    record.key_pair_id
-                );
-                ExitCode::from(EXIT_OK)
-            }
-            Err(e) => fail(EXIT_FAILED, e),
-        },
-        Err(e) => fail(EXIT_FAILED, format!("decryption failed: {e}")),
-    }
+    let bytes = outcome.map_err(|e| Failure::failed(format!("decryption failed: {e}")))?;
+    output.finish().map_err(Failure::failed)?;
+    eprintln!(
+        "decrypted {bytes} bytes with key pair {}",
+        record.key_pair_id
+    );
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Output, fail, read_manifest, validate};
+use super::common::{Failure, Output, exit, read_manifest, validate};
 use super::selftest::print_report;
 use crate::cli::KeypairGenerateArgs;
 use crate::keypair::KeyPairSecret;
@@ -11,38 +11,29 @@ use crate::kms::sdk::SdkKms;
 use crate::selftest;
 
 pub async fn execute(args: KeypairGenerateArgs) -> ExitCode {
-    let manifest = match read_manifest(&args.file) {
-        Ok(m) => m,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
-    };
+    exit(generate(&args).await)
+}
+
+async fn generate(args: &KeypairGenerateArgs) -> Result<(), Failure> {
+    let manifest = read_manifest(&args.file).map_err(Failure::bad_input)?;
     let kms = SdkKms::from_env().await;
-    let config = match validate(&manifest, &kms) {
-        Ok(c) => c,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
-    };
+    let config = validate(&manifest, &kms).map_err(Failure::bad_input)?;
     if !config.organization_ids.contains(&args.org) {
-        return fail(
-            EXIT_BAD_INPUT,
-            format!(
-                "--org {:?} is not one of the manifest's organizationIds ({})",
-                args.org,
-                config.organization_ids.join(", ")
-            ),
-        );
+        return Err(Failure::bad_input(format!(
+            "--org {:?} is not one of the manifest's organizationIds ({})",
+            args.org,
+            config.organization_ids.join(", ")
+        )));
     }
     // Create the output first, so a bad path fails before any KMS call.
-    let mut output = match Output::create(&args.output) {
-        Ok(o) => o,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
-    };
+    let mut output = Output::create(&args.output).map_err(Failure::bad_input)?;
 
-    let passed = match selftest::run(&kms, &config, &args.org).await {
-        Ok(passed) => passed,
-        Err(failure) => {
+    let passed = selftest::run(&kms, &config, &args.org)
+        .await
+        .map_err(|failure| {
             let _ = print_report(&mut std::io::stderr(), &failure.report, Some(&failure));
-            return fail(EXIT_FAILED, failure);
-        }
-    };
+            Failure::failed(failure)
+        })?;
     let _ = print_report(&mut std::io::stderr(), &passed.report, None);
 
     let record = KeyPairSecret::new_active(
@@ -55,18 +46,14 @@ pub async fn execute(args: KeypairGenerateArgs) -> ExitCode {
         jiff::Timestamp::now(),
         "Created",
     );
-    let yaml = match serde_yaml::to_string(&record.to_secret()) {
-        Ok(y) => y,
-        Err(e) => return fail(EXIT_FAILED, format!("cannot serialise the Secret: {e}")),
-    };
-    if let Err(e) = output
+    let yaml = serde_yaml::to_string(&record.to_secret())
+        .map_err(|e| Failure::failed(format!("cannot serialise the Secret: {e}")))?;
+    output
         .writer()
         .write_all(yaml.as_bytes())
         .map_err(|e| format!("cannot write the Secret: {e}"))
         .and_then(|()| output.finish())
-    {
-        return fail(EXIT_FAILED, e);
-    }
+        .map_err(Failure::failed)?;
     eprintln!(
         "Secret {} written: key pair {} ({}, {}), public key {}",
         record.name(),
@@ -75,5 +62,5 @@ pub async fn execute(args: KeypairGenerateArgs) -> ExitCode {
         record.kms_key_arn,
         record.fingerprint()
     );
-    ExitCode::from(EXIT_OK)
+    Ok(())
 }

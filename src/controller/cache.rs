@@ -16,10 +16,10 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::keypair::{KeyPairRecord, KeyPairSecret, KeyPairState, LABEL_CONFIG};
+use crate::keypair::{
+    ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret, KeyPairState, LABEL_CONFIG,
+};
 use crate::kms::{EncryptionContext, KeyPairSpec};
-
-use super::observe::ANNOTATION_ROTATE_NOW_TOKEN;
 
 /// A cache of `K` objects kept as `V`, grouped within their namespace.
 pub struct Cache<K, V> {

@@ -9,10 +9,29 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::Context;
-use super::observe::{CustodyCheck, CustodyFailure};
 use crate::keypair::{self, KeyPairRecord, KeyPairSecret};
 use crate::keyring::KeyRing;
-use crate::kms::{Kms, KmsErrorKind};
+use crate::kms::{Kms, KmsError, KmsErrorKind};
+
+/// The outcome of decrypting each active pair's private key blob through KMS and comparing the
+/// public key derived from it with the recorded fingerprint.
+#[derive(Clone, Debug, Default)]
+pub struct CustodyCheck {
+    /// Pairs checked and found good.
+    pub verified: usize,
+    pub failures: Vec<CustodyFailure>,
+    /// A KMS failure that stopped the check (not a verdict on any pair).
+    pub error: Option<KmsError>,
+}
+
+/// A pair whose private key blob does not decrypt to its recorded public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustodyFailure {
+    pub secret_name: String,
+    pub organization_id: String,
+    pub key_pair_id: String,
+    pub message: String,
+}
 
 /// Checks the active pairs of the organisations in `organizations`, one KMS Decrypt each, under
 /// the shared rate limit of key pair generation. Stops at the first KMS failure that is not a

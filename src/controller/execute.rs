@@ -1,22 +1,24 @@
 //! Execute: the KMS and API work a plan lists — generate and self-test key pairs, store them,
-//! retire and prune — and nothing else. What happened goes back as an [`Outcome`] for the
-//! report.
+//! retire and prune — and nothing else. What happened goes back to the loop, which hands it to
+//! the report: as [`Progress`] while the work runs, as an [`Outcome`] at its end. Execute writes
+//! no status and no event.
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::observe::{ANNOTATION_ROTATE_NOW_TOKEN, Observation};
-use super::plan::{Plan, Rotation, rotate_now_token};
-use super::report::StatusWriter;
+use super::observe::Observation;
+use super::plan::{Plan, Rotation};
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
-use crate::keypair::{self, ANNOTATION_RETIRED_AT, KeyPairRecord, KeyPairSecret, KeyPairState};
+use crate::keypair::{
+    self, ANNOTATION_RETIRED_AT, ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret,
+    KeyPairState,
+};
 use crate::keyring::KeyRing;
 use crate::kms::{Kms, KmsError};
 use crate::selftest;
@@ -50,14 +52,36 @@ pub struct Outcome {
     pub failure: Option<Failure>,
 }
 
+/// What the work has done so far, handed to the loop as it happens (for status during long
+/// work, and for the events).
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    /// The rotations are about to start: nothing asked of KMS yet.
+    Starting(&'a Outcome),
+    /// One more rotation is done: `stored` is its new key pair.
+    Stored {
+        rotation: &'a Rotation,
+        stored: &'a KeyPairRecord,
+        outcome: &'a Outcome,
+    },
+    /// Active pairs shadowed by a newer active pair of the same organisation were retired.
+    Shadowed(&'a [String]),
+}
+
+/// Where the work hands its progress as it happens: the loop passes the report's.
+pub trait OnProgress {
+    /// An error stops the work.
+    fn progress(&mut self, progress: Progress<'_>) -> impl Future<Output = Result<()>> + Send;
+}
+
 /// Runs `plan` (its step is `Execute`): rotations in order until one fails, then retirements
-/// and prunes, which need no KMS. Progress goes to status through `writer` during long work.
+/// and prunes, which need no KMS. Each step of progress goes to `on` as it happens.
 pub async fn execute<K: Kms>(
     ctx: &Context<K>,
     obs: &Observation,
     plan: &Plan,
-    writer: &mut StatusWriter,
     now: Timestamp,
+    mut on: impl OnProgress + Send,
 ) -> Result<Outcome> {
     let mut outcome = Outcome {
         ring: obs.ring.clone(),
@@ -69,14 +93,19 @@ pub async fn execute<K: Kms>(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.namespace);
     if !plan.rotations.is_empty() {
         // Waiters see the rotation before its first KMS call (unless announced already).
-        writer.progress(ctx, obs, plan, &outcome, now).await?;
+        on.progress(Progress::Starting(&outcome)).await?;
     }
     for rotation in &plan.rotations {
         match generate(ctx, obs, config, rotation, &mut outcome, now).await {
             Ok(record) => {
-                store(ctx, obs, &secrets, rotation, record, &mut outcome, now).await?;
+                let stored = store(obs, &secrets, rotation, record, &mut outcome, now).await?;
                 outcome.done += 1;
-                writer.progress(ctx, obs, plan, &outcome, now).await?;
+                on.progress(Progress::Stored {
+                    rotation,
+                    stored: &stored,
+                    outcome: &outcome,
+                })
+                .await?;
             }
             Err(failure) => {
                 outcome.failure = Some(failure);
@@ -91,20 +120,7 @@ pub async fn execute<K: Kms>(
     }
     outcome.ring.retire(&to_retire, now);
     if !shadowed.is_empty() {
-        let note = format!(
-            "two active key pairs for one organisation (an interrupted rotation?); the newest stays active, retired: {}",
-            shadowed.join(", ")
-        );
-        super::report::publish(
-            ctx,
-            &obs.rkc,
-            EventType::Warning,
-            "DuplicateActiveKeyPair",
-            "Retire",
-            &note,
-            None,
-        )
-        .await;
+        on.progress(Progress::Shadowed(&shadowed)).await?;
     }
     for name in &plan.prune {
         prune(&secrets, name).await?;
@@ -158,17 +174,17 @@ async fn generate<K: Kms>(
     ))
 }
 
-/// Stores a self-tested pair, retires the organisation's previous active pair and announces it.
-async fn store<K>(
-    ctx: &Context<K>,
+/// Stores a self-tested pair and retires the organisation's previous active pair; returns the
+/// pair stored (or adopted).
+async fn store(
     obs: &Observation,
     secrets: &Api<Secret>,
     rotation: &Rotation,
     record: KeyPairSecret,
     outcome: &mut Outcome,
     now: Timestamp,
-) -> Result<()> {
-    let stored = create_or_adopt(secrets, &record, rotate_now_token(&obs.rkc)).await?;
+) -> Result<KeyPairRecord> {
+    let stored = create_or_adopt(secrets, &record, obs.rkc.rotate_now_token()).await?;
     let org = &rotation.organization_id;
     let previous: Vec<String> = outcome
         .ring
@@ -185,23 +201,8 @@ async fn store<K>(
         retire(secrets, name, now).await?;
     }
     outcome.ring.retire(&previous, now);
-    let note = format!(
-        "{}: key pair {} for organisation {org} in Secret {} ({})",
-        rotation.reason,
-        stored.key_pair_id,
-        stored.name(),
-        rotation.message
-    );
-    let secret = ObjectReference {
-        api_version: Some("v1".to_owned()),
-        kind: Some("Secret".to_owned()),
-        name: Some(stored.name()),
-        namespace: Some(obs.namespace.clone()),
-        ..ObjectReference::default()
-    };
-    super::report::publish_once(ctx, &obs.rkc, "KeyPairGenerated", "Rotate", &note, secret).await;
-    outcome.ring.add(stored);
-    Ok(())
+    outcome.ring.add(stored.clone());
+    Ok(stored)
 }
 
 /// Creates the key pair Secret; if it already exists (a retry after a crash between the Secret

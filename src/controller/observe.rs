@@ -5,25 +5,24 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
+use super::custody::{self, CustodyCheck};
 use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
-use crate::keypair::{self, KeyPairRecord, KeyPairSecret, LABEL_CONFIG};
+use crate::keypair::{
+    self, ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret, LABEL_CONFIG,
+};
 pub use crate::keyring::Tokens;
-use crate::keyring::{self, KeyRing, Pruning, Reading};
+use crate::keyring::{KeyRing, Pruning, Reading};
 use crate::kms::{KeyDescription, Kms, KmsError, KmsErrorKind};
-use crate::selftest;
-
-/// The `kekeeper.io/rotate-now` token a key pair Secret was generated under, so a retry after
-/// a crash before the status write does not rotate a second time for the same token.
-pub const ANNOTATION_ROTATE_NOW_TOKEN: &str = "kekeeper.io/rotate-now-token";
+use crate::{policy, selftest};
 
 /// Everything one reconcile decides on.
 #[derive(Clone, Debug)]
@@ -44,26 +43,6 @@ pub struct Observation {
     pub custody: Option<CustodyCheck>,
     /// The time of this reconcile.
     pub now: Timestamp,
-}
-
-/// The outcome of decrypting each active pair's private key blob through KMS and comparing the
-/// public key derived from it with the recorded fingerprint.
-#[derive(Clone, Debug, Default)]
-pub struct CustodyCheck {
-    /// Pairs checked and found good.
-    pub verified: usize,
-    pub failures: Vec<CustodyFailure>,
-    /// A KMS failure that stopped the check (not a verdict on any pair).
-    pub error: Option<KmsError>,
-}
-
-/// A pair whose private key blob does not decrypt to its recorded public key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CustodyFailure {
-    pub secret_name: String,
-    pub organization_id: String,
-    pub key_pair_id: String,
-    pub message: String,
 }
 
 /// The outcome of asking KMS about the alias's key (and the retained pairs' keys).
@@ -212,7 +191,7 @@ impl Observation {
         let (Ok(config), Some(listed)) = (&self.config, &self.listed) else {
             return Ok(());
         };
-        let check = super::custody::check(ctx, &self.ring, listed, &config.organization_ids).await;
+        let check = custody::check(ctx, &self.ring, listed, &config.organization_ids).await;
         for failure in &check.failures {
             self.ring.fail_custody(&failure.secret_name);
         }
@@ -249,18 +228,23 @@ pub fn ring_of(
     now: Timestamp,
 ) -> KeyRing {
     let reading = Reading {
-        acknowledged: keyring::acknowledged(
-            rkc.annotations()
-                .get(keyring::ANNOTATION_ACKNOWLEDGE)
-                .map(String::as_str),
-        ),
+        acknowledged: rkc.acknowledged_key_pairs(),
         pruning: Some(Pruning {
-            retention: super::plan::retention(rkc),
+            retention: retention(rkc),
             period: rkc.spec.rotation.period,
         }),
         now,
     };
     KeyRing::new(records, tokens, rkc.status.as_ref(), &reading)
+}
+
+/// `spec.recordingRetention`, parsed; `None`: pairs are kept for ever (an invalid value is
+/// reported by the config check, and prunes nothing).
+fn retention(rkc: &RecordingKeyConfig) -> Option<SignedDuration> {
+    rkc.spec
+        .recording_retention
+        .as_deref()
+        .and_then(|r| policy::parse_retention(r).ok())
 }
 
 /// Retained key pairs whose KMS key (other than the alias's current one, which

@@ -4,13 +4,11 @@
 use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
 
 use super::Settings;
 use super::observe::{KeyCheck, Observation};
-use crate::crd::{ANNOTATION_ROTATE_NOW, RecordingKeyConfig};
-use crate::keypair::KeyPairRecord;
-use crate::keyring::{ANNOTATION_VERIFY_NOW, KEY_PAIR_MISSING, KeyRing};
+use crate::crd::RecordingKeyConfig;
+use crate::keyring::{KEY_PAIR_MISSING, KeyRing};
 use crate::policy::{self, ActivePair, RotationInput, RotationReason};
 
 /// What the reconcile does next.
@@ -66,7 +64,7 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         rotations: Vec::new(),
         retire: Vec::new(),
         prune: Vec::new(),
-        token: rotate_now_token(rkc).map(str::to_owned),
+        token: rkc.rotate_now_token().map(str::to_owned),
     };
     if let Ok(config) = &obs.config {
         plan.rotations = rotations(obs, &config.organization_ids, now);
@@ -132,20 +130,12 @@ fn custody_due(
     let last = rkc.status.as_ref().and_then(|s| s.last_key_verify_time);
     !ring.active_by_org().is_empty()
         && ((last.is_some() && policy::kms_key_check_due(last, interval, now))
-            || verify_now_token(rkc).is_some_and(|token| {
+            || rkc.verify_now_token().is_some_and(|token| {
                 rkc.status
                     .as_ref()
                     .and_then(|s| s.verify_now_token.as_deref())
                     != Some(token)
             }))
-}
-
-/// The `kekeeper.io/verify-now` annotation's token, if any.
-pub fn verify_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
-    rkc.annotations()
-        .get(ANNOTATION_VERIFY_NOW)
-        .map(String::as_str)
-        .filter(|t| !t.is_empty())
 }
 
 /// A pair recorded in status seems to be gone and status does not say so yet: worth a fresh
@@ -165,9 +155,7 @@ fn newly_missing(ring: &KeyRing, status: &crate::crd::RecordingKeyConfigStatus) 
 /// Which organisations need a new key pair and why (the rotation policy chain).
 fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec<Rotation> {
     let rkc = obs.rkc.as_ref();
-    let status = rkc.status.as_ref();
     let active = obs.ring.active_by_org();
-    let requested = rotate_now_token(rkc);
     let Ok(config) = &obs.config else {
         return Vec::new();
     };
@@ -192,8 +180,9 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
                 encryption_context_key: &config.encryption_context_key,
                 period: rkc.spec.rotation.period,
                 on_kms_key_change: rkc.spec.rotation.on_kms_key_change,
-                rotate_now_token: requested,
-                honoured_token: honoured(pair.copied(), &obs.ring, requested, status),
+                rotate_now_token: rkc.rotate_now_token(),
+                // Also honoured by the active pair of a rotation whose status write was lost.
+                honoured_token: rkc.honoured_token(pair.and_then(|r| obs.ring.token_of(r))),
                 integrity_failed: pair
                     .is_some_and(|r| obs.ring.custody_failed().contains(&r.secret_name)),
             };
@@ -206,43 +195,19 @@ fn rotations(obs: &Observation, organizations: &[String], now: Timestamp) -> Vec
         .collect()
 }
 
-/// The token honoured for one organisation: in status, or already by its active pair (a
-/// rotation whose status write was lost).
-fn honoured<'a>(
-    pair: Option<&KeyPairRecord>,
-    ring: &'a KeyRing,
-    requested: Option<&'a str>,
-    status: Option<&'a crate::crd::RecordingKeyConfigStatus>,
-) -> Option<&'a str> {
-    match pair.and_then(|r| ring.tokens().get(&r.name())) {
-        Some(token) if Some(token.as_str()) == requested => requested,
-        _ => status.and_then(|s| s.rotate_now_token.as_deref()),
-    }
-}
-
-pub fn rotate_now_token(rkc: &RecordingKeyConfig) -> Option<&str> {
-    rkc.annotations()
-        .get(ANNOTATION_ROTATE_NOW)
-        .map(String::as_str)
-        .filter(|t| !t.is_empty())
-}
-
-pub fn retention(rkc: &RecordingKeyConfig) -> Option<SignedDuration> {
-    rkc.spec
-        .recording_retention
-        .as_deref()
-        .and_then(|r| policy::parse_retention(r).ok())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use kube::ResourceExt;
+
     use super::*;
     use crate::config;
     use crate::controller::observe::{Tokens, ring_of};
-    use crate::crd::{LastKmsError, RecordingKeyConfigStatus};
-    use crate::keypair::test_pair;
+    use crate::crd::{
+        ANNOTATION_ROTATE_NOW, ANNOTATION_VERIFY_NOW, LastKmsError, RecordingKeyConfigStatus,
+    };
+    use crate::keypair::{KeyPairRecord, test_pair};
     use crate::kms::{KeyPairSpec, KmsError};
     use crate::kms::{KmsErrorKind, KmsOperation};
 
@@ -440,7 +405,7 @@ mod tests {
         assert_eq!(plan(&due, ts(NOW), &settings()).step, Step::VerifyCustody);
 
         // The check found the active pair's blob broken: rotate at once.
-        due.custody = Some(crate::controller::observe::CustodyCheck::default());
+        due.custody = Some(crate::controller::custody::CustodyCheck::default());
         due.ring.fail_custody(&records[0].name());
         let after = plan(&due, ts(NOW), &settings());
         assert_eq!(

@@ -18,7 +18,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::cache::content_digest;
-use super::execute::{Failure, Outcome};
+use super::execute::{Failure, OnProgress, Outcome, Progress};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Step};
 use super::status::{self, StatusInput};
@@ -104,6 +104,23 @@ impl StatusWriter {
         }
     }
 
+    /// The report of the work `plan` lists while it runs.
+    pub fn reporting<'a, K>(
+        &'a mut self,
+        ctx: &'a Context<K>,
+        obs: &'a Observation,
+        plan: &'a Plan,
+        now: Timestamp,
+    ) -> ProgressReport<'a, K> {
+        ProgressReport {
+            ctx,
+            writer: self,
+            obs,
+            plan,
+            now,
+        }
+    }
+
     /// Before the first KMS call of new work: status says what is pending (Reconciling, and
     /// Ready=False while rotations wait), so waiters never see a stale Ready=True.
     pub async fn announce<K>(
@@ -116,8 +133,7 @@ impl StatusWriter {
         if plan.rotations.is_empty() && obs.rkc.status.is_some() {
             return Ok(());
         }
-        self.progress_now(ctx, obs, plan, &Outcome::default(), now)
-            .await
+        self.progress_now(ctx, obs, plan, None, now).await
     }
 
     /// During long work: progress, at most every [`PROGRESS_EVERY`].
@@ -135,7 +151,7 @@ impl StatusWriter {
         {
             return Ok(());
         }
-        self.progress_now(ctx, obs, plan, outcome, now).await
+        self.progress_now(ctx, obs, plan, Some(outcome), now).await
     }
 
     async fn progress_now<K>(
@@ -143,24 +159,80 @@ impl StatusWriter {
         ctx: &Context<K>,
         obs: &Observation,
         plan: &Plan,
-        outcome: &Outcome,
+        outcome: Option<&Outcome>,
         now: Timestamp,
     ) -> Result<()> {
-        let ring = if outcome.done > 0 {
-            &outcome.ring
-        } else {
-            &obs.ring
-        };
         self.write(ctx, |view| {
-            status::desired(&StatusInput {
-                ring,
-                last_test: outcome.last_test.as_ref(),
-                pending: plan.rotations.len() - outcome.done,
-                ..input(view, obs, plan, now)
-            })
+            status::desired(&input(view, obs, plan, outcome, false, now))
         })
         .await?;
         Ok(())
+    }
+}
+
+/// The report of the work while it runs: its events at once, status at most every
+/// [`PROGRESS_EVERY`].
+pub struct ProgressReport<'a, K> {
+    ctx: &'a Context<K>,
+    writer: &'a mut StatusWriter,
+    obs: &'a Observation,
+    plan: &'a Plan,
+    now: Timestamp,
+}
+
+impl<K: Send + Sync> OnProgress for ProgressReport<'_, K> {
+    async fn progress(&mut self, progress: Progress<'_>) -> Result<()> {
+        let (ctx, obs, plan, now) = (self.ctx, self.obs, self.plan, self.now);
+        let writer = &mut *self.writer;
+        match progress {
+            Progress::Starting(outcome) => writer.progress(ctx, obs, plan, outcome, now).await,
+            Progress::Stored {
+                rotation,
+                stored,
+                outcome,
+            } => {
+                let note = format!(
+                    "{}: key pair {} for organisation {} in Secret {} ({})",
+                    rotation.reason,
+                    stored.key_pair_id,
+                    rotation.organization_id,
+                    stored.name(),
+                    rotation.message
+                );
+                let secret = secret_ref(obs, stored.name());
+                publish_once(ctx, &obs.rkc, "KeyPairGenerated", "Rotate", &note, secret).await;
+                writer.progress(ctx, obs, plan, outcome, now).await
+            }
+            Progress::Shadowed(retired) => {
+                let note = format!(
+                    "two active key pairs for one organisation (an interrupted rotation?); the newest stays active, retired: {}",
+                    retired.join(", ")
+                );
+                let (reason, action) = ("DuplicateActiveKeyPair", "Retire");
+                publish(
+                    ctx,
+                    &obs.rkc,
+                    EventType::Warning,
+                    reason,
+                    action,
+                    &note,
+                    None,
+                )
+                .await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A reference to one of the resource's key pair Secrets (the related object of an event).
+fn secret_ref(obs: &Observation, name: String) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Secret".to_owned()),
+        name: Some(name),
+        namespace: Some(obs.namespace.clone()),
+        ..ObjectReference::default()
     }
 }
 
@@ -172,33 +244,44 @@ fn plan_inputs_changed(planned: &RecordingKeyConfig, fresh: &RecordingKeyConfig)
         || planned.annotations() != fresh.annotations()
 }
 
-/// The status input of a reconcile that did no work (yet).
+/// The status input of this reconcile: what it observed, and what the work did (`outcome`,
+/// once it started), on top of `view`'s status. A rotate-now token is honoured only when the
+/// work is `finished`: the one planned for, once every rotation is done.
 fn input<'a>(
     view: &'a RecordingKeyConfig,
     obs: &'a Observation,
     plan: &'a Plan,
+    outcome: Option<&'a Outcome>,
+    finished: bool,
     now: Timestamp,
 ) -> StatusInput<'a> {
     let config_error = match &plan.step {
         Step::ConfigInvalid(message) => Some(message.as_str()),
         _ => None,
     };
+    let failure = outcome.and_then(|o| o.failure.as_ref());
+    let (kms_failure, self_test_failure) = match failure {
+        Some(Failure::Kms(err)) => (Some(err), None),
+        Some(Failure::SelfTest(message)) => (None, Some(message.as_str())),
+        None => (None, None),
+    };
+    let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
+    let complete = finished && plan.step == Step::Execute && pending == 0 && failure.is_none();
     StatusInput {
         rkc: &obs.rkc,
         current: view.status.as_ref(),
         now,
-        ring: &obs.ring,
+        ring: outcome.map_or(&obs.ring, |o| &o.ring),
         custody: obs.custody.as_ref(),
         config_error,
         key: obs.key.as_ref(),
-        kms_failure: None,
-        self_test_failure: None,
-        last_test: None,
-        pending: plan.rotations.len(),
+        kms_failure,
+        self_test_failure,
+        last_test: outcome.and_then(|o| o.last_test.as_ref()),
+        pending,
         honoured_token: view
-            .status
-            .as_ref()
-            .and_then(|s| s.rotate_now_token.clone()),
+            .honoured_token(plan.token.as_deref().filter(|_| complete))
+            .map(str::to_owned),
     }
 }
 
@@ -212,47 +295,20 @@ pub async fn report<K>(
     outcome: Option<&Outcome>,
     now: Timestamp,
 ) -> Result<RecordingKeyConfigStatus> {
-    let (kms_failure, self_test_failure) = match outcome.and_then(|o| o.failure.as_ref()) {
-        Some(Failure::Kms(err)) => (Some(err), None),
-        Some(Failure::SelfTest(message)) => (None, Some(message.as_str())),
-        None => (None, None),
-    };
-    let ring = outcome.map_or(&obs.ring, |o| &o.ring);
-    let failed = outcome.is_some_and(|o| o.failure.is_some());
-    let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
     let before = writer.view.status.clone();
     let desired = writer
         .write(ctx, |view| {
-            let base = input(view, obs, plan, now);
-            status::desired(&StatusInput {
-                ring,
-                kms_failure,
-                self_test_failure,
-                last_test: outcome.and_then(|o| o.last_test.as_ref()),
-                pending,
-                honoured_token: honoured(view, plan, pending == 0 && !failed)
-                    .or(base.honoured_token.clone()),
-                ..base
-            })
+            status::desired(&input(view, obs, plan, outcome, true, now))
         })
         .await?;
     let changed = before.as_ref() != Some(&desired);
     warn_about(ctx, obs, plan, outcome, changed).await;
     warn_about_custody(ctx, obs, writer.initial.as_ref(), &desired).await;
     if matches!(plan.step, Step::Execute | Step::Blocked) {
+        let ring = outcome.map_or(&obs.ring, |o| &o.ring);
         apply_public_keys(ctx, &obs.rkc, ring).await?;
     }
     Ok(desired)
-}
-
-/// The token this reconcile honoured: the one it planned for, once every rotation is done,
-/// and only while it is still the one the newest view asks for (a reconcile on a stale view
-/// never records an older token over a newer one).
-fn honoured(view: &RecordingKeyConfig, plan: &Plan, complete: bool) -> Option<String> {
-    let asked = super::plan::rotate_now_token(view);
-    (plan.step == Step::Execute && complete && asked.is_some() && plan.token.as_deref() == asked)
-        .then(|| plan.token.clone())
-        .flatten()
 }
 
 /// Warning events: a KMS error or key problem on every occurrence (the reason is its code, so
@@ -302,7 +358,7 @@ async fn warn_about<K>(
 
 /// An event, optionally about a related object (the key pair Secret). Events are best
 /// effort: a failure to record one must not fail the reconcile.
-pub async fn publish<K>(
+async fn publish<K>(
     ctx: &Context<K>,
     rkc: &RecordingKeyConfig,
     type_: EventType,
@@ -349,7 +405,7 @@ impl Events {
 
 /// A Normal event that is never repeated (it names `related`, a new object): created
 /// directly, with no series and nothing kept in memory. Best effort, like [`publish`].
-pub async fn publish_once<K>(
+async fn publish_once<K>(
     ctx: &Context<K>,
     rkc: &RecordingKeyConfig,
     reason: &str,
@@ -423,13 +479,7 @@ async fn warn_about_custody<K>(
     };
     for problem in now.key_pair_problems.iter().filter(|p| !known(p)) {
         warn!(reason = %problem.reason, secret = %problem.secret_name, "{}", problem.message);
-        let secret = ObjectReference {
-            api_version: Some("v1".to_owned()),
-            kind: Some("Secret".to_owned()),
-            name: Some(problem.secret_name.clone()),
-            namespace: Some(obs.namespace.clone()),
-            ..ObjectReference::default()
-        };
+        let secret = secret_ref(obs, problem.secret_name.clone());
         publish(
             ctx,
             &obs.rkc,

@@ -4,7 +4,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::observe::{CustodyCheck, KeyCheck};
+use super::custody::CustodyCheck;
+use super::observe::KeyCheck;
 use crate::crd::{
     KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
     RecordingKeyConfigStatus,
@@ -150,7 +151,7 @@ fn kms_bookkeeping(
 ) {
     let now = input.now;
     if let Some(err) = input.kms_error() {
-        next.last_kms_error = Some(err.to_status(now));
+        next.last_kms_error = Some(LastKmsError::of(err, now));
     }
     match input.key {
         Some(KeyCheck::Usable {
@@ -259,7 +260,7 @@ fn custody(
         next.last_key_verify_time = Some(input.now);
     }
     if checked {
-        next.verify_now_token = super::plan::verify_now_token(input.rkc).map(str::to_owned);
+        next.verify_now_token = input.rkc.verify_now_token().map(str::to_owned);
     }
 }
 
@@ -576,7 +577,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::controller::observe::{CustodyFailure, Tokens};
+    use crate::controller::custody::CustodyFailure;
+    use crate::controller::observe::Tokens;
     use crate::keypair::test_pair;
     use crate::keyring::Reading;
     use crate::kms::KeyPairSpec;
