@@ -408,7 +408,11 @@ pub fn crd() -> CustomResourceDefinition {
     use kube::CustomResourceExt;
     let mut crd = RecordingKeyConfig::crd();
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             known_formats(schema);
         }
     }

@@ -12,8 +12,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kekeeper::cli::{Cli, Command};
-use kekeeper::crd::RecordingKeyConfig;
-use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;

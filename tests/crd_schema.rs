@@ -2,7 +2,6 @@
 //! for. (Apply-time rejection is exercised against the API simulator in the end-to-end test.)
 
 use kekeeper::crd::{RecordingKeyConfig, crd_yaml};
-use kube::CustomResourceExt;
 use serde_json::Value;
 
 const COMMITTED: &str = "crds/recordingkeyconfigs.kekeeper.io.yaml";
