@@ -2,7 +2,8 @@
 //! against kube-sim with many RecordingKeyConfigs, KMS being LocalStack (and, for the 10k
 //! memory/resync run, an in-process fast stand-in, labelled as such). Prints one table.
 //!
-//! `cargo bench --bench fleet -- [--resources N] [--steady-secs S] [--storm N] [--big N]`
+//! `cargo bench --bench fleet -- [--resources N] [--steady-secs S] [--day-secs D] [--storm N]
+//! [--big N]`
 //! with `KEKEEPER_TEST_KMS_ENDPOINT` (LocalStack) and `KEKEEPER_TEST_KUBECTL` set.
 
 #[path = "../tests/common/mod.rs"]
@@ -16,6 +17,7 @@ use common::fleet::{self, FastKms, api_requests, kms_calls, outcomes, rss_detail
 struct Args {
     resources: usize,
     steady_secs: u64,
+    day_secs: u64,
     storm: usize,
     big: usize,
     in_flight: usize,
@@ -25,6 +27,7 @@ fn args() -> Args {
     let mut args = Args {
         resources: 1000,
         steady_secs: 60,
+        day_secs: 48,
         storm: 300,
         big: 10_000,
         in_flight: 4,
@@ -35,6 +38,7 @@ fn args() -> Args {
         match pair[0].as_str() {
             "--resources" => args.resources = value(),
             "--steady-secs" => args.steady_secs = value() as u64,
+            "--day-secs" => args.day_secs = value() as u64,
             "--storm" => args.storm = value(),
             "--big" => args.big = value(),
             "--in-flight" => args.in_flight = value(),
@@ -155,18 +159,85 @@ async fn localstack_fleet(args: &Args, endpoint: &str, capacity: f64) {
 
     steady(&cluster, &operator, &user, args.steady_secs).await;
     operator.kill();
-    let operator = restart(
-        &cluster,
-        &kubeconfig,
+    let run = Fleet {
+        cluster: &cluster,
+        kubeconfig: &kubeconfig,
         endpoint,
-        &user,
+        user: &user,
         n,
-        &operator_args,
-        "LocalStack",
-    )
-    .await;
-    drop(operator);
+        operator_args: &operator_args,
+    };
+    drop(restart(&run, "LocalStack").await);
+    if args.day_secs > 0 {
+        drop(day(&run, args.day_secs).await);
+    }
     storm(&cluster, &client, &kubeconfig, endpoint, args.storm.min(n)).await;
+}
+
+/// The unchanged fleet over simulated days: the key check every "hour" (`day_secs` / 24) and
+/// the custody check every "day", the defaults' ratio (1h and 24h). After one day for the
+/// custody checks due at start, two days are counted: what one unchanged resource costs the
+/// API server per day, and what the fleet costs KMS per day (docs/design.md, "A quiet steady
+/// state").
+async fn day(run: &Fleet<'_>, day_secs: u64) -> Operator {
+    let Fleet {
+        cluster,
+        kubeconfig,
+        endpoint,
+        user,
+        n,
+        operator_args,
+    } = *run;
+    let hour_ms = day_secs * 1000 / 24;
+    let mut args = operator_args.to_vec();
+    args.push(format!("--kms-key-check-interval={hour_ms}ms"));
+    args.push(format!("--key-verify-interval={day_secs}s"));
+    let mut operator = cluster.start_operator("day", kubeconfig, endpoint, &args, &[]);
+    operator.wait_ready().await;
+    tokio::time::sleep(Duration::from_secs(day_secs)).await;
+    let (verbs, kms) = (api_verbs(cluster, user), kms_calls(&operator).await);
+    tokio::time::sleep(Duration::from_secs(2 * day_secs)).await;
+    let (verbs_after, kms_after) = (api_verbs(cluster, user), kms_calls(&operator).await);
+    let per_day = |verb: &str| {
+        let count = |m: &std::collections::BTreeMap<String, usize>| *m.get(verb).unwrap_or(&0);
+        (count(&verbs_after) - count(&verbs)) as f64 / (2 * n) as f64
+    };
+    let writes: f64 = ["create", "update", "patch", "delete"]
+        .iter()
+        .map(|v| per_day(v))
+        .sum();
+    row(
+        &format!("a simulated day (1 h = {hour_ms} ms), per unchanged resource"),
+        format!(
+            "{writes:.2} writes, {:.2} lists, {:.2} gets",
+            per_day("list"),
+            per_day("get")
+        ),
+    );
+    let kms_per_day = |operation: &str| {
+        (fleet::calls(&kms_after, operation) - fleet::calls(&kms, operation)) as f64 / 2.0
+    };
+    row(
+        &format!("a simulated day: KMS calls of the fleet of {n} per day"),
+        format!(
+            "DescribeKey {:.0}, Decrypt {:.0}, Generate {:.0}",
+            kms_per_day("DescribeKey"),
+            kms_per_day("Decrypt"),
+            kms_per_day("GenerateDataKeyPairWithoutPlaintext")
+        ),
+    );
+    operator
+}
+
+/// The operator's API requests by verb (Leases left out: leader election is its own cost).
+fn api_verbs(cluster: &Cluster, user: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut verbs = std::collections::BTreeMap::new();
+    for r in cluster.request_log() {
+        if r.user == user && r.resource != "leases" {
+            *verbs.entry(r.verb).or_default() += 1;
+        }
+    }
+    verbs
 }
 
 async fn secrets(cluster: &Cluster) -> usize {
@@ -194,26 +265,38 @@ async fn steady(cluster: &Cluster, operator: &Operator, user: &str, secs: u64) {
     row("steady state: operator RSS", rss_detail(operator.pid()));
 }
 
-async fn restart(
-    cluster: &Cluster,
-    kubeconfig: &std::path::Path,
-    endpoint: &str,
-    user: &str,
+/// A fleet of `n` RecordingKeyConfigs the operator runs with, and its identity.
+#[derive(Clone, Copy)]
+struct Fleet<'a> {
+    cluster: &'a Cluster,
+    kubeconfig: &'a std::path::Path,
+    endpoint: &'a str,
+    user: &'a str,
     n: usize,
-    operator_args: &[String],
-    label: &str,
-) -> Operator {
-    let (_, writes) = api_requests(cluster, user);
+    operator_args: &'a [String],
+}
+
+async fn restart(run: &Fleet<'_>, label: &str) -> Operator {
+    let (_, writes) = api_requests(run.cluster, run.user);
     let started = Instant::now();
-    let mut operator = cluster.start_operator("restart", kubeconfig, endpoint, operator_args, &[]);
+    let mut operator = run.cluster.start_operator(
+        "restart",
+        run.kubeconfig,
+        run.endpoint,
+        run.operator_args,
+        &[],
+    );
     operator.wait_ready().await;
-    while fleet::metric(&operator, "kekeeper_reconciles_total").await < n as f64 {
+    while fleet::metric(&operator, "kekeeper_reconciles_total").await < run.n as f64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let resync = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     row(
-        &format!("restart ({label}, {n}): resync time (every resource reconciled)"),
+        &format!(
+            "restart ({label}, {}): resync time (every resource reconciled)",
+            run.n
+        ),
         format!("{:.2} s", resync.as_secs_f64()),
     );
     row(
@@ -221,7 +304,7 @@ async fn restart(
         format!(
             "{} / {}",
             total(&kms_calls(&operator).await),
-            api_requests(cluster, user).1 - writes
+            api_requests(run.cluster, run.user).1 - writes
         ),
     );
     row(
@@ -307,16 +390,15 @@ async fn stand_in_fleet(args: &Args) {
         rss_detail(operator.pid()),
     );
     operator.kill();
-    let operator = restart(
-        &cluster,
-        &kubeconfig,
-        &kms.endpoint,
-        &user,
+    let run = Fleet {
+        cluster: &cluster,
+        kubeconfig: &kubeconfig,
+        endpoint: &kms.endpoint,
+        user: &user,
         n,
-        &operator_args,
-        label,
-    )
-    .await;
+        operator_args: &operator_args,
+    };
+    let operator = restart(&run, label).await;
     row(
         &format!("restart of {n}: peak RSS during resync"),
         format!("{:.1} MiB", rss_mib(operator.pid()).1),

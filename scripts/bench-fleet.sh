@@ -3,7 +3,8 @@
 # RecordingKeyConfigs. Starts LocalStack (scripts/kms-emulator.sh) and stops it on exit; the
 # 10k memory/resync run uses an in-process KMS stand-in, labelled as such in the table.
 #
-#   scripts/bench-fleet.sh [--real] [--resources 1000] [--steady-secs 60] [--storm 300] [--big 10000]
+#   scripts/bench-fleet.sh [--real] [--resources 1000] [--steady-secs 60] [--day-secs 48]
+#                          [--storm 300] [--big 10000]
 #
 # --real runs the LocalStack fleet against the real control plane (scripts/control-plane.sh,
 # started and stopped here) instead of kube-sim.
