@@ -58,6 +58,7 @@ for target in "${TARGETS[@]}"; do
   # Standard output and error of the code under test are closed (-close_fd_mask=3): a manifest
   # with many documents prints a note per document. libFuzzer's own report still shows.
   status=0
+  run_started=$SECONDS
   cargo +nightly fuzz run "$target" "work/$target" "corpus/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 -close_fd_mask=3 -timeout=10 \
     -rss_limit_mb=2048 >"$log" 2>&1 || status=$?
@@ -69,7 +70,7 @@ for target in "${TARGETS[@]}"; do
   cov="$(sed -E 's/.* cov: ([0-9]+).*/\1/' <<<"$last")"
   ft="$(sed -E 's/.* ft: ([0-9]+).*/\1/' <<<"$last")"
   corpus="$(sed -nE 's/.* corp: ([0-9]+\/[0-9]+[a-zA-Z]*).*/\1/p' <<<"$last")"
-  summary="${executions:-?} executions, ${per_second:-?} exec/s, cov ${cov:-?}, ft ${ft:-?}, corpus ${corpus:-?}, ${seconds} s"
+  summary="${executions:-?} executions, ${per_second:-?} exec/s, cov ${cov:-?}, ft ${ft:-?}, corpus ${corpus:-?}, $((SECONDS - run_started)) s"
   if ((status == 0)); then
     passed=$((passed + 1))
     echo "fuzz: $target: passed: $summary"

@@ -85,7 +85,12 @@ fn records(rkc: &RecordingKeyConfig, present: u8) -> Vec<KeyPairRecord> {
     });
     for (i, (org, id, name, sequence, created, retired, spec)) in active.chain(history).enumerate()
     {
-        if present & (1 << (i % 7)) == 0 {
+        // Secret names are unique in a namespace; status may name one twice.
+        if present & (1 << (i % 7)) == 0
+            || records
+                .iter()
+                .any(|r: &KeyPairRecord| &r.secret_name == name)
+        {
             continue;
         }
         let sequence = sequence.unwrap_or(i as u64 + 1);
