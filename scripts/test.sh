@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it (.ci/run calls exactly this): formatting and lints, the
 # Helm chart rendered by the real Helm engine, unit tests, reconcile scenarios, kube-sim's
 # conformance tests, the integration and end-to-end tests against a local KMS emulator
-# (LocalStack, started here and stopped on exit) and kube-sim driven by kubectl, and the
-# operator image built with buildah and run against kube-sim and LocalStack (needs root).
+# (LocalStack, started here and stopped on exit) and kube-sim driven by kubectl, 20 s of every
+# fuzz target, and the operator image built with buildah and run against kube-sim and
+# LocalStack (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +45,10 @@ step "recording envelope: the independent Python reader (docs/envelope.md)"
 scripts/envelope-reader-test.sh 2>&1 | tee "$LOGS/envelope.log"
 envelope_passed="$(grep -Eo '^envelope-reader: [0-9]+ passed' "$LOGS/envelope.log" | grep -Eo '[0-9]+' || true)"
 
+step "fuzzing: every fuzz target for 20 s from its committed corpus (fuzz/, docs/testing.md)"
+scripts/fuzz.sh 20 2>&1 | tee "$LOGS/fuzz.log"
+fuzz_passed="$(grep -Eo '^fuzz: [0-9]+ targets, [0-9]+ passed' "$LOGS/fuzz.log" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+' || true)"
+
 step "real control plane: etcd, kube-apiserver, kube-controller-manager $(cat tests/control-plane/RELEASE) built from source; the end-to-end tests that run on it (docs/testing.md)"
 control_plane_env="$(scripts/control-plane.sh start)"
 (
@@ -78,5 +83,5 @@ read -r real_passed real_failed < <(awk '/^test result:/ {p += $4; f += $6} END 
 helm_real_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/helm-real.log" | tail -n 1 | grep -Eo '[0-9]+')"
 real_passed=$((real_passed + ${helm_real_passed:-0}))
 echo
-echo "${chart_passed:-0} chart tests, $cargo_passed Rust tests on kube-sim, $real_passed on the real control plane, ${envelope_passed:-0} envelope-reader checks and $image_passed image test"
-echo "tests: $((chart_passed + cargo_passed + real_passed + ${envelope_passed:-0} + image_passed)) passed, $((cargo_failed + real_failed)) failed"
+echo "${chart_passed:-0} chart tests, $cargo_passed Rust tests on kube-sim, $real_passed on the real control plane, ${envelope_passed:-0} envelope-reader checks, ${fuzz_passed:-0} fuzz targets and $image_passed image test"
+echo "tests: $((chart_passed + cargo_passed + real_passed + ${envelope_passed:-0} + ${fuzz_passed:-0} + image_passed)) passed, $((cargo_failed + real_failed)) failed"

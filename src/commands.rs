@@ -14,6 +14,9 @@ mod status;
 
 use std::process::ExitCode;
 
+/// For the fuzz targets (fuzz/): how a manifest or Secret file is checked and parsed.
+pub use common::{Manifest, input_text, parse_manifests};
+
 use crate::cli::{Cli, Command, KeypairCommand};
 
 pub async fn dispatch(cli: Cli) -> ExitCode {

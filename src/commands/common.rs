@@ -85,6 +85,12 @@ pub(super) fn read_to_string(path: &Path) -> Result<String, String> {
         .take(MAX_INPUT_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read {source}: {e}"))?;
+    input_text(bytes, &source)
+}
+
+/// The checks every manifest or Secret input passes once read (size, nesting, UTF-8), apart
+/// from the reading, so the fuzz targets (fuzz/) reach them.
+pub fn input_text(bytes: Vec<u8>, source: &str) -> Result<String, String> {
     if bytes.len() > MAX_INPUT_BYTES {
         return Err(format!(
             "{source} is larger than 1 MiB, the limit for manifests and key pair Secrets; \
@@ -180,7 +186,7 @@ impl Drop for Output {
 }
 
 /// A RecordingKeyConfig manifest: name, namespace and spec.
-pub(super) struct Manifest {
+pub struct Manifest {
     pub name: String,
     pub namespace: Option<String>,
     pub spec: RecordingKeyConfigSpec,
@@ -207,10 +213,13 @@ const MAX_SKIP_NOTES: usize = 10;
 /// (`kubectl get rkc -o yaml`). In a file of several documents other kinds are skipped with a
 /// note; a file without any RecordingKeyConfig is an error.
 pub(super) fn read_manifests(path: &Path) -> Result<Vec<Manifest>, String> {
-    let text = read_to_string(path)?;
-    let source = display(path);
+    parse_manifests(&read_to_string(path)?, &display(path))
+}
+
+/// [`read_manifests`] on text already read; `source` names it in messages.
+pub fn parse_manifests(text: &str, source: &str) -> Result<Vec<Manifest>, String> {
     let mut documents = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
+    for document in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(document)
             .map_err(|e| format!("{source} is not valid YAML: {e}"))?;
         match value.get("kind").and_then(serde_yaml::Value::as_str) {
@@ -223,7 +232,7 @@ pub(super) fn read_manifests(path: &Path) -> Result<Vec<Manifest>, String> {
         }
     }
     if documents.len() == 1 {
-        return Ok(vec![manifest(&documents[0], &source)?]);
+        return Ok(vec![manifest(&documents[0], source)?]);
     }
     let mut manifests = Vec::new();
     let mut skipped = 0;
