@@ -3,8 +3,9 @@
 # Helm chart rendered by the real Helm engine, unit tests, reconcile scenarios, kube-sim's
 # conformance tests, the integration and end-to-end tests against a local KMS emulator
 # (LocalStack, started here and stopped on exit) and kube-sim driven by kubectl, 20 s of every
-# fuzz target, and the operator image built with buildah and run against kube-sim and
-# LocalStack (needs root).
+# fuzz target, then the end-to-end tests and the Helm install tests again on a real control plane
+# (etcd, kube-apiserver, kube-controller-manager built from source), and the operator image
+# built with buildah and run against a real control plane and LocalStack (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
