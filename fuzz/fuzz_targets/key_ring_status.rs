@@ -13,7 +13,7 @@
 use jiff::Timestamp;
 use kekeeper::crd::RecordingKeyConfig;
 use kekeeper::keypair::{KeyPairRecord, KeyPairState};
-use kekeeper::keyring::{self, KeyRing, Pruning, Reading, Tokens};
+use kekeeper::keyring::{KeyRing, Pruning, Reading, Tokens};
 use kekeeper::kms::{EncryptionContext, KeyPairSpec};
 use kekeeper::policy;
 use libfuzzer_sys::fuzz_target;
@@ -118,13 +118,7 @@ fuzz_target!(|data: &[u8]| {
     let now: Timestamp = "2026-12-01T00:00:00Z".parse().expect("a timestamp");
     // As controller::observe::ring_of reads the resource.
     let reading = Reading {
-        acknowledged: keyring::acknowledged(
-            rkc.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(keyring::ANNOTATION_ACKNOWLEDGE))
-                .map(String::as_str),
-        ),
+        acknowledged: rkc.acknowledged_key_pairs(),
         pruning: Some(Pruning {
             retention: rkc
                 .spec
