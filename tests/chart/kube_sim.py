@@ -88,7 +88,8 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             crd = self.get(path) or {}
-            conditions = crd.get("status", {}).get("conditions", [])
+            # A CRD just created may answer `conditions: null`.
+            conditions = (crd.get("status") or {}).get("conditions") or []
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 return
             assert time.monotonic() < deadline, f"CRD {name} not Established: {conditions}"
