@@ -208,13 +208,13 @@ impl<K: Send + Sync> OnProgress for ProgressReport<'_, K> {
                     "two active key pairs for one organisation (an interrupted rotation?); the newest stays active, retired: {}",
                     retired.join(", ")
                 );
-                let (reason, action) = ("DuplicateActiveKeyPair", "Retire");
+                let warning = EventType::Warning;
                 publish(
                     ctx,
                     &obs.rkc,
-                    EventType::Warning,
-                    reason,
-                    action,
+                    warning,
+                    "DuplicateActiveKeyPair",
+                    "Retire",
                     &note,
                     None,
                 )
