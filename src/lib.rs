@@ -10,6 +10,7 @@ pub mod crd;
 pub mod envelope;
 pub mod keypair;
 pub mod keyring;
+pub mod keystore;
 pub mod kms;
 pub mod metrics;
 pub mod policy;
