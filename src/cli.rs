@@ -96,6 +96,11 @@ pub struct RunArgs {
     /// resources, so nothing is generated that cannot be tested before the KMS client's timeout.
     #[arg(long, env = "KEKEEPER_KMS_MAX_IN_FLIGHT", default_value_t = 4)]
     pub kms_max_in_flight: usize,
+    /// Where every key pair is written once before it becomes active, and restored from when
+    /// its Secret is missing: s3://BUCKET[/PREFIX]; one prefix per cluster (default: none; key
+    /// pairs then live only in this cluster). docs/disaster-recovery.md
+    #[arg(long, env = "KEKEEPER_KEY_STORE", value_name = "s3://BUCKET[/PREFIX]")]
+    pub key_store: Option<crate::keystore::KeyStoreUrl>,
 }
 
 /// How to reach the cluster, as kubectl does.

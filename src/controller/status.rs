@@ -22,6 +22,8 @@ pub const KMS_AVAILABLE: &str = "KmsAvailable";
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const HISTORICAL_KEYS_AT_RISK: &str = "HistoricalKeysAtRisk";
 pub const KEY_PAIR_INTEGRITY: &str = "KeyPairIntegrity";
+/// With a key store: whether every retained key pair has its object there (docs/disaster-recovery.md).
+pub const KEY_STORE_SYNCED: &str = "KeyStoreSynced";
 
 /// The condition types in the order status lists them.
 const ORDER: [&str; 7] = [
