@@ -30,6 +30,7 @@ pub mod plan;
 pub mod ratelimit;
 pub mod report;
 pub mod status;
+pub mod stored;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,7 @@ use tracing::{info, instrument, warn};
 
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keyring::KeyRing;
+use crate::keystore::{KeyStore, KeyStoreUrl};
 use crate::kms::Kms;
 use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
@@ -144,6 +146,9 @@ pub struct Settings {
     pub key_verify_interval: SignedDuration,
     /// The operator's AWS region (the default homeRegion).
     pub operator_region: Option<String>,
+    /// Where key pairs are written before they become active (`--key-store`); `None`: they live
+    /// only in this cluster.
+    pub key_store: Option<KeyStoreUrl>,
 }
 
 impl Default for Settings {
@@ -152,6 +157,7 @@ impl Default for Settings {
             kms_key_check_interval: DEFAULT_KMS_KEY_CHECK_INTERVAL,
             key_verify_interval: DEFAULT_KEY_VERIFY_INTERVAL,
             operator_region: None,
+            key_store: None,
         }
     }
 }
@@ -170,6 +176,8 @@ pub struct Context<K> {
     pub key_pair_rate: Arc<TokenBucket>,
     pub settings: Settings,
     pub metrics: Metrics,
+    /// The key store of `settings.key_store` (docs/design.md, "The key store").
+    pub key_store: Option<KeyStore>,
     /// Consecutive failed reconciles per resource that could not write status (API errors),
     /// and when the last one was counted; KMS failures are counted in status instead. Bounded:
     /// see [`Context::record_failure`] and [`Context::forget_deleted`].
@@ -212,8 +220,16 @@ impl<K> Context<K> {
             key_pair_rate,
             settings,
             metrics,
+            key_store: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// The context with a key store: every new pair is written there before it becomes active.
+    pub fn with_key_store(mut self, store: KeyStore) -> Self {
+        self.settings.key_store = Some(store.url().clone());
+        self.key_store = Some(store);
+        self
     }
 
     fn failures(
@@ -334,6 +350,7 @@ async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>)
                 obs.check_key(ctx).await;
             }
             Step::VerifyCustody if obs.custody.is_none() => obs.verify_custody(ctx).await?,
+            Step::ListStore if obs.store.is_none() => obs.check_store(ctx).await?,
             _ => break,
         }
         plan = plan::plan(&obs, now, settings);
@@ -352,6 +369,7 @@ async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>)
     }
     let ring = outcome.as_ref().map_or(&obs.ring, |o| &o.ring);
     record_metrics(ctx, &obs, ring, &status);
+    record_store_metrics(ctx, &obs, outcome.as_ref());
     Ok(next_action(ctx, &obs, &plan, ring, &status, now))
 }
 
@@ -402,6 +420,27 @@ fn next_action<K>(
 fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
     let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
     Action::requeue(wait.max(Duration::from_secs(1)))
+}
+
+/// What this reconcile did with the key store.
+fn record_store_metrics<K>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    outcome: Option<&execute::Outcome>,
+) {
+    let metrics = &ctx.metrics;
+    match obs.store.as_ref().map(|s| &s.result) {
+        Some(Ok(sync)) => metrics.count_store("refused", sync.refused.len() + sync.differing.len()),
+        Some(Err(_)) => metrics.count_store("list_failed", 1),
+        None => {}
+    }
+    if let Some(outcome) = outcome {
+        metrics.count_store("written", outcome.store_writes);
+        metrics.count_store("restored", outcome.restored.len());
+        let failed = matches!(outcome.failure, Some(execute::Failure::Store(_)))
+            || outcome.store_error.is_some();
+        metrics.count_store("write_failed", usize::from(failed));
+    }
 }
 
 /// Per-resource gauges; series of organisations that no longer have an active pair here are

@@ -199,7 +199,9 @@ impl KeyRing {
         }
     }
 
-    fn note_sequence(&mut self, organization_id: &str, sequence: u64) {
+    /// Notes that `sequence` is taken for the organisation (a pair seen elsewhere, such as in the
+    /// key store): no new pair gets its name.
+    pub fn note_sequence(&mut self, organization_id: &str, sequence: u64) {
         let highest = self.highest.entry(organization_id.to_owned()).or_default();
         *highest = (*highest).max(sequence);
     }
@@ -373,6 +375,14 @@ impl KeyRing {
         self.note_sequence(&record.organization_id, record.sequence);
         self.records.retain(|r| r.secret_name != record.secret_name);
         self.records.push(record);
+    }
+
+    /// Pairs restored from the key store in this reconcile: present again, no longer missing.
+    pub fn restore(&mut self, records: Vec<KeyPairRecord>) {
+        for record in records {
+            self.missing.retain(|m| m.secret_name != record.secret_name);
+            self.add(record);
+        }
     }
 
     /// Marks the named pairs retired at `at`.

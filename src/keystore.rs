@@ -531,12 +531,12 @@ impl KeyStore {
             .list(&prefix)
             .await
             .map_err(|err| self.error(&prefix, err))?;
-        let objects: Vec<&String> = keys
+        let reads: Vec<_> = keys
             .iter()
             .filter(|k| k.ends_with(".json") && !is_marker(k))
-            .collect();
-        let entries: Vec<StoredEntry> = futures::stream::iter(objects)
             .map(|key| self.read_entry(key, &keys, &prefix, namespace, config))
+            .collect();
+        let entries: Vec<StoredEntry> = futures::stream::iter(reads)
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;

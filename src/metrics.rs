@@ -37,6 +37,13 @@ pub struct KeyPairLabels {
     pub organization_id: String,
 }
 
+/// What happened to key store objects: `written`, `write_failed`, `restored`, `refused` (failed
+/// their checks or disagree with a Secret), `list_failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyStoreLabels {
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigLabels {
     pub namespace: String,
@@ -52,6 +59,8 @@ pub struct Metrics {
     pub kms_calls: Family<KmsCallLabels, Counter>,
     /// Creation time (Unix seconds) of each organisation's active key pair; age is `time() - x`.
     pub key_pair_created: Family<KeyPairLabels, Gauge>,
+    /// Key store objects by outcome (docs/disaster-recovery.md).
+    pub key_store: Family<KeyStoreLabels, Counter>,
     /// The gauges with one series per resource.
     resources: Arc<ResourceGauges>,
     /// Uids of recently deleted resources, whose series are not recorded again.
@@ -89,6 +98,19 @@ impl Forgotten {
     }
 }
 
+impl Metrics {
+    /// Counts `n` key store objects with `outcome`.
+    pub fn count_store(&self, outcome: &str, n: usize) {
+        if n > 0 {
+            self.key_store
+                .get_or_create(&KeyStoreLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -102,6 +124,7 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let kms_calls = Family::<KmsCallLabels, Counter>::default();
         let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
+        let key_store = Family::<KeyStoreLabels, Counter>::default();
         let resources = Arc::new(ResourceGauges::default());
         registry.register_collector(Box::new(resources.clone()));
         registry.register(
@@ -124,6 +147,11 @@ impl Default for Metrics {
             "Creation time of each organisation's active key pair (key pair age = time() - this)",
             key_pair_created.clone(),
         );
+        registry.register(
+            "key_store_objects",
+            "Key store objects by outcome: written, write_failed, restored, refused, list_failed",
+            key_store.clone(),
+        );
         Metrics {
             resources,
             forgotten: Arc::default(),
@@ -132,6 +160,7 @@ impl Default for Metrics {
             reconcile_errors,
             kms_calls,
             key_pair_created,
+            key_store,
         }
     }
 }

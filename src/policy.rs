@@ -256,6 +256,8 @@ pub struct HealthInput<'a> {
     pub kms_error: Option<(&'a str, &'a str, bool)>,
     /// A self-test failed for a reason other than KMS.
     pub self_test_failed: Option<&'a str>,
+    /// The key store could not be read or did not take a new pair: its message.
+    pub store_unavailable: Option<&'a str>,
     pub organizations: usize,
     /// Organisations whose active pair was made under the current spec, alias key and
     /// rotate-now token.
@@ -284,6 +286,7 @@ pub const READINESS_CHAIN: &[HealthPolicy] = &[
     kms_key_unusable,
     kms_failed_for_good,
     kms_unavailable_with_work_pending,
+    store_unavailable_with_work_pending,
     self_test_failed,
     rotating,
 ];
@@ -397,6 +400,21 @@ pub fn kms_unavailable_with_work_pending(input: &HealthInput) -> Option<Conditio
         )),
         _ => None,
     }
+}
+
+/// Like KMS: an unreachable key store matters only while a key pair waits on it (a restore, or
+/// a new pair that may not become active before its object is stored).
+pub fn store_unavailable_with_work_pending(input: &HealthInput) -> Option<ConditionVerdict> {
+    input
+        .store_unavailable
+        .filter(|_| pending(input))
+        .map(|message| {
+            (
+                false,
+                "KeyStoreUnavailable",
+                format!("{message}; retrying with backoff"),
+            )
+        })
 }
 
 pub fn self_test_failed(input: &HealthInput) -> Option<ConditionVerdict> {
@@ -841,6 +859,20 @@ mod tests {
         assert_eq!(
             verdict(&throttled_pending),
             (false, "KmsUnavailable", true, false, "NotStalled")
+        );
+
+        let store_down = HealthInput {
+            store_unavailable: Some("key store s3://b: PutObject k: ServiceUnavailable: down"),
+            ..base.clone()
+        };
+        assert_eq!(verdict(&store_down).0, true, "no work waits on the store");
+        let store_down_pending = HealthInput {
+            up_to_date: 1,
+            ..store_down
+        };
+        assert_eq!(
+            verdict(&store_down_pending),
+            (false, "KeyStoreUnavailable", true, false, "NotStalled")
         );
 
         let test_failed = HealthInput {

@@ -30,6 +30,8 @@ use crate::controller::ratelimit::TokenBucket;
 use crate::controller::report::Events;
 use crate::controller::{self, Context, Settings};
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
+use crate::keystore::KeyStore;
+use crate::keystore::s3::S3Objects;
 use crate::kms::coalesce::CoalescingKms;
 use crate::kms::sdk::SdkKms;
 use crate::metrics::{ConfigLabels, MeteredKms, Metrics};
@@ -212,12 +214,22 @@ async fn run_controller(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sdk = SdkKms::from_env().await;
+    let key_store = args.key_store.clone().map(|url| {
+        info!(key_store = %url, "key pairs are written to the key store before they become active");
+        let objects = S3Objects::new(sdk.sdk_config(), &url.bucket);
+        KeyStore::new(url, Arc::new(objects))
+    });
+    if key_store.is_none() {
+        warn!("no --key-store: key pairs live only in this cluster (docs/disaster-recovery.md)");
+    }
     let shared = Shared {
         settings: Settings {
             kms_key_check_interval: args.kms_key_check_interval,
             key_verify_interval: args.key_verify_interval,
             operator_region: sdk.operator_region().map(str::to_owned),
+            key_store: None,
         },
+        key_store,
         // Metered inside the coalescing layer: the metrics count the calls KMS really gets.
         kms: CoalescingKms::new(
             MeteredKms {
@@ -271,6 +283,7 @@ async fn run_controller(
 #[derive(Clone)]
 struct Shared {
     settings: Settings,
+    key_store: Option<KeyStore>,
     kms: CoalescingKms<MeteredKms<SdkKms>>,
     key_pair_rate: Arc<TokenBucket>,
     concurrency: u16,
@@ -321,7 +334,7 @@ async fn run_scope(
         &public_keys,
     );
 
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         shared.kms,
         controller::system_clock(),
@@ -331,7 +344,11 @@ async fn run_scope(
         shared.key_pair_rate,
         shared.settings,
         shared.metrics,
-    ));
+    );
+    let ctx = Arc::new(match shared.key_store {
+        Some(store) => ctx.with_key_store(store),
+        None => ctx,
+    });
     // A deleted resource's metric series and failure count go with it.
     let deleted = ctx.clone();
     let rkc_stream = rkc_events

@@ -8,10 +8,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::observe::Observation;
 use super::plan::{Plan, Rotation};
+use super::stored::StoreSync;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
@@ -20,6 +21,7 @@ use crate::keypair::{
     KeyPairState,
 };
 use crate::keyring::KeyRing;
+use crate::keystore::{MarkKind, StoreError};
 use crate::kms::{Kms, KmsError};
 use crate::selftest;
 
@@ -29,6 +31,8 @@ pub enum Failure {
     Kms(KmsError),
     /// A self-test failed for a reason other than KMS (the message says which step).
     SelfTest(String),
+    /// The key store did not take a new pair's object: the pair did not become active.
+    Store(StoreError),
 }
 
 impl Failure {
@@ -37,6 +41,7 @@ impl Failure {
         match self {
             Failure::Kms(err) => err.code.clone(),
             Failure::SelfTest(_) => "SelfTestFailed".to_owned(),
+            Failure::Store(_) => "KeyStoreUnavailable".to_owned(),
         }
     }
 }
@@ -50,6 +55,13 @@ pub struct Outcome {
     pub done: usize,
     pub last_test: Option<LastTest>,
     pub failure: Option<Failure>,
+    /// Secret names of the pairs restored from the key store.
+    pub restored: Vec<String>,
+    /// Key pair objects written to the store (new pairs, and retained pairs it lacked).
+    pub store_writes: usize,
+    /// A store write that failed outside the rotations (an object or marker of a retained
+    /// pair): reported, it blocks nothing.
+    pub store_error: Option<StoreError>,
 }
 
 /// What the work has done so far, handed to the loop as it happens (for status during long
@@ -91,6 +103,13 @@ pub async fn execute<K: Kms>(
         return Ok(outcome);
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.namespace);
+    // Pairs the store holds and the cluster lost come back before anything new is made; the
+    // ring has them already (docs/design.md, "The key store").
+    for pair in obs.store_sync().map_or(&[][..], |s| &s.restore) {
+        let restored = create_or_adopt(&secrets, pair, None).await?;
+        info!(secret = %restored.secret_name, organization = %restored.organization_id, sequence = restored.sequence, "key pair restored from the key store");
+        outcome.restored.push(restored.secret_name);
+    }
     if !plan.rotations.is_empty() {
         // Waiters see the rotation before its first KMS call (unless announced already).
         on.progress(Progress::Starting(&outcome)).await?;
@@ -98,7 +117,15 @@ pub async fn execute<K: Kms>(
     for rotation in &plan.rotations {
         match generate(ctx, obs, config, rotation, &mut outcome, now).await {
             Ok(record) => {
-                let stored = store(obs, &secrets, rotation, record, &mut outcome, now).await?;
+                // Write-ahead: a pair the store did not take never becomes active.
+                if let Some(store) = &ctx.key_store {
+                    if let Err(err) = store.put(&record).await {
+                        outcome.failure = Some(Failure::Store(err));
+                        break;
+                    }
+                    outcome.store_writes += 1;
+                }
+                let stored = store(ctx, obs, &secrets, rotation, record, &mut outcome, now).await?;
                 outcome.done += 1;
                 on.progress(Progress::Stored {
                     rotation,
@@ -119,14 +146,81 @@ pub async fn execute<K: Kms>(
         retire(&secrets, name, now).await?;
     }
     outcome.ring.retire(&to_retire, now);
+    mark(ctx, &mut outcome, &to_retire, MarkKind::Retired, now).await;
     if !shadowed.is_empty() {
         on.progress(Progress::Shadowed(&shadowed)).await?;
     }
-    for name in &plan.prune {
+    if let Some(sync) = obs.store_sync() {
+        sync_store(ctx, obs, sync, &mut outcome, now).await;
+    }
+    // A pair is pruned only once the store has recorded it, so a restore does not bring it back.
+    let pruned = mark(ctx, &mut outcome, &plan.prune, MarkKind::Pruned, now).await;
+    for name in &pruned {
         prune(&secrets, name).await?;
     }
-    outcome.ring.remove(&plan.prune);
+    outcome.ring.remove(&pruned);
     Ok(outcome)
+}
+
+/// Writes to the store what it lacks of the retained pairs: their objects, and the retirement
+/// markers of retired ones. Failures are kept for the report; they block nothing.
+async fn sync_store<K>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    sync: &StoreSync,
+    outcome: &mut Outcome,
+    now: Timestamp,
+) {
+    let Some(store) = &ctx.key_store else { return };
+    let listed = obs.listed.as_deref().unwrap_or_default();
+    let unstored: Vec<&KeyPairSecret> = listed
+        .iter()
+        .filter(|p| sync.unstored.contains(&p.secret_name))
+        .collect();
+    for pair in unstored {
+        match store.put(pair).await {
+            Ok(()) => outcome.store_writes += 1,
+            Err(err) => {
+                warn!(error = %err, "cannot write a retained key pair to the key store");
+                outcome.store_error.get_or_insert(err);
+            }
+        }
+    }
+    mark(ctx, outcome, &sync.unmarked, MarkKind::Retired, now).await;
+}
+
+/// Records in the store that the named pairs were retired or pruned; returns the names it
+/// recorded (all of them without a store).
+async fn mark<K>(
+    ctx: &Context<K>,
+    outcome: &mut Outcome,
+    names: &[String],
+    kind: MarkKind,
+    now: Timestamp,
+) -> Vec<String> {
+    let Some(store) = &ctx.key_store else {
+        return names.to_vec();
+    };
+    let mut marked = Vec::new();
+    for name in names {
+        let Some(record) = outcome
+            .ring
+            .records()
+            .iter()
+            .find(|r| &r.secret_name == name)
+        else {
+            continue;
+        };
+        let at = record.retired_at.unwrap_or(now);
+        match store.mark(record, kind, at).await {
+            Ok(()) => marked.push(name.clone()),
+            Err(err) => {
+                warn!(secret = %name, error = %err, "cannot record in the key store that the key pair was {}", kind.as_str());
+                outcome.store_error.get_or_insert(err);
+            }
+        }
+    }
+    marked
 }
 
 /// One key pair, generated under the shared rate limit and self-tested through KMS.
@@ -176,7 +270,8 @@ async fn generate<K: Kms>(
 
 /// Stores a self-tested pair and retires the organisation's previous active pair; returns the
 /// pair stored (or adopted).
-async fn store(
+async fn store<K>(
+    ctx: &Context<K>,
     obs: &Observation,
     secrets: &Api<Secret>,
     rotation: &Rotation,
@@ -201,6 +296,7 @@ async fn store(
         retire(secrets, name, now).await?;
     }
     outcome.ring.retire(&previous, now);
+    mark(ctx, outcome, &previous, MarkKind::Retired, now).await;
     outcome.ring.add(stored.clone());
     Ok(stored)
 }

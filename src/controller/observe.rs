@@ -13,6 +13,7 @@ use kube::{Api, ResourceExt};
 use tracing::warn;
 
 use super::custody::{self, CustodyCheck};
+use super::stored::{self, StoreCheck, StoreSync};
 use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
@@ -41,6 +42,9 @@ pub struct Observation {
     pub key: Option<KeyCheck>,
     /// The custody check of the active pairs, when it ran in this reconcile.
     pub custody: Option<CustodyCheck>,
+    /// The key store against the Secrets, when it was listed in this reconcile; pairs it
+    /// restores are in `ring` and `listed` already.
+    pub store: Option<StoreCheck>,
     /// The time of this reconcile.
     pub now: Timestamp,
 }
@@ -117,6 +121,7 @@ impl Observation {
             listed: None,
             key: None,
             custody: None,
+            store: None,
             now,
         })
     }
@@ -197,6 +202,46 @@ impl Observation {
         }
         self.custody = Some(check);
         Ok(())
+    }
+
+    /// Lists the config's pairs in the key store and compares them with the Secrets (listed
+    /// first if they were not). Pairs whose Secrets are gone and whose objects pass their checks
+    /// join the ring and the listed Secrets as they were: execute creates their Secrets, and the
+    /// plan sees them before it decides on new pairs. Every sequence the store holds is taken.
+    pub async fn check_store<K>(&mut self, ctx: &Context<K>) -> Result<()> {
+        let Some(store) = &ctx.key_store else {
+            return Ok(());
+        };
+        if self.listed.is_none() {
+            self.list_records(ctx).await?;
+        }
+        let result = match store.list(&self.namespace, &self.name).await {
+            Ok(listing) => {
+                for (org, sequence) in stored::taken_sequences(&listing) {
+                    self.ring.note_sequence(org, sequence);
+                }
+                let listed = self.listed.get_or_insert_default();
+                let sync = stored::compare(&listing, listed, &self.ring);
+                listed.extend(sync.restore.iter().cloned());
+                self.ring
+                    .restore(sync.restore.iter().map(|p| p.record.clone()).collect());
+                Ok(sync)
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot list the key store");
+                Err(err)
+            }
+        };
+        self.store = Some(StoreCheck {
+            url: store.url().to_string(),
+            result,
+        });
+        Ok(())
+    }
+
+    /// The store's comparison with the Secrets, when it was listed in this reconcile.
+    pub fn store_sync(&self) -> Option<&StoreSync> {
+        self.store.as_ref().and_then(|s| s.result.as_ref().ok())
     }
 
     /// The key the alias resolves to: from this reconcile's check, else as status last saw it.

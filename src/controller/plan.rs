@@ -7,6 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::Settings;
 use super::observe::{KeyCheck, Observation};
+use super::status::KEY_STORE_SYNCED;
 use crate::crd::RecordingKeyConfig;
 use crate::keyring::{KEY_PAIR_MISSING, KeyRing};
 use crate::policy::{self, ActivePair, RotationInput, RotationReason};
@@ -27,6 +28,9 @@ pub enum Step {
     CheckKey,
     /// The active pairs' private key blobs are due for the custody check, then plan again.
     VerifyCustody,
+    /// The key store must be compared with the Secrets first (work is due, pairs are missing,
+    /// or it is not known to hold every pair), then plan again.
+    ListStore,
     /// KMS failed or the key cannot be used: report only; the active pairs stay.
     Blocked,
     /// Generate, retire and prune as listed (nothing at all in steady state).
@@ -100,6 +104,15 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
             ));
     let custody_due =
         obs.custody.is_none() && custody_due(&obs.ring, rkc, settings.key_verify_interval, now);
+    // Before anything new is made, the store may hold the pairs (docs/design.md, "The key
+    // store"); it is also read until status says it holds every pair.
+    let store_due = obs.store.is_none()
+        && settings.key_store.as_ref().is_some_and(|url| {
+            work_due
+                || custody_due
+                || !obs.ring.missing().is_empty()
+                || !store_synced(&status, &url.to_string())
+        });
     plan.step = match backoff {
         Some(until) if now < until && !new_generation && obs.key.is_none() => {
             Step::WaitBackoff(until)
@@ -107,16 +120,27 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         // The key check reads only what the cache has (the retained pairs' KMS keys): a list
         // only when there is work or the custody check needs the blobs (docs/design.md, "A
         // quiet steady state").
-        _ if (work_due || custody_due) && !obs.records_listed() => Step::ListRecords,
+        _ if (work_due || custody_due || store_due) && !obs.records_listed() => Step::ListRecords,
+        _ if store_due => Step::ListStore,
         _ if key_due => Step::CheckKey,
         _ => match &obs.key {
             Some(KeyCheck::Unusable { .. } | KeyCheck::Failed(_)) => Step::Blocked,
             _ if custody_due => Step::VerifyCustody,
             _ if obs.custody.as_ref().is_some_and(|c| c.error.is_some()) => Step::Blocked,
+            // Nothing new is made while the store cannot say what it holds.
+            _ if obs.store.as_ref().is_some_and(|s| s.result.is_err()) => Step::Blocked,
             _ => Step::Execute,
         },
     };
     plan
+}
+
+/// Whether status says the store at `url` holds every retained pair.
+fn store_synced(status: &crate::crd::RecordingKeyConfigStatus, url: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == KEY_STORE_SYNCED && c.status == "True" && c.message.ends_with(url))
 }
 
 /// Whether the custody check is due: active pairs exist and the interval since the last check
@@ -204,10 +228,12 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::controller::observe::{Tokens, ring_of};
+    use crate::controller::stored::{StoreCheck, StoreSync};
     use crate::crd::{
         ANNOTATION_ROTATE_NOW, ANNOTATION_VERIFY_NOW, LastKmsError, RecordingKeyConfigStatus,
     };
     use crate::keypair::{KeyPairRecord, test_pair};
+    use crate::keystore::StoreError;
     use crate::kms::{KeyPairSpec, KmsError};
     use crate::kms::{KmsErrorKind, KmsOperation};
 
@@ -252,6 +278,7 @@ mod tests {
             kms_key_check_interval: HOUR,
             key_verify_interval: SignedDuration::from_hours(24),
             operator_region: None,
+            key_store: None,
         }
     }
 
@@ -266,6 +293,7 @@ mod tests {
             listed: None,
             key: None,
             custody: None,
+            store: None,
             now: ts(NOW),
         }
     }
@@ -281,6 +309,88 @@ mod tests {
         let plan = plan(&obs, ts(NOW), &settings());
         assert_eq!(plan.step, Step::Execute);
         assert!(plan.rotations.is_empty() && plan.retire.is_empty() && plan.prune.is_empty());
+    }
+
+    fn with_store() -> Settings {
+        Settings {
+            key_store: Some("s3://acme-keys/prod".parse().unwrap()),
+            ..settings()
+        }
+    }
+
+    fn store_listed(result: Result<StoreSync, StoreError>) -> Option<StoreCheck> {
+        Some(StoreCheck {
+            url: "s3://acme-keys/prod".into(),
+            result,
+        })
+    }
+
+    /// With a key store, a new resource lists its Secrets, then the store, before KMS is asked
+    /// for anything; a store that cannot be listed blocks the work.
+    #[test]
+    fn with_a_store_a_new_resource_reads_it_before_anything_is_made() {
+        let mut obs = observe(resource(1, None), Vec::new());
+        assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::ListRecords);
+        obs.listed = Some(Vec::new());
+        assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::ListStore);
+        obs.store = store_listed(Ok(StoreSync::default()));
+        assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::CheckKey);
+        obs.key = Some(KeyCheck::Usable {
+            description: crate::kms::KeyDescription {
+                key_arn: KEY.into(),
+                key_id: "k1".into(),
+                key_state: "Enabled".into(),
+                key_spec: "SYMMETRIC_DEFAULT".into(),
+                key_usage: "ENCRYPT_DECRYPT".into(),
+                key_manager: "CUSTOMER".into(),
+                region: "us-east-1".into(),
+                multi_region: None,
+                age: std::time::Duration::ZERO,
+            },
+            at_risk: Vec::new(),
+            checked_at: ts(NOW),
+        });
+        assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::Execute);
+        obs.store = store_listed(Err(StoreError {
+            url: "s3://acme-keys/prod".into(),
+            operation: "ListObjectsV2",
+            key: "prod/".into(),
+            code: "ServiceUnavailable".into(),
+            message: "down".into(),
+        }));
+        assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::Blocked);
+    }
+
+    /// Steady state with a store that status says holds every pair: nothing is listed; a
+    /// condition naming another store, or a False one, reads the store.
+    #[test]
+    fn a_synced_store_is_not_read_in_steady_state() {
+        let synced = |status: &str, url: &str| {
+            let mut s = steady_status("2026-01-15T09:30:00Z");
+            s.conditions
+                .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: KEY_STORE_SYNCED.into(),
+                    status: status.into(),
+                    reason: "KeyPairsStored".into(),
+                    message: format!("1/1 key pairs stored in {url}"),
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(
+                        NOW,
+                    )),
+                    observed_generation: Some(1),
+                });
+            observe(resource(1, Some(s)), vec![record("2026-01-10T00:00:00Z")])
+        };
+        let steady = synced("True", "s3://acme-keys/prod");
+        assert_eq!(plan(&steady, ts(NOW), &with_store()).step, Step::Execute);
+        let other = synced("True", "s3://acme-keys/staging");
+        assert_eq!(plan(&other, ts(NOW), &with_store()).step, Step::ListRecords);
+        let unsynced = synced("False", "s3://acme-keys/prod");
+        assert_eq!(
+            plan(&unsynced, ts(NOW), &with_store()).step,
+            Step::ListRecords
+        );
+        // Without a store, nothing about it is read.
+        assert_eq!(plan(&unsynced, ts(NOW), &settings()).step, Step::Execute);
     }
 
     #[test]

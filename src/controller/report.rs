@@ -15,7 +15,7 @@ use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::cache::content_digest;
 use super::execute::{Failure, OnProgress, Outcome, Progress};
@@ -260,10 +260,11 @@ fn input<'a>(
         _ => None,
     };
     let failure = outcome.and_then(|o| o.failure.as_ref());
-    let (kms_failure, self_test_failure) = match failure {
-        Some(Failure::Kms(err)) => (Some(err), None),
-        Some(Failure::SelfTest(message)) => (None, Some(message.as_str())),
-        None => (None, None),
+    let (kms_failure, self_test_failure, store_failure) = match failure {
+        Some(Failure::Kms(err)) => (Some(err), None, None),
+        Some(Failure::SelfTest(message)) => (None, Some(message.as_str()), None),
+        Some(Failure::Store(err)) => (None, None, Some(err)),
+        None => (None, None, None),
     };
     let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
     let complete = finished && plan.step == Step::Execute && pending == 0 && failure.is_none();
@@ -279,6 +280,10 @@ fn input<'a>(
         self_test_failure,
         last_test: outcome.and_then(|o| o.last_test.as_ref()),
         pending,
+        store: obs.store.as_ref(),
+        store_writes: outcome.map_or(0, |o| o.store_writes),
+        store_write_error: outcome.and_then(|o| o.store_error.as_ref()),
+        store_failure,
         honoured_token: view
             .honoured_token(plan.token.as_deref().filter(|_| complete))
             .map(str::to_owned),
@@ -304,6 +309,7 @@ pub async fn report<K>(
     let changed = before.as_ref() != Some(&desired);
     warn_about(ctx, obs, plan, outcome, changed).await;
     warn_about_custody(ctx, obs, writer.initial.as_ref(), &desired).await;
+    tell_about_store(ctx, obs, outcome).await;
     if matches!(plan.step, Step::Execute | Step::Blocked) {
         let ring = outcome.map_or(&obs.ring, |o| &o.ring);
         apply_public_keys(ctx, &obs.rkc, ring).await?;
@@ -331,6 +337,11 @@ async fn warn_about<K>(
         (_, _, Some(Failure::SelfTest(message))) => {
             ("SelfTestFailed".to_owned(), "SelfTest", message.clone())
         }
+        (_, _, Some(Failure::Store(err))) => (
+            "KeyStoreUnavailable".to_owned(),
+            err.operation,
+            format!("{err}; the new key pair does not become active until it is stored"),
+        ),
         (_, Some(KeyCheck::Failed(err)), _) => {
             (err.code.clone(), err.operation.as_str(), err.to_string())
         }
@@ -460,6 +471,63 @@ fn truncate(s: &str, max: usize) -> String {
 /// The name of the ConfigMap with the active public keys.
 pub fn public_keys_config_map_name(config: &str) -> String {
     format!("{config}-public-keys")
+}
+
+/// The key store's events: pairs restored from it (Normal), a listing that failed and objects
+/// refused (Warning).
+async fn tell_about_store<K>(ctx: &Context<K>, obs: &Observation, outcome: Option<&Outcome>) {
+    let restored = outcome.map_or(&[][..], |o| &o.restored);
+    if !restored.is_empty() {
+        let note = format!(
+            "{} key pairs restored from the key store (same names, fingerprints checked): {}",
+            restored.len(),
+            restored.join(", ")
+        );
+        info!("{note}");
+        publish(
+            ctx,
+            &obs.rkc,
+            EventType::Normal,
+            "KeyPairsRestored",
+            "Restore",
+            &note,
+            None,
+        )
+        .await;
+    }
+    let Some(check) = &obs.store else { return };
+    let (reason, action, note) = match &check.result {
+        Err(err) => ("KeyStoreUnavailable", err.operation, err.to_string()),
+        Ok(sync) if !sync.refused.is_empty() || !sync.differing.is_empty() => {
+            let named: Vec<String> = sync
+                .refused
+                .iter()
+                .map(|(key, why)| format!("{key}: {why}"))
+                .chain(
+                    sync.differing
+                        .iter()
+                        .map(|n| format!("{n}: the stored object holds another key pair")),
+                )
+                .collect();
+            (
+                "KeyStoreMismatch",
+                "Restore",
+                format!("key store objects not restored: {}", named.join("; ")),
+            )
+        }
+        Ok(_) => return,
+    };
+    warn!(reason, "{note}");
+    publish(
+        ctx,
+        &obs.rkc,
+        EventType::Warning,
+        reason,
+        action,
+        &note,
+        None,
+    )
+    .await;
 }
 
 /// A Warning event for each key pair problem status did not list before (a new problem is

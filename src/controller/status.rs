@@ -6,12 +6,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::custody::CustodyCheck;
 use super::observe::KeyCheck;
+use super::stored::StoreCheck;
 use crate::crd::{
     KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
     RecordingKeyConfigStatus,
 };
 use crate::keypair::KeyPairRecord;
 use crate::keyring::{CUSTODY_CHECK_FAILED, KEY_PAIR_MISSING, KeyRing, PUBLIC_KEY_MISMATCH};
+use crate::keystore::StoreError;
 use crate::kms::KmsError;
 use crate::policy::{self, HealthInput};
 
@@ -26,7 +28,7 @@ pub const KEY_PAIR_INTEGRITY: &str = "KeyPairIntegrity";
 pub const KEY_STORE_SYNCED: &str = "KeyStoreSynced";
 
 /// The condition types in the order status lists them.
-const ORDER: [&str; 7] = [
+const ORDER: [&str; 8] = [
     READY,
     RECONCILING,
     STALLED,
@@ -34,6 +36,7 @@ const ORDER: [&str; 7] = [
     CONFIG_VALID,
     HISTORICAL_KEYS_AT_RISK,
     KEY_PAIR_INTEGRITY,
+    KEY_STORE_SYNCED,
 ];
 
 /// What this reconcile learnt and did.
@@ -60,6 +63,14 @@ pub struct StatusInput<'a> {
     pub last_test: Option<&'a LastTest>,
     /// Rotations still to do.
     pub pending: usize,
+    /// The key store, when it was listed in this reconcile.
+    pub store: Option<&'a StoreCheck>,
+    /// What the work did with the store: objects written, and a failed write of an object or
+    /// marker of a retained pair.
+    pub store_writes: usize,
+    pub store_write_error: Option<&'a StoreError>,
+    /// The store did not take a new pair, which therefore did not become active.
+    pub store_failure: Option<&'a StoreError>,
     /// The rotate-now token to record as honoured.
     pub honoured_token: Option<String>,
 }
@@ -69,11 +80,18 @@ impl StatusInput<'_> {
     pub fn failed(&self) -> bool {
         self.kms_failure.is_some()
             || self.self_test_failure.is_some()
+            || self.store_error().is_some()
             || self.custody.is_some_and(|c| c.error.is_some())
             || matches!(
                 self.key,
                 Some(KeyCheck::Failed(_) | KeyCheck::Unusable { .. })
             )
+    }
+
+    /// The store error that stops work: a new pair it did not take, else its listing.
+    fn store_error(&self) -> Option<&StoreError> {
+        self.store_failure
+            .or(self.store.and_then(|s| s.result.as_ref().err()))
     }
 
     /// The KMS error of this reconcile: of the work, else of DescribeKey, else of the custody
@@ -110,6 +128,7 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     health_conditions(input, &next, &mut conditions);
     kms_conditions(input, &mut conditions);
     custody_conditions(input, &next, &mut conditions);
+    store_condition(input, &mut conditions);
     next.conditions = conditions.finish();
     quiet_key_check(&current, next)
 }
@@ -344,12 +363,14 @@ fn health_conditions(
     let kms_error = input
         .kms_error()
         .map(|e| (e.code.as_str(), e.message.as_str(), e.kind.is_transient()));
+    let store_message = input.store_error().map(ToString::to_string);
     let health = policy::health(&HealthInput {
         suspended: input.rkc.spec.suspend,
         config_error: input.config_error,
         key_unusable,
         kms_error,
         self_test_failed: input.self_test_failure,
+        store_unavailable: store_message.as_deref(),
         organizations,
         up_to_date: organizations
             .saturating_sub(input.pending)
@@ -508,6 +529,57 @@ fn integrity_condition(
     }
 }
 
+/// KeyStoreSynced, when the store was listed in this reconcile: every retained pair has its
+/// object there, or why not. Without a listing it stays as it was; without a store it is absent.
+fn store_condition(input: &StatusInput, conditions: &mut Conditions) {
+    let Some(check) = input.store else {
+        if conditions.current_reason(KEY_STORE_SYNCED).is_some() {
+            conditions.keep(KEY_STORE_SYNCED);
+        }
+        return;
+    };
+    let url = &check.url;
+    let sync = match &check.result {
+        Ok(sync) => sync,
+        Err(err) => {
+            let message = format!(
+                "{err}; missing key pairs are not restored and no new pair becomes active until it answers"
+            );
+            conditions.set(KEY_STORE_SYNCED, false, "KeyStoreUnavailable", &message);
+            return;
+        }
+    };
+    let retained = input.ring.records().len();
+    let stored = (sync.stored + sync.restore.len() + input.store_writes).min(retained);
+    let count = format!("{stored}/{retained} key pairs stored in {url}");
+    let refused: Vec<String> = sync
+        .refused
+        .iter()
+        .map(|(key, why)| format!("{key}: {why}"))
+        .chain(sync.differing.iter().map(|name| {
+            format!("{name}: the stored object holds another key pair than the Secret")
+        }))
+        .collect();
+    if !refused.is_empty() {
+        let message = format!(
+            "objects that fail their checks are not restored; check who wrote them: {}; {count}",
+            refused.join("; ")
+        );
+        conditions.set(KEY_STORE_SYNCED, false, "KeyStoreMismatch", &message);
+    } else if let Some(err) = input.store_failure.or(input.store_write_error) {
+        conditions.set(
+            KEY_STORE_SYNCED,
+            false,
+            "KeyStoreUnavailable",
+            &format!("{err}; {count}"),
+        );
+    } else if stored < retained {
+        conditions.set(KEY_STORE_SYNCED, false, "KeyStoreIncomplete", &count);
+    } else {
+        conditions.set(KEY_STORE_SYNCED, true, "KeyPairsStored", &count);
+    }
+}
+
 /// Builds the condition list, keeping `lastTransitionTime` when a condition's status stays.
 struct Conditions<'a> {
     current: &'a [Condition],
@@ -639,6 +711,10 @@ mod tests {
             self_test_failure: None,
             last_test: None,
             pending: 0,
+            store: None,
+            store_writes: 0,
+            store_write_error: None,
+            store_failure: None,
             honoured_token: None,
         }
     }
