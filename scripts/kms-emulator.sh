@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A local KMS endpoint for tests and demos: LocalStack 4.8.1 on the host, KMS only, bound to
+# A local KMS and S3 endpoint for tests and demos: LocalStack 4.8.1 on the host (KMS, and S3 for
+# the key store), bound to
 # 127.0.0.1, every file under .work/kms/. Recipe: docs in /work/shared/kms-emulator/README.md.
 #
 #   scripts/kms-emulator.sh install     # .venv-kms with localstack-core (idempotent)
@@ -41,7 +42,7 @@ running_pid() {
 }
 
 print_env() {
-  echo "export AWS_ENDPOINT_URL_KMS=$(cat "$STATE/endpoint") AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
+  echo "export AWS_ENDPOINT_URL_KMS=$(cat "$STATE/endpoint") AWS_ENDPOINT_URL_S3=$(cat "$STATE/endpoint") AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1"
 }
 
 start() {
@@ -55,7 +56,7 @@ start() {
   local port
   port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   # setsid: the emulator gets its own process group, so stop can end all of it.
-  env RUNTIME_COMPONENTS=aws SERVICES=kms EAGER_SERVICE_LOADING=1 \
+  env RUNTIME_COMPONENTS=aws SERVICES=kms,s3 EAGER_SERVICE_LOADING=1 \
       GATEWAY_SERVER=hypercorn GATEWAY_LISTEN="127.0.0.1:$port" \
       LOCALSTACK_HOST="localhost.localstack.cloud:$port" \
       DNS_ADDRESS=0 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \

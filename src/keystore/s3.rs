@@ -20,12 +20,26 @@ pub struct S3Objects {
 
 impl S3Objects {
     /// The store of `bucket`, from an SDK configuration (the operator shares the one it loaded
-    /// for KMS). Path-style addressing when `AWS_S3_FORCE_PATH_STYLE=true` (LocalStack, MinIO).
+    /// for KMS). Path-style addressing (`ENDPOINT/BUCKET/KEY`) when the endpoint is overridden
+    /// (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`: LocalStack, MinIO, where `BUCKET.HOST` does
+    /// not resolve), unless `KEKEEPER_S3_FORCE_PATH_STYLE=false`; `=true` forces it.
     pub fn new(sdk_config: &SdkConfig, bucket: &str) -> Self {
-        let path_style = std::env::var("AWS_S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true");
+        let overridden = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty()));
+        let path_style = match std::env::var("KEKEEPER_S3_FORCE_PATH_STYLE").as_deref() {
+            Ok("true") => true,
+            Ok("false") => false,
+            _ => overridden,
+        };
         let config = aws_sdk_s3::config::Builder::from(sdk_config)
             .force_path_style(path_style)
             .build();
+        Self::from_conf(config, bucket)
+    }
+
+    /// The store of `bucket` through a client of `config` (tests set path style themselves).
+    pub fn from_conf(config: aws_sdk_s3::Config, bucket: &str) -> Self {
         S3Objects {
             client: Client::from_conf(config),
             bucket: bucket.to_owned(),

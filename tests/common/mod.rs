@@ -58,6 +58,38 @@ pub async fn admin(endpoint: &str, region: &str) -> aws_sdk_kms::Client {
     )
 }
 
+/// An S3 client config for the emulator (path style: `BUCKET.127.0.0.1` does not resolve).
+pub async fn s3_config(endpoint: &str) -> aws_sdk_s3::Config {
+    let config = sdk_config(endpoint).await;
+    aws_sdk_s3::config::Builder::from(&config)
+        .force_path_style(true)
+        .build()
+}
+
+/// A new bucket in the emulator, with versioning on (as docs/disaster-recovery.md advises).
+pub async fn create_bucket(endpoint: &str) -> String {
+    let client = aws_sdk_s3::Client::from_conf(s3_config(endpoint).await);
+    let bucket = unique("kekeeper-test").to_ascii_lowercase();
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("CreateBucket");
+    client
+        .put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("PutBucketVersioning");
+    bucket
+}
+
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &kekeeper::keypair::new_key_pair_id()[..13])
