@@ -378,8 +378,12 @@ impl KeyRing {
     }
 
     /// Pairs restored from the key store in this reconcile: present again, no longer missing.
-    pub fn restore(&mut self, records: Vec<KeyPairRecord>) {
+    pub fn restore(&mut self, records: Vec<KeyPairRecord>, tokens: &Tokens) {
         for record in records {
+            if let Some(token) = tokens.get(&record.secret_name) {
+                self.tokens
+                    .insert(record.secret_name.clone(), token.clone());
+            }
             self.missing.retain(|m| m.secret_name != record.secret_name);
             self.add(record);
         }

@@ -242,6 +242,10 @@ pub struct StoredKeyPair {
     pub public_key_pem: String,
     /// Base64 of the KMS ciphertext blob of the private key.
     pub private_key_kms: String,
+    /// The rotate-now token the pair was made for, as its Secret's annotation: a pair restored
+    /// after a crash still honours the token, and is not made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_now_token: Option<String>,
 }
 
 /// A retirement or prune marker.
@@ -270,8 +274,9 @@ struct Marker {
 }
 
 impl StoredKeyPair {
-    /// The object of `pair` (its state is not part of it: retirement is a marker).
-    pub fn of(pair: &KeyPairSecret) -> Self {
+    /// The object of `pair`, made for `rotate_now_token` (its state is not part of it:
+    /// retirement is a marker).
+    pub fn of(pair: &KeyPairSecret, rotate_now_token: Option<&str>) -> Self {
         StoredKeyPair {
             format: OBJECT_FORMAT.to_owned(),
             namespace: pair.namespace.clone(),
@@ -292,6 +297,7 @@ impl StoredKeyPair {
             public_key_fingerprint: pair.fingerprint(),
             public_key_pem: pair.public_key_pem(),
             private_key_kms: STANDARD.encode(&pair.private_key_ciphertext),
+            rotate_now_token: rotate_now_token.map(str::to_owned),
         }
     }
 
@@ -380,6 +386,7 @@ pub struct StoredEntry {
     /// object was refused.
     pub pair: Result<KeyPairSecret, String>,
     pub pruned: bool,
+    pub rotate_now_token: Option<String>,
 }
 
 /// Every pair of one config in the store.
@@ -433,12 +440,17 @@ impl KeyStore {
         )
     }
 
-    /// Writes `pair`'s object once. An object already there is fine only if it is this very
-    /// pair (a retry after a crash); another pair under the same name is a conflict, and this
-    /// pair must not become active.
-    pub async fn put(&self, pair: &KeyPairSecret) -> Result<(), StoreError> {
+    /// Writes `pair`'s object once (made for `rotate_now_token`). An object already there is
+    /// fine only if it is this very pair (a retry after a crash); another pair under the same
+    /// name is a conflict, and this pair must not become active.
+    pub async fn put(
+        &self,
+        pair: &KeyPairSecret,
+        rotate_now_token: Option<&str>,
+    ) -> Result<(), StoreError> {
         let key = self.object_key_of(pair);
-        let body = serde_json::to_vec_pretty(&StoredKeyPair::of(pair)).map_err(|e| StoreError {
+        let object = StoredKeyPair::of(pair, rotate_now_token);
+        let body = serde_json::to_vec_pretty(&object).map_err(|e| StoreError {
             url: self.url.to_string(),
             operation: "Serialize",
             key: key.clone(),
@@ -452,7 +464,7 @@ impl KeyStore {
                     .read_pair(&key, &pair.namespace, &pair.config_name)
                     .await?;
                 match existing {
-                    Some(Ok(found)) if found.fingerprint() == pair.fingerprint() => Ok(()),
+                    Some(Ok((found, _))) if found.fingerprint() == pair.fingerprint() => Ok(()),
                     _ => Err(StoreError {
                         url: self.url.to_string(),
                         operation: "PutObject",
@@ -496,7 +508,7 @@ impl KeyStore {
         key: &str,
         namespace: &str,
         config: &str,
-    ) -> Result<Option<Result<KeyPairSecret, String>>, StoreError> {
+    ) -> Result<Option<Result<(KeyPairSecret, Option<String>), String>>, StoreError> {
         let Some(body) = self
             .objects
             .get(key)
@@ -508,7 +520,10 @@ impl KeyStore {
         Ok(Some(
             serde_json::from_slice::<StoredKeyPair>(&body)
                 .map_err(|e| format!("not a key pair object: {e}"))
-                .and_then(|object| object.verify(namespace, config)),
+                .and_then(|object| {
+                    let token = object.rotate_now_token.clone();
+                    object.verify(namespace, config).map(|pair| (pair, token))
+                }),
         ))
     }
 
@@ -552,10 +567,14 @@ impl KeyStore {
         config: &str,
     ) -> Result<StoredEntry, StoreError> {
         let (organization_id, sequence) = location(key, prefix);
-        let mut pair = self
+        let read = self
             .read_pair(key, namespace, config)
             .await?
             .unwrap_or_else(|| Err("the object disappeared while it was listed".to_owned()));
+        let (mut pair, rotate_now_token) = match read {
+            Ok((pair, token)) => (Ok(pair), token),
+            Err(why) => (Err(why), None),
+        };
         if let Ok(found) = &pair {
             if organization_id.as_deref() != Some(found.organization_id.as_str())
                 || sequence != Some(found.sequence)
@@ -580,6 +599,7 @@ impl KeyStore {
             sequence,
             pair,
             pruned: keys.contains(&KeyStoreUrl::marker_key(key, MarkKind::Pruned)),
+            rotate_now_token,
         })
     }
 }
@@ -699,7 +719,7 @@ mod tests {
             ),
             private_key_ciphertext: vec![1, 2, 3],
         };
-        let object = StoredKeyPair::of(&pair);
+        let object = StoredKeyPair::of(&pair, Some("t1"));
         let json = serde_json::to_string(&object).unwrap();
         assert!(!json.contains("PRIVATE KEY"), "{json}");
         let back = object.verify("telephony", "recordings").unwrap();
@@ -743,13 +763,13 @@ mod tests {
             Arc::new(objects.clone()),
         );
         let (first, second) = (pair("org-1", 1), pair("org-1", 2));
-        store.put(&first).await.unwrap();
-        store.put(&first).await.unwrap();
+        store.put(&first, None).await.unwrap();
+        store.put(&first, None).await.unwrap();
         let mut impostor = pair("org-1", 1);
         impostor.key_pair_id = "other".into();
-        let err = store.put(&impostor).await.unwrap_err();
+        let err = store.put(&impostor, None).await.unwrap_err();
         assert_eq!(err.code, "ObjectExists");
-        store.put(&second).await.unwrap();
+        store.put(&second, None).await.unwrap();
         let retired_at: Timestamp = "2026-02-01T00:00:00Z".parse().unwrap();
         store
             .mark(&first, MarkKind::Retired, retired_at)
@@ -791,7 +811,7 @@ mod tests {
 
         let key = store.object_key_of(&second);
         let mut object: StoredKeyPair = serde_json::from_slice(&objects.objects()[&key]).unwrap();
-        object.public_key_pem = StoredKeyPair::of(&pair("org-1", 2)).public_key_pem;
+        object.public_key_pem = StoredKeyPair::of(&pair("org-1", 2), None).public_key_pem;
         objects.overwrite(&key, serde_json::to_vec(&object).unwrap());
         let listing = store.list("telephony", "recordings").await.unwrap();
         let refused = listing.entries.iter().find(|e| e.key == key).unwrap();

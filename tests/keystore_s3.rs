@@ -82,11 +82,14 @@ async fn key_pairs_round_trip_through_s3() {
     let bucket = create_bucket(&endpoint).await;
     let (store, _) = s3_store(&endpoint, &bucket).await;
     let (first, second) = (pair("org-1", 1), pair("org-1", 2));
-    store.put(&first).await.unwrap();
-    store.put(&first).await.unwrap();
+    store.put(&first, None).await.unwrap();
+    store.put(&first, None).await.unwrap();
     let impostor = pair("org-1", 1);
-    assert_eq!(store.put(&impostor).await.unwrap_err().code, "ObjectExists");
-    store.put(&second).await.unwrap();
+    assert_eq!(
+        store.put(&impostor, None).await.unwrap_err().code,
+        "ObjectExists"
+    );
+    store.put(&second, None).await.unwrap();
     let at = "2026-02-01T00:00:00Z".parse().unwrap();
     store.mark(&first, MarkKind::Retired, at).await.unwrap();
 
@@ -105,7 +108,7 @@ async fn key_pairs_round_trip_through_s3() {
     let proxy = FaultProxy::start(&endpoint).await;
     proxy.fail("", 503, "ServiceUnavailable", "the test took S3 down");
     let (down, _) = s3_store(&proxy.endpoint(), &bucket).await;
-    let err = down.put(&pair("org-2", 1)).await.unwrap_err();
+    let err = down.put(&pair("org-2", 1), None).await.unwrap_err();
     assert!(
         err.to_string()
             .starts_with(&format!("key store s3://{bucket}/cluster-a: PutObject")),

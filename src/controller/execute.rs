@@ -106,7 +106,8 @@ pub async fn execute<K: Kms>(
     // Pairs the store holds and the cluster lost come back before anything new is made; the
     // ring has them already (docs/design.md, "The key store").
     for pair in obs.store_sync().map_or(&[][..], |s| &s.restore) {
-        let restored = create_or_adopt(&secrets, pair, None).await?;
+        let token = obs.ring.token_of(pair);
+        let restored = create_or_adopt(&secrets, pair, token).await?;
         info!(secret = %restored.secret_name, organization = %restored.organization_id, sequence = restored.sequence, "key pair restored from the key store");
         outcome.restored.push(restored.secret_name);
     }
@@ -119,7 +120,7 @@ pub async fn execute<K: Kms>(
             Ok(record) => {
                 // Write-ahead: a pair the store did not take never becomes active.
                 if let Some(store) = &ctx.key_store {
-                    if let Err(err) = store.put(&record).await {
+                    if let Err(err) = store.put(&record, obs.rkc.rotate_now_token()).await {
                         outcome.failure = Some(Failure::Store(err));
                         break;
                     }
@@ -178,7 +179,7 @@ async fn sync_store<K>(
         .filter(|p| sync.unstored.contains(&p.secret_name))
         .collect();
     for pair in unstored {
-        match store.put(pair).await {
+        match store.put(pair, obs.ring.token_of(pair)).await {
             Ok(()) => outcome.store_writes += 1,
             Err(err) => {
                 warn!(error = %err, "cannot write a retained key pair to the key store");

@@ -223,8 +223,8 @@ impl Observation {
                 let listed = self.listed.get_or_insert_default();
                 let sync = stored::compare(&listing, listed, &self.ring);
                 listed.extend(sync.restore.iter().cloned());
-                self.ring
-                    .restore(sync.restore.iter().map(|p| p.record.clone()).collect());
+                let records = sync.restore.iter().map(|p| p.record.clone()).collect();
+                self.ring.restore(records, &sync.restore_tokens);
                 Ok(sync)
             }
             Err(err) => {

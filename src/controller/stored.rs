@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::keypair::{KeyPairSecret, KeyPairState};
-use crate::keyring::KeyRing;
+use crate::keyring::{KeyRing, Tokens};
 use crate::keystore::{Listing, StoreError};
 
 /// What the store said in this reconcile.
@@ -21,6 +21,8 @@ pub struct StoreCheck {
 pub struct StoreSync {
     /// Pairs whose Secret is gone and whose object passed every check: recreated as they were.
     pub restore: Vec<KeyPairSecret>,
+    /// The rotate-now tokens the restored pairs were made for (their Secrets' annotation).
+    pub restore_tokens: Tokens,
     /// Objects not restored: (object key, why).
     pub refused: Vec<(String, String)>,
     /// Secret names of retained pairs that have no object yet (written again).
@@ -68,7 +70,13 @@ pub fn compare(listing: &Listing, secrets: &[KeyPairSecret], ring: &KeyRing) -> 
                         pair.secret_name
                     ),
                 )),
-                _ => sync.restore.push(pair.clone()),
+                _ => {
+                    if let Some(token) = &entry.rotate_now_token {
+                        sync.restore_tokens
+                            .insert(pair.secret_name.clone(), token.clone());
+                    }
+                    sync.restore.push(pair.clone());
+                }
             },
         }
     }
@@ -117,6 +125,7 @@ mod tests {
             sequence: Some(pair.sequence),
             pair: Ok(pair.clone()),
             pruned: false,
+            rotate_now_token: None,
         }
     }
 
@@ -151,6 +160,7 @@ mod tests {
             sequence: Some(9),
             pair: Err("fingerprint".into()),
             pruned: false,
+            rotate_now_token: None,
         };
         let differing = pair("b", 1, 5);
         let listing = Listing {
