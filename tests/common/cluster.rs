@@ -640,6 +640,14 @@ impl Faults {
         }
     }
 
+    /// Clears every injected fault.
+    pub fn clear(&self) {
+        match self {
+            Faults::Sim(faults) => faults.clear(),
+            Faults::Proxy(proxy) => proxy.clear(),
+        }
+    }
+
     /// Ends every open watch of the client.
     pub fn drop_watches(&self) {
         match self {

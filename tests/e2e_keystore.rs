@@ -1,0 +1,577 @@
+//! End to end: the key store (issue 19, docs/disaster-recovery.md). The real `kekeeper run`
+//! against the suite's API server, KMS and S3 from LocalStack (`SERVICES=kms,s3`), and the fault
+//! proxies in front of S3 and of the API server.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::cluster::{Cluster, Operator, condition, count_states, eventually, rkc_manifest};
+use common::proxy::FaultProxy;
+use common::{create_bucket, create_key, kms_endpoint, s3_config};
+use kube_sim::ErrorFault;
+use serde_json::Value;
+
+const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+const ORG_B: &str = "9b2e6c1a-7d4f-4e8a-a1c3-5f0d2b8e9c47";
+const ORG_C: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
+const NAME: &str = "recordings";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `kekeeper run --key-store=URL`, S3 at `s3_endpoint`.
+fn start(
+    cluster: &Cluster,
+    log: &str,
+    kubeconfig: &Path,
+    url: &str,
+    s3_endpoint: &str,
+) -> Operator {
+    cluster.start_operator(
+        log,
+        kubeconfig,
+        &kms_endpoint(),
+        &[format!("--key-store={url}")],
+        &[("AWS_ENDPOINT_URL_S3".to_owned(), s3_endpoint.to_owned())],
+    )
+}
+
+async fn rkc(cluster: &Cluster) -> Option<Value> {
+    cluster
+        .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), NAME)
+        .await
+}
+
+fn condition_of<'a>(rkc: &'a Value, type_: &str) -> &'a Value {
+    rkc["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+/// Waits for `secrets` key pair Secrets of which `active` are active, Ready, and KeyStoreSynced
+/// True with `secrets/secrets` stored.
+async fn wait_synced(cluster: &Cluster, secrets: usize, active: usize) -> Value {
+    let stored = format!("{secrets}/{secrets} key pairs stored in s3://");
+    eventually(
+        &format!("{secrets} Secrets ({active} active), Ready, {stored}"),
+        WAIT,
+        || async {
+            let pairs = cluster.key_pair_secrets(NAME).await;
+            let rkc = rkc(cluster).await?;
+            let synced = condition_of(&rkc, "KeyStoreSynced");
+            (pairs.len() == secrets
+                && count_states(&pairs).0 == active
+                && condition(&rkc, "Ready").as_deref() == Some("True")
+                && synced["status"] == "True"
+                && synced["message"].as_str()?.starts_with(&stored))
+            .then_some(rkc)
+        },
+    )
+    .await
+}
+
+/// (Secret name, fingerprint) of the active pairs in status.
+fn active_pairs(rkc: &Value) -> BTreeSet<(String, String)> {
+    rkc["status"]["activeKeyPairs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["secretName"].as_str().unwrap().to_owned(),
+                p["publicKeyFingerprint"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Key pairs the operator generated through KMS, from its /metrics.
+async fn generated(operator: &Operator) -> u64 {
+    operator
+        .get("/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with("kekeeper_kms_calls_total") && l.contains("GenerateDataKeyPair"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn rotate(cluster: &Cluster, token: &str) {
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "rkc",
+            NAME,
+            "--overwrite",
+            &format!("kekeeper.io/rotate-now={token}"),
+        ])
+        .await;
+}
+
+/// Object keys under `prefix` in `bucket`.
+async fn objects(bucket: &str, prefix: &str) -> Vec<String> {
+    let client = aws_sdk_s3::Client::from_conf(s3_config(&kms_endpoint()).await);
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("ListObjectsV2");
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect()
+}
+
+async fn kekeeper(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
+        .args(args)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .env("KUBECONFIG", kubeconfig)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", common::REGION)
+        .env("AWS_ENDPOINT_URL_KMS", kms_endpoint())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run kekeeper")
+}
+
+/// The rebuild: a config with three organisations, rotated once, its pairs in the store. The
+/// API server is thrown away (kube-sim: a new, empty one; the shared real server: the
+/// RecordingKeyConfig, its Secrets and ConfigMap deleted, which leaves the namespace as a new
+/// cluster's) and the same manifest applied again under a new operator with the same store:
+/// the same fingerprints are active, the history is back, no key pair is generated, and a
+/// recording encrypted before the rebuild decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn a_rebuilt_cluster_gets_every_key_pair_back_from_the_store() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/prod-eu");
+    let manifest = rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A, ORG_B, ORG_C]);
+
+    let (cluster, operator_kubeconfig, _) = Cluster::with_operator_identity().await;
+    let mut operator = start(&cluster, "before", &operator_kubeconfig, &url, &endpoint);
+    operator.wait_ready().await;
+    cluster.apply_ok(&manifest).await;
+    wait_synced(&cluster, 3, 3).await;
+    rotate(&cluster, "before-the-rebuild").await;
+    let before = wait_synced(&cluster, 6, 3).await;
+    let history_before = before["status"]["keyPairHistory"].as_array().unwrap().len();
+    assert_eq!(history_before, 6);
+    assert_eq!(
+        objects(&bucket, "prod-eu/key-pairs/").await.len(),
+        6 + 3,
+        "6 pairs, 3 retired markers"
+    );
+
+    // A recording encrypted with ORG_A's active pair before the rebuild.
+    let (secret_name, _) = active_pairs(&before)
+        .into_iter()
+        .find(|(name, _)| {
+            before["status"]["activeKeyPairs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["secretName"] == name.as_str() && p["organizationId"] == ORG_A)
+        })
+        .unwrap();
+    let secret = cluster
+        .object("", "secrets", &cluster.ns(), &secret_name)
+        .await
+        .unwrap();
+    let path = |name: &str| cluster.path(name).to_str().unwrap().to_owned();
+    std::fs::write(path("secret.json"), secret.to_string()).unwrap();
+    let recording: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(path("rec"), &recording).unwrap();
+    let run = kekeeper(
+        &cluster.kubeconfig,
+        &[
+            "encrypt",
+            "--key-pair-secret",
+            &path("secret.json"),
+            "-i",
+            &path("rec"),
+            "-o",
+            &path("rec.enc"),
+        ],
+    )
+    .await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    operator.kill();
+
+    // The rebuild.
+    let (rebuilt, rebuilt_kubeconfig) = if cluster.is_real() {
+        for args in [
+            vec!["delete", "rkc", NAME],
+            vec![
+                "delete",
+                "secrets",
+                "-l",
+                &format!("kekeeper.io/config={NAME}"),
+            ],
+            vec!["delete", "configmap", &format!("{NAME}-public-keys")],
+        ] {
+            cluster.kubectl_ok(&args).await;
+        }
+        (None, operator_kubeconfig.clone())
+    } else {
+        let (fresh, kubeconfig, _) = Cluster::with_operator_identity().await;
+        (Some(fresh), kubeconfig)
+    };
+    let after_cluster = rebuilt.as_ref().unwrap_or(&cluster);
+    assert!(after_cluster.key_pair_secrets(NAME).await.is_empty());
+    let mut operator = start(after_cluster, "after", &rebuilt_kubeconfig, &url, &endpoint);
+    operator.wait_ready().await;
+    after_cluster.apply_ok(&manifest).await;
+    let after = wait_synced(after_cluster, 6, 3).await;
+
+    assert_eq!(
+        active_pairs(&after),
+        active_pairs(&before),
+        "{:#}",
+        after["status"]
+    );
+    let history: BTreeSet<String> = after["status"]["keyPairHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["publicKeyFingerprint"].as_str().unwrap().to_owned())
+        .collect();
+    let history_before: BTreeSet<String> = before["status"]["keyPairHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["publicKeyFingerprint"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(history, history_before);
+    assert_eq!(
+        generated(&operator).await,
+        0,
+        "a restore generates no key pair"
+    );
+    let log = operator.log_text();
+    assert!(
+        log.contains("key pairs restored from the key store"),
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"));
+
+    // The recording made before the rebuild decrypts in the new cluster (the Secret is found
+    // by its key pair id, the private key decrypted by KMS).
+    let run = kekeeper(
+        &after_cluster.kubeconfig,
+        &["decrypt", "-i", &path("rec.enc"), "-o", &path("rec.out")],
+    )
+    .await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(std::fs::read(path("rec.out")).unwrap(), recording);
+}
+
+/// While the store is down, a rotation waits: the active pair stays, Ready=False names the
+/// store, nothing new becomes active; when it is back, the rotation completes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn while_the_store_is_down_no_new_pair_becomes_active() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/staging");
+    let s3 = FaultProxy::start(&endpoint).await;
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let mut operator = start(&cluster, "operator", &kubeconfig, &url, &s3.endpoint());
+    operator.wait_ready().await;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A]))
+        .await;
+    let before = wait_synced(&cluster, 1, 1).await;
+
+    s3.fail("", 503, "ServiceUnavailable", "the test took S3 down");
+    rotate(&cluster, "while-down").await;
+    let waiting = eventually("Ready=False KeyStoreUnavailable", WAIT, || async {
+        let rkc = rkc(&cluster).await?;
+        let ready = condition_of(&rkc, "Ready");
+        (ready["status"] == "False" && ready["reason"] == "KeyStoreUnavailable").then_some(rkc)
+    })
+    .await;
+    assert!(
+        condition_of(&waiting, "Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("key store {url}")),
+        "{:#}",
+        waiting["status"]
+    );
+    assert_eq!(condition(&waiting, "Reconciling").as_deref(), Some("True"));
+    assert_eq!(
+        condition(&waiting, "KeyStoreSynced").as_deref(),
+        Some("False")
+    );
+    // Give the backoff time for another attempt: still the one pair, still active.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let secrets = cluster.key_pair_secrets(NAME).await;
+    assert_eq!(
+        count_states(&secrets),
+        (1, 0),
+        "nothing unstored became active"
+    );
+    assert_eq!(
+        active_pairs(&rkc(&cluster).await.unwrap()),
+        active_pairs(&before)
+    );
+    assert!(s3.seen("") >= 2, "the store was tried");
+    let events = cluster.kubectl_ok(&["get", "events", "-o", "json"]).await;
+    assert!(
+        events.contains("KeyStoreUnavailable"),
+        "a Warning event names the store"
+    );
+
+    s3.clear();
+    let after = wait_synced(&cluster, 2, 1).await;
+    assert_ne!(active_pairs(&after), active_pairs(&before));
+    assert_eq!(after["status"]["rotateNowToken"], "while-down");
+    drop(operator);
+}
+
+/// `kill -9` between the store write and the Secret create (the Secret creates fail, so the
+/// operator is caught there): the restarted operator adopts the stored object — one active
+/// pair per organisation, the sequence and fingerprint the store holds, the rotate-now token
+/// honoured, and only the organisation whose pair never reached the store gets one generated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn a_crash_after_the_store_write_adopts_the_stored_pair() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/crash");
+    let (cluster, kubeconfig, user) = Cluster::with_operator_identity().await;
+    let (kubeconfig, faults) = cluster.with_faults(&kubeconfig).await;
+    let mut operator = start(&cluster, "first", &kubeconfig, &url, &endpoint);
+    operator.wait_ready().await;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A, ORG_B]))
+        .await;
+    let before = wait_synced(&cluster, 2, 2).await;
+
+    faults.inject(ErrorFault {
+        user: Some(user.clone()),
+        verb: Some("create".into()),
+        resource: Some("secrets".into()),
+        code: 500,
+        message: Some("injected by the test".into()),
+        ..Default::default()
+    });
+    rotate(&cluster, "crash").await;
+    let pairs = |keys: Vec<String>| -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| !k.contains(".retired.") && !k.contains(".pruned."))
+            .collect()
+    };
+    // The first rotation's pair is stored, its Secret refused: the operator is stuck there.
+    let stored = eventually("a new object in the store", WAIT, || async {
+        let keys = pairs(objects(&bucket, "crash/key-pairs/").await);
+        (keys.len() == 3).then_some(keys)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    operator.kill();
+    assert_eq!(count_states(&cluster.key_pair_secrets(NAME).await), (2, 0));
+    let new_key = stored
+        .iter()
+        .find(|k| k.ends_with("0000000002.json"))
+        .unwrap();
+    let client = aws_sdk_s3::Client::from_conf(s3_config(&endpoint).await);
+    let body = client
+        .get_object()
+        .bucket(&bucket)
+        .key(new_key)
+        .send()
+        .await
+        .unwrap();
+    let object: Value =
+        serde_json::from_slice(&body.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(object["rotateNowToken"], "crash");
+
+    faults.clear();
+    let operator = start(&cluster, "second", &kubeconfig, &url, &endpoint);
+    let after = wait_synced(&cluster, 4, 2).await;
+    assert_eq!(
+        after["status"]["rotateNowToken"], "crash",
+        "{:#}",
+        after["status"]
+    );
+    let active = active_pairs(&after);
+    assert!(active.is_disjoint(&active_pairs(&before)));
+    assert!(
+        active.iter().all(|(name, _)| name.ends_with("-0002")),
+        "{active:?}"
+    );
+    let adopted = after["status"]["activeKeyPairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["organizationId"] == object["organizationId"])
+        .unwrap();
+    assert_eq!(
+        adopted["publicKeyFingerprint"],
+        object["publicKeyFingerprint"]
+    );
+    assert_eq!(
+        generated(&operator).await,
+        1,
+        "the stored pair is adopted; only the other organisation's is made"
+    );
+    assert_eq!(
+        pairs(objects(&bucket, "crash/key-pairs/").await).len(),
+        4,
+        "no sequence 3"
+    );
+}
+
+/// A tampered object is not restored: it is reported (condition, event), its sequence stays
+/// taken, and the organisation gets a new pair; the untouched one comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn a_tampered_object_is_not_restored() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/tamper");
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let mut operator = start(&cluster, "first", &kubeconfig, &url, &endpoint);
+    operator.wait_ready().await;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A, ORG_B]))
+        .await;
+    let before = wait_synced(&cluster, 2, 2).await;
+    operator.kill();
+
+    // Someone with write access to the bucket swaps ORG_A's public key for their own.
+    let client = aws_sdk_s3::Client::from_conf(s3_config(&endpoint).await);
+    let keys = objects(&bucket, "tamper/key-pairs/").await;
+    let a_key = keys
+        .iter()
+        .find(|k| k.contains(ORG_A))
+        .expect("ORG_A's object")
+        .clone();
+    let body = client
+        .get_object()
+        .bucket(&bucket)
+        .key(&a_key)
+        .send()
+        .await
+        .unwrap();
+    let mut object: Value =
+        serde_json::from_slice(&body.body.collect().await.unwrap().into_bytes()).unwrap();
+    let other = keys.iter().find(|k| k.contains(ORG_B)).unwrap();
+    let other_body = client
+        .get_object()
+        .bucket(&bucket)
+        .key(other)
+        .send()
+        .await
+        .unwrap();
+    let other: Value =
+        serde_json::from_slice(&other_body.body.collect().await.unwrap().into_bytes()).unwrap();
+    object["publicKeyPem"] = other["publicKeyPem"].clone();
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(&a_key)
+        .body(serde_json::to_vec(&object).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+
+    // Both Secrets and the status are lost (a new cluster would look the same).
+    cluster.kubectl_ok(&["delete", "rkc", NAME]).await;
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "secrets",
+            "-l",
+            &format!("kekeeper.io/config={NAME}"),
+        ])
+        .await;
+    let operator = start(&cluster, "second", &kubeconfig, &url, &endpoint);
+    let _operator = operator_ready(operator).await;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A, ORG_B]))
+        .await;
+    let after = eventually(
+        "ORG_B restored, ORG_A given a new pair, the mismatch reported",
+        WAIT,
+        || async {
+            let rkc = rkc(&cluster).await?;
+            let synced = condition_of(&rkc, "KeyStoreSynced");
+            (condition(&rkc, "Ready").as_deref() == Some("True")
+                && synced["reason"] == "KeyStoreMismatch"
+                && rkc["status"]["activeKeyPairs"].as_array()?.len() == 2)
+                .then_some(rkc)
+        },
+    )
+    .await;
+    let message = condition_of(&after, "KeyStoreSynced")["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains(&a_key) && message.contains("fingerprint"),
+        "{message}"
+    );
+    let before_pairs = active_pairs(&before);
+    let after_pairs = active_pairs(&after);
+    let kept: Vec<_> = after_pairs.intersection(&before_pairs).collect();
+    assert_eq!(kept.len(), 1, "ORG_B's pair restored: {after_pairs:?}");
+    let new_a = after_pairs.difference(&before_pairs).next().unwrap();
+    assert!(
+        new_a.0.ends_with("-0002"),
+        "the tampered sequence stays taken: {new_a:?}"
+    );
+    let events = cluster.kubectl_ok(&["get", "events", "-o", "json"]).await;
+    assert!(events.contains("KeyStoreMismatch"));
+}
+
+async fn operator_ready(mut operator: Operator) -> Operator {
+    operator.wait_ready().await;
+    operator
+}
+
+/// A bad `--key-store` stops the operator at start with a message that names the flag.
+#[tokio::test]
+async fn a_bad_key_store_is_refused_at_start() {
+    for bad in [
+        "s3://",
+        "https://bucket/x",
+        "s3://Bad_Bucket",
+        "s3://bucket/../x",
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
+            .args(["run", "--key-store", bad])
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--key-store"), "{bad}: {stderr}");
+        assert!(stderr.contains("s3://BUCKET/PREFIX"), "{bad}: {stderr}");
+    }
+}
