@@ -414,9 +414,17 @@ async fn a_crash_after_the_store_write_adopts_the_stored_pair() {
     let operator = start(&cluster, "second", &kubeconfig, &url, &endpoint);
     let after = wait_synced(&cluster, 4, 2).await;
     assert_eq!(
-        after["status"]["rotateNowToken"], "crash",
-        "{:#}",
-        after["status"]
+        after["status"]["rotateNowToken"],
+        "crash",
+        "{:#}\n{}\n{:#?}",
+        after["status"],
+        operator.log_text(),
+        cluster
+            .key_pair_secrets(NAME)
+            .await
+            .iter()
+            .map(|s| s["metadata"]["annotations"].clone())
+            .collect::<Vec<_>>()
     );
     let active = active_pairs(&after);
     assert!(active.is_disjoint(&active_pairs(&before)));

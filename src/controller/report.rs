@@ -201,6 +201,11 @@ impl<K: Send + Sync> OnProgress for ProgressReport<'_, K> {
                 );
                 let secret = secret_ref(obs, stored.name());
                 publish_once(ctx, &obs.rkc, "KeyPairGenerated", "Rotate", &note, secret).await;
+                // After the last rotation the report comes next: a progress write then would say
+                // Ready=True before the rotate-now token is honoured and the keys published.
+                if outcome.done == plan.rotations.len() {
+                    return Ok(());
+                }
                 writer.progress(ctx, obs, plan, outcome, now).await
             }
             Progress::Shadowed(retired) => {
