@@ -583,3 +583,167 @@ async fn a_bad_key_store_is_refused_at_start() {
         assert!(stderr.contains("s3://BUCKET/PREFIX"), "{bad}: {stderr}");
     }
 }
+
+/// What a restore costs (issue 19's closing number; `scripts/bench-restore.sh` prints it): a
+/// config of 100 organisations, its pairs stored, restored on a rebuilt cluster. Measured:
+/// the time from the apply to Ready with every pair stored, the operator's API writes, its S3
+/// requests (through a counting proxy) and its KMS calls. Asserted: no key pair generated, the
+/// same fingerprints; the time is printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn restoring_100_organisations() {
+    const ORGS: usize = 100;
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/fleet");
+    let orgs: Vec<String> = (0..ORGS)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    let org_refs: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    let manifest = rkc_manifest(NAME, &key.alias.to_string(), &org_refs);
+    let fast = [
+        format!("--key-store={url}"),
+        "--kms-keypair-rate=100".to_owned(),
+        "--kms-max-in-flight=8".to_owned(),
+    ];
+    let start_fast = |cluster: &Cluster, log: &str, kubeconfig: &Path, s3: &str| {
+        cluster.start_operator(
+            log,
+            kubeconfig,
+            &endpoint,
+            &fast,
+            &[("AWS_ENDPOINT_URL_S3".to_owned(), s3.to_owned())],
+        )
+    };
+
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let mut operator = start_fast(&cluster, "before", &kubeconfig, &endpoint);
+    operator.wait_ready().await;
+    cluster.apply_ok(&manifest).await;
+    let before = wait_synced_within(&cluster, ORGS, ORGS, Duration::from_secs(300)).await;
+    operator.kill();
+
+    let (rebuilt, kubeconfig, user) = if cluster.is_real() {
+        for args in [
+            vec!["delete", "rkc", NAME],
+            vec![
+                "delete",
+                "secrets",
+                "-l",
+                &format!("kekeeper.io/config={NAME}"),
+            ],
+            vec!["delete", "configmap", &format!("{NAME}-public-keys")],
+        ] {
+            cluster.kubectl_ok(&args).await;
+        }
+        let (kubeconfig, user) = cluster
+            .service_account_kubeconfig("kekeeper-system", "kekeeper")
+            .await;
+        (None, kubeconfig, user)
+    } else {
+        let (fresh, kubeconfig, user) = Cluster::with_operator_identity().await;
+        (Some(fresh), kubeconfig, user)
+    };
+    let after_cluster = rebuilt.as_ref().unwrap_or(&cluster);
+    let s3 = FaultProxy::start(&endpoint).await;
+    let mut operator = start_fast(after_cluster, "after", &kubeconfig, &s3.endpoint());
+    operator.wait_ready().await;
+    let log_start = after_cluster.request_log().len();
+    let started = std::time::Instant::now();
+    after_cluster.apply_ok(&manifest).await;
+    let after = wait_synced_within(after_cluster, ORGS, ORGS, Duration::from_secs(300)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(active_pairs(&after), active_pairs(&before));
+    assert!(
+        after["status"]["lastKeyVerifyTime"].is_null(),
+        "restored, not yet checked"
+    );
+    // The custody check of the restored pairs follows (one KMS Decrypt each).
+    eventually(
+        "the custody check of the restored pairs",
+        Duration::from_secs(300),
+        || async {
+            let rkc = rkc(after_cluster).await?;
+            (!rkc["status"]["lastKeyVerifyTime"].is_null()
+                && condition(&rkc, "KeyPairIntegrity").as_deref() == Some("True"))
+            .then_some(())
+        },
+    )
+    .await;
+    let verified = started.elapsed();
+
+    // The request log (kube-sim's, or the real server's audit log) lags the responses.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests: Vec<_> = after_cluster.request_log()[log_start..]
+        .iter()
+        .filter(|r| r.user == user && r.namespace == after_cluster.ns())
+        .cloned()
+        .collect();
+    let writes = |verb: &str, resource: &str| {
+        requests
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource)
+            .count()
+    };
+    let metrics = operator.get("/metrics").await;
+    let kms: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kekeeper_kms_calls_total{"))
+        .collect();
+    assert_eq!(generated(&operator).await, 0, "{kms:#?}");
+    println!(
+        "restore of {ORGS} organisations on {}: {:.1} s from apply to Ready with every pair stored, \
+         {:.1} s to the custody check of every restored pair; \
+         API writes: {} Secret creates, {} Secret patches, {} status patches, {} ConfigMap writes, \
+         {} events; S3 requests: {}; KMS: {:?}",
+        if after_cluster.is_real() {
+            "the real server"
+        } else {
+            "kube-sim"
+        },
+        elapsed.as_secs_f64(),
+        verified.as_secs_f64(),
+        writes("create", "secrets"),
+        writes("patch", "secrets"),
+        requests
+            .iter()
+            .filter(|r| r.resource == "recordingkeyconfigs"
+                && r.subresource == "status"
+                && r.verb != "get")
+            .count(),
+        requests
+            .iter()
+            .filter(|r| r.resource == "configmaps"
+                && r.verb != "get"
+                && r.verb != "list"
+                && r.verb != "watch")
+            .count(),
+        requests
+            .iter()
+            .filter(|r| r.resource == "events" && (r.verb == "create" || r.verb == "patch"))
+            .count(),
+        s3.seen(""),
+        kms,
+    );
+    drop(operator);
+}
+
+async fn wait_synced_within(
+    cluster: &Cluster,
+    secrets: usize,
+    active: usize,
+    within: Duration,
+) -> Value {
+    let stored = format!("{secrets}/{secrets} key pairs stored in s3://");
+    eventually(&format!("{stored}, Ready"), within, || async {
+        let rkc = rkc(cluster).await?;
+        let synced = condition_of(&rkc, "KeyStoreSynced");
+        (condition(&rkc, "Ready").as_deref() == Some("True")
+            && synced["status"] == "True"
+            && synced["message"].as_str()?.starts_with(&stored)
+            && rkc["status"]["activeKeyPairs"].as_array()?.len() == active)
+            .then_some(rkc)
+    })
+    .await
+}

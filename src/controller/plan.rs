@@ -152,8 +152,15 @@ fn custody_due(
     now: Timestamp,
 ) -> bool {
     let last = rkc.status.as_ref().and_then(|s| s.last_key_verify_time);
+    // Active pairs in status and never checked: restored from the key store, not self-tested.
+    let unchecked = last.is_none()
+        && rkc
+            .status
+            .as_ref()
+            .is_some_and(|s| !s.active_key_pairs.is_empty());
     !ring.active_by_org().is_empty()
-        && ((last.is_some() && policy::kms_key_check_due(last, interval, now))
+        && (unchecked
+            || (last.is_some() && policy::kms_key_check_due(last, interval, now))
             || rkc.verify_now_token().is_some_and(|token| {
                 rkc.status
                     .as_ref()
