@@ -224,7 +224,12 @@ async fn a_rebuilt_cluster_gets_every_key_pair_back_from_the_store() {
                 "-l",
                 &format!("kekeeper.io/config={NAME}"),
             ],
-            vec!["delete", "configmap", &format!("{NAME}-public-keys")],
+            vec![
+                "delete",
+                "configmap",
+                "--ignore-not-found",
+                &format!("{NAME}-public-keys"),
+            ],
         ] {
             cluster.kubectl_ok(&args).await;
         }
@@ -633,7 +638,12 @@ async fn restoring_100_organisations() {
                 "-l",
                 &format!("kekeeper.io/config={NAME}"),
             ],
-            vec!["delete", "configmap", &format!("{NAME}-public-keys")],
+            vec![
+                "delete",
+                "configmap",
+                "--ignore-not-found",
+                &format!("{NAME}-public-keys"),
+            ],
         ] {
             cluster.kubectl_ok(&args).await;
         }
