@@ -757,3 +757,58 @@ async fn wait_synced_within(
     })
     .await
 }
+
+/// A lost bucket (every object deleted): the Secrets are still in the cluster, and the next
+/// custody check writes every retained pair and its retirement marker again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn a_lost_bucket_is_written_again_by_the_custody_check() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/lost");
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let mut operator = start(&cluster, "operator", &kubeconfig, &url, &endpoint);
+    operator.wait_ready().await;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A]))
+        .await;
+    wait_synced(&cluster, 1, 1).await;
+    rotate(&cluster, "one").await;
+    wait_synced(&cluster, 2, 1).await;
+    let before = objects(&bucket, "lost/").await;
+    assert_eq!(
+        before.len(),
+        3,
+        "two pairs and a retirement marker: {before:?}"
+    );
+
+    let client = aws_sdk_s3::Client::from_conf(s3_config(&endpoint).await);
+    for key in &before {
+        client
+            .delete_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert!(objects(&bucket, "lost/").await.is_empty());
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "rkc",
+            NAME,
+            "kekeeper.io/verify-now=after-the-loss",
+        ])
+        .await;
+    eventually("every object written again", WAIT, || async {
+        let rkc = rkc(&cluster).await?;
+        let objects = objects(&bucket, "lost/").await;
+        (rkc["status"]["verifyNowToken"] == "after-the-loss" && objects == before).then_some(())
+    })
+    .await;
+    let rkc = rkc(&cluster).await.unwrap();
+    assert_eq!(condition(&rkc, "KeyStoreSynced").as_deref(), Some("True"));
+    drop(operator);
+}

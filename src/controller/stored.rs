@@ -80,11 +80,15 @@ pub fn compare(listing: &Listing, secrets: &[KeyPairSecret], ring: &KeyRing) -> 
             },
         }
     }
-    sync.unstored = secrets
+    for secret in secrets
         .iter()
         .filter(|s| !seen.contains(s.secret_name.as_str()))
-        .map(|s| s.secret_name.clone())
-        .collect();
+    {
+        sync.unstored.push(secret.secret_name.clone());
+        if secret.state == KeyPairState::Retired {
+            sync.unmarked.push(secret.secret_name.clone());
+        }
+    }
     sync
 }
 
@@ -181,6 +185,11 @@ mod tests {
         assert_eq!(
             sync.unstored,
             vec![a1.secret_name.clone(), b1.secret_name.clone()]
+        );
+        assert_eq!(
+            sync.unmarked,
+            vec![a1.secret_name.clone()],
+            "retired: its marker too"
         );
     }
 }
