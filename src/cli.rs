@@ -101,6 +101,14 @@ pub struct RunArgs {
     /// pairs then live only in this cluster). docs/disaster-recovery.md
     #[arg(long, env = "KEKEEPER_KEY_STORE", value_name = "s3://BUCKET[/PREFIX]")]
     pub key_store: Option<crate::keystore::KeyStoreUrl>,
+    /// This cluster's id in the key store's writer claim (default: the uid of the kube-system
+    /// namespace, which needs `get` on it; set this where that is not granted).
+    #[arg(long, env = "KEKEEPER_KEY_STORE_CLUSTER_ID")]
+    pub key_store_cluster_id: Option<String>,
+    /// How old another cluster's writer claim must be before this cluster takes the prefix
+    /// over (a rebuilt cluster after its predecessor is gone); renewed every third of it.
+    #[arg(long, env = "KEKEEPER_KEY_STORE_CLAIM_TTL", default_value = "15m")]
+    pub key_store_claim_ttl: jiff::SignedDuration,
 }
 
 /// How to reach the cluster, as kubectl does.

@@ -15,7 +15,7 @@ pub mod s3;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -205,6 +205,8 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         key: &'a str,
         body: Vec<u8>,
     ) -> BoxFuture<'a, Result<Put, ObjectError>>;
+    /// Writes `body` under `key`, over any object of that name (only the writer claim).
+    fn put<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>>;
     /// The object, or `None` when there is none.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, ObjectError>>;
     /// Every key under `prefix`.
@@ -410,11 +412,117 @@ impl Listing {
 pub struct KeyStore {
     url: KeyStoreUrl,
     objects: Arc<dyn ObjectStore>,
+    /// Why the store may not be used now (another live cluster writes under the prefix, or
+    /// the claim has not been made yet); every operation fails with it.
+    refused: Arc<Mutex<Option<StoreError>>>,
 }
+
+/// The object that says which cluster writes under a prefix: `PREFIX/writer.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriterClaim {
+    pub format: String,
+    /// The cluster's id (the `kube-system` namespace's uid, or `--key-store-cluster-id`).
+    pub cluster_id: String,
+    /// The operator replica that renewed it.
+    pub holder: String,
+    pub renewed_at: Timestamp,
+}
+
+/// The `format` of the writer claim.
+pub const CLAIM_FORMAT: &str = "kekeeper.io/key-store-writer/v1";
+/// The `code` of the error every operation gets while another cluster holds the prefix.
+pub const CLAIMED: &str = "KeyStoreClaimed";
 
 impl KeyStore {
     pub fn new(url: KeyStoreUrl, objects: Arc<dyn ObjectStore>) -> Self {
-        KeyStore { url, objects }
+        KeyStore {
+            url,
+            objects,
+            refused: Arc::default(),
+        }
+    }
+
+    /// A store that refuses every operation until [`Self::claim`] succeeds (the operator's).
+    pub fn unclaimed(url: KeyStoreUrl, objects: Arc<dyn ObjectStore>) -> Self {
+        let store = KeyStore::new(url, objects);
+        store.refuse(Some(store.claim_error(
+            "NotClaimed",
+            "the operator has not yet claimed the prefix for this cluster (is the store reachable?)",
+        )));
+        store
+    }
+
+    fn refuse(&self, why: Option<StoreError>) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match &*self.refused.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn claim_error(&self, code: &str, message: &str) -> StoreError {
+        StoreError {
+            url: self.url.to_string(),
+            operation: "Claim",
+            key: format!("{}writer.json", self.url.prefix),
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// Claims the prefix for `cluster_id` (docs/disaster-recovery.md, "One prefix per
+    /// cluster"): the claim is taken when there is none, renewed when it is this cluster's,
+    /// and taken over when another cluster's is older than `ttl` (a rebuilt cluster, its
+    /// predecessor gone). Another cluster's fresh claim refuses every operation until it
+    /// goes stale: two live clusters never write under one prefix. Returns the other
+    /// cluster's claim when refused.
+    pub async fn claim(
+        &self,
+        cluster_id: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: jiff::SignedDuration,
+    ) -> Result<Option<WriterClaim>, StoreError> {
+        let key = format!("{}writer.json", self.url.prefix);
+        let current = self
+            .objects
+            .get(&key)
+            .await
+            .map_err(|err| self.error(&key, err))?
+            .and_then(|body| serde_json::from_slice::<WriterClaim>(&body).ok());
+        if let Some(other) = current.filter(|c| c.cluster_id != cluster_id) {
+            let fresh = other
+                .renewed_at
+                .checked_add(ttl)
+                .is_ok_and(|until| now < until);
+            if fresh {
+                self.refuse(Some(self.claim_error(
+                    CLAIMED,
+                    &format!(
+                        "another live cluster writes under this prefix (cluster {}, replica {}, renewed {}); two clusters must never share a prefix: give this cluster its own --key-store prefix, or, if that cluster is gone for good, wait until its claim is {} old",
+                        other.cluster_id, other.holder, other.renewed_at, ttl
+                    ),
+                )));
+                return Ok(Some(other));
+            }
+        }
+        let claim = WriterClaim {
+            format: CLAIM_FORMAT.to_owned(),
+            cluster_id: cluster_id.to_owned(),
+            holder: holder.to_owned(),
+            renewed_at: now,
+        };
+        let body = serde_json::to_vec_pretty(&claim).unwrap_or_default();
+        self.objects
+            .put(&key, body)
+            .await
+            .map_err(|err| self.error(&key, err))?;
+        self.refuse(None);
+        Ok(None)
     }
 
     pub fn url(&self) -> &KeyStoreUrl {
@@ -448,6 +556,7 @@ impl KeyStore {
         pair: &KeyPairSecret,
         rotate_now_token: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.check()?;
         let key = self.object_key_of(pair);
         let object = StoredKeyPair::of(pair, rotate_now_token);
         let body = serde_json::to_vec_pretty(&object).map_err(|e| StoreError {
@@ -488,6 +597,7 @@ impl KeyStore {
         kind: MarkKind,
         at: Timestamp,
     ) -> Result<(), StoreError> {
+        self.check()?;
         let key = KeyStoreUrl::marker_key(&self.object_key_of(record), kind);
         let marker = Marker {
             format: MARKER_FORMAT.to_owned(),
@@ -540,6 +650,7 @@ impl KeyStore {
 
     /// Every pair of `namespace/config` in the store, each checked, with its markers applied.
     pub async fn list(&self, namespace: &str, config: &str) -> Result<Listing, StoreError> {
+        self.check()?;
         let prefix = self.url.config_prefix(namespace, config);
         let keys = self
             .objects
@@ -827,5 +938,54 @@ mod tests {
                 .starts_with("key store s3://acme-keys/prod: ListObjectsV2"),
             "{err}"
         );
+    }
+
+    /// One cluster holds a prefix: another's fresh claim refuses every operation, a stale one
+    /// is taken over, and the holder's renewal keeps it.
+    #[tokio::test]
+    async fn one_live_cluster_holds_a_prefix() {
+        let objects = Arc::new(memory::MemoryObjects::new());
+        let url = url("s3://acme-keys/prod").unwrap();
+        let a = KeyStore::unclaimed(url.clone(), objects.clone());
+        let b = KeyStore::unclaimed(url, objects.clone());
+        let ttl = jiff::SignedDuration::from_mins(15);
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let err = a.list("ns", "c").await.unwrap_err();
+        assert_eq!(err.code, "NotClaimed");
+        assert_eq!(a.claim("uid-a", "pod-a", t0, ttl).await.unwrap(), None);
+        a.list("ns", "c").await.unwrap();
+
+        let later = t0.checked_add(jiff::SignedDuration::from_mins(5)).unwrap();
+        let other = b
+            .claim("uid-b", "pod-b", later, ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(other.cluster_id, "uid-a");
+        let err = b.put(&pair("org-1", 1), None).await.unwrap_err();
+        assert_eq!(err.code, CLAIMED);
+        assert!(err.message.contains("another live cluster") && err.message.contains("uid-a"));
+        assert_eq!(
+            a.claim("uid-a", "pod-a2", later, ttl).await.unwrap(),
+            None,
+            "renewed"
+        );
+
+        let stale = later
+            .checked_add(jiff::SignedDuration::from_mins(16))
+            .unwrap();
+        assert_eq!(
+            b.claim("uid-b", "pod-b", stale, ttl).await.unwrap(),
+            None,
+            "taken over"
+        );
+        b.put(&pair("org-1", 1), None).await.unwrap();
+        assert!(
+            a.claim("uid-a", "pod-a", stale, ttl)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(a.list("ns", "c").await.unwrap_err().code, CLAIMED);
     }
 }

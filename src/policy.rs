@@ -865,7 +865,7 @@ mod tests {
             store_unavailable: Some("key store s3://b: PutObject k: ServiceUnavailable: down"),
             ..base.clone()
         };
-        assert_eq!(verdict(&store_down).0, true, "no work waits on the store");
+        assert!(verdict(&store_down).0, "no work waits on the store");
         let store_down_pending = HealthInput {
             up_to_date: 1,
             ..store_down

@@ -161,7 +161,17 @@ async fn a_rebuilt_cluster_gets_every_key_pair_back_from_the_store() {
     let manifest = rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A, ORG_B, ORG_C]);
 
     let (cluster, operator_kubeconfig, _) = Cluster::with_operator_identity().await;
-    let mut operator = start(&cluster, "before", &operator_kubeconfig, &url, &endpoint);
+    // The cluster id a GitOps user keeps in Git (chart value keyStore.clusterId), so the rebuilt
+    // cluster takes its predecessor's prefix over at once.
+    let id = ["--key-store-cluster-id=prod-eu"];
+    let mut operator = start_with(
+        &cluster,
+        "before",
+        &operator_kubeconfig,
+        &url,
+        &endpoint,
+        &id,
+    );
     operator.wait_ready().await;
     cluster.apply_ok(&manifest).await;
     wait_synced(&cluster, 3, 3).await;
@@ -240,7 +250,14 @@ async fn a_rebuilt_cluster_gets_every_key_pair_back_from_the_store() {
     };
     let after_cluster = rebuilt.as_ref().unwrap_or(&cluster);
     assert!(after_cluster.key_pair_secrets(NAME).await.is_empty());
-    let mut operator = start(after_cluster, "after", &rebuilt_kubeconfig, &url, &endpoint);
+    let mut operator = start_with(
+        after_cluster,
+        "after",
+        &rebuilt_kubeconfig,
+        &url,
+        &endpoint,
+        &id,
+    );
     operator.wait_ready().await;
     after_cluster.apply_ok(&manifest).await;
     let after = wait_synced(after_cluster, 6, 3).await;
@@ -611,6 +628,7 @@ async fn restoring_100_organisations() {
         format!("--key-store={url}"),
         "--kms-keypair-rate=100".to_owned(),
         "--kms-max-in-flight=8".to_owned(),
+        "--key-store-cluster-id=fleet".to_owned(),
     ];
     let start_fast = |cluster: &Cluster, log: &str, kubeconfig: &Path, s3: &str| {
         cluster.start_operator(

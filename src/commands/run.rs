@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -214,14 +214,21 @@ async fn run_controller(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sdk = SdkKms::from_env().await;
-    let key_store = args.key_store.clone().map(|url| {
-        info!(key_store = %url, "key pairs are written to the key store before they become active");
-        let objects = S3Objects::new(sdk.sdk_config(), &url.bucket);
-        KeyStore::new(url, Arc::new(objects))
-    });
-    if key_store.is_none() {
-        warn!("no --key-store: key pairs live only in this cluster (docs/disaster-recovery.md)");
-    }
+    let key_store = match args.key_store.clone() {
+        Some(url) => {
+            info!(key_store = %url, "key pairs are written to the key store before they become active");
+            let objects = S3Objects::new(sdk.sdk_config(), &url.bucket);
+            let store = KeyStore::unclaimed(url, Arc::new(objects));
+            hold_the_prefix(&client, &args, store.clone()).await?;
+            Some(store)
+        }
+        None => {
+            warn!(
+                "no --key-store: key pairs live only in this cluster (docs/disaster-recovery.md)"
+            );
+            None
+        }
+    };
     let shared = Shared {
         settings: Settings {
             kms_key_check_interval: args.kms_key_check_interval,
@@ -280,6 +287,57 @@ async fn run_controller(
 }
 
 /// What every namespace's controller shares.
+/// Claims the key store's prefix for this cluster now and renews the claim every third of
+/// `--key-store-claim-ttl` while the process runs (docs/disaster-recovery.md, "One prefix per
+/// cluster"). Refused or unreachable, the store refuses every operation and each attempt logs
+/// an error; rotations wait, as for any store failure.
+async fn hold_the_prefix(client: &Client, args: &RunArgs, store: KeyStore) -> anyhow::Result<()> {
+    let cluster_id = match &args.key_store_cluster_id {
+        Some(id) => id.clone(),
+        None => {
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            let kube_system = namespaces.get("kube-system").await.with_context(|| {
+                "cannot read the kube-system namespace's uid (this cluster's id in the key store's writer claim): grant get on namespaces/kube-system, or set --key-store-cluster-id"
+            })?;
+            kube_system.uid().unwrap_or_default()
+        }
+    };
+    let holder = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "kekeeper".to_owned());
+    let ttl = args.key_store_claim_ttl;
+    let every = Duration::try_from(ttl / 3).unwrap_or(Duration::from_secs(300));
+    let attempt = move |store: KeyStore, cluster_id: String, holder: String| async move {
+        match store
+            .claim(&cluster_id, &holder, jiff::Timestamp::now(), ttl)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(other)) => error!(
+                key_store = %store.url(),
+                other_cluster = %other.cluster_id,
+                other_replica = %other.holder,
+                renewed_at = %other.renewed_at,
+                "another live cluster writes under this key store prefix: refusing to use it; give this cluster its own --key-store prefix"
+            ),
+            Err(err) => {
+                error!(error = %err, "cannot claim the key store prefix; the store is not used until the claim succeeds")
+            }
+        }
+    };
+    attempt(store.clone(), cluster_id.clone(), holder.clone()).await;
+    info!(key_store = %store.url(), cluster = %cluster_id, "key store prefix claimed for this cluster (renewed every {every:?})");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            attempt(store.clone(), cluster_id.clone(), holder.clone()).await;
+        }
+    });
+    Ok(())
+}
+
 #[derive(Clone)]
 struct Shared {
     settings: Settings,

@@ -554,7 +554,12 @@ fn store_condition(input: &StatusInput, conditions: &mut Conditions) {
             let message = format!(
                 "{err}; missing key pairs are not restored and no new pair becomes active until it answers"
             );
-            conditions.set(KEY_STORE_SYNCED, false, "KeyStoreUnavailable", &message);
+            let reason = if err.code == crate::keystore::CLAIMED {
+                "KeyStoreClaimed"
+            } else {
+                "KeyStoreUnavailable"
+            };
+            conditions.set(KEY_STORE_SYNCED, false, reason, &message);
             return;
         }
     };

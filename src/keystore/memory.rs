@@ -85,6 +85,14 @@ impl ObjectStore for MemoryObjects {
         })
     }
 
+    fn put<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>> {
+        Box::pin(async move {
+            self.check("PutObject", &self.inner.puts)?;
+            self.lock().insert(key.to_owned(), body);
+            Ok(())
+        })
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, ObjectError>> {
         Box::pin(async move {
             self.check("GetObject", &self.inner.gets)?;
