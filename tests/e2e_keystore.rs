@@ -29,11 +29,25 @@ fn start(
     url: &str,
     s3_endpoint: &str,
 ) -> Operator {
+    start_with(cluster, log, kubeconfig, url, s3_endpoint, &[])
+}
+
+/// As [`start`], with more arguments.
+fn start_with(
+    cluster: &Cluster,
+    log: &str,
+    kubeconfig: &Path,
+    url: &str,
+    s3_endpoint: &str,
+    more: &[&str],
+) -> Operator {
+    let mut args = vec![format!("--key-store={url}")];
+    args.extend(more.iter().map(|a| a.to_string()));
     cluster.start_operator(
         log,
         kubeconfig,
         &kms_endpoint(),
-        &[format!("--key-store={url}")],
+        &args,
         &[("AWS_ENDPOINT_URL_S3".to_owned(), s3_endpoint.to_owned())],
     )
 }
@@ -794,7 +808,7 @@ async fn a_lost_bucket_is_written_again_by_the_custody_check() {
     wait_synced(&cluster, 1, 1).await;
     rotate(&cluster, "one").await;
     wait_synced(&cluster, 2, 1).await;
-    let before = objects(&bucket, "lost/").await;
+    let before = objects(&bucket, "lost/key-pairs/").await;
     assert_eq!(
         before.len(),
         3,
@@ -811,7 +825,7 @@ async fn a_lost_bucket_is_written_again_by_the_custody_check() {
             .await
             .unwrap();
     }
-    assert!(objects(&bucket, "lost/").await.is_empty());
+    assert!(objects(&bucket, "lost/key-pairs/").await.is_empty());
     cluster
         .kubectl_ok(&[
             "annotate",
@@ -822,11 +836,80 @@ async fn a_lost_bucket_is_written_again_by_the_custody_check() {
         .await;
     eventually("every object written again", WAIT, || async {
         let rkc = rkc(&cluster).await?;
-        let objects = objects(&bucket, "lost/").await;
+        let objects = objects(&bucket, "lost/key-pairs/").await;
         (rkc["status"]["verifyNowToken"] == "after-the-loss" && objects == before).then_some(())
     })
     .await;
     let rkc = rkc(&cluster).await.unwrap();
     assert_eq!(condition(&rkc, "KeyStoreSynced").as_deref(), Some("True"));
     drop(operator);
+}
+
+/// Two live clusters on one prefix: the second refuses the store loudly (KeyStoreClaimed, the
+/// other cluster named, no key pair made); once the first is gone and its claim is stale, the
+/// second takes the prefix over and restores the first's pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn two_live_clusters_never_share_a_prefix() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/shared");
+    let manifest = rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A]);
+    let ttl = "--key-store-claim-ttl=6s";
+
+    let (blue, blue_kubeconfig, _) = Cluster::with_operator_identity().await;
+    let mut first = start_with(
+        &blue,
+        "blue",
+        &blue_kubeconfig,
+        &url,
+        &endpoint,
+        &["--key-store-cluster-id=blue", ttl],
+    );
+    first.wait_ready().await;
+    blue.apply_ok(&manifest).await;
+    let blue_status = wait_synced(&blue, 1, 1).await;
+
+    // A second cluster (its own kube-sim beside the suite's server), the same manifest, the
+    // same prefix by mistake.
+    let (green, green_kubeconfig, _) = Cluster::with_operator_identity_on_sim().await;
+    let mut second = start_with(
+        &green,
+        "green",
+        &green_kubeconfig,
+        &url,
+        &endpoint,
+        &["--key-store-cluster-id=green", ttl],
+    );
+    second.wait_ready().await;
+    green.apply_ok(&manifest).await;
+    let refused = eventually("green refuses the store", WAIT, || async {
+        let rkc = rkc(&green).await?;
+        (condition_of(&rkc, "KeyStoreSynced")["reason"] == "KeyStoreClaimed").then_some(rkc)
+    })
+    .await;
+    let message = condition_of(&refused, "KeyStoreSynced")["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("another live cluster") && message.contains("blue"),
+        "{message}"
+    );
+    assert_eq!(condition(&refused, "Ready").as_deref(), Some("False"));
+    assert!(
+        green.key_pair_secrets(NAME).await.is_empty(),
+        "nothing made while refused"
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("another live cluster writes under this key store prefix")
+    );
+
+    // Blue is gone; after its claim goes stale green takes over and gets blue's pair back.
+    first.kill();
+    let after = wait_synced(&green, 1, 1).await;
+    assert_eq!(active_pairs(&after), active_pairs(&blue_status));
+    assert_eq!(generated(&second).await, 0);
 }

@@ -231,6 +231,17 @@ impl Cluster {
         (cluster, kubeconfig, user)
     }
 
+    /// As [`Self::with_operator_identity`], always on a kube-sim of its own (a second cluster
+    /// beside the suite's server).
+    pub async fn with_operator_identity_on_sim() -> (Cluster, PathBuf, String) {
+        let cluster = Cluster::start_sim(false).await;
+        let (kubeconfig, user) = cluster
+            .service_account_kubeconfig("kekeeper-system", "kekeeper")
+            .await;
+        cluster.install_crd().await;
+        (cluster, kubeconfig, user)
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
