@@ -141,6 +141,11 @@ pub struct PolicyArgs {
     /// The encryption context key (default: the manifests', else genesys-cloud-organization-id).
     #[arg(long)]
     pub context_key: Option<String>,
+    /// Also print the IAM identity policy the operator's role needs for this key store (as
+    /// `kekeeper run --key-store` takes it): s3:GetObject, s3:PutObject and a prefix-bound
+    /// s3:ListBucket.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub key_store: Option<crate::keystore::KeyStoreUrl>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
