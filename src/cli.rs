@@ -44,6 +44,23 @@ pub enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt a recording; asks KMS for the key pair's private key.
     Decrypt(DecryptArgs),
+    /// Write the key pairs of RecordingKeyConfigs to a file, for `kekeeper restore`.
+    ///
+    /// One entry per key pair Secret, in the key store's object format: the public key, the KMS
+    /// ciphertext blob of the private key and the metadata. Nothing in the file is plaintext:
+    /// the private keys decrypt only through the organisations' KMS keys, so the file alone
+    /// cannot decrypt a recording. Keep it as you keep the Secrets anyway (it is written with
+    /// mode 0600). docs/disaster-recovery.md
+    Backup(BackupArgs),
+    /// Create the missing key pair Secrets from a `kekeeper backup` file.
+    ///
+    /// Every entry is checked first (format, names, fingerprint of the public key); one that
+    /// fails refuses the whole file. Existing Secrets are never overwritten. Per organisation
+    /// only the newest key pair (the highest sequence in the file, the cluster's Secrets and
+    /// the RecordingKeyConfig's status) is restored active; older ones are restored retired.
+    /// Exit 0 done, 1 an API error or an existing Secret that holds another key pair, 2 bad
+    /// input. docs/disaster-recovery.md
+    Restore(RestoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +166,11 @@ pub struct PolicyArgs {
     /// The encryption context key (default: the manifests', else genesys-cloud-organization-id).
     #[arg(long)]
     pub context_key: Option<String>,
+    /// Also print the IAM identity policy the operator's role needs for this key store (as
+    /// `kekeeper run --key-store` takes it): s3:GetObject, s3:PutObject and a prefix-bound
+    /// s3:ListBucket.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub key_store: Option<crate::keystore::KeyStoreUrl>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -244,4 +266,43 @@ pub struct DecryptArgs {
     /// Where the key pair Secret is looked up without --key-pair-secret.
     #[command(flatten)]
     pub kube: KubeArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("targets").required(true).args(["name", "all"]))]
+pub struct BackupArgs {
+    /// The RecordingKeyConfig whose key pairs are written (also after it was deleted: its key
+    /// pair Secrets are found by their kekeeper.io/config label).
+    pub name: Option<String>,
+    /// Every key pair Secret in the namespace.
+    #[arg(long, conflicts_with = "name")]
+    pub all: bool,
+    /// With --all: in every namespace.
+    #[arg(short = 'A', long, requires = "all")]
+    pub all_namespaces: bool,
+    /// Where to write the backup (JSON, mode 0600, replaced only once complete); `-` is stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A file written by `kekeeper backup`.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Restore only the key pairs of this namespace (default: every namespace in the file; each
+    /// key pair goes back to the namespace it was backed up from).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Print what would be created; create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current-context).
+    #[arg(long)]
+    pub context: Option<String>,
 }

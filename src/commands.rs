@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code (0 ok, 1 failure, 2 bad input).
 
+mod backup;
 mod cluster;
 mod common;
 mod crd;
@@ -7,6 +8,7 @@ mod decrypt;
 mod encrypt;
 mod keypair;
 mod policy;
+mod restore;
 mod rotate;
 mod run;
 mod selftest;
@@ -30,5 +32,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Keypair(KeypairCommand::Generate(args)) => keypair::execute(args).await,
         Command::Encrypt(args) => encrypt::execute(args).await,
         Command::Decrypt(args) => decrypt::execute(args).await,
+        Command::Backup(args) => backup::execute(args).await,
+        Command::Restore(args) => restore::execute(args).await,
     }
 }

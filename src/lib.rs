@@ -2,6 +2,7 @@
 //! AWS KMS key, managed as a Kubernetes resource.
 
 pub mod arn;
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config;

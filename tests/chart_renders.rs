@@ -19,6 +19,7 @@ use serde_json::Value;
 const CASES: &[&str] = &[
     "default",
     "namespaced",
+    "key-store",
     "ha",
     "no-crds",
     "servicemonitor",
@@ -161,6 +162,9 @@ fn deployment_arguments_are_accepted_by_the_binary() {
         if *case == "namespaced" {
             assert_eq!(run.namespace.len(), 2, "{case}: {args:?}");
         }
+        let key_store = run.key_store.as_ref().map(ToString::to_string);
+        let expected = (*case == "key-store").then(|| "s3://acme-kekeeper/prod-eu".to_owned());
+        assert_eq!(key_store, expected, "{case}: {args:?}");
         assert!(
             run.leader_elect,
             "{case}: leader election is on by default (two processes would double every KMS call)"

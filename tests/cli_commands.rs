@@ -727,3 +727,92 @@ async fn policy_takes_several_principals_and_a_manifest() {
         run.stdout
     );
 }
+
+#[tokio::test]
+async fn policy_with_a_key_store_adds_the_role_policy_as_a_second_document() {
+    let endpoint = "http://127.0.0.1:9";
+    let role = "arn:aws:iam::111122223333:role/kekeeper";
+    let base = ["policy", "--principal", role, "--org-id", "o1"];
+    let without = kekeeper(endpoint, &base, None).await;
+    assert_eq!(without.code, 0, "{}", without.stderr);
+    let mut args = base.to_vec();
+    args.extend(["--key-store", "s3://acme-kekeeper/prod-eu"]);
+    let run = kekeeper(endpoint, &args, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The key policy first, unchanged; then the identity policy, as `jq -s` reads them.
+    assert!(run.stdout.starts_with(&without.stdout), "{}", run.stdout);
+    let documents: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&run.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(documents.len(), 2, "{}", run.stdout);
+    let statements = documents[1]["Statement"].as_array().unwrap();
+    assert_eq!(
+        statements[0]["Resource"],
+        "arn:aws:s3:::acme-kekeeper/prod-eu/*"
+    );
+    assert_eq!(
+        statements[1]["Condition"]["StringLike"]["s3:prefix"],
+        "prod-eu/*"
+    );
+    assert!(
+        run.stderr
+            .contains("IAM identity policy for the operator's role"),
+        "{}",
+        run.stderr
+    );
+
+    let mut bad = base.to_vec();
+    bad.extend(["--key-store", "https://acme-kekeeper"]);
+    let run = kekeeper(endpoint, &bad, None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("only s3:// key stores are supported"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn backup_and_restore_say_what_the_file_holds_and_check_their_input() {
+    let endpoint = "http://127.0.0.1:9";
+    let run = kekeeper(endpoint, &["backup", "--help"], None).await;
+    assert!(
+        run.stdout.contains("Nothing in the file is plaintext"),
+        "{}",
+        run.stdout
+    );
+    // Neither a name nor --all; --all-namespaces without --all.
+    assert_eq!(
+        kekeeper(endpoint, &["backup", "-o", "x.json"], None)
+            .await
+            .code,
+        2
+    );
+    assert_eq!(
+        kekeeper(
+            endpoint,
+            &["backup", "recordings", "-A", "-o", "x.json"],
+            None
+        )
+        .await
+        .code,
+        2
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let not_backup = write(dir.path(), "secret.yaml", "apiVersion: v1\nkind: Secret\n");
+    let run = kekeeper(endpoint, &["restore", "-f", &not_backup], None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("is not a kekeeper backup file"),
+        "{}",
+        run.stderr
+    );
+    let run = kekeeper(endpoint, &["restore", "-f", "/nonexistent/b.json"], None).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("-f /nonexistent/b.json"),
+        "{}",
+        run.stderr
+    );
+}

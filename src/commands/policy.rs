@@ -5,6 +5,10 @@
 //! `kms:EncryptionContext:<key>` condition it would never match and KMS would deny it. The
 //! context-bound operations get the condition; `DescribeKey` (metadata only, no key material)
 //! is allowed without it.
+//!
+//! With `--key-store`, also the IAM identity policy the operator's role needs for the key store
+//! (docs/disaster-recovery.md): read and write objects under the prefix, list only under it. No
+//! s3:DeleteObject: the operator never deletes an object.
 
 use std::process::ExitCode;
 
@@ -14,6 +18,7 @@ use super::common::{EXIT_BAD_INPUT, EXIT_OK, fail, read_manifests};
 use crate::cli::PolicyArgs;
 use crate::config;
 use crate::crd::DEFAULT_ENCRYPTION_CONTEXT_KEY;
+use crate::keystore::KeyStoreUrl;
 
 /// The statements for `principals`, allowing only requests whose encryption context names
 /// one of `organization_ids` under `context_key`.
@@ -44,6 +49,46 @@ pub fn statements(principals: &[String], organization_ids: &[String], context_ke
             "Resource": "*"
         }
     ])
+}
+
+/// The IAM identity policy (for the operator's role, not the bucket) that lets the operator
+/// use the key store `url`: `s3:GetObject` and `s3:PutObject` on the objects under its prefix,
+/// `s3:ListBucket` on the bucket only for keys under that prefix. `partition` is the
+/// principals' (`aws`, `aws-cn`, `aws-us-gov`).
+pub fn key_store_policy(url: &KeyStoreUrl, partition: &str) -> Value {
+    let bucket = format!("arn:{partition}:s3:::{}", url.bucket);
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "KekeeperKeyStoreObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": format!("{bucket}/{}*", url.prefix)
+            },
+            {
+                "Sid": "KekeeperKeyStoreList",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket,
+                "Condition": {
+                    "StringLike": { "s3:prefix": format!("{}*", url.prefix) }
+                }
+            }
+        ]
+    })
+}
+
+/// The partition of the first principal given as an ARN (`aws` for account ids).
+fn partition(principals: &[String]) -> &str {
+    principals
+        .iter()
+        .find_map(|p| {
+            p.strip_prefix("arn:")
+                .and_then(|rest| rest.split(':').next())
+        })
+        .filter(|p| !p.is_empty())
+        .unwrap_or("aws")
 }
 
 fn check_principal(principal: &str) -> Result<(), String> {
@@ -133,6 +178,26 @@ pub async fn execute(args: PolicyArgs) -> ExitCode {
                 "Add these two statements to the Statement list of the KMS key's policy \
                  (keep the existing statements, in particular the account root's)."
             );
+        }
+        Err(e) => return fail(1, e),
+    }
+    let Some(url) = &args.key_store else {
+        return ExitCode::from(EXIT_OK);
+    };
+    // A second JSON document on stdout (`jq -s '.[1]'` picks it); the notes go to stderr.
+    match serde_json::to_string_pretty(&key_store_policy(url, partition(&args.principal))) {
+        Ok(text) => {
+            eprintln!(
+                "\n--- Key store {url}: an IAM identity policy for the operator's role (attach it \
+                 to the role, not to the bucket or the KMS key):"
+            );
+            println!();
+            println!("{text}");
+            eprintln!(
+                "No s3:DeleteObject: the operator never deletes from the key store. If the bucket \
+                 encrypts with SSE-KMS, the role also needs kms:GenerateDataKey and kms:Decrypt \
+                 on the bucket's KMS key. Bucket setup: docs/disaster-recovery.md"
+            );
             ExitCode::from(EXIT_OK)
         }
         Err(e) => fail(1, e),
@@ -179,6 +244,7 @@ mod tests {
             org_ids: ids.iter().map(|s| s.to_string()).collect(),
             file: None,
             context_key: key.map(str::to_owned),
+            key_store: None,
         }
     }
 
@@ -192,5 +258,44 @@ mod tests {
         assert!(gather(&args(&[ROLE], &[""], None)).is_err());
         let err = gather(&args(&[ROLE], &["a"], Some("aws:tenant"))).unwrap_err();
         assert!(err.contains("KMS reserves"), "{err}");
+    }
+
+    #[test]
+    fn the_key_store_policy_is_bound_to_the_prefix_without_wildcard_actions() {
+        let url: KeyStoreUrl = "s3://acme-kekeeper/prod/eu-1".parse().unwrap();
+        let policy = key_store_policy(&url, partition(&[ROLE.to_owned()]));
+        assert_eq!(
+            policy,
+            json!({
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Sid": "KekeeperKeyStoreObjects", "Effect": "Allow",
+                     "Action": ["s3:GetObject", "s3:PutObject"],
+                     "Resource": "arn:aws:s3:::acme-kekeeper/prod/eu-1/*"},
+                    {"Sid": "KekeeperKeyStoreList", "Effect": "Allow",
+                     "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::acme-kekeeper",
+                     "Condition": {"StringLike": {"s3:prefix": "prod/eu-1/*"}}}
+                ]
+            })
+        );
+        let text = policy.to_string();
+        assert!(
+            !text.contains("s3:*") && !text.contains("Delete") && !text.contains("\"*\""),
+            "{text}"
+        );
+
+        // No prefix: the whole bucket; another partition follows the principal's.
+        let url: KeyStoreUrl = "s3://acme-kekeeper".parse().unwrap();
+        let gov = ["arn:aws-us-gov:iam::111122223333:role/kekeeper".to_owned()];
+        let policy = key_store_policy(&url, partition(&gov));
+        assert_eq!(
+            policy["Statement"][0]["Resource"],
+            "arn:aws-us-gov:s3:::acme-kekeeper/*"
+        );
+        assert_eq!(
+            policy["Statement"][1]["Condition"]["StringLike"]["s3:prefix"],
+            "*"
+        );
+        assert_eq!(partition(&["111122223333".to_owned()]), "aws");
     }
 }

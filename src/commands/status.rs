@@ -13,6 +13,7 @@ use kube::{Api, ResourceExt};
 use super::cluster::{connect, not_found};
 use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail};
 use crate::cli::{OutputFormat, StatusArgs};
+use crate::controller::status::KEY_STORE_SYNCED;
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 
 /// Events shown: the newest ones, oldest first as `kubectl describe` lists them.
@@ -116,11 +117,27 @@ pub fn render(
             .observed_generation
             .map_or("none yet".to_owned(), |g| g.to_string())
     )?;
+    writeln!(out, "Key store:      {}", key_store(status))?;
     write_conditions(out, status, now)?;
     write_key_pairs(out, status, now)?;
     write_rotation_and_kms(out, status, now)?;
     write_history(out, status, spec.history_limit, now)?;
     write_events(out, events, now)
+}
+
+/// The `KeyStoreSynced` condition in one line; without it (the operator runs without
+/// `--key-store`) where the key pairs live and what to do about it.
+fn key_store(status: &RecordingKeyConfigStatus) -> String {
+    match status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == KEY_STORE_SYNCED)
+    {
+        Some(c) => format!("{} {}: {}", c.status, c.reason, c.message),
+        None => "none \u{2014} key pairs live only in this cluster; back them up with kekeeper \
+                 backup (docs/disaster-recovery.md)"
+            .to_owned(),
+    }
 }
 
 fn write_conditions(
@@ -473,6 +490,7 @@ mod tests {
         for expected in [
             "Namespace:      telephony",
             "Generation:     3 (status observed 3)",
+            "Key store:      none \u{2014} key pairs live only in this cluster; back them up with kekeeper backup (docs/disaster-recovery.md)",
             "Ready    True    KeyPairsActive  5m",
             "Stalled  False   NotStalled",
             "kp-2      2d",
@@ -495,6 +513,30 @@ mod tests {
             rotated < text.find("KmsUnavailable  ").unwrap(),
             "oldest first:\n{text}"
         );
+    }
+
+    #[test]
+    fn the_key_store_line_shows_its_condition() {
+        let mut rkc = rkc();
+        let status = rkc.status.as_mut().unwrap();
+        status.conditions.push(Condition {
+            type_: KEY_STORE_SYNCED.into(),
+            status: "False".into(),
+            reason: "KeyStoreUnavailable".into(),
+            message: "key store s3://acme/prod: ListObjectsV2: AccessDenied".into(),
+            observed_generation: Some(3),
+            last_transition_time: Time(ts("2026-11-30T09:55:00Z")),
+        });
+        let mut out = Vec::new();
+        render(&mut out, &rkc, &[], ts("2026-11-30T10:00:00Z")).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "Key store:      False KeyStoreUnavailable: key store s3://acme/prod: ListObjectsV2: AccessDenied\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("live only in this cluster"), "{text}");
     }
 
     #[test]

@@ -25,6 +25,8 @@ RENDERS_DIR = Path(os.environ.get("KEKEEPER_CHART_RENDERS_DIR", REPO / "target" 
 CASES: dict[str, dict[str, Any]] = {
     "default": {},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "key-store": {"keyStore": {"url": "s3://acme-kekeeper/prod-eu"},
+                  "aws": {"s3Endpoint": "https://s3.eu-west-1.amazonaws.com"}},
     "ha": {"replicaCount": 3},
     "no-crds": {"crds": {"install": False}},
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},

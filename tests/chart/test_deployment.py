@@ -31,6 +31,8 @@ def container(docs):
     # One --namespace per watched namespace (the flag is repeated).
     ("namespaced", BASE_ARGS + ["--namespace=team-a", "--namespace=team-b"] + LEADER_ARGS),
     ("ha", BASE_ARGS + LEADER_ARGS),
+    # The key store, right after the tuning flags.
+    ("key-store", BASE_ARGS + ["--key-store=s3://acme-kekeeper/prod-eu"] + LEADER_ARGS),
     ("everything", ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=0.5",
                     "--kms-key-check-interval=30m", "--key-verify-interval=24h",
                     "--concurrency=16", "--kms-max-in-flight=4",
@@ -140,6 +142,8 @@ def test_environment(renders):
     assert full["AWS_ENDPOINT_URL_KMS"] == "https://kms.eu-west-1.amazonaws.com"
     assert full["AWS_STS_REGIONAL_ENDPOINTS"] == "regional"
     assert list(full)[-1] == "AWS_STS_REGIONAL_ENDPOINTS", "extraEnv comes last"
+    assert "AWS_ENDPOINT_URL_S3" not in default
+    assert env(renders["key-store"])["AWS_ENDPOINT_URL_S3"] == "https://s3.eu-west-1.amazonaws.com"
 
 
 def test_image(chart, renders):
@@ -174,3 +178,16 @@ def test_scheduling_and_pod_metadata(renders):
     default_pod = deployment(renders["default"])["spec"]["template"]["spec"]
     for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName"):
         assert key not in default_pod
+
+
+def test_notes_say_where_the_key_pairs_live(chart):
+    def notes(values):
+        out = chart.render(values, name="kekeeper", namespace=NAMESPACE)
+        return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+    without = " ".join(notes({}).split())
+    assert "Key store: none - key pairs live only in this cluster." in without
+    assert "Set keyStore.url" in without and "kekeeper backup" in without
+    with_store = " ".join(notes({"keyStore": {"url": "s3://acme-kekeeper/prod-eu"}}).split())
+    assert "Key store: s3://acme-kekeeper/prod-eu" in with_store
+    assert "kekeeper policy --key-store s3://acme-kekeeper/prod-eu" in with_store
+    assert "live only in this cluster" not in with_store

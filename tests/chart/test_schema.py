@@ -35,6 +35,9 @@ BAD = {
     "crds.install not a bool": ({"crds": {"install": "yes"}}, "install"),
     "pullPolicy enum": ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     "prune not a bool": ({"pruneRetiredKeyPairs": "true"}, "pruneRetiredKeyPairs"),
+    "key store not s3": ({"keyStore": {"url": "https://acme-kekeeper/prod"}}, "url"),
+    "key store bucket uppercase": ({"keyStore": {"url": "s3://Acme"}}, "url"),
+    "key store unknown key": ({"keyStore": {"bucket": "acme"}}, "additional propert"),
 }
 
 
@@ -80,4 +83,7 @@ def test_every_default_key_is_in_the_schema_and_back():
 def test_good_values_pass(chart):
     chart.validate_schema({"replicaCount": 2, "watchNamespaces": ["team-a"], "kmsKeyPairRate": 0.2,
                            "kmsKeyCheckInterval": "1h30m", "log": {"format": "json"},
-                           "aws": {"region": "us-gov-west-1", "kmsEndpoint": "http://localstack:4566"}})
+                           "aws": {"region": "us-gov-west-1", "kmsEndpoint": "http://localstack:4566",
+                                   "s3Endpoint": "http://localstack:4566"},
+                           "keyStore": {"url": "s3://acme-kekeeper/prod/eu-1"}})
+    chart.validate_schema({"keyStore": {"url": "s3://acme-kekeeper"}})
