@@ -135,3 +135,25 @@ def test_watching_the_release_namespace_does_not_collide_with_the_lease_role(cha
     docs = render_docs(chart, {"watchNamespaces": [NAMESPACE], "replicaCount": 2})
     assert one(docs, "Role", "kekeeper", NAMESPACE)["rules"] == SCOPE_RULES
     assert one(docs, "Role", "kekeeper-leader-election", NAMESPACE)["rules"] == lease_rules()
+
+
+def test_the_key_store_reads_only_kube_systems_uid(chart, renders):
+    # With a key store and no clusterId, the writer claim needs kube-system's uid: one
+    # ClusterRole with get on that namespace only, whatever the scope; with a clusterId, none.
+    for values in ({"keyStore": {"url": "s3://acme-kekeeper/prod"}},
+                   {"keyStore": {"url": "s3://acme-kekeeper/prod"}, "watchNamespaces": ["team-a"]}):
+        docs = render_docs(chart, values)
+        role = one(docs, "ClusterRole", "kekeeper-cluster-id")
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"],
+                                  "resourceNames": ["kube-system"], "verbs": ["get"]}]
+        binding_ok(one(docs, "ClusterRoleBinding", "kekeeper-cluster-id"),
+                   "ClusterRole", "kekeeper-cluster-id")
+    docs = render_docs(chart, {"keyStore": {"url": "s3://acme-kekeeper/prod", "clusterId": "prod-eu"}})
+    assert not [d for d in docs if d["metadata"]["name"] == "kekeeper-cluster-id"]
+    assert "--key-store-cluster-id=prod-eu" in docs_args(docs)
+    assert not [d for d in renders["default"] if d["metadata"]["name"] == "kekeeper-cluster-id"]
+
+
+def docs_args(docs):
+    deployment = one(docs, "Deployment", "kekeeper")
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
