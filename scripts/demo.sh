@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on an embedded default, on this machine alone: a local KMS endpoint (LocalStack),
 # a local Kubernetes API (kube-sim), the operator, a sample RecordingKeyConfig; then its status
-# and key-pair history, a "change key now", and the history again. Everything it starts is
+# and key-pair history, a "change key now", and the history again; every key pair is also kept
+# in an S3 key store (LocalStack), as a cluster rebuilt from Git would need. Everything it starts is
 # stopped when it ends. `scripts/demo.sh --real` runs the same story on the real control plane
 # (etcd, kube-apiserver, kube-controller-manager built from source: docs/testing.md).
 set -euo pipefail
@@ -36,9 +37,12 @@ say "Starting the local KMS endpoint and creating a customer-managed key with an
 scripts/kms-emulator.sh stop >/dev/null 2>&1 || true
 emulator_env="$(scripts/kms-emulator.sh start)"
 eval "$emulator_env"
-export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+export AWS_ENDPOINT_URL_KMS AWS_ENDPOINT_URL_S3 AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 ALIAS_ARN="$(scripts/kms-emulator.sh create-key kekeeper-demo)"
 echo "alias: $ALIAS_ARN"
+# The off-cluster key store (docs/disaster-recovery.md): LocalStack's S3 beside its KMS.
+KEY_STORE="$(scripts/kms-emulator.sh create-bucket kekeeper-demo)/demo"
+echo "key store: $KEY_STORE"
 
 if $REAL; then
   say "Starting the real control plane (etcd, kube-apiserver, kube-controller-manager; built once, cached under .work/)"
@@ -55,10 +59,10 @@ else
 fi
 kubectl() { "$KUBECTL" --cache-dir "$WORK/kubectl-cache" "$@"; }
 
-say "Installing the CRD (crds/) and starting the operator"
+say "Installing the CRD (crds/) and starting the operator (every key pair also goes to $KEY_STORE)"
 kubectl apply -f crds/
 kubectl wait --for=condition=Established crd/recordingkeyconfigs.kekeeper.io --timeout=30s
-"$KEKEEPER" run --metrics-addr 127.0.0.1:0 >"$WORK/operator.log" 2>&1 &
+"$KEKEEPER" run --metrics-addr 127.0.0.1:0 --key-store "$KEY_STORE" >"$WORK/operator.log" 2>&1 &
 pids+=($!)
 
 say "kekeeper test: the Test button, before anything is stored"

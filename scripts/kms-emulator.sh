@@ -7,6 +7,7 @@
 #   eval "$(scripts/kms-emulator.sh start)"   # starts it, prints the export line
 #   scripts/kms-emulator.sh env         # the export line of the running emulator
 #   scripts/kms-emulator.sh create-key ALIAS [--multi-region --replica-region R] [--region R]
+#   scripts/kms-emulator.sh create-bucket NAME   # a versioned S3 bucket (the key store's)
 #   scripts/kms-emulator.sh stop
 set -euo pipefail
 
@@ -131,11 +132,27 @@ print(f"arn:aws:kms:{a.region}:{account}:{alias}")
 PY
 }
 
+# A versioned S3 bucket for the key store (path-style, as LocalStack needs); prints s3://NAME.
+create_bucket() {
+  [ $# -eq 1 ] || { log "usage: $0 create-bucket NAME"; exit 2; }
+  [ -f "$STATE/endpoint" ] || { log "not running"; exit 2; }
+  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test "$PY" - "$(cat "$STATE/endpoint")" "$1" <<'PY'
+import sys, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}))
+s3.create_bucket(Bucket=sys.argv[2])
+s3.put_bucket_versioning(Bucket=sys.argv[2], VersioningConfiguration={"Status": "Enabled"})
+print(f"s3://{sys.argv[2]}")
+PY
+}
+
 case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) stop ;;
   env) running_pid >/dev/null && print_env || { log "not running"; exit 1; } ;;
   create-key) shift; create_key "$@" ;;
-  *) echo "usage: $0 {install|start|stop|env|create-key ALIAS [...]}" >&2; exit 2 ;;
+  create-bucket) shift; create_bucket "$@" ;;
+  *) echo "usage: $0 {install|start|stop|env|create-key ALIAS [...]|create-bucket NAME}" >&2; exit 2 ;;
 esac
