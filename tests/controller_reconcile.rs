@@ -18,6 +18,8 @@ use kekeeper::crd::{
     RecordingKeyConfigStatus, RotationPeriod, RotationPolicy,
 };
 use kekeeper::keypair::{KeyPairRecord, KeyPairSecret};
+use kekeeper::keystore::KeyStore;
+use kekeeper::keystore::memory::MemoryObjects;
 use kekeeper::kms::fake::FakeKms;
 use kekeeper::kms::{KeyPairSpec, KmsErrorKind, KmsOperation};
 use kekeeper::metrics::Metrics;
@@ -146,6 +148,9 @@ enum Scenario {
     Suspended,
     /// Steady state: no request at all.
     SteadyState,
+    /// A rotation with the key store down or refusing the new pair's object: list, status
+    /// (Reconciling), status (the store's error), a Warning event; no Secret.
+    StoreFailure { existing: Vec<Secret> },
     /// Key pair problems seen in the cache (a substituted public key): status and a Warning
     /// event naming the problem; no Secret list, no KMS; the published ConfigMap is read (the
     /// cache keeps only its digest) and not written (it keeps the verified key).
@@ -465,6 +470,12 @@ impl Scenario {
                 ]
             }
             Scenario::SteadyState => vec![],
+            Scenario::StoreFailure { existing } => vec![
+                list(existing),
+                status_patch(object),
+                status_patch(object),
+                event("KeyStoreUnavailable"),
+            ],
         }
     }
 }
@@ -536,6 +547,8 @@ struct Harness {
     published: Vec<ConfigMap>,
     now: Timestamp,
     key_arn: String,
+    /// The key store, when the scenario runs with one (`s3://acme-keys/prod`).
+    store: Option<MemoryObjects>,
 }
 
 impl Harness {
@@ -554,6 +567,7 @@ impl Harness {
             published: Vec::new(),
             now: ts(NOW),
             key_arn,
+            store: None,
         }
     }
 
@@ -570,7 +584,7 @@ impl Harness {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NS);
         let now = self.now;
-        let ctx = Arc::new(Context::new(
+        let ctx = Context::new(
             client.clone(),
             self.kms.clone(),
             Arc::new(move || now),
@@ -580,7 +594,14 @@ impl Harness {
             Arc::new(TokenBucket::new(1000.0, 100)),
             Settings::default(),
             Metrics::default(),
-        ));
+        );
+        let ctx = Arc::new(match &self.store {
+            Some(objects) => ctx.with_key_store(KeyStore::new(
+                STORE.parse().unwrap(),
+                Arc::new(objects.clone()),
+            )),
+            None => ctx,
+        });
         let verifier = tokio::spawn(verify(
             handle,
             scenario.expectations(&serde_json::to_value(&rkc).unwrap()),
@@ -1743,4 +1764,115 @@ async fn hours_of_steady_state_make_no_request() {
     }
     assert_eq!(h.kms.total_calls(), 6);
     assert_eq!(rkc.status, recorded);
+}
+
+const STORE: &str = "s3://acme-keys/prod";
+
+/// With the key store down, a rotation waits: the store cannot be listed, so nothing is
+/// generated and nothing becomes active; Ready=False names the store, the backoff comes from
+/// status. Back up, the rotation completes and every retained pair is in the store.
+#[tokio::test]
+async fn with_the_store_down_a_rotation_waits_and_resumes() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let objects = MemoryObjects::new();
+    objects.set_down(true);
+    h.store = Some(objects.clone());
+    let rkc = rotate_now(rkc, "t1");
+    let (result, seen) = h
+        .reconcile(
+            rkc.clone(),
+            Scenario::StoreFailure {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+    );
+    let status = status_of(&seen);
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "KeyStoreUnavailable")
+    );
+    assert!(
+        ready
+            .message
+            .contains("key store s3://acme-keys/prod: ListObjectsV2"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(condition(&status, "Reconciling").status, "True");
+    assert_eq!(
+        condition(&status, "KeyStoreSynced").reason,
+        "KeyStoreUnavailable"
+    );
+    assert_eq!(status.rotate_now_token, None);
+    assert_eq!(status.failed_attempts, Some(1));
+    assert_eq!(
+        status.active_key_pairs,
+        rkc.status.as_ref().unwrap().active_key_pairs
+    );
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        0
+    );
+
+    // The store is back and the backoff over: the rotation completes, both pairs stored.
+    objects.set_down(false);
+    h.cache(&seen, &secrets);
+    h.now = ts("2026-01-15T10:00:10Z");
+    let rkc = with_status(rkc, status);
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::Rotate { existing: secrets })
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
+    let synced = condition(&status, "KeyStoreSynced");
+    assert_eq!(
+        (synced.status.as_str(), synced.message.as_str()),
+        ("True", "2/2 key pairs stored in s3://acme-keys/prod")
+    );
+    let keys: Vec<String> = objects.objects().into_keys().collect();
+    assert_eq!(
+        keys.len(),
+        3,
+        "two pairs and the old one's retirement marker: {keys:?}"
+    );
+}
+
+/// The store answers but refuses the new pair's object: the pair was generated and
+/// self-tested, and still never becomes active (no Secret); the error names the write.
+#[tokio::test]
+async fn a_pair_the_store_refuses_never_becomes_active() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let objects = MemoryObjects::new();
+    objects.set_refuse_puts(true);
+    h.store = Some(objects.clone());
+    let (result, seen) = h
+        .reconcile(
+            rotate_now(rkc, "t1"),
+            Scenario::StoreFailure { existing: secrets },
+        )
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready.reason, "KeyStoreUnavailable");
+    assert!(
+        ready.message.contains("PutObject") && ready.message.contains("AccessDenied"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        1
+    );
+    assert_eq!(status.active_key_pairs.len(), 1);
+    assert_eq!(status.rotate_now_token, None);
+    assert!(objects.objects().is_empty());
 }

@@ -121,8 +121,10 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         // only when there is work or the custody check needs the blobs (docs/design.md, "A
         // quiet steady state").
         _ if (work_due || custody_due || store_due) && !obs.records_listed() => Step::ListRecords,
-        _ if store_due => Step::ListStore,
+        // After the key check, whose announcement would otherwise count a store failure once
+        // more than the report does.
         _ if key_due => Step::CheckKey,
+        _ if store_due => Step::ListStore,
         _ => match &obs.key {
             Some(KeyCheck::Unusable { .. } | KeyCheck::Failed(_)) => Step::Blocked,
             _ if custody_due => Step::VerifyCustody,
@@ -332,15 +334,13 @@ mod tests {
         })
     }
 
-    /// With a key store, a new resource lists its Secrets, then the store, before KMS is asked
-    /// for anything; a store that cannot be listed blocks the work.
+    /// With a key store, a new resource lists its Secrets, checks the key, then lists the store
+    /// before anything is generated; a store that cannot be listed blocks the work.
     #[test]
     fn with_a_store_a_new_resource_reads_it_before_anything_is_made() {
         let mut obs = observe(resource(1, None), Vec::new());
         assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::ListRecords);
         obs.listed = Some(Vec::new());
-        assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::ListStore);
-        obs.store = store_listed(Ok(StoreSync::default()));
         assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::CheckKey);
         obs.key = Some(KeyCheck::Usable {
             description: crate::kms::KeyDescription {
@@ -357,6 +357,8 @@ mod tests {
             at_risk: Vec::new(),
             checked_at: ts(NOW),
         });
+        assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::ListStore);
+        obs.store = store_listed(Ok(StoreSync::default()));
         assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::Execute);
         obs.store = store_listed(Err(StoreError {
             url: "s3://acme-keys/prod".into(),

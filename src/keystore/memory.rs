@@ -17,6 +17,7 @@ pub struct MemoryObjects {
 struct Inner {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
     down: AtomicBool,
+    refuse_puts: AtomicBool,
     puts: AtomicUsize,
     gets: AtomicUsize,
     lists: AtomicUsize,
@@ -30,6 +31,11 @@ impl MemoryObjects {
     /// While down, every call fails with `ServiceUnavailable`.
     pub fn set_down(&self, down: bool) {
         self.inner.down.store(down, Ordering::SeqCst);
+    }
+
+    /// While set, conditional puts fail with `AccessDenied` (reads still work).
+    pub fn set_refuse_puts(&self, refuse: bool) {
+        self.inner.refuse_puts.store(refuse, Ordering::SeqCst);
     }
 
     /// The objects now (a copy).
@@ -76,6 +82,13 @@ impl ObjectStore for MemoryObjects {
     ) -> BoxFuture<'a, Result<Put, ObjectError>> {
         Box::pin(async move {
             self.check("PutObject", &self.inner.puts)?;
+            if self.inner.refuse_puts.load(Ordering::SeqCst) {
+                return Err(ObjectError {
+                    operation: "PutObject",
+                    code: "AccessDenied".to_owned(),
+                    message: "the test refused the write".to_owned(),
+                });
+            }
             let mut objects = self.lock();
             if objects.contains_key(key) {
                 return Ok(Put::Exists);
