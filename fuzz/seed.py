@@ -152,11 +152,43 @@ def key_ring_status(out):
             write(out, "key_ring_status", f"{name}-{present:02x}", bytes([present]) + body)
 
 
+def key_store_object(out):
+    """Key store objects (src/keystore.rs, StoredKeyPair) of the vector public key, and a backup
+    file of them (src/backup.rs)."""
+    public_pem = read("tests/vectors/envelope/vector-public-key.pem").decode()
+    der = base64.b64decode("".join(l for l in public_pem.splitlines() if not l.startswith("-----")))
+    objects = []
+    for org, sequence, token in [("3fa85f64-5717-4562-b3fc-2c963f66afa6", 1, None),
+                                 ("3fa85f64-5717-4562-b3fc-2c963f66afa6", 2, "t1"),
+                                 ("org/with spaces ä", 7, None)]:
+        name = f"recordings-{hashlib.sha256(org.encode()).hexdigest()[:10]}-{sequence:04}"
+        obj = {
+            "format": "kekeeper.io/key-pair/v1", "namespace": "telephony", "config": "recordings",
+            "secretName": name, "organizationId": org,
+            "keyPairId": f"0b7e5c1a-9d2f-4e8b-a6c3-5f1d2e3c4b{sequence:02}",
+            "sequence": sequence, "createdAt": "2026-11-29T07:00:00Z",
+            "kmsKeyArn": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "keyPairSpec": "RSA_3072",
+            "encryptionContext": {"genesys-cloud-organization-id": org},
+            "reason": "NoActiveKeyPair", "publicKeyFingerprint": fingerprint(der),
+            "publicKeyPem": public_pem,
+            "privateKeyKms": base64.b64encode(bytes(range(1, 200))).decode(),
+        }
+        if token:
+            obj["rotateNowToken"] = token
+        objects.append(obj)
+        write(out, "key_store_object", f"object-{sequence}", json.dumps(obj, indent=2).encode())
+    backup = {"format": "kekeeper.io/key-pair-backup/v1", "createdAt": "2026-12-01T00:00:00Z",
+              "keyPairs": [dict(objects[0], retiredAt="2026-12-01T07:00:00Z"), objects[1], objects[2]]}
+    write(out, "key_store_object", "backup", json.dumps(backup, indent=2).encode())
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]
-    for seed in (envelope, alias_arn, manifest, key_pair_secret, key_ring_status):
+    for seed in (envelope, alias_arn, manifest, key_pair_secret, key_ring_status, key_store_object):
         seed(out)
 
 
