@@ -25,10 +25,10 @@ use crate::cli::RunArgs;
 use crate::controller::cache::{self, Cache};
 use crate::controller::leader::election::LeaseTiming;
 use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
-use crate::controller::packed::PackedConfig;
 use crate::controller::ratelimit::TokenBucket;
 use crate::controller::report::Events;
 use crate::controller::{self, Context, Settings};
+use crate::crd::RecordingKeyConfig;
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
 use crate::kms::coalesce::CoalescingKms;
 use crate::kms::sdk::SdkKms;
@@ -298,14 +298,14 @@ async fn run_scope(
     shutdown: watch::Receiver<bool>,
 ) {
     let namespace = namespace.as_deref();
-    // The resources are cached packed (see `controller::packed`).
-    let rkcs: Api<PackedConfig> = scoped(&client, namespace);
+    let rkcs: Api<RecordingKeyConfig> = scoped(&client, namespace);
     let secrets_api: Api<Secret> = scoped(&client, namespace);
     let config_maps_api: Api<ConfigMap> = scoped(&client, namespace);
     // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
     // these) and the controller's triggers, so a deleted or edited key pair Secret or
     // ConfigMap is put right at once.
-    let (rkc_store, rkc_events) = cached(rkcs, list_in_pages());
+    // The resources are cached slim: less what the controller never reads.
+    let (rkc_store, rkc_events) = cached(rkcs, list_in_pages(), cache::slim_config);
     // The owned objects are kept as records and digests, not objects (see `controller::cache`).
     let key_pairs = cache::key_pair_cache();
     let secrets_events = compacted(
@@ -348,7 +348,7 @@ async fn run_scope(
         .watches_stream(secrets_events.touched_objects(), |secret: Secret| {
             let config = secret.labels().get(LABEL_CONFIG)?.clone();
             let namespace = secret.namespace()?;
-            Some(ObjectRef::<PackedConfig>::new(&config).within(&namespace))
+            Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
         })
         .owns_stream(config_maps_events.touched_objects());
     let store = controller.store();
@@ -364,7 +364,7 @@ async fn run_scope(
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .run(controller::reconcile_packed, controller::error_policy, ctx)
+        .run(controller::reconcile, controller::error_policy, ctx)
         .for_each(|result| {
             if let Err(err) = result {
                 warn!(error = %err, "reconcile");
@@ -374,16 +374,13 @@ async fn run_scope(
         .await;
 }
 
-/// A deleted resource's series go with it. Its uid and status are in the packed body.
-fn forget_deleted(metrics: &Metrics, rkc: &PackedConfig) {
+/// A deleted resource's series go with it.
+fn forget_deleted(metrics: &Metrics, rkc: &RecordingKeyConfig) {
     let config = ConfigLabels {
         namespace: rkc.namespace().unwrap_or_default(),
         config: rkc.name_any(),
     };
-    let unpacked = rkc.unpack().ok();
-    let uid = unpacked.as_ref().and_then(|rkc| rkc.uid());
-    let status = unpacked.and_then(|rkc| rkc.status);
-    metrics.forget(&config, uid.as_deref(), status.as_ref());
+    metrics.forget(&config, rkc.uid().as_deref(), rkc.status.as_ref());
 }
 
 /// Watches that list in pages of 100 objects: the objects of a page are parsed at once, and
@@ -392,11 +389,12 @@ fn list_in_pages() -> watcher::Config {
     watcher::Config::default().page_size(100)
 }
 
-/// A cache of `api`'s objects and the watch events that fill it, for the triggers. (The
-/// resources are cached packed, which drops what the controller never reads.)
+/// A cache of `api`'s objects, each after `slim`, and the watch events that fill it, for the
+/// triggers.
 fn cached<K>(
     api: Api<K>,
     config: watcher::Config,
+    slim: fn(&mut K),
 ) -> (
     reflector::Store<K>,
     impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
@@ -412,7 +410,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    let events = reflector(writer, watcher(api, config)).default_backoff();
+    let events = reflector(writer, watcher(api, config).modify(slim)).default_backoff();
     (store, events)
 }
 
@@ -498,11 +496,11 @@ mod tests {
     #[test]
     fn a_deleted_resource_is_forgotten_by_its_uid() {
         let text = include_str!("../../tests/fixtures/status/ready.json");
-        let packed: PackedConfig = serde_json::from_str(text).unwrap();
+        let rkc: RecordingKeyConfig = serde_json::from_str(text).unwrap();
         let uid = Some("5b0e3f0a-8a64-4a4c-9f1e-0d5c1f6a7b21");
         let metrics = Metrics::default();
         assert!(!metrics.is_forgotten(uid));
-        forget_deleted(&metrics, &packed);
+        forget_deleted(&metrics, &rkc);
         assert!(metrics.is_forgotten(uid));
     }
 }
