@@ -45,7 +45,7 @@ use crate::keyring::KeyRing;
 use crate::kms::Kms;
 use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
-use cache::{KeyPairCache, PublicKeysCache};
+use cache::{CachedConfig, KeyPairCache, PublicKeysCache};
 use observe::{KeyCheck, Observation};
 use plan::Step;
 use ratelimit::TokenBucket;
@@ -248,15 +248,19 @@ impl<K> Context<K> {
     }
 }
 
+/// [`reconcile`] of a resource from the controller's cache.
+pub async fn reconcile_cached<K: Kms>(
+    cached: Arc<CachedConfig>,
+    ctx: Arc<Context<K>>,
+) -> Result<Action> {
+    reconcile(Arc::new(cached.to_config()), ctx).await
+}
+
 /// `error_policy`, for failures that could not be reported in status (API errors): capped
 /// exponential backoff per resource (5 s doubling to 5 min), reset by the next success.
-pub fn error_policy<K>(
-    rkc: Arc<RecordingKeyConfig>,
-    error: &Error,
-    ctx: Arc<Context<K>>,
-) -> Action {
-    let name = rkc.name_any();
-    let (failures, delay) = ctx.record_failure(ObjectRef::from_obj(rkc.as_ref()));
+pub fn error_policy<K>(cached: Arc<CachedConfig>, error: &Error, ctx: Arc<Context<K>>) -> Action {
+    let name = cached.name_any();
+    let (failures, delay) = ctx.record_failure(cached.object_ref());
     warn!(name = %name, error = %error, failures, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
-use crate::controller::cache::{self, Cache};
+use crate::controller::cache::{self, Cache, CachedConfig, ConfigCompactor};
 use crate::controller::leader::election::LeaseTiming;
 use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
 use crate::controller::ratelimit::TokenBucket;
@@ -304,8 +304,8 @@ async fn run_scope(
     // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
     // these) and the controller's triggers, so a deleted or edited key pair Secret or
     // ConfigMap is put right at once.
-    // The resources are cached slim: less what the controller never reads.
-    let (rkc_store, rkc_events) = cached(rkcs, list_in_pages(), cache::slim_config);
+    // The resources are cached as `CachedConfig`s (see `controller::cache`).
+    let (rkc_store, rkc_events) = cached_configs(rkcs, list_in_pages());
     // The owned objects are kept as records and digests, not objects (see `controller::cache`).
     let key_pairs = cache::key_pair_cache();
     let secrets_events = compacted(
@@ -336,9 +336,10 @@ async fn run_scope(
     let deleted = ctx.clone();
     let rkc_stream = rkc_events
         .inspect_ok(move |event| {
-            if let watcher::Event::Delete(rkc) = event {
-                forget_deleted(&deleted.metrics, rkc);
-                deleted.forget_deleted(rkc);
+            if let watcher::Event::Delete(cached) = event {
+                let rkc = cached.to_config();
+                forget_deleted(&deleted.metrics, &rkc);
+                deleted.forget_deleted(&rkc);
             }
         })
         .applied_objects();
@@ -348,7 +349,7 @@ async fn run_scope(
         .watches_stream(secrets_events.touched_objects(), |secret: Secret| {
             let config = secret.labels().get(LABEL_CONFIG)?.clone();
             let namespace = secret.namespace()?;
-            Some(ObjectRef::<RecordingKeyConfig>::new(&config).within(&namespace))
+            Some(ObjectRef::<CachedConfig>::new(&config).within(&namespace))
         })
         .owns_stream(config_maps_events.touched_objects());
     let store = controller.store();
@@ -364,7 +365,7 @@ async fn run_scope(
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .run(controller::reconcile, controller::error_policy, ctx)
+        .run(controller::reconcile_cached, controller::error_policy, ctx)
         .for_each(|result| {
             if let Err(err) = result {
                 warn!(error = %err, "reconcile");
@@ -389,29 +390,19 @@ fn list_in_pages() -> watcher::Config {
     watcher::Config::default().page_size(100)
 }
 
-/// A cache of `api`'s objects, each after `slim`, and the watch events that fill it, for the
+/// A cache of the resources as `CachedConfig`s, and the watch events that fill it, for the
 /// triggers.
-fn cached<K>(
-    api: Api<K>,
+fn cached_configs(
+    api: Api<RecordingKeyConfig>,
     config: watcher::Config,
-    slim: fn(&mut K),
 ) -> (
-    reflector::Store<K>,
-    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-)
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+    reflector::Store<CachedConfig>,
+    impl futures::Stream<Item = Result<watcher::Event<CachedConfig>, watcher::Error>> + Send,
+) {
     let (store, writer) = reflector::store();
-    let events = reflector(writer, watcher(api, config).modify(slim)).default_backoff();
-    (store, events)
+    let mut compactor = ConfigCompactor::default();
+    let events = watcher(api, config).map_ok(move |event| compactor.event(event));
+    (store, reflector(writer, events).default_backoff())
 }
 
 /// The watch events of `api`'s objects, each taken into `cache` before it is passed on (to

@@ -16,11 +16,13 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::crd::RecordingKeyConfig;
 use crate::keypair::{
     ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret, KeyPairState, LABEL_CONFIG,
 };
 use crate::kms::{EncryptionContext, KeyPairSpec};
+
+mod config;
+pub use config::{CachedConfig, ConfigCompactor, LAST_APPLIED_ANNOTATION, slim_config};
 
 /// A cache of `K` objects kept as `V`, grouped within their namespace.
 pub struct Cache<K, V> {
@@ -113,6 +115,19 @@ impl Interner {
         let kept: Arc<str> = value.into();
         self.strings.insert(kept.clone());
         kept
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+
+    /// Drops the strings nothing else holds any more.
+    pub fn sweep(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 }
 
@@ -363,22 +378,6 @@ fn digest_map(
     }
 }
 
-/// `kubectl apply`'s copy of an object, an annotation the controller never reads.
-pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// A RecordingKeyConfig as the controller's cache keeps it: less what the controller never
-/// reads, its field managers and `kubectl apply`'s copy of the object (docs/design.md,
-/// "Caches"). Applied by the watch before the store takes the object.
-pub fn slim_config(rkc: &mut RecordingKeyConfig) {
-    rkc.metadata.managed_fields = None;
-    if let Some(annotations) = rkc.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED_ANNOTATION);
-        if annotations.is_empty() {
-            rkc.metadata.annotations = None;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,67 +528,5 @@ mod tests {
             with(None, Some(&[("a", "bc")])),
             with(None, Some(&[("a", "bc")]))
         );
-    }
-
-    const READY: &str = include_str!("../../tests/fixtures/status/ready.json");
-
-    /// Slimming drops the field managers and the last-applied annotation and nothing else:
-    /// other metadata, spec and status stay as they were.
-    #[test]
-    fn a_slim_config_keeps_all_but_managed_fields_and_last_applied() {
-        let mut rkc: RecordingKeyConfig = serde_json::from_str(READY).unwrap();
-        rkc.metadata.finalizers = Some(vec!["example.com/keep".into()]);
-        rkc.metadata.labels = Some(BTreeMap::from([("team".into(), "voice".into())]));
-        rkc.metadata.annotations = Some(BTreeMap::from([
-            ("kekeeper.io/rotate-now".into(), "t1".into()),
-            (LAST_APPLIED_ANNOTATION.into(), READY.into()),
-        ]));
-        let expected = {
-            let mut rkc = rkc.clone();
-            rkc.metadata.annotations = Some(BTreeMap::from([(
-                "kekeeper.io/rotate-now".into(),
-                "t1".into(),
-            )]));
-            serde_json::to_value(rkc).unwrap()
-        };
-        rkc.metadata.managed_fields = Some(vec![Default::default()]);
-        slim_config(&mut rkc);
-        assert_eq!(rkc.metadata.managed_fields, None);
-        assert_eq!(serde_json::to_value(&rkc).unwrap(), expected);
-        assert!(rkc.status.is_some());
-    }
-
-    /// A resource whose only annotation was the last-applied one has none left; every status
-    /// fixture (a resource in each state) is otherwise unchanged.
-    #[test]
-    fn slimming_each_status_fixture_drops_only_last_applied() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/status");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let original: RecordingKeyConfig = serde_json::from_str(&text).unwrap();
-            let mut slim = original.clone();
-            slim_config(&mut slim);
-            if path.ends_with("stale-generation.json") {
-                // Its one annotation is the last-applied one.
-                assert_eq!(slim.metadata.annotations, None);
-            }
-            let mut expected = serde_json::to_value(&original).unwrap();
-            let metadata = expected["metadata"].as_object_mut().unwrap();
-            metadata.remove("managedFields");
-            if let Some(annotations) = metadata
-                .get_mut("annotations")
-                .and_then(|a| a.as_object_mut())
-            {
-                annotations.remove(LAST_APPLIED_ANNOTATION);
-                if annotations.is_empty() {
-                    metadata.remove("annotations");
-                }
-            }
-            assert_eq!(serde_json::to_value(&slim).unwrap(), expected);
-            seen += 1;
-        }
-        assert!(seen >= 10, "{seen} fixtures");
     }
 }
