@@ -3,7 +3,8 @@
 //! check needs the blob, and it lists the Secrets fresh), a public-keys ConfigMap as a digest
 //! of its labels and data. Entries are grouped by a key the reconcile knows (the config label),
 //! so a resource's key pairs are found without scanning every Secret. Fed by one watch per
-//! kind; a relist replaces the contents in one step once it is complete.
+//! kind; a relist replaces the contents in one step once it is complete. The resources
+//! themselves are kept in kube's store as [`CachedConfig`]s (`config.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

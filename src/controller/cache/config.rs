@@ -31,8 +31,8 @@ pub fn slim_config(rkc: &mut RecordingKeyConfig) {
 }
 
 /// One RecordingKeyConfig in the controller's cache: the resource after [`slim_config`], its
-/// status conditions kept with shared strings. The conditions are about half of a parsed
-/// resource and nearly the same on every resource (seven types, a few reasons, messages that
+/// status conditions kept with shared strings. The conditions are the largest part of the
+/// status and nearly the same on every resource (seven types, a few reasons, messages that
 /// name the same KMS key). [`CachedConfig::to_config`] gives the resource back as it was
 /// slimmed. The same API resource as [`RecordingKeyConfig`], for kube's controller.
 #[derive(Clone, Debug)]
