@@ -25,7 +25,6 @@ pub mod custody;
 pub mod execute;
 pub mod leader;
 pub mod observe;
-pub mod packed;
 pub mod plan;
 pub mod ratelimit;
 pub mod report;
@@ -48,9 +47,8 @@ use crate::keystore::{KeyStore, KeyStoreUrl};
 use crate::kms::Kms;
 use crate::metrics::{ConfigLabels, KeyPairLabels, Metrics};
 use crate::policy;
-use cache::{KeyPairCache, PublicKeysCache};
+use cache::{CachedConfig, KeyPairCache, PublicKeysCache};
 use observe::{KeyCheck, Observation};
-use packed::PackedConfig;
 use plan::Step;
 use ratelimit::TokenBucket;
 use report::{Events, StatusWriter};
@@ -84,8 +82,6 @@ pub enum Error {
     AdoptFailed { name: String, message: String },
     #[error("resource has no namespace")]
     NoNamespace,
-    #[error(transparent)]
-    Unpack(#[from] packed::UnpackError),
     #[error(transparent)]
     Serialize(#[from] SerializeError),
     /// A status write met a newer resource whose spec or annotations differ from those the
@@ -128,7 +124,6 @@ impl Error {
             Error::Kube(_) => "KubeApi".to_owned(),
             Error::AdoptFailed { .. } => "AdoptFailed".to_owned(),
             Error::NoNamespace => "NoNamespace".to_owned(),
-            Error::Unpack(_) => "Unpack".to_owned(),
             Error::Serialize(_) => "Serialize".to_owned(),
             Error::Superseded(_) => "Superseded".to_owned(),
         }
@@ -258,8 +253,8 @@ impl<K> Context<K> {
     }
 
     /// A deleted resource's failure count goes with it (its delete event).
-    pub fn forget_deleted(&self, packed: &PackedConfig) {
-        self.clear_failures(&object_of(packed));
+    pub fn forget_deleted(&self, rkc: &RecordingKeyConfig) {
+        self.clear_failures(&ObjectRef::from_obj(rkc));
     }
 
     /// Resources with a failure count.
@@ -269,26 +264,19 @@ impl<K> Context<K> {
     }
 }
 
-/// The key of a resource in the failure counts (`ObjectRef` equality ignores uid and version,
-/// so this matches `ObjectRef::from_obj` of the unpacked resource).
-fn object_of(packed: &PackedConfig) -> ObjectRef<RecordingKeyConfig> {
-    ObjectRef::new(&packed.name_any()).within(&packed.namespace().unwrap_or_default())
-}
-
-/// [`reconcile`] of a resource from the controller's packed cache.
-pub async fn reconcile_packed<K: Kms>(
-    packed: Arc<PackedConfig>,
+/// [`reconcile`] of a resource from the controller's cache.
+pub async fn reconcile_cached<K: Kms>(
+    cached: Arc<CachedConfig>,
     ctx: Arc<Context<K>>,
 ) -> Result<Action> {
-    let rkc = packed.unpack()?;
-    reconcile(Arc::new(rkc), ctx).await
+    reconcile(Arc::new(cached.to_config()), ctx).await
 }
 
 /// `error_policy`, for failures that could not be reported in status (API errors): capped
 /// exponential backoff per resource (5 s doubling to 5 min), reset by the next success.
-pub fn error_policy<K>(packed: Arc<PackedConfig>, error: &Error, ctx: Arc<Context<K>>) -> Action {
-    let name = packed.name_any();
-    let (failures, delay) = ctx.record_failure(object_of(&packed));
+pub fn error_policy<K>(cached: Arc<CachedConfig>, error: &Error, ctx: Arc<Context<K>>) -> Action {
+    let name = cached.name_any();
+    let (failures, delay) = ctx.record_failure(cached.object_ref());
     warn!(name = %name, error = %error, failures, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
@@ -508,11 +496,15 @@ mod tests {
         )
     }
 
-    fn packed(name: &str) -> PackedConfig {
+    fn resource(name: &str) -> RecordingKeyConfig {
         let text = include_str!("../tests/fixtures/status/ready.json");
         let mut rkc: RecordingKeyConfig = serde_json::from_str(text).unwrap();
         rkc.metadata.name = Some(name.into());
-        PackedConfig::pack(rkc).unwrap()
+        rkc
+    }
+
+    fn object_of(rkc: &RecordingKeyConfig) -> ObjectRef<RecordingKeyConfig> {
+        ObjectRef::from_obj(rkc)
     }
 
     /// A deleted resource's failure count goes with its delete event; the count of one whose
@@ -521,7 +513,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failure_counts_are_cleared_for_deleted_resources_and_bounded() {
         let ctx = context();
-        let (a, b, c) = (packed("a"), packed("b"), packed("c"));
+        let (a, b, c) = (resource("a"), resource("b"), resource("c"));
         assert_eq!(ctx.record_failure(object_of(&a)).0, 1);
         assert_eq!(ctx.record_failure(object_of(&a)).0, 2);
         ctx.record_failure(object_of(&b));
@@ -544,10 +536,10 @@ mod tests {
     #[test]
     fn serialisation_failures_are_errors_naming_what() {
         let unserialisable = std::collections::BTreeMap::from([((1, 2), "x")]);
-        let err = to_json_vec("the packed resource", &unserialisable).unwrap_err();
+        let err = to_json_vec("the key pair records", &unserialisable).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("cannot serialise the packed resource:"),
+                .starts_with("cannot serialise the key pair records:"),
             "{err}"
         );
         let err = to_json_value("the public-keys ConfigMap", &unserialisable).unwrap_err();

@@ -22,13 +22,13 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::RunArgs;
-use crate::controller::cache::{self, Cache};
+use crate::controller::cache::{self, Cache, CachedConfig, ConfigCompactor};
 use crate::controller::leader::election::LeaseTiming;
 use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
-use crate::controller::packed::PackedConfig;
 use crate::controller::ratelimit::TokenBucket;
 use crate::controller::report::Events;
 use crate::controller::{self, Context, Settings};
+use crate::crd::RecordingKeyConfig;
 use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
 use crate::keystore::KeyStore;
 use crate::keystore::s3::S3Objects;
@@ -369,14 +369,14 @@ async fn run_scope(
     shutdown: watch::Receiver<bool>,
 ) {
     let namespace = namespace.as_deref();
-    // The resources are cached packed (see `controller::packed`).
-    let rkcs: Api<PackedConfig> = scoped(&client, namespace);
+    let rkcs: Api<RecordingKeyConfig> = scoped(&client, namespace);
     let secrets_api: Api<Secret> = scoped(&client, namespace);
     let config_maps_api: Api<ConfigMap> = scoped(&client, namespace);
     // One watch per kind, each feeding both its cache (a steady-state reconcile reads only
     // these) and the controller's triggers, so a deleted or edited key pair Secret or
     // ConfigMap is put right at once.
-    let (rkc_store, rkc_events) = cached(rkcs, list_in_pages());
+    // The resources are cached as `CachedConfig`s (see `controller::cache`).
+    let (rkc_store, rkc_events) = cached_configs(rkcs, list_in_pages());
     // The owned objects are kept as records and digests, not objects (see `controller::cache`).
     let key_pairs = cache::key_pair_cache();
     let secrets_events = compacted(
@@ -411,9 +411,10 @@ async fn run_scope(
     let deleted = ctx.clone();
     let rkc_stream = rkc_events
         .inspect_ok(move |event| {
-            if let watcher::Event::Delete(rkc) = event {
-                forget_deleted(&deleted.metrics, rkc);
-                deleted.forget_deleted(rkc);
+            if let watcher::Event::Delete(cached) = event {
+                let rkc = cached.to_config();
+                forget_deleted(&deleted.metrics, &rkc);
+                deleted.forget_deleted(&rkc);
             }
         })
         .applied_objects();
@@ -423,7 +424,7 @@ async fn run_scope(
         .watches_stream(secrets_events.touched_objects(), |secret: Secret| {
             let config = secret.labels().get(LABEL_CONFIG)?.clone();
             let namespace = secret.namespace()?;
-            Some(ObjectRef::<PackedConfig>::new(&config).within(&namespace))
+            Some(ObjectRef::<CachedConfig>::new(&config).within(&namespace))
         })
         .owns_stream(config_maps_events.touched_objects());
     let store = controller.store();
@@ -439,7 +440,7 @@ async fn run_scope(
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .run(controller::reconcile_packed, controller::error_policy, ctx)
+        .run(controller::reconcile_cached, controller::error_policy, ctx)
         .for_each(|result| {
             if let Err(err) = result {
                 warn!(error = %err, "reconcile");
@@ -449,16 +450,13 @@ async fn run_scope(
         .await;
 }
 
-/// A deleted resource's series go with it. Its uid and status are in the packed body.
-fn forget_deleted(metrics: &Metrics, rkc: &PackedConfig) {
+/// A deleted resource's series go with it.
+fn forget_deleted(metrics: &Metrics, rkc: &RecordingKeyConfig) {
     let config = ConfigLabels {
         namespace: rkc.namespace().unwrap_or_default(),
         config: rkc.name_any(),
     };
-    let unpacked = rkc.unpack().ok();
-    let uid = unpacked.as_ref().and_then(|rkc| rkc.uid());
-    let status = unpacked.and_then(|rkc| rkc.status);
-    metrics.forget(&config, uid.as_deref(), status.as_ref());
+    metrics.forget(&config, rkc.uid().as_deref(), rkc.status.as_ref());
 }
 
 /// Watches that list in pages of 100 objects: the objects of a page are parsed at once, and
@@ -467,28 +465,19 @@ fn list_in_pages() -> watcher::Config {
     watcher::Config::default().page_size(100)
 }
 
-/// A cache of `api`'s objects and the watch events that fill it, for the triggers. (The
-/// resources are cached packed, which drops what the controller never reads.)
-fn cached<K>(
-    api: Api<K>,
+/// A cache of the resources as `CachedConfig`s, and the watch events that fill it, for the
+/// triggers.
+fn cached_configs(
+    api: Api<RecordingKeyConfig>,
     config: watcher::Config,
 ) -> (
-    reflector::Store<K>,
-    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-)
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
+    reflector::Store<CachedConfig>,
+    impl futures::Stream<Item = Result<watcher::Event<CachedConfig>, watcher::Error>> + Send,
+) {
     let (store, writer) = reflector::store();
-    let events = reflector(writer, watcher(api, config)).default_backoff();
-    (store, events)
+    let mut compactor = ConfigCompactor::default();
+    let events = watcher(api, config).map_ok(move |event| compactor.event(event));
+    (store, reflector(writer, events).default_backoff())
 }
 
 /// The watch events of `api`'s objects, each taken into `cache` before it is passed on (to
@@ -573,11 +562,11 @@ mod tests {
     #[test]
     fn a_deleted_resource_is_forgotten_by_its_uid() {
         let text = include_str!("../../tests/fixtures/status/ready.json");
-        let packed: PackedConfig = serde_json::from_str(text).unwrap();
+        let rkc: RecordingKeyConfig = serde_json::from_str(text).unwrap();
         let uid = Some("5b0e3f0a-8a64-4a4c-9f1e-0d5c1f6a7b21");
         let metrics = Metrics::default();
         assert!(!metrics.is_forgotten(uid));
-        forget_deleted(&metrics, &packed);
+        forget_deleted(&metrics, &rkc);
         assert!(metrics.is_forgotten(uid));
     }
 }

@@ -3,7 +3,8 @@
 //! check needs the blob, and it lists the Secrets fresh), a public-keys ConfigMap as a digest
 //! of its labels and data. Entries are grouped by a key the reconcile knows (the config label),
 //! so a resource's key pairs are found without scanning every Secret. Fed by one watch per
-//! kind; a relist replaces the contents in one step once it is complete.
+//! kind; a relist replaces the contents in one step once it is complete. The resources
+//! themselves are kept in kube's store as [`CachedConfig`]s (`config.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -20,6 +21,9 @@ use crate::keypair::{
     ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret, KeyPairState, LABEL_CONFIG,
 };
 use crate::kms::{EncryptionContext, KeyPairSpec};
+
+mod config;
+pub use config::{CachedConfig, ConfigCompactor, LAST_APPLIED_ANNOTATION, slim_config};
 
 /// A cache of `K` objects kept as `V`, grouped within their namespace.
 pub struct Cache<K, V> {
@@ -112,6 +116,19 @@ impl Interner {
         let kept: Arc<str> = value.into();
         self.strings.insert(kept.clone());
         kept
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+
+    /// Drops the strings nothing else holds any more.
+    pub fn sweep(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 }
 
