@@ -125,6 +125,29 @@ async fn rotate(cluster: &Cluster, token: &str) {
         .await;
 }
 
+/// Throws the API server away: kube-sim, a new empty one; the shared real server, the
+/// RecordingKeyConfig, its Secrets and ConfigMap deleted, which leaves the namespace as a new
+/// cluster's. Returns the new cluster (if one), the operator's kubeconfig and user there.
+async fn rebuild(cluster: &Cluster) -> (Option<Cluster>, std::path::PathBuf, String) {
+    if !cluster.is_real() {
+        let (fresh, kubeconfig, user) = Cluster::with_operator_identity().await;
+        return (Some(fresh), kubeconfig, user);
+    }
+    let selector = format!("kekeeper.io/config={NAME}");
+    let config_map = format!("{NAME}-public-keys");
+    for args in [
+        vec!["delete", "rkc", NAME],
+        vec!["delete", "secrets", "-l", &selector],
+        vec!["delete", "configmap", "--ignore-not-found", &config_map],
+    ] {
+        cluster.kubectl_ok(&args).await;
+    }
+    let (kubeconfig, user) = cluster
+        .service_account_kubeconfig("kekeeper-system", "kekeeper")
+        .await;
+    (None, kubeconfig, user)
+}
+
 /// Object keys under `prefix` in `bucket`.
 async fn objects(bucket: &str, prefix: &str) -> Vec<String> {
     let client = aws_sdk_s3::Client::from_conf(s3_config(&kms_endpoint()).await);
@@ -239,29 +262,7 @@ async fn a_rebuilt_cluster_gets_every_key_pair_back_from_the_store() {
     operator.kill();
 
     // The rebuild.
-    let (rebuilt, rebuilt_kubeconfig) = if cluster.is_real() {
-        for args in [
-            vec!["delete", "rkc", NAME],
-            vec![
-                "delete",
-                "secrets",
-                "-l",
-                &format!("kekeeper.io/config={NAME}"),
-            ],
-            vec![
-                "delete",
-                "configmap",
-                "--ignore-not-found",
-                &format!("{NAME}-public-keys"),
-            ],
-        ] {
-            cluster.kubectl_ok(&args).await;
-        }
-        (None, operator_kubeconfig.clone())
-    } else {
-        let (fresh, kubeconfig, _) = Cluster::with_operator_identity().await;
-        (Some(fresh), kubeconfig)
-    };
+    let (rebuilt, rebuilt_kubeconfig, _) = rebuild(&cluster).await;
     let after_cluster = rebuilt.as_ref().unwrap_or(&cluster);
     assert!(after_cluster.key_pair_secrets(NAME).await.is_empty());
     let mut operator = start_with(
@@ -661,32 +662,7 @@ async fn restoring_100_organisations() {
     let before = wait_synced_within(&cluster, ORGS, ORGS, Duration::from_secs(300)).await;
     operator.kill();
 
-    let (rebuilt, kubeconfig, user) = if cluster.is_real() {
-        for args in [
-            vec!["delete", "rkc", NAME],
-            vec![
-                "delete",
-                "secrets",
-                "-l",
-                &format!("kekeeper.io/config={NAME}"),
-            ],
-            vec![
-                "delete",
-                "configmap",
-                "--ignore-not-found",
-                &format!("{NAME}-public-keys"),
-            ],
-        ] {
-            cluster.kubectl_ok(&args).await;
-        }
-        let (kubeconfig, user) = cluster
-            .service_account_kubeconfig("kekeeper-system", "kekeeper")
-            .await;
-        (None, kubeconfig, user)
-    } else {
-        let (fresh, kubeconfig, user) = Cluster::with_operator_identity().await;
-        (Some(fresh), kubeconfig, user)
-    };
+    let (rebuilt, kubeconfig, user) = rebuild(&cluster).await;
     let after_cluster = rebuilt.as_ref().unwrap_or(&cluster);
     let s3 = FaultProxy::start(&endpoint).await;
     let mut operator = start_fast(after_cluster, "after", &kubeconfig, &s3.endpoint());
