@@ -386,7 +386,7 @@ async fn stand_in_fleet(args: &Args) {
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     row(
-        &format!("steady state, {n} + {n} Secrets: RSS (goal < 64 MiB)"),
+        &format!("steady state, {n} + {n} Secrets: RSS (goal < 96 MiB)"),
         rss_detail(operator.pid()),
     );
     operator.kill();
