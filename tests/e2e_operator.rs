@@ -240,9 +240,11 @@ async fn operator_end_to_end() {
             .await
             .is_none()
     );
+    // In the test's namespace: on the shared real server other tests' resources (and those of
+    // namespaces still being deleted) are listed cluster-wide.
     assert_eq!(
         cluster
-            .objects("kekeeper.io", "recordingkeyconfigs", None)
+            .objects("kekeeper.io", "recordingkeyconfigs", Some(&cluster.ns()))
             .await
             .len(),
         1
