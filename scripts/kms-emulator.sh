@@ -56,13 +56,15 @@ start() {
   mkdir -p "$STATE/volume"
   local port
   port="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  # setsid: the emulator gets its own process group, so stop can end all of it.
+  # setsid: the emulator gets its own process group, so stop can end all of it. timeout: a
+  # forgotten emulator ends by itself, after 2 h (the whole suite uses it for about 45 min; at
+  # 30 min it could end in the middle of the real-server block).
   env RUNTIME_COMPONENTS=aws SERVICES=kms,s3 EAGER_SERVICE_LOADING=1 \
       GATEWAY_SERVER=hypercorn GATEWAY_LISTEN="127.0.0.1:$port" \
       LOCALSTACK_HOST="localhost.localstack.cloud:$port" \
       DNS_ADDRESS=0 DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
       OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$STATE" LOCALSTACK_VOLUME_DIR="$STATE/volume" \
-      setsid timeout 1800 "$PY" -m localstack.runtime.main \
+      setsid timeout 7200 "$PY" -m localstack.runtime.main \
       >"$STATE/localstack.log" 2>&1 </dev/null &
   echo $! >"$STATE/pid"
   echo "http://127.0.0.1:$port" >"$STATE/endpoint"
