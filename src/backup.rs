@@ -277,16 +277,9 @@ mod tests {
     use super::*;
     use crate::keypair::test_pair;
     use crate::kms::KeyPairSpec;
-    use aws_lc_rs::encoding::AsDer;
 
     fn public_key_der() -> Vec<u8> {
-        aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-            .unwrap()
-            .public_key()
-            .as_der()
-            .unwrap()
-            .as_ref()
-            .to_vec()
+        crate::kms::fake::generate_rsa(KeyPairSpec::Rsa2048).0
     }
 
     fn ts(s: &str) -> Timestamp {

@@ -516,7 +516,7 @@ impl KeyStore {
             holder: holder.to_owned(),
             renewed_at: now,
         };
-        let body = serde_json::to_vec_pretty(&claim).unwrap_or_default();
+        let body = self.body(&key, &claim)?;
         self.objects
             .put(&key, body)
             .await
@@ -539,6 +539,18 @@ impl KeyStore {
         }
     }
 
+    /// The JSON body of the object `key`; a value that cannot be serialised is an error, never
+    /// an empty object (docs/design.md, "Serialisation failures are errors").
+    fn body<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec_pretty(value).map_err(|e| StoreError {
+            url: self.url.to_string(),
+            operation: "Serialize",
+            key: key.to_owned(),
+            code: "InvalidObject".to_owned(),
+            message: e.to_string(),
+        })
+    }
+
     fn object_key_of(&self, record: &KeyPairRecord) -> String {
         self.url.object_key(
             &record.namespace,
@@ -559,13 +571,7 @@ impl KeyStore {
         self.check()?;
         let key = self.object_key_of(pair);
         let object = StoredKeyPair::of(pair, rotate_now_token);
-        let body = serde_json::to_vec_pretty(&object).map_err(|e| StoreError {
-            url: self.url.to_string(),
-            operation: "Serialize",
-            key: key.clone(),
-            code: "InvalidObject".to_owned(),
-            message: e.to_string(),
-        })?;
+        let body = self.body(&key, &object)?;
         match self.objects.put_new(&key, body).await {
             Ok(Put::Created) => Ok(()),
             Ok(Put::Exists) => {
@@ -605,7 +611,7 @@ impl KeyStore {
             key_pair_id: record.key_pair_id.clone(),
             at,
         };
-        let body = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+        let body = self.body(&key, &marker)?;
         self.objects
             .put_new(&key, body)
             .await
@@ -752,17 +758,10 @@ fn unescape(segment: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::keypair::test_pair;
-    use aws_lc_rs::encoding::AsDer;
 
     /// A real RSA public key (SubjectPublicKeyInfo DER).
     fn public_key_der() -> Vec<u8> {
-        aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-            .unwrap()
-            .public_key()
-            .as_der()
-            .unwrap()
-            .as_ref()
-            .to_vec()
+        crate::kms::fake::generate_rsa(KeyPairSpec::Rsa2048).0
     }
 
     fn url(s: &str) -> Result<KeyStoreUrl, KeyStoreUrlError> {

@@ -288,7 +288,7 @@ fn key_size(spec: KeyPairSpec) -> KeySize {
 }
 
 /// (SPKI DER, PKCS#8 DER) of a new RSA key pair.
-fn generate_rsa(spec: KeyPairSpec) -> (Vec<u8>, Zeroizing<Vec<u8>>) {
+pub fn generate_rsa(spec: KeyPairSpec) -> (Vec<u8>, Zeroizing<Vec<u8>>) {
     let key = PrivateDecryptingKey::generate(key_size(spec))
         .unwrap_or_else(|_| panic!("FakeKms: RSA key generation failed"));
     let public = key
