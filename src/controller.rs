@@ -26,6 +26,7 @@ pub mod execute;
 pub mod leader;
 pub mod observe;
 pub mod plan;
+pub mod proof;
 pub mod ratelimit;
 pub mod report;
 pub mod status;
@@ -339,6 +340,7 @@ async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>)
             }
             Step::VerifyCustody if obs.custody.is_none() => obs.verify_custody(ctx).await?,
             Step::ListStore if obs.store.is_none() => obs.check_store(ctx).await?,
+            Step::Prove if obs.proofs.is_none() => obs.prove(ctx, &plan.prove).await,
             _ => break,
         }
         plan = plan::plan(&obs, now, settings);
@@ -469,7 +471,8 @@ fn record_metrics<K>(
         namespace: obs.namespace.clone(),
         config: obs.name.clone(),
     };
-    ctx.metrics.record_status(&config, status);
+    ctx.metrics
+        .record_status(&config, status, &obs.rkc.acknowledged_key_pairs());
 }
 
 #[cfg(test)]

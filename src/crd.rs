@@ -310,11 +310,15 @@ pub struct KeyPairProblem {
     pub organization_id: String,
     pub key_pair_id: String,
     pub secret_name: String,
-    /// `KeyPairMissing`, `PublicKeyMismatch` or `CustodyCheckFailed`.
+    /// `KeyPairMissing`, `PublicKeyMismatch`, `CustodyCheckFailed` or `KeyPairQuarantined`.
     pub reason: String,
     pub message: String,
     /// When kekeeper first saw the problem.
     pub since: Timestamp,
+    /// `KeyPairQuarantined`: the fingerprint of the public key that failed its proof; the pair
+    /// stays quarantined while its Secret or store object holds that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_fingerprint: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

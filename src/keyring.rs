@@ -18,6 +18,9 @@ use crate::policy;
 pub const KEY_PAIR_MISSING: &str = "KeyPairMissing";
 pub const PUBLIC_KEY_MISMATCH: &str = "PublicKeyMismatch";
 pub const CUSTODY_CHECK_FAILED: &str = "CustodyCheckFailed";
+/// A key pair that failed its proof through KMS: never active, published or stored
+/// (docs/design.md, "Proof before publication").
+pub const KEY_PAIR_QUARANTINED: &str = "KeyPairQuarantined";
 
 /// Key pair Secret name -> the rotate-now token it was generated under.
 pub type Tokens = BTreeMap<String, String>;
@@ -59,6 +62,19 @@ pub struct Mismatch {
     pub found: String,
 }
 
+/// A key pair that failed its proof through KMS (docs/design.md, "Proof before publication").
+/// It stays quarantined while its Secret or object holds the same public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    pub secret_name: String,
+    pub organization_id: String,
+    pub key_pair_id: String,
+    /// The fingerprint of the public key that failed.
+    pub fingerprint: String,
+    /// Why, naming the Secret or store object.
+    pub message: String,
+}
+
 /// What the ring reads status with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
@@ -86,6 +102,16 @@ pub struct KeyRing {
     /// Secret names whose pair failed the custody check (status, or this reconcile).
     custody_failed: BTreeSet<String>,
     pruning: Option<Pruning>,
+    /// Secret name -> the KMS key ARN status recorded for the pair.
+    anchored_keys: BTreeMap<String, String>,
+    /// Secret names of pairs proven through KMS in this reconcile (a proof or the self-test of
+    /// a pair made here).
+    proven: BTreeSet<String>,
+    /// Secret names of retired pairs restored from the key store: never published, so trusted
+    /// as history without a proof (docs/design.md, "Proof before publication").
+    restored_retired: BTreeSet<String>,
+    /// Pairs that failed their proof (status, or this reconcile), by Secret name.
+    quarantined: BTreeMap<String, Quarantined>,
 }
 
 impl KeyRing {
@@ -124,6 +150,9 @@ impl KeyRing {
             self.anchors
                 .entry(entry.secret_name.clone())
                 .or_insert(entry.public_key_fingerprint.clone());
+            self.anchored_keys
+                .entry(entry.secret_name.clone())
+                .or_insert(entry.kms_key_arn.clone());
             if let Some(alias) = &entry.kms_key_alias_arn {
                 self.aliases
                     .entry(entry.secret_name.clone())
@@ -177,6 +206,18 @@ impl KeyRing {
         missing: &mut BTreeMap<String, MissingPair>,
     ) {
         for problem in &status.key_pair_problems {
+            // A quarantine is remembered even when acknowledged (only its report stops): the
+            // pair is never trusted, and not proven again while it holds the same key.
+            if problem.reason == KEY_PAIR_QUARANTINED {
+                self.quarantine(Quarantined {
+                    secret_name: problem.secret_name.clone(),
+                    organization_id: problem.organization_id.clone(),
+                    key_pair_id: problem.key_pair_id.clone(),
+                    fingerprint: problem.public_key_fingerprint.clone().unwrap_or_default(),
+                    message: problem.message.clone(),
+                });
+                continue;
+            }
             if acknowledged.contains(&problem.key_pair_id) {
                 continue;
             }
@@ -194,6 +235,7 @@ impl KeyRing {
                 CUSTODY_CHECK_FAILED => {
                     self.custody_failed.insert(problem.secret_name.clone());
                 }
+
                 _ => {}
             }
         }
@@ -215,15 +257,13 @@ impl KeyRing {
         self.tokens.get(&record.name()).map(String::as_str)
     }
 
-    /// The active pair per organisation: the newest sequence labelled active (two active pairs
-    /// of one organisation, left by an interrupted rotation, resolve to the newer).
+    /// The active pair per organisation: the newest trusted sequence labelled active (two
+    /// active pairs of one organisation, left by an interrupted rotation, resolve to the newer).
+    /// A pair that is not trusted (a candidate not yet proven through KMS, or quarantined) is
+    /// never active (docs/design.md, "Proof before publication").
     pub fn active_by_org(&self) -> BTreeMap<&str, &KeyPairRecord> {
         let mut active: BTreeMap<&str, &KeyPairRecord> = BTreeMap::new();
-        for record in self
-            .records
-            .iter()
-            .filter(|r| r.state == KeyPairState::Active)
-        {
+        for record in self.trusted_active() {
             let slot = active
                 .entry(record.organization_id.as_str())
                 .or_insert(record);
@@ -241,9 +281,7 @@ impl KeyRing {
     /// Active pairs shadowed by a newer active pair of the same organisation.
     pub fn shadowed(&self) -> Vec<String> {
         let newest = self.active_by_org();
-        self.records
-            .iter()
-            .filter(|r| r.state == KeyPairState::Active)
+        self.trusted_active()
             .filter(|r| {
                 newest
                     .get(r.organization_id.as_str())
@@ -257,9 +295,7 @@ impl KeyRing {
     pub fn to_retire(&self, organizations: &[String]) -> Vec<String> {
         let wanted: BTreeSet<&str> = organizations.iter().map(String::as_str).collect();
         let mut retire: Vec<String> = self
-            .records
-            .iter()
-            .filter(|r| r.state == KeyPairState::Active)
+            .trusted_active()
             .filter(|r| !wanted.contains(r.organization_id.as_str()))
             .map(KeyPairRecord::name)
             .collect();
@@ -355,6 +391,82 @@ impl KeyRing {
             .is_none_or(|f| f == record.fingerprint())
     }
 
+    /// The pairs labelled active that are trusted.
+    fn trusted_active(&self) -> impl Iterator<Item = &KeyPairRecord> {
+        self.records
+            .iter()
+            .filter(|r| r.state == KeyPairState::Active && self.is_trusted(r))
+    }
+
+    /// Whether `record` may be active, published, stored and recorded in status: status
+    /// recorded it (the trust anchor; a differing public key is a mismatch, handled apart), it
+    /// was proven through KMS in this reconcile, or it is a retired pair restored from the key
+    /// store. Everything else is a candidate (docs/design.md, "Proof before publication").
+    pub fn is_trusted(&self, record: &KeyPairRecord) -> bool {
+        let name = &record.secret_name;
+        !self.is_quarantined(record)
+            && (self.anchors.contains_key(name)
+                || self.proven.contains(name)
+                || (record.state == KeyPairState::Retired && self.restored_retired.contains(name)))
+    }
+
+    /// Whether `record` failed its proof with the public key it holds now.
+    pub fn is_quarantined(&self, record: &KeyPairRecord) -> bool {
+        self.quarantined
+            .get(&record.secret_name)
+            .is_some_and(|q| q.fingerprint == record.fingerprint())
+    }
+
+    /// Pairs labelled active that must be proven through KMS before they may become active:
+    /// not trusted, not quarantined, of an organisation in `organizations`, and newer than the
+    /// organisation's trusted active pair (an older one is only ever shadowed).
+    pub fn candidates(&self, organizations: &[String]) -> Vec<&KeyPairRecord> {
+        let active = self.active_by_org();
+        self.records
+            .iter()
+            .filter(|r| r.state == KeyPairState::Active)
+            .filter(|r| !self.is_trusted(r) && !self.is_quarantined(r))
+            .filter(|r| organizations.contains(&r.organization_id))
+            .filter(|r| {
+                active
+                    .get(r.organization_id.as_str())
+                    .is_none_or(|a| r.sequence > a.sequence)
+            })
+            .collect()
+    }
+
+    /// The ring with every pair it holds taken as proven (tests of what follows from trusted
+    /// pairs).
+    #[cfg(test)]
+    pub fn with_all_proven(mut self) -> Self {
+        let names: Vec<String> = self.records.iter().map(|r| r.secret_name.clone()).collect();
+        self.proven.extend(names);
+        self
+    }
+
+    /// Notes that the named pair was proven through KMS in this reconcile.
+    pub fn prove(&mut self, secret_name: &str) {
+        self.proven.insert(secret_name.to_owned());
+    }
+
+    /// Notes that a pair failed its proof.
+    pub fn quarantine(&mut self, quarantined: Quarantined) {
+        self.quarantined
+            .insert(quarantined.secret_name.clone(), quarantined);
+    }
+
+    /// The quarantined pairs (acknowledged ones too: status remembers them).
+    pub fn quarantined(&self) -> impl Iterator<Item = &Quarantined> {
+        self.quarantined.values()
+    }
+
+    /// The KMS key ARN status recorded for the pair, else its own.
+    pub fn recorded_key_arn<'a>(&'a self, record: &'a KeyPairRecord) -> &'a str {
+        self.anchored_keys
+            .get(&record.secret_name)
+            .map_or(record.kms_key_arn.as_str(), String::as_str)
+    }
+
     /// Pairs recorded in status whose Secret is gone (not pruned, not acknowledged).
     pub fn missing(&self) -> &[MissingPair] {
         &self.missing
@@ -370,16 +482,28 @@ impl KeyRing {
         self.custody_failed.insert(secret_name.to_owned());
     }
 
+    /// A pair made and self-tested in this reconcile: proven; the organisation's sequence moves
+    /// past it.
+    pub fn add_proven(&mut self, record: KeyPairRecord) {
+        self.prove(&record.secret_name);
+        self.add(record);
+    }
+
     /// A pair stored in this reconcile; the organisation's sequence moves past it.
-    pub fn add(&mut self, record: KeyPairRecord) {
+    fn add(&mut self, record: KeyPairRecord) {
         self.note_sequence(&record.organization_id, record.sequence);
         self.records.retain(|r| r.secret_name != record.secret_name);
         self.records.push(record);
     }
 
-    /// Pairs restored from the key store in this reconcile: present again, no longer missing.
+    /// Pairs found in the key store whose Secrets are gone, as candidates: present again, no
+    /// longer missing; an active one is trusted once proven (or recorded in status), a retired
+    /// one at once (never published).
     pub fn restore(&mut self, records: Vec<KeyPairRecord>, tokens: &Tokens) {
         for record in records {
+            if record.state == KeyPairState::Retired {
+                self.restored_retired.insert(record.secret_name.clone());
+            }
             if let Some(token) = tokens.get(&record.secret_name) {
                 self.tokens
                     .insert(record.secret_name.clone(), token.clone());
@@ -479,7 +603,8 @@ mod tests {
             Tokens::new(),
             None,
             &reading("2026-01-02T00:00:00Z"),
-        );
+        )
+        .with_all_proven();
         RecordingKeyConfigStatus {
             active_key_pairs: ring
                 .active_by_org()
@@ -502,7 +627,8 @@ mod tests {
             Tokens::new(),
             None,
             &reading("2026-01-02T00:00:00Z"),
-        );
+        )
+        .with_all_proven();
         assert_eq!(ring.active(ORG).unwrap().sequence, 2);
         assert_eq!(ring.shadowed(), vec![pair(ORG, 1, 1).name()]);
         // org-b left the spec: its pair is retired too.
@@ -617,6 +743,7 @@ mod tests {
         let later = RecordingKeyConfigStatus {
             key_pair_history: vec![all[1].to_history_entry()],
             key_pair_problems: vec![KeyPairProblem {
+                public_key_fingerprint: None,
                 organization_id: ORG.into(),
                 key_pair_id: all[0].key_pair_id.clone(),
                 secret_name: all[0].name(),
@@ -751,6 +878,7 @@ mod tests {
         let active = pair(ORG, 1, 1);
         let status = RecordingKeyConfigStatus {
             key_pair_problems: vec![KeyPairProblem {
+                public_key_fingerprint: None,
                 organization_id: ORG.into(),
                 key_pair_id: active.key_pair_id.clone(),
                 secret_name: active.name(),
@@ -783,7 +911,7 @@ mod tests {
         );
         let next = pair(ORG, ring.next_sequence(ORG), 2);
         ring.retire(&[pair(ORG, 1, 1).name()], ts("2026-01-02T00:00:00Z"));
-        ring.add(next.clone());
+        ring.add_proven(next.clone());
         assert_eq!(ring.next_sequence(ORG), 3);
         assert_eq!(ring.active(ORG).unwrap().name(), next.name());
         ring.remove(&[pair(ORG, 1, 1).name()]);

@@ -193,8 +193,16 @@ impl Metrics {
     }
 
     /// The per-resource gauges, from the status just written.
-    pub fn record_status(&self, config: &ConfigLabels, status: &RecordingKeyConfigStatus) {
-        self.resources.set(config, ResourceValues::of(status));
+    /// Sets the per-resource gauges from its status; `acknowledged` are the key pair ids whose
+    /// problems a person acknowledged (`kekeeper.io/acknowledge-key-pairs`).
+    pub fn record_status(
+        &self,
+        config: &ConfigLabels,
+        status: &RecordingKeyConfigStatus,
+        acknowledged: &std::collections::BTreeSet<String>,
+    ) {
+        self.resources
+            .set(config, ResourceValues::of(status, acknowledged));
     }
 
     /// Drops every series of a deleted RecordingKeyConfig (its organisations from its last
@@ -307,10 +315,16 @@ struct ResourceValues {
     integrity_problems: i64,
     /// `kekeeper_key_pairs_missing`: pairs recorded in status whose Secret is gone.
     missing: i64,
+    /// `kekeeper_key_pairs_quarantined`: candidate pairs that failed their proof through KMS
+    /// and are not acknowledged (docs/design.md, "Proof before publication").
+    quarantined: i64,
 }
 
 impl ResourceValues {
-    fn of(status: &RecordingKeyConfigStatus) -> Self {
+    fn of(
+        status: &RecordingKeyConfigStatus,
+        acknowledged: &std::collections::BTreeSet<String>,
+    ) -> Self {
         let is_true = |type_: &str| {
             i64::from(
                 status
@@ -319,20 +333,27 @@ impl ResourceValues {
                     .any(|c| c.type_ == type_ && c.status == "True"),
             )
         };
-        let problems = |missing: bool| {
+        let count = |reason: &str| {
             status
                 .key_pair_problems
                 .iter()
-                .filter(|p| (p.reason == "KeyPairMissing") == missing)
+                .filter(|p| p.reason == reason)
                 .count() as i64
         };
+        let quarantined = status
+            .key_pair_problems
+            .iter()
+            .filter(|p| p.reason == "KeyPairQuarantined" && !acknowledged.contains(&p.key_pair_id))
+            .count() as i64;
         ResourceValues {
             ready: is_true("Ready"),
             kms_available: is_true("KmsAvailable"),
             keys_at_risk: status.key_pairs_at_risk.len() as i64,
             next_rotation: status.next_rotation_time.map(|t| t.as_second() as f64),
-            integrity_problems: problems(false),
-            missing: problems(true),
+            // The reasons of keyring.rs (which sits above this module).
+            integrity_problems: count("PublicKeyMismatch") + count("CustodyCheckFailed"),
+            missing: count("KeyPairMissing"),
+            quarantined,
         }
     }
 }
@@ -345,7 +366,7 @@ enum GaugeValue {
 
 /// (name, help, value) of each per-resource gauge; `None` leaves the series out.
 type GaugeOf = fn(&ResourceValues) -> Option<GaugeValue>;
-const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 6] = [
+const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 7] = [
     ("ready", "1 while the RecordingKeyConfig is Ready", |v| {
         Some(GaugeValue::Count(v.ready))
     }),
@@ -373,6 +394,11 @@ const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 6] = [
         "key_pairs_missing",
         "Key pairs recorded in status whose Secret is gone (not pruned, not acknowledged)",
         |v| Some(GaugeValue::Count(v.missing)),
+    ),
+    (
+        "key_pairs_quarantined",
+        "Candidate key pairs (Secrets or key store objects the operator did not make) that failed their proof through KMS and are not acknowledged: never active, never published",
+        |v| Some(GaugeValue::Count(v.quarantined)),
     ),
 ];
 
@@ -434,7 +460,7 @@ mod tests {
             "keyPairsAtRisk": ["arn:aws:kms:us-east-1:111122223333:key/k: Disabled"],
         }))
         .unwrap();
-        metrics.record_status(&config, &status);
+        metrics.record_status(&config, &status, &Default::default());
         let text = metrics.encode();
         let series = r#"{namespace="ns",config="recordings"}"#;
         for line in [

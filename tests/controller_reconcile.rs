@@ -20,6 +20,7 @@ use kekeeper::crd::{
 use kekeeper::keypair::{KeyPairRecord, KeyPairSecret};
 use kekeeper::keystore::KeyStore;
 use kekeeper::keystore::memory::MemoryObjects;
+use kekeeper::kms::Kms as _;
 use kekeeper::kms::fake::FakeKms;
 use kekeeper::kms::{KeyPairSpec, KmsErrorKind, KmsOperation};
 use kekeeper::metrics::Metrics;
@@ -113,6 +114,9 @@ enum Scenario {
     /// Crash between storing the new pair and retiring the old: list, retire the shadowed
     /// pair, a Warning event about the two active pairs, status, ConfigMap; no new pair.
     RetireShadowed { existing: Vec<Secret> },
+    /// As `RetireShadowed`, with a rotate-now token pending: the status announces the work
+    /// before the newer pair's proof through KMS.
+    AnnounceThenRetireShadowed { existing: Vec<Secret> },
     /// Invalid spec: Warning event and status patch, no list, no KMS.
     ConfigInvalid,
     /// The alias's KMS key cannot be used: list, status (Reconciling), status, a Warning event
@@ -352,6 +356,17 @@ impl Scenario {
                 let old = existing[0].metadata.name.clone().unwrap();
                 vec![
                     list(existing),
+                    retire_secret(&old),
+                    event("DuplicateActiveKeyPair"),
+                    status_patch(object),
+                    config_map_apply(),
+                ]
+            }
+            Scenario::AnnounceThenRetireShadowed { existing } => {
+                let old = existing[0].metadata.name.clone().unwrap();
+                vec![
+                    list(existing),
+                    status_patch(object),
                     retire_secret(&old),
                     event("DuplicateActiveKeyPair"),
                     status_patch(object),
@@ -1401,7 +1416,7 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     existing.push(newer_secret);
     h.cache(&[], &existing);
     let (result, seen) = h
-        .reconcile(rkc, Scenario::RetireShadowed { existing })
+        .reconcile(rkc, Scenario::AnnounceThenRetireShadowed { existing })
         .await;
     result.unwrap();
     assert_eq!(
@@ -1409,6 +1424,11 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
             .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
         0,
         "no second rotation for the same token"
+    );
+    assert_eq!(
+        h.kms.calls(KmsOperation::Decrypt),
+        1,
+        "the newer pair, which status has not recorded, is proven before it counts"
     );
     let status = status_of(&seen);
     assert_eq!(status.rotate_now_token.as_deref(), Some("t1"));
@@ -1449,11 +1469,29 @@ async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_a
     };
     let a1 = secrets.iter().find(|s| org_of(s) == ORG_A).unwrap();
     let b1 = secrets.iter().find(|s| org_of(s) == ORG_B).unwrap();
+    // A's new pair, made by KMS under the new key (status has not recorded it: it is proven).
+    h.kms.point_alias(&new_alias, &new_key);
+    let made = h
+        .kms
+        .generate_key_pair(
+            &new_alias,
+            kekeeper::kms::KeyPairSpec::Rsa2048,
+            &kekeeper::kms::EncryptionContext {
+                key: "genesys-cloud-organization-id".into(),
+                organization_id: ORG_A.into(),
+            },
+        )
+        .await
+        .unwrap();
+    h.kms.reset_calls();
     let a2 = changed_secret(a1, |pair| {
         pair.sequence = 2;
         pair.secret_name = KeyPairRecord::secret_name(NAME, ORG_A, 2);
         pair.key_pair_id = kekeeper::keypair::new_key_pair_id();
-        pair.kms_key_arn = new_key.clone();
+        pair.kms_key_arn = made.kms_key_arn.clone();
+        pair.key_pair_spec = made.spec;
+        pair.public_key_der = made.public_key_der.clone();
+        pair.private_key_ciphertext = made.private_key_ciphertext.clone();
         pair.kms_key_alias_arn = Some(NEW_ALIAS.into());
         pair.reason = "SpecChanged".into();
         pair.created_at = ts("2026-01-15T10:30:00Z");

@@ -57,7 +57,8 @@ pub async fn check<K: Kms>(
         let decrypted = ctx
             .kms
             .decrypt_private_key(
-                &record.kms_key_arn,
+                // The key status recorded, never one a Secret editor wrote into metadata.json.
+                ring.recorded_key_arn(&record.record),
                 &record.private_key_ciphertext,
                 &record.encryption_context,
             )

@@ -103,9 +103,14 @@ pub async fn execute<K: Kms>(
         return Ok(outcome);
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.namespace);
-    // Pairs the store holds and the cluster lost come back before anything new is made; the
-    // ring has them already (docs/design.md, "The key store").
-    for pair in obs.store_sync().map_or(&[][..], |s| &s.restore) {
+    // Pairs the store holds and the cluster lost come back before anything new is made, those
+    // the plan trusts only (docs/design.md, "The key store", "Proof before publication"); the
+    // ring has them already.
+    let restorable = obs.store_sync().map_or(&[][..], |s| &s.restore);
+    for pair in restorable
+        .iter()
+        .filter(|p| plan.restore.contains(&p.secret_name))
+    {
         let token = obs.ring.token_of(pair);
         let restored = create_or_adopt(&secrets, pair, token).await?;
         info!(secret = %restored.secret_name, organization = %restored.organization_id, sequence = restored.sequence, "key pair restored from the key store");
@@ -174,9 +179,10 @@ async fn sync_store<K>(
 ) {
     let Some(store) = &ctx.key_store else { return };
     let listed = obs.listed.as_deref().unwrap_or_default();
+    // Only trusted pairs reach the write-once store (docs/design.md, "Proof before publication").
     let unstored: Vec<&KeyPairSecret> = listed
         .iter()
-        .filter(|p| sync.unstored.contains(&p.secret_name))
+        .filter(|p| sync.unstored.contains(&p.secret_name) && outcome.ring.is_trusted(p))
         .collect();
     for pair in unstored {
         match store.put(pair, obs.ring.token_of(pair)).await {
@@ -208,7 +214,7 @@ async fn mark<K>(
             .ring
             .records()
             .iter()
-            .find(|r| &r.secret_name == name)
+            .find(|r| &r.secret_name == name && outcome.ring.is_trusted(r))
         else {
             continue;
         };
@@ -290,6 +296,7 @@ async fn store<K>(
             &r.organization_id == org
                 && r.state == KeyPairState::Active
                 && r.name() != stored.name()
+                && outcome.ring.is_trusted(r)
         })
         .map(KeyPairRecord::name)
         .collect();
@@ -298,12 +305,14 @@ async fn store<K>(
     }
     outcome.ring.retire(&previous, now);
     mark(ctx, outcome, &previous, MarkKind::Retired, now).await;
-    outcome.ring.add(stored.clone());
+    // Self-tested through KMS just now: proven.
+    outcome.ring.add_proven(stored.clone());
     Ok(stored)
 }
 
-/// Creates the key pair Secret; if it already exists (a retry after a crash between the Secret
-/// write and the status write), adopts it instead of making a second active pair.
+/// Creates the key pair Secret; if it already exists with the same public key (a retry after a
+/// crash between the Secret write and the status write), adopts it instead of making a second
+/// active pair.
 async fn create_or_adopt(
     api: &Api<Secret>,
     record: &KeyPairSecret,
@@ -325,12 +334,25 @@ async fn create_or_adopt(
             let name = record.name();
             info!(secret = %name, "key pair Secret exists (retry after a crash?); adopting it");
             let existing = api.get(&name).await?;
-            KeyPairSecret::from_secret(&existing)
-                .map(KeyPairSecret::into_record)
-                .map_err(|e| Error::AdoptFailed {
-                    name,
+            let existing =
+                KeyPairSecret::from_secret(&existing).map_err(|e| Error::AdoptFailed {
+                    name: name.clone(),
                     message: e.to_string(),
-                })
+                })?;
+            // Only the same pair is adopted: another one under this name is not ours until a
+            // proof says so (docs/design.md, "Proof before publication").
+            if existing.fingerprint() != record.fingerprint() {
+                return Err(Error::AdoptFailed {
+                    message: format!(
+                        "it holds another public key ({}, not {}); it is not adopted, and is \
+                         proven through KMS as a candidate in the next reconcile",
+                        existing.fingerprint(),
+                        record.fingerprint()
+                    ),
+                    name,
+                });
+            }
+            Ok(existing.into_record())
         }
         Err(err) => Err(err.into()),
     }

@@ -13,6 +13,7 @@ use kube::{Api, ResourceExt};
 use tracing::warn;
 
 use super::custody::{self, CustodyCheck};
+use super::proof::{self, ProofCheck};
 use super::stored::{self, StoreCheck, StoreSync};
 use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
@@ -42,9 +43,12 @@ pub struct Observation {
     pub key: Option<KeyCheck>,
     /// The custody check of the active pairs, when it ran in this reconcile.
     pub custody: Option<CustodyCheck>,
-    /// The key store against the Secrets, when it was listed in this reconcile; pairs it
-    /// restores are in `ring` and `listed` already.
+    /// The key store against the Secrets, when it was listed in this reconcile; the pairs it
+    /// could restore are in `ring` and `listed` already, as candidates (or trusted, when status
+    /// recorded them); the plan decides which are restored.
     pub store: Option<StoreCheck>,
+    /// The proofs through KMS of candidate pairs, when the plan asked for them.
+    pub proofs: Option<ProofCheck>,
     /// The time of this reconcile.
     pub now: Timestamp,
 }
@@ -122,6 +126,7 @@ impl Observation {
             key: None,
             custody: None,
             store: None,
+            proofs: None,
             now,
         })
     }
@@ -202,6 +207,27 @@ impl Observation {
         }
         self.custody = Some(check);
         Ok(())
+    }
+
+    /// Proves the named candidate pairs through KMS under the key the alias resolves to in this
+    /// reconcile's key check (the plan asks only after a usable one); the ring learns which are
+    /// proven and which quarantined (docs/design.md, "Proof before publication").
+    pub async fn prove<K: Kms>(&mut self, ctx: &Context<K>, names: &[String]) {
+        let (Ok(config), Some(listed), Some(KeyCheck::Usable { description, .. })) =
+            (&self.config, &self.listed, &self.key)
+        else {
+            self.proofs = Some(ProofCheck::default());
+            return;
+        };
+        let check =
+            proof::prove(ctx, config, &self.name, &description.key_arn, listed, names).await;
+        for name in &check.proven {
+            self.ring.prove(name);
+        }
+        for quarantined in &check.quarantined {
+            self.ring.quarantine(quarantined.clone());
+        }
+        self.proofs = Some(check);
     }
 
     /// Lists the config's pairs in the key store and compares them with the Secrets (listed

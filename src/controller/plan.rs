@@ -31,6 +31,9 @@ pub enum Step {
     /// The key store must be compared with the Secrets first (work is due, pairs are missing,
     /// or it is not known to hold every pair), then plan again.
     ListStore,
+    /// Candidate pairs (`Plan::prove`) must be proven through KMS before anything relies on
+    /// them, then plan again (docs/design.md, "Proof before publication").
+    Prove,
     /// KMS failed or the key cannot be used: report only; the active pairs stay.
     Blocked,
     /// Generate, retire and prune as listed (nothing at all in steady state).
@@ -56,6 +59,12 @@ pub struct Plan {
     pub prune: Vec<String>,
     /// The rotate-now token (the annotation's) honoured once every rotation is done.
     pub token: Option<String>,
+    /// Candidate pairs (Secret names) to prove through KMS: Secrets and store objects status
+    /// has not recorded that would become active, and retired Secrets the store lacks.
+    pub prove: Vec<String>,
+    /// Pairs (Secret names) the key store holds and the cluster lost, trusted, whose Secrets
+    /// execute creates before anything new is made.
+    pub restore: Vec<String>,
 }
 
 /// Decides on `obs` at `now`; the settings say how often KMS is asked about the key and about
@@ -69,11 +78,15 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         retire: Vec::new(),
         prune: Vec::new(),
         token: rkc.rotate_now_token().map(str::to_owned),
+        prove: Vec::new(),
+        restore: Vec::new(),
     };
     if let Ok(config) = &obs.config {
         plan.rotations = rotations(obs, &config.organization_ids, now);
         plan.retire = obs.ring.to_retire(&config.organization_ids);
         plan.prune = obs.ring.prunable(now);
+        plan.prove = to_prove(obs, &config.organization_ids);
+        plan.restore = to_restore(obs);
     }
     if rkc.spec.suspend {
         plan.step = Step::Suspended;
@@ -93,8 +106,11 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         || !plan.retire.is_empty()
         || !plan.prune.is_empty()
         || newly_missing(&obs.ring, &status);
+    // A proof needs the blobs (a fresh list) and the key the alias resolves to now.
+    let prove_due = obs.proofs.is_none() && !plan.prove.is_empty();
     let key_due = obs.key.is_none()
         && (new_generation
+            || prove_due
             || !plan.rotations.is_empty()
             || status.failed_attempts.unwrap_or(0) > 0
             || policy::kms_key_check_due(
@@ -120,13 +136,19 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         // The key check reads only what the cache has (the retained pairs' KMS keys): a list
         // only when there is work or the custody check needs the blobs (docs/design.md, "A
         // quiet steady state").
-        _ if (work_due || custody_due || store_due) && !obs.records_listed() => Step::ListRecords,
+        _ if (work_due || custody_due || store_due || prove_due) && !obs.records_listed() => {
+            Step::ListRecords
+        }
         // After the key check, whose announcement would otherwise count a store failure once
         // more than the report does.
         _ if key_due => Step::CheckKey,
         _ if store_due => Step::ListStore,
         _ => match &obs.key {
             Some(KeyCheck::Unusable { .. } | KeyCheck::Failed(_)) => Step::Blocked,
+            _ if prove_due => Step::Prove,
+            // A KMS failure that is no verdict: the candidates stay candidates, and nothing
+            // is made or published on a view that may change once they are proven.
+            _ if obs.proofs.as_ref().is_some_and(|p| p.error.is_some()) => Step::Blocked,
             _ if custody_due => Step::VerifyCustody,
             _ if obs.custody.as_ref().is_some_and(|c| c.error.is_some()) => Step::Blocked,
             // Nothing new is made while the store cannot say what it holds.
@@ -135,6 +157,41 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         },
     };
     plan
+}
+
+/// The candidates to prove: pairs labelled active that status has not recorded (Secrets, and
+/// objects the store could restore), and retired Secrets the store lacks (written there only
+/// once proven). Quarantined pairs are not proven again while they hold the same public key.
+fn to_prove(obs: &Observation, organizations: &[String]) -> Vec<String> {
+    let ring = &obs.ring;
+    let mut names: Vec<String> = ring
+        .candidates(organizations)
+        .into_iter()
+        .map(|r| r.secret_name.clone())
+        .collect();
+    if let Some(sync) = obs.store_sync() {
+        let unproven_retired = ring.records().iter().filter(|r| {
+            r.state == crate::keypair::KeyPairState::Retired
+                && sync.unstored.contains(&r.secret_name)
+                && !ring.is_trusted(r)
+                && !ring.is_quarantined(r)
+        });
+        names.extend(unproven_retired.map(|r| r.secret_name.clone()));
+    }
+    names
+}
+
+/// The pairs the store holds and the cluster lost that are trusted now: recorded in status,
+/// proven in this reconcile, or retired (never published).
+fn to_restore(obs: &Observation) -> Vec<String> {
+    let Some(sync) = obs.store_sync() else {
+        return Vec::new();
+    };
+    sync.restore
+        .iter()
+        .filter(|pair| obs.ring.is_trusted(&pair.record))
+        .map(|pair| pair.secret_name.clone())
+        .collect()
 }
 
 /// Whether status says the store at `url` holds every retained pair.
@@ -292,7 +349,8 @@ mod tests {
     }
 
     fn observe(rkc: RecordingKeyConfig, records: Vec<KeyPairRecord>) -> Observation {
-        let ring = ring_of(&rkc, records, Tokens::new(), ts(NOW));
+        // Pairs the operator made (self-tested) or status recorded: trusted.
+        let ring = ring_of(&rkc, records, Tokens::new(), ts(NOW)).with_all_proven();
         Observation {
             config: config::validate(&rkc.spec, None).map_err(|e| e.to_string()),
             rkc: Arc::new(rkc),
@@ -303,6 +361,7 @@ mod tests {
             key: None,
             custody: None,
             store: None,
+            proofs: None,
             now: ts(NOW),
         }
     }

@@ -269,7 +269,12 @@ fn input<'a>(
         Some(Failure::Kms(err)) => (Some(err), None, None),
         Some(Failure::SelfTest(message)) => (None, Some(message.as_str()), None),
         Some(Failure::Store(err)) => (None, None, Some(err)),
-        None => (None, None, None),
+        // A proof that KMS interrupted is reported like a failed KMS call of the work.
+        None => (
+            obs.proofs.as_ref().and_then(|p| p.error.as_ref()),
+            None,
+            None,
+        ),
     };
     let pending = plan.rotations.len() - outcome.map_or(0, |o| o.done);
     let complete = finished && plan.step == Step::Execute && pending == 0 && failure.is_none();

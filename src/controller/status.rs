@@ -12,7 +12,9 @@ use crate::crd::{
     RecordingKeyConfigStatus,
 };
 use crate::keypair::KeyPairRecord;
-use crate::keyring::{CUSTODY_CHECK_FAILED, KEY_PAIR_MISSING, KeyRing, PUBLIC_KEY_MISMATCH};
+use crate::keyring::{
+    CUSTODY_CHECK_FAILED, KEY_PAIR_MISSING, KEY_PAIR_QUARANTINED, KeyRing, PUBLIC_KEY_MISMATCH,
+};
 use crate::keystore::StoreError;
 use crate::kms::KmsError;
 use crate::policy::{self, HealthInput};
@@ -237,7 +239,13 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
             ..r.to_active_key_pair()
         })
         .collect();
-    let mut present: Vec<&KeyPairRecord> = ring.records().iter().collect();
+    // Only trusted pairs are recorded: what status records is the trust anchor (docs/design.md,
+    // "Proof before publication").
+    let mut present: Vec<&KeyPairRecord> = ring
+        .records()
+        .iter()
+        .filter(|r| ring.is_trusted(r))
+        .collect();
     present.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
@@ -275,18 +283,11 @@ fn custody(
 ) {
     next.key_pair_problems = problems(input, current);
     let checked = input.custody.is_some_and(|c| c.error.is_none());
-    // Pairs restored from the key store were not self-tested here: their first custody check
-    // comes in the next reconcile (docs/design.md, "The key store").
-    let restored = input
-        .store
-        .and_then(|s| s.result.as_ref().ok())
-        .is_some_and(|s| !s.restore.is_empty());
-    if checked
-        || (current.last_key_verify_time.is_none()
-            && !input.ring.active_by_org().is_empty()
-            && !restored)
+    if checked || (current.last_key_verify_time.is_none() && !input.ring.active_by_org().is_empty())
     {
-        // Pairs are self-tested through KMS when made, which counts as their first check.
+        // Active pairs are trusted only once proven through KMS (the self-test of a pair made
+        // here, or the proof of a restored one), which counts as their first check
+        // (docs/design.md, "Proof before publication").
         next.last_key_verify_time = Some(input.now);
     }
     if checked {
@@ -304,6 +305,7 @@ fn problems(input: &StatusInput, current: &RecordingKeyConfigStatus) -> Vec<KeyP
             .find(|p| p.secret_name == secret && p.reason == reason)
             .map_or(input.now, |p| p.since);
         KeyPairProblem {
+            public_key_fingerprint: None,
             organization_id: org.to_owned(),
             key_pair_id: key_pair_id.to_owned(),
             secret_name: secret.to_owned(),
@@ -330,6 +332,12 @@ fn problems(input: &StatusInput, current: &RecordingKeyConfigStatus) -> Vec<KeyP
         );
         let (org, id, secret) = (&m.organization_id, &m.key_pair_id, &m.secret_name);
         problems.push(problem(org, id, secret, PUBLIC_KEY_MISMATCH, message));
+    }
+    for q in ring.quarantined() {
+        let (org, id, secret) = (&q.organization_id, &q.key_pair_id, &q.secret_name);
+        let mut quarantined = problem(org, id, secret, KEY_PAIR_QUARANTINED, q.message.clone());
+        quarantined.public_key_fingerprint = Some(q.fingerprint.clone());
+        problems.push(quarantined);
     }
     let fresh = input
         .custody
@@ -509,7 +517,23 @@ fn integrity_condition(
     };
     let mismatches = problem(PUBLIC_KEY_MISMATCH);
     let failed = problem(CUSTODY_CHECK_FAILED);
-    if !failed.is_empty() {
+    // Acknowledged quarantines stay in status (so they are not proven again) but no longer
+    // fail the condition.
+    let acknowledged = input.rkc.acknowledged_key_pairs();
+    let quarantined: Vec<&str> = next
+        .key_pair_problems
+        .iter()
+        .filter(|p| p.reason == KEY_PAIR_QUARANTINED && !acknowledged.contains(&p.key_pair_id))
+        .map(|p| p.message.as_str())
+        .collect();
+    if !quarantined.is_empty() {
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            false,
+            KEY_PAIR_QUARANTINED,
+            &quarantined.join("; "),
+        );
+    } else if !failed.is_empty() {
         conditions.set(
             KEY_PAIR_INTEGRITY,
             false,
@@ -705,7 +729,7 @@ mod tests {
             pruning: None,
             now: ts("2026-01-02T00:00:00Z"),
         };
-        KeyRing::new(records, Tokens::new(), status, &reading)
+        KeyRing::new(records, Tokens::new(), status, &reading).with_all_proven()
     }
 
     fn input<'a>(

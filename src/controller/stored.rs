@@ -61,6 +61,9 @@ pub fn compare(listing: &Listing, secrets: &[KeyPairSecret], ring: &KeyRing) -> 
                 }
             }
             None if entry.pruned => {}
+            // Failed its proof before, with this public key: reported from status, never
+            // restored (docs/design.md, "Proof before publication").
+            None if ring.is_quarantined(&pair.record) => {}
             None => match ring.recorded_fingerprint(&pair.secret_name) {
                 Some(recorded) if recorded != pair.fingerprint() => sync.refused.push((
                     entry.key.clone(),
