@@ -131,10 +131,17 @@ impl KeyRing {
         if let Some(status) = status {
             ring.read_status(status, reading);
         }
+        // A Secret's name takes its sequence as much as its metadata does (a Secret someone
+        // wrote may say another sequence than its name): no new pair ever gets either name.
         let sequences: Vec<(String, u64)> = ring
             .records
             .iter()
-            .map(|r| (r.organization_id.clone(), r.sequence))
+            .map(|r| {
+                (
+                    r.organization_id.clone(),
+                    r.sequence.max(sequence_of(&r.secret_name).unwrap_or(0)),
+                )
+            })
             .collect();
         for (org, sequence) in sequences {
             ring.note_sequence(&org, sequence);
@@ -428,9 +435,10 @@ impl KeyRing {
             .filter(|r| !self.is_trusted(r) && !self.is_quarantined(r))
             .filter(|r| organizations.contains(&r.organization_id))
             .filter(|r| {
+                let sequence = r.sequence.max(sequence_of(&r.secret_name).unwrap_or(0));
                 active
                     .get(r.organization_id.as_str())
-                    .is_none_or(|a| r.sequence > a.sequence)
+                    .is_none_or(|a| sequence > a.sequence)
             })
             .collect()
     }
