@@ -8,7 +8,7 @@ use aws_lc_rs::rsa::PrivateDecryptingKey;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use super::Context;
+use super::context::Context;
 use crate::keypair::{self, KeyPairRecord, KeyPairSecret};
 use crate::keyring::KeyRing;
 use crate::kms::{Kms, KmsError, KmsErrorKind};

@@ -10,10 +10,10 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::context::{Context, Error, FIELD_MANAGER, Result};
 use super::observe::Observation;
 use super::plan::{Plan, Rotation};
 use super::stored::StoreSync;
-use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
 use crate::keypair::{

@@ -15,7 +15,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::controller::{Clock, system_clock};
+use crate::controller::context::{Clock, system_clock};
 use election::{Election, LeaseTiming, Step};
 
 #[derive(Clone, Debug)]

@@ -12,10 +12,10 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
+use super::context::{Context, Error, Result};
 use super::custody::{self, CustodyCheck};
 use super::proof::{self, ProofCheck};
 use super::stored::{self, StoreCheck, StoreSync};
-use super::{Context, Error, Result};
 use crate::config::{self, ValidatedConfig};
 use crate::crd::RecordingKeyConfig;
 use crate::keypair::{

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::Settings;
+use super::context::Settings;
 use super::observe::{KeyCheck, Observation};
 use super::status::KEY_STORE_SYNCED;
 use crate::crd::RecordingKeyConfig;

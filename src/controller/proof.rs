@@ -8,7 +8,7 @@
 
 use tracing::{info, warn};
 
-use super::Context;
+use super::context::Context;
 use super::custody;
 use crate::arn::AliasArn;
 use crate::config::ValidatedConfig;

@@ -12,17 +12,18 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::cache::content_digest;
+pub use super::context::Events;
+use super::context::{Context, Error, FIELD_MANAGER, Result, SerializeError, to_json_value};
 use super::execute::{Failure, OnProgress, Outcome, Progress};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Step};
 use super::status::{self, StatusInput};
-use super::{Context, Error, FIELD_MANAGER, Result, SerializeError, to_json_value};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keypair::{self, LABEL_CONFIG, LABEL_MANAGED_BY};
 use crate::keyring::KeyRing;
@@ -402,25 +403,6 @@ async fn publish<K>(
         .await
     {
         warn!(error = %err, reason, "could not publish event");
-    }
-}
-
-/// Where events go: repeatable ones through kube's [`Recorder`], which merges a repeat into
-/// the first event's series and so keeps every event it sent for a while; one-off events
-/// (each about a new key pair) straight to the API server, keeping nothing.
-pub struct Events {
-    recorder: Recorder,
-    client: kube::Client,
-    reporter: Reporter,
-}
-
-impl Events {
-    pub fn new(client: kube::Client, reporter: Reporter) -> Self {
-        Events {
-            recorder: Recorder::new(client.clone(), reporter.clone()),
-            client,
-            reporter,
-        }
     }
 }
 

@@ -214,7 +214,11 @@ fn kms_bookkeeping(
         }
     }
     if input.failed() {
-        next.failed_attempts = Some(current.failed_attempts.unwrap_or(0).saturating_add(1));
+        // Counted from the status the reconcile started on, not from the newest view (which
+        // may be this reconcile's own progress write): however many writes one reconcile
+        // makes, its failure counts once.
+        let before = input.rkc.status.as_ref().and_then(|s| s.failed_attempts);
+        next.failed_attempts = Some(before.unwrap_or(0).saturating_add(1));
         next.last_failure_time = Some(now);
     } else if kms_succeeded {
         next.failed_attempts = None;
@@ -759,6 +763,30 @@ mod tests {
 
     fn condition<'a>(status: &'a RecordingKeyConfigStatus, type_: &str) -> Option<&'a Condition> {
         status.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// A reconcile that wrote its progress (the failure in it) and then its report counts the
+    /// failure once: from the status it started on, not from its own earlier write.
+    #[test]
+    fn a_failure_counts_once_however_many_writes_a_reconcile_makes() {
+        let mut rkc = resource();
+        rkc.status = Some(RecordingKeyConfigStatus {
+            failed_attempts: Some(2),
+            ..RecordingKeyConfigStatus::default()
+        });
+        let own_progress_write = RecordingKeyConfigStatus {
+            failed_attempts: Some(3),
+            ..RecordingKeyConfigStatus::default()
+        };
+        let one = ring(vec![pair(1, 1)], None);
+        let err = KmsError::new(
+            crate::kms::KmsOperation::GenerateDataKeyPairWithoutPlaintext,
+            crate::kms::KmsErrorKind::Throttling,
+            "slow down",
+        );
+        let mut failed = input(&rkc, Some(&own_progress_write), &one);
+        failed.kms_failure = Some(&err);
+        assert_eq!(desired(&failed).failed_attempts, Some(3));
     }
 
     #[test]
