@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import helm_python
 import pytest
+import yaml
 from helm_python.chart import Chart
 
 import kube_sim
-from conftest import CHART_DIR, NAMESPACE, RELEASE
+from conftest import CHART_DIR, NAMESPACE, RELEASE, REPO
 from test_install import leftovers
 
 pytestmark = pytest.mark.skipif(
@@ -201,3 +203,52 @@ def test_with_the_policy_off_nothing_is_refused(cluster):
     assert editor.request("POST", SECRETS, key_pair_secret("rec-3fa85f64-0002"))[0] == 201
     assert editor.request("POST", CONFIGMAPS, public_keys())[0] == 201
     assert editor.request("DELETE", f"{SECRETS}/rec-3fa85f64-0002")[0] == 200
+
+
+# A valid backup file of one key pair (namespace telephony, config recordings), as
+# `kekeeper backup` writes it: the fuzz corpus's seed (fuzz/seed.py). restore calls no KMS.
+BACKUP = REPO / "fuzz" / "corpus" / "key_store_object" / "backup"
+
+
+def kekeeper(*args: str) -> subprocess.CompletedProcess:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    binary = target / "debug" / "kekeeper"
+    assert binary.is_file(), f"{binary} is missing: cargo build --bin kekeeper (scripts/test.sh has)"
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent"})
+
+
+def test_restore_runs_as_break_glass(cluster, tmp_path):
+    """docs/disaster-recovery.md, "Restoring through the admission policy": `kekeeper restore
+    -f` as a cluster admin is refused with the policy's message; through a kubeconfig whose
+    user impersonates a break-glass group member (`as`, `as-groups`) it restores."""
+    admin, cfg, chart = cluster
+    wait_for_policy(As(admin, "editor"), enforced=True)
+    backup = yaml.safe_load(BACKUP.read_text())
+    pair = backup["keyPairs"][0]
+    namespace, name = pair["namespace"], pair["secretName"]
+    admin.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+    admin.create(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings", {
+        "metadata": {"name": "edit-break-glass"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                      "name": BREAK_GLASS}]})
+
+    # The admin (system:masters) is not exempt: the create is refused, nothing is restored.
+    run = kekeeper("restore", "-f", str(BACKUP), "--kubeconfig", str(admin.kubeconfig))
+    assert run.returncode == 1, run
+    assert "kekeeper-key-material" in run.stderr + run.stdout, run
+    assert "as a member of the break-glass group kekeeper-break-glass" in run.stderr + run.stdout
+    assert admin.get(f"/api/v1/namespaces/{namespace}/secrets/{name}") is None
+
+    # The documented break-glass context: the same credentials, impersonating the group.
+    config = yaml.safe_load(admin.kubeconfig.read_text())
+    config["users"][0]["user"].update({"as": "alice", "as-groups": [BREAK_GLASS]})
+    break_glass = tmp_path / "break-glass.kubeconfig"
+    break_glass.write_text(yaml.safe_dump(config))
+    run = kekeeper("restore", "-f", str(BACKUP), "--kubeconfig", str(break_glass))
+    assert run.returncode == 0, run
+    secret = admin.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    assert secret["type"] == "kekeeper.io/key-pair"
+    assert secret["metadata"]["labels"]["kekeeper.io/config"] == pair["config"]
