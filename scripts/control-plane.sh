@@ -233,6 +233,8 @@ stop() {
 CONTROLLERS="namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller"
 CONTROLLERS+=",serviceaccount-controller,serviceaccount-token-controller"
 CONTROLLERS+=",root-ca-certificate-publisher-controller"
+# Type-checks ValidatingAdmissionPolicies into their status (the chart's admission policy test).
+CONTROLLERS+=",validatingadmissionpolicy-status-controller"
 
 case "${1:-}" in
   build) build ;;

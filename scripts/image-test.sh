@@ -106,7 +106,9 @@ for e in c.get("env", []):
         env.append(f"{e['name']}={pod[e['valueFrom']['fieldRef']['fieldPath']]}")
 open(f"{work}/args", "w").write("\0".join(c["args"]))
 open(f"{work}/env", "w").write("\0".join(env))
-objects = [d for d in docs if d["kind"] != "Deployment"]
+# As `helm install` creates them: the `helm test` hook Pod only comes with `helm test`.
+objects = [d for d in docs if d["kind"] != "Deployment"
+           and "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
 json.dump({"apiVersion": "v1", "kind": "List", "items": objects}, open(f"{work}/objects.json", "w"))
 open(f"{work}/serviceaccount", "w").write(
     next(d["metadata"]["name"] for d in objects if d["kind"] == "ServiceAccount"))

@@ -68,7 +68,7 @@ helm_env="$(KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh 
 (
   eval "$helm_env"
   # The venv and tools come from the chart step above.
-  KEKEEPER_TEST_CLUSTER=real .venv-helm/bin/python -m pytest -q tests/chart/test_install.py
+  KEKEEPER_TEST_CLUSTER=real .venv-helm/bin/python -m pytest -q tests/chart/test_install.py tests/chart/test_admission.py
 ) 2>&1 | tee "$LOGS/helm-real.log"
 KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh stop
 

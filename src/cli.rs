@@ -24,14 +24,20 @@ pub enum Command {
     Run(RunArgs),
     /// Print the RecordingKeyConfig CRD YAML.
     Crd,
-    /// Self-test every organisation of RecordingKeyConfig manifests against KMS; stores nothing.
-    Test(TestArgs),
-    /// Print the two KMS key policy statements that let the operator use the key.
+    /// Self-test every organisation of RecordingKeyConfigs against KMS; stores nothing.
     ///
-    /// Printed as a JSON array to add to the key policy's Statement list: Encrypt, Decrypt and
-    /// GenerateDataKey* bound to the organisations by the encryption context, and DescribeKey
-    /// without that condition (DescribeKey requests carry no encryption context, so the
-    /// condition would deny it).
+    /// The configs come from manifests (-f) or from the cluster (NAME..., --all, -A), read
+    /// with list only, as the operator's ServiceAccount may (the chart's `helm test` runs it so).
+    Test(TestArgs),
+    /// Print the KMS key policy statements that let the operator use the key.
+    ///
+    /// Printed as a JSON array to add to the key policy's Statement list: for the operator only
+    /// GenerateDataKeyPairWithoutPlaintext and Decrypt, bound to the organisations by the
+    /// encryption context, and DescribeKey without that condition (DescribeKey requests carry
+    /// no encryption context, so the condition would deny it). Encrypt and GenerateDataKey*
+    /// (what forging a key pair's blob needs) only for --seed-principal. With
+    /// --identity-policy and --key-store, the operator role's IAM identity policy follows as a
+    /// second JSON document.
     Policy(PolicyArgs),
     /// Show a RecordingKeyConfig's conditions, key pairs, rotation, KMS errors and events.
     Status(StatusArgs),
@@ -143,29 +149,71 @@ pub struct KubeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("configs").required(true).multiple(true)
+    .args(["file", "names", "all", "all_namespaces"]))]
 pub struct TestArgs {
     /// RecordingKeyConfig manifests (YAML; several documents or a `kind: List` as
     /// `kubectl get rkc -o yaml` prints); `-` reads stdin. At most 1 MiB.
-    #[arg(short = 'f', long = "filename")]
-    pub file: PathBuf,
+    #[arg(short = 'f', long = "filename",
+          conflicts_with_all = ["names", "all", "all_namespaces", "namespace", "kubeconfig", "context"])]
+    pub file: Option<PathBuf>,
+    /// RecordingKeyConfigs read from the cluster, by name (in the namespace of -n).
+    pub names: Vec<String>,
+    /// Every RecordingKeyConfig of the namespaces (-n, repeat for several; default the
+    /// context's), read from the cluster.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// Every RecordingKeyConfig in every namespace, read from the cluster.
+    #[arg(short = 'A', long, conflicts_with_all = ["names", "namespace"])]
+    pub all_namespaces: bool,
+    /// The namespace (default: the context's namespace, else `default`); with --all, repeat
+    /// for several.
+    #[arg(long, short = 'n')]
+    pub namespace: Vec<String>,
+    /// The kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current-context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Self-test at most this many organisations of each RecordingKeyConfig (the first ones);
+    /// 0 tests them all. Each costs one KMS key-pair generation.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_organizations: usize,
 }
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
     /// The operator's AWS principal: an IAM role, user or account root ARN, or an account id
-    /// (repeat for several, e.g. Genesys Cloud's arn:aws:iam::765628985471:root).
-    #[arg(long, required = true)]
+    /// (repeat for several). It gets kms:GenerateDataKeyPairWithoutPlaintext and kms:Decrypt
+    /// bound to the organisations' encryption context, and kms:DescribeKey.
+    #[arg(long, required_unless_present = "seed_principal")]
     pub principal: Vec<String>,
+    /// A principal that encrypts with the key itself, e.g. Genesys Cloud's account
+    /// arn:aws:iam::765628985471:root (repeat for several): kms:Encrypt, kms:Decrypt and
+    /// kms:GenerateDataKey* bound to the encryption context, and kms:DescribeKey. Never the
+    /// operator's role: those are what forging a key pair's blob needs.
+    #[arg(long, value_name = "ARN")]
+    pub seed_principal: Vec<String>,
     /// An organisation id allowed in the encryption context (repeat for several).
     #[arg(long = "org-id", required_unless_present = "file")]
     pub org_ids: Vec<String>,
-    /// Take the organisation ids and the encryption context key from RecordingKeyConfig
-    /// manifests (YAML; `-` reads stdin).
+    /// Take the organisation ids, the encryption context key and the KMS alias ARNs from
+    /// RecordingKeyConfig manifests (YAML; `-` reads stdin).
     #[arg(short = 'f', long = "filename")]
     pub file: Option<PathBuf>,
     /// The encryption context key (default: the manifests', else genesys-cloud-organization-id).
     #[arg(long)]
     pub context_key: Option<String>,
+    /// Also print the IAM identity policy of the operator's role, with kms:Decrypt,
+    /// kms:GenerateDataKeyPairWithoutPlaintext and kms:DescribeKey only on the manifests' KMS
+    /// keys (those their alias names, by kms:ResourceAliases), or on the --key-arn keys.
+    #[arg(long)]
+    pub identity_policy: bool,
+    /// With --identity-policy: allow exactly these KMS key ARNs (repeat for several) instead of
+    /// the keys the manifests' aliases name.
+    #[arg(long, value_name = "ARN", requires = "identity_policy")]
+    pub key_arn: Vec<String>,
     /// Also print the IAM identity policy the operator's role needs for this key store (as
     /// `kekeeper run --key-store` takes it): s3:GetObject, s3:PutObject and a prefix-bound
     /// s3:ListBucket.

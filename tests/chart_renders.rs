@@ -1,12 +1,16 @@
 //! The Helm chart as the operator sees it: every object `scripts/chart-test.sh` rendered with the
 //! real Helm engine deserialises into its k8s-openapi type, the chart's CRD is the one the Rust
-//! types generate, and the Deployment's arguments are accepted by this binary's command line.
+//! types generate, and the Deployment's and the `helm test` Pod's arguments are accepted by this
+//! binary's command line.
 
 use std::path::PathBuf;
 
 use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -89,6 +93,12 @@ fn every_rendered_object_is_its_kubernetes_type() {
                 "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(case, doc)),
                 "NetworkPolicy" => drop(typed::<NetworkPolicy>(case, doc)),
                 "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(case, doc)),
+                "ValidatingAdmissionPolicy" => drop(typed::<ValidatingAdmissionPolicy>(case, doc)),
+                "ValidatingAdmissionPolicyBinding" => {
+                    drop(typed::<ValidatingAdmissionPolicyBinding>(case, doc))
+                }
+                // The `helm test` hook.
+                "Pod" => drop(typed::<Pod>(case, doc)),
                 // Not k8s-openapi types (Prometheus operator); their shape is checked by the
                 // chart's Python tests (promtool for the PrometheusRule).
                 "ServiceMonitor" | "PrometheusRule" => {}
@@ -174,5 +184,41 @@ fn deployment_arguments_are_accepted_by_the_binary() {
             8080,
             "{case}: probes and Service use 8080"
         );
+    }
+}
+
+#[test]
+fn the_helm_test_pod_runs_kekeeper_test_on_the_watched_configs() {
+    let Some(dir) = renders_dir() else { return };
+    for case in CASES.iter().filter(|case| **case != "everything") {
+        let docs = documents(&dir, case);
+        let pod: Pod = typed(
+            case,
+            docs.iter()
+                .find(|doc| doc["kind"] == "Pod")
+                .expect("the helm test Pod"),
+        );
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.get("helm.sh/hook").map(String::as_str),
+            Some("test")
+        );
+        let spec = pod.spec.unwrap();
+        let args = spec.containers[0].args.clone().unwrap_or_default();
+        let cli = Cli::try_parse_from(std::iter::once("kekeeper".to_owned()).chain(args.clone()))
+            .unwrap_or_else(|err| {
+                panic!("{case}: kekeeper rejects the test Pod's args {args:?}: {err}")
+            });
+        let Command::Test(test) = cli.command else {
+            panic!("{case}: the helm test Pod does not run `kekeeper test`: {args:?}")
+        };
+        assert!(test.file.is_none(), "{case}: {args:?}");
+        assert_eq!(test.max_organizations, 1, "{case}: {args:?}");
+        if *case == "namespaced" {
+            assert!(test.all && !test.all_namespaces, "{case}: {args:?}");
+            assert_eq!(test.namespace, ["team-a", "team-b"], "{case}: {args:?}");
+        } else {
+            assert!(test.all_namespaces, "{case}: {args:?}");
+        }
     }
 }

@@ -337,7 +337,13 @@ async fn policy_prints_valid_json_statements() {
         statements[0]["Condition"]["StringEquals"]["kms:EncryptionContext:genesys-cloud-organization-id"],
         serde_json::json!(["o1", "o2"])
     );
+    // Only what the operator calls: no Encrypt, no GenerateDataKey* (issue 25).
+    assert_eq!(
+        statements[0]["Action"],
+        serde_json::json!(["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt"])
+    );
     assert_eq!(statements[1]["Action"], "kms:DescribeKey");
+    assert_eq!(statements.as_array().unwrap().len(), 2);
 
     let run = kekeeper(
         "http://127.0.0.1:9",
@@ -660,7 +666,7 @@ async fn policy_takes_several_principals_and_a_manifest() {
         endpoint,
         &[
             "policy",
-            "--principal",
+            "--seed-principal",
             genesys,
             "--principal",
             role,
@@ -672,16 +678,54 @@ async fn policy_takes_several_principals_and_a_manifest() {
     .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let statements: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(
-        statements[0]["Condition"]["StringEquals"]["kms:EncryptionContext:genesys-cloud-organization-id"],
-        serde_json::json!([ORG_A, ORG_B])
-    );
-    for statement in statements.as_array().unwrap() {
+    let statements = statements.as_array().unwrap();
+    assert_eq!(statements.len(), 3, "{statements:?}");
+    for statement in &statements[..2] {
         assert_eq!(
-            statement["Principal"]["AWS"],
-            serde_json::json!([genesys, role])
+            statement["Condition"]["StringEquals"]["kms:EncryptionContext:genesys-cloud-organization-id"],
+            serde_json::json!([ORG_A, ORG_B])
         );
     }
+    // The operator: the key-pair operations only; Genesys Cloud: the seed's, in its own
+    // statement; DescribeKey for both.
+    assert_eq!(statements[0]["Principal"]["AWS"], role);
+    assert_eq!(
+        statements[0]["Action"],
+        serde_json::json!(["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt"])
+    );
+    assert_eq!(statements[1]["Principal"]["AWS"], genesys);
+    assert_eq!(
+        statements[1]["Action"],
+        serde_json::json!(["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*"])
+    );
+    assert_eq!(
+        statements[2]["Principal"]["AWS"],
+        serde_json::json!([role, genesys])
+    );
+    assert_eq!(statements[2]["Action"], "kms:DescribeKey");
+
+    // Genesys Cloud's account as the operator's principal (how earlier versions were told to
+    // print both) is refused, naming the flag it needs.
+    let run = kekeeper(
+        endpoint,
+        &[
+            "policy",
+            "--principal",
+            genesys,
+            "--principal",
+            role,
+            "-f",
+            &list,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("pass it as --seed-principal"),
+        "{}",
+        run.stderr
+    );
 
     // The manifest's own context key is used; `aws:` keys are refused like the CRD does.
     let tenant = write(
@@ -722,7 +766,9 @@ async fn policy_takes_several_principals_and_a_manifest() {
     assert!(run.stderr.contains("KMS reserves"), "{}", run.stderr);
     let run = kekeeper(endpoint, &["policy", "--help"], None).await;
     assert!(
-        run.stdout.contains("two KMS key policy statements"),
+        run.stdout.contains("KMS key policy statements")
+            && run.stdout.contains("--seed-principal")
+            && run.stdout.contains("--identity-policy"),
         "{}",
         run.stdout
     );
@@ -768,6 +814,112 @@ async fn policy_with_a_key_store_adds_the_role_policy_as_a_second_document() {
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("only s3:// key stores are supported"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn test_takes_its_configs_from_a_file_or_the_cluster() {
+    let endpoint = "http://127.0.0.1:9";
+    let run = kekeeper(endpoint, &["test"], None).await;
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let run = kekeeper(endpoint, &["test", "-f", "c.yaml", "--all"], None).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
+    let run = kekeeper(endpoint, &["test", "-A", "-n", "team-a"], None).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
+    // By name from one namespace only; checked before any connection is made.
+    let run = kekeeper(endpoint, &["test", "rec", "-n", "a", "-n", "b"], None).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("at most one -n"), "{}", run.stderr);
+    let run = kekeeper(endpoint, &["test", "--help"], None).await;
+    assert!(
+        run.stdout.contains("--all-namespaces") && run.stdout.contains("--max-organizations"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn policy_identity_policy_scopes_the_kms_operations_to_the_configs_keys() {
+    let endpoint = "http://127.0.0.1:9";
+    let dir = tempfile::tempdir().unwrap();
+    let alias = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+    let config = write(dir.path(), "c.yaml", &manifest(alias, &[ORG_A], "RSA_2048"));
+    let role = "arn:aws:iam::111122223333:role/kekeeper";
+    let base = ["policy", "--principal", role, "-f", &config];
+    let key_policy = kekeeper(endpoint, &base, None).await;
+    assert_eq!(key_policy.code, 0, "{}", key_policy.stderr);
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--identity-policy",
+        "--key-store",
+        "s3://acme-kekeeper/prod-us",
+    ]);
+    let run = kekeeper(endpoint, &args, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The key policy first, unchanged; then one identity policy: KMS, then the key store.
+    assert!(run.stdout.starts_with(&key_policy.stdout), "{}", run.stdout);
+    let documents: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&run.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(documents.len(), 2, "{}", run.stdout);
+    let statements = documents[1]["Statement"].as_array().unwrap();
+    assert_eq!(
+        statements[0],
+        serde_json::json!({
+            "Sid": "KekeeperKmsKeys",
+            "Effect": "Allow",
+            "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:DescribeKey"],
+            "Resource": "arn:aws:kms:us-east-1:111122223333:key/*",
+            "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": ["alias/recordings"]}}
+        })
+    );
+    assert_eq!(statements[1]["Sid"], "KekeeperKeyStoreObjects");
+    assert_eq!(statements[2]["Sid"], "KekeeperKeyStoreList");
+    assert!(run.stderr.contains("kms:ResourceAliases"), "{}", run.stderr);
+
+    // Exact keys by --key-arn.
+    let key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let mut pinned = base.to_vec();
+    pinned.extend(["--identity-policy", "--key-arn", key]);
+    let run = kekeeper(endpoint, &pinned, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let documents: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&run.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        documents[1]["Statement"][0]["Resource"],
+        serde_json::json!([key])
+    );
+
+    // No keys to scope to, or an alias where a key ARN belongs: exit 2, saying what to give.
+    let run = kekeeper(
+        endpoint,
+        &[
+            "policy",
+            "--principal",
+            role,
+            "--org-id",
+            ORG_A,
+            "--identity-policy",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(run.stderr.contains("--key-arn"), "{}", run.stderr);
+    let mut alias_as_key = base.to_vec();
+    alias_as_key.extend(["--identity-policy", "--key-arn", alias]);
+    let run = kekeeper(endpoint, &alias_as_key, None).await;
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("is not a KMS key ARN"),
         "{}",
         run.stderr
     );

@@ -137,6 +137,8 @@ struct Setup {
     cluster: Cluster,
     proxy: FaultProxy,
     user: String,
+    /// The ServiceAccount's own kubeconfig (no fault proxy).
+    kubeconfig: std::path::PathBuf,
     alias: String,
     docs: Vec<Value>,
 }
@@ -247,6 +249,7 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
     let (kubeconfig, user) = cluster
         .service_account_kubeconfig_in(&release_ns, &sa_name)
         .await;
+    let sa_kubeconfig = kubeconfig.clone();
     let (kubeconfig, faults) = cluster.with_faults(&kubeconfig).await;
 
     // The rendered Deployment's container: its args (metrics on 127.0.0.1:0) and env.
@@ -286,6 +289,7 @@ async fn setup(endpoint: &str, mut docs: Vec<Value>, edit: impl FnOnce(&mut Vec<
         operator,
         proxy,
         user,
+        kubeconfig: sa_kubeconfig,
         alias: key.alias.to_string(),
         docs,
     }
@@ -313,6 +317,89 @@ async fn wait_secrets(cluster: &Cluster, total: usize) {
         (cluster.key_pair_secrets(NAME).await.len() == total).then_some(())
     })
     .await;
+}
+
+/// The chart's `helm test` Pod: `kekeeper test` as the chart's ServiceAccount, with only the
+/// chart's RBAC, reads the RecordingKeyConfigs (list, with a field selector by name) and proves
+/// the KMS key with the operator's identity; never a 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
+async fn chart_rbac_is_sufficient_for_the_helm_test_pod() {
+    let endpoint = kms_endpoint();
+    let docs = chart_render("default");
+    let pod = of_kind(&docs, "Pod").next().expect("the helm test Pod");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let pod_args = strings(&pod["spec"]["containers"][0]["args"]);
+    assert_eq!(
+        pod_args,
+        ["test", "--all-namespaces", "--max-organizations=1"]
+    );
+    let s = setup(&endpoint, docs, |_| {}).await;
+    let cluster = &s.cluster;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &s.alias, &[ORG_A, ORG_B]))
+        .await;
+    let ns = cluster.ns();
+    // The Pod's args; on the shared real server the test's namespace stands for "all" (other
+    // tests' RecordingKeyConfigs come and go there), on kube-sim exactly the Pod's.
+    let mut args = pod_args.clone();
+    if cluster.is_real() {
+        args = ["test", "--all", "-n", &ns, "--max-organizations=1"]
+            .map(str::to_owned)
+            .to_vec();
+    }
+    let by_name = ["test", NAME, "-n", &ns].map(str::to_owned).to_vec();
+    for args in [args, by_name] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
+            .args(&args)
+            .env("KUBECONFIG", &s.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", "/nonexistent")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", common::REGION)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_ENDPOINT_URL_KMS", &endpoint)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("kekeeper test");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "kekeeper {args:?}\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains(&format!("RecordingKeyConfig {ns}/{NAME}:")),
+            "{stdout}"
+        );
+        let expected = if args.contains(&"--max-organizations=1".to_owned()) {
+            "PASSED: 1/1 organisations passed"
+        } else {
+            "PASSED: 2/2 organisations passed"
+        };
+        assert!(stdout.contains(expected), "{args:?}: {stdout}");
+    }
+    // A name that does not exist: exit 2, kubectl's wording.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
+        .args(["test", "nope", "-n", &ns])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", "/nonexistent")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("kekeeper test");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("recordingkeyconfig \"nope\" not found"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_no_refusals(&cluster.request_log(), &s.user);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

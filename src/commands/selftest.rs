@@ -1,13 +1,23 @@
-//! `kekeeper test`: the Test button. Validates a RecordingKeyConfig manifest, checks the KMS key
-//! behind the alias, and self-tests every organisation; stores nothing.
+//! `kekeeper test`: the Test button. Validates a RecordingKeyConfig (from manifests, or read
+//! from the cluster), checks the KMS key behind the alias, and self-tests every organisation;
+//! stores nothing. Read from the cluster with `list` only, which the operator's own RBAC
+//! grants: the chart's `helm test` Pod runs it as the operator's ServiceAccount, so the
+//! operator's AWS identity is the one that proves the key (docs/installation.md).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail, read_manifests, validate};
-use crate::cli::TestArgs;
+use kube::Api;
+use kube::api::ListParams;
+
+use super::cluster::connect;
+use super::common::{
+    EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Manifest, fail, read_manifests, validate,
+};
+use crate::cli::{KubeArgs, TestArgs};
 use crate::config::ValidatedConfig;
+use crate::crd::RecordingKeyConfig;
 use crate::kms::Kms;
 use crate::kms::sdk::SdkKms;
 use crate::selftest::{self, SelfTestCause, SelfTestFailure, SelfTestReport, SelfTestStep};
@@ -67,10 +77,103 @@ pub(super) fn print_report(
     }
 }
 
+/// The RecordingKeyConfigs to test: the manifests of -f, or those read from the cluster.
+async fn configs(args: &TestArgs) -> Result<Vec<Manifest>, (u8, String)> {
+    if let Some(path) = &args.file {
+        return read_manifests(path).map_err(|e| (EXIT_BAD_INPUT, e));
+    }
+    if !args.names.is_empty() && args.namespace.len() > 1 {
+        return Err((
+            EXIT_BAD_INPUT,
+            "RecordingKeyConfigs by name are read from one namespace: give at most one -n (or --all with several)".to_owned(),
+        ));
+    }
+    let cluster = connect(&KubeArgs {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        namespace: args.namespace.first().cloned(),
+    })
+    .await
+    .map_err(|e| (EXIT_BAD_INPUT, e))?;
+    let list = |api: Api<RecordingKeyConfig>, params: ListParams, where_: String| async move {
+        api.list(&params).await.map(|list| list.items).map_err(|e| {
+            (
+                EXIT_FAILED,
+                format!("cannot list RecordingKeyConfigs {where_}: {e}"),
+            )
+        })
+    };
+    let mut found = Vec::new();
+    let searched;
+    if args.all_namespaces {
+        found = list(
+            Api::all(cluster.client),
+            ListParams::default(),
+            "in all namespaces".into(),
+        )
+        .await?;
+        searched = "in any namespace".to_owned();
+    } else {
+        let namespaces = if args.namespace.is_empty() {
+            vec![cluster.namespace.clone()]
+        } else {
+            args.namespace.clone()
+        };
+        for namespace in &namespaces {
+            let api: Api<RecordingKeyConfig> = Api::namespaced(cluster.client.clone(), namespace);
+            if args.all {
+                found.extend(
+                    list(
+                        api,
+                        ListParams::default(),
+                        format!("in namespace {namespace:?}"),
+                    )
+                    .await?,
+                );
+                continue;
+            }
+            // By name through `list` with a field selector: the operator's RBAC has no `get`.
+            for name in &args.names {
+                let params = ListParams::default().fields(&format!("metadata.name={name}"));
+                let mut items = list(
+                    api.clone(),
+                    params,
+                    format!("named {name:?} in {namespace:?}"),
+                )
+                .await?;
+                match items.pop() {
+                    Some(rkc) => found.push(rkc),
+                    None => {
+                        return Err((
+                            EXIT_BAD_INPUT,
+                            super::cluster::not_found("recordingkeyconfig", name, namespace),
+                        ));
+                    }
+                }
+            }
+        }
+        searched = format!("in namespace {}", namespaces.join(", "));
+    }
+    if found.is_empty() {
+        return Err((
+            EXIT_BAD_INPUT,
+            format!("no RecordingKeyConfig {searched}: nothing to test (create one first)"),
+        ));
+    }
+    Ok(found
+        .into_iter()
+        .map(|rkc| Manifest {
+            name: rkc.metadata.name.unwrap_or_default(),
+            namespace: rkc.metadata.namespace,
+            spec: rkc.spec,
+        })
+        .collect())
+}
+
 pub async fn execute(args: TestArgs) -> ExitCode {
-    let manifests = match read_manifests(&args.file) {
+    let manifests = match configs(&args).await {
         Ok(m) => m,
-        Err(e) => return fail(EXIT_BAD_INPUT, e),
+        Err((code, e)) => return fail(code, e),
     };
     let kms = SdkKms::from_env().await;
     let stdout = io::stdout();
@@ -82,7 +185,15 @@ pub async fn execute(args: TestArgs) -> ExitCode {
             let _ = writeln!(out);
         }
         let code = match validate(manifest, &kms) {
-            Ok(config) => match run(&mut out, &manifest.qualified_name(), &config, &kms).await {
+            Ok(config) => match run(
+                &mut out,
+                &manifest.qualified_name(),
+                &config,
+                &kms,
+                args.max_organizations,
+            )
+            .await
+            {
                 Ok(true) => EXIT_OK,
                 Ok(false) => EXIT_FAILED,
                 Err(e) => return fail(EXIT_FAILED, format!("cannot write the report: {e}")),
@@ -114,12 +225,14 @@ pub async fn execute(args: TestArgs) -> ExitCode {
     ExitCode::from(worst)
 }
 
-/// Prints the report; `Ok(true)` when every organisation passed.
+/// Prints the report; `Ok(true)` when every organisation tested passed. `max_organizations`
+/// (0: all) limits the organisations self-tested.
 async fn run<K: Kms>(
     out: &mut impl Write,
     name: &str,
     config: &ValidatedConfig,
     kms: &K,
+    max_organizations: usize,
 ) -> io::Result<bool> {
     writeln!(
         out,
@@ -174,8 +287,19 @@ async fn run<K: Kms>(
     }
     writeln!(out)?;
 
+    let all = config.organization_ids.len();
+    let tested = match max_organizations {
+        0 => all,
+        max => max.min(all),
+    };
+    if tested < all {
+        writeln!(
+            out,
+            "Testing the first {tested} of {all} organisations (--max-organizations {max_organizations})\n"
+        )?;
+    }
     let mut passed = 0;
-    for organization_id in &config.organization_ids {
+    for organization_id in &config.organization_ids[..tested] {
         match selftest::run(kms, config, organization_id).await {
             Ok(ok) => {
                 passed += 1;
@@ -188,7 +312,7 @@ async fn run<K: Kms>(
         }
         out.flush()?;
     }
-    let total = config.organization_ids.len();
+    let total = tested;
     writeln!(
         out,
         "\n{}: {passed}/{total} organisations passed",
@@ -222,14 +346,22 @@ mod tests {
         let kms = FakeKms::reusing_key_pairs();
         kms.create_key_for(&config().alias);
         let mut out = Vec::new();
-        assert!(run(&mut out, "recordings", &config(), &kms).await.unwrap());
+        assert!(
+            run(&mut out, "recordings", &config(), &kms, 0)
+                .await
+                .unwrap()
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("PASSED: 2/2 organisations passed"), "{text}");
         assert_eq!(text.matches("  ok    ").count(), 10, "{text}");
 
         kms.fail_next(KmsOperation::Decrypt, KmsErrorKind::AccessDenied);
         let mut out = Vec::new();
-        assert!(!run(&mut out, "recordings", &config(), &kms).await.unwrap());
+        assert!(
+            !run(&mut out, "recordings", &config(), &kms, 0)
+                .await
+                .unwrap()
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("FAIL  decrypt the private key (KMS Decrypt)"),
@@ -241,5 +373,20 @@ mod tests {
         );
         assert!(text.contains("(not run)"), "{text}");
         assert!(text.contains("FAILED: 1/2 organisations passed"), "{text}");
+
+        // --max-organizations 1: the first organisation only, and the report says so.
+        let mut out = Vec::new();
+        assert!(
+            run(&mut out, "recordings", &config(), &kms, 1)
+                .await
+                .unwrap()
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Testing the first 1 of 2 organisations"),
+            "{text}"
+        );
+        assert!(text.contains("PASSED: 1/1 organisations passed"), "{text}");
+        assert!(!text.contains("7c9e6679"), "{text}");
     }
 }

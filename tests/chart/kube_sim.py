@@ -186,10 +186,13 @@ PLURALS = {
     "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
     "CustomResourceDefinition": "customresourcedefinitions",
     "ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules",
+    "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
 }
 
 
-CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                 "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def object_path(doc: dict[str, Any], release_namespace: str) -> str:

@@ -53,7 +53,9 @@ MONITORING_CRDS = [
 
 REAL = os.environ.get("KEKEEPER_TEST_CLUSTER", "sim") == "real"
 CLUSTER_ROLES = ["/apis/rbac.authorization.k8s.io/v1/clusterroles",
-                 "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"]
+                 "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                 "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+                 "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"]
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,12 @@ EXPECTED_API = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "PrometheusRule": "monitoring.coreos.com/v1",
     "ConfigMap": "v1",
+    "ValidatingAdmissionPolicy": "admissionregistration.k8s.io/v1",
+    "ValidatingAdmissionPolicyBinding": "admissionregistration.k8s.io/v1",
+    "Pod": "v1",
 }
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 STANDARD_LABELS = {
     "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
@@ -101,12 +105,14 @@ def test_expected_objects_per_case(renders):
     # The leader-election Role and RoleBinding are there by default, and so are the user roles
     # <fullname>-edit and -view (two ClusterRoles).
     user_roles = ["ClusterRole", "ClusterRole"]
+    # The admission policy and its binding, and the `helm test` Pod, are there by default too.
+    admission_and_test = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Pod"]
     base = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment",
-            "Service", "ServiceAccount", "Role", "RoleBinding"] + user_roles
+            "Service", "ServiceAccount", "Role", "RoleBinding"] + user_roles + admission_and_test
     assert kinds(renders["default"]) == sorted(base)
     assert kinds(renders["namespaced"]) == sorted(
         ["CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
-        + ["Role", "RoleBinding"] * 3 + user_roles)
+        + ["Role", "RoleBinding"] * 3 + user_roles + admission_and_test)
     assert kinds(renders["ha"]) == sorted(base + ["PodDisruptionBudget"])
     assert kinds(renders["no-crds"]) == sorted(k for k in base if k != "CustomResourceDefinition")
     assert kinds(renders["servicemonitor"]) == sorted(base + ["ServiceMonitor"])

@@ -38,6 +38,15 @@ BAD = {
     "key store not s3": ({"keyStore": {"url": "https://acme-kekeeper/prod"}}, "url"),
     "key store bucket uppercase": ({"keyStore": {"url": "s3://Acme"}}, "url"),
     "key store unknown key": ({"keyStore": {"bucket": "acme"}}, "additional propert"),
+    "admission policy not a bool": ({"admissionPolicy": {"enabled": "no"}}, "enabled"),
+    "break-glass group not a list": ({"admissionPolicy": {"breakGlassGroups": "admins"}},
+                                     "breakGlassGroups"),
+    "break-glass group with a quote": ({"admissionPolicy": {"breakGlassGroups": ["a'b"]}},
+                                       "breakGlassGroups"),
+    "empty break-glass group": ({"admissionPolicy": {"breakGlassGroups": [""]}},
+                                "breakGlassGroups"),
+    "helm test unknown key": ({"helmTest": {"image": "x"}}, "additional propert"),
+    "negative max organisations": ({"helmTest": {"maxOrganizations": -1}}, "maxOrganizations"),
 }
 
 

@@ -85,6 +85,8 @@ impl ResourceType {
                     | "deployments"
                     | "poddisruptionbudgets"
                     | "networkpolicies"
+                    | "validatingadmissionpolicies"
+                    | "validatingadmissionpolicybindings"
             )
     }
 
@@ -140,6 +142,8 @@ impl ResourceType {
             | ("rbac.authorization.k8s.io", "clusterroles") => &["rules", "aggregationRule"],
             ("rbac.authorization.k8s.io", _) => &["subjects", "roleRef"],
             ("apiextensions.k8s.io", _) => &["spec", "status"],
+            ("admissionregistration.k8s.io", "validatingadmissionpolicies") => &["spec", "status"],
+            ("admissionregistration.k8s.io", _) => &["spec"],
             _ => return None,
         };
         Some(common)
@@ -182,6 +186,23 @@ pub fn builtins() -> Vec<ResourceType> {
             "v1",
             "clusterrolebindings",
             "ClusterRoleBinding",
+            false,
+            &[],
+        ),
+        // Stored only: kube-sim runs no admission policy (a real server does; docs/testing.md).
+        ResourceType::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingadmissionpolicies",
+            "ValidatingAdmissionPolicy",
+            false,
+            &[],
+        ),
+        ResourceType::builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
             false,
             &[],
         ),
