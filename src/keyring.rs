@@ -927,4 +927,67 @@ mod tests {
         assert!(ring.missing().is_empty());
         assert_eq!(ring.next_sequence(ORG), 3);
     }
+
+    /// A pair status has not recorded is a candidate: never active, never retired by the ring,
+    /// until proven; a quarantine read back from status keeps it out while it holds the same
+    /// public key, and a Secret rewritten with another key is a candidate again.
+    #[test]
+    fn unrecorded_pairs_are_candidates_until_proven_and_quarantine_is_remembered() {
+        let genuine = pair(ORG, 1, 1);
+        let planted = pair(ORG, 2, 2);
+        let status = status_of(std::slice::from_ref(&genuine));
+        let records = vec![genuine.clone(), planted.clone()];
+        let ring = KeyRing::new(
+            records.clone(),
+            Tokens::new(),
+            Some(&status),
+            &reading("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(ring.active(ORG).unwrap().name(), genuine.name());
+        assert_eq!(ring.candidates(&[ORG.to_owned()]), vec![&planted]);
+        assert!(ring.shadowed().is_empty(), "a candidate shadows nothing");
+        assert_eq!(
+            ring.next_sequence(ORG),
+            3,
+            "its sequence is taken all the same"
+        );
+
+        let mut proven = ring.clone();
+        proven.prove(&planted.secret_name);
+        assert_eq!(proven.active(ORG).unwrap().name(), planted.name());
+        assert_eq!(proven.shadowed(), vec![genuine.name()]);
+
+        let quarantined = RecordingKeyConfigStatus {
+            key_pair_problems: vec![KeyPairProblem {
+                organization_id: ORG.into(),
+                key_pair_id: planted.key_pair_id.clone(),
+                secret_name: planted.secret_name.clone(),
+                reason: KEY_PAIR_QUARANTINED.into(),
+                message: "failed its proof".into(),
+                since: ts("2026-01-02T00:00:00Z"),
+                public_key_fingerprint: Some(planted.fingerprint()),
+            }],
+            ..status.clone()
+        };
+        let mut acknowledged = reading("2026-01-02T00:00:00Z");
+        acknowledged
+            .acknowledged
+            .insert(planted.key_pair_id.clone());
+        let ring = KeyRing::new(records, Tokens::new(), Some(&quarantined), &acknowledged);
+        assert!(ring.candidates(&[ORG.to_owned()]).is_empty());
+        assert!(
+            !ring.is_trusted(&planted),
+            "acknowledged, still quarantined"
+        );
+        assert_eq!(ring.quarantined().count(), 1);
+
+        let rewritten = pair(ORG, 2, 3);
+        let ring = KeyRing::new(
+            vec![genuine, rewritten.clone()],
+            Tokens::new(),
+            Some(&quarantined),
+            &acknowledged,
+        );
+        assert_eq!(ring.candidates(&[ORG.to_owned()]), vec![&rewritten]);
+    }
 }

@@ -165,3 +165,80 @@ fn quarantined(record: &KeyPairRecord, problem: &str) -> Quarantined {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keypair::test_pair;
+    use crate::kms::KeyPairSpec;
+
+    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/k1";
+    const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    fn config() -> ValidatedConfig {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kmsKeyAliasArn": "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "organizationIds": [ORG],
+        }))
+        .unwrap();
+        crate::config::validate(&spec, None).unwrap()
+    }
+
+    fn candidate(change: impl FnOnce(&mut KeyPairSecret)) -> KeyPairSecret {
+        let mut pair = KeyPairSecret {
+            record: test_pair(
+                ORG,
+                2,
+                KeyPairSpec::Rsa2048,
+                vec![1; 8],
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ),
+            private_key_ciphertext: vec![9; 8],
+        };
+        change(&mut pair);
+        pair
+    }
+
+    /// What a proof checks before it asks KMS: the organisation, the name, the encryption
+    /// context, and the key the blob must be under; each refusal says why.
+    #[test]
+    fn a_candidate_is_checked_before_kms_is_asked() {
+        let config = config();
+        let check = |pair: &KeyPairSecret| {
+            precheck(pair, &config, "recordings", KEY).map(|(key, c)| (key.to_owned(), c))
+        };
+        let (key, context) = check(&candidate(|_| {})).unwrap();
+        assert_eq!((key.as_str(), context), (KEY, config.context_for(ORG)));
+
+        let other_org =
+            candidate(|p| p.organization_id = "9b2e6c1a-7d4f-4e8a-a1c3-5f0d2b8e9c47".into());
+        assert!(check(&other_org).unwrap_err().contains("not in the spec"));
+        let renamed = candidate(|p| p.secret_name = "recordings-x-0002".into());
+        assert!(check(&renamed).unwrap_err().contains("its name is not"));
+        let context = candidate(|p| p.encryption_context.key = "other".into());
+        assert!(check(&context).unwrap_err().contains("encryption context"));
+        let elsewhere =
+            candidate(|p| p.kms_key_arn = "arn:aws:kms:us-east-1:444455556666:key/attacker".into());
+        assert!(check(&elsewhere).unwrap_err().contains("not arn:aws:kms"));
+
+        // A retired pair (one the key store lacks) is proven under its own key, in the alias's
+        // account and Region only, with its own context key for its organisation.
+        let retired_old_key = candidate(|p| {
+            p.retire("2026-01-02T00:00:00Z".parse().unwrap());
+            p.kms_key_arn = "arn:aws:kms:us-east-1:111122223333:key/old".into();
+            p.encryption_context.key = "old-context-key".into();
+        });
+        let (key, context) = check(&retired_old_key).unwrap();
+        assert_eq!(key, "arn:aws:kms:us-east-1:111122223333:key/old");
+        assert_eq!(context.key, "old-context-key");
+        let retired_elsewhere = candidate(|p| {
+            p.retire("2026-01-02T00:00:00Z".parse().unwrap());
+            p.kms_key_arn = "arn:aws:kms:eu-west-1:111122223333:key/old".into();
+        });
+        assert!(
+            check(&retired_elsewhere)
+                .unwrap_err()
+                .contains("outside the account and Region")
+        );
+    }
+}
