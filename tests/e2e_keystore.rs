@@ -148,6 +148,43 @@ async fn rebuild(cluster: &Cluster) -> (Option<Cluster>, std::path::PathBuf, Str
     (None, kubeconfig, user)
 }
 
+/// A new key, bucket and cluster whose operator (log `log`) keeps the pairs of `orgs` under
+/// `s3://BUCKET/prefix`, every pair made and stored.
+struct Synced {
+    endpoint: String,
+    key: common::TestKey,
+    bucket: String,
+    url: String,
+    cluster: Cluster,
+    kubeconfig: std::path::PathBuf,
+    operator: Operator,
+    status: Value,
+}
+
+async fn synced(prefix: &str, log: &str, orgs: &[&str]) -> Synced {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/{prefix}");
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let mut operator = start(&cluster, log, &kubeconfig, &url, &endpoint);
+    operator.wait_ready().await;
+    cluster
+        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), orgs))
+        .await;
+    let status = wait_synced(&cluster, orgs.len(), orgs.len()).await;
+    Synced {
+        endpoint,
+        key,
+        bucket,
+        url,
+        cluster,
+        kubeconfig,
+        operator,
+        status,
+    }
+}
+
 /// Object keys under `prefix` in `bucket`.
 async fn objects(bucket: &str, prefix: &str) -> Vec<String> {
     let client = aws_sdk_s3::Client::from_conf(s3_config(&kms_endpoint()).await);
@@ -496,17 +533,16 @@ async fn a_crash_after_the_store_write_adopts_the_stored_pair() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
 async fn a_tampered_object_is_not_restored() {
-    let endpoint = kms_endpoint();
-    let key = create_key(&endpoint, common::REGION, false).await;
-    let bucket = create_bucket(&endpoint).await;
-    let url = format!("s3://{bucket}/tamper");
-    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
-    let mut operator = start(&cluster, "first", &kubeconfig, &url, &endpoint);
-    operator.wait_ready().await;
-    cluster
-        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A, ORG_B]))
-        .await;
-    let before = wait_synced(&cluster, 2, 2).await;
+    let Synced {
+        endpoint,
+        key,
+        bucket,
+        url,
+        cluster,
+        kubeconfig,
+        mut operator,
+        status: before,
+    } = synced("tamper", "first", &[ORG_A, ORG_B]).await;
     operator.kill();
 
     // Someone with write access to the bucket swaps ORG_A's public key for their own.
@@ -763,17 +799,13 @@ async fn wait_synced_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
 async fn a_lost_bucket_is_written_again_by_the_custody_check() {
-    let endpoint = kms_endpoint();
-    let key = create_key(&endpoint, common::REGION, false).await;
-    let bucket = create_bucket(&endpoint).await;
-    let url = format!("s3://{bucket}/lost");
-    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
-    let mut operator = start(&cluster, "operator", &kubeconfig, &url, &endpoint);
-    operator.wait_ready().await;
-    cluster
-        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A]))
-        .await;
-    wait_synced(&cluster, 1, 1).await;
+    let Synced {
+        endpoint,
+        bucket,
+        cluster,
+        operator,
+        ..
+    } = synced("lost", "operator", &[ORG_A]).await;
     rotate(&cluster, "one").await;
     wait_synced(&cluster, 2, 1).await;
     let before = objects(&bucket, "lost/key-pairs/").await;
@@ -1027,18 +1059,15 @@ async fn assert_quarantined(
 #[tokio::test]
 #[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
 async fn planted_store_objects_are_quarantined_never_published() {
-    let endpoint = kms_endpoint();
-    let key = create_key(&endpoint, common::REGION, false).await;
+    let Synced {
+        endpoint,
+        bucket,
+        cluster,
+        operator,
+        mut status,
+        ..
+    } = synced("plant", "operator", &[ORG_A, ORG_B]).await;
     let other_key = create_key(&endpoint, common::REGION, false).await;
-    let bucket = create_bucket(&endpoint).await;
-    let url = format!("s3://{bucket}/plant");
-    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
-    let mut operator = start(&cluster, "operator", &kubeconfig, &url, &endpoint);
-    operator.wait_ready().await;
-    cluster
-        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A, ORG_B]))
-        .await;
-    let mut status = wait_synced(&cluster, 2, 2).await;
     let keys = objects(&bucket, "plant/key-pairs/").await;
     let a_key = keys.iter().find(|k| k.contains(ORG_A)).unwrap().clone();
     let b_key = keys.iter().find(|k| k.contains(ORG_B)).unwrap().clone();
@@ -1157,17 +1186,13 @@ async fn planted_store_objects_are_quarantined_never_published() {
 #[tokio::test]
 #[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
 async fn a_planted_secret_is_quarantined_never_published_nor_stored() {
-    let endpoint = kms_endpoint();
-    let key = create_key(&endpoint, common::REGION, false).await;
-    let bucket = create_bucket(&endpoint).await;
-    let url = format!("s3://{bucket}/secret");
-    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
-    let mut operator = start(&cluster, "operator", &kubeconfig, &url, &endpoint);
-    operator.wait_ready().await;
-    cluster
-        .apply_ok(&rkc_manifest(NAME, &key.alias.to_string(), &[ORG_A]))
-        .await;
-    let status = wait_synced(&cluster, 1, 1).await;
+    let Synced {
+        bucket,
+        cluster,
+        operator,
+        status,
+        ..
+    } = synced("secret", "operator", &[ORG_A]).await;
     let (genuine_name, _) = active_of(&status, ORG_A);
     let genuine = cluster
         .object("", "secrets", &cluster.ns(), &genuine_name)
