@@ -1802,28 +1802,40 @@ mod tests {
         ));
     }
 
-    /// Claims started together: exactly one holds the prefix, every time.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// Claims started together: exactly one holds the prefix, every time. The memory store
+    /// yields between a read and its answer and before a write, so both claims read "none"
+    /// before either writes, and the second `If-None-Match: *` write loses.
+    #[tokio::test]
     async fn claims_started_together_give_one_holder() {
-        for _ in 0..50 {
-            let objects = memory::MemoryObjects::new();
-            let url = url("s3://acme-keys/prod").unwrap();
-            let a = KeyStore::unclaimed(url.clone(), Arc::new(objects.clone()));
-            let b = KeyStore::unclaimed(url, Arc::new(objects.clone()));
-            let (a2, b2) = (a.clone(), b.clone());
-            let ra = tokio::spawn(async move { a2.claim("uid-a", "pod-a", ttl()).await });
-            let rb = tokio::spawn(async move { b2.claim("uid-b", "pod-b", ttl()).await });
-            let held = [ra.await.unwrap().unwrap(), rb.await.unwrap().unwrap()]
-                .iter()
-                .filter(|r| matches!(r, Claimed::Held { .. }))
-                .count();
-            assert_eq!(held, 1);
-            let usable = [
-                a.list("ns", "c").await.is_ok(),
-                b.list("ns", "c").await.is_ok(),
-            ];
-            assert_eq!(usable.iter().filter(|u| **u).count(), 1);
-        }
+        let objects = memory::MemoryObjects::new();
+        let url = url("s3://acme-keys/prod").unwrap();
+        let a = KeyStore::unclaimed(url.clone(), Arc::new(objects.clone()));
+        let b = KeyStore::unclaimed(url, Arc::new(objects.clone()));
+        let (ra, rb) = tokio::join!(
+            a.claim("uid-a", "pod-a", ttl()),
+            b.claim("uid-b", "pod-b", ttl())
+        );
+        assert_eq!(ra.unwrap(), Claimed::Held { previous: None });
+        let Claimed::Refused(err) = rb.unwrap() else {
+            panic!("both hold the prefix")
+        };
+        assert!(err.message.contains("uid-a"), "{err}");
+        assert_eq!(objects.calls().0, 2, "both wrote, one lost");
+        a.list("ns", "c").await.unwrap();
+        assert_eq!(b.list("ns", "c").await.unwrap_err().code, CLAIMED);
+
+        // Two takers of one stale claim: one wins.
+        objects.advance_clock(ttl());
+        let c = KeyStore::unclaimed(a.url.clone(), Arc::new(objects.clone()));
+        let (rb, rc) = tokio::join!(
+            b.claim("uid-b", "pod-b", ttl()),
+            c.claim("uid-c", "pod-c", ttl())
+        );
+        let held = [rb.unwrap(), rc.unwrap()]
+            .iter()
+            .filter(|r| matches!(r, Claimed::Held { .. }))
+            .count();
+        assert_eq!(held, 1);
     }
 
     /// A holder whose renewals fail stops using the store before the TTL runs out, by its own

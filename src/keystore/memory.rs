@@ -146,6 +146,8 @@ impl ObjectStore for MemoryObjects {
     ) -> BoxFuture<'a, Result<Swap, ObjectError>> {
         Box::pin(async move {
             self.check("PutObject", &self.inner.puts)?;
+            // As a request in flight: another task may write first.
+            tokio::task::yield_now().await;
             let stored = self.stored(body);
             let mut objects = self.lock();
             let holds = match (&condition, objects.get(key)) {
@@ -170,11 +172,14 @@ impl ObjectStore for MemoryObjects {
         Box::pin(async move {
             self.check("GetObject", &self.inner.gets)?;
             let now = self.now();
-            Ok(self.lock().get(key).map(|stored| Fetched {
+            let fetched = self.lock().get(key).map(|stored| Fetched {
                 body: (stored.body.len() <= max_bytes).then(|| stored.body.clone()),
                 etag: Some(stored.etag.clone()),
                 age: Some(now.duration_since(stored.written)),
-            }))
+            });
+            // As an answer on its way: another task may write before it arrives.
+            tokio::task::yield_now().await;
+            Ok(fetched)
         })
     }
 
