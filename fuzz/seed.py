@@ -184,11 +184,29 @@ def key_store_object(out):
     write(out, "key_store_object", "backup", json.dumps(backup, indent=2).encode())
 
 
+def key_store_marker_claim(out):
+    """Retirement and prune markers (src/keystore.rs, Marker: with the pair's fingerprint, without
+    one as written before it existed, naming another key) and writer claims (WriterClaim)."""
+    marker = {"format": "kekeeper.io/key-pair-marker/v1", "secretName": "recordings-6c1d0b8a2e-0003",
+              "keyPairId": "0b7e5c1a-9d2f-4e8b-a6c3-5f1d2e3c4b5a", "at": "2026-12-01T07:00:00Z"}
+    write(out, "key_store_marker_claim", "marker-old", json.dumps(marker, indent=2))
+    marker["publicKeyFingerprint"] = "SHA256:jFk7b69YeJrle6b9AMvzyOdYw5ZKkU/t7WwUyD8nDPM"
+    write(out, "key_store_marker_claim", "marker", json.dumps(marker, indent=2))
+    marker["publicKeyFingerprint"] = fingerprint(b"another key")
+    write(out, "key_store_marker_claim", "marker-other-key", json.dumps(marker, indent=2))
+    claim = {"format": "kekeeper.io/key-store-writer/v1", "clusterId": "3c1e1f4e-8a0b-4c55-9d1c-6f1d2e3c4b5a",
+             "holder": "kekeeper-7d9f8b6c5-x2x9q", "renewedAt": "2026-12-01T07:00:00Z"}
+    write(out, "key_store_marker_claim", "claim", json.dumps(claim, indent=2))
+    claim["clusterId"] = "this-cluster-\u0000"
+    write(out, "key_store_marker_claim", "claim-this-cluster", json.dumps(claim, indent=2))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]
-    for seed in (envelope, alias_arn, manifest, key_pair_secret, key_ring_status, key_store_object):
+    for seed in (envelope, alias_arn, manifest, key_pair_secret, key_ring_status, key_store_object,
+                 key_store_marker_claim):
         seed(out)
 
 

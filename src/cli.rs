@@ -128,8 +128,10 @@ pub struct RunArgs {
     /// namespace, which needs `get` on it; set this where that is not granted).
     #[arg(long, env = "KEKEEPER_KEY_STORE_CLUSTER_ID")]
     pub key_store_cluster_id: Option<String>,
-    /// How old another cluster's writer claim must be before this cluster takes the prefix
-    /// over (a rebuilt cluster after its predecessor is gone); renewed every third of it.
+    /// How old another cluster's writer claim must be, by the store's clock, before this
+    /// cluster takes the prefix over (a rebuilt cluster after its predecessor is gone); renewed
+    /// every third of it, and trusted for at most four fifths of it after the last renewal
+    /// (docs/design.md, "The key store"). At least 5s.
     #[arg(long, env = "KEKEEPER_KEY_STORE_CLAIM_TTL", default_value = "15m")]
     pub key_store_claim_ttl: jiff::SignedDuration,
 }

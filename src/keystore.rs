@@ -16,6 +16,7 @@ pub mod s3;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -23,6 +24,8 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
 
 use crate::keypair::{self, KeyPairRecord, KeyPairSecret, KeyPairState};
 use crate::kms::{EncryptionContext, KeyPairSpec};
@@ -36,6 +39,16 @@ pub const FLAG: &str = "--key-store";
 
 /// How many objects are read at once when a config's pairs are listed.
 const READ_CONCURRENCY: usize = 8;
+/// The largest key pair object that is read (docs/design.md, "The key store": an RSA-4096
+/// pair's object is about 6 KiB). A larger one is refused from its listed size, unread.
+pub const MAX_OBJECT_BYTES: usize = 64 * 1024;
+/// The largest marker or writer claim that is read (they are about 300 bytes).
+pub const MAX_SMALL_OBJECT_BYTES: usize = 4 * 1024;
+/// The most objects one config's listing may hold: 10,000 key pairs, each with its two
+/// markers (docs/design.md, "The key store"). A larger listing is refused, none of it read.
+pub const MAX_CONFIG_OBJECTS: usize = 30_000;
+/// The largest sequence a canonical object name holds (`SEQUENCE` is exactly ten digits).
+pub const MAX_SEQUENCE: u64 = 9_999_999_999;
 
 /// `s3://BUCKET[/PREFIX]`: the bucket and the prefix (empty, or ending in `/`) under which this
 /// cluster's key pairs live.
@@ -196,6 +209,51 @@ pub enum Put {
     Exists,
 }
 
+/// What a compare-and-swap write of the writer claim requires of the object there now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// No object of that name exists (`If-None-Match: *`).
+    Absent,
+    /// The object is the one read with this ETag (`If-Match`).
+    Unchanged(String),
+}
+
+/// What a compare-and-swap write found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// Written; the new object's ETag.
+    Written(Option<String>),
+    /// The condition did not hold: another writer came first (412; 409 for a concurrent
+    /// conditional write; 404 for `If-Match` on an object that is gone).
+    Lost,
+}
+
+/// An object read with a size limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    /// The body, or `None` when it is larger than the limit (then it is not read whole).
+    pub body: Option<Vec<u8>>,
+    pub etag: Option<String>,
+    /// How long ago the object was written, by the store's clock (its `Date` less the
+    /// object's `Last-Modified`); `None` when the store did not say.
+    pub age: Option<jiff::SignedDuration>,
+}
+
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A listing, stopped at a count limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub objects: Vec<ListedObject>,
+    /// More objects than the limit are there; they were not listed.
+    pub more: bool,
+}
+
 /// A store of objects: S3, or memory in tests. Errors carry the operation, the code and the
 /// message; [`KeyStore`] adds the URL.
 pub trait ObjectStore: Send + Sync + fmt::Debug {
@@ -205,12 +263,25 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         key: &'a str,
         body: Vec<u8>,
     ) -> BoxFuture<'a, Result<Put, ObjectError>>;
-    /// Writes `body` under `key`, over any object of that name (only the writer claim).
-    fn put<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>>;
-    /// The object, or `None` when there is none.
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, ObjectError>>;
-    /// Every key under `prefix`.
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, ObjectError>>;
+    /// Writes `body` under `key` if `condition` holds (only the writer claim).
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        body: Vec<u8>,
+        condition: Condition,
+    ) -> BoxFuture<'a, Result<Swap, ObjectError>>;
+    /// The object, or `None` when there is none; a body over `max_bytes` is not read whole.
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Option<Fetched>, ObjectError>>;
+    /// The objects under `prefix`, at most `max_objects` of them.
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        max_objects: usize,
+    ) -> BoxFuture<'a, Result<Listed, ObjectError>>;
 }
 
 /// An [`ObjectStore`] failure.
@@ -266,13 +337,51 @@ impl MarkKind {
     }
 }
 
+/// A retirement or prune marker: `SEQUENCE.retired.json` or `SEQUENCE.pruned.json` beside the
+/// pair's object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Marker {
-    format: String,
-    secret_name: String,
-    key_pair_id: String,
-    at: Timestamp,
+pub struct Marker {
+    pub format: String,
+    pub secret_name: String,
+    pub key_pair_id: String,
+    pub at: Timestamp,
+    /// The fingerprint of the pair it marks. Markers written before it existed have none and
+    /// are accepted by their names alone (docs/design.md, "The key store").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_fingerprint: Option<String>,
+}
+
+impl Marker {
+    /// The marker in `body`, if it marks the pair named `secret_name` and `key_pair_id` whose
+    /// public key has `fingerprint`; else why it is ignored.
+    pub fn read(
+        body: &[u8],
+        secret_name: &str,
+        key_pair_id: &str,
+        fingerprint: &str,
+    ) -> Result<Marker, String> {
+        let marker: Marker =
+            serde_json::from_slice(body).map_err(|e| format!("not a marker: {e}"))?;
+        if marker.format != MARKER_FORMAT {
+            return Err(format!(
+                "format is {:?}, expected {MARKER_FORMAT:?}",
+                marker.format
+            ));
+        }
+        if marker.secret_name != secret_name || marker.key_pair_id != key_pair_id {
+            return Err(format!(
+                "it names key pair {} ({}), not the object's {secret_name} ({key_pair_id})",
+                marker.secret_name, marker.key_pair_id
+            ));
+        }
+        match &marker.public_key_fingerprint {
+            Some(found) if found != fingerprint => Err(format!(
+                "it marks the key pair with fingerprint {found}, but the object holds {fingerprint}"
+            )),
+            _ => Ok(marker),
+        }
+    }
 }
 
 impl StoredKeyPair {
@@ -412,9 +521,29 @@ impl Listing {
 pub struct KeyStore {
     url: KeyStoreUrl,
     objects: Arc<dyn ObjectStore>,
-    /// Why the store may not be used now (another live cluster writes under the prefix, or
-    /// the claim has not been made yet); every operation fails with it.
-    refused: Arc<Mutex<Option<StoreError>>>,
+    /// Whether this process may write under the prefix now (docs/design.md, "The key store",
+    /// one writer per prefix).
+    claim: Arc<Mutex<ClaimState>>,
+}
+
+/// The writer claim as this process knows it.
+#[derive(Clone, Debug)]
+enum ClaimState {
+    /// No claim is needed ([`KeyStore::new`]: tests and commands that only read).
+    NotNeeded,
+    /// Not held: every operation fails with this error.
+    Refused(StoreError),
+    /// Held since the write of `etag` started at `renewed` (this process's monotonic clock),
+    /// trusted until `until`: the TTL less a margin, so it lapses here before another cluster
+    /// may judge it stale.
+    Held {
+        etag: Option<String>,
+        renewed: Instant,
+        until: Instant,
+        ttl: jiff::SignedDuration,
+        /// Why the renewals since failed, if they did.
+        failing: Option<StoreError>,
+    },
 }
 
 /// The object that says which cluster writes under a prefix: `PREFIX/writer.json`.
@@ -426,103 +555,368 @@ pub struct WriterClaim {
     pub cluster_id: String,
     /// The operator replica that renewed it.
     pub holder: String,
+    /// When the holder renewed it, by the holder's clock: for people reading the object, and so
+    /// that no two writes have the same body (S3's ETag is its MD5). The claim's age is judged
+    /// by the store's clock, never by this.
     pub renewed_at: Timestamp,
+}
+
+impl WriterClaim {
+    /// The claim in `body`, or why it is not one.
+    pub fn parse(body: &[u8]) -> Result<WriterClaim, String> {
+        let claim: WriterClaim =
+            serde_json::from_slice(body).map_err(|e| format!("not a writer claim: {e}"))?;
+        if claim.format != CLAIM_FORMAT {
+            return Err(format!(
+                "format is {:?}, expected {CLAIM_FORMAT:?}",
+                claim.format
+            ));
+        }
+        if claim.cluster_id.is_empty() {
+            return Err("clusterId is empty".to_owned());
+        }
+        Ok(claim)
+    }
+}
+
+/// What to do about the writer claim found in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimStep {
+    /// There is none: create it (`If-None-Match: *`).
+    Take,
+    /// It is this cluster's: renew it (`If-Match` on the ETag read).
+    Renew,
+    /// Another cluster's (or unreadable) and at least the TTL old by the store's clock: take
+    /// it over (`If-Match` on the ETag read).
+    TakeOver,
+    /// Another cluster's (or unreadable) and younger than the TTL, or of unknown age: refuse
+    /// the store.
+    Refuse,
+}
+
+/// Decides what to do about `current` (the claim read, or why it could not be read; `None`:
+/// no claim), whose age by the store's clock is `age`, for cluster `cluster_id`.
+pub fn claim_step(
+    current: Option<&Result<WriterClaim, String>>,
+    age: Option<jiff::SignedDuration>,
+    cluster_id: &str,
+    ttl: jiff::SignedDuration,
+) -> ClaimStep {
+    match current {
+        None => ClaimStep::Take,
+        Some(Ok(claim)) if claim.cluster_id == cluster_id => ClaimStep::Renew,
+        Some(_) if age.is_some_and(|age| age >= ttl) => ClaimStep::TakeOver,
+        Some(_) => ClaimStep::Refuse,
+    }
+}
+
+/// How long a claim is trusted after the write that renewed it started: the TTL less a margin
+/// of a fifth of it, at least 2 s (S3's `Last-Modified` and `Date` have whole seconds) and at
+/// most half of it. docs/design.md, "The key store".
+pub fn claim_validity(ttl: Duration) -> Duration {
+    let margin = (ttl / 5).max(Duration::from_secs(2)).min(ttl / 2);
+    ttl.saturating_sub(margin)
+}
+
+/// What [`KeyStore::claim`] achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// This cluster holds the prefix (taken, renewed, or taken over from `previous`, a stale
+    /// claim of another cluster).
+    Held { previous: Option<String> },
+    /// Another cluster's live claim: every operation fails with this error, which names it.
+    Refused(StoreError),
 }
 
 /// The `format` of the writer claim.
 pub const CLAIM_FORMAT: &str = "kekeeper.io/key-store-writer/v1";
 /// The `code` of the error every operation gets while another cluster holds the prefix.
 pub const CLAIMED: &str = "KeyStoreClaimed";
+/// The `code` of the error every operation gets once this cluster's claim lapsed (its
+/// renewals failed for longer than the claim is trusted).
+pub const CLAIM_LAPSED: &str = "KeyStoreClaimLapsed";
+/// How often a claim is read and written again when another writer changes it in between.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// The name `key` has under a config's prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Name {
+    Pair {
+        organization_id: String,
+        sequence: u64,
+    },
+    Marker,
+    /// Not a name the operator writes: why.
+    Refused(String),
+}
 
 impl KeyStore {
     pub fn new(url: KeyStoreUrl, objects: Arc<dyn ObjectStore>) -> Self {
         KeyStore {
             url,
             objects,
-            refused: Arc::default(),
+            claim: Arc::new(Mutex::new(ClaimState::NotNeeded)),
         }
     }
 
     /// A store that refuses every operation until [`Self::claim`] succeeds (the operator's).
     pub fn unclaimed(url: KeyStoreUrl, objects: Arc<dyn ObjectStore>) -> Self {
         let store = KeyStore::new(url, objects);
-        store.refuse(Some(store.claim_error(
+        store.set_claim(ClaimState::Refused(store.claim_error(
             "NotClaimed",
-            "the operator has not yet claimed the prefix for this cluster (is the store reachable?)",
+            "the operator has not yet claimed the prefix for this cluster (is the store reachable?)"
+                .to_owned(),
         )));
         store
     }
 
-    fn refuse(&self, why: Option<StoreError>) {
-        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    fn lock_claim(&self) -> std::sync::MutexGuard<'_, ClaimState> {
+        self.claim.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn set_claim(&self, state: ClaimState) {
+        *self.lock_claim() = state;
+    }
+
+    /// Whether the store may be used now: not while another cluster holds the prefix, nor once
+    /// this cluster's claim lapsed.
     fn check(&self) -> Result<(), StoreError> {
-        match &*self.refused.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(err) => Err(err.clone()),
-            None => Ok(()),
+        match &*self.lock_claim() {
+            ClaimState::NotNeeded => Ok(()),
+            ClaimState::Refused(err) => Err(err.clone()),
+            ClaimState::Held { until, .. } if Instant::now() < *until => Ok(()),
+            ClaimState::Held {
+                renewed,
+                ttl,
+                failing,
+                ..
+            } => Err(self.claim_error(
+                CLAIM_LAPSED,
+                format!(
+                    "this cluster's writer claim was last renewed {:.0?} ago and is no longer trusted (it lapses before its {ttl:#} TTL, after which another cluster may take the prefix over); the store is not used until a renewal succeeds{}",
+                    renewed.elapsed(),
+                    failing
+                        .as_ref()
+                        .map(|e| format!("; the last renewal failed: {e}"))
+                        .unwrap_or_default()
+                ),
+            )),
         }
     }
 
-    fn claim_error(&self, code: &str, message: &str) -> StoreError {
+    fn claim_key(&self) -> String {
+        format!("{}writer.json", self.url.prefix)
+    }
+
+    fn claim_error(&self, code: &str, message: String) -> StoreError {
         StoreError {
             url: self.url.to_string(),
             operation: "Claim",
-            key: format!("{}writer.json", self.url.prefix),
+            key: self.claim_key(),
             code: code.to_owned(),
-            message: message.to_owned(),
+            message,
         }
     }
 
-    /// Claims the prefix for `cluster_id` (docs/disaster-recovery.md, "One prefix per
-    /// cluster"): the claim is taken when there is none, renewed when it is this cluster's,
-    /// and taken over when another cluster's is older than `ttl` (a rebuilt cluster, its
-    /// predecessor gone). Another cluster's fresh claim refuses every operation until it
-    /// goes stale: two live clusters never write under one prefix. Returns the other
-    /// cluster's claim when refused.
+    /// Claims the prefix for `cluster_id` (docs/design.md, "The key store"): a lease on
+    /// `PREFIX/writer.json` by compare-and-swap. Taken with `If-None-Match: *` when there is
+    /// none; renewed with `If-Match` on the ETag this process wrote (or read, when the claim
+    /// is this cluster's); taken over with `If-Match` on the ETag read when another cluster's
+    /// claim is at least `ttl` old by the store's clock (`Date` less `Last-Modified`). A write
+    /// that loses the race stops the store at once; then the claim is read again to say whose
+    /// it is. A renewal that fails leaves the claim trusted only until its validity
+    /// ([`claim_validity`]) after the last write that succeeded.
     pub async fn claim(
         &self,
         cluster_id: &str,
         holder: &str,
-        now: Timestamp,
         ttl: jiff::SignedDuration,
-    ) -> Result<Option<WriterClaim>, StoreError> {
-        let key = format!("{}writer.json", self.url.prefix);
-        let current = self
-            .objects
-            .get(&key)
-            .await
-            .map_err(|err| self.error(&key, err))?
-            .and_then(|body| serde_json::from_slice::<WriterClaim>(&body).ok());
-        if let Some(other) = current.filter(|c| c.cluster_id != cluster_id) {
-            let fresh = other
-                .renewed_at
-                .checked_add(ttl)
-                .is_ok_and(|until| now < until);
-            if fresh {
-                self.refuse(Some(self.claim_error(
+    ) -> Result<Claimed, StoreError> {
+        let key = self.claim_key();
+        let ttl_std = Duration::try_from(ttl)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                self.claim_error(
+                    "InvalidTtl",
+                    format!("--key-store-claim-ttl must be positive; got {ttl:#}"),
+                )
+            })?;
+        let body = self.body(
+            &key,
+            &WriterClaim {
+                format: CLAIM_FORMAT.to_owned(),
+                cluster_id: cluster_id.to_owned(),
+                holder: holder.to_owned(),
+                renewed_at: Timestamp::now(),
+            },
+        )?;
+        // Renewal: If-Match on the ETag of this process's last write.
+        let mut next = match &*self.lock_claim() {
+            ClaimState::Held {
+                etag: Some(etag), ..
+            } => Some((Condition::Unchanged(etag.clone()), None)),
+            _ => None,
+        };
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (condition, previous) = match next.take() {
+                Some(next) => next,
+                None => match self.read_claim(&key, cluster_id, ttl).await? {
+                    Ok(next) => next,
+                    Err(refused) => {
+                        self.set_claim(ClaimState::Refused(refused.clone()));
+                        return Ok(Claimed::Refused(refused));
+                    }
+                },
+            };
+            let started = Instant::now();
+            match self.objects.put_if(&key, body.clone(), condition).await {
+                Ok(Swap::Written(etag)) => {
+                    self.set_claim(ClaimState::Held {
+                        etag,
+                        renewed: started,
+                        until: started + claim_validity(ttl_std),
+                        ttl,
+                        failing: None,
+                    });
+                    return Ok(Claimed::Held { previous });
+                }
+                // Another writer came first: no more writes until the claim is read again.
+                Ok(Swap::Lost) => self.set_claim(ClaimState::Refused(self.claim_error(
                     CLAIMED,
-                    &format!(
-                        "another live cluster writes under this prefix (cluster {}, replica {}, renewed {}); two clusters must never share a prefix: give this cluster its own --key-store prefix, or, if that cluster is gone for good, wait until its claim is {} old",
-                        other.cluster_id, other.holder, other.renewed_at, ttl
-                    ),
-                )));
-                return Ok(Some(other));
+                    "another writer changed the claim while this cluster wrote it".to_owned(),
+                ))),
+                Err(err) => return Err(self.claim_failed(&key, err)),
             }
         }
-        let claim = WriterClaim {
-            format: CLAIM_FORMAT.to_owned(),
-            cluster_id: cluster_id.to_owned(),
-            holder: holder.to_owned(),
-            renewed_at: now,
-        };
-        let body = self.body(&key, &claim)?;
-        self.objects
-            .put(&key, body)
+        let refused = self.claim_error(
+            CLAIMED,
+            format!(
+                "another live cluster writes under this prefix: the claim changed under each of {CLAIM_ATTEMPTS} attempts to write it"
+            ),
+        );
+        self.set_claim(ClaimState::Refused(refused.clone()));
+        Ok(Claimed::Refused(refused))
+    }
+
+    /// Reads the claim: how to write it next (and the claim taken over, described), or the
+    /// error that refuses the store.
+    async fn read_claim(
+        &self,
+        key: &str,
+        cluster_id: &str,
+        ttl: jiff::SignedDuration,
+    ) -> Result<Result<(Condition, Option<String>), StoreError>, StoreError> {
+        let fetched = self
+            .objects
+            .get(key, MAX_SMALL_OBJECT_BYTES)
             .await
-            .map_err(|err| self.error(&key, err))?;
-        self.refuse(None);
-        Ok(None)
+            .map_err(|err| self.claim_failed(key, err))?;
+        let Some(fetched) = fetched else {
+            return Ok(Ok((Condition::Absent, None)));
+        };
+        let current = match &fetched.body {
+            Some(body) => WriterClaim::parse(body),
+            None => Err(format!("it is larger than {MAX_SMALL_OBJECT_BYTES} bytes")),
+        };
+        let age = fetched
+            .age
+            .map_or_else(|| "of unknown age".to_owned(), |age| format!("{age:#} old"));
+        let whose = match &current {
+            Ok(claim) => format!(
+                "cluster {}, replica {}, {age} by the store's clock",
+                claim.cluster_id, claim.holder
+            ),
+            Err(why) => format!("an unreadable claim ({why}), {age} by the store's clock"),
+        };
+        let unchanged = || match &fetched.etag {
+            Some(etag) => Ok(Condition::Unchanged(etag.clone())),
+            None => Err(self.claim_error(
+                "NoETag",
+                "the store gave the claim no ETag, so it cannot be renewed safely".to_owned(),
+            )),
+        };
+        Ok(
+            match claim_step(Some(&current), fetched.age, cluster_id, ttl) {
+                ClaimStep::Take => Ok((Condition::Absent, None)),
+                ClaimStep::Renew => unchanged().map(|c| (c, None)),
+                ClaimStep::TakeOver => unchanged().map(|c| (c, Some(whose))),
+                ClaimStep::Refuse => Err(self.claim_error(
+                    CLAIMED,
+                    format!(
+                        "another live cluster writes under this prefix ({whose}); two clusters must never share a prefix: give this cluster its own --key-store prefix, or, if that cluster is gone for good, wait until its claim is {ttl:#} old"
+                    ),
+                )),
+            },
+        )
+    }
+
+    /// A claim that could not be read or written: held, the claim stays trusted until its
+    /// validity runs out; not held, the store stays refused, saying why.
+    fn claim_failed(&self, key: &str, err: ObjectError) -> StoreError {
+        let err = self.error(key, err);
+        let mut state = self.lock_claim();
+        match &mut *state {
+            ClaimState::Held { failing, .. } => *failing = Some(err.clone()),
+            ClaimState::Refused(refused) if refused.code != CLAIMED => {
+                *refused = self.claim_error(
+                    "NotClaimed",
+                    format!("the operator cannot claim the prefix for this cluster: {err}"),
+                );
+            }
+            ClaimState::Refused(_) | ClaimState::NotNeeded => {}
+        }
+        err
+    }
+
+    /// Claims the prefix now and renews the claim every third of `ttl` in a task, for as long
+    /// as the process runs; each attempt that does not hold it logs an error. Returns the
+    /// first attempt's result and the task.
+    pub async fn hold(
+        &self,
+        cluster_id: String,
+        holder: String,
+        ttl: jiff::SignedDuration,
+    ) -> (Result<Claimed, StoreError>, tokio::task::JoinHandle<()>) {
+        let every = Duration::try_from(ttl / 3).unwrap_or(Duration::from_secs(300));
+        let first = self.attempt(&cluster_id, &holder, ttl).await;
+        if matches!(first, Ok(Claimed::Held { .. })) {
+            info!(key_store = %self.url, cluster = %cluster_id, "key store prefix claimed for this cluster (renewed every {every:?})");
+        }
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                // Logged by `attempt`; the claim state says what the store may do.
+                let _ = store.attempt(&cluster_id, &holder, ttl).await;
+            }
+        });
+        (first, task)
+    }
+
+    async fn attempt(
+        &self,
+        cluster_id: &str,
+        holder: &str,
+        ttl: jiff::SignedDuration,
+    ) -> Result<Claimed, StoreError> {
+        let result = self.claim(cluster_id, holder, ttl).await;
+        match &result {
+            Ok(Claimed::Held {
+                previous: Some(previous),
+            }) => {
+                warn!(key_store = %self.url, cluster = %cluster_id, previous = %previous, "took the key store prefix over from a stale claim")
+            }
+            Ok(Claimed::Held { previous: None }) => {}
+            Ok(Claimed::Refused(err)) => error!(
+                error = %err,
+                "another live cluster writes under this key store prefix: refusing to use it; give this cluster its own --key-store prefix"
+            ),
+            Err(err) => {
+                error!(error = %err, "cannot claim or renew the key store prefix; the store is not used once the claim lapses")
+            }
+        }
+        result
     }
 
     pub fn url(&self) -> &KeyStoreUrl {
@@ -570,6 +964,18 @@ impl KeyStore {
     ) -> Result<(), StoreError> {
         self.check()?;
         let key = self.object_key_of(pair);
+        if pair.sequence > MAX_SEQUENCE {
+            return Err(StoreError {
+                url: self.url.to_string(),
+                operation: "PutObject",
+                key,
+                code: "InvalidSequence".to_owned(),
+                message: format!(
+                    "sequence {} of {} does not fit the ten digits of an object name",
+                    pair.sequence, pair.secret_name
+                ),
+            });
+        }
         let object = StoredKeyPair::of(pair, rotate_now_token);
         let body = self.body(&key, &object)?;
         match self.objects.put_new(&key, body).await {
@@ -597,6 +1003,7 @@ impl KeyStore {
     }
 
     /// Records that `record` was retired or pruned at `at` (once: a marker that exists stays).
+    /// The marker carries the pair's fingerprint, so it marks that pair only.
     pub async fn mark(
         &self,
         record: &KeyPairRecord,
@@ -610,6 +1017,7 @@ impl KeyStore {
             secret_name: record.secret_name.clone(),
             key_pair_id: record.key_pair_id.clone(),
             at,
+            public_key_fingerprint: Some(record.fingerprint()),
         };
         let body = self.body(&key, &marker)?;
         self.objects
@@ -619,19 +1027,24 @@ impl KeyStore {
             .map_err(|err| self.error(&key, err))
     }
 
+    /// The pair object `key` (`None`: gone), checked, with the token it was made for; or why
+    /// it was refused.
     async fn read_pair(
         &self,
         key: &str,
         namespace: &str,
         config: &str,
     ) -> Result<Option<Result<(KeyPairSecret, Option<String>), String>>, StoreError> {
-        let Some(body) = self
+        let Some(fetched) = self
             .objects
-            .get(key)
+            .get(key, MAX_OBJECT_BYTES)
             .await
             .map_err(|err| self.error(key, err))?
         else {
             return Ok(None);
+        };
+        let Some(body) = fetched.body else {
+            return Ok(Some(Err(too_large(MAX_OBJECT_BYTES))));
         };
         Ok(Some(
             serde_json::from_slice::<StoredKeyPair>(&body)
@@ -643,98 +1056,211 @@ impl KeyStore {
         ))
     }
 
-    async fn read_marker(&self, key: &str) -> Result<Option<Timestamp>, StoreError> {
-        let body = self
+    /// The marker `key` of `pair` (`None`: gone), or why it is ignored.
+    async fn read_marker(
+        &self,
+        key: &str,
+        size: u64,
+        pair: &KeyPairSecret,
+    ) -> Result<Option<Result<Marker, String>>, StoreError> {
+        if size > MAX_SMALL_OBJECT_BYTES as u64 {
+            return Ok(Some(Err(too_large(MAX_SMALL_OBJECT_BYTES))));
+        }
+        let fetched = self
             .objects
-            .get(key)
+            .get(key, MAX_SMALL_OBJECT_BYTES)
             .await
             .map_err(|err| self.error(key, err))?;
-        Ok(body
-            .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
-            .map(|m| m.at))
+        Ok(fetched.map(|fetched| match fetched.body {
+            Some(body) => Marker::read(
+                &body,
+                &pair.secret_name,
+                &pair.key_pair_id,
+                &pair.fingerprint(),
+            ),
+            None => Err(too_large(MAX_SMALL_OBJECT_BYTES)),
+        }))
     }
 
     /// Every pair of `namespace/config` in the store, each checked, with its markers applied.
+    /// Only canonical names are read (`ORGANISATION/SEQUENCE.json`, `SEQUENCE` ten digits, the
+    /// organisation percent-encoded as the operator writes it); other names, objects over the
+    /// size limit and markers that do not match their pair are refused entries, not read. A
+    /// listing of more than [`MAX_CONFIG_OBJECTS`] objects is refused whole.
     pub async fn list(&self, namespace: &str, config: &str) -> Result<Listing, StoreError> {
         self.check()?;
         let prefix = self.url.config_prefix(namespace, config);
-        let keys = self
+        let listed = self
             .objects
-            .list(&prefix)
+            .list(&prefix, MAX_CONFIG_OBJECTS)
             .await
             .map_err(|err| self.error(&prefix, err))?;
-        let reads: Vec<_> = keys
+        if listed.more {
+            return Err(StoreError {
+                url: self.url.to_string(),
+                operation: "ListObjectsV2",
+                key: prefix,
+                code: "TooManyObjects".to_owned(),
+                message: format!(
+                    "more than {MAX_CONFIG_OBJECTS} objects under this config's prefix (at most 10,000 key pairs with their markers); none is read: remove the objects that do not belong there"
+                ),
+            });
+        }
+        let sizes: BTreeMap<&str, u64> = listed
+            .objects
             .iter()
-            .filter(|k| k.ends_with(".json") && !is_marker(k))
-            .map(|key| self.read_entry(key, &keys, &prefix, namespace, config))
+            .map(|o| (o.key.as_str(), o.size))
             .collect();
-        let entries: Vec<StoredEntry> = futures::stream::iter(reads)
+        let mut refused = Vec::new();
+        let mut reads = Vec::new();
+        for object in &listed.objects {
+            match name(&object.key, &prefix) {
+                Name::Pair {
+                    organization_id,
+                    sequence,
+                } => reads.push(self.read_entry(
+                    object,
+                    organization_id,
+                    sequence,
+                    &sizes,
+                    namespace,
+                    config,
+                )),
+                // Read with their pair; one without its pair marks nothing.
+                Name::Marker => {}
+                Name::Refused(why) => refused.push(StoredEntry {
+                    key: object.key.clone(),
+                    organization_id: None,
+                    sequence: None,
+                    pair: Err(why),
+                    pruned: false,
+                    rotate_now_token: None,
+                }),
+            }
+        }
+        let read: Vec<Vec<StoredEntry>> = futures::stream::iter(reads)
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
+        let mut entries: Vec<StoredEntry> = read.into_iter().flatten().collect();
+        entries.extend(refused);
         Ok(Listing { entries })
     }
 
+    /// The entry of the pair object `object`, and an entry for each of its markers that is
+    /// ignored.
     async fn read_entry(
         &self,
-        key: &str,
-        keys: &[String],
-        prefix: &str,
+        object: &ListedObject,
+        organization_id: String,
+        sequence: u64,
+        sizes: &BTreeMap<&str, u64>,
         namespace: &str,
         config: &str,
-    ) -> Result<StoredEntry, StoreError> {
-        let (organization_id, sequence) = location(key, prefix);
-        let read = self
-            .read_pair(key, namespace, config)
-            .await?
-            .unwrap_or_else(|| Err("the object disappeared while it was listed".to_owned()));
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let key = object.key.as_str();
+        let read = if object.size > MAX_OBJECT_BYTES as u64 {
+            Err(too_large(MAX_OBJECT_BYTES))
+        } else {
+            self.read_pair(key, namespace, config)
+                .await?
+                .unwrap_or_else(|| Err("the object disappeared while it was listed".to_owned()))
+        };
         let (mut pair, rotate_now_token) = match read {
             Ok((pair, token)) => (Ok(pair), token),
             Err(why) => (Err(why), None),
         };
         if let Ok(found) = &pair {
-            if organization_id.as_deref() != Some(found.organization_id.as_str())
-                || sequence != Some(found.sequence)
-            {
+            if found.organization_id != organization_id || found.sequence != sequence {
                 pair = Err(format!(
-                    "it is stored under the name of another key pair (organisation {:?}, sequence {:?})",
-                    organization_id, sequence
+                    "it holds sequence {} of organisation {:?}, but is stored under the name of sequence {sequence} of organisation {organization_id:?}",
+                    found.sequence, found.organization_id
                 ));
             }
         }
-        let retired_key = KeyStoreUrl::marker_key(key, MarkKind::Retired);
+        let mut entries = Vec::new();
+        let mut pruned = false;
         if let Ok(found) = &mut pair {
-            if keys.contains(&retired_key) {
-                let at = self.read_marker(&retired_key).await?;
-                found.state = KeyPairState::Retired;
-                found.retired_at = at.or(Some(found.created_at));
+            for kind in [MarkKind::Retired, MarkKind::Pruned] {
+                let marker_key = KeyStoreUrl::marker_key(key, kind);
+                let Some(&size) = sizes.get(marker_key.as_str()) else {
+                    continue;
+                };
+                match self.read_marker(&marker_key, size, found).await? {
+                    None => {}
+                    Some(Ok(marker)) => match kind {
+                        MarkKind::Retired => {
+                            found.state = KeyPairState::Retired;
+                            found.retired_at = Some(marker.at);
+                        }
+                        MarkKind::Pruned => pruned = true,
+                    },
+                    Some(Err(why)) => entries.push(StoredEntry {
+                        key: marker_key,
+                        organization_id: None,
+                        sequence: None,
+                        pair: Err(format!("{} marker ignored: {why}", kind.as_str())),
+                        pruned: false,
+                        rotate_now_token: None,
+                    }),
+                }
             }
         }
-        Ok(StoredEntry {
-            key: key.to_owned(),
-            organization_id,
-            sequence,
-            pair,
-            pruned: keys.contains(&KeyStoreUrl::marker_key(key, MarkKind::Pruned)),
-            rotate_now_token,
-        })
+        entries.insert(
+            0,
+            StoredEntry {
+                key: key.to_owned(),
+                organization_id: Some(organization_id),
+                sequence: Some(sequence),
+                pair,
+                pruned,
+                rotate_now_token,
+            },
+        );
+        Ok(entries)
     }
 }
 
-fn is_marker(key: &str) -> bool {
-    [MarkKind::Retired, MarkKind::Pruned]
-        .iter()
-        .any(|m| key.ends_with(&format!(".{}.json", m.as_str())))
+fn too_large(limit: usize) -> String {
+    format!("it is larger than the {} KiB limit; not read", limit / 1024)
 }
 
-/// The organisation and sequence an object's name gives.
-fn location(key: &str, prefix: &str) -> (Option<String>, Option<u64>) {
-    let rest = key.strip_prefix(prefix).unwrap_or(key);
-    let Some((org, file)) = rest.split_once('/') else {
-        return (None, None);
+/// What `key` is under a config's `prefix`: a pair object, a marker, or neither (why).
+fn name(key: &str, prefix: &str) -> Name {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return Name::Refused("it is outside the config's prefix".to_owned());
     };
-    let sequence = file.strip_suffix(".json").and_then(|s| s.parse().ok());
-    (unescape(org), sequence)
+    let Some((segment, file)) = rest.split_once('/').filter(|(_, f)| !f.contains('/')) else {
+        return Name::Refused(format!(
+            "{rest:?} is not ORGANISATION/SEQUENCE.json; not read"
+        ));
+    };
+    let Some(organization_id) =
+        unescape(segment).filter(|org| !org.is_empty() && escape(org) == segment)
+    else {
+        return Name::Refused(format!(
+            "the organisation {segment:?} is not percent-encoded as the operator writes it; not read"
+        ));
+    };
+    let (digits, marker) = if let Some(stem) = file.strip_suffix(".retired.json") {
+        (stem, true)
+    } else if let Some(stem) = file.strip_suffix(".pruned.json") {
+        (stem, true)
+    } else {
+        (file.strip_suffix(".json").unwrap_or(file), false)
+    };
+    let canonical =
+        file.ends_with(".json") && digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit());
+    match digits.parse::<u64>() {
+        Ok(sequence) if canonical && !marker => Name::Pair {
+            organization_id,
+            sequence,
+        },
+        Ok(_) if canonical => Name::Marker,
+        _ => Name::Refused(format!(
+            "{file:?} is not a canonical name: the sequence is exactly ten digits, e.g. 0000000001.json; not read"
+        )),
+    }
 }
 
 fn unescape(segment: &str) -> Option<String> {
@@ -809,12 +1335,58 @@ mod tests {
         );
         let prefix = url.config_prefix("telephony", "recordings");
         assert_eq!(
-            location(&key, &prefix),
-            (Some("org/1 ä".to_owned()), Some(7))
+            name(&key, &prefix),
+            Name::Pair {
+                organization_id: "org/1 ä".to_owned(),
+                sequence: 7
+            }
         );
-        let marker = KeyStoreUrl::marker_key(&key, MarkKind::Retired);
-        assert!(is_marker(&marker) && !is_marker(&key), "{marker}");
+        for kind in [MarkKind::Retired, MarkKind::Pruned] {
+            let marker = KeyStoreUrl::marker_key(&key, kind);
+            assert_eq!(name(&marker, &prefix), Name::Marker, "{marker}");
+        }
         assert_eq!(escape(".."), "%2E%2E");
+        let max = url.object_key("telephony", "recordings", "o", MAX_SEQUENCE);
+        assert!(matches!(
+            name(&max, &prefix),
+            Name::Pair {
+                sequence: MAX_SEQUENCE,
+                ..
+            }
+        ));
+    }
+
+    /// Only the names the operator writes are read: ten digits, the organisation encoded as
+    /// `escape` encodes it, one segment below it.
+    #[test]
+    fn names_that_are_not_canonical_are_refused() {
+        let prefix = "prod/key-pairs/telephony/recordings/";
+        for bad in [
+            "org-1/1.json",
+            "org-1/01.json",
+            "org-1/000000001.json",
+            "org-1/00000000001.json",
+            "org-1/+000000001.json",
+            "org-1/000000000a.json",
+            "org-1/0000000001.JSON",
+            "org-1/0000000001",
+            "org-1/1.retired.json",
+            "org-1/0000000001.other.json",
+            "org-1/x/0000000001.json",
+            "org%2D1/0000000001.json",
+            "org%2f1/0000000001.json",
+            "org%zz/0000000001.json",
+            "/0000000001.json",
+            "0000000001.json",
+            "org-1/",
+        ] {
+            let key = format!("{prefix}{bad}");
+            assert!(
+                matches!(name(&key, prefix), Name::Refused(ref why) if why.contains("not")),
+                "{bad}: {:?}",
+                name(&key, prefix)
+            );
+        }
     }
 
     #[test]
@@ -939,52 +1511,399 @@ mod tests {
         );
     }
 
+    fn store_of(objects: &memory::MemoryObjects) -> KeyStore {
+        KeyStore::new(
+            url("s3://acme-keys/prod").unwrap(),
+            Arc::new(objects.clone()),
+        )
+    }
+
+    /// Names that are not canonical, objects over the size limit and listings over the count
+    /// limit are refused without being read.
+    #[tokio::test]
+    async fn store_input_is_canonical_and_bounded() {
+        let objects = memory::MemoryObjects::new();
+        let store = store_of(&objects);
+        let good = pair("org-1", 1);
+        store.put(&good, None).await.unwrap();
+        let key = store.object_key_of(&good);
+        let body = objects.objects()[&key].clone();
+        let prefix = store.url.config_prefix("telephony", "recordings");
+        for alias in ["org-1/1.json", "org-1/01.json", "org%2D1/0000000001.json"] {
+            objects.overwrite(&format!("{prefix}{alias}"), body.clone());
+        }
+        let big = format!("{prefix}org-2/0000000001.json");
+        objects.overwrite(&big, vec![b' '; MAX_OBJECT_BYTES + 1]);
+        let gets = objects.calls().1;
+        let listing = store.list("telephony", "recordings").await.unwrap();
+        assert_eq!(
+            objects.calls().1 - gets,
+            1,
+            "only the canonical object is read"
+        );
+        assert_eq!(listing.entries.len(), 5);
+        assert!(listing.get(&good.secret_name).unwrap().pair.is_ok());
+        let refused: Vec<(&str, &str)> = listing
+            .entries
+            .iter()
+            .filter_map(|e| Some((e.key.as_str(), e.pair.as_ref().err()?.as_str())))
+            .collect();
+        assert_eq!(refused.len(), 4, "{refused:?}");
+        for (key, why) in &refused {
+            if *key == big {
+                assert!(why.contains("64 KiB limit; not read"), "{why}");
+            } else {
+                assert!(why.contains("not"), "{key}: {why}");
+            }
+        }
+        let taken: Vec<_> = listing
+            .entries
+            .iter()
+            .filter_map(|e| Some((e.organization_id.as_deref()?, e.sequence?)))
+            .collect();
+        assert_eq!(
+            taken,
+            vec![("org-1", 1), ("org-2", 1)],
+            "aliases take nothing"
+        );
+
+        // Replaced after the listing with a larger body: the read stops at the limit.
+        let gets = objects.get(&key, 16).await.unwrap().unwrap();
+        assert_eq!(gets.body, None);
+
+        // Over the count limit: refused whole, nothing read.
+        let many = memory::MemoryObjects::new();
+        let store = store_of(&many);
+        for i in 0..MAX_CONFIG_OBJECTS {
+            many.overwrite(&format!("{prefix}org-1/{i:010}.json"), b"{}".to_vec());
+        }
+        let at_limit = many.list(&prefix, MAX_CONFIG_OBJECTS).await.unwrap();
+        assert_eq!(
+            (at_limit.objects.len(), at_limit.more),
+            (MAX_CONFIG_OBJECTS, false)
+        );
+        many.overwrite(
+            &format!("{prefix}org-1/{MAX_CONFIG_OBJECTS:010}.json"),
+            b"{}".to_vec(),
+        );
+        let gets = many.calls().1;
+        let err = store.list("telephony", "recordings").await.unwrap_err();
+        assert_eq!(err.code, "TooManyObjects");
+        assert!(err.message.contains("none is read"), "{err}");
+        assert_eq!(many.calls().1, gets);
+
+        let huge = pair("org-1", MAX_SEQUENCE + 1);
+        assert_eq!(
+            store_of(&memory::MemoryObjects::new())
+                .put(&huge, None)
+                .await
+                .unwrap_err()
+                .code,
+            "InvalidSequence"
+        );
+    }
+
+    /// An RSA-4096 pair's object (with a KMS blob of a real size) is far below the limit.
+    #[test]
+    fn the_size_limit_is_well_above_a_real_object() {
+        let (public_key_der, private_key) = crate::kms::fake::generate_rsa(KeyPairSpec::Rsa4096);
+        let mut pair = KeyPairSecret {
+            record: test_pair(
+                "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                1,
+                KeyPairSpec::Rsa4096,
+                public_key_der,
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ),
+            // KMS's ciphertext is the plaintext and about 300 bytes of header and tag.
+            private_key_ciphertext: vec![7; private_key.len() + 300],
+        };
+        pair.kms_key_alias_arn = Some(format!(
+            "arn:aws:kms:us-east-1:111122223333:alias/{}",
+            "a".repeat(200)
+        ));
+        let body =
+            serde_json::to_vec_pretty(&StoredKeyPair::of(&pair, Some(&"t".repeat(63)))).unwrap();
+        eprintln!("an RSA-4096 key pair object: {} bytes", body.len());
+        assert!(body.len() * 8 < MAX_OBJECT_BYTES, "{} bytes", body.len());
+    }
+
+    /// Markers carry their pair's fingerprint; one that names another pair is ignored and
+    /// reported, one without a fingerprint (written before it existed) is believed.
+    #[tokio::test]
+    async fn markers_mark_only_their_pair() {
+        let objects = memory::MemoryObjects::new();
+        let store = store_of(&objects);
+        let (first, second, third) = (pair("org-1", 1), pair("org-1", 2), pair("org-1", 3));
+        for p in [&first, &second, &third] {
+            store.put(p, None).await.unwrap();
+        }
+        let at: Timestamp = "2026-02-01T00:00:00Z".parse().unwrap();
+        store.mark(&first, MarkKind::Retired, at).await.unwrap();
+        let written: Marker = serde_json::from_slice(
+            &objects.objects()
+                [&KeyStoreUrl::marker_key(&store.object_key_of(&first), MarkKind::Retired)],
+        )
+        .unwrap();
+        assert_eq!(written.public_key_fingerprint, Some(first.fingerprint()));
+
+        // A marker of an older format (no fingerprint) for the second, and one naming another
+        // key (the first's fingerprint) for the third: retired and pruned.
+        let old = format!(
+            r#"{{"format":"{MARKER_FORMAT}","secretName":"{}","keyPairId":"{}","at":"{at}"}}"#,
+            second.secret_name, second.key_pair_id
+        );
+        objects.overwrite(
+            &KeyStoreUrl::marker_key(&store.object_key_of(&second), MarkKind::Retired),
+            old.into_bytes(),
+        );
+        let forged = Marker {
+            format: MARKER_FORMAT.to_owned(),
+            secret_name: third.secret_name.clone(),
+            key_pair_id: third.key_pair_id.clone(),
+            at,
+            public_key_fingerprint: Some(first.fingerprint()),
+        };
+        let third_key = store.object_key_of(&third);
+        for kind in [MarkKind::Retired, MarkKind::Pruned] {
+            objects.overwrite(
+                &KeyStoreUrl::marker_key(&third_key, kind),
+                serde_json::to_vec(&forged).unwrap(),
+            );
+        }
+        let listing = store.list("telephony", "recordings").await.unwrap();
+        let state = |p: &KeyPairSecret| {
+            let entry = listing.get(&p.secret_name).unwrap();
+            (entry.pair.as_ref().unwrap().state, entry.pruned)
+        };
+        assert_eq!(state(&first), (KeyPairState::Retired, false));
+        assert_eq!(
+            state(&second),
+            (KeyPairState::Retired, false),
+            "old marker believed"
+        );
+        assert_eq!(
+            state(&third),
+            (KeyPairState::Active, false),
+            "forged markers ignored"
+        );
+        let ignored: Vec<&String> = listing
+            .entries
+            .iter()
+            .filter_map(|e| e.pair.as_ref().err())
+            .collect();
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert!(
+            ignored
+                .iter()
+                .all(|why| why.contains("marker ignored") && why.contains(&first.fingerprint())),
+            "{ignored:?}"
+        );
+
+        // A marker that is not one, or too large, is ignored the same way.
+        objects.overwrite(
+            &KeyStoreUrl::marker_key(&third_key, MarkKind::Retired),
+            b"junk".to_vec(),
+        );
+        objects.overwrite(
+            &KeyStoreUrl::marker_key(&third_key, MarkKind::Pruned),
+            vec![b' '; MAX_SMALL_OBJECT_BYTES + 1],
+        );
+        let listing = store.list("telephony", "recordings").await.unwrap();
+        assert_eq!(state_of(&listing, &third), (KeyPairState::Active, false));
+        assert_eq!(
+            listing.entries.iter().filter(|e| e.pair.is_err()).count(),
+            2
+        );
+    }
+
+    fn state_of(listing: &Listing, p: &KeyPairSecret) -> (KeyPairState, bool) {
+        let entry = listing.get(&p.secret_name).unwrap();
+        (entry.pair.as_ref().unwrap().state, entry.pruned)
+    }
+
+    fn ttl() -> jiff::SignedDuration {
+        jiff::SignedDuration::from_mins(15)
+    }
+
     /// One cluster holds a prefix: another's fresh claim refuses every operation, a stale one
-    /// is taken over, and the holder's renewal keeps it.
+    /// (by the store's clock) is taken over, and the holder that lost it stops at once.
     #[tokio::test]
     async fn one_live_cluster_holds_a_prefix() {
-        let objects = Arc::new(memory::MemoryObjects::new());
+        let objects = memory::MemoryObjects::new();
         let url = url("s3://acme-keys/prod").unwrap();
-        let a = KeyStore::unclaimed(url.clone(), objects.clone());
-        let b = KeyStore::unclaimed(url, objects.clone());
-        let ttl = jiff::SignedDuration::from_mins(15);
-        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let a = KeyStore::unclaimed(url.clone(), Arc::new(objects.clone()));
+        let b = KeyStore::unclaimed(url, Arc::new(objects.clone()));
         let err = a.list("ns", "c").await.unwrap_err();
         assert_eq!(err.code, "NotClaimed");
-        assert_eq!(a.claim("uid-a", "pod-a", t0, ttl).await.unwrap(), None);
+        assert_eq!(
+            a.claim("uid-a", "pod-a", ttl()).await.unwrap(),
+            Claimed::Held { previous: None }
+        );
         a.list("ns", "c").await.unwrap();
 
-        let later = t0.checked_add(jiff::SignedDuration::from_mins(5)).unwrap();
-        let other = b
-            .claim("uid-b", "pod-b", later, ttl)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(other.cluster_id, "uid-a");
+        objects.advance_clock(jiff::SignedDuration::from_mins(5));
+        let Claimed::Refused(err) = b.claim("uid-b", "pod-b", ttl()).await.unwrap() else {
+            panic!("b holds it too")
+        };
+        assert_eq!(err.code, CLAIMED);
         let err = b.put(&pair("org-1", 1), None).await.unwrap_err();
         assert_eq!(err.code, CLAIMED);
-        assert!(err.message.contains("another live cluster") && err.message.contains("uid-a"));
-        assert_eq!(
-            a.claim("uid-a", "pod-a2", later, ttl).await.unwrap(),
-            None,
-            "renewed"
-        );
-
-        let stale = later
-            .checked_add(jiff::SignedDuration::from_mins(16))
-            .unwrap();
-        assert_eq!(
-            b.claim("uid-b", "pod-b", stale, ttl).await.unwrap(),
-            None,
-            "taken over"
-        );
-        b.put(&pair("org-1", 1), None).await.unwrap();
         assert!(
-            a.claim("uid-a", "pod-a", stale, ttl)
-                .await
-                .unwrap()
-                .is_some()
+            err.message.contains("another live cluster") && err.message.contains("uid-a"),
+            "{err}"
         );
+        assert!(matches!(
+            a.claim("uid-a", "pod-a", ttl()).await.unwrap(),
+            Claimed::Held { previous: None }
+        ));
+        // Another replica of cluster a (a new leader) renews by the ETag it reads.
+        let a2 = KeyStore::unclaimed(a.url.clone(), Arc::new(objects.clone()));
+        assert!(matches!(
+            a2.claim("uid-a", "pod-a2", ttl()).await.unwrap(),
+            Claimed::Held { previous: None }
+        ));
+
+        // Fresh by the store's clock: a's renewal just now. 14 minutes later, still fresh;
+        // at 15, stale: taken over.
+        objects.advance_clock(jiff::SignedDuration::from_mins(14));
+        assert!(matches!(
+            b.claim("uid-b", "pod-b", ttl()).await.unwrap(),
+            Claimed::Refused(_)
+        ));
+        objects.advance_clock(jiff::SignedDuration::from_mins(1));
+        let Claimed::Held {
+            previous: Some(previous),
+        } = b.claim("uid-b", "pod-b", ttl()).await.unwrap()
+        else {
+            panic!("not taken over")
+        };
+        assert!(previous.contains("uid-a"), "{previous}");
+        b.put(&pair("org-1", 1), None).await.unwrap();
+
+        // a's renewal by its ETag loses: it stops, and says whose the prefix is.
+        let Claimed::Refused(err) = a.claim("uid-a", "pod-a", ttl()).await.unwrap() else {
+            panic!("a renewed over b")
+        };
+        assert!(err.message.contains("uid-b"), "{err}");
         assert_eq!(a.list("ns", "c").await.unwrap_err().code, CLAIMED);
+
+        // An unreadable claim counts as another cluster's until it is stale.
+        let c = KeyStore::unclaimed(a.url.clone(), Arc::new(objects.clone()));
+        objects.overwrite("prod/writer.json", b"junk".to_vec());
+        let Claimed::Refused(err) = c.claim("uid-c", "pod-c", ttl()).await.unwrap() else {
+            panic!("junk taken over while fresh")
+        };
+        assert!(err.message.contains("unreadable"), "{err}");
+        objects.advance_clock(ttl());
+        assert!(matches!(
+            c.claim("uid-c", "pod-c", ttl()).await.unwrap(),
+            Claimed::Held { previous: Some(_) }
+        ));
+    }
+
+    /// Claims started together: exactly one holds the prefix, every time. The memory store
+    /// yields between a read and its answer and before a write, so both claims read "none"
+    /// before either writes, and the second `If-None-Match: *` write loses.
+    #[tokio::test]
+    async fn claims_started_together_give_one_holder() {
+        let objects = memory::MemoryObjects::new();
+        let url = url("s3://acme-keys/prod").unwrap();
+        let a = KeyStore::unclaimed(url.clone(), Arc::new(objects.clone()));
+        let b = KeyStore::unclaimed(url, Arc::new(objects.clone()));
+        let (ra, rb) = tokio::join!(
+            a.claim("uid-a", "pod-a", ttl()),
+            b.claim("uid-b", "pod-b", ttl())
+        );
+        assert_eq!(ra.unwrap(), Claimed::Held { previous: None });
+        let Claimed::Refused(err) = rb.unwrap() else {
+            panic!("both hold the prefix")
+        };
+        assert!(err.message.contains("uid-a"), "{err}");
+        assert_eq!(objects.calls().0, 2, "both wrote, one lost");
+        a.list("ns", "c").await.unwrap();
+        assert_eq!(b.list("ns", "c").await.unwrap_err().code, CLAIMED);
+
+        // Two takers of one stale claim: one wins.
+        objects.advance_clock(ttl());
+        let c = KeyStore::unclaimed(a.url.clone(), Arc::new(objects.clone()));
+        let (rb, rc) = tokio::join!(
+            b.claim("uid-b", "pod-b", ttl()),
+            c.claim("uid-c", "pod-c", ttl())
+        );
+        let held = [rb.unwrap(), rc.unwrap()]
+            .iter()
+            .filter(|r| matches!(r, Claimed::Held { .. }))
+            .count();
+        assert_eq!(held, 1);
+    }
+
+    /// A holder whose renewals fail stops using the store before the TTL runs out, by its own
+    /// monotonic clock; a renewal that succeeds again resumes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_whose_renewals_fail_lapses_before_the_ttl() {
+        let objects = memory::MemoryObjects::new();
+        let a = KeyStore::unclaimed(
+            url("s3://acme-keys/prod").unwrap(),
+            Arc::new(objects.clone()),
+        );
+        let ttl_std = Duration::from_secs(15 * 60);
+        assert_eq!(claim_validity(ttl_std), Duration::from_secs(12 * 60));
+        assert_eq!(
+            claim_validity(Duration::from_secs(6)),
+            Duration::from_secs(4)
+        );
+        assert!(matches!(
+            a.claim("uid-a", "pod-a", ttl()).await.unwrap(),
+            Claimed::Held { .. }
+        ));
+        objects.set_down(true);
+        tokio::time::advance(Duration::from_secs(5 * 60)).await;
+        assert_eq!(
+            a.claim("uid-a", "pod-a", ttl()).await.unwrap_err().code,
+            "ServiceUnavailable"
+        );
+        objects.set_down(false);
+        a.list("ns", "c").await.unwrap();
+        tokio::time::advance(Duration::from_secs(7 * 60 - 1)).await;
+        a.list("ns", "c").await.unwrap();
+        objects.set_down(true);
+        let _ = a.claim("uid-a", "pod-a", ttl()).await;
+        objects.set_down(false);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let err = a.list("ns", "c").await.unwrap_err();
+        assert_eq!(err.code, CLAIM_LAPSED);
+        assert!(
+            err.message.contains("no longer trusted") && err.message.contains("ServiceUnavailable"),
+            "{err}"
+        );
+        assert!(matches!(
+            a.claim("uid-a", "pod-a", ttl()).await.unwrap(),
+            Claimed::Held { .. }
+        ));
+        a.list("ns", "c").await.unwrap();
+    }
+
+    #[test]
+    fn claim_steps() {
+        let ttl = ttl();
+        let mine = Ok(WriterClaim {
+            format: CLAIM_FORMAT.to_owned(),
+            cluster_id: "a".to_owned(),
+            holder: "p".to_owned(),
+            renewed_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        });
+        let junk = WriterClaim::parse(b"{}");
+        assert!(junk.is_err());
+        let young = Some(jiff::SignedDuration::from_mins(14));
+        let old = Some(ttl);
+        assert_eq!(claim_step(None, None, "a", ttl), ClaimStep::Take);
+        assert_eq!(claim_step(Some(&mine), young, "a", ttl), ClaimStep::Renew);
+        assert_eq!(claim_step(Some(&mine), old, "a", ttl), ClaimStep::Renew);
+        assert_eq!(claim_step(Some(&mine), young, "b", ttl), ClaimStep::Refuse);
+        assert_eq!(claim_step(Some(&mine), None, "b", ttl), ClaimStep::Refuse);
+        assert_eq!(claim_step(Some(&mine), old, "b", ttl), ClaimStep::TakeOver);
+        assert_eq!(claim_step(Some(&junk), young, "a", ttl), ClaimStep::Refuse);
+        assert_eq!(claim_step(Some(&junk), old, "a", ttl), ClaimStep::TakeOver);
     }
 }

@@ -288,10 +288,16 @@ async fn run_controller(
 
 /// What every namespace's controller shares.
 /// Claims the key store's prefix for this cluster now and renews the claim every third of
-/// `--key-store-claim-ttl` while the process runs (docs/disaster-recovery.md, "One prefix per
-/// cluster"). Refused or unreachable, the store refuses every operation and each attempt logs
-/// an error; rotations wait, as for any store failure.
+/// `--key-store-claim-ttl` while the process runs (docs/design.md, "The key store"; a lease by
+/// compare-and-swap). Refused, unreachable or lapsed, the store refuses every operation and each
+/// attempt logs an error; rotations wait, as for any store failure.
 async fn hold_the_prefix(client: &Client, args: &RunArgs, store: KeyStore) -> anyhow::Result<()> {
+    let ttl = args.key_store_claim_ttl;
+    if ttl < jiff::SignedDuration::from_secs(MIN_CLAIM_TTL_SECS) {
+        anyhow::bail!(
+            "--key-store-claim-ttl must be at least {MIN_CLAIM_TTL_SECS}s (the store dates objects in whole seconds); got {ttl:#}"
+        );
+    }
     let cluster_id = match &args.key_store_cluster_id {
         Some(id) => id.clone(),
         None => {
@@ -299,7 +305,9 @@ async fn hold_the_prefix(client: &Client, args: &RunArgs, store: KeyStore) -> an
             let kube_system = namespaces.get("kube-system").await.with_context(|| {
                 "cannot read the kube-system namespace's uid (this cluster's id in the key store's writer claim): grant get on namespaces/kube-system, or set --key-store-cluster-id"
             })?;
-            kube_system.uid().unwrap_or_default()
+            kube_system.uid().context(
+                "the kube-system namespace has no uid (this cluster's id in the key store's writer claim): set --key-store-cluster-id",
+            )?
         }
     };
     let holder = args
@@ -307,36 +315,13 @@ async fn hold_the_prefix(client: &Client, args: &RunArgs, store: KeyStore) -> an
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "kekeeper".to_owned());
-    let ttl = args.key_store_claim_ttl;
-    let every = Duration::try_from(ttl / 3).unwrap_or(Duration::from_secs(300));
-    let attempt = move |store: KeyStore, cluster_id: String, holder: String| async move {
-        match store
-            .claim(&cluster_id, &holder, jiff::Timestamp::now(), ttl)
-            .await
-        {
-            Ok(None) => {}
-            Ok(Some(other)) => error!(
-                key_store = %store.url(),
-                other_cluster = %other.cluster_id,
-                other_replica = %other.holder,
-                renewed_at = %other.renewed_at,
-                "another live cluster writes under this key store prefix: refusing to use it; give this cluster its own --key-store prefix"
-            ),
-            Err(err) => {
-                error!(error = %err, "cannot claim the key store prefix; the store is not used until the claim succeeds")
-            }
-        }
-    };
-    attempt(store.clone(), cluster_id.clone(), holder.clone()).await;
-    info!(key_store = %store.url(), cluster = %cluster_id, "key store prefix claimed for this cluster (renewed every {every:?})");
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            attempt(store.clone(), cluster_id.clone(), holder.clone()).await;
-        }
-    });
+    // The first attempt's failure is logged by `hold`; the renewals go on in its task.
+    let _ = store.hold(cluster_id, holder, ttl).await;
     Ok(())
 }
+
+/// The shortest `--key-store-claim-ttl`.
+const MIN_CLAIM_TTL_SECS: i64 = 5;
 
 #[derive(Clone)]
 struct Shared {

@@ -1,12 +1,15 @@
-//! An [`ObjectStore`] in memory, for tests: it can be taken down, and counts its calls.
+//! An [`ObjectStore`] in memory, for tests: it can be taken down, counts its calls, and keeps
+//! what S3 keeps for the writer claim's compare-and-swap (an ETag per write, the time of the
+//! write and a clock of its own that tests move).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use jiff::{SignedDuration, Timestamp};
 
-use super::{ObjectError, ObjectStore, Put};
+use super::{Condition, Fetched, Listed, ListedObject, ObjectError, ObjectStore, Put, Swap};
 
 #[derive(Clone, Debug, Default)]
 pub struct MemoryObjects {
@@ -15,12 +18,22 @@ pub struct MemoryObjects {
 
 #[derive(Debug, Default)]
 struct Inner {
-    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    objects: Mutex<BTreeMap<String, Stored>>,
+    /// The store's clock: the real one, moved by `advance_clock`.
+    skew: Mutex<SignedDuration>,
+    writes: AtomicUsize,
     down: AtomicBool,
     refuse_puts: AtomicBool,
     puts: AtomicUsize,
     gets: AtomicUsize,
     lists: AtomicUsize,
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    body: Vec<u8>,
+    etag: String,
+    written: Timestamp,
 }
 
 impl MemoryObjects {
@@ -33,19 +46,29 @@ impl MemoryObjects {
         self.inner.down.store(down, Ordering::SeqCst);
     }
 
-    /// While set, conditional puts fail with `AccessDenied` (reads still work).
+    /// While set, write-once puts fail with `AccessDenied` (reads and the claim still work).
     pub fn set_refuse_puts(&self, refuse: bool) {
         self.inner.refuse_puts.store(refuse, Ordering::SeqCst);
     }
 
-    /// The objects now (a copy).
-    pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
-        self.lock().clone()
+    /// Moves the store's clock (by which the age of an object is judged) forward.
+    pub fn advance_clock(&self, by: SignedDuration) {
+        let mut skew = self.inner.skew.lock().unwrap_or_else(|p| p.into_inner());
+        *skew = skew.saturating_add(by);
     }
 
-    /// Replaces an object's body (tampering, in tests).
+    /// The objects now (a copy).
+    pub fn objects(&self) -> BTreeMap<String, Vec<u8>> {
+        self.lock()
+            .iter()
+            .map(|(key, stored)| (key.clone(), stored.body.clone()))
+            .collect()
+    }
+
+    /// Replaces an object's body (tampering, in tests): a new ETag, written now.
     pub fn overwrite(&self, key: &str, body: Vec<u8>) {
-        self.lock().insert(key.to_owned(), body);
+        let stored = self.stored(body);
+        self.lock().insert(key.to_owned(), stored);
     }
 
     /// (puts, gets, lists) so far.
@@ -57,7 +80,23 @@ impl MemoryObjects {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+    fn now(&self) -> Timestamp {
+        let skew = *self.inner.skew.lock().unwrap_or_else(|p| p.into_inner());
+        Timestamp::now()
+            .saturating_add(skew)
+            .unwrap_or(Timestamp::MAX)
+    }
+
+    fn stored(&self, body: Vec<u8>) -> Stored {
+        let n = self.inner.writes.fetch_add(1, Ordering::SeqCst);
+        Stored {
+            body,
+            etag: format!("\"etag-{n}\""),
+            written: self.now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Stored>> {
         self.inner.objects.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -89,39 +128,82 @@ impl ObjectStore for MemoryObjects {
                     message: "the test refused the write".to_owned(),
                 });
             }
+            let stored = self.stored(body);
             let mut objects = self.lock();
             if objects.contains_key(key) {
                 return Ok(Put::Exists);
             }
-            objects.insert(key.to_owned(), body);
+            objects.insert(key.to_owned(), stored);
             Ok(Put::Created)
         })
     }
 
-    fn put<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>> {
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        body: Vec<u8>,
+        condition: Condition,
+    ) -> BoxFuture<'a, Result<Swap, ObjectError>> {
         Box::pin(async move {
             self.check("PutObject", &self.inner.puts)?;
-            self.lock().insert(key.to_owned(), body);
-            Ok(())
+            // As a request in flight: another task may write first.
+            tokio::task::yield_now().await;
+            let stored = self.stored(body);
+            let mut objects = self.lock();
+            let holds = match (&condition, objects.get(key)) {
+                (Condition::Absent, current) => current.is_none(),
+                (Condition::Unchanged(etag), Some(current)) => current.etag == *etag,
+                (Condition::Unchanged(_), None) => false,
+            };
+            if !holds {
+                return Ok(Swap::Lost);
+            }
+            let etag = stored.etag.clone();
+            objects.insert(key.to_owned(), stored);
+            Ok(Swap::Written(Some(etag)))
         })
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, ObjectError>> {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Option<Fetched>, ObjectError>> {
         Box::pin(async move {
             self.check("GetObject", &self.inner.gets)?;
-            Ok(self.lock().get(key).cloned())
+            let now = self.now();
+            let fetched = self.lock().get(key).map(|stored| Fetched {
+                body: (stored.body.len() <= max_bytes).then(|| stored.body.clone()),
+                etag: Some(stored.etag.clone()),
+                age: Some(now.duration_since(stored.written)),
+            });
+            // As an answer on its way: another task may write before it arrives.
+            tokio::task::yield_now().await;
+            Ok(fetched)
         })
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, ObjectError>> {
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        max_objects: usize,
+    ) -> BoxFuture<'a, Result<Listed, ObjectError>> {
         Box::pin(async move {
             self.check("ListObjectsV2", &self.inner.lists)?;
-            Ok(self
-                .lock()
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect())
+            let objects = self.lock();
+            let mut matching = objects.iter().filter(|(k, _)| k.starts_with(prefix));
+            let listed = matching
+                .by_ref()
+                .take(max_objects)
+                .map(|(key, stored)| ListedObject {
+                    key: key.clone(),
+                    size: stored.body.len() as u64,
+                })
+                .collect();
+            Ok(Listed {
+                objects: listed,
+                more: matching.next().is_some(),
+            })
         })
     }
 }

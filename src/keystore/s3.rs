@@ -2,15 +2,18 @@
 //! standard AWS SDK chain (IRSA included); `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` point it
 //! elsewhere (LocalStack in the tests).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 use futures::future::BoxFuture;
 
-use super::{ObjectError, ObjectStore, Put};
+use super::{Condition, Fetched, Listed, ListedObject, ObjectError, ObjectStore, Put, Swap};
 
 #[derive(Clone, Debug)]
 pub struct S3Objects {
@@ -119,48 +122,112 @@ impl ObjectStore for S3Objects {
         })
     }
 
-    fn put<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<(), ObjectError>> {
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        body: Vec<u8>,
+        condition: Condition,
+    ) -> BoxFuture<'a, Result<Swap, ObjectError>> {
         Box::pin(async move {
-            self.client
+            let request = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
                 .content_type("application/json")
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|err| error("PutObject", &err))
+                .body(ByteStream::from(body));
+            let request = match condition {
+                Condition::Absent => request.if_none_match("*"),
+                Condition::Unchanged(etag) => request.if_match(etag),
+            };
+            match request.send().await {
+                Ok(output) => Ok(Swap::Written(output.e_tag().map(str::to_owned))),
+                // 412: the condition failed; 409: a concurrent conditional write of the same
+                // name; 404: If-Match on an object that is gone.
+                Err(SdkError::ServiceError(service))
+                    if matches!(service.raw().status().as_u16(), 412 | 409 | 404) =>
+                {
+                    Ok(Swap::Lost)
+                }
+                Err(err) => Err(error("PutObject", &err)),
+            }
         })
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, ObjectError>> {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Option<Fetched>, ObjectError>> {
         Box::pin(async move {
+            let date = ServerDate::default();
             let result = self
                 .client
                 .get_object()
                 .bucket(&self.bucket)
                 .key(key)
+                .customize()
+                .interceptor(date.clone())
                 .send()
                 .await;
-            match result {
-                Ok(output) => {
-                    let body = output.body.collect().await.map_err(|e| ObjectError {
-                        operation: "GetObject",
-                        code: "NetworkError".to_owned(),
-                        message: e.to_string(),
-                    })?;
-                    Ok(Some(body.into_bytes().to_vec()))
+            let output = match result {
+                Ok(output) => output,
+                Err(SdkError::ServiceError(service)) if service.err().is_no_such_key() => {
+                    return Ok(None);
                 }
-                Err(SdkError::ServiceError(service)) if service.err().is_no_such_key() => Ok(None),
-                Err(err) => Err(error("GetObject", &err)),
+                Err(err) => return Err(error("GetObject", &err)),
+            };
+            let age = match (date.get(), output.last_modified()) {
+                (Some(now), Some(written)) => {
+                    let seconds = now.secs().saturating_sub(written.secs());
+                    Some(jiff::SignedDuration::from_secs(seconds))
+                }
+                _ => None,
+            };
+            let etag = output.e_tag().map(str::to_owned);
+            let too_large = |length: usize| length > max_bytes;
+            // Known too large from its length: the connection is dropped unread.
+            if output
+                .content_length()
+                .is_some_and(|length| too_large(usize::try_from(length).unwrap_or(usize::MAX)))
+            {
+                return Ok(Some(Fetched {
+                    body: None,
+                    etag,
+                    age,
+                }));
             }
+            let mut stream = output.body;
+            let mut body = Vec::new();
+            while let Some(chunk) = stream.try_next().await.map_err(|e| ObjectError {
+                operation: "GetObject",
+                code: "NetworkError".to_owned(),
+                message: e.to_string(),
+            })? {
+                if too_large(body.len() + chunk.len()) {
+                    return Ok(Some(Fetched {
+                        body: None,
+                        etag,
+                        age,
+                    }));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(Fetched {
+                body: Some(body),
+                etag,
+                age,
+            }))
         })
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, ObjectError>> {
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        max_objects: usize,
+    ) -> BoxFuture<'a, Result<Listed, ObjectError>> {
         Box::pin(async move {
-            let mut keys = Vec::new();
+            let mut listed = Listed::default();
             let mut pages = self
                 .client
                 .list_objects_v2()
@@ -170,13 +237,50 @@ impl ObjectStore for S3Objects {
                 .send();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|err| error("ListObjectsV2", &err))?;
-                keys.extend(
-                    page.contents()
-                        .iter()
-                        .filter_map(|o| o.key().map(str::to_owned)),
-                );
+                for object in page.contents() {
+                    let Some(key) = object.key() else { continue };
+                    if listed.objects.len() == max_objects {
+                        listed.more = true;
+                        return Ok(listed);
+                    }
+                    listed.objects.push(ListedObject {
+                        key: key.to_owned(),
+                        size: object.size().map_or(0, |s| u64::try_from(s).unwrap_or(0)),
+                    });
+                }
             }
-            Ok(keys)
+            Ok(listed)
         })
+    }
+}
+
+/// Keeps the `Date` header of a response: the store's clock, by which a claim's age is judged.
+#[derive(Clone, Debug, Default)]
+struct ServerDate(Arc<Mutex<Option<DateTime>>>);
+
+impl ServerDate {
+    fn get(&self) -> Option<DateTime> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Intercept for ServerDate {
+    fn name(&self) -> &'static str {
+        "ServerDate"
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let date = context
+            .response()
+            .headers()
+            .get("date")
+            .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = date;
+        Ok(())
     }
 }
