@@ -1006,6 +1006,98 @@ async fn rotate_now_rotates_once_per_token() {
     assert_eq!(h.kms.total_calls(), 0);
 }
 
+/// A rotate-now token that arrives while a KMS backoff runs is tried at once (as
+/// cert-manager's manual renew is), once: its failure starts the next backoff, which then
+/// holds; after it, the rotation is retried and the token honoured.
+#[tokio::test]
+async fn rotate_now_during_a_kms_backoff_is_tried_at_once_and_once() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    // The hourly key check fails: one failure, a 5 s backoff until 12:00:05.
+    h.now = ts("2026-01-15T12:00:00Z");
+    h.kms
+        .fail_next(KmsOperation::DescribeKey, KmsErrorKind::KeyUnavailable);
+    let (result, seen) = h
+        .reconcile(
+            rkc.clone(),
+            Scenario::KmsFailure {
+                existing: secrets.clone(),
+                code: "KeyUnavailableException",
+                rotating: false,
+            },
+        )
+        .await;
+    result.unwrap();
+    let failed = status_of(&seen);
+    assert_eq!(failed.failed_attempts, Some(1));
+    assert_eq!(failed.failed_rotate_now_token, None);
+
+    // Two seconds into the backoff, `kekeeper rotate` sets a token: tried at once, and KMS
+    // throttles the generation.
+    h.now = ts("2026-01-15T12:00:02Z");
+    h.kms.reset_calls();
+    h.kms.fail_next(
+        KmsOperation::GenerateDataKeyPairWithoutPlaintext,
+        KmsErrorKind::Throttling,
+    );
+    let asked = rotate_now(with_status(rkc, failed), "t1");
+    let (result, seen) = h
+        .reconcile(
+            asked.clone(),
+            Scenario::KmsFailure {
+                existing: secrets.clone(),
+                code: "ThrottlingException",
+                rotating: true,
+            },
+        )
+        .await;
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        1,
+        "the token is tried without waiting for the backoff"
+    );
+    // The backoff continues from the new failure: 10 s after the second.
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+    );
+    let tried = status_of(&seen);
+    assert_eq!(tried.failed_attempts, Some(2));
+    assert_eq!(tried.last_failure_time, Some(ts("2026-01-15T12:00:02Z")));
+    assert_eq!(tried.failed_rotate_now_token.as_deref(), Some("t1"));
+    assert_eq!(tried.rotate_now_token, None);
+
+    // Another event during that backoff (the operator's own status write): it waits, with no
+    // KMS call and no request.
+    h.now = ts("2026-01-15T12:00:03Z");
+    h.kms.reset_calls();
+    let asked = with_status(asked, tried);
+    let (result, seen) = h.reconcile(asked.clone(), Scenario::SteadyState).await;
+    assert!(seen.is_empty());
+    assert_eq!(h.kms.total_calls(), 0);
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(9))
+    );
+
+    // The backoff over, the retry rotates and honours the token.
+    h.now = ts("2026-01-15T12:00:12Z");
+    let (result, seen) = h
+        .reconcile(
+            asked,
+            Scenario::Rotate {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    result.unwrap();
+    let done = status_of(&seen);
+    assert_eq!(done.rotate_now_token.as_deref(), Some("t1"));
+    assert_eq!(done.failed_attempts, None);
+    assert_eq!(done.failed_rotate_now_token, None);
+    assert_eq!(done.key_pair_history[0].reason, "RotateNowRequested");
+}
+
 #[tokio::test]
 async fn period_elapsed_rotates() {
     let (mut h, rkc, secrets) = created(&[ORG_A]).await;
