@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod policy;
 pub mod selftest;
 pub mod telemetry;
+pub mod user_agent;
 
 /// The one error type of the library; each concern keeps its own detailed error and is wrapped
 /// here so callers can match on the concern.

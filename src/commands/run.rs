@@ -60,9 +60,11 @@ struct Health {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.map_err(|err| {
+    let config = kube::Config::infer().await.map_err(|err| {
         anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {err}")
     })?;
+    let client = Client::try_from(crate::user_agent::kube_config(config))
+        .map_err(|err| anyhow::anyhow!("Kubernetes client: {err}"))?;
     let metrics = Metrics::default();
     let health = Health {
         ready: Arc::new(AtomicBool::new(false)),
