@@ -207,8 +207,10 @@ impl KeyPairRecord {
 
 impl KeyPairSecret {
     /// The Secret the controller stores. No owner reference: deleting the RecordingKeyConfig
-    /// must not delete key material (docs/design.md#key-custody).
-    pub fn to_secret(&self) -> Secret {
+    /// must not delete key material (docs/design.md#key-custody). A `metadata.json` that
+    /// cannot be serialised is an error, never an empty object (docs/design.md, "Serialisation
+    /// failures are errors").
+    pub fn to_secret(&self) -> Result<Secret, serde_json::Error> {
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_CONFIG.to_owned(), config_label(&self.config_name));
         labels.insert(
@@ -246,8 +248,7 @@ impl KeyPairSecret {
             reason: self.reason.clone(),
             sequence: self.sequence,
         };
-        // Serialising plain strings, numbers and a map cannot fail.
-        let metadata_json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
+        let metadata_json = serde_json::to_vec_pretty(&metadata)?;
 
         let data = BTreeMap::from([
             (
@@ -261,7 +262,7 @@ impl KeyPairSecret {
             (DATA_METADATA.to_owned(), ByteString(metadata_json)),
         ]);
 
-        Secret {
+        Ok(Secret {
             metadata: ObjectMeta {
                 name: Some(self.name()),
                 namespace: (!self.namespace.is_empty()).then(|| self.namespace.clone()),
@@ -272,7 +273,7 @@ impl KeyPairSecret {
             type_: Some(SECRET_TYPE.to_owned()),
             data: Some(data),
             ..Secret::default()
-        }
+        })
     }
 
     /// The inverse of [`Self::to_secret`]; also reads `stringData` for hand-written manifests.
@@ -673,7 +674,7 @@ mod tests {
     #[test]
     fn a_record_round_trips_through_its_secret() {
         let mut record = record();
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         assert_eq!(secret.type_.as_deref(), Some(SECRET_TYPE));
         assert_eq!(
             secret.metadata.name.as_deref(),
@@ -712,7 +713,7 @@ mod tests {
             record.retired_at, first_retirement,
             "retiring twice keeps the first time"
         );
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         assert_eq!(
             secret.metadata.labels.as_ref().unwrap()[LABEL_STATE],
             "retired"
@@ -732,7 +733,7 @@ mod tests {
     /// Secrets made before the alias was recorded on each pair still read, without one.
     #[test]
     fn a_secret_without_the_alias_reads_as_a_pair_with_none() {
-        let mut secret = record().to_secret();
+        let mut secret = record().to_secret().unwrap();
         let data = secret.data.as_mut().unwrap();
         let mut metadata: serde_json::Value =
             serde_json::from_slice(&data[DATA_METADATA].0).unwrap();
@@ -745,7 +746,7 @@ mod tests {
         assert_eq!(read.kms_key_alias_arn, None);
         assert_eq!(read.to_history_entry().kms_key_alias_arn, None);
         // Written back, it still has none (nothing is made up for it).
-        let again = read.to_secret();
+        let again = read.to_secret().unwrap();
         let metadata: serde_json::Value =
             serde_json::from_slice(&again.data.unwrap()[DATA_METADATA].0).unwrap();
         assert!(metadata.get("kmsKeyAliasArn").is_none(), "{metadata}");
@@ -757,7 +758,7 @@ mod tests {
         let mut record = record();
         record.config_name = config.clone();
         record.secret_name = KeyPairRecord::secret_name(&config, &record.organization_id, 3);
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         let label = &secret.metadata.labels.as_ref().unwrap()[LABEL_CONFIG];
         assert!(
             label.starts_with("sha256-") && is_label_value(label),
@@ -774,7 +775,7 @@ mod tests {
         let mut record = record();
         record.organization_id = "Org With Spaces".into();
         record.encryption_context.organization_id = "Org With Spaces".into();
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         let label = &secret.metadata.labels.as_ref().unwrap()[LABEL_ORGANIZATION];
         assert!(
             label.starts_with("sha256-") && is_label_value(label),
@@ -793,7 +794,7 @@ mod tests {
 
     #[test]
     fn from_secret_names_what_is_missing() {
-        let secret = record().to_secret();
+        let secret = record().to_secret().unwrap();
         let mut no_private = secret.clone();
         no_private.data.as_mut().unwrap().remove(DATA_PRIVATE_KEY);
         let mut no_state = secret.clone();

@@ -1224,7 +1224,7 @@ async fn crash_after_secret_write_adopts_the_stored_secret() {
         .reconcile(
             rkc,
             Scenario::AdoptAfterCrash {
-                stored: Box::new(stored.to_secret()),
+                stored: Box::new(stored.to_secret().unwrap()),
             },
         )
         .await;
@@ -1368,7 +1368,7 @@ async fn crash_before_retiring_the_old_pair_retires_it_on_retry() {
     newer.created_at = ts("2026-01-15T10:05:00Z");
     newer.reason = "PeriodElapsed".into();
     let mut existing = secrets.clone();
-    existing.push(newer.to_secret());
+    existing.push(newer.to_secret().unwrap());
     h.cache(&[], &existing);
     h.now = ts("2026-01-15T10:06:00Z");
     let (result, seen) = h
@@ -1482,7 +1482,7 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
     newer.reason = "RotateNowRequested".into();
-    let mut newer_secret = newer.to_secret();
+    let mut newer_secret = newer.to_secret().unwrap();
     newer_secret
         .metadata
         .annotations
@@ -1513,7 +1513,7 @@ const NEW_ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings-202
 fn changed_secret(secret: &Secret, change: impl FnOnce(&mut KeyPairSecret)) -> Secret {
     let mut pair = KeyPairSecret::from_secret(secret).unwrap();
     change(&mut pair);
-    let mut changed = pair.to_secret();
+    let mut changed = pair.to_secret().unwrap();
     changed.metadata.namespace = Some(NS.into());
     changed
 }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::observe::Observation;
 use super::plan::{Plan, Rotation};
 use super::stored::StoreSync;
-use super::{Context, Error, FIELD_MANAGER, Result};
+use super::{Context, Error, FIELD_MANAGER, Result, SerializeError};
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
 use crate::keypair::{
@@ -313,7 +313,10 @@ async fn create_or_adopt(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    let mut secret = record.to_secret();
+    let mut secret = record.to_secret().map_err(|source| SerializeError {
+        what: "the key pair Secret's metadata.json",
+        source,
+    })?;
     if let Some(token) = rotate_now_token {
         secret
             .annotations_mut()
