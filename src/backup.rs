@@ -78,14 +78,17 @@ impl BackupEntry {
 
 /// The Secret of a restored `pair`, as the controller makes it: [`KeyPairSecret::to_secret`],
 /// and the rotate-now token the pair was made for, if any.
-pub fn secret_of(pair: &KeyPairSecret, rotate_now_token: Option<&str>) -> Secret {
-    let mut secret = pair.to_secret();
+pub fn secret_of(
+    pair: &KeyPairSecret,
+    rotate_now_token: Option<&str>,
+) -> Result<Secret, serde_json::Error> {
+    let mut secret = pair.to_secret()?;
     if let Some(token) = rotate_now_token {
         secret
             .annotations_mut()
             .insert(ANNOTATION_ROTATE_NOW_TOKEN.to_owned(), token.to_owned());
     }
-    secret
+    Ok(secret)
 }
 
 impl BackupFile {
@@ -327,12 +330,15 @@ mod tests {
         assert_eq!(first["retiredAt"], "2026-02-01T00:00:00Z");
         assert!(value["keyPairs"][1].get("retiredAt").is_none());
         assert_eq!(value["keyPairs"][1]["rotateNowToken"], "t1");
-        let secret = secret_of(&pairs[1], Some("t1"));
+        let secret = secret_of(&pairs[1], Some("t1")).unwrap();
         assert_eq!(
             secret.annotations().get(ANNOTATION_ROTATE_NOW_TOKEN),
             Some(&"t1".to_owned())
         );
-        assert_eq!(secret_of(&pairs[1], None), pairs[1].to_secret());
+        assert_eq!(
+            secret_of(&pairs[1], None).unwrap(),
+            pairs[1].to_secret().unwrap()
+        );
 
         let (back, checked) = BackupFile::parse(json.as_bytes(), "backup.json").unwrap();
         assert_eq!(back, file);

@@ -264,6 +264,26 @@ pub struct RotateArgs {
     pub kube: KubeArgs,
 }
 
+impl Command {
+    /// The subcommand as the User-Agent names it (`kekeeper/0.2.0 (rotate)`); `None` for the
+    /// operator (`run`), whose User-Agent is `kekeeper/VERSION` alone.
+    pub fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Run(_) => return None,
+            Command::Crd => "crd",
+            Command::Test(_) => "test",
+            Command::Policy(_) => "policy",
+            Command::Status(_) => "status",
+            Command::Rotate(_) => "rotate",
+            Command::Keypair(KeypairCommand::Generate(_)) => "keypair generate",
+            Command::Encrypt(_) => "encrypt",
+            Command::Decrypt(_) => "decrypt",
+            Command::Backup(_) => "backup",
+            Command::Restore(_) => "restore",
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KeypairCommand {
     /// Generate one self-tested key pair and write the Secret manifest the controller would store.

@@ -22,6 +22,7 @@ pub use common::{Manifest, input_text, parse_manifests};
 use crate::cli::{Cli, Command, KeypairCommand};
 
 pub async fn dispatch(cli: Cli) -> ExitCode {
+    crate::user_agent::set_command(cli.command.name());
     match cli.command {
         Command::Run(args) => run::execute(args).await,
         Command::Crd => crd::execute(),

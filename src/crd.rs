@@ -283,6 +283,10 @@ pub struct RecordingKeyConfigStatus {
     /// When the last of the `failedAttempts` happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Timestamp>,
+    /// Bookkeeping: the `kekeeper.io/rotate-now` token the resource carried at the last of the
+    /// `failedAttempts`. A newer token is tried at once, once, even while the backoff runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_rotate_now_token: Option<String>,
     /// Bookkeeping: the highest key pair sequence number ever used per organisation id, so a
     /// Secret name is never used for two key pairs, even after a Secret was deleted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -24,6 +24,9 @@ pub const LABEL_KEY_PAIR_ID: &str = "kekeeper.io/key-pair-id";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The full organisation id (the label may only carry a hash of it).
 pub const ANNOTATION_ORGANIZATION: &str = "kekeeper.io/organization-id";
+/// The RecordingKeyConfig's name, exactly: the `kekeeper.io/config` label carries only a hash
+/// of a name over 63 characters (docs/design.md, "Which config a Secret wakes").
+pub const ANNOTATION_CONFIG: &str = "kekeeper.io/config-name";
 pub const ANNOTATION_RETIRED_AT: &str = "kekeeper.io/retired-at";
 pub const ANNOTATION_FINGERPRINT: &str = "kekeeper.io/public-key-fingerprint";
 /// The `kekeeper.io/rotate-now` token a key pair Secret was generated under, so a retry after
@@ -186,17 +189,7 @@ impl KeyPairRecord {
             "-{}-{sequence:04}",
             &sha256_hex(organization_id.as_bytes())[..10]
         );
-        let config = config.to_ascii_lowercase();
-        let room = 253 - suffix.len();
-        let prefix = if config.len() <= room {
-            config
-        } else {
-            let hash = &sha256_hex(config.as_bytes())[..8];
-            let keep = room - hash.len() - 1;
-            let cut = config[..keep].trim_end_matches(['-', '.']);
-            format!("{cut}-{hash}")
-        };
-        format!("{prefix}{suffix}")
+        name_with_suffix(&config.to_ascii_lowercase(), &suffix)
     }
 
     /// This record's Secret name.
@@ -207,8 +200,10 @@ impl KeyPairRecord {
 
 impl KeyPairSecret {
     /// The Secret the controller stores. No owner reference: deleting the RecordingKeyConfig
-    /// must not delete key material (docs/design.md#key-custody).
-    pub fn to_secret(&self) -> Secret {
+    /// must not delete key material (docs/design.md#key-custody). A `metadata.json` that
+    /// cannot be serialised is an error, never an empty object (docs/design.md, "Serialisation
+    /// failures are errors").
+    pub fn to_secret(&self) -> Result<Secret, serde_json::Error> {
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_CONFIG.to_owned(), config_label(&self.config_name));
         labels.insert(
@@ -223,6 +218,11 @@ impl KeyPairSecret {
         labels.insert(LABEL_MANAGED_BY.to_owned(), "kekeeper".to_owned());
 
         let mut annotations = BTreeMap::new();
+        // Not when all that is known of the name is its hashed label (a pair read from a
+        // Secret made before the annotation, whose config was not found).
+        if !is_hashed_label(&self.config_name) {
+            annotations.insert(ANNOTATION_CONFIG.to_owned(), self.config_name.clone());
+        }
         annotations.insert(
             ANNOTATION_ORGANIZATION.to_owned(),
             self.organization_id.clone(),
@@ -246,8 +246,7 @@ impl KeyPairSecret {
             reason: self.reason.clone(),
             sequence: self.sequence,
         };
-        // Serialising plain strings, numbers and a map cannot fail.
-        let metadata_json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
+        let metadata_json = serde_json::to_vec_pretty(&metadata)?;
 
         let data = BTreeMap::from([
             (
@@ -261,7 +260,7 @@ impl KeyPairSecret {
             (DATA_METADATA.to_owned(), ByteString(metadata_json)),
         ]);
 
-        Secret {
+        Ok(Secret {
             metadata: ObjectMeta {
                 name: Some(self.name()),
                 namespace: (!self.namespace.is_empty()).then(|| self.namespace.clone()),
@@ -272,7 +271,7 @@ impl KeyPairSecret {
             type_: Some(SECRET_TYPE.to_owned()),
             data: Some(data),
             ..Secret::default()
-        }
+        })
     }
 
     /// The inverse of [`Self::to_secret`]; also reads `stringData` for hand-written manifests.
@@ -333,10 +332,16 @@ impl KeyPairSecret {
         }
 
         let labels = secret.metadata.labels.as_ref();
-        let config_name = labels
-            .and_then(|l| l.get(LABEL_CONFIG))
-            .cloned()
-            .ok_or_else(|| fail(format!("label {LABEL_CONFIG} is missing")))?;
+        if labels.and_then(|l| l.get(LABEL_CONFIG)).is_none() {
+            return Err(fail(format!("label {LABEL_CONFIG} is missing")));
+        }
+        let config_name = match config_of(&secret.metadata) {
+            Some(SecretConfig::Named(name)) => name.to_owned(),
+            // Made before the annotation: the label, which the reader replaces with the name
+            // once it knows it.
+            Some(SecretConfig::Hashed(label)) => label.to_owned(),
+            None => return Err(fail(format!("label {LABEL_CONFIG} is missing"))),
+        };
         let state = match labels.and_then(|l| l.get(LABEL_STATE)).map(String::as_str) {
             Some("active") => KeyPairState::Active,
             Some("retired") => KeyPairState::Retired,
@@ -448,10 +453,66 @@ impl KeyPairRecord {
     }
 }
 
+/// `{name}{suffix}` as a DNS-1123 subdomain of at most 253 characters: a name too long to fit
+/// is cut and a hash of the whole name keeps it unique (`{cut}-{8 hex}{suffix}`). The Secret
+/// and ConfigMap names derived from a RecordingKeyConfig's name, which may itself be 253
+/// characters long.
+pub fn name_with_suffix(name: &str, suffix: &str) -> String {
+    let room = 253 - suffix.len();
+    if name.len() <= room {
+        return format!("{name}{suffix}");
+    }
+    let hash = &sha256_hex(name.as_bytes())[..8];
+    let keep = room - hash.len() - 1;
+    let cut = name[..keep].trim_end_matches(['-', '.']);
+    format!("{cut}-{hash}{suffix}")
+}
+
 /// The `kekeeper.io/config` label value of a RecordingKeyConfig's objects (its name, or a hash
 /// of a name too long for a label).
 pub fn config_label(config_name: &str) -> String {
     label_value(config_name)
+}
+
+/// Which RecordingKeyConfig a key pair Secret belongs to, as its metadata says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretConfig<'a> {
+    /// The config's name, exactly.
+    Named(&'a str),
+    /// Only the label of a Secret made before the name annotation, which is a hash of a name
+    /// over 63 characters: the config is the one whose [`config_label`] it is.
+    Hashed(&'a str),
+}
+
+/// The config a key pair Secret belongs to: the `kekeeper.io/config-name` annotation when it
+/// agrees with the `kekeeper.io/config` label (the label is what lists the config's Secrets, so
+/// an annotation edited to name another config is not believed); else the label, a name when
+/// it is not hash-shaped; `None` without the label (docs/design.md, "Which config a Secret
+/// wakes").
+pub fn config_of(metadata: &ObjectMeta) -> Option<SecretConfig<'_>> {
+    let label = metadata.labels.as_ref()?.get(LABEL_CONFIG)?;
+    let named = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CONFIG))
+        .filter(|name| config_label(name) == *label);
+    Some(match named {
+        Some(name) => SecretConfig::Named(name),
+        None if is_hashed_label(label) => SecretConfig::Hashed(label),
+        None => SecretConfig::Named(label),
+    })
+}
+
+/// Whether a label value has the shape [`label_value`] gives a hashed value (`sha256-` and 48
+/// hex characters). A config may be named like that too: the reader then finds it by its
+/// label as well.
+pub fn is_hashed_label(value: &str) -> bool {
+    value.strip_prefix("sha256-").is_some_and(|hex| {
+        hex.len() == 48
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// The label selector of every key pair Secret of a RecordingKeyConfig.
@@ -673,7 +734,7 @@ mod tests {
     #[test]
     fn a_record_round_trips_through_its_secret() {
         let mut record = record();
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         assert_eq!(secret.type_.as_deref(), Some(SECRET_TYPE));
         assert_eq!(
             secret.metadata.name.as_deref(),
@@ -712,7 +773,7 @@ mod tests {
             record.retired_at, first_retirement,
             "retiring twice keeps the first time"
         );
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         assert_eq!(
             secret.metadata.labels.as_ref().unwrap()[LABEL_STATE],
             "retired"
@@ -732,7 +793,7 @@ mod tests {
     /// Secrets made before the alias was recorded on each pair still read, without one.
     #[test]
     fn a_secret_without_the_alias_reads_as_a_pair_with_none() {
-        let mut secret = record().to_secret();
+        let mut secret = record().to_secret().unwrap();
         let data = secret.data.as_mut().unwrap();
         let mut metadata: serde_json::Value =
             serde_json::from_slice(&data[DATA_METADATA].0).unwrap();
@@ -745,10 +806,104 @@ mod tests {
         assert_eq!(read.kms_key_alias_arn, None);
         assert_eq!(read.to_history_entry().kms_key_alias_arn, None);
         // Written back, it still has none (nothing is made up for it).
-        let again = read.to_secret();
+        let again = read.to_secret().unwrap();
         let metadata: serde_json::Value =
             serde_json::from_slice(&again.data.unwrap()[DATA_METADATA].0).unwrap();
         assert!(metadata.get("kmsKeyAliasArn").is_none(), "{metadata}");
+    }
+
+    /// Every Secret names its config exactly (the label of a name over 63 characters is a
+    /// hash); a Secret from before the annotation is read by its label.
+    #[test]
+    fn a_secret_names_its_config_whatever_the_length() {
+        for length in [1, 63, 64, 253] {
+            let config = "c".repeat(length);
+            let mut record = record();
+            record.config_name = config.clone();
+            record.secret_name = KeyPairRecord::secret_name(&config, &record.organization_id, 3);
+            let secret = record.to_secret().unwrap();
+            assert_eq!(
+                secret.metadata.annotations.as_ref().unwrap()[ANNOTATION_CONFIG],
+                config
+            );
+            assert_eq!(
+                config_of(&secret.metadata),
+                Some(SecretConfig::Named(config.as_str()))
+            );
+            assert_eq!(KeyPairSecret::from_secret(&secret).unwrap(), record);
+            assert!(is_dns_subdomain(&record.name()), "{}", record.name());
+
+            let mut older = secret.clone();
+            older
+                .metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .remove(ANNOTATION_CONFIG);
+            let label = config_label(&config);
+            let expected = if length <= 63 {
+                SecretConfig::Named(config.as_str())
+            } else {
+                SecretConfig::Hashed(label.as_str())
+            };
+            assert_eq!(config_of(&older.metadata), Some(expected));
+            assert_eq!(
+                KeyPairSecret::from_secret(&older).unwrap().config_name,
+                if length <= 63 {
+                    config.as_str()
+                } else {
+                    label.as_str()
+                }
+            );
+        }
+    }
+
+    /// An annotation that names a config other than the label's is not believed: the label
+    /// lists the config's Secrets.
+    #[test]
+    fn a_config_annotation_that_disagrees_with_the_label_is_ignored() {
+        let mut secret = record().to_secret().unwrap();
+        secret
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANNOTATION_CONFIG.into(), "other".into());
+        assert_eq!(
+            config_of(&secret.metadata),
+            Some(SecretConfig::Named("recordings"))
+        );
+        secret
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(LABEL_CONFIG);
+        assert_eq!(config_of(&secret.metadata), None);
+        assert!(is_hashed_label(&config_label(&"x".repeat(64))));
+        assert!(!is_hashed_label("recordings"));
+        assert!(!is_hashed_label(&format!("sha256-{}", "A".repeat(48))));
+    }
+
+    #[test]
+    fn names_with_a_suffix_fit_in_253_characters() {
+        assert_eq!(name_with_suffix("a", "-public-keys"), "a-public-keys");
+        let fits = "f".repeat(241);
+        assert_eq!(
+            name_with_suffix(&fits, "-public-keys"),
+            format!("{fits}-public-keys")
+        );
+        for name in [
+            "g".repeat(242),
+            "h".repeat(253),
+            format!("{}.{}", "a".repeat(200), "b".repeat(52)),
+            format!("{}-.{}", "a".repeat(230), "b".repeat(21)),
+        ] {
+            let long = name_with_suffix(&name, "-public-keys");
+            assert!(is_dns_subdomain(&long), "{long}");
+            assert!(long.ends_with("-public-keys"), "{long}");
+            assert_ne!(long, name_with_suffix(&format!("{name}x"), "-public-keys"));
+        }
     }
 
     #[test]
@@ -757,7 +912,7 @@ mod tests {
         let mut record = record();
         record.config_name = config.clone();
         record.secret_name = KeyPairRecord::secret_name(&config, &record.organization_id, 3);
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         let label = &secret.metadata.labels.as_ref().unwrap()[LABEL_CONFIG];
         assert!(
             label.starts_with("sha256-") && is_label_value(label),
@@ -774,7 +929,7 @@ mod tests {
         let mut record = record();
         record.organization_id = "Org With Spaces".into();
         record.encryption_context.organization_id = "Org With Spaces".into();
-        let secret = record.to_secret();
+        let secret = record.to_secret().unwrap();
         let label = &secret.metadata.labels.as_ref().unwrap()[LABEL_ORGANIZATION];
         assert!(
             label.starts_with("sha256-") && is_label_value(label),
@@ -793,7 +948,7 @@ mod tests {
 
     #[test]
     fn from_secret_names_what_is_missing() {
-        let secret = record().to_secret();
+        let secret = record().to_secret().unwrap();
         let mut no_private = secret.clone();
         no_private.data.as_mut().unwrap().remove(DATA_PRIVATE_KEY);
         let mut no_state = secret.clone();

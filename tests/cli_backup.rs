@@ -99,7 +99,7 @@ async fn create(cluster: &Cluster, pair: &KeyPairSecret) {
 
 /// The Secret of `pair` as the controller stores it, made for the rotate-now token `token`.
 async fn create_for(cluster: &Cluster, pair: &KeyPairSecret, token: Option<&str>) {
-    let secret = serde_json::to_string(&kekeeper::backup::secret_of(pair, token)).unwrap();
+    let secret = serde_json::to_string(&kekeeper::backup::secret_of(pair, token).unwrap()).unwrap();
     let output = cluster
         .kubectl_in(&["create", "-f", "-"], Some(&secret))
         .await;

@@ -1021,6 +1021,98 @@ async fn rotate_now_rotates_once_per_token() {
     assert_eq!(h.kms.total_calls(), 0);
 }
 
+/// A rotate-now token that arrives while a KMS backoff runs is tried at once (as
+/// cert-manager's manual renew is), once: its failure starts the next backoff, which then
+/// holds; after it, the rotation is retried and the token honoured.
+#[tokio::test]
+async fn rotate_now_during_a_kms_backoff_is_tried_at_once_and_once() {
+    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    // The hourly key check fails: one failure, a 5 s backoff until 12:00:05.
+    h.now = ts("2026-01-15T12:00:00Z");
+    h.kms
+        .fail_next(KmsOperation::DescribeKey, KmsErrorKind::KeyUnavailable);
+    let (result, seen) = h
+        .reconcile(
+            rkc.clone(),
+            Scenario::KmsFailure {
+                existing: secrets.clone(),
+                code: "KeyUnavailableException",
+                rotating: false,
+            },
+        )
+        .await;
+    result.unwrap();
+    let failed = status_of(&seen);
+    assert_eq!(failed.failed_attempts, Some(1));
+    assert_eq!(failed.failed_rotate_now_token, None);
+
+    // Two seconds into the backoff, `kekeeper rotate` sets a token: tried at once, and KMS
+    // throttles the generation.
+    h.now = ts("2026-01-15T12:00:02Z");
+    h.kms.reset_calls();
+    h.kms.fail_next(
+        KmsOperation::GenerateDataKeyPairWithoutPlaintext,
+        KmsErrorKind::Throttling,
+    );
+    let asked = rotate_now(with_status(rkc, failed), "t1");
+    let (result, seen) = h
+        .reconcile(
+            asked.clone(),
+            Scenario::KmsFailure {
+                existing: secrets.clone(),
+                code: "ThrottlingException",
+                rotating: true,
+            },
+        )
+        .await;
+    assert_eq!(
+        h.kms
+            .calls(KmsOperation::GenerateDataKeyPairWithoutPlaintext),
+        1,
+        "the token is tried without waiting for the backoff"
+    );
+    // The backoff continues from the new failure: 10 s after the second.
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+    );
+    let tried = status_of(&seen);
+    assert_eq!(tried.failed_attempts, Some(2));
+    assert_eq!(tried.last_failure_time, Some(ts("2026-01-15T12:00:02Z")));
+    assert_eq!(tried.failed_rotate_now_token.as_deref(), Some("t1"));
+    assert_eq!(tried.rotate_now_token, None);
+
+    // Another event during that backoff (the operator's own status write): it waits, with no
+    // KMS call and no request.
+    h.now = ts("2026-01-15T12:00:03Z");
+    h.kms.reset_calls();
+    let asked = with_status(asked, tried);
+    let (result, seen) = h.reconcile(asked.clone(), Scenario::SteadyState).await;
+    assert!(seen.is_empty());
+    assert_eq!(h.kms.total_calls(), 0);
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(9))
+    );
+
+    // The backoff over, the retry rotates and honours the token.
+    h.now = ts("2026-01-15T12:00:12Z");
+    let (result, seen) = h
+        .reconcile(
+            asked,
+            Scenario::Rotate {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    result.unwrap();
+    let done = status_of(&seen);
+    assert_eq!(done.rotate_now_token.as_deref(), Some("t1"));
+    assert_eq!(done.failed_attempts, None);
+    assert_eq!(done.failed_rotate_now_token, None);
+    assert_eq!(done.key_pair_history[0].reason, "RotateNowRequested");
+}
+
 #[tokio::test]
 async fn period_elapsed_rotates() {
     let (mut h, rkc, secrets) = created(&[ORG_A]).await;
@@ -1147,7 +1239,7 @@ async fn crash_after_secret_write_adopts_the_stored_secret() {
         .reconcile(
             rkc,
             Scenario::AdoptAfterCrash {
-                stored: Box::new(stored.to_secret()),
+                stored: Box::new(stored.to_secret().unwrap()),
             },
         )
         .await;
@@ -1291,7 +1383,7 @@ async fn crash_before_retiring_the_old_pair_retires_it_on_retry() {
     newer.created_at = ts("2026-01-15T10:05:00Z");
     newer.reason = "PeriodElapsed".into();
     let mut existing = secrets.clone();
-    existing.push(newer.to_secret());
+    existing.push(newer.to_secret().unwrap());
     h.cache(&[], &existing);
     h.now = ts("2026-01-15T10:06:00Z");
     let (result, seen) = h
@@ -1405,7 +1497,7 @@ async fn rotate_now_is_not_repeated_after_a_crash_before_the_status_write() {
     newer.secret_name = KeyPairRecord::secret_name(&newer.config_name, &newer.organization_id, 2);
     newer.key_pair_id = kekeeper::keypair::new_key_pair_id();
     newer.reason = "RotateNowRequested".into();
-    let mut newer_secret = newer.to_secret();
+    let mut newer_secret = newer.to_secret().unwrap();
     newer_secret
         .metadata
         .annotations
@@ -1441,7 +1533,7 @@ const NEW_ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings-202
 fn changed_secret(secret: &Secret, change: impl FnOnce(&mut KeyPairSecret)) -> Secret {
     let mut pair = KeyPairSecret::from_secret(secret).unwrap();
     change(&mut pair);
-    let mut changed = pair.to_secret();
+    let mut changed = pair.to_secret().unwrap();
     changed.metadata.namespace = Some(NS.into());
     changed
 }

@@ -119,7 +119,7 @@ async fn config_map_pem(cluster: &Cluster, name: &str) -> String {
             "",
             "configmaps",
             &cluster.ns(),
-            &format!("{name}-public-keys"),
+            &kekeeper::controller::public_keys_config_map_name(name),
         )
         .await
         .expect("the public-keys ConfigMap");
@@ -157,6 +157,225 @@ async fn hand_edits_of_key_material_are_caught() {
     );
     assert!(metrics.contains("kekeeper_key_pairs_missing{"), "{metrics}");
     operator.kill();
+}
+
+/// Every event on a key pair Secret wakes its resource at once, whatever the length of its name
+/// (issue 29; the label of a name over 63 characters is only a hash). Names of 1, 63, 64 and 253
+/// characters: a deleted retired Secret is reported, a deleted active Secret is replaced and
+/// reported, an edited public key is caught. The operator runs with its default intervals
+/// (custody check daily, KMS key check hourly), so only the Secret's own event can bring the
+/// reconcile within the bound. The retired Secrets lose their `kekeeper.io/config-name`
+/// annotation first, as Secrets made by an older kekeeper lack it. The timings are printed
+/// (`--nocapture`). The same run checks the User-Agent of the operator's API and KMS requests
+/// and of a CLI command's (`kekeeper/VERSION`, `kekeeper/VERSION (status)`), from kube-sim's
+/// request log or the real API server's audit log, and from a proxy in front of the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
+async fn secret_events_wake_their_config_whatever_the_name_length() {
+    let endpoint = kms_endpoint();
+    let key = create_key(&endpoint, common::REGION, false).await;
+    let alias = key.alias.to_string();
+    let kms = common::proxy::FaultProxy::start(&endpoint).await;
+    let (cluster, kubeconfig, operator_user) = Cluster::with_operator_identity().await;
+    let args = ["--kms-keypair-rate=5".to_owned()];
+    let mut operator = cluster.start_operator("operator", &kubeconfig, &kms.endpoint(), &args, &[]);
+    operator.wait_ready().await;
+
+    let names = [
+        "z".to_owned(),
+        format!("len63-{}", "x".repeat(57)),
+        format!("len64-{}", "x".repeat(58)),
+        format!("len253-{}", "x".repeat(246)),
+    ];
+    for name in &names {
+        cluster.apply_ok(&rkc_manifest(name, &alias, &[ORG])).await;
+    }
+    for name in &names {
+        ready_resource(&cluster, name, &alias).await;
+        cluster
+            .kubectl_ok(&["annotate", "rkc", name, "kekeeper.io/rotate-now=t1"])
+            .await;
+    }
+    for name in &names {
+        wait_for(
+            &cluster,
+            name,
+            "rotated: one active, one retired pair",
+            |o| {
+                o["status"]["rotateNowToken"] == "t1"
+                    && condition(o, "Ready").as_deref() == Some("True")
+            },
+        )
+        .await;
+        eventually("one active and one retired Secret", WAIT, || async {
+            (count_states(&secrets(&cluster, name).await) == (1, 1)).then_some(())
+        })
+        .await;
+    }
+
+    let mut timings = Vec::new();
+    for name in &names {
+        timings.push((name.len(), wake_on_secret_events(&cluster, name).await));
+    }
+    eprintln!(
+        "seconds from the Secret event to status ({} server):",
+        if cluster.is_real() {
+            "real"
+        } else {
+            "kube-sim"
+        }
+    );
+    for (length, [retired, active, changed]) in &timings {
+        eprintln!(
+            "  name of {length:3} characters: retired deleted → reported {retired:.1} s; active \
+             deleted → replaced and reported {active:.1} s; public key changed → caught {changed:.1} s"
+        );
+    }
+    for (length, seconds) in &timings {
+        assert!(
+            seconds.iter().all(|s| *s < BOUND.as_secs_f64()),
+            "a name of {length} characters took {seconds:?} s (the bound is {BOUND:?}; without \
+             the Secret's event the next reconcile is an hour away)"
+        );
+    }
+
+    requests_carry_the_user_agent(&cluster, &operator_user, &kms, &names[0]).await;
+    operator.kill();
+}
+
+/// How soon status must show what happened to a Secret.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// The three hand edits on `name`'s Secrets; seconds from each to its report.
+async fn wake_on_secret_events(cluster: &Cluster, name: &str) -> [f64; 3] {
+    let all = secrets(cluster, name).await;
+    let of_state = |state: &str| {
+        all.iter()
+            .find(|s| s["metadata"]["labels"]["kekeeper.io/state"] == state)
+            .map(name_of)
+            .unwrap()
+    };
+    let (retired, active) = (of_state("retired"), of_state("active"));
+    for secret in [&retired, &active] {
+        assert!(secret.len() <= 253, "{secret}");
+    }
+    let problem = |o: &Value, secret: &str, reason: &str| {
+        o["status"]["keyPairProblems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["secretName"] == secret && p["reason"] == reason)
+        })
+    };
+
+    // As an older kekeeper made it: no name annotation, only the (maybe hashed) label.
+    cluster
+        .kubectl_ok(&["annotate", "secret", &retired, "kekeeper.io/config-name-"])
+        .await;
+    // From before the command: an upper bound that includes kubectl's own time.
+    let started = std::time::Instant::now();
+    cluster.kubectl_ok(&["delete", "secret", &retired]).await;
+    wait_for(cluster, name, "the deleted retired pair reported", |o| {
+        problem(o, &retired, "KeyPairMissing")
+            && condition(o, "HistoricalKeysAtRisk").as_deref() == Some("True")
+            && condition_field(o, "HistoricalKeysAtRisk", "reason").as_deref()
+                == Some("KeyPairMissing")
+    })
+    .await;
+    let retired_seconds = started.elapsed().as_secs_f64();
+
+    let published = config_map_pem(cluster, name).await;
+    let started = std::time::Instant::now();
+    cluster.kubectl_ok(&["delete", "secret", &active]).await;
+    let replaced = wait_for(
+        cluster,
+        name,
+        "the deleted active pair replaced and reported",
+        |o| {
+            let now_active = o["status"]["activeKeyPairs"][0]["secretName"].as_str();
+            now_active.is_some_and(|s| s != active)
+                && problem(o, &active, "KeyPairMissing")
+                && condition(o, "HistoricalKeysAtRisk").as_deref() == Some("True")
+        },
+    )
+    .await;
+    let active_seconds = started.elapsed().as_secs_f64();
+    let new_active = replaced["status"]["activeKeyPairs"][0]["secretName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(new_active.ends_with("-0003"), "{new_active}");
+    eventually("the lost key leaves the ConfigMap", WAIT, || async {
+        (config_map_pem(cluster, name).await != published).then_some(())
+    })
+    .await;
+
+    let other = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+    let other_der = other.public_key().as_der().unwrap().as_ref().to_vec();
+    let started = std::time::Instant::now();
+    patch_secret_data(
+        cluster,
+        &new_active,
+        "publicKey.pem",
+        keypair::public_key_pem(&other_der).as_bytes(),
+    )
+    .await;
+    wait_for(cluster, name, "the changed public key caught", |o| {
+        condition(o, "KeyPairIntegrity").as_deref() == Some("False")
+            && condition_field(o, "KeyPairIntegrity", "reason").as_deref()
+                == Some("PublicKeyMismatch")
+            && problem(o, &new_active, "PublicKeyMismatch")
+    })
+    .await;
+    let changed_seconds = started.elapsed().as_secs_f64();
+    [retired_seconds, active_seconds, changed_seconds]
+}
+
+/// The operator's API requests say `kekeeper/VERSION`, as its KMS requests do before the SDK's
+/// own product tokens; a CLI command's say `kekeeper/VERSION (status)`.
+async fn requests_carry_the_user_agent(
+    cluster: &Cluster,
+    operator_user: &str,
+    kms: &common::proxy::FaultProxy,
+    name: &str,
+) {
+    let ours = format!("kekeeper/{}", env!("CARGO_PKG_VERSION"));
+    let operator: Vec<_> = cluster
+        .request_log()
+        .into_iter()
+        .filter(|r| r.user == operator_user)
+        .collect();
+    assert!(!operator.is_empty(), "no request by {operator_user}");
+    let others: Vec<_> = operator.iter().filter(|r| r.user_agent != ours).collect();
+    assert!(others.is_empty(), "not {ours}: {others:#?}");
+
+    let kms_agents = kms.user_agents();
+    assert!(!kms_agents.is_empty());
+    for agent in &kms_agents {
+        assert!(
+            agent.starts_with(&format!("{ours} aws-sdk-rust/")),
+            "a KMS request's User-Agent: {agent}"
+        );
+    }
+
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
+        .args(["status", name])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .await
+        .expect("kekeeper status");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let cli = format!("{ours} (status)");
+    eventually("the CLI's requests in the request log", WAIT, || async {
+        cluster
+            .request_log()
+            .iter()
+            .any(|r| r.user == cluster.admin_user() && r.user_agent == cli)
+            .then_some(())
+    })
+    .await;
 }
 
 /// Another key in publicKey.pem: the ConfigMap keeps the verified key, status keeps the

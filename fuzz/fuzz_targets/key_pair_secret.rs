@@ -19,7 +19,7 @@ fn exercise(secret: &Secret) {
     let _ = pair.to_history_entry();
     let _ = pair.key_pair();
     // What the controller writes back must parse again, to the same pair.
-    let again = KeyPairSecret::from_secret(&pair.to_secret());
+    let again = KeyPairSecret::from_secret(&pair.to_secret().expect("a parsed pair serialises"));
     let again = again.expect("a parsed pair's own Secret parses");
     assert_eq!(again.key_pair_id, pair.key_pair_id);
     assert_eq!(again.public_key_der, pair.public_key_der);

@@ -18,7 +18,8 @@ fn round_trip(pair: &KeyPairSecret, token: Option<&str>) {
     assert_eq!(again.private_key_ciphertext, pair.private_key_ciphertext);
     assert_eq!(again.secret_name, pair.secret_name);
     assert_eq!(object.public_key_fingerprint, pair.fingerprint());
-    let secret = KeyPairSecret::from_secret(&pair.to_secret()).expect("its Secret parses");
+    let secret = KeyPairSecret::from_secret(&pair.to_secret().expect("a verified pair serialises"))
+        .expect("its Secret parses");
     assert_eq!(secret.fingerprint(), pair.fingerprint());
 }
 

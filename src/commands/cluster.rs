@@ -37,7 +37,8 @@ pub(super) async fn connect(args: &KubeArgs) -> Result<Cluster, String> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+    let client = Client::try_from(crate::user_agent::kube_config(config))
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
     Ok(Cluster { client, namespace })
 }
 

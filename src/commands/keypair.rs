@@ -46,7 +46,10 @@ async fn generate(args: &KeypairGenerateArgs) -> Result<(), Failure> {
         jiff::Timestamp::now(),
         "Created",
     );
-    let yaml = serde_yaml::to_string(&record.to_secret())
+    let secret = record.to_secret().map_err(|e| {
+        Failure::failed(format!("cannot serialise the Secret's metadata.json: {e}"))
+    })?;
+    let yaml = serde_yaml::to_string(&secret)
         .map_err(|e| Failure::failed(format!("cannot serialise the Secret: {e}")))?;
     output
         .writer()

@@ -277,10 +277,13 @@ async fn create(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    match secrets
-        .create(&params, &secret_of(pair, rotate_now_token))
-        .await
-    {
+    let secret = secret_of(pair, rotate_now_token).map_err(|e| {
+        format!(
+            "cannot serialise the metadata.json of Secret {}: {e}",
+            pair.secret_name
+        )
+    })?;
+    match secrets.create(&params, &secret).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(format!(

@@ -29,7 +29,7 @@ use crate::controller::ratelimit::TokenBucket;
 use crate::controller::report::Events;
 use crate::controller::{self, Context, Settings};
 use crate::crd::RecordingKeyConfig;
-use crate::keypair::{LABEL_CONFIG, LABEL_MANAGED_BY};
+use crate::keypair::{self, LABEL_CONFIG, LABEL_MANAGED_BY, SecretConfig};
 use crate::keystore::KeyStore;
 use crate::keystore::s3::S3Objects;
 use crate::kms::coalesce::CoalescingKms;
@@ -60,9 +60,11 @@ struct Health {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.map_err(|err| {
+    let config = kube::Config::infer().await.map_err(|err| {
         anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {err}")
     })?;
+    let client = Client::try_from(crate::user_agent::kube_config(config))
+        .map_err(|err| anyhow::anyhow!("Kubernetes client: {err}"))?;
     let metrics = Metrics::default();
     let health = Health {
         ready: Arc::new(AtomicBool::new(false)),
@@ -404,12 +406,11 @@ async fn run_scope(
         })
         .applied_objects();
 
+    let configs = rkc_store.clone();
     let controller = Controller::for_stream(rkc_stream, rkc_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
-        .watches_stream(secrets_events.touched_objects(), |secret: Secret| {
-            let config = secret.labels().get(LABEL_CONFIG)?.clone();
-            let namespace = secret.namespace()?;
-            Some(ObjectRef::<CachedConfig>::new(&config).within(&namespace))
+        .watches_stream(secrets_events.touched_objects(), move |secret: Secret| {
+            configs_of_secret(&secret, &configs)
         })
         .owns_stream(config_maps_events.touched_objects());
     let store = controller.store();
@@ -433,6 +434,32 @@ async fn run_scope(
             futures::future::ready(())
         })
         .await;
+}
+
+/// The resources whose reconcile an event on a key pair Secret wakes: the one its metadata
+/// names; for a Secret made before the name annotation whose label is only a hash of a long
+/// name, the cached resources of its namespace with that label (docs/design.md, "Which config
+/// a Secret wakes").
+fn configs_of_secret(
+    secret: &Secret,
+    configs: &reflector::Store<CachedConfig>,
+) -> Vec<ObjectRef<CachedConfig>> {
+    let Some(namespace) = secret.namespace() else {
+        return Vec::new();
+    };
+    match keypair::config_of(&secret.metadata) {
+        Some(SecretConfig::Named(name)) => vec![ObjectRef::new(name).within(&namespace)],
+        Some(SecretConfig::Hashed(label)) => configs
+            .state()
+            .iter()
+            .filter(|config| {
+                config.namespace().as_deref() == Some(namespace.as_str())
+                    && keypair::config_label(&config.name_any()) == label
+            })
+            .map(|config| ObjectRef::from_obj(config.as_ref()))
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 /// A deleted resource's series go with it.
@@ -553,5 +580,57 @@ mod tests {
         assert!(!metrics.is_forgotten(uid));
         forget_deleted(&metrics, &rkc);
         assert!(metrics.is_forgotten(uid));
+    }
+
+    /// An event on a key pair Secret wakes its config, whatever the length of the name: by the
+    /// name annotation; a Secret from before it, by its label, or by the cached config whose
+    /// label it is when the label is a hash.
+    #[test]
+    fn a_secret_wakes_the_config_it_names_whatever_the_length() {
+        let text = include_str!("../../tests/fixtures/status/ready.json");
+        let template: RecordingKeyConfig = serde_json::from_str(text).unwrap();
+        let namespace = template.namespace().unwrap();
+        let (store, mut writer) = reflector::store::<CachedConfig>();
+        let mut compactor = ConfigCompactor::default();
+        let names: Vec<String> = [1, 63, 64, 253].map(|n| "k".repeat(n)).into();
+        for name in &names {
+            let mut rkc = template.clone();
+            rkc.metadata.name = Some(name.clone());
+            writer.apply_watcher_event(&compactor.event(watcher::Event::Apply(rkc)));
+        }
+        // The same long name in another namespace is not woken.
+        let mut elsewhere = template.clone();
+        elsewhere.metadata.name = Some(names[3].clone());
+        elsewhere.metadata.namespace = Some("elsewhere".into());
+        writer.apply_watcher_event(&compactor.event(watcher::Event::Apply(elsewhere)));
+
+        for name in &names {
+            let pair = crate::keypair::KeyPairSecret {
+                record: crate::keypair::KeyPairRecord {
+                    config_name: name.clone(),
+                    namespace: namespace.clone(),
+                    secret_name: crate::keypair::KeyPairRecord::secret_name(name, "org", 1),
+                    ..crate::keypair::test_pair(
+                        "org",
+                        1,
+                        crate::kms::KeyPairSpec::Rsa2048,
+                        vec![1, 2, 3],
+                        "2026-11-30T10:00:00Z".parse().unwrap(),
+                    )
+                },
+                private_key_ciphertext: vec![9; 8],
+            };
+            let expected = vec![ObjectRef::<CachedConfig>::new(name).within(&namespace)];
+            let secret = pair.to_secret().unwrap();
+            assert_eq!(configs_of_secret(&secret, &store), expected, "{name}");
+            let mut older = secret.clone();
+            older
+                .annotations_mut()
+                .remove(crate::keypair::ANNOTATION_CONFIG);
+            assert_eq!(configs_of_secret(&older, &store), expected, "{name}");
+        }
+        let mut unlabelled = Secret::default();
+        unlabelled.metadata.namespace = Some(namespace);
+        assert!(configs_of_secret(&unlabelled, &store).is_empty());
     }
 }

@@ -452,7 +452,7 @@ mod tests {
             private_key_ciphertext: vec![9; 8],
         });
         for pair in &pairs {
-            let mut secret = pair.to_secret();
+            let mut secret = pair.to_secret().unwrap();
             secret
                 .metadata
                 .annotations

@@ -10,7 +10,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::context::{Context, Error, FIELD_MANAGER, Result};
+use super::context::{Context, Error, FIELD_MANAGER, Result, SerializeError};
 use super::observe::Observation;
 use super::plan::{Plan, Rotation};
 use super::stored::StoreSync;
@@ -322,7 +322,10 @@ async fn create_or_adopt(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()
     };
-    let mut secret = record.to_secret();
+    let mut secret = record.to_secret().map_err(|source| SerializeError {
+        what: "the key pair Secret's metadata.json",
+        source,
+    })?;
     if let Some(token) = rotate_now_token {
         secret
             .annotations_mut()

@@ -129,8 +129,15 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
                 || !obs.ring.missing().is_empty()
                 || !store_synced(&status, &url.to_string())
         });
+    // The backoff is for automatic retries: a rotate-now token neither honoured nor tried yet
+    // gets one attempt at once; its failure starts the next backoff (docs/design.md, "Backoff
+    // lives in status").
+    let untried_token = rkc.rotate_now_token().is_some_and(|token| {
+        status.rotate_now_token.as_deref() != Some(token)
+            && status.failed_rotate_now_token.as_deref() != Some(token)
+    });
     plan.step = match backoff {
-        Some(until) if now < until && !new_generation && obs.key.is_none() => {
+        Some(until) if now < until && !new_generation && !untried_token && obs.key.is_none() => {
             Step::WaitBackoff(until)
         }
         // The key check reads only what the cache has (the retained pairs' KMS keys): a list
@@ -526,8 +533,41 @@ mod tests {
             Step::CheckKey
         );
         // A new generation is acted on at once.
-        let changed = observe(resource(2, Some(failing)), records);
+        let changed = observe(resource(2, Some(failing.clone())), records.clone());
         assert_eq!(plan(&changed, ts(NOW), &settings()).step, Step::CheckKey);
+
+        // A rotate-now token that arrives during the backoff is tried at once, once: after its
+        // attempt failed (status records the token with the failure), the backoff holds again,
+        // as it does for a token already honoured.
+        let mut asked = resource(1, Some(failing.clone()));
+        asked
+            .annotations_mut()
+            .insert(ANNOTATION_ROTATE_NOW.into(), "t1".into());
+        let obs = observe(asked.clone(), records.clone());
+        let planned = plan(&obs, ts(NOW), &settings());
+        // Work is due: the fresh list first, then the key check and the rotation.
+        assert_eq!(planned.step, Step::ListRecords);
+        assert_eq!(
+            planned.rotations[0].reason,
+            RotationReason::RotateNowRequested
+        );
+        for status in [
+            RecordingKeyConfigStatus {
+                failed_rotate_now_token: Some("t1".into()),
+                ..failing.clone()
+            },
+            RecordingKeyConfigStatus {
+                rotate_now_token: Some("t1".into()),
+                ..failing
+            },
+        ] {
+            asked.status = Some(status);
+            let obs = observe(asked.clone(), records.clone());
+            assert_eq!(
+                plan(&obs, ts(NOW), &settings()).step,
+                Step::WaitBackoff(ts("2026-01-15T10:00:05Z"))
+            );
+        }
     }
 
     #[test]

@@ -422,8 +422,12 @@ async fn publish_once<K>(
     let namespace = rkc.namespace().unwrap_or_default();
     let event = K8sEvent {
         metadata: ObjectMeta {
-            // As kube's Recorder names events: the object's name and the time.
-            name: Some(format!("{}.{:x}", rkc.name_any(), now.as_nanosecond())),
+            // As kube's Recorder names events: the object's name and the time (cut and hashed
+            // to fit for a name near 253 characters).
+            name: Some(keypair::name_with_suffix(
+                &rkc.name_any(),
+                &format!(".{:x}", now.as_nanosecond()),
+            )),
             namespace: Some(namespace.clone()),
             ..ObjectMeta::default()
         },
@@ -460,9 +464,11 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// The name of the ConfigMap with the active public keys.
+/// The name of the ConfigMap with the active public keys: `<config>-public-keys`, or for a
+/// config name over 241 characters, the name cut and a hash of it, so it stays a valid
+/// name of at most 253 characters (`keypair::name_with_suffix`).
 pub fn public_keys_config_map_name(config: &str) -> String {
-    format!("{config}-public-keys")
+    keypair::name_with_suffix(config, "-public-keys")
 }
 
 /// The key store's events: pairs restored from it (Normal), a listing that failed and objects

@@ -220,9 +220,12 @@ fn kms_bookkeeping(
         let before = input.rkc.status.as_ref().and_then(|s| s.failed_attempts);
         next.failed_attempts = Some(before.unwrap_or(0).saturating_add(1));
         next.last_failure_time = Some(now);
+        // This attempt was the one for this token (docs/design.md, "Backoff lives in status").
+        next.failed_rotate_now_token = input.rkc.rotate_now_token().map(str::to_owned);
     } else if kms_succeeded {
         next.failed_attempts = None;
         next.last_failure_time = None;
+        next.failed_rotate_now_token = None;
     }
 }
 

@@ -14,6 +14,7 @@ use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 use futures::future::BoxFuture;
 
 use super::{Condition, Fetched, Listed, ListedObject, ObjectError, ObjectStore, Put, Swap};
+use crate::user_agent::UserAgentInterceptor;
 
 #[derive(Clone, Debug)]
 pub struct S3Objects {
@@ -41,8 +42,13 @@ impl S3Objects {
         Self::from_conf(config, bucket)
     }
 
-    /// The store of `bucket` through a client of `config` (tests set path style themselves).
+    /// The store of `bucket` through a client of `config` (tests set path style themselves),
+    /// its requests carrying kekeeper's User-Agent.
     pub fn from_conf(config: aws_sdk_s3::Config, bucket: &str) -> Self {
+        let config = config
+            .to_builder()
+            .interceptor(UserAgentInterceptor)
+            .build();
         S3Objects {
             client: Client::from_conf(config),
             bucket: bucket.to_owned(),
@@ -57,10 +63,11 @@ impl S3Objects {
             .operation_attempt_timeout(Duration::from_secs(20))
             .operation_timeout(Duration::from_secs(60))
             .build();
-        aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+        if let Some(app_name) = crate::user_agent::aws_app_name() {
+            loader = loader.app_name(app_name);
+        }
+        loader.load().await
     }
 }
 

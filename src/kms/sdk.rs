@@ -21,6 +21,7 @@ use super::{
     KmsOperation, MultiRegionKey,
 };
 use crate::arn::AliasArn;
+use crate::user_agent::UserAgentInterceptor;
 
 /// KMS through the AWS SDK; one client per region (the region comes from the alias or key
 /// ARN), built lazily from one shared `SdkConfig`. Cloning shares the clients.
@@ -39,11 +40,11 @@ impl SdkKms {
             .operation_attempt_timeout(Duration::from_secs(20))
             .operation_timeout(Duration::from_secs(60))
             .build();
-        let sdk_config = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await;
-        Self::new(sdk_config)
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+        if let Some(app_name) = crate::user_agent::aws_app_name() {
+            loader = loader.app_name(app_name);
+        }
+        Self::new(loader.load().await)
     }
 
     /// From an explicit configuration (tests point it at an emulator or a fault proxy).
@@ -75,6 +76,7 @@ impl SdkKms {
             .or_insert_with(|| {
                 let config = aws_sdk_kms::config::Builder::from(&self.sdk_config)
                     .region(Region::new(region.to_owned()))
+                    .interceptor(UserAgentInterceptor)
                     .build();
                 Client::from_conf(config)
             })

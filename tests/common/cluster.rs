@@ -968,6 +968,7 @@ fn read_audit_log(path: &Path, from: u64) -> Vec<kube_sim::RequestRecord> {
                 user: s(&event["user"]["username"]),
                 code: event["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
                 time: s(&event["stageTimestamp"]),
+                user_agent: s(&event["userAgent"]),
             }
         })
         .collect()

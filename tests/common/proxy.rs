@@ -27,6 +27,8 @@ struct State {
     faults: Mutex<HashMap<String, Fault>>,
     /// Requests seen per operation (`Decrypt`, ...), faulted or forwarded.
     seen: Mutex<HashMap<String, usize>>,
+    /// The `User-Agent` header of every request seen, in order (empty without one).
+    user_agents: Mutex<Vec<String>>,
     /// Operations whose requests are held open without an answer (to provoke timeouts).
     hang: Mutex<Vec<String>>,
     next_request: AtomicU64,
@@ -130,6 +132,11 @@ impl FaultProxy {
             .unwrap_or(0)
     }
 
+    /// The `User-Agent` header of every request seen so far, in order.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.state.user_agents.lock().unwrap().clone()
+    }
+
     /// The request id the proxy gave its `n`-th faulted answer (1-based).
     pub fn request_id(n: u64) -> String {
         format!("kekeeper-fault-proxy-{n:04}")
@@ -188,6 +195,11 @@ async fn handle(mut client: TcpStream, upstream: &str, state: &State) -> std::io
         .unwrap()
         .entry(operation.clone())
         .or_default() += 1;
+    state
+        .user_agents
+        .lock()
+        .unwrap()
+        .push(header("user-agent").unwrap_or_default());
 
     if state.hang.lock().unwrap().contains(&operation) {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;

@@ -82,6 +82,9 @@ pub struct RequestRecord {
     /// HTTP status code of the response.
     pub code: u16,
     pub time: String,
+    /// The request's `User-Agent` header; empty without one.
+    #[serde(default)]
+    pub user_agent: String,
 }
 
 impl RequestRecord {

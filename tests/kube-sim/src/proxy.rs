@@ -147,6 +147,12 @@ impl Drop for FaultProxy {
 async fn handle(shared: &Shared, request: Request<hyper::body::Incoming>) -> Response<Body> {
     let attrs = attributes(request.method().as_str(), request.uri());
     let user = token_user(request.headers()).unwrap_or_default();
+    let user_agent = request
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let injected = {
         let mut faults = shared.faults.lock().unwrap();
         let found = faults.iter().position(|f| f.matches(&attrs, &user));
@@ -178,6 +184,7 @@ async fn handle(shared: &Shared, request: Request<hyper::body::Incoming>) -> Res
         user: user.clone(),
         code,
         time: jiff::Timestamp::now().to_string(),
+        user_agent: user_agent.clone(),
     };
     let response = match injected {
         Some(fault) => {

@@ -363,6 +363,11 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
     let q = parse_query(parts.uri.query());
     let headers = parts.headers.clone();
     let method = parts.method.clone();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let token = bearer(&headers);
     let user = token.as_deref().and_then(|t| {
         if t == sim.admin_token {
@@ -502,6 +507,7 @@ pub(crate) async fn handle(AxState(sim): AxState<Arc<Sim>>, req: Request) -> Res
         user: user.map(|u| u.name).unwrap_or_default(),
         code: response.status().as_u16(),
         time: now(),
+        user_agent,
     };
     sim.log
         .lock()

@@ -478,6 +478,13 @@ fn sim_endpoints_over_http() {
         log.iter()
             .any(|r| r["verb"] == "list" && r["resource"] == "namespaces" && r["code"] == 200)
     );
+    // Each record keeps the client's User-Agent.
+    assert!(
+        log.iter().all(|r| r["userAgent"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("kubectl"))),
+        "{log:?}"
+    );
     sim.ok(&["delete", "--raw", "/_sim/requests"]);
     let fault = sim.write("fault.json", r#"{"error": {"verb": "list", "resource": "configmaps", "code": 500, "message": "boom", "times": 1}}"#);
     sim.ok(&["create", "--raw", "/_sim/faults", "-f", &fault]);
