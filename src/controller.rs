@@ -50,7 +50,7 @@ use crate::policy;
 use cache::{CachedConfig, KeyPairCache, PublicKeysCache};
 use observe::{KeyCheck, Observation};
 use plan::Step;
-use ratelimit::TokenBucket;
+use ratelimit::KmsPace;
 use report::{Events, StatusWriter};
 pub use report::{public_keys_config_map, public_keys_config_map_name};
 
@@ -167,8 +167,8 @@ pub struct Context<K> {
     pub key_pairs: KeyPairCache,
     /// `<config>-public-keys` ConfigMaps, as digests.
     pub public_keys: PublicKeysCache,
-    /// One bucket for key pair generation across all resources.
-    pub key_pair_rate: Arc<TokenBucket>,
+    /// The KMS pace shared by all resources: a bucket per key pair quota and one for Decrypt.
+    pub kms_pace: Arc<KmsPace>,
     pub settings: Settings,
     pub metrics: Metrics,
     /// The key store of `settings.key_store` (docs/design.md, "The key store").
@@ -201,7 +201,7 @@ impl<K> Context<K> {
         events: Events,
         key_pairs: KeyPairCache,
         public_keys: PublicKeysCache,
-        key_pair_rate: Arc<TokenBucket>,
+        kms_pace: Arc<KmsPace>,
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
@@ -212,7 +212,7 @@ impl<K> Context<K> {
             events,
             key_pairs,
             public_keys,
-            key_pair_rate,
+            kms_pace,
             settings,
             metrics,
             key_store: None,
@@ -490,7 +490,7 @@ mod tests {
             Events::new(client, kube::runtime::events::Reporter::from("kekeeper")),
             cache::key_pair_cache(),
             cache::public_keys_cache(),
-            Arc::new(TokenBucket::new(1.0, 1)),
+            Arc::new(KmsPace::uniform(1.0, 4)),
             Settings::default(),
             Metrics::default(),
         )

@@ -162,8 +162,16 @@ impl StatusWriter {
         outcome: Option<&Outcome>,
         now: Timestamp,
     ) -> Result<()> {
+        // While the work runs: how long its queued pairs will take at the KMS pace.
+        let pace = obs.config.as_ref().ok().and_then(|config| {
+            let resource = format!("{}/{}", obs.namespace, obs.name);
+            let spec = config.key_pair_spec;
+            ctx.kms_pace.estimate(&config.alias, spec, &resource)
+        });
         self.write(ctx, |view| {
-            status::desired(&input(view, obs, plan, outcome, false, now))
+            let mut input = input(view, obs, plan, outcome, false, now);
+            input.pace = pace.clone();
+            status::desired(&input)
         })
         .await?;
         Ok(())
@@ -292,6 +300,7 @@ fn input<'a>(
         honoured_token: view
             .honoured_token(plan.token.as_deref().filter(|_| complete))
             .map(str::to_owned),
+        pace: None,
     }
 }
 
