@@ -123,7 +123,7 @@ async fn the_default_pace_stays_within_aws_quotas() {
     assert_eq!(reason, "Rotating", "{message}");
     assert!(
         message.contains("organisations have a key pair")
-            && message.contains("queued in the operator"),
+            && message.contains("queued by running reconciles"),
         "{message}"
     );
 

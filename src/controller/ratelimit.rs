@@ -444,10 +444,10 @@ impl PaceEstimate {
         }
     }
 
-    /// `about 33 min left at 0.45 RSA_3072 pairs/s (740 queued in the operator)`.
+    /// `about 33 min left at 0.45 RSA_3072 pairs/s (900 queued by running reconciles)`.
     pub fn message(&self) -> String {
         format!(
-            "about {} left at {} {} pairs/s ({} queued in the operator)",
+            "about {} left at {} {} pairs/s ({} queued by running reconciles)",
             human_duration(self.left),
             round_rate(self.rate),
             self.spec,
@@ -598,7 +598,7 @@ mod tests {
         assert_eq!(estimate.left.as_secs(), (896.0 / 0.45) as u64);
         assert_eq!(
             estimate.message(),
-            "about 34 min left at 0.45 RSA_3072 pairs/s (900 queued in the operator)"
+            "about 34 min left at 0.45 RSA_3072 pairs/s (900 queued by running reconciles)"
         );
         // Others with fewer pairs than this resource hold it up only for theirs.
         let estimate = PaceEstimate::new(KeyPairSpec::Rsa2048, 0.9, 9, [9, 1, 2]);

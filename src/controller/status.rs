@@ -867,7 +867,7 @@ mod tests {
                 .message
                 .starts_with("0/1 organisations have a key pair")
                 && reconciling.message.ends_with(
-                    "; about 4 s left at 0.45 RSA_3072 pairs/s (6 queued in the operator)"
+                    "; about 4 s left at 0.45 RSA_3072 pairs/s (6 queued by running reconciles)"
                 ),
             "{}",
             reconciling.message
