@@ -3,7 +3,13 @@
 //! memory/resync run, an in-process fast stand-in, labelled as such). Prints one table.
 //!
 //! `cargo bench --bench fleet -- [--resources N] [--steady-secs S] [--day-secs D] [--storm N]
-//! [--big N]`
+//! [--big N] [--quota PAIRS] [--onboard ORGS] [--time-scale F]`
+//!
+//! The KMS quota rows run the operator at its default pace behind a proxy that throttles like
+//! AWS (`tests/common/proxy.rs`): `--quota` RSA_3072 pairs on LocalStack in real time, and the
+//! onboarding of `--onboard` organisations at RSA_3072 on the fast stand-in with every quota
+//! and the pace `--time-scale` times faster (a faster clock), to check the time-to-finish
+//! estimate in status against the real time.
 //! with `KEKEEPER_TEST_KMS_ENDPOINT` (LocalStack) and `KEKEEPER_TEST_KUBECTL` set.
 
 #[path = "../tests/common/mod.rs"]
@@ -13,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Operator};
 use common::fleet::{self, FastKms, api_requests, kms_calls, outcomes, rss_detail, rss_mib, total};
+use common::proxy::FaultProxy;
 
 struct Args {
     resources: usize,
@@ -21,6 +28,9 @@ struct Args {
     storm: usize,
     big: usize,
     in_flight: usize,
+    quota: usize,
+    onboard: usize,
+    time_scale: f64,
 }
 
 fn args() -> Args {
@@ -31,6 +41,9 @@ fn args() -> Args {
         storm: 300,
         big: 10_000,
         in_flight: 4,
+        quota: 24,
+        onboard: 1000,
+        time_scale: 10.0,
     };
     let argv: Vec<String> = std::env::args().collect();
     for pair in argv.windows(2) {
@@ -42,6 +55,9 @@ fn args() -> Args {
             "--storm" => args.storm = value(),
             "--big" => args.big = value(),
             "--in-flight" => args.in_flight = value(),
+            "--quota" => args.quota = value(),
+            "--onboard" => args.onboard = value(),
+            "--time-scale" => args.time_scale = pair[1].parse().expect("a number"),
             _ => {}
         }
     }
@@ -55,6 +71,8 @@ fn row(what: &str, value: String) {
 fn operator_args(rate: u32, in_flight: usize) -> Vec<String> {
     vec![
         format!("--kms-keypair-rate={rate}"),
+        // The self-tests' Decrypts keep up with generation (the default is 100/s).
+        format!("--kms-symmetric-rate={}", rate.max(100)),
         format!("--kms-max-in-flight={in_flight}"),
         "--concurrency=16".to_owned(),
     ]
@@ -66,7 +84,12 @@ async fn main() {
     let endpoint = common::kms_endpoint();
     println!(
         "| {:<58} | {:<40} |",
-        "fleet benchmark (release build)", "result"
+        if cfg!(debug_assertions) {
+            "fleet benchmark (DEBUG build: cargo test --bench)"
+        } else {
+            "fleet benchmark (release build)"
+        },
+        "result"
     );
     println!("|{}|{}|", "-".repeat(60), "-".repeat(42));
     let server = if common::cluster::real_server() {
@@ -89,9 +112,204 @@ async fn main() {
         );
         localstack_fleet(&args, &endpoint, capacity).await;
     }
+    if args.quota > 0 {
+        quota(&endpoint, args.quota).await;
+    }
+    if args.onboard > 0 {
+        onboarding(args.onboard, args.time_scale).await;
+    }
     if args.big > 0 {
         stand_in_fleet(&args).await;
     }
+}
+
+/// The default pace's RSA_3072 quota in its bucket, every pair from one operator.
+const RSA_3072_PACE: f64 = 0.45;
+
+/// RecordingKeyConfigs `{prefix}-{r}` of `per` organisations each, `orgs` in all, at RSA_3072.
+async fn create_orgs(
+    client: &kube::Client,
+    alias: &str,
+    prefix: &str,
+    orgs: usize,
+    per: usize,
+) -> Vec<String> {
+    use kekeeper::crd::RecordingKeyConfig;
+    use kube::api::{Api, PostParams};
+    let api: Api<RecordingKeyConfig> = Api::default_namespaced(client.clone());
+    let mut names = Vec::new();
+    for r in 0..orgs.div_ceil(per) {
+        let ids: Vec<String> = (r * per..((r + 1) * per).min(orgs))
+            .map(|o| format!("3fa85f64-5717-4562-b3fc-{o:012x}"))
+            .collect();
+        let name = format!("{prefix}-{r}");
+        let rkc: RecordingKeyConfig = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kekeeper.io/v1alpha1", "kind": "RecordingKeyConfig",
+            "metadata": {"name": name},
+            "spec": {"kmsKeyAliasArn": alias, "organizationIds": ids, "keyPairSpec": "RSA_3072"},
+        }))
+        .expect("manifest");
+        api.create(&PostParams::default(), &rkc)
+            .await
+            .expect("create");
+        names.push(name);
+    }
+    names
+}
+
+/// `pairs` RSA_3072 pairs (three resources) at the default pace on LocalStack behind a proxy
+/// that throttles like AWS: pairs/s against the pace, and throttled calls.
+async fn quota(endpoint: &str, pairs: usize) {
+    let key = common::create_key(endpoint, common::REGION, false).await;
+    let proxy = FaultProxy::start(endpoint).await;
+    proxy.throttle_key_pairs_like_aws();
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let client = fleet::client(&cluster).await;
+    let mut operator = cluster.start_operator("quota", &kubeconfig, &proxy.endpoint(), &[], &[]);
+    operator.wait_ready().await;
+    let names = create_orgs(
+        &client,
+        key.alias.as_str(),
+        "quota",
+        pairs,
+        pairs.div_ceil(3),
+    )
+    .await;
+    fleet::wait_for(&cluster, names.len(), Duration::from_secs(3600), |o| {
+        fleet::is_ready(o)
+            && o["status"]["activeKeyPairs"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+    })
+    .await
+    .expect("all Ready");
+    let (accepted, span) = proxy.accepted("RSA_3072");
+    let rate = (accepted.saturating_sub(1)) as f64 / span.as_secs_f64();
+    row(
+        &format!("KMS quota, {accepted} RSA_3072 pairs: rate vs pace (goal >= 95 %)"),
+        format!(
+            "{rate:.3}/s of {RSA_3072_PACE}/s = {:.0} % (AWS quota 0.5/s)",
+            100.0 * rate / RSA_3072_PACE
+        ),
+    );
+    row(
+        "KMS quota: throttled calls (goal 0)",
+        proxy.throttled("RSA_3072").to_string(),
+    );
+    operator.kill();
+}
+
+/// "about 1 min 51 s left" → seconds.
+fn estimate_secs(message: &str) -> Option<f64> {
+    let text = message.split("about ").nth(1)?.split(" left at").next()?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut secs = 0.0;
+    for pair in words.chunks(2) {
+        let n: f64 = pair.first()?.parse().ok()?;
+        secs += n * match *pair.get(1)? {
+            "h" => 3600.0,
+            "min" => 60.0,
+            "s" => 1.0,
+            _ => return None,
+        };
+    }
+    Some(secs)
+}
+
+/// `orgs` organisations at RSA_3072 (100 per resource) on the fast stand-in behind a proxy that
+/// throttles like AWS, every quota and the pace `scale` times faster: the time to all Ready,
+/// throttled calls, and each resource's first estimate in status against the time it really
+/// took from then.
+async fn onboarding(orgs: usize, scale: f64) {
+    let kms = FastKms::start().await;
+    let proxy = FaultProxy::start(&kms.endpoint).await;
+    proxy.throttle_key_pairs_like_aws_sped_up(scale);
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let client = fleet::client(&cluster).await;
+    let pace = RSA_3072_PACE * scale;
+    let args = [format!("--kms-keypair-rate=RSA_3072={pace}")];
+    let mut operator =
+        cluster.start_operator("onboard", &kubeconfig, &proxy.endpoint(), &args, &[]);
+    operator.wait_ready().await;
+    let started = Instant::now();
+    let alias = "arn:aws:kms:us-east-1:000000000000:alias/fast-stand-in";
+    let names = create_orgs(&client, alias, "onboard", orgs, 100).await;
+    // Per resource: its first estimate (when seen, seconds) and when it became Ready.
+    let mut first: Vec<Option<(Instant, f64)>> = vec![None; names.len()];
+    let mut ready: Vec<Option<Instant>> = vec![None; names.len()];
+    while ready.iter().any(Option::is_none) {
+        for (i, name) in names.iter().enumerate() {
+            if ready[i].is_some() {
+                continue;
+            }
+            let Some(object) = cluster
+                .object("kekeeper.io", "recordingkeyconfigs", &cluster.ns(), name)
+                .await
+            else {
+                continue;
+            };
+            if fleet::is_ready(&object) {
+                ready[i] = Some(Instant::now());
+                continue;
+            }
+            let message = object["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Reconciling"))
+                .and_then(|c| c["message"].as_str())
+                .unwrap_or_default();
+            if first[i].is_none()
+                && let Some(secs) = estimate_secs(message)
+            {
+                first[i] = Some((Instant::now(), secs));
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "onboarding took over an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = ready
+        .iter()
+        .flatten()
+        .max()
+        .map_or(0.0, |t| t.duration_since(started).as_secs_f64());
+    let errors: Vec<f64> = first
+        .iter()
+        .zip(&ready)
+        .filter_map(|(first, ready)| {
+            let (seen, estimate) = (*first)?;
+            let real = ready.as_ref()?.duration_since(seen).as_secs_f64();
+            Some((estimate - real).abs() / real)
+        })
+        .collect();
+    let worst = errors.iter().copied().fold(0.0, f64::max);
+    row(
+        &format!("onboarding {orgs} orgs, RSA_3072, clock x{scale}: all Ready"),
+        format!(
+            "{took:.1} s = {:.1} min at AWS's real pace ({:.1} min ideal)",
+            took * scale / 60.0,
+            orgs as f64 / RSA_3072_PACE / 60.0
+        ),
+    );
+    let (accepted, span) = proxy.accepted("RSA_3072");
+    let rate = accepted.saturating_sub(1) as f64 / span.as_secs_f64();
+    row(
+        "onboarding: pairs/s vs the pace (goal >= 95 %), throttled (0)",
+        format!(
+            "{rate:.2}/s of {pace:.2}/s = {:.0} %, {} throttled",
+            100.0 * rate / pace,
+            proxy.throttled("RSA_3072")
+        ),
+    );
+    row(
+        &format!(
+            "onboarding: estimate vs real, worst of {} (goal <= 10 %)",
+            errors.len()
+        ),
+        format!("{:.1} % off", 100.0 * worst),
+    );
+    operator.kill();
 }
 
 /// Cold start, steady state, restart and a rotation storm of `args.resources` on LocalStack.

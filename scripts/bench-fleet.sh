@@ -4,7 +4,8 @@
 # 10k memory/resync run uses an in-process KMS stand-in, labelled as such in the table.
 #
 #   scripts/bench-fleet.sh [--real] [--resources 1000] [--steady-secs 60] [--day-secs 48]
-#                          [--storm 300] [--big 10000]
+#                          [--storm 300] [--big 10000] [--quota 24] [--onboard 1000]
+#                          [--time-scale 20]
 #
 # --real runs the LocalStack fleet against the real control plane (scripts/control-plane.sh,
 # started and stopped here) instead of kube-sim.

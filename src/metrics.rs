@@ -44,6 +44,12 @@ pub struct KeyStoreLabels {
     pub outcome: String,
 }
 
+/// A key pair spec (`RSA_3072`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyPairSpecLabels {
+    pub spec: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigLabels {
     pub namespace: String,
@@ -61,6 +67,9 @@ pub struct Metrics {
     pub key_pair_created: Family<KeyPairLabels, Gauge>,
     /// Key store objects by outcome (docs/disaster-recovery.md).
     pub key_store: Family<KeyStoreLabels, Counter>,
+    /// Key pairs the running reconciles still have to generate, per key pair spec (all
+    /// accounts and Regions): the queue at the KMS pace (docs/design.md, "Rate limits").
+    pub kms_key_pairs_queued: Family<KeyPairSpecLabels, Gauge>,
     /// The gauges with one series per resource.
     resources: Arc<ResourceGauges>,
     /// Uids of recently deleted resources, whose series are not recorded again.
@@ -125,6 +134,7 @@ impl Default for Metrics {
         let kms_calls = Family::<KmsCallLabels, Counter>::default();
         let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
         let key_store = Family::<KeyStoreLabels, Counter>::default();
+        let kms_key_pairs_queued = Family::<KeyPairSpecLabels, Gauge>::default();
         let resources = Arc::new(ResourceGauges::default());
         registry.register_collector(Box::new(resources.clone()));
         registry.register(
@@ -152,6 +162,11 @@ impl Default for Metrics {
             "Key store objects by outcome: written, write_failed, restored, refused, list_failed",
             key_store.clone(),
         );
+        registry.register(
+            "kms_key_pairs_queued",
+            "Key pairs the running reconciles still have to generate, by key pair spec",
+            kms_key_pairs_queued.clone(),
+        );
         Metrics {
             resources,
             forgotten: Arc::default(),
@@ -161,6 +176,7 @@ impl Default for Metrics {
             kms_calls,
             key_pair_created,
             key_store,
+            kms_key_pairs_queued,
         }
     }
 }

@@ -3,6 +3,8 @@
 use clap::Parser;
 use jiff::SignedDuration;
 use kekeeper::cli::{Cli, Command};
+use kekeeper::controller::ratelimit::{KeyPairRate, KeyPairRates};
+use kekeeper::kms::KeyPairSpec;
 
 #[test]
 fn run_defaults() {
@@ -14,7 +16,13 @@ fn run_defaults() {
     assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:8080");
     assert!(!args.leader_elect);
     assert_eq!(args.lease_name, "kekeeper-leader");
-    assert_eq!(args.kms_keypair_rate, 1.0);
+    // No --kms-keypair-rate: every spec at 90 % of AWS's quota.
+    assert!(args.kms_keypair_rate.is_empty());
+    assert_eq!(
+        KeyPairRates::from_flags(&args.kms_keypair_rate),
+        KeyPairRates::default()
+    );
+    assert_eq!(args.kms_symmetric_rate, 100.0);
     assert_eq!(args.kms_key_check_interval, SignedDuration::from_hours(1));
     // client-go's leader-election defaults.
     assert_eq!(args.lease_duration, SignedDuration::from_secs(15));
@@ -61,11 +69,45 @@ fn run_flags() {
     assert_eq!(args.lease_name, "kk");
     assert_eq!(args.lease_namespace.as_deref(), Some("kekeeper-system"));
     assert_eq!(args.identity.as_deref(), Some("pod-a"));
-    assert_eq!(args.kms_keypair_rate, 0.2);
+    assert_eq!(args.kms_keypair_rate, [KeyPairRate::Every(0.2)]);
     assert_eq!(args.kms_key_check_interval, SignedDuration::from_mins(30));
     assert_eq!(args.lease_duration, SignedDuration::from_secs(4));
     assert_eq!(args.renew_deadline, SignedDuration::from_secs(2));
     assert_eq!(args.retry_period, SignedDuration::from_millis(500));
+}
+
+/// `--kms-keypair-rate` per spec, repeated or comma-separated, after or before a single number
+/// for every spec; a bad value names the flag and the fix.
+#[test]
+fn key_pair_rates_per_spec() {
+    let cli = Cli::try_parse_from([
+        "kekeeper",
+        "run",
+        "--kms-keypair-rate",
+        "RSA_3072=0.3,RSA_4096=0.05",
+        "--kms-keypair-rate=RSA_2048=0.5",
+        "--kms-symmetric-rate=40",
+    ])
+    .unwrap();
+    let Command::Run(args) = cli.command else {
+        panic!("not run")
+    };
+    let rates = KeyPairRates::from_flags(&args.kms_keypair_rate);
+    assert_eq!(rates.rate(KeyPairSpec::Rsa2048), 0.5);
+    assert_eq!(rates.rate(KeyPairSpec::Rsa3072), 0.3);
+    assert_eq!(rates.rate(KeyPairSpec::Rsa4096), 0.05);
+    assert_eq!(args.kms_symmetric_rate, 40.0);
+    for (flag, says) in [
+        ("--kms-keypair-rate=RSA_1024=1", "unknown key pair spec"),
+        ("--kms-keypair-rate=RSA_3072=0", "positive"),
+        ("--kms-symmetric-rate=0", "positive"),
+    ] {
+        let err = Cli::try_parse_from(["kekeeper", "run", flag])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{flag}: {err}");
+        assert!(err.contains("--kms-"), "{flag}: {err}");
+    }
 }
 
 /// Lease timings that would let a standby take over while the leader still acts are refused

@@ -10,7 +10,7 @@ use http::{Method, Request, Response};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kekeeper::controller::cache::{self, KeyPairCache, PublicKeysCache};
-use kekeeper::controller::ratelimit::TokenBucket;
+use kekeeper::controller::ratelimit::KmsPace;
 use kekeeper::controller::report::Events;
 use kekeeper::controller::{self, Context, Settings};
 use kekeeper::crd::{
@@ -606,7 +606,7 @@ impl Harness {
             Events::new(client, Reporter::from("kekeeper")),
             self.secrets.clone(),
             self.config_maps.clone(),
-            Arc::new(TokenBucket::new(1000.0, 100)),
+            Arc::new(KmsPace::uniform(1000.0, 100)),
             Settings::default(),
             Metrics::default(),
         );

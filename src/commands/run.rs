@@ -25,7 +25,7 @@ use crate::cli::RunArgs;
 use crate::controller::cache::{self, Cache, CachedConfig, ConfigCompactor};
 use crate::controller::leader::election::LeaseTiming;
 use crate::controller::leader::{LeaderElector, LeaseSettings, LostLeadership};
-use crate::controller::ratelimit::TokenBucket;
+use crate::controller::ratelimit::{KeyPairRates, KmsPace};
 use crate::controller::report::Events;
 use crate::controller::{self, Context, Settings};
 use crate::crd::RecordingKeyConfig;
@@ -247,10 +247,7 @@ async fn run_controller(
             },
             Duration::try_from(args.kms_key_check_interval).unwrap_or(Duration::from_secs(3600)),
         ),
-        // One bucket for every resource in every watched namespace: KMS quotas are per account.
-        key_pair_rate: Arc::new(
-            TokenBucket::new(args.kms_keypair_rate, 1).with_in_flight(args.kms_max_in_flight),
-        ),
+        kms_pace: kms_pace(&args, &metrics),
         concurrency: args.concurrency,
         reporter: Reporter {
             controller: "kekeeper".into(),
@@ -288,7 +285,17 @@ async fn run_controller(
     Ok(())
 }
 
-/// What every namespace's controller shares.
+/// The KMS pace for every resource in every watched namespace: KMS quotas are per account and
+/// Region, not per resource (docs/design.md, "Rate limits").
+fn kms_pace(args: &RunArgs, metrics: &Metrics) -> Arc<KmsPace> {
+    let rates = KeyPairRates::from_flags(&args.kms_keypair_rate);
+    info!(key_pairs = %rates, in_flight = args.kms_max_in_flight, symmetric = args.kms_symmetric_rate, "KMS pace per account and Region (pairs per second per spec; Decrypt and ReEncrypt per second)");
+    Arc::new(
+        KmsPace::new(rates, args.kms_max_in_flight, args.kms_symmetric_rate)
+            .with_queue_gauge(metrics.kms_key_pairs_queued.clone()),
+    )
+}
+
 /// Claims the key store's prefix for this cluster now and renews the claim every third of
 /// `--key-store-claim-ttl` while the process runs (docs/design.md, "The key store"; a lease by
 /// compare-and-swap). Refused, unreachable or lapsed, the store refuses every operation and each
@@ -325,12 +332,13 @@ async fn hold_the_prefix(client: &Client, args: &RunArgs, store: KeyStore) -> an
 /// The shortest `--key-store-claim-ttl`.
 const MIN_CLAIM_TTL_SECS: i64 = 5;
 
+/// What every namespace's controller shares.
 #[derive(Clone)]
 struct Shared {
     settings: Settings,
     key_store: Option<KeyStore>,
     kms: CoalescingKms<MeteredKms<SdkKms>>,
-    key_pair_rate: Arc<TokenBucket>,
+    kms_pace: Arc<KmsPace>,
     concurrency: u16,
     reporter: Reporter,
     metrics: Metrics,
@@ -386,7 +394,7 @@ async fn run_scope(
         Events::new(client.clone(), shared.reporter),
         key_pairs.clone(),
         public_keys.clone(),
-        shared.key_pair_rate,
+        shared.kms_pace,
         shared.settings,
         shared.metrics,
     );

@@ -13,7 +13,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 
 use super::cache::{KeyPairCache, PublicKeysCache};
-use super::ratelimit::TokenBucket;
+use super::ratelimit::KmsPace;
 use crate::crd::RecordingKeyConfig;
 use crate::keystore::{KeyStore, KeyStoreUrl};
 use crate::metrics::Metrics;
@@ -147,8 +147,8 @@ pub struct Context<K> {
     pub key_pairs: KeyPairCache,
     /// `<config>-public-keys` ConfigMaps, as digests.
     pub public_keys: PublicKeysCache,
-    /// One bucket for key pair generation across all resources.
-    pub key_pair_rate: Arc<TokenBucket>,
+    /// The KMS pace shared by all resources: a bucket per key pair quota and one for Decrypt.
+    pub kms_pace: Arc<KmsPace>,
     pub settings: Settings,
     pub metrics: Metrics,
     /// The key store of `settings.key_store` (docs/design.md, "The key store").
@@ -181,7 +181,7 @@ impl<K> Context<K> {
         events: Events,
         key_pairs: KeyPairCache,
         public_keys: PublicKeysCache,
-        key_pair_rate: Arc<TokenBucket>,
+        kms_pace: Arc<KmsPace>,
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
@@ -192,7 +192,7 @@ impl<K> Context<K> {
             events,
             key_pairs,
             public_keys,
-            key_pair_rate,
+            kms_pace,
             settings,
             metrics,
             key_store: None,
@@ -262,7 +262,7 @@ mod tests {
             Events::new(client, kube::runtime::events::Reporter::from("kekeeper")),
             crate::controller::cache::key_pair_cache(),
             crate::controller::cache::public_keys_cache(),
-            Arc::new(TokenBucket::new(1.0, 1)),
+            Arc::new(KmsPace::uniform(1.0, 4)),
             Settings::default(),
             Metrics::default(),
         )

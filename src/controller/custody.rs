@@ -33,8 +33,8 @@ pub struct CustodyFailure {
     pub message: String,
 }
 
-/// Checks the active pairs of the organisations in `organizations`, one KMS Decrypt each, under
-/// the shared rate limit of key pair generation. Stops at the first KMS failure that is not a
+/// Checks the active pairs of the organisations in `organizations`, one KMS Decrypt each, at
+/// the symmetric pace (docs/design.md, "Rate limits"). Stops at the first KMS failure that is not a
 /// verdict on the blob (throttling, network, access denied).
 ///
 /// The blobs come from `listed`, the Secrets as listed from the API server: a
@@ -53,7 +53,7 @@ pub async fn check<K: Kms>(
         .filter_map(|org| active.get(org.as_str()))
         .filter_map(|active| listed.iter().find(|p| p.secret_name == active.secret_name));
     for record in checked {
-        let _in_flight = ctx.key_pair_rate.acquire().await;
+        let _decrypt = ctx.kms_pace.symmetric().acquire().await;
         let decrypted = ctx
             .kms
             .decrypt_private_key(

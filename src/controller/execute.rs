@@ -120,8 +120,17 @@ pub async fn execute<K: Kms>(
         // Waiters see the rotation before its first KMS call (unless announced already).
         on.progress(Progress::Starting(&outcome)).await?;
     }
+    // In the operator-wide queue at the KMS pace until done (the gauge, status's estimate).
+    let queued = (!plan.rotations.is_empty()).then(|| {
+        let resource = format!("{}/{}", obs.namespace, obs.name);
+        let spec = config.key_pair_spec;
+        ctx.kms_pace
+            .queue(&config.alias, spec, resource, plan.rotations.len())
+    });
     for rotation in &plan.rotations {
-        match generate(ctx, obs, config, rotation, &mut outcome, now).await {
+        let generated = generate(ctx, obs, config, rotation, &mut outcome, now).await;
+        queued.iter().for_each(|q| q.one_done());
+        match generated {
             Ok(record) => {
                 // Write-ahead: a pair the store did not take never becomes active.
                 if let Some(store) = &ctx.key_store {
@@ -230,7 +239,8 @@ async fn mark<K>(
     marked
 }
 
-/// One key pair, generated under the shared rate limit and self-tested through KMS.
+/// One key pair, generated at the pace of its key pair spec's quota and self-tested through
+/// KMS (docs/design.md, "Rate limits").
 async fn generate<K: Kms>(
     ctx: &Context<K>,
     obs: &Observation,
@@ -241,7 +251,13 @@ async fn generate<K: Kms>(
 ) -> Result<KeyPairSecret, Failure> {
     let org = &rotation.organization_id;
     info!(organization = %org, reason = %rotation.reason, why = %rotation.message, "generating key pair");
-    let _in_flight = ctx.key_pair_rate.acquire().await;
+    let _in_flight = ctx
+        .kms_pace
+        .key_pairs(&config.alias, config.key_pair_spec)
+        .acquire()
+        .await;
+    // The self-test's Decrypt.
+    let _decrypt = ctx.kms_pace.symmetric().acquire().await;
     let passed = selftest::run(&ctx.kms, config, org)
         .await
         .map_err(|failure| {

@@ -28,7 +28,8 @@ pub struct ProofCheck {
     pub error: Option<KmsError>,
 }
 
-/// Proves the pairs named in `names` (blobs from `listed`), one KMS Decrypt each. An active
+/// Proves the pairs named in `names` (blobs from `listed`), one KMS Decrypt each, at the
+/// symmetric pace. An active
 /// candidate is decrypted under `alias_key_arn`, the key the alias resolves to now; a retired
 /// one (a pair the key store lacks, to be written there) under its own KMS key, which must be
 /// in the alias's account and Region. Stops at the first KMS failure that is no verdict.
@@ -48,7 +49,8 @@ pub async fn prove<K: Kms>(
         let verdict = match precheck(pair, config, config_name, alias_key_arn) {
             Err(problem) => Err(problem),
             Ok((key_arn, context)) => {
-                let _in_flight = ctx.key_pair_rate.acquire().await;
+                // A Decrypt: the symmetric budget (docs/design.md, "Rate limits").
+                let _decrypt = ctx.kms_pace.symmetric().acquire().await;
                 match ctx
                     .kms
                     .decrypt_private_key(key_arn, &pair.private_key_ciphertext, &context)

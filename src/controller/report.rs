@@ -23,6 +23,7 @@ use super::context::{Context, Error, FIELD_MANAGER, Result, SerializeError, to_j
 use super::execute::{Failure, OnProgress, Outcome, Progress};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Step};
+use super::ratelimit::PaceEstimate;
 use super::status::{self, StatusInput};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keypair::{self, LABEL_CONFIG, LABEL_MANAGED_BY};
@@ -163,8 +164,12 @@ impl StatusWriter {
         outcome: Option<&Outcome>,
         now: Timestamp,
     ) -> Result<()> {
+        // While the work runs: how long its queued pairs will take at the KMS pace.
+        let pace = pace_estimate(ctx, obs);
         self.write(ctx, |view| {
-            status::desired(&input(view, obs, plan, outcome, false, now))
+            let mut input = input(view, obs, plan, outcome, false, now);
+            input.pace = pace.clone();
+            status::desired(&input)
         })
         .await?;
         Ok(())
@@ -186,6 +191,15 @@ impl<K: Send + Sync> OnProgress for ProgressReport<'_, K> {
         let (ctx, obs, plan, now) = (self.ctx, self.obs, self.plan, self.now);
         let writer = &mut *self.writer;
         match progress {
+            // Pairs that will wait longer than a progress interval at the KMS pace: status says
+            // so at once, not only after the first of them.
+            Progress::Starting(outcome)
+                if pace_estimate(ctx, obs).is_some_and(|p| p.left > PROGRESS_EVERY) =>
+            {
+                writer
+                    .progress_now(ctx, obs, plan, Some(outcome), now)
+                    .await
+            }
             Progress::Starting(outcome) => writer.progress(ctx, obs, plan, outcome, now).await,
             Progress::Stored {
                 rotation,
@@ -229,6 +243,15 @@ impl<K: Send + Sync> OnProgress for ProgressReport<'_, K> {
             }
         }
     }
+}
+
+/// How long this resource's queued key pairs will take at the KMS pace, while it has any
+/// (docs/design.md, "Rate limits").
+fn pace_estimate<K>(ctx: &Context<K>, obs: &Observation) -> Option<PaceEstimate> {
+    let config = obs.config.as_ref().ok()?;
+    let resource = format!("{}/{}", obs.namespace, obs.name);
+    ctx.kms_pace
+        .estimate(&config.alias, config.key_pair_spec, &resource)
 }
 
 /// A reference to one of the resource's key pair Secrets (the related object of an event).
@@ -298,6 +321,7 @@ fn input<'a>(
         honoured_token: view
             .honoured_token(plan.token.as_deref().filter(|_| complete))
             .map(str::to_owned),
+        pace: None,
     }
 }
 

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::custody::CustodyCheck;
 use super::observe::KeyCheck;
+use super::ratelimit::PaceEstimate;
 use super::stored::StoreCheck;
 use crate::crd::{
     KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
@@ -75,6 +76,8 @@ pub struct StatusInput<'a> {
     pub store_failure: Option<&'a StoreError>,
     /// The rotate-now token to record as honoured.
     pub honoured_token: Option<String>,
+    /// While this resource's pairs wait at the KMS pace: how long they will take.
+    pub pace: Option<PaceEstimate>,
 }
 
 impl StatusInput<'_> {
@@ -402,10 +405,22 @@ fn health_conditions(
     });
     for (type_, (status, reason, message)) in [
         (READY, health.ready),
-        (RECONCILING, health.reconciling),
+        (RECONCILING, with_time_left(input, health.reconciling)),
         (STALLED, health.stalled),
     ] {
         conditions.set(type_, status, reason, &message);
+    }
+}
+
+/// Reconciling's message, with the time left at the KMS pace while this resource's pairs are
+/// queued (docs/design.md, "Rate limits").
+fn with_time_left(
+    input: &StatusInput,
+    (status, reason, message): (bool, &'static str, String),
+) -> (bool, &'static str, String) {
+    match &input.pace {
+        Some(pace) if status => (status, reason, format!("{message}; {}", pace.message())),
+        _ => (status, reason, message),
     }
 }
 
@@ -761,6 +776,7 @@ mod tests {
             store_write_error: None,
             store_failure: None,
             honoured_token: None,
+            pace: None,
         }
     }
 
@@ -884,6 +900,42 @@ mod tests {
         assert_eq!(
             changed.last_kms_key_check_time,
             Some(ts("2026-01-01T01:00:00Z"))
+        );
+    }
+
+    /// While pairs wait at the KMS pace, Reconciling says how long is left; without an
+    /// estimate it says only the progress.
+    #[test]
+    fn reconciling_gives_the_time_left_while_pairs_are_queued() {
+        let rkc = resource();
+        let ring = ring(vec![], None);
+        let pace = PaceEstimate::new(KeyPairSpec::Rsa3072, 0.45, 1, [1, 5]);
+        let status = desired(&StatusInput {
+            pending: 1,
+            pace: Some(pace),
+            ..input(&rkc, None, &ring)
+        });
+        let reconciling = condition(&status, RECONCILING).unwrap();
+        assert_eq!(reconciling.status, "True");
+        assert!(
+            reconciling
+                .message
+                .starts_with("0/1 organisations have a key pair")
+                && reconciling.message.ends_with(
+                    "; about 4 s left at 0.45 RSA_3072 pairs/s (6 queued by running reconciles)"
+                ),
+            "{}",
+            reconciling.message
+        );
+        let status = desired(&StatusInput {
+            pending: 1,
+            ..input(&rkc, None, &ring)
+        });
+        let reconciling = condition(&status, RECONCILING).unwrap();
+        assert!(
+            !reconciling.message.contains("left at"),
+            "{}",
+            reconciling.message
         );
     }
 

@@ -7,7 +7,8 @@ from helm_python.errors import HelmRenderError
 
 from conftest import NAMESPACE, one, render_docs
 
-BASE_ARGS = ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=1",
+# No --kms-keypair-rate by default: the operator paces each key pair spec at 90 % of AWS's quota.
+BASE_ARGS = ["run", "--metrics-addr=0.0.0.0:8080", "--kms-symmetric-rate=100",
              "--kms-key-check-interval=1h", "--key-verify-interval=24h", "--concurrency=16",
              "--kms-max-in-flight=4"]
 LEADER_ARGS = ["--leader-elect", "--lease-name=kekeeper", f"--lease-namespace={NAMESPACE}"]
@@ -34,7 +35,7 @@ def container(docs):
     # The key store, right after the tuning flags.
     ("key-store", BASE_ARGS + ["--key-store=s3://acme-kekeeper/prod-eu"] + LEADER_ARGS),
     ("everything", ["run", "--metrics-addr=0.0.0.0:8080", "--kms-keypair-rate=0.5",
-                    "--kms-key-check-interval=30m", "--key-verify-interval=24h",
+                    "--kms-symmetric-rate=100", "--kms-key-check-interval=30m", "--key-verify-interval=24h",
                     "--concurrency=16", "--kms-max-in-flight=4",
                     "--namespace=team-a", "--leader-elect",
                     "--lease-name=kekeeper-leader", f"--lease-namespace={NAMESPACE}",
@@ -44,6 +45,17 @@ def test_args(renders, case, args):
     c = container(renders[case])
     assert c["args"] == args
     assert "command" not in c, "the image's ENTRYPOINT is /kekeeper"
+
+
+def test_key_pair_rates_per_spec(chart):
+    # One flag per spec, in the order of the specs' names; the older single number still works.
+    docs = render_docs(chart, {"kmsKeyPairRate": {"RSA_4096": 0.05, "RSA_3072": 0.9},
+                               "kmsSymmetricRate": 50})
+    args = container(docs)["args"]
+    assert args[2:5] == ["--kms-keypair-rate=RSA_3072=0.9", "--kms-keypair-rate=RSA_4096=0.05",
+                         "--kms-symmetric-rate=50"], args
+    args = container(render_docs(chart, {"kmsKeyPairRate": 2}))["args"]
+    assert args[2:4] == ["--kms-keypair-rate=2", "--kms-symmetric-rate=100"], args
 
 
 def test_replicas_and_rollout_strategy(renders):

@@ -31,6 +31,9 @@ BAD = {
     "duplicate namespace": ({"watchNamespaces": ["a", "a"]}, "watchNamespaces"),
     "invalid namespace name": ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
     "zero key-pair rate": ({"kmsKeyPairRate": 0}, "kmsKeyPairRate"),
+    "zero key-pair rate of a spec": ({"kmsKeyPairRate": {"RSA_3072": 0}}, "kmsKeyPairRate"),
+    "unknown key pair spec": ({"kmsKeyPairRate": {"ECC_NIST_P256": 5}}, "kmsKeyPairRate"),
+    "zero symmetric rate": ({"kmsSymmetricRate": 0}, "kmsSymmetricRate"),
     "bad check interval": ({"kmsKeyCheckInterval": "hourly"}, "kmsKeyCheckInterval"),
     "crds.install not a bool": ({"crds": {"install": "yes"}}, "install"),
     "pullPolicy enum": ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
@@ -96,3 +99,5 @@ def test_good_values_pass(chart):
                                    "s3Endpoint": "http://localstack:4566"},
                            "keyStore": {"url": "s3://acme-kekeeper/prod/eu-1"}})
     chart.validate_schema({"keyStore": {"url": "s3://acme-kekeeper"}})
+    chart.validate_schema({"kmsKeyPairRate": {"RSA_3072": 0.45, "RSA_2048": 0.9},
+                           "kmsSymmetricRate": 250})

@@ -2,11 +2,16 @@
 //! names a chosen operation get an AWS JSON error (AccessDenied, Throttling, ...) that LocalStack
 //! never produces; everything else is forwarded. One request per connection (`Connection:
 //! close`), which the SDK handles by reconnecting. Stopped when dropped.
+//!
+//! It can also throttle like AWS KMS ([`FaultProxy::throttle_key_pairs_like_aws`]): a token
+//! bucket per key pair spec at AWS's documented quota for `GenerateDataKeyPair*`, answering
+//! `ThrottlingException` (HTTP 400, `Rate exceeded`) as AWS does when a spec's quota is spent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +27,58 @@ pub struct Fault {
     pub body_contains: Option<String>,
 }
 
+/// AWS KMS's quotas for `GenerateDataKeyPair` and `GenerateDataKeyPairWithoutPlaintext`
+/// together, per account and Region, in requests per second.
+pub const AWS_KEY_PAIR_QUOTAS: [(&str, f64); 3] =
+    [("RSA_2048", 1.0), ("RSA_3072", 0.5), ("RSA_4096", 0.1)];
+
+/// How early, in seconds of quota, a request may come and still pass: the bucket holds one
+/// request plus this much, so the scheduling jitter of a busy test machine between the
+/// operator's token and the request's arrival is not mistaken for a burst, while any sustained
+/// rate above the quota is throttled within a few requests (docs/testing.md).
+pub const THROTTLE_TOLERANCE_SECS: f64 = 0.5;
+
+/// One spec's quota as the proxy enforces it, and what it let through and refused.
+struct Quota {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    accepted: Vec<Instant>,
+    throttled: usize,
+}
+
+impl Quota {
+    fn new(rate: f64) -> Self {
+        Quota {
+            rate,
+            tokens: Self::capacity(rate),
+            last: Instant::now(),
+            accepted: Vec::new(),
+            throttled: 0,
+        }
+    }
+
+    fn capacity(rate: f64) -> f64 {
+        1.0 + rate * THROTTLE_TOLERANCE_SECS
+    }
+
+    /// Whether a request now is within the quota (it then takes its token).
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(Self::capacity(self.rate));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.accepted.push(now);
+            true
+        } else {
+            self.throttled += 1;
+            false
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     faults: Mutex<HashMap<String, Fault>>,
@@ -32,6 +89,8 @@ struct State {
     /// Operations whose requests are held open without an answer (to provoke timeouts).
     hang: Mutex<Vec<String>>,
     next_request: AtomicU64,
+    /// Key pair quotas by spec (`RSA_3072`), when throttling like AWS.
+    quotas: Mutex<HashMap<String, Quota>>,
 }
 
 pub struct FaultProxy {
@@ -137,6 +196,40 @@ impl FaultProxy {
         self.state.user_agents.lock().unwrap().clone()
     }
 
+    /// From now on, `GenerateDataKeyPair*` requests beyond AWS's quota for their key pair spec
+    /// get `ThrottlingException`, as AWS answers them.
+    pub fn throttle_key_pairs_like_aws(&self) {
+        self.throttle_key_pairs_like_aws_sped_up(1.0);
+    }
+
+    /// As [`Self::throttle_key_pairs_like_aws`] on a clock running `factor` times faster: every
+    /// quota times `factor` (the early-arrival tolerance stays half a real second).
+    pub fn throttle_key_pairs_like_aws_sped_up(&self, factor: f64) {
+        let mut quotas = self.state.quotas.lock().unwrap();
+        for (spec, rate) in AWS_KEY_PAIR_QUOTAS {
+            quotas.insert(spec.to_owned(), Quota::new(rate * factor));
+        }
+    }
+
+    /// `GenerateDataKeyPair*` requests of `spec` throttled so far.
+    pub fn throttled(&self, spec: &str) -> usize {
+        let quotas = self.state.quotas.lock().unwrap();
+        quotas.get(spec).map_or(0, |q| q.throttled)
+    }
+
+    /// `GenerateDataKeyPair*` requests of `spec` let through so far, and the time between the
+    /// first and the last of them.
+    pub fn accepted(&self, spec: &str) -> (usize, Duration) {
+        let quotas = self.state.quotas.lock().unwrap();
+        quotas.get(spec).map_or((0, Duration::ZERO), |q| {
+            let span = match (q.accepted.first(), q.accepted.last()) {
+                (Some(first), Some(last)) => last.duration_since(*first),
+                _ => Duration::ZERO,
+            };
+            (q.accepted.len(), span)
+        })
+    }
+
     /// The request id the proxy gave its `n`-th faulted answer (1-based).
     pub fn request_id(n: u64) -> String {
         format!("kekeeper-fault-proxy-{n:04}")
@@ -147,6 +240,26 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// AWS's answer to a key pair request beyond its spec's quota, when throttling like AWS.
+fn throttled(state: &State, operation: &str, body: &[u8]) -> Option<Fault> {
+    if !operation.starts_with("GenerateDataKeyPair") {
+        return None;
+    }
+    let spec = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("KeyPairSpec")?
+        .as_str()?
+        .to_owned();
+    let mut quotas = state.quotas.lock().unwrap();
+    let quota = quotas.get_mut(&spec)?;
+    (!quota.admit()).then(|| Fault {
+        status: 400,
+        code: "ThrottlingException".to_owned(),
+        message: "Rate exceeded".to_owned(),
+        body_contains: None,
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -218,6 +331,7 @@ async fn handle(mut client: TcpStream, upstream: &str, state: &State) -> std::io
                 .is_none_or(|needle| find(body, needle.as_bytes()).is_some())
         })
         .cloned();
+    let fault = fault.or_else(|| throttled(state, &operation, body));
     if let Some(fault) = fault {
         let n = state.next_request.fetch_add(1, Ordering::SeqCst) + 1;
         let body = serde_json::json!({"__type": fault.code, "message": fault.message}).to_string();
