@@ -494,6 +494,8 @@ impl KeyRing {
     /// past it.
     pub fn add_proven(&mut self, record: KeyPairRecord) {
         self.prove(&record.secret_name);
+        // Proven just now: no earlier quarantine of its name stands.
+        self.quarantined.remove(&record.secret_name);
         self.add(record);
     }
 

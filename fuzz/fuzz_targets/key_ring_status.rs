@@ -201,7 +201,7 @@ fuzz_target!(|data: &[u8]| {
             None,
             KeyPairSpec::Rsa3072,
         );
-        ring.add(new);
+        ring.add_proven(new);
         assert!(ring.next_sequence(org) > sequence);
         assert_eq!(
             ring.active(org).map(|r| r.secret_name.as_str()),
