@@ -228,6 +228,84 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
     );
 }
 
+/// The `<config>-public-keys` ConfigMap is what docs/recorders.md says, byte for byte: two
+/// labels, the RecordingKeyConfig as controller owner, one `<org>.pem` per organisation (the
+/// Secret's `publicKey.pem`) and `activeKeyPairs.json`, sorted by organisation, with exactly
+/// the four members in the documented order, two-space indented and without a final newline.
+async fn recorders_contract(cluster: &Cluster, stored: &Value) {
+    let cm = cluster
+        .object("", "configmaps", &cluster.ns(), "recordings-public-keys")
+        .await
+        .expect("the public-keys ConfigMap");
+    let meta = &cm["metadata"];
+    assert_eq!(
+        meta["labels"],
+        json!({"app.kubernetes.io/managed-by": "kekeeper", "kekeeper.io/config": "recordings"})
+    );
+    assert!(meta["annotations"].is_null(), "{meta:#}");
+    assert_eq!(
+        meta["ownerReferences"],
+        json!([{"apiVersion": "kekeeper.io/v1alpha1", "kind": "RecordingKeyConfig",
+                "name": "recordings", "uid": stored["metadata"]["uid"], "controller": true}])
+    );
+    assert!(cm["binaryData"].is_null());
+    let data = cm["data"].as_object().unwrap();
+    let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            &format!("{ORG_A}.pem"),
+            &format!("{ORG_B}.pem"),
+            "activeKeyPairs.json"
+        ]
+    );
+    let json = data["activeKeyPairs.json"].as_str().unwrap();
+    assert!(
+        json.starts_with("[\n  {\n    \"keyPairId\": ") && json.ends_with("\n]"),
+        "{json}"
+    );
+    let entries: Vec<Value> = serde_json::from_str(json).unwrap();
+    let mut orgs = Vec::new();
+    for entry in &entries {
+        let org = entry["organizationId"].as_str().unwrap();
+        orgs.push(org);
+        let pem = data[&format!("{org}.pem")].as_str().unwrap();
+        assert_eq!(entry["publicKeyPem"], pem);
+        assert!(
+            pem.starts_with("-----BEGIN PUBLIC KEY-----\n")
+                && pem.ends_with("-----END PUBLIC KEY-----\n")
+        );
+        let active = stored["status"]["activeKeyPairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["organizationId"] == org)
+            .unwrap();
+        assert_eq!(entry["keyPairId"], active["keyPairId"]);
+        assert_eq!(
+            entry["publicKeyFingerprint"],
+            active["publicKeyFingerprint"]
+        );
+        // The members, in the documented order, and no others.
+        let object = &json[json
+            .find(&format!("\"keyPairId\": {}", entry["keyPairId"]))
+            .unwrap()..];
+        let order: Vec<usize> = [
+            "\"keyPairId\"",
+            "\"organizationId\"",
+            "\"publicKeyFingerprint\"",
+            "\"publicKeyPem\"",
+        ]
+        .iter()
+        .map(|m| object.find(m).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{json}");
+        assert_eq!(entry.as_object().unwrap().len(), 4, "{entry:#}");
+    }
+    assert_eq!(orgs, [ORG_A, ORG_B], "sorted by organisation id");
+}
+
 /// A condition as the operator writes it, for generation 1.
 fn condition_at(type_: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
     json!({"type": type_, "status": status, "reason": reason, "message": message,
@@ -752,6 +830,8 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
         "{}",
         run.stdout
     );
+
+    recorders_contract(&cluster, &stored).await;
 
     // Encrypt with the active key pair of ORG_A (its Secret as a file), decrypt from the cluster.
     let active = stored["status"]["activeKeyPairs"]
