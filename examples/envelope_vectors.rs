@@ -5,21 +5,25 @@
 //! ```
 //!
 //! The envelopes are made by kekeeper's own `envelope::encrypt`. It draws the data key and the
-//! nonce prefix from the system random generator and takes no injected randomness, so every run
-//! writes different (equally valid) envelopes: the vectors were generated once and committed,
-//! and this program is run again only when the format changes. The test key pair is kept when
-//! `vector-private-key.pem` already exists in the folder, and generated otherwise.
+//! nonce prefix from the system random generator and takes no injected randomness, so a new
+//! envelope differs on every run: the valid envelopes (and the key pair,
+//! `vector-private-key.pem`) already in the folder are kept, and only missing ones are made.
+//! Delete the folder's files to make a new set when the format changes.
 //!
 //! The must-reject cases are byte edits of the valid envelopes, made here so that each one is
-//! exactly the damage its name says.
+//! exactly the damage its name says; so a second run writes them byte for byte again. The few
+//! that need a fresh RSA-OAEP wrap (random padding) are kept when they exist, as the valid
+//! ones are.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{
-    KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey,
+    KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey,
+    PrivateDecryptingKey, PublicEncryptingKey,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -74,10 +78,13 @@ fn main() {
     let mut sealed_by_name = Vec::new();
     for &(name, len, description) in VALID {
         let plain = plaintext(len);
-        let mut sealed = Vec::new();
-        envelope::encrypt(&public_der, KEY_PAIR_ID, &plain[..], &mut sealed).expect("encrypt");
         let plaintext_file = format!("valid/{name}.plain");
         let envelope_file = format!("valid/{name}.kekrec");
+        let sealed = keep_or_make(&dir, &envelope_file, || {
+            let mut sealed = Vec::new();
+            envelope::encrypt(&public_der, KEY_PAIR_ID, &plain[..], &mut sealed).expect("encrypt");
+            sealed
+        });
         fs::write(dir.join(&plaintext_file), &plain).expect("write plaintext");
         fs::write(dir.join(&envelope_file), &sealed).expect("write envelope");
         let header = parse_header(&sealed);
@@ -104,15 +111,20 @@ fn main() {
             "nonce_prefix": hex(header.nonce_prefix),
             "data_key": hex(&data_key),
         }));
-        sealed_by_name.push((name, sealed));
+        sealed_by_name.push((name, sealed, data_key));
     }
     let base = |name: &str| -> Vec<u8> {
         sealed_by_name
             .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s.clone())
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, s, _)| s.clone())
             .expect("base envelope")
     };
+    let several_key = sealed_by_name
+        .iter()
+        .find(|(n, _, _)| *n == "several-segments")
+        .map(|(_, _, k)| k.clone())
+        .expect("several-segments data key");
 
     let one = base("one-byte");
     let one_header = parse_header(&one).len;
@@ -285,6 +297,197 @@ fn main() {
         }),
     );
 
+    // Rules added with the resolution of the page's ambiguities (issue 27): one vector each.
+    let wrapped_len_at = id_at + KEY_PAIR_ID.len();
+    let wrapped_at = wrapped_len_at + 2;
+    let one_wrapped_len = one_header - 11 - wrapped_at;
+    add(
+        "short-magic",
+        "-",
+        "not_an_envelope",
+        "the three bytes KEK: the input ends inside the magic",
+        b"KEK".to_vec(),
+    );
+    add(
+        "magic-only",
+        "one-byte",
+        "truncated",
+        "the six bytes KEKREC: the input ends before the version",
+        one[..6].to_vec(),
+    );
+    add(
+        "key-pair-id-length-1025",
+        "one-byte",
+        "malformed_header",
+        "key pair id length set to 1025 (above 1024)",
+        edit(&one, |e| e[7..9].copy_from_slice(&1025u16.to_be_bytes())),
+    );
+    add(
+        "key-pair-id-not-utf8",
+        "one-byte",
+        "malformed_header",
+        "last byte of the key pair id set to 0xff, which UTF-8 never uses",
+        edit(&one, |e| e[id_at + KEY_PAIR_ID.len() - 1] = 0xff),
+    );
+    add(
+        "key-pair-id-overlong-utf8",
+        "one-byte",
+        "malformed_header",
+        "last two bytes of the key pair id set to c0 af, an overlong encoding of '/' (not UTF-8)",
+        edit(&one, |e| {
+            let end = id_at + KEY_PAIR_ID.len();
+            e[end - 2..end].copy_from_slice(&[0xc0, 0xaf])
+        }),
+    );
+    add(
+        "key-pair-id-surrogate",
+        "one-byte",
+        "malformed_header",
+        "last three bytes of the key pair id set to ed a0 80, the surrogate U+D800 (not UTF-8)",
+        edit(&one, |e| {
+            let end = id_at + KEY_PAIR_ID.len();
+            e[end - 3..end].copy_from_slice(&[0xed, 0xa0, 0x80])
+        }),
+    );
+    add(
+        "wrapped-key-length-255",
+        "one-byte",
+        "malformed_header",
+        "wrapped key length set to 255 and the wrapped key cut to 255 bytes: below 256, an RSA key under 2048 bits",
+        {
+            let mut e = one[..wrapped_len_at].to_vec();
+            e.extend_from_slice(&255u16.to_be_bytes());
+            e.extend_from_slice(&one[wrapped_at..wrapped_at + 255]);
+            e.extend_from_slice(&one[wrapped_at + one_wrapped_len..]);
+            e
+        },
+    );
+    add(
+        "wrapped-key-length-1025",
+        "one-byte",
+        "malformed_header",
+        "wrapped key length set to 1025 (above 1024)",
+        edit(&one, |e| {
+            e[wrapped_len_at..wrapped_at].copy_from_slice(&1025u16.to_be_bytes())
+        }),
+    );
+    add(
+        "wrapped-key-one-byte-short",
+        "one-byte",
+        "wrong_key",
+        "the wrapped key's first byte removed and its length set to 383: not the modulus length (384) of the key",
+        {
+            let mut e = one[..wrapped_len_at].to_vec();
+            e.extend_from_slice(&((one_wrapped_len - 1) as u16).to_be_bytes());
+            e.extend_from_slice(&one[wrapped_at + 1..]);
+            e
+        },
+    );
+    add(
+        "wrapped-key-leading-zero",
+        "one-byte",
+        "wrong_key",
+        "a zero byte put before the wrapped key and its length set to 385: not the modulus length (384) of the key",
+        {
+            let mut e = one[..wrapped_len_at].to_vec();
+            e.extend_from_slice(&((one_wrapped_len + 1) as u16).to_be_bytes());
+            e.push(0);
+            e.extend_from_slice(&one[wrapped_at..]);
+            e
+        },
+    );
+    add(
+        "data-key-16-bytes",
+        "one-byte",
+        "malformed_header",
+        "the wrapped key replaced by a valid RSA-OAEP wrap of a 16-byte key: it unwraps, but not to 32 bytes",
+        keep_or_make(&dir, "reject/data-key-16-bytes.kekrec", || {
+            let public = PublicEncryptingKey::from_der(&public_der).expect("public key");
+            let public = OaepPublicEncryptingKey::new(public).expect("OAEP public key");
+            let mut wrapped = vec![0u8; public.ciphertext_size()];
+            let wrapped = public
+                .encrypt(&OAEP_SHA256_MGF1SHA256, &[0x5a; 16], &mut wrapped, None)
+                .expect("wrap 16 bytes")
+                .to_vec();
+            assert_eq!(wrapped.len(), one_wrapped_len);
+            let mut e = one.clone();
+            e[wrapped_at..wrapped_at + one_wrapped_len].copy_from_slice(&wrapped);
+            e
+        }),
+    );
+    add(
+        "bad-segment-size-and-corrupted-wrapped-key",
+        "one-byte",
+        "malformed_header",
+        "segment size set to 65535 and a bit of the wrapped key flipped: every header field is checked before the key is unwrapped",
+        edit(&one, |e| {
+            e[wrapped_at + 10] ^= 0x01;
+            e[one_header - 4..one_header].copy_from_slice(&65_535u32.to_be_bytes())
+        }),
+    );
+    add(
+        "header-only-with-corrupted-wrapped-key",
+        "one-byte",
+        "wrong_key",
+        "the header alone, with a bit of the wrapped key flipped: the key is unwrapped before the first segment is read",
+        edit(&one[..one_header], |e| e[wrapped_at + 10] ^= 0x01),
+    );
+    add(
+        "truncated-in-prefix-with-bad-fields",
+        "several-segments",
+        "truncated",
+        "the header, segment 0, and 5 bytes of segment 1's prefix with its index set to 7 and its flags to 0x02: the prefix is read whole before any field of it is checked",
+        {
+            let second = several_header + FULL_FRAME;
+            let mut e = several[..second + 5].to_vec();
+            e[second..second + 4].copy_from_slice(&7u32.to_be_bytes());
+            e[second + 4] = 0x02;
+            e
+        },
+    );
+    add(
+        "non-final-short-length",
+        "several-segments",
+        "tampered",
+        "length of segment 0 (not final) set to 1000: a non-final segment holds exactly 65536 bytes",
+        edit(&several, |e| {
+            e[several_header + 5..several_header + 9].copy_from_slice(&1000u32.to_be_bytes())
+        }),
+    );
+    add(
+        "full-segment-then-empty-final",
+        "several-segments",
+        "tampered",
+        "segment 0 (full, not final) followed by an authentic empty final segment 1: a writer ends a plaintext of 65536 bytes with a full final segment, so this layout is refused before its tag is checked",
+        {
+            let header = parse_header(&several);
+            let mut e = several[..several_header + FULL_FRAME].to_vec();
+            let mut prefix = [0u8; PREFIX];
+            prefix[..4].copy_from_slice(&1u32.to_be_bytes());
+            prefix[4] = 0x01;
+            let mut nonce = [0u8; 12];
+            nonce[..7].copy_from_slice(header.nonce_prefix);
+            nonce[7..11].copy_from_slice(&1u32.to_be_bytes());
+            nonce[11] = 0x01;
+            let mut aad = digest(&SHA256, &several[..several_header])
+                .as_ref()
+                .to_vec();
+            aad.extend_from_slice(&prefix);
+            let key =
+                LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &several_key).expect("AES-256 key"));
+            let tag = key
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(&aad[..]),
+                    &mut [],
+                )
+                .expect("seal the empty segment");
+            e.extend_from_slice(&prefix);
+            e.extend_from_slice(tag.as_ref());
+            e
+        },
+    );
+
     let reject: Vec<Value> = reject
         .into_iter()
         .map(|(name, base, error, description, bytes)| {
@@ -376,6 +579,11 @@ fn parse_header(sealed: &[u8]) -> ParsedHeader<'_> {
         wrapped_key: &sealed[wrapped_at + 2..nonce_at],
         nonce_prefix: &sealed[nonce_at..nonce_at + 7],
     }
+}
+
+/// The file's bytes when it exists, else `make()`'s (written by the caller).
+fn keep_or_make(dir: &Path, relative: &str, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+    fs::read(dir.join(relative)).unwrap_or_else(|_| make())
 }
 
 fn edit(bytes: &[u8], change: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {

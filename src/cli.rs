@@ -4,6 +4,33 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The file name under which kubectl finds the binary as a plugin (`kubectl kekeeper ...`).
+pub const KUBECTL_PLUGIN: &str = "kubectl-kekeeper";
+
+/// The command as the user typed it, for help and error messages: `kubectl kekeeper` when the
+/// binary was started as the kubectl plugin (kubectl runs `kubectl-kekeeper` with the
+/// arguments after `kekeeper`), else `kekeeper`. Parsing is the same either way.
+pub fn bin_name(argv0: Option<&std::ffi::OsStr>) -> &'static str {
+    let file = argv0
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name);
+    match file.and_then(|f| f.to_str()) {
+        Some(name) if name.trim_end_matches(".exe") == KUBECTL_PLUGIN => "kubectl kekeeper",
+        _ => "kekeeper",
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments (exits with clap's message on an error, as `parse` does).
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let name = bin_name(args.first().map(|a| a.as_os_str()));
+        let matches = Cli::command().bin_name(name).get_matches_from(args);
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kekeeper",
@@ -39,7 +66,8 @@ pub enum Command {
     /// --identity-policy and --key-store, the operator role's IAM identity policy follows as a
     /// second JSON document.
     Policy(PolicyArgs),
-    /// Show a RecordingKeyConfig's conditions, key pairs, rotation, KMS errors and events.
+    /// Show a RecordingKeyConfig's conditions, key pairs, rotation, KMS errors and events, or
+    /// one line per RecordingKeyConfig with its verdict.
     Status(StatusArgs),
     /// Change key now: rotate the key pairs of RecordingKeyConfigs once.
     Rotate(RotateArgs),
@@ -67,6 +95,12 @@ pub enum Command {
     /// Exit 0 done, 1 an API error or an existing Secret that holds another key pair, 2 bad
     /// input. docs/disaster-recovery.md
     Restore(RestoreArgs),
+    /// Print a shell completion script.
+    ///
+    /// bash: `source <(kekeeper completion bash)`; zsh: `kekeeper completion zsh >
+    /// "${fpath[1]}/_kekeeper"`; fish: `kekeeper completion fish >
+    /// ~/.config/fish/completions/kekeeper.fish`.
+    Completion(CompletionArgs),
 }
 
 #[derive(Debug, Args)]
@@ -245,13 +279,28 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The RecordingKeyConfig's name.
-    pub name: String,
-    /// Print the resource's status as JSON or YAML instead of the readable screen.
+    /// The RecordingKeyConfig's name; without it, one line per RecordingKeyConfig in the
+    /// namespace (or, with -A, in every namespace).
+    pub name: Option<String>,
+    /// Every namespace: one line per RecordingKeyConfig.
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    pub all_namespaces: bool,
+    /// Exit 3 unless every RecordingKeyConfig shown is Ready (for scripts and health checks).
+    #[arg(long)]
+    pub exit_code: bool,
+    /// Print the resource's status as JSON or YAML instead of the readable screen (without a
+    /// name: the verdict of each RecordingKeyConfig).
     #[arg(short = 'o', long = "output", value_enum)]
     pub output: Option<OutputFormat>,
     #[command(flatten)]
     pub kube: KubeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +343,7 @@ impl Command {
             Command::Decrypt(_) => "decrypt",
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
+            Command::Completion(_) => "completion",
         })
     }
 }

@@ -3,6 +3,7 @@
 mod backup;
 mod cluster;
 mod common;
+mod completion;
 mod crd;
 mod decrypt;
 mod encrypt;
@@ -35,5 +36,6 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Decrypt(args) => decrypt::execute(args).await,
         Command::Backup(args) => backup::execute(args).await,
         Command::Restore(args) => restore::execute(args).await,
+        Command::Completion(args) => completion::execute(args),
     }
 }

@@ -60,9 +60,35 @@ pub const ANNOTATION_ACKNOWLEDGE: &str = "kekeeper.io/acknowledge-key-pairs";
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the resource is or is not Ready"
+    ),
+    printcolumn(
         name = "Next Rotation",
         type_ = "string",
         json_path = ".status.nextRotationTime"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1
+    ),
+    printcolumn(
+        name = "KMS Key",
+        type_ = "string",
+        json_path = ".status.kmsKeyArn",
+        description = "The KMS key the alias resolved to at the last KMS key check",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Key Store",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"KeyStoreSynced\")].reason",
+        description = "The KeyStoreSynced condition's reason; empty without a key store",
+        priority = 1
     ),
     printcolumn(
         name = "Age",

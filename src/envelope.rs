@@ -16,7 +16,7 @@
 //! | 1 | format version, `1` |
 //! | 2 | `id_len`, length of the key pair id, 1..=1024 |
 //! | `id_len` | key pair id, UTF-8 |
-//! | 2 | `wrapped_len`, length of the wrapped data key, 1..=1024 |
+//! | 2 | `wrapped_len`, length of the wrapped data key, 256..=1024 (RSA 2048 to 8192 bits) |
 //! | `wrapped_len` | wrapped data key: RSA-OAEP ciphertext (SHA-256 hash, MGF1-SHA-256, no label) of a fresh, random 32-byte AES-256 key |
 //! | 7 | nonce prefix, random per envelope |
 //! | 4 | segment size in plaintext bytes; `65536` ([`SEGMENT_SIZE`]) in version 1 |
@@ -32,7 +32,7 @@
 //! |---|---|
 //! | 4 | segment index `i`, in clear |
 //! | 1 | flags: `0x00` = more segments follow, `0x01` = final segment; any other value is invalid |
-//! | 4 | `len`, plaintext length of this segment: exactly `segment size` for a non-final segment, `0..=segment size` for the final one |
+//! | 4 | `len`, plaintext length of this segment: exactly `segment size` for a non-final segment, `0..=segment size` for the final one, 0 only when it is segment 0 |
 //! | `len` | AES-256-GCM ciphertext |
 //! | 16 | AES-256-GCM tag |
 //!
@@ -83,6 +83,9 @@ pub const VERSION: u8 = 1;
 
 const MAGIC: &[u8; 6] = b"KEKREC";
 const MAX_KEY_PAIR_ID_LEN: usize = 1024;
+/// The wrapped key is an RSA-OAEP ciphertext, exactly the modulus length: 256 bytes for the
+/// smallest RSA key the format takes (2048 bits), 1024 for the largest (8192 bits).
+const MIN_WRAPPED_KEY_LEN: usize = 256;
 const MAX_WRAPPED_KEY_LEN: usize = 1024;
 const NONCE_PREFIX_LEN: usize = 7;
 const DATA_KEY_LEN: usize = 32;
@@ -111,9 +114,11 @@ pub enum EnvelopeError {
         "the key pair id must be 1 to 1024 bytes of UTF-8, got {len} bytes; it is stored in the envelope header"
     )]
     InvalidKeyPairId { len: usize },
-    #[error("the public key is not a usable RSA SubjectPublicKeyInfo (DER) key")]
+    #[error(
+        "the public key is not a usable RSA SubjectPublicKeyInfo (DER) key of 2048 to 8192 bits"
+    )]
     InvalidPublicKey,
-    #[error("the private key is not a usable RSA PKCS#8 (DER) key")]
+    #[error("the private key is not a usable RSA PKCS#8 (DER) key of 2048 to 8192 bits")]
     InvalidPrivateKey,
     #[error(
         "the private key does not unwrap this recording's data key: it is not the private key of the key pair named in the header, or the header was altered"
@@ -173,15 +178,16 @@ impl Header {
 
         let id = read_length_prefixed(
             input,
-            MAX_KEY_PAIR_ID_LEN,
+            1..=MAX_KEY_PAIR_ID_LEN,
             "key pair id length is 0 or above 1024",
         )?;
+        // Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
         let key_pair_id = String::from_utf8(id)
             .map_err(|_| EnvelopeError::MalformedHeader("key pair id is not UTF-8"))?;
         let wrapped_key = read_length_prefixed(
             input,
-            MAX_WRAPPED_KEY_LEN,
-            "wrapped key length is 0 or above 1024",
+            MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN,
+            "wrapped key length is below 256 (an RSA key under 2048 bits) or above 1024",
         )?;
 
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
@@ -292,8 +298,9 @@ pub fn encrypt<R: Read, W: Write>(
         })?
         .len();
     wrapped_key.truncate(wrapped_len);
-    if wrapped_key.len() > MAX_WRAPPED_KEY_LEN {
-        // An RSA key above 8192 bits: valid DER, but not a key pair kekeeper makes.
+    if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&wrapped_key.len()) {
+        // The library takes 2048 to 8192 bits only; checked again because the header's bounds
+        // depend on it.
         return Err(EnvelopeError::InvalidPublicKey);
     }
     let key = aead_key(data_key.as_slice())?;
@@ -366,6 +373,11 @@ pub fn decrypt<R: Read, W: Write>(
         .map_err(|_| EnvelopeError::InvalidPrivateKey)?;
     let private_key =
         OaepPrivateDecryptingKey::new(private_key).map_err(|_| EnvelopeError::InvalidPrivateKey)?;
+    // RSA-OAEP ciphertext is exactly the modulus length; anything else is not this key's
+    // wrap (docs/envelope.md#key-wrapping).
+    if header.wrapped_key.len() != private_key.key_size_bytes() {
+        return Err(EnvelopeError::WrongKey);
+    }
     let mut unwrapped = Zeroizing::new(vec![0u8; private_key.min_output_size()]);
     let data_key = private_key
         .decrypt(
@@ -409,7 +421,12 @@ pub fn decrypt<R: Read, W: Write>(
             _ => return Err(EnvelopeError::Tampered { segment }),
         };
         let len = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) as usize;
-        if len > segment_size || (!is_final && len != segment_size) {
+        // One segmentation per plaintext: only an empty recording has an empty final segment
+        // (a full segment is final when the input ends with it).
+        if len > segment_size
+            || (!is_final && len != segment_size)
+            || (is_final && len == 0 && index > 0)
+        {
             return Err(EnvelopeError::Tampered { segment });
         }
         let body = &mut frame[..SEGMENT_PREFIX_LEN + len + TAG_LEN];
@@ -482,13 +499,13 @@ fn read_exact_or<R: Read>(
 
 fn read_length_prefixed<R: Read>(
     input: &mut R,
-    max: usize,
+    allowed: std::ops::RangeInclusive<usize>,
     invalid_length: &'static str,
 ) -> Result<Vec<u8>, EnvelopeError> {
     let mut len = [0u8; 2];
     read_exact_or(input, &mut len, EnvelopeError::Truncated)?;
     let len = usize::from(u16::from_be_bytes(len));
-    if len == 0 || len > max {
+    if !allowed.contains(&len) {
         return Err(EnvelopeError::MalformedHeader(invalid_length));
     }
     let mut value = vec![0u8; len];

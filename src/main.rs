@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use kekeeper::cli::Cli;
 
 #[cfg(all(feature = "jemalloc", unix, not(target_env = "musl")))]
@@ -18,7 +17,7 @@ pub static MALLOC_CONF: &[u8] =
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     kekeeper::telemetry::init(cli.log_json);
     kekeeper::commands::dispatch(cli).await
 }

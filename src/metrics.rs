@@ -334,6 +334,12 @@ struct ResourceValues {
     /// `kekeeper_key_pairs_quarantined`: candidate pairs that failed their proof through KMS
     /// and are not acknowledged (docs/design.md, "Proof before publication").
     quarantined: i64,
+    /// `kekeeper_key_store_synced`: 1 while the KeyStoreSynced condition is True, 0 while it is
+    /// False; `None` (no series) without a key store.
+    key_store_synced: Option<i64>,
+    /// `kekeeper_suspended`: 1 while the resource is suspended (Ready=False Suspended), so
+    /// that the not-Ready alert can leave it out.
+    suspended: i64,
 }
 
 impl ResourceValues {
@@ -361,6 +367,7 @@ impl ResourceValues {
             .iter()
             .filter(|p| p.reason == "KeyPairQuarantined" && !acknowledged.contains(&p.key_pair_id))
             .count() as i64;
+        let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
         ResourceValues {
             ready: is_true("Ready"),
             kms_available: is_true("KmsAvailable"),
@@ -370,6 +377,8 @@ impl ResourceValues {
             integrity_problems: count("PublicKeyMismatch") + count("CustodyCheckFailed"),
             missing: count("KeyPairMissing"),
             quarantined,
+            key_store_synced: condition("KeyStoreSynced").map(|c| i64::from(c.status == "True")),
+            suspended: i64::from(condition("Ready").is_some_and(|c| c.reason == "Suspended")),
         }
     }
 }
@@ -382,7 +391,7 @@ enum GaugeValue {
 
 /// (name, help, value) of each per-resource gauge; `None` leaves the series out.
 type GaugeOf = fn(&ResourceValues) -> Option<GaugeValue>;
-const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 7] = [
+const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 9] = [
     ("ready", "1 while the RecordingKeyConfig is Ready", |v| {
         Some(GaugeValue::Count(v.ready))
     }),
@@ -415,6 +424,16 @@ const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 7] = [
         "key_pairs_quarantined",
         "Candidate key pairs (Secrets or key store objects the operator did not make) that failed their proof through KMS and are not acknowledged: never active, never published",
         |v| Some(GaugeValue::Count(v.quarantined)),
+    ),
+    (
+        "key_store_synced",
+        "1 while every retained key pair has its object in the key store (KeyStoreSynced); absent without a key store",
+        |v| v.key_store_synced.map(GaugeValue::Count),
+    ),
+    (
+        "suspended",
+        "1 while the RecordingKeyConfig is suspended (spec.suspend)",
+        |v| Some(GaugeValue::Count(v.suspended)),
     ),
 ];
 
@@ -486,12 +505,136 @@ mod tests {
             format!("kekeeper_next_rotation_timestamp_seconds{series} 1798588800.0"),
             format!("kekeeper_key_pair_integrity_problems{series} 0"),
             format!("kekeeper_key_pairs_missing{series} 0"),
+            format!("kekeeper_suspended{series} 0"),
         ] {
             assert!(text.contains(&line), "{line} in\n{text}");
         }
         assert!(text.contains("# TYPE kekeeper_ready gauge"), "{text}");
+        assert!(
+            !text.contains("kekeeper_key_store_synced{"),
+            "no key store, no series:\n{text}"
+        );
         metrics.forget(&config, Some("uid"), Some(&status));
         assert!(!metrics.encode().contains("recordings"));
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str) -> serde_json::Value {
+        serde_json::json!({"type": type_, "status": status, "reason": reason, "message": "",
+                           "lastTransitionTime": "2026-11-30T00:00:00Z"})
+    }
+
+    /// The key store gauge follows KeyStoreSynced; a suspended resource says so, for the
+    /// not-Ready alert to leave it out.
+    #[test]
+    fn key_store_and_suspended_gauges_follow_their_conditions() {
+        let metrics = Metrics::default();
+        let config = ConfigLabels {
+            namespace: "ns".into(),
+            config: "held".into(),
+        };
+        let series = r#"{namespace="ns",config="held"}"#;
+        let status = |conditions: Vec<serde_json::Value>| -> RecordingKeyConfigStatus {
+            serde_json::from_value(serde_json::json!({ "conditions": conditions })).unwrap()
+        };
+        metrics.record_status(
+            &config,
+            &status(vec![
+                condition("Ready", "False", "Suspended"),
+                condition("KeyStoreSynced", "False", "KeyStoreUnavailable"),
+            ]),
+            &Default::default(),
+        );
+        let text = metrics.encode();
+        for line in [
+            format!("kekeeper_ready{series} 0"),
+            format!("kekeeper_suspended{series} 1"),
+            format!("kekeeper_key_store_synced{series} 0"),
+        ] {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        metrics.record_status(
+            &config,
+            &status(vec![
+                condition("Ready", "False", "Rotating"),
+                condition("KeyStoreSynced", "True", "KeyPairsStored"),
+            ]),
+            &Default::default(),
+        );
+        let text = metrics.encode();
+        for line in [
+            format!("kekeeper_suspended{series} 0"),
+            format!("kekeeper_key_store_synced{series} 1"),
+        ] {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+    }
+
+    /// Every metric on /metrics is listed in docs/operations.md (the chart's alerts and
+    /// dashboard may only use the names listed there: tests/chart/conftest.py reads them).
+    #[test]
+    fn every_metric_is_documented_in_operations_md() {
+        let metrics = Metrics::default();
+        let config = ConfigLabels {
+            namespace: "ns".into(),
+            config: "c".into(),
+        };
+        metrics.record_status(
+            &config,
+            &serde_json::from_value(serde_json::json!({
+                "conditions": [condition("KeyStoreSynced", "True", "KeyPairsStored")],
+                "nextRotationTime": "2026-12-30T00:00:00Z",
+            }))
+            .unwrap(),
+            &Default::default(),
+        );
+        // Families print only once they have a series.
+        metrics.count_error("KubeApi".into());
+        metrics.count_store("written", 1);
+        metrics
+            .kms_calls
+            .get_or_create(&KmsCallLabels {
+                operation: "Decrypt".into(),
+                outcome: "ok".into(),
+            })
+            .inc();
+        metrics
+            .key_pair_created
+            .get_or_create(&KeyPairLabels {
+                namespace: "ns".into(),
+                config: "c".into(),
+                organization_id: "o".into(),
+            })
+            .set(1);
+        let text = metrics.encode();
+        let docs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"),
+        )
+        .unwrap();
+        let listed = docs
+            .split("## Metrics")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap();
+        let mut names = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                // Counters are exposed with the _total suffix.
+                let name = if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                names.push(name);
+            }
+        }
+        assert!(names.len() >= 12, "{names:?}");
+        for name in names {
+            assert!(
+                listed.contains(&format!("`{name}")),
+                "{name} is exported but not listed under \"## Metrics\" in docs/operations.md"
+            );
+        }
     }
 
     /// The deleted resources' uids are bounded: past [`FORGOTTEN_UIDS_KEPT`], the oldest go.

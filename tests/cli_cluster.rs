@@ -228,6 +228,293 @@ async fn status_shows_one_screen_and_prints_json_and_yaml() {
     );
 }
 
+/// The `<config>-public-keys` ConfigMap is what docs/recorders.md says, byte for byte: two
+/// labels, the RecordingKeyConfig as controller owner, one `<org>.pem` per organisation (the
+/// Secret's `publicKey.pem`) and `activeKeyPairs.json`, sorted by organisation, with exactly
+/// the four members in the documented order, two-space indented and without a final newline.
+async fn recorders_contract(cluster: &Cluster, stored: &Value) {
+    let cm = cluster
+        .object("", "configmaps", &cluster.ns(), "recordings-public-keys")
+        .await
+        .expect("the public-keys ConfigMap");
+    let meta = &cm["metadata"];
+    assert_eq!(
+        meta["labels"],
+        json!({"app.kubernetes.io/managed-by": "kekeeper", "kekeeper.io/config": "recordings"})
+    );
+    assert!(meta["annotations"].is_null(), "{meta:#}");
+    assert_eq!(
+        meta["ownerReferences"],
+        json!([{"apiVersion": "kekeeper.io/v1alpha1", "kind": "RecordingKeyConfig",
+                "name": "recordings", "uid": stored["metadata"]["uid"], "controller": true}])
+    );
+    assert!(cm["binaryData"].is_null());
+    let data = cm["data"].as_object().unwrap();
+    let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            &format!("{ORG_A}.pem"),
+            &format!("{ORG_B}.pem"),
+            "activeKeyPairs.json"
+        ]
+    );
+    let json = data["activeKeyPairs.json"].as_str().unwrap();
+    assert!(
+        json.starts_with("[\n  {\n    \"keyPairId\": ") && json.ends_with("\n]"),
+        "{json}"
+    );
+    let entries: Vec<Value> = serde_json::from_str(json).unwrap();
+    let mut orgs = Vec::new();
+    for entry in &entries {
+        let org = entry["organizationId"].as_str().unwrap();
+        orgs.push(org);
+        let pem = data[&format!("{org}.pem")].as_str().unwrap();
+        assert_eq!(entry["publicKeyPem"], pem);
+        assert!(
+            pem.starts_with("-----BEGIN PUBLIC KEY-----\n")
+                && pem.ends_with("-----END PUBLIC KEY-----\n")
+        );
+        let active = stored["status"]["activeKeyPairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["organizationId"] == org)
+            .unwrap();
+        assert_eq!(entry["keyPairId"], active["keyPairId"]);
+        assert_eq!(
+            entry["publicKeyFingerprint"],
+            active["publicKeyFingerprint"]
+        );
+        // The members, in the documented order, and no others.
+        let object = &json[json
+            .find(&format!("\"keyPairId\": {}", entry["keyPairId"]))
+            .unwrap()..];
+        let order: Vec<usize> = [
+            "\"keyPairId\"",
+            "\"organizationId\"",
+            "\"publicKeyFingerprint\"",
+            "\"publicKeyPem\"",
+        ]
+        .iter()
+        .map(|m| object.find(m).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{json}");
+        assert_eq!(entry.as_object().unwrap().len(), 4, "{entry:#}");
+    }
+    assert_eq!(orgs, [ORG_A, ORG_B], "sorted by organisation id");
+}
+
+/// A condition as the operator writes it, for generation 1.
+fn condition_at(type_: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "observedGeneration": 1, "lastTransitionTime": now})
+}
+
+/// The lines of a `kekeeper status` list or `kubectl get` table whose first cell is `name`.
+fn row<'a>(table: &'a str, name: &str) -> Option<&'a str> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+}
+
+/// `kubectl get rkc` shows Reason; `-o wide` adds Message, KMS Key and Key Store.
+/// `kekeeper status` without a name lists verdicts (namespace, `-n`, `-A`, `-o json`),
+/// `--exit-code` exits 3 unless Ready, and the binary answers as the kubectl plugin
+/// `kubectl kekeeper`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_verdicts_exits_unless_ready_and_kubectl_shows_the_columns() {
+    const KEY_ARN: &str =
+        "arn:aws:kms:us-east-1:111122223333:key/0b1c2d3e-aaaa-4bbb-8ccc-9ddd0eee1fff";
+    let cluster = Cluster::start(false).await;
+    cluster.install_crd().await;
+    let ns = cluster.ns();
+    let billing = cluster.namespace("billing").await;
+    for name in ["ready", "paused", "fresh"] {
+        cluster.apply_ok(&rkc_manifest(name, ALIAS, &[ORG_A])).await;
+    }
+    cluster
+        .apply_ok(&rkc_manifest_in(&billing, "archive", ALIAS, &[ORG_B]))
+        .await;
+    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .unwrap()
+        .to_string();
+    let ready = json!({
+        "observedGeneration": 1,
+        "kmsKeyArn": KEY_ARN,
+        "conditions": [
+            condition_at("Ready", "True", "KeyPairsActive", "1/1 organisations have an active key pair", &now),
+            condition_at("KeyStoreSynced", "True", "KeyPairsStored", "1/1 key pairs stored in s3://acme/prod", &now),
+        ],
+    });
+    write_status(&cluster, &ns, "ready", ready.clone()).await;
+    write_status(&cluster, &billing, "archive", ready).await;
+    let suspended = json!({
+        "observedGeneration": 1,
+        "conditions": [condition_at("Ready", "False", "Suspended", "spec.suspend is true", &now)],
+    });
+    write_status(&cluster, &ns, "paused", suspended).await;
+
+    // kubectl: the server prints the columns.
+    let plain = cluster.kubectl_ok(&["get", "rkc", "-n", &ns]).await;
+    let header = plain.lines().next().unwrap();
+    assert!(
+        header.contains("READY") && header.contains("REASON"),
+        "{plain}"
+    );
+    assert!(
+        !header.contains("MESSAGE") && !header.contains("KMS KEY"),
+        "{plain}"
+    );
+    assert!(
+        row(&plain, "ready").unwrap().contains("KeyPairsActive"),
+        "{plain}"
+    );
+    assert!(
+        row(&plain, "paused").unwrap().contains("Suspended"),
+        "{plain}"
+    );
+    let wide = cluster
+        .kubectl_ok(&["get", "rkc", "-n", &ns, "-o", "wide"])
+        .await;
+    let header = wide.lines().next().unwrap();
+    for column in ["REASON", "MESSAGE", "KMS KEY", "KEY STORE"] {
+        assert!(header.contains(column), "{column} in\n{wide}");
+    }
+    let line = row(&wide, "ready").unwrap();
+    for cell in [
+        "KeyPairsActive",
+        "1/1 organisations have an active key pair",
+        KEY_ARN,
+        "KeyPairsStored",
+    ] {
+        assert!(line.contains(cell), "{cell} in {line}");
+    }
+
+    // status without a name: the context's namespace, one line each.
+    let kubeconfig = Some(cluster.kubeconfig.as_path());
+    let run = kekeeper(kubeconfig, None, &["status"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("NAME "), "{}", run.stdout);
+    let verdict = |table: &str, name: &str| -> Vec<String> {
+        row(table, name)
+            .unwrap_or_else(|| panic!("{name} in\n{table}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        verdict(&run.stdout, "ready")[1..5],
+        ["Ready", "KeyPairsActive", "1", "KeyPairsStored"]
+    );
+    assert_eq!(
+        verdict(&run.stdout, "paused")[1..5],
+        ["Suspended", "Suspended", "1", "none"]
+    );
+    assert_eq!(
+        verdict(&run.stdout, "fresh")[1..3],
+        ["InProgress", "NoStatusYet"]
+    );
+    assert!(row(&run.stdout, "archive").is_none(), "{}", run.stdout);
+
+    // --exit-code: 3 unless every resource shown is Ready.
+    let run = kekeeper(kubeconfig, None, &["status", "--exit-code"]).await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let run = kekeeper(kubeconfig, None, &["status", "-n", &billing, "--exit-code"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(verdict(&run.stdout, "archive")[1], "Ready");
+    let run = kekeeper(kubeconfig, None, &["status", "ready", "--exit-code"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!("KMS key:        {KEY_ARN}")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("Public keys:    ConfigMap ready-public-keys"),
+        "{}",
+        run.stdout
+    );
+    let run = kekeeper(kubeconfig, None, &["status", "paused", "--exit-code"]).await;
+    assert_eq!(run.code, 3);
+    let run = kekeeper(
+        kubeconfig,
+        None,
+        &["status", "paused", "-o", "json", "--exit-code"],
+    )
+    .await;
+    assert_eq!(run.code, 3);
+
+    // -A: every namespace (others' resources too, on the shared real server), with a
+    // namespace column; -o json the same as a list.
+    let run = kekeeper(kubeconfig, None, &["status", "-A"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("NAMESPACE "), "{}", run.stdout);
+    for (namespace, name) in [(&ns, "ready"), (&ns, "paused"), (&billing, "archive")] {
+        assert!(
+            run.stdout.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.first() == Some(&namespace.as_str()) && cells.get(1) == Some(&name)
+            }),
+            "{namespace}/{name} in\n{}",
+            run.stdout
+        );
+    }
+    let run = kekeeper(kubeconfig, None, &["status", "-n", &billing, "-o", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let listed: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        listed,
+        json!([{"namespace": billing, "name": "archive", "verdict": "Ready",
+                "reason": "KeyPairsActive", "message": "1/1 organisations have an active key pair",
+                "organizations": 1, "keyStore": "KeyPairsStored"}])
+    );
+    // A name and -A do not go together.
+    let run = kekeeper(kubeconfig, None, &["status", "ready", "-A"]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+
+    // The kubectl plugin: kubectl runs kubectl-kekeeper from the PATH.
+    let plugins = cluster.path("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_kekeeper"),
+        plugins.join("kubectl-kekeeper"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let plugin = |args: &[&str]| {
+        std::process::Command::new(common::cluster::kubectl_path())
+            .args(args)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("PATH", &path)
+            .env("HOME", "/nonexistent")
+            .output()
+            .expect("kubectl")
+    };
+    let out = plugin(&["kekeeper", "status", "-n", &billing]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(verdict(&stdout, "archive")[1], "Ready");
+    let out = plugin(&["kekeeper", "status", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Usage: kubectl kekeeper status"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_by_name_all_selector_and_all_namespaces() {
     let cluster = Cluster::start(false).await;
@@ -543,6 +830,8 @@ async fn with_the_operator_rotate_waits_and_decrypt_finds_the_secret() {
         "{}",
         run.stdout
     );
+
+    recorders_contract(&cluster, &stored).await;
 
     // Encrypt with the active key pair of ORG_A (its Secret as a file), decrypt from the cluster.
     let active = stored["status"]["activeKeyPairs"]

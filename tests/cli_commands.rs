@@ -968,3 +968,33 @@ async fn backup_and_restore_say_what_the_file_holds_and_check_their_input() {
         run.stderr
     );
 }
+
+/// `kekeeper completion SHELL` prints a script the shell accepts, naming the subcommands.
+#[tokio::test]
+async fn completion_prints_a_script_for_bash_zsh_and_fish() {
+    let endpoint = "http://127.0.0.1:9";
+    for (shell, marker) in [
+        ("bash", "complete -F _kekeeper"),
+        ("zsh", "#compdef kekeeper"),
+        ("fish", "complete -c kekeeper"),
+    ] {
+        let run = kekeeper(endpoint, &["completion", shell], None).await;
+        assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains(marker), "{shell}:\n{}", run.stdout);
+        for subcommand in ["status", "rotate", "backup", "restore", "completion"] {
+            assert!(run.stdout.contains(subcommand), "{shell}: {subcommand}");
+        }
+    }
+    // bash itself takes the script and registers the completion.
+    let run = kekeeper(endpoint, &["completion", "bash"], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(dir.path(), "kekeeper.bash", &run.stdout);
+    let registered = std::process::Command::new("bash")
+        .args(["-c", &format!("source {script} && complete -p kekeeper")])
+        .output()
+        .expect("bash");
+    assert!(registered.status.success());
+    assert!(String::from_utf8_lossy(&registered.stdout).contains("_kekeeper kekeeper"));
+    let run = kekeeper(endpoint, &["completion", "tcsh"], None).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}

@@ -53,9 +53,11 @@ fn names_short_name_category_and_status_subresource() {
     assert!(version()["subresources"]["status"].is_object());
 }
 
+/// `kubectl get rkc` shows the verdict and its reason; `-o wide` adds the message, the KMS key
+/// and the key store (priority 1), as cert-manager's `kubectl get certificate -o wide` does.
 #[test]
 fn printer_columns() {
-    let columns: Vec<(String, String)> = version()["additionalPrinterColumns"]
+    let columns: Vec<(String, String, i64)> = version()["additionalPrinterColumns"]
         .as_array()
         .unwrap()
         .iter()
@@ -63,20 +65,41 @@ fn printer_columns() {
             (
                 c["name"].as_str().unwrap().to_owned(),
                 c["jsonPath"].as_str().unwrap().to_owned(),
+                c["priority"].as_i64().unwrap_or(0),
             )
         })
         .collect();
     let expected = [
-        ("Alias", ".spec.kmsKeyAliasArn"),
-        ("Period", ".spec.rotation.period"),
-        ("Orgs", ".status.organizationCount"),
-        ("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
-        ("Next Rotation", ".status.nextRotationTime"),
-        ("Age", ".metadata.creationTimestamp"),
+        ("Alias", ".spec.kmsKeyAliasArn", 0),
+        ("Period", ".spec.rotation.period", 0),
+        ("Orgs", ".status.organizationCount", 0),
+        (
+            "Ready",
+            ".status.conditions[?(@.type==\"Ready\")].status",
+            0,
+        ),
+        (
+            "Reason",
+            ".status.conditions[?(@.type==\"Ready\")].reason",
+            0,
+        ),
+        ("Next Rotation", ".status.nextRotationTime", 0),
+        (
+            "Message",
+            ".status.conditions[?(@.type==\"Ready\")].message",
+            1,
+        ),
+        ("KMS Key", ".status.kmsKeyArn", 1),
+        (
+            "Key Store",
+            ".status.conditions[?(@.type==\"KeyStoreSynced\")].reason",
+            1,
+        ),
+        ("Age", ".metadata.creationTimestamp", 0),
     ];
-    let expected: Vec<(String, String)> = expected
+    let expected: Vec<(String, String, i64)> = expected
         .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .map(|(a, b, p)| (a.to_string(), b.to_string(), *p))
         .collect();
     assert_eq!(columns, expected);
 }

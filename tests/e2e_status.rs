@@ -108,6 +108,14 @@ async fn status_tells_the_truth_through_every_scenario() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(metrics.contains("kekeeper_ready{"), "{metrics}");
+    // The suspended resource says so, for KekeeperNotReady to leave it out (issue 29).
+    let paused = format!("{{namespace=\"{}\",config=\"paused\"}}", cluster.ns());
+    for line in [
+        format!("kekeeper_ready{paused} 0"),
+        format!("kekeeper_suspended{paused} 1"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     operator.kill();
 }
 

@@ -1,59 +1,85 @@
 //! `kekeeper status NAME [-n NS] [-o json|yaml]`: one screen with what a key-custody team asks
 //! first (cmctl's `status certificate` is the model): conditions, active key pairs with their
-//! age, the next rotation, the last KMS error, recent history and the resource's events.
+//! age, the KMS key, the published ConfigMap, the last custody check, the next rotation, the
+//! last KMS error, recent history and the resource's events.
+//!
+//! `kekeeper status [-n NS | -A]` without a name: one line per RecordingKeyConfig with its
+//! verdict. `--exit-code` exits [`EXIT_NOT_READY`] unless every resource shown is Ready.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use jiff::Timestamp;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
+use serde::Serialize;
 
-use super::cluster::{connect, not_found};
+use super::cluster::{Cluster, connect, not_found};
 use super::common::{EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail};
 use crate::cli::{OutputFormat, StatusArgs};
-use crate::controller::status::KEY_STORE_SYNCED;
+use crate::controller::report::public_keys_config_map_name;
+use crate::controller::status::{
+    KEY_PAIR_INTEGRITY, KEY_STORE_SYNCED, READY, RECONCILING, STALLED,
+};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 
 /// Events shown: the newest ones, oldest first as `kubectl describe` lists them.
 const RECENT_EVENTS: usize = 10;
+
+/// `--exit-code`: a resource shown is not Ready (the status itself was read and printed).
+pub const EXIT_NOT_READY: u8 = 3;
 
 pub async fn execute(args: StatusArgs) -> ExitCode {
     let cluster = match connect(&args.kube).await {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
+    match args.name.clone() {
+        Some(name) => one(&args, cluster, &name).await,
+        None => list(&args, cluster).await,
+    }
+}
+
+/// The exit code once everything was printed: [`EXIT_NOT_READY`] with `--exit-code` when a
+/// resource is not Ready.
+fn verdict_exit(args: &StatusArgs, all_ready: bool) -> ExitCode {
+    if args.exit_code && !all_ready {
+        ExitCode::from(EXIT_NOT_READY)
+    } else {
+        ExitCode::from(EXIT_OK)
+    }
+}
+
+fn print_as(format: OutputFormat, value: &impl Serialize) -> Result<(), String> {
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(value).map_err(|e| e.to_string())?,
+        OutputFormat::Yaml => serde_yaml::to_string(value).map_err(|e| e.to_string())?,
+    };
+    writeln!(io::stdout().lock(), "{}", text.trim_end()).map_err(|e| e.to_string())
+}
+
+async fn one(args: &StatusArgs, cluster: Cluster, name: &str) -> ExitCode {
     let namespace = cluster.namespace.as_str();
     let api: Api<RecordingKeyConfig> = Api::namespaced(cluster.client.clone(), namespace);
-    let rkc = match api.get_opt(&args.name).await {
+    let rkc = match api.get_opt(name).await {
         Ok(Some(rkc)) => rkc,
         Ok(None) => {
             return fail(
                 EXIT_BAD_INPUT,
-                not_found("recordingkeyconfig", &args.name, namespace),
+                not_found("recordingkeyconfig", name, namespace),
             );
         }
         Err(e) => {
-            return fail(
-                EXIT_FAILED,
-                format!("cannot read {namespace}/{}: {e}", args.name),
-            );
+            return fail(EXIT_FAILED, format!("cannot read {namespace}/{name}: {e}"));
         }
     };
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    let ready = verdict(&rkc).is_ready();
     if let Some(format) = args.output {
         let status = rkc.status.clone().unwrap_or_default();
-        let text = match format {
-            OutputFormat::Json => serde_json::to_string_pretty(&status).map_err(|e| e.to_string()),
-            OutputFormat::Yaml => serde_yaml::to_string(&status).map_err(|e| e.to_string()),
-        };
-        return match text {
-            Ok(text) => match writeln!(out, "{}", text.trim_end()) {
-                Ok(()) => ExitCode::from(EXIT_OK),
-                Err(e) => fail(EXIT_FAILED, e),
-            },
+        return match print_as(format, &status) {
+            Ok(()) => verdict_exit(args, ready),
             Err(e) => fail(EXIT_FAILED, e),
         };
     }
@@ -65,17 +91,154 @@ pub async fn execute(args: StatusArgs) -> ExitCode {
     {
         Ok(list) => list.items,
         Err(e) => {
-            eprintln!(
-                "kekeeper: warning: cannot list the events of {namespace}/{}: {e}",
-                args.name
-            );
+            eprintln!("kekeeper: warning: cannot list the events of {namespace}/{name}: {e}");
             Vec::new()
         }
     };
-    match render(&mut out, &rkc, &events, Timestamp::now()) {
-        Ok(()) => ExitCode::from(EXIT_OK),
+    match render(&mut io::stdout().lock(), &rkc, &events, Timestamp::now()) {
+        Ok(()) => verdict_exit(args, ready),
         Err(e) => fail(EXIT_FAILED, format!("cannot write the status: {e}")),
     }
+}
+
+async fn list(args: &StatusArgs, cluster: Cluster) -> ExitCode {
+    let namespace = cluster.namespace.as_str();
+    let api: Api<RecordingKeyConfig> = if args.all_namespaces {
+        Api::all(cluster.client)
+    } else {
+        Api::namespaced(cluster.client, namespace)
+    };
+    let mut items = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) if args.all_namespaces => {
+            return fail(EXIT_FAILED, format!("cannot list RecordingKeyConfigs: {e}"));
+        }
+        Err(e) => {
+            return fail(
+                EXIT_FAILED,
+                format!("cannot list the RecordingKeyConfigs in namespace {namespace:?}: {e}"),
+            );
+        }
+    };
+    items.sort_by_key(|r| (r.namespace(), r.name_any()));
+    let verdicts: Vec<Verdict> = items.iter().map(verdict).collect();
+    let all_ready = verdicts.iter().all(Verdict::is_ready);
+    if let Some(format) = args.output {
+        return match print_as(format, &verdicts) {
+            Ok(()) => verdict_exit(args, all_ready),
+            Err(e) => fail(EXIT_FAILED, e),
+        };
+    }
+    if verdicts.is_empty() {
+        if args.all_namespaces {
+            eprintln!("No RecordingKeyConfigs found.");
+        } else {
+            eprintln!("No RecordingKeyConfigs found in namespace {namespace:?}.");
+        }
+        return verdict_exit(args, true);
+    }
+    match render_list(&mut io::stdout().lock(), &verdicts, args.all_namespaces) {
+        Ok(()) => verdict_exit(args, all_ready),
+        Err(e) => fail(EXIT_FAILED, format!("cannot write the status: {e}")),
+    }
+}
+
+/// A RecordingKeyConfig's verdict, one line of `kekeeper status` without a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub namespace: String,
+    pub name: String,
+    /// `Ready`; `Suspended`; `Stalled` (needs a person: the reason says why); `InProgress`
+    /// (work pending, or status not yet written for this generation); `NotReady`.
+    pub verdict: &'static str,
+    /// The Ready condition's reason.
+    pub reason: String,
+    /// The Ready condition's message.
+    pub message: String,
+    pub organizations: usize,
+    /// The KeyStoreSynced condition's reason, `None` without a key store.
+    #[serde(rename = "keyStore")]
+    pub key_store: Option<String>,
+}
+
+impl Verdict {
+    pub fn is_ready(&self) -> bool {
+        self.verdict == "Ready"
+    }
+}
+
+fn condition<'a>(status: &'a RecordingKeyConfigStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The verdict the way kstatus reads the conditions (docs/status.md#conditions): Ready only
+/// when Ready is True for the resource's current generation.
+pub fn verdict(rkc: &RecordingKeyConfig) -> Verdict {
+    let empty = RecordingKeyConfigStatus::default();
+    let status = rkc.status.as_ref().unwrap_or(&empty);
+    let ready = condition(status, READY);
+    let is_true = |type_: &str| condition(status, type_).is_some_and(|c| c.status == "True");
+    let generation = rkc.metadata.generation;
+    let current = generation.is_none()
+        || (status.observed_generation >= generation
+            && ready.is_some_and(|c| c.observed_generation.is_none_or(|g| Some(g) >= generation)));
+    let reason = ready.map(|c| c.reason.clone()).unwrap_or_default();
+    let verdict = if is_true(READY) && current {
+        "Ready"
+    } else if reason == "Suspended" && current {
+        "Suspended"
+    } else if is_true(STALLED) && current {
+        "Stalled"
+    } else if !current || is_true(RECONCILING) {
+        "InProgress"
+    } else {
+        "NotReady"
+    };
+    Verdict {
+        namespace: rkc.namespace().unwrap_or_default(),
+        name: rkc.name_any(),
+        verdict,
+        reason: if ready.is_none() {
+            "NoStatusYet".to_owned()
+        } else {
+            reason
+        },
+        message: ready.map(|c| c.message.clone()).unwrap_or_default(),
+        organizations: rkc.spec.organization_ids.len(),
+        key_store: condition(status, KEY_STORE_SYNCED).map(|c| c.reason.clone()),
+    }
+}
+
+/// One line per RecordingKeyConfig.
+pub fn render_list(
+    out: &mut impl Write,
+    verdicts: &[Verdict],
+    all_namespaces: bool,
+) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = verdicts
+        .iter()
+        .map(|v| {
+            let mut row = Vec::new();
+            if all_namespaces {
+                row.push(v.namespace.clone());
+            }
+            row.extend([
+                v.name.clone(),
+                v.verdict.to_owned(),
+                v.reason.clone(),
+                v.organizations.to_string(),
+                v.key_store.clone().unwrap_or_else(|| "none".to_owned()),
+                v.message.clone(),
+            ]);
+            row
+        })
+        .collect();
+    let mut headers = Vec::new();
+    if all_namespaces {
+        headers.push("NAMESPACE");
+    }
+    headers.extend(["NAME", "VERDICT", "REASON", "ORGS", "KEY STORE", "MESSAGE"]);
+    columns(out, &headers, &rows, "")
 }
 
 /// The readable screen.
@@ -118,8 +281,25 @@ pub fn render(
             .map_or("none yet".to_owned(), |g| g.to_string())
     )?;
     writeln!(out, "Key store:      {}", key_store(status))?;
+    writeln!(
+        out,
+        "KMS key:        {}",
+        match (&status.kms_key_arn, status.last_kms_key_check_time) {
+            (Some(arn), Some(t)) => format!("{arn} (alias checked {} ago)", age(t, now)),
+            (Some(arn), None) => arn.clone(),
+            (None, _) => "not resolved yet".to_owned(),
+        }
+    )?;
+    writeln!(
+        out,
+        "Public keys:    ConfigMap {} ({} active key pairs; docs/recorders.md)",
+        public_keys_config_map_name(&rkc.name_any()),
+        status.active_key_pairs.len()
+    )?;
+    writeln!(out, "Custody check:  {}", custody(status, now))?;
     write_conditions(out, status, now)?;
     write_key_pairs(out, status, now)?;
+    write_problems(out, status, now)?;
     write_rotation_and_kms(out, status, now)?;
     write_history(out, status, spec.history_limit, now)?;
     write_events(out, events, now)
@@ -138,6 +318,45 @@ fn key_store(status: &RecordingKeyConfigStatus) -> String {
                  backup (docs/disaster-recovery.md)"
             .to_owned(),
     }
+}
+
+/// The last custody check (every active pair's blob decrypted through KMS and compared with
+/// its recorded fingerprint) and the KeyPairIntegrity verdict.
+fn custody(status: &RecordingKeyConfigStatus, now: Timestamp) -> String {
+    let verdict = condition(status, KEY_PAIR_INTEGRITY)
+        .map(|c| format!("{} {}", c.status, c.reason))
+        .unwrap_or_else(|| "no KeyPairIntegrity condition yet".to_owned());
+    match status.last_key_verify_time {
+        Some(t) => format!("{} ago ({t}); KeyPairIntegrity {verdict}", age(t, now)),
+        None => format!("none yet; KeyPairIntegrity {verdict}"),
+    }
+}
+
+fn write_problems(
+    out: &mut impl Write,
+    status: &RecordingKeyConfigStatus,
+    now: Timestamp,
+) -> io::Result<()> {
+    writeln!(out, "\nKey pair problems:")?;
+    let rows: Vec<Vec<String>> = status
+        .key_pair_problems
+        .iter()
+        .map(|p| {
+            vec![
+                p.reason.clone(),
+                p.key_pair_id.clone(),
+                p.secret_name.clone(),
+                age(p.since, now),
+                p.message.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["REASON", "KEY PAIR", "SECRET", "SINCE", "MESSAGE"],
+        &rows,
+        "none",
+    )
 }
 
 fn write_conditions(
@@ -343,6 +562,28 @@ fn table(
     if rows.is_empty() {
         return writeln!(out, "  {empty}");
     }
+    aligned(out, headers, rows, "  ")
+}
+
+/// Left-aligned columns three spaces apart, not indented, as `kubectl get` prints them.
+fn columns(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    empty: &str,
+) -> io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(out, "{empty}");
+    }
+    aligned(out, headers, rows, "")
+}
+
+fn aligned(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    indent: &str,
+) -> io::Result<()> {
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             rows.iter()
@@ -352,12 +593,13 @@ fn table(
                 .unwrap_or_default()
         })
         .collect();
+    // kubectl separates its columns by three spaces; the indented tables by two.
+    let gap = if indent.is_empty() { 3 } else { 2 };
     let line = |cells: Vec<&str>| {
-        let mut text = String::from(" ");
+        let mut text = String::from(indent);
         for (cell, width) in cells.iter().zip(&widths) {
-            text.push(' ');
             text.push_str(cell);
-            text.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 1));
+            text.extend(std::iter::repeat_n(' ', width - cell.chars().count() + gap));
         }
         text.trim_end().to_owned()
     };
@@ -549,6 +791,108 @@ mod tests {
         assert!(text.contains("status observed none yet"), "{text}");
         assert!(text.contains("Conditions:\n  none yet"), "{text}");
         assert!(text.contains("Last KMS error: none"), "{text}");
+    }
+
+    #[test]
+    fn the_screen_names_the_kms_key_the_configmap_the_custody_check_and_problems() {
+        let mut rkc = rkc();
+        let status = rkc.status.as_mut().unwrap();
+        status.kms_key_arn = Some("arn:aws:kms:us-east-1:111122223333:key/k".into());
+        status.last_kms_key_check_time = Some(ts("2026-11-30T09:50:00Z"));
+        status.last_key_verify_time = Some(ts("2026-11-30T05:00:00Z"));
+        status.conditions.push(Condition {
+            type_: KEY_PAIR_INTEGRITY.into(),
+            status: "False".into(),
+            reason: "KeyPairMissing".into(),
+            message: String::new(),
+            observed_generation: Some(3),
+            last_transition_time: Time(ts("2026-11-30T09:55:00Z")),
+        });
+        status.key_pair_problems.push(
+            serde_json::from_value(serde_json::json!({
+                "organizationId": ORG, "keyPairId": "kp-1", "secretName": "recordings-old",
+                "reason": "KeyPairMissing", "message": "the Secret is gone",
+                "since": "2026-11-30T08:00:00Z",
+            }))
+            .unwrap(),
+        );
+        let mut out = Vec::new();
+        render(&mut out, &rkc, &[], ts("2026-11-30T10:00:00Z")).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for expected in [
+            "KMS key:        arn:aws:kms:us-east-1:111122223333:key/k (alias checked 10m ago)\n",
+            "Public keys:    ConfigMap recordings-public-keys (1 active key pairs; docs/recorders.md)\n",
+            "Custody check:  5h ago (2026-11-30T05:00:00Z); KeyPairIntegrity False KeyPairMissing\n",
+            "Key pair problems:\n  REASON          KEY PAIR  SECRET          SINCE  MESSAGE\n  KeyPairMissing  kp-1      recordings-old  120m   the Secret is gone\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
+        }
+    }
+
+    fn with_ready(status: &str, reason: &str, observed: i64) -> RecordingKeyConfig {
+        let mut rkc = rkc();
+        let s = rkc.status.as_mut().unwrap();
+        s.observed_generation = Some(observed);
+        s.conditions[0].status = status.into();
+        s.conditions[0].reason = reason.into();
+        s.conditions[0].observed_generation = Some(observed);
+        rkc
+    }
+
+    /// Ready only when Ready is True for the current generation, as kstatus reads it.
+    #[test]
+    fn the_verdict_reads_ready_for_the_current_generation() {
+        let cases = [
+            (with_ready("True", "KeyPairsActive", 3), "Ready"),
+            (with_ready("True", "KeyPairsActive", 2), "InProgress"),
+            (with_ready("False", "Suspended", 3), "Suspended"),
+            (with_ready("False", "KmsUnavailable", 3), "NotReady"),
+        ];
+        for (rkc, expected) in cases {
+            let v = verdict(&rkc);
+            assert_eq!(v.verdict, expected, "{v:?}");
+            assert_eq!(v.is_ready(), expected == "Ready");
+        }
+        let mut stalled = with_ready("False", "ConfigInvalid", 3);
+        stalled.status.as_mut().unwrap().conditions[1] = Condition {
+            status: "True".into(),
+            reason: "ConfigInvalid".into(),
+            ..stalled.status.as_ref().unwrap().conditions[1].clone()
+        };
+        assert_eq!(verdict(&stalled).verdict, "Stalled");
+        let mut fresh = rkc();
+        fresh.status = None;
+        let v = verdict(&fresh);
+        assert_eq!(
+            (v.verdict, v.reason.as_str()),
+            ("InProgress", "NoStatusYet")
+        );
+    }
+
+    #[test]
+    fn the_list_has_one_line_per_resource() {
+        let mut other = with_ready("False", "Suspended", 3);
+        other.metadata.namespace = Some("billing".into());
+        other.metadata.name = Some("archive".into());
+        let verdicts = [
+            verdict(&with_ready("True", "KeyPairsActive", 3)),
+            verdict(&other),
+        ];
+        let mut out = Vec::new();
+        render_list(&mut out, &verdicts, true).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NAMESPACE   NAME         VERDICT     REASON           ORGS   KEY STORE   MESSAGE\n\
+             telephony   recordings   Ready       KeyPairsActive   1      none        Ready message\n\
+             billing     archive      Suspended   Suspended        1      none        Ready message\n"
+        );
+        let mut out = Vec::new();
+        render_list(&mut out, &verdicts[..1], false).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with("NAME         VERDICT")
+        );
     }
 
     #[test]

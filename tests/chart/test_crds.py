@@ -80,9 +80,18 @@ def test_keep_can_be_switched_off_for_throwaway_clusters(chart):
 
 
 def test_extra_annotations_for_argocd(chart):
-    prune = {"argocd.argoproj.io/sync-options": "Prune=false"}
-    crd = one(render_docs(chart, {"crds": {"annotations": prune}}), "CustomResourceDefinition")
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep", **prune}
+    sync = "argocd.argoproj.io/sync-options"
+    # Sync options of your own are kept; the keep policy's Prune=false,Delete=false is never
+    # dropped (issue 27: an example of `Prune=false` alone used to drop Delete=false).
+    for given, expected in [
+        ("Prune=false", "Prune=false,Delete=false"),
+        ("ServerSideApply=true", "ServerSideApply=true,Prune=false,Delete=false"),
+        ("Replace=true, Delete=true", "Replace=true,Prune=false,Delete=false"),
+    ]:
+        crd = one(render_docs(chart, {"crds": {"annotations": {sync: given}}}),
+                  "CustomResourceDefinition")
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep", sync: expected}
+    prune = {sync: "Prune=false"}
     # The keep policy is the chart's promise; an annotation value cannot undo it.
     crd = one(render_docs(chart, {"crds": {"annotations": {"helm.sh/resource-policy": "delete"}}}),
               "CustomResourceDefinition")

@@ -14,7 +14,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn kubectl_path() -> PathBuf {
+pub fn kubectl_path() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBECTL") {
         return path.into();
     }

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 MAGIC = b"KEKREC"
 VERSION = 1
 MAX_FIELD_LEN = 1024
+MIN_WRAPPED_LEN = 256  # RSA 2048 bits
 SEGMENT_SIZE = 65536
 NONCE_PREFIX_LEN = 7
 PREFIX_LEN = 9
@@ -93,7 +94,7 @@ def read_header(stream: BinaryIO) -> Header:
     except UnicodeDecodeError:
         raise Rejected("malformed_header", "the key pair id is not UTF-8") from None
     (wrapped_len,) = struct.unpack(">H", _field(stream, 2, "wrapped key length", raw))
-    if not 1 <= wrapped_len <= MAX_FIELD_LEN:
+    if not MIN_WRAPPED_LEN <= wrapped_len <= MAX_FIELD_LEN:
         raise Rejected("malformed_header", f"wrapped key length {wrapped_len}")
     wrapped_key = _field(stream, wrapped_len, "wrapped key", raw)
     nonce_prefix = _field(stream, NONCE_PREFIX_LEN, "nonce prefix", raw)
@@ -114,6 +115,8 @@ OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashe
 
 
 def unwrap_data_key(private_key: rsa.RSAPrivateKey, header: Header) -> bytes:
+    if len(header.wrapped_key) != private_key.key_size // 8:
+        raise Rejected("wrong_key", "the wrapped key is not the modulus length of this key")
     try:
         data_key = private_key.decrypt(header.wrapped_key, OAEP)
     except ValueError:
@@ -140,6 +143,8 @@ def decrypt_body(data_key: bytes, header: Header, stream: BinaryIO, out: BinaryI
         final = flags == FLAG_FINAL
         if length > header.segment_size or (not final and length != header.segment_size):
             raise Rejected("tampered", f"segment {index} has length {length}")
+        if final and length == 0 and index > 0:
+            raise Rejected("tampered", f"segment {index} is an empty final segment after a full one")
         sealed = _read(stream, length + TAG_LEN)
         if len(sealed) != length + TAG_LEN:
             raise Rejected("truncated", f"the input ends inside segment {index}")
