@@ -136,7 +136,7 @@ async fn reconcile_steps<K: Kms>(rkc: Arc<RecordingKeyConfig>, ctx: &Context<K>)
             }
             Step::VerifyCustody if obs.custody.is_none() => obs.verify_custody(ctx).await?,
             Step::ListStore if obs.store.is_none() => obs.check_store(ctx).await?,
-            Step::Prove if obs.proofs.is_none() => obs.prove(ctx, &plan.prove).await,
+            Step::Prove if obs.proofs.is_none() => obs.prove(ctx, &plan.prove).await?,
             _ => break,
         }
         plan = plan::plan(&obs, now, settings);

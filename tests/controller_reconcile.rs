@@ -114,6 +114,9 @@ enum Scenario {
     /// Crash between storing the new pair and retiring the old: list, retire the shadowed
     /// pair, a Warning event about the two active pairs, status, ConfigMap; no new pair.
     RetireShadowed { existing: Vec<Secret> },
+    /// As `Rotate`, with a pair status has not recorded among `existing`: its status is read
+    /// fresh before it is proven through KMS.
+    ProveThenRotate { existing: Vec<Secret> },
     /// As `RetireShadowed`, with a rotate-now token pending: the status announces the work
     /// before the newer pair's proof through KMS.
     AnnounceThenRetireShadowed { existing: Vec<Secret> },
@@ -261,6 +264,17 @@ fn list_config_maps(published: ConfigMap) -> Expect {
         }),
     }
 }
+/// The status read before a proof (the cache may lag behind our own newest status): the
+/// resource as it is.
+fn read_status(object: &Value) -> Expect {
+    let object = object.clone();
+    Expect {
+        method: Method::GET,
+        path: status_path(),
+        query_contains: vec![],
+        reply: Box::new(move |_| (200, object.clone())),
+    }
+}
 fn config_map_apply() -> Expect {
     Expect {
         method: Method::PATCH,
@@ -291,6 +305,19 @@ impl Scenario {
                 vec![
                     list(existing),
                     status_patch(object),
+                    create_secret(),
+                    retire_secret(&old),
+                    event("KeyPairGenerated"),
+                    status_patch(object),
+                    config_map_apply(),
+                ]
+            }
+            Scenario::ProveThenRotate { existing } => {
+                let old = existing[0].metadata.name.clone().unwrap();
+                vec![
+                    list(existing),
+                    status_patch(object),
+                    read_status(object),
                     create_secret(),
                     retire_secret(&old),
                     event("KeyPairGenerated"),
@@ -356,6 +383,7 @@ impl Scenario {
                 let old = existing[0].metadata.name.clone().unwrap();
                 vec![
                     list(existing),
+                    read_status(object),
                     retire_secret(&old),
                     event("DuplicateActiveKeyPair"),
                     status_patch(object),
@@ -367,6 +395,7 @@ impl Scenario {
                 vec![
                     list(existing),
                     status_patch(object),
+                    read_status(object),
                     retire_secret(&old),
                     event("DuplicateActiveKeyPair"),
                     status_patch(object),
@@ -1601,7 +1630,9 @@ async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_a
     rkc.meta_mut().generation = Some(2);
     h.now = ts("2026-01-15T10:31:00Z");
 
-    let (result, seen) = h.reconcile(rkc, Scenario::Rotate { existing }).await;
+    let (result, seen) = h
+        .reconcile(rkc, Scenario::ProveThenRotate { existing })
+        .await;
     result.unwrap();
     assert_eq!(
         h.kms
@@ -1609,7 +1640,7 @@ async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_a
         1,
         "A's pair under the new alias is not made again"
     );
-    let created: Secret = serde_json::from_value(seen[2].body.clone()).unwrap();
+    let created: Secret = serde_json::from_value(seen[3].body.clone()).unwrap();
     let created = KeyPairSecret::from_secret(&created).unwrap();
     assert_eq!(created.organization_id, ORG_B);
     assert_eq!(created.kms_key_alias_arn.as_deref(), Some(NEW_ALIAS));

@@ -157,7 +157,14 @@ pub struct Context<K> {
     /// and when the last one was counted; KMS failures are counted in status instead. Bounded:
     /// see [`Context::record_failure`] and [`Context::forget_deleted`].
     failures: Mutex<HashMap<ObjectRef<RecordingKeyConfig>, FailureCount>>,
+    /// Key pairs this process proved through KMS lately (a self-test or a proof), by namespace
+    /// and Secret name, with the fingerprint proven and when; see [`Context::remember_proven`].
+    proven: Mutex<HashMap<(String, String), (String, tokio::time::Instant)>>,
 }
+
+/// How long this process remembers a pair it proved: until its status write is surely in the
+/// resources' cache (docs/design.md, "Proof before publication").
+const PROVEN_KEPT: Duration = Duration::from_secs(600);
 
 /// Consecutive failures of one resource, and when the last was counted.
 #[derive(Clone, Copy, Debug)]
@@ -197,6 +204,7 @@ impl<K> Context<K> {
             metrics,
             key_store: None,
             failures: Mutex::default(),
+            proven: Mutex::default(),
         }
     }
 
@@ -230,6 +238,28 @@ impl<K> Context<K> {
 
     pub(super) fn clear_failures(&self, object: &ObjectRef<RecordingKeyConfig>) {
         self.failures().remove(object);
+    }
+
+    /// Remembers that this process proved the pair `secret_name` in `namespace` with
+    /// `fingerprint` through KMS: a reconcile that sees it before the status recording it
+    /// reaches the cache takes it as proven instead of asking KMS again. Entries older than
+    /// [`PROVEN_KEPT`] go whenever one is added.
+    pub fn remember_proven(&self, namespace: &str, secret_name: &str, fingerprint: String) {
+        let now = tokio::time::Instant::now();
+        let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
+        proven.retain(|_, (_, at)| now.duration_since(*at) < PROVEN_KEPT);
+        proven.insert(
+            (namespace.to_owned(), secret_name.to_owned()),
+            (fingerprint, now),
+        );
+    }
+
+    /// Whether this process proved the pair with this fingerprint lately.
+    pub fn proven_here(&self, namespace: &str, secret_name: &str, fingerprint: &str) -> bool {
+        let proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
+        proven
+            .get(&(namespace.to_owned(), secret_name.to_owned()))
+            .is_some_and(|(f, at)| f == fingerprint && at.elapsed() < PROVEN_KEPT)
     }
 
     /// A deleted resource's failure count goes with it (its delete event).

@@ -321,7 +321,9 @@ async fn store<K>(
     }
     outcome.ring.retire(&previous, now);
     mark(ctx, outcome, &previous, MarkKind::Retired, now).await;
-    // Self-tested through KMS just now: proven.
+    // Self-tested through KMS just now: proven (and remembered, for a reconcile that sees the
+    // Secret before the status recording it).
+    ctx.remember_proven(&obs.namespace, &stored.secret_name, stored.fingerprint());
     outcome.ring.add_proven(stored.clone());
     Ok(stored)
 }

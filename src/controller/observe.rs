@@ -212,22 +212,60 @@ impl Observation {
     /// Proves the named candidate pairs through KMS under the key the alias resolves to in this
     /// reconcile's key check (the plan asks only after a usable one); the ring learns which are
     /// proven and which quarantined (docs/design.md, "Proof before publication").
-    pub async fn prove<K: Kms>(&mut self, ctx: &Context<K>, names: &[String]) {
+    pub async fn prove<K: Kms>(&mut self, ctx: &Context<K>, names: &[String]) -> Result<()> {
         let (Ok(config), Some(listed), Some(KeyCheck::Usable { description, .. })) =
             (&self.config, &self.listed, &self.key)
         else {
             self.proofs = Some(ProofCheck::default());
-            return;
+            return Ok(());
         };
-        let check =
-            proof::prove(ctx, config, &self.name, &description.key_arn, listed, names).await;
+        // The resource's cache may not have our own newest status yet (a reconcile woken by
+        // the Secret our last reconcile made): the status on the API server is the trust
+        // anchor, and a pair it records, or has quarantined, needs no KMS call; nor does one
+        // this process proved moments ago, whose status write may not be in yet
+        // (docs/design.md, "Proof before publication").
+        let api: Api<RecordingKeyConfig> = Api::namespaced(ctx.client.clone(), &self.namespace);
+        let fresh = api.get_status(&self.name).await?;
+        let anchors = ring_of(&fresh, Vec::new(), Tokens::new(), self.now);
+        let mut unproven = Vec::new();
+        for name in names {
+            let Some(pair) = listed.iter().find(|p| &p.secret_name == name) else {
+                continue;
+            };
+            let fingerprint = pair.fingerprint();
+            if anchors.recorded_fingerprint(name) == Some(fingerprint.as_str())
+                || ctx.proven_here(&self.namespace, name, &fingerprint)
+            {
+                self.ring.prove(name);
+            } else if let Some(q) = anchors
+                .quarantined()
+                .find(|q| &q.secret_name == name && q.fingerprint == pair.fingerprint())
+            {
+                self.ring.quarantine(q.clone());
+            } else {
+                unproven.push(name.clone());
+            }
+        }
+        let check = proof::prove(
+            ctx,
+            config,
+            &self.name,
+            &description.key_arn,
+            listed,
+            &unproven,
+        )
+        .await;
         for name in &check.proven {
             self.ring.prove(name);
+            if let Some(pair) = listed.iter().find(|p| &p.secret_name == name) {
+                ctx.remember_proven(&self.namespace, name, pair.fingerprint());
+            }
         }
         for quarantined in &check.quarantined {
             self.ring.quarantine(quarantined.clone());
         }
         self.proofs = Some(check);
+        Ok(())
     }
 
     /// Lists the config's pairs in the key store and compares them with the Secrets (listed
