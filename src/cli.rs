@@ -61,6 +61,9 @@ pub enum Command {
     /// Exit 0 done, 1 an API error or an existing Secret that holds another key pair, 2 bad
     /// input. docs/disaster-recovery.md
     Restore(RestoreArgs),
+    /// Print the version (the same line as --version): the binary, its image and its Helm
+    /// chart share one version (CHANGELOG.md).
+    Version,
 }
 
 #[derive(Debug, Args)]

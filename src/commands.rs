@@ -34,5 +34,9 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Decrypt(args) => decrypt::execute(args).await,
         Command::Backup(args) => backup::execute(args).await,
         Command::Restore(args) => restore::execute(args).await,
+        Command::Version => {
+            println!("kekeeper {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
     }
 }
