@@ -2,7 +2,7 @@
 #
 # kekeeper operator image: the release binary on distroless (cc, nonroot), running as 65532.
 #
-#   docker build -t ghcr.io/kekeeper/kekeeper:0.1.0 .
+#   docker build -t ghcr.io/kekeeper/kekeeper:"$(scripts/versions.py print)" .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t ... .
 #
 # Why glibc + distroless/cc rather than a static musl binary on distroless/static: the crypto

@@ -7,7 +7,9 @@
 #   scripts/build-image.sh            -> target/image/kekeeper.oci.tar (tag localhost/kekeeper:dev)
 #
 # Environment: KEKEEPER_IMAGE_BINARY (use this binary instead of `cargo build --release`),
-# KEKEEPER_IMAGE_OUT (archive path), KEKEEPER_IMAGE_TAG (name stored in the archive).
+# KEKEEPER_IMAGE_OUT (archive path), KEKEEPER_IMAGE_TAG (name stored in the archive),
+# KEKEEPER_IMAGE_VERSION (the org.opencontainers.image.version label, default Cargo.toml's
+# version; scripts/release.sh builds its image through this script).
 #
 # Same layout as the Dockerfile's image (gcr.io/distroless/cc-debian12:nonroot + /kekeeper):
 # the binary at /kekeeper, ENTRYPOINT ["/kekeeper"], CMD ["run"], USER 65532:65532, port
@@ -19,6 +21,7 @@ cd "$(dirname "$0")/.."
 
 OUT="${KEKEEPER_IMAGE_OUT:-target/image/kekeeper.oci.tar}"
 TAG="${KEKEEPER_IMAGE_TAG:-localhost/kekeeper:dev}"
+VERSION="${KEKEEPER_IMAGE_VERSION:-$(python3 scripts/versions.py print)}"
 WORK="target/image"
 log() { echo "build-image: $*" >&2; }
 
@@ -97,6 +100,7 @@ main() {
     --label org.opencontainers.image.title=kekeeper \
     --label "org.opencontainers.image.description=Kubernetes operator for call-recording KEK pairs under your AWS KMS key" \
     --label org.opencontainers.image.licenses=Apache-2.0 \
+    --label "org.opencontainers.image.version=$VERSION" \
     "$ctr"
   rm -f "$OUT"
   "${bh[@]}" commit --quiet --format oci --rm "$ctr" "oci-archive:$OUT:$TAG" >/dev/null

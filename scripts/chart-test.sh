@@ -10,6 +10,8 @@
 #
 #   scripts/chart-test.sh [pytest args...]   install the tools, create/refresh .venv-helm, run
 #                                            pytest tests/chart tests/gitops
+#   scripts/chart-test.sh venv               only create/refresh .venv-helm (the Helm engine for
+#                                            scripts/release.sh)
 #   scripts/chart-test.sh sync-crd           copy crds/recordingkeyconfigs.kekeeper.io.yaml into
 #                                            the chart (charts/kekeeper/files/crds/)
 #
@@ -31,6 +33,7 @@ fi
 # command:package pairs.
 APT_TOOLS="lua5.4:lua5.4 lua5.1:lua5.1 promtool:prometheus"
 missing=()
+[[ "${1:-}" == venv ]] && APT_TOOLS=""
 for pair in $APT_TOOLS; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
@@ -54,5 +57,6 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$REQS" ]]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $REQS
   echo "$REQS" > "$STAMP"
 fi
+[[ "${1:-}" == venv ]] && exit 0
 
 exec "$VENV/bin/python" -m pytest -q tests/chart tests/gitops "$@"

@@ -23,25 +23,50 @@
 #   The API server, LocalStack (state in .work/kms-image) and the container are stopped on exit.
 #
 # KEKEEPER_IMAGE_TEST_TIMEOUT: seconds to wait for Ready (default 180).
+# KEKEEPER_IMAGE_TEST_RENDER: the rendered chart to run (default the chart tests' default.yaml);
+# the release test passes the manifest Helm installed from the registry.
+# KEKEEPER_IMAGE_PULL=1: run the image the rendered Deployment names, pulled by digest from its
+# registry with buildah (plain HTTP: the test registry of scripts/registry.sh), instead of the
+# archive; the pulled image's digest must be the pinned one (docs/testing.md, "The release test").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 log() { echo "image-test: $*" >&2; }
 
 ARCHIVE="${KEKEEPER_IMAGE_OUT:-target/image/kekeeper.oci.tar}"
-RENDER="${KEKEEPER_CHART_RENDERS_DIR:-target/chart-renders}/default.yaml"
+RENDER="${KEKEEPER_IMAGE_TEST_RENDER:-${KEKEEPER_CHART_RENDERS_DIR:-target/chart-renders}/default.yaml}"
 PY="$ROOT/.venv-helm/bin/python"
 CLUSTER="${KEKEEPER_TEST_CLUSTER:-sim}"
+PULL="${KEKEEPER_IMAGE_PULL:-}"
+BH=(buildah --storage-driver vfs --root "$ROOT/target/image/storage"
+  --runroot "$ROOT/target/image/run")
+
+# The image the rendered Deployment names.
+deployment_image() {
+  "$PY" -c 'import sys, yaml
+print(next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment")
+      ["spec"]["template"]["spec"]["containers"][0]["image"])' "$RENDER"
+}
+
+# What the kubelet would do with the Deployment's image: pull it by its digest from the registry.
+pull_image() {
+  local image
+  image="$(deployment_image)"
+  [[ "$image" == *@sha256:* ]] || { log "the Deployment's image $image is not pinned by digest"; exit 1; }
+  log "pulling $image (buildah, plain HTTP)"
+  "${BH[@]}" pull --quiet --tls-verify=false "docker://$image" >/dev/null
+}
 
 # Outside the namespace: what needs the network (apt, pip, cargo), then re-run inside it.
 prepare() {
-  [[ -f "$ARCHIVE" ]] || { log "$ARCHIVE missing: run scripts/build-image.sh"; exit 2; }
+  [[ -n "$PULL" || -f "$ARCHIVE" ]] || { log "$ARCHIVE missing: run scripts/build-image.sh"; exit 2; }
   [[ -f "$RENDER" && -x "$PY" ]] || { log "$RENDER missing: run scripts/chart-test.sh"; exit 2; }
   [[ "$(id -u)" == 0 ]] || { log "needs root (unshare --net, buildah run)"; exit 2; }
   if ! command -v buildah >/dev/null; then
     apt-get update -qq
     apt-get install -y -qq buildah >/dev/null
   fi
+  [[ -z "$PULL" ]] || pull_image
   scripts/kms-emulator.sh install
   if [[ "$CLUSTER" == real ]]; then
     scripts/control-plane.sh build
@@ -141,7 +166,15 @@ json.dump(kc, open(sys.argv[2], "w"))' "$token" "$WORK/operator.kubeconfig"
 run_image() {
   local rootfs path e flags=()
   log "the image, as uid 65532, with the rendered args and env"
-  CTR="$("${BH[@]}" from --quiet --name kekeeper-image-test "oci-archive:$ROOT/$ARCHIVE")"
+  if [[ -n "$PULL" ]]; then
+    local image
+    image="$(deployment_image)"
+    CTR="$("${BH[@]}" from --quiet --pull=never --name kekeeper-image-test "$image")"
+    [[ "$("${BH[@]}" inspect --format '{{.FromImageDigest}}' "$CTR")" == "${image#*@}" ]] \
+      || { log "the pulled image is not ${image#*@}"; exit 1; }
+  else
+    CTR="$("${BH[@]}" from --quiet --name kekeeper-image-test "oci-archive:$ROOT/$ARCHIVE")"
+  fi
   mapfile -t ENTRYPOINT < <("${BH[@]}" inspect \
     --format '{{range .OCIv1.Config.Entrypoint}}{{println .}}{{end}}' "$CTR" | sed '/^$/d')
   rootfs="$("${BH[@]}" mount "$CTR")"
@@ -219,8 +252,6 @@ ip link set lo up
 WORK="$(mktemp -d)"
 KUBECTL="$(scripts/kubectl.sh)"
 export KEKEEPER_KMS_STATE="$ROOT/.work/kms-image"
-BH=(buildah --storage-driver vfs --root "$ROOT/target/image/storage"
-  --runroot "$ROOT/target/image/run")
 SIM_PID="" OP_PID="" CTR="" RO_PATHS=() ENTRYPOINT=()
 trap cleanup EXIT
 
@@ -236,5 +267,5 @@ run_image
 create_config
 wait_ready
 check_operator
-log "PASS: the image ran as 65532, read-only but /tmp, with the chart's args, env and RBAC" \
+log "PASS: the image${PULL:+ pulled from the registry by digest} ran as 65532, read-only but /tmp, with the chart's args, env and RBAC" \
   "on the $CLUSTER API server; rkc/image-test is Ready"

@@ -4,8 +4,9 @@
 # conformance tests, the integration and end-to-end tests against a local KMS emulator
 # (LocalStack, started here and stopped on exit) and kube-sim driven by kubectl, 20 s of every
 # fuzz target, then the end-to-end tests and the Helm install tests again on a real control plane
-# (etcd, kube-apiserver, kube-controller-manager built from source), and the operator image
-# built with buildah and run against a real control plane and LocalStack (needs root).
+# (etcd, kube-apiserver, kube-controller-manager built from source), and a release
+# (scripts/release.sh) pushed to a real OCI registry, its chart installed from there into a real
+# control plane and its image pulled by digest and run against one with LocalStack (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,17 +73,35 @@ helm_env="$(KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh 
 ) 2>&1 | tee "$LOGS/helm-real.log"
 KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh stop
 
-step "operator image: built with buildah (OCI archive), run as the chart's Deployment runs it, on a real control plane"
-scripts/build-image.sh
-KEKEEPER_TEST_CLUSTER=real scripts/image-test.sh 2>&1 | tee "$LOGS/image.log"
+step "release: scripts/release.sh builds the image (buildah), the CLI tarball, the SBOM and the chart and pushes them to a real OCI registry (go-containerregistry, scripts/registry.sh); the chart installed from the registry into a real control plane of its own; the image pulled by digest and run as the installed Deployment runs it, on a real control plane (docs/testing.md)"
+release_out="$PWD/target/release-artifacts/test"
+release_state="$PWD/.work/control-plane/release"
+trap 'scripts/kms-emulator.sh stop; scripts/control-plane.sh stop; KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh stop; KEKEEPER_CONTROL_PLANE_STATE="$release_state" scripts/control-plane.sh stop; scripts/registry.sh stop; rm -rf "$LOGS"' EXIT
+registry_env="$(scripts/registry.sh start)"
+eval "$registry_env"
+scripts/release.sh "$(python3 scripts/versions.py print)" --registry "$KEKEEPER_REGISTRY/kekeeper" \
+  --plain-http --out "$release_out"
+release_env="$(KEKEEPER_CONTROL_PLANE_STATE="$release_state" scripts/control-plane.sh start)"
+(
+  eval "$release_env"
+  export KEKEEPER_CRANE KEKEEPER_RELEASE_ENV="$release_out/release.env"
+  export KEKEEPER_RELEASE_INSTALLED="$PWD/target/release-test/installed.yaml"
+  .venv-helm/bin/python -m pytest -q tests/release
+) 2>&1 | tee "$LOGS/release.log"
+KEKEEPER_CONTROL_PLANE_STATE="$release_state" scripts/control-plane.sh stop
+KEKEEPER_TEST_CLUSTER=real KEKEEPER_IMAGE_PULL=1 \
+  KEKEEPER_IMAGE_TEST_RENDER="$PWD/target/release-test/installed.yaml" scripts/image-test.sh 2>&1 \
+  | tee "$LOGS/image.log"
 image_passed="$(grep -c '^image-test: PASS' "$LOGS/image.log" || true)"
+scripts/registry.sh stop
 
 # One closing line for the whole suite (cargo's own last line is the doc-test run of kube-sim).
 chart_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/chart.log" | tail -n 1 | grep -Eo '[0-9]+')"
 read -r cargo_passed cargo_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$LOGS/cargo.log")
 read -r real_passed real_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$LOGS/real.log")
 helm_real_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/helm-real.log" | tail -n 1 | grep -Eo '[0-9]+')"
-real_passed=$((real_passed + ${helm_real_passed:-0}))
+release_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/release.log" | tail -n 1 | grep -Eo '[0-9]+')"
+real_passed=$((real_passed + ${helm_real_passed:-0} + ${release_passed:-0}))
 echo
 echo "${chart_passed:-0} chart tests, $cargo_passed Rust tests on kube-sim, $real_passed on the real control plane, ${envelope_passed:-0} envelope-reader checks, ${fuzz_passed:-0} fuzz targets and $image_passed image test"
 echo "tests: $((chart_passed + cargo_passed + real_passed + ${envelope_passed:-0} + ${fuzz_passed:-0} + image_passed)) passed, $((cargo_failed + real_failed)) failed"

@@ -101,6 +101,9 @@ pub enum Command {
     /// "${fpath[1]}/_kekeeper"`; fish: `kekeeper completion fish >
     /// ~/.config/fish/completions/kekeeper.fish`.
     Completion(CompletionArgs),
+    /// Print the version (the same line as --version): the binary, its image and its Helm
+    /// chart share one version (CHANGELOG.md).
+    Version,
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +347,7 @@ impl Command {
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
             Command::Completion(_) => "completion",
+            Command::Version => "version",
         })
     }
 }

@@ -37,5 +37,9 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Backup(args) => backup::execute(args).await,
         Command::Restore(args) => restore::execute(args).await,
         Command::Completion(args) => completion::execute(args),
+        Command::Version => {
+            println!("kekeeper {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
     }
 }

@@ -225,6 +225,18 @@ async fn test_reports_access_denied_and_throttling_from_kms() {
     assert!(run.stdout.contains("FAIL  decrypt the private key"));
 }
 
+/// `kekeeper version` and `kekeeper --version` print the same line, with the crate's version
+/// (the one scripts/versions.py checks against the chart and CHANGELOG.md).
+#[tokio::test]
+async fn version_and_dash_dash_version_print_the_crate_version() {
+    let expected = format!("kekeeper {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["version"][..], &["--version"][..]] {
+        let run = kekeeper("http://127.0.0.1:9", args, None).await;
+        assert_eq!(run.code, 0, "{args:?}");
+        assert_eq!(run.stdout, expected, "{args:?}");
+    }
+}
+
 #[tokio::test]
 async fn bad_input_exits_2_naming_the_problem() {
     // No KMS call is made for any of these; the endpoint is never contacted.
