@@ -19,7 +19,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODULE="$ROOT/tests/control-plane"
 RELEASE="$(cat "$MODULE/RELEASE")"
-BIN="${KEKEEPER_CONTROL_PLANE_BIN:-$ROOT/.work/control-plane/$RELEASE}"
+# The built binaries are a cache, like Cargo's and Go's own: kept per release in the user's cache
+# directory, so a fresh clone on the same machine (CI) does not build them again; built when
+# missing (docs/testing.md, "Disk").
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/kekeeper"
+BIN="${KEKEEPER_CONTROL_PLANE_BIN:-$CACHE/control-plane/$RELEASE}"
 STATE="${KEKEEPER_CONTROL_PLANE_STATE:-$ROOT/.work/control-plane/run}"
 # Seconds each component has to become ready.
 TIMEOUT="${KEKEEPER_CONTROL_PLANE_TIMEOUT:-120}"

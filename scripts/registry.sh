@@ -4,7 +4,7 @@
 # official sources by a dev-only Go module (tests/registry) and run on 127.0.0.1, plain HTTP.
 # docs/testing.md, "The release test".
 #
-#   scripts/registry.sh build              # builds crane once per version, under .work/registry/
+#   scripts/registry.sh build              # builds crane once per version, under ~/.cache/kekeeper/registry/
 #   eval "$(scripts/registry.sh start)"    # builds if needed, starts, prints the exports
 #   scripts/registry.sh env                # the exports of the running registry
 #   scripts/registry.sh crane              # the path of the crane binary (builds if needed)
@@ -19,7 +19,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODULE="$ROOT/tests/registry"
 VERSION="$(sed -n 's#^require github.com/google/go-containerregistry \(v[^ ]*\)$#\1#p' "$MODULE/go.mod")"
-BIN="${KEKEEPER_REGISTRY_BIN:-$ROOT/.work/registry/$VERSION}"
+# The built crane is a cache kept per version in the user's cache directory (as the control
+# plane's binaries are); built when missing.
+BIN="${KEKEEPER_REGISTRY_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/kekeeper/registry/$VERSION}"
 STATE="${KEKEEPER_REGISTRY_STATE:-$ROOT/.work/registry/run}"
 CRANE="$BIN/crane"
 

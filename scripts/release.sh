@@ -12,7 +12,7 @@
 #    - kekeeper-VERSION-linux-amd64.tar.gz: the stripped binary, LICENSE and README.md, in a
 #      reproducible tar (sorted, owner 0, mtime of the release commit);
 #    - kekeeper-VERSION.cdx.json: a CycloneDX 1.5 SBOM of the binary's crates (cargo-cyclonedx,
-#      installed with `cargo install --locked` into .work/tools when missing);
+#      installed with `cargo install --locked` into the user's cache directory when missing);
 #    - kekeeper-VERSION.tgz: the chart, whose values.yaml names the pushed image by digest
 #      (image.repository = REGISTRY/kekeeper, image.digest = sha256:...), packaged and linted
 #      with the Helm engine (helm-python-sdk, scripts/release_chart.py);
@@ -107,10 +107,11 @@ sbom() {
   local tool
   tool="$(command -v cargo-cyclonedx || true)"
   if [[ -z "$tool" || "$("$tool" cyclonedx --version)" != *" $CDX_VERSION" ]]; then
-    tool="$ROOT/.work/tools/bin/cargo-cyclonedx"
+    tools="${XDG_CACHE_HOME:-$HOME/.cache}/kekeeper/tools"
+    tool="$tools/bin/cargo-cyclonedx"
     if [[ ! -x "$tool" || "$("$tool" cyclonedx --version)" != *" $CDX_VERSION" ]]; then
-      log "cargo install --locked cargo-cyclonedx@$CDX_VERSION into .work/tools (cold: 3-5 min)"
-      cargo install --quiet --locked --root "$ROOT/.work/tools" "cargo-cyclonedx@$CDX_VERSION" >&2
+      log "cargo install --locked cargo-cyclonedx@$CDX_VERSION into $tools (cold: 3-5 min)"
+      cargo install --quiet --locked --root "$tools" "cargo-cyclonedx@$CDX_VERSION" >&2
     fi
   fi
   log "$NAME.cdx.json (cargo-cyclonedx $CDX_VERSION)"
