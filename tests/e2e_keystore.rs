@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::cluster::{Cluster, Operator, condition, count_states, eventually, rkc_manifest};
+use common::fleet;
 use common::proxy::FaultProxy;
 use common::{create_bucket, create_key, kms_endpoint, s3_config};
 use kube_sim::ErrorFault;
@@ -104,13 +105,10 @@ fn active_pairs(rkc: &Value) -> BTreeSet<(String, String)> {
 
 /// Key pairs the operator generated through KMS, from its /metrics.
 async fn generated(operator: &Operator) -> u64 {
-    operator
-        .get("/metrics")
-        .await
-        .lines()
-        .filter(|l| l.starts_with("kekeeper_kms_calls_total") && l.contains("GenerateDataKeyPair"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    fleet::calls(
+        &fleet::kms_calls(operator).await,
+        "GenerateDataKeyPairWithoutPlaintext",
+    )
 }
 
 async fn rotate(cluster: &Cluster, token: &str) {
@@ -1245,26 +1243,16 @@ async fn a_planted_secret_is_quarantined_never_published_nor_stored() {
         "the genuine pair and the one the operator made: {stored:?}"
     );
     // The quarantine is remembered: later reconciles do not ask KMS about it again.
-    let decrypts = |metrics: String| {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("kekeeper_kms_calls_total") && l.contains("\"Decrypt\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
-    let before = decrypts(operator.get("/metrics").await);
+    let decrypts = async || fleet::calls(&fleet::kms_calls(&operator).await, "Decrypt");
+    let before = decrypts().await;
     rotate(&cluster, "t2").await;
     eventually("t2 honoured", WAIT, || async {
         let rkc = rkc(&cluster).await?;
         (rkc["status"]["rotateNowToken"] == "t2").then_some(())
     })
     .await;
-    let after = decrypts(operator.get("/metrics").await);
-    assert_eq!(
-        after - before,
-        1.0,
-        "only the new pair's self-test decrypts"
-    );
+    let after = decrypts().await;
+    assert_eq!(after - before, 1, "only the new pair's self-test decrypts");
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {
