@@ -299,6 +299,7 @@ mod tests {
                 ts("2026-01-01T00:00:00Z"),
             ),
             private_key_ciphertext: vec![7; 16],
+            wraps: Vec::new(),
         };
         if let Some(at) = retired_at {
             pair.retire(ts(at));

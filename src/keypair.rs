@@ -88,8 +88,25 @@ pub struct KeyPairRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyPairSecret {
     pub record: KeyPairRecord,
-    /// The KMS ciphertext blob of the private key.
+    /// The KMS ciphertext blob of the private key, under `record.kms_key_arn`: the blob KMS
+    /// made the pair with, never changed.
     pub private_key_ciphertext: Vec<u8>,
+    /// Further blobs of the same private key, each made by KMS `ReEncrypt` onto another KMS
+    /// key, oldest first (docs/design.md, "Rewrap"). Empty for a pair never rewrapped.
+    pub wraps: Vec<Wrap>,
+}
+
+/// The private key of a pair, re-encrypted by KMS `ReEncrypt` onto another KMS key with the
+/// same encryption context: the plaintext never left KMS (docs/design.md, "Rewrap"). Nothing
+/// relies on a wrap until KMS has proven it (Decrypt under `kms_key_arn` gives the pair's
+/// private key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wrap {
+    /// The ARN of the KMS key this blob is under (a key ARN, never an alias).
+    pub kms_key_arn: String,
+    /// The KMS ciphertext blob.
+    pub ciphertext: Vec<u8>,
+    pub created_at: Timestamp,
 }
 
 impl std::ops::Deref for KeyPairSecret {
@@ -170,6 +187,7 @@ impl KeyPairSecret {
         KeyPairSecret {
             record,
             private_key_ciphertext: key_pair.private_key_ciphertext,
+            wraps: Vec::new(),
         }
     }
 
@@ -386,6 +404,7 @@ impl KeyPairSecret {
         Ok(KeyPairSecret {
             record,
             private_key_ciphertext,
+            wraps: Vec::new(),
         })
     }
 
@@ -686,6 +705,7 @@ mod tests {
         KeyPairSecret {
             record,
             private_key_ciphertext: vec![7; 1876],
+            wraps: Vec::new(),
         }
     }
 

@@ -483,6 +483,7 @@ impl StoredKeyPair {
                 public_key_der,
             },
             private_key_ciphertext,
+            wraps: Vec::new(),
         })
     }
 }
@@ -1400,6 +1401,7 @@ mod tests {
                 "2026-01-01T00:00:00Z".parse().unwrap(),
             ),
             private_key_ciphertext: vec![1, 2, 3],
+            wraps: Vec::new(),
         };
         let object = StoredKeyPair::of(&pair, Some("t1"));
         let json = serde_json::to_string(&object).unwrap();
@@ -1432,6 +1434,7 @@ mod tests {
                 "2026-01-01T00:00:00Z".parse().unwrap(),
             ),
             private_key_ciphertext: vec![7; 16],
+            wraps: Vec::new(),
         }
     }
 
@@ -1617,6 +1620,7 @@ mod tests {
             ),
             // KMS's ciphertext is the plaintext and about 300 bytes of header and tag.
             private_key_ciphertext: vec![7; private_key.len() + 300],
+            wraps: Vec::new(),
         };
         pair.kms_key_alias_arn = Some(format!(
             "arn:aws:kms:us-east-1:111122223333:alias/{}",

@@ -68,6 +68,7 @@ pub enum KmsOperation {
     GenerateDataKeyPair,
     GenerateDataKeyPairWithoutPlaintext,
     Decrypt,
+    ReEncrypt,
 }
 
 impl KmsOperation {
@@ -79,6 +80,7 @@ impl KmsOperation {
                 "GenerateDataKeyPairWithoutPlaintext"
             }
             KmsOperation::Decrypt => "Decrypt",
+            KmsOperation::ReEncrypt => "ReEncrypt",
         }
     }
 }
@@ -274,6 +276,28 @@ pub trait Kms: Send + Sync {
         ciphertext: &[u8],
         context: &EncryptionContext,
     ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, KmsError>> + Send;
+
+    /// `ReEncrypt` of a private key blob from the key it is under (`source_key_arn`) onto
+    /// `destination_key_arn`, with the same encryption context on both sides: the plaintext
+    /// never leaves KMS (docs/design.md, "Rewrap"). Returns the new blob. The default answers
+    /// that this Kms cannot, so test doubles written before it existed keep compiling.
+    fn re_encrypt(
+        &self,
+        source_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        destination_key_arn: &str,
+    ) -> impl Future<Output = Result<Vec<u8>, KmsError>> + Send {
+        let _ = (ciphertext, context);
+        let err = KmsError::new(
+            KmsOperation::ReEncrypt,
+            KmsErrorKind::Other,
+            format!(
+                "re_encrypt is not implemented by this Kms ({source_key_arn} -> {destination_key_arn})"
+            ),
+        );
+        async move { Err(err) }
+    }
 }
 
 #[cfg(test)]

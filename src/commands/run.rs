@@ -627,6 +627,7 @@ mod tests {
                     )
                 },
                 private_key_ciphertext: vec![9; 8],
+                wraps: Vec::new(),
             };
             let expected = vec![ObjectRef::<CachedConfig>::new(name).within(&namespace)];
             let secret = pair.to_secret().unwrap();

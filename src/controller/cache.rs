@@ -450,6 +450,7 @@ mod tests {
         let pairs = ["org-a", "org-b"].map(|org| KeyPairSecret {
             record: crate::keypair::test_pair(org, 1, KeyPairSpec::Rsa2048, vec![1, 2, 3], created),
             private_key_ciphertext: vec![9; 8],
+            wraps: Vec::new(),
         });
         for pair in &pairs {
             let mut secret = pair.to_secret().unwrap();

@@ -196,6 +196,7 @@ mod tests {
                 "2026-01-01T00:00:00Z".parse().unwrap(),
             ),
             private_key_ciphertext: vec![9; 8],
+            wraps: Vec::new(),
         };
         change(&mut pair);
         pair

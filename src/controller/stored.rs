@@ -122,6 +122,7 @@ mod tests {
                 "2026-01-01T00:00:00Z".parse().unwrap(),
             ),
             private_key_ciphertext: vec![1; 8],
+            wraps: Vec::new(),
         }
     }
 
