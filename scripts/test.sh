@@ -86,9 +86,19 @@ release_env="$(KEKEEPER_CONTROL_PLANE_STATE="$release_state" scripts/control-pla
   eval "$release_env"
   export KEKEEPER_CRANE KEKEEPER_RELEASE_ENV="$release_out/release.env"
   export KEKEEPER_RELEASE_INSTALLED="$PWD/target/release-test/installed.yaml"
-  .venv-helm/bin/python -m pytest -q tests/release
+  .venv-helm/bin/python -m pytest -q tests/release/test_release.py
 ) 2>&1 | tee "$LOGS/release.log"
 KEKEEPER_CONTROL_PLANE_STATE="$release_state" scripts/control-plane.sh stop
+# The README's first 60 lines, followed as a newcomer would, on a control plane with nothing
+# installed: the released chart from the registry, the released CLI, LocalStack for AWS.
+readme_state="$PWD/.work/control-plane/readme"
+trap 'scripts/kms-emulator.sh stop; scripts/control-plane.sh stop; KEKEEPER_CONTROL_PLANE_STATE="$helm_state" scripts/control-plane.sh stop; KEKEEPER_CONTROL_PLANE_STATE="$release_state" scripts/control-plane.sh stop; KEKEEPER_CONTROL_PLANE_STATE="$readme_state" scripts/control-plane.sh stop; scripts/registry.sh stop; rm -rf "$LOGS"' EXIT
+readme_env="$(KEKEEPER_CONTROL_PLANE_STATE="$readme_state" scripts/control-plane.sh start)"
+(
+  eval "$readme_env"
+  KEKEEPER_RELEASE_ENV="$release_out/release.env" .venv-helm/bin/python -m pytest -q tests/release/test_readme.py
+) 2>&1 | tee "$LOGS/readme.log"
+KEKEEPER_CONTROL_PLANE_STATE="$readme_state" scripts/control-plane.sh stop
 KEKEEPER_TEST_CLUSTER=real KEKEEPER_IMAGE_PULL=1 \
   KEKEEPER_IMAGE_TEST_RENDER="$PWD/target/release-test/installed.yaml" scripts/image-test.sh 2>&1 \
   | tee "$LOGS/image.log"
@@ -101,7 +111,8 @@ read -r cargo_passed cargo_failed < <(awk '/^test result:/ {p += $4; f += $6} EN
 read -r real_passed real_failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$LOGS/real.log")
 helm_real_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/helm-real.log" | tail -n 1 | grep -Eo '[0-9]+')"
 release_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/release.log" | tail -n 1 | grep -Eo '[0-9]+')"
-real_passed=$((real_passed + ${helm_real_passed:-0} + ${release_passed:-0}))
+readme_passed="$(grep -Eo '[0-9]+ passed' "$LOGS/readme.log" | tail -n 1 | grep -Eo '[0-9]+')"
+real_passed=$((real_passed + ${helm_real_passed:-0} + ${release_passed:-0} + ${readme_passed:-0}))
 echo
 echo "${chart_passed:-0} chart tests, $cargo_passed Rust tests on kube-sim, $real_passed on the real control plane, ${envelope_passed:-0} envelope-reader checks, ${fuzz_passed:-0} fuzz targets and $image_passed image test"
 echo "tests: $((chart_passed + cargo_passed + real_passed + ${envelope_passed:-0} + ${fuzz_passed:-0} + image_passed)) passed, $((cargo_failed + real_failed)) failed"

@@ -132,7 +132,12 @@ impl KeyPairRates {
 
 impl fmt::Display for KeyPairRates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rates: Vec<String> = self.0.iter().map(|(s, r)| format!("{s}={r}/s")).collect();
+        // 90 % of 0.1/s reads 0.09/s, not 0.09000000000000001/s.
+        let rates: Vec<String> = self
+            .0
+            .iter()
+            .map(|(s, r)| format!("{s}={}/s", round_rate(*r)))
+            .collect();
         f.write_str(&rates.join(", "))
     }
 }
@@ -521,6 +526,10 @@ mod tests {
         assert_eq!(defaults.rate(KeyPairSpec::Rsa2048), 0.9);
         assert_eq!(defaults.rate(KeyPairSpec::Rsa3072), 0.45);
         assert!((defaults.rate(KeyPairSpec::Rsa4096) - 0.09).abs() < 1e-12);
+        assert_eq!(
+            defaults.to_string(),
+            "RSA_2048=0.9/s, RSA_3072=0.45/s, RSA_4096=0.09/s"
+        );
         let flags: Vec<KeyPairRate> = ["RSA_3072=0.3", "2", "RSA_4096=0.05"]
             .iter()
             .map(|f| f.parse().unwrap())
