@@ -10,7 +10,7 @@ mod common;
 use std::process::Stdio;
 
 use common::proxy::{FaultProxy, RegionFault};
-use common::{REGION, TestKey, admin, create_key, kms_endpoint, manifest, sdk_config};
+use common::{REGION, TestKey, create_multi_region_key, kms_endpoint, manifest, sdk_config};
 use kekeeper::config::ValidatedConfig;
 use kekeeper::kms::sdk::SdkKms;
 use kekeeper::kms::{EncryptionContext, KeyPairSpec, Kms, KmsErrorKind};
@@ -39,17 +39,7 @@ fn context() -> EncryptionContext {
 
 /// A multi-Region key with an alias in us-east-1 and its replica in eu-west-1.
 async fn multi_region_key(endpoint: &str) -> TestKey {
-    let key = create_key(endpoint, REGION, true).await;
-    assert!(key.key_id.starts_with("mrk-"), "{}", key.key_id);
-    admin(endpoint, REGION)
-        .await
-        .replicate_key()
-        .key_id(&key.key_id)
-        .replica_region(REPLICA)
-        .send()
-        .await
-        .expect("ReplicateKey");
-    key
+    create_multi_region_key(endpoint, REGION, REPLICA).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
