@@ -88,6 +88,10 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
         (object["status"]["verifyNowToken"] == "through-replica").then_some(object)
     })
     .await;
+    eprintln!(
+        "status after the check through the replica:\n{:#}",
+        checked["status"]
+    );
     let read = &checked["status"]["lastKeyVerifyReplicaRead"];
     assert_eq!(
         (&read["region"], &read["homeRegion"], &read["homeError"]),
@@ -112,6 +116,27 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
     );
     assert_eq!(condition(&checked, "Ready").as_deref(), Some("True"));
     assert!(proxy.seen_in(REPLICA, "Decrypt") >= 1);
+    // `kekeeper status` names it on the custody line.
+    let ns = cluster.ns();
+    let run = kekeeper(
+        Some(&cluster.kubeconfig),
+        &proxy.endpoint(),
+        &["status", "regions", "-n", &ns],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let custody = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Custody check:"))
+        .unwrap_or_default();
+    assert!(
+        custody.contains(
+            ", through replica in eu-west-1: the home Region us-east-1 failed with NetworkError; KeyPairIntegrity True Verified"
+        ),
+        "{}",
+        run.stdout
+    );
     let metrics = operator.get("/metrics").await;
     assert!(
         metrics.contains(r#"kekeeper_kms_replica_reads_total{region="eu-west-1"} 1"#),
@@ -147,7 +172,6 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let ns = cluster.ns();
     let run = kekeeper(
         Some(&cluster.kubeconfig),
         &proxy.endpoint(),
@@ -256,6 +280,7 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
 
 struct Run {
     code: i32,
+    stdout: String,
     stderr: String,
 }
 
@@ -289,12 +314,14 @@ async fn kekeeper(kubeconfig: Option<&Path>, kms: &str, args: &[&str]) -> Run {
         .expect("kekeeper");
     let run = Run {
         code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
     eprintln!(
-        "$ kekeeper {}\nexit {}\n--- stderr\n{}",
+        "$ kekeeper {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),
         run.code,
+        run.stdout,
         run.stderr
     );
     run

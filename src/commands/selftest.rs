@@ -40,6 +40,18 @@ pub(super) fn print_report(
     report: &SelfTestReport,
     failure: Option<&SelfTestFailure>,
 ) -> io::Result<()> {
+    match print_steps(out, report, failure)? {
+        None => writeln!(out, "  PASSED in {}", millis(report.total())),
+        Some(step) => writeln!(out, "  FAILED at {step}"),
+    }
+}
+
+/// The steps of [`print_report`] without its verdict line; the step that failed, if one did.
+fn print_steps(
+    out: &mut impl Write,
+    report: &SelfTestReport,
+    failure: Option<&SelfTestFailure>,
+) -> io::Result<Option<SelfTestStep>> {
     writeln!(out, "organisation {}", report.organization_id)?;
     if let Some(key_arn) = &report.kms_key_arn {
         writeln!(out, "  KMS key {key_arn}")?;
@@ -73,16 +85,16 @@ pub(super) fn print_report(
             writeln!(out, "  -     {} (not run)", step.description())?;
         }
     }
-    match failed_at {
-        None => writeln!(out, "  PASSED in {}", millis(report.total())),
-        Some(step) => writeln!(out, "  FAILED at {step}"),
-    }
+    Ok(failed_at)
 }
 
-/// Each replica's round trip of the organisation's test blob, one line per Region; `true`
-/// when every replica answered (docs/design.md, "Multi-Region reads").
-fn print_replica_checks(out: &mut impl Write, checks: &[ReplicaCheck]) -> io::Result<bool> {
-    let mut all = true;
+/// Each replica's round trip of the organisation's test blob, one line per Region; the first
+/// Region that failed, if one did (docs/design.md, "Multi-Region reads").
+fn print_replica_checks(
+    out: &mut impl Write,
+    checks: &[ReplicaCheck],
+) -> io::Result<Option<String>> {
+    let mut failed = None;
     for check in checks {
         match &check.result {
             Ok(report) => writeln!(
@@ -96,7 +108,7 @@ fn print_replica_checks(out: &mut impl Write, checks: &[ReplicaCheck]) -> io::Re
                 )
             )?,
             Err(failure) => {
-                all = false;
+                failed.get_or_insert_with(|| check.region.clone());
                 writeln!(
                     out,
                     "  FAIL  replica {}: {}",
@@ -113,19 +125,17 @@ fn print_replica_checks(out: &mut impl Write, checks: &[ReplicaCheck]) -> io::Re
                         if let Some(id) = &err.request_id {
                             writeln!(out, "        request id {id}")?;
                         }
+                        writeln!(
+                            out,
+                            "        reads turn to this replica when the home Region fails: its key policy and the role's identity policy must allow kms:Decrypt (docs/installation.md)"
+                        )?;
                     }
                     SelfTestCause::Crypto(message) => writeln!(out, "        {message}")?,
                 }
             }
         }
     }
-    if !all {
-        writeln!(
-            out,
-            "  FAILED: a replica would not answer reads when the home Region fails (the replica key's policy must allow kms:Decrypt)"
-        )?;
-    }
-    Ok(all)
+    Ok(failed)
 }
 
 /// The RecordingKeyConfigs to test: the manifests of -f, or those read from the cluster.
@@ -355,13 +365,18 @@ async fn run<K: Kms>(
     for organization_id in &config.organization_ids[..tested] {
         match selftest::run(kms, config, organization_id).await {
             Ok(ok) => {
-                print_report(out, &ok.report, None)?;
+                print_steps(out, &ok.report, None)?;
                 let context = config.context_for(organization_id);
                 let checks = selftest::check_replicas(kms, &ok.key_pair, &context, &replicas).await;
-                if print_replica_checks(out, &checks)? {
-                    passed += 1;
-                } else {
-                    all_passed = false;
+                match print_replica_checks(out, &checks)? {
+                    None => {
+                        passed += 1;
+                        writeln!(out, "  PASSED in {}", millis(ok.report.total()))?;
+                    }
+                    Some(region) => {
+                        all_passed = false;
+                        writeln!(out, "  FAILED at replica {region}")?;
+                    }
                 }
             }
             Err(failure) => {
@@ -488,6 +503,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Decrypt: AccessDeniedException"), "{text}");
+        assert!(text.contains("  FAILED at replica eu-west-1\n"), "{text}");
         assert!(text.contains("FAILED: 0/1 organisations passed"), "{text}");
     }
 }
