@@ -58,11 +58,14 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
     // One attempt per call: the home Region's failure is seen at once, not after the SDK's
     // retries (which it makes in production, before turning to the replica).
     let env = [("AWS_MAX_ATTEMPTS".to_owned(), "1".to_owned())];
+    // The key check every 2 s: once the home Region is down it fails (DescribeKey is the home
+    // Region's), which must not stop the custody check's reads through the replica.
+    let args = ["--kms-key-check-interval=2s".to_owned()];
     let mut operator = cluster.start_operator(
         "operator",
         &operator_kubeconfig,
         &proxy.endpoint(),
-        &[],
+        &args,
         &env,
     );
     operator.wait_ready().await;
@@ -75,8 +78,24 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
     assert_eq!(active["kmsKeyArn"], key.key_arn.as_str());
     assert!(ready["status"]["lastKeyVerifyReplicaRead"].is_null());
 
-    // The home Region unreachable: the custody check asked for now reads through the replica.
+    // The home Region unreachable: the key check fails (KmsAvailable False, Ready stays: no
+    // work waits), and the custody check asked for now reads through the replica.
     proxy.fail_region(REGION, RegionFault::Reset);
+    let down = eventually("the key check failing in the home Region", WAIT, || async {
+        let object = rkc(&cluster, "regions").await;
+        (condition(&object, "KmsAvailable").as_deref() == Some("False")).then_some(object)
+    })
+    .await;
+    assert_eq!(
+        (
+            condition_field(&down, "KmsAvailable", "reason").as_str(),
+            down["status"]["lastKmsError"]["operation"].as_str()
+        ),
+        ("NetworkError", Some("DescribeKey")),
+        "{:#}",
+        down["status"]
+    );
+    assert_eq!(condition(&down, "Ready").as_deref(), Some("True"));
     annotate(
         &cluster,
         "regions",
@@ -115,7 +134,8 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
         "{message}"
     );
     assert_eq!(condition(&checked, "Ready").as_deref(), Some("True"));
-    assert!(proxy.seen_in(REPLICA, "Decrypt") >= 1);
+    assert_eq!(proxy.seen_in(REPLICA, "Decrypt"), 1);
+    assert_eq!(proxy.seen_in(REPLICA, "DescribeKey"), 0);
     // `kekeeper status` names it on the custody line.
     let ns = cluster.ns();
     let run = kekeeper(
@@ -207,14 +227,18 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
     )
     .await;
     let blocked = eventually(
-        "KmsAvailable False while the home Region is down",
+        "the rotation refused while the home Region is down",
         WAIT,
         || async {
             let object = rkc(&cluster, "regions").await;
-            (condition(&object, "KmsAvailable").as_deref() == Some("False")).then_some(object)
+            (object["status"]["failedRotateNowToken"] == "while-home-is-down").then_some(object)
         },
     )
     .await;
+    assert_eq!(
+        condition(&blocked, "KmsAvailable").as_deref(),
+        Some("False")
+    );
     assert_eq!(
         condition_field(&blocked, "KmsAvailable", "reason"),
         "NetworkError",
