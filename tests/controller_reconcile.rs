@@ -1867,8 +1867,16 @@ async fn the_custody_check_reads_through_a_replica_when_the_home_region_fails() 
     let (result, seen) = h.reconcile(rkc.clone(), Scenario::Create { orgs: 1 }).await;
     result.unwrap();
     let secrets = h.cache(&seen, &[]);
-    let rkc = with_status(rkc, status_of(&seen));
-    assert_eq!(h.kms.decrypts_in("eu-west-1"), 0);
+    // The new pair's self-test checked the replica too, and says so.
+    let created = status_of(&seen);
+    let last_test = created.last_test.clone().unwrap();
+    assert!(
+        last_test.message.ends_with("; replicas: eu-west-1 ok"),
+        "{}",
+        last_test.message
+    );
+    assert_eq!(h.kms.decrypts_in("eu-west-1"), 1);
+    let rkc = with_status(rkc, created);
 
     h.kms.fail_region("us-east-1", KmsErrorKind::Network);
     let (result, seen) = h
@@ -1900,7 +1908,7 @@ async fn the_custody_check_reads_through_a_replica_when_the_home_region_fails() 
         "{}",
         integrity.message
     );
-    assert_eq!(h.kms.decrypts_in("eu-west-1"), 1);
+    assert_eq!(h.kms.decrypts_in("eu-west-1"), 2);
 
     h.kms.clear_failures();
     h.kms.fail_region("us-east-1", KmsErrorKind::AccessDenied);
@@ -1917,7 +1925,7 @@ async fn the_custody_check_reads_through_a_replica_when_the_home_region_fails() 
         status.last_kms_error.as_ref().map(|e| e.code.as_str()),
         Some("AccessDeniedException")
     );
-    assert_eq!(h.kms.decrypts_in("eu-west-1"), 1);
+    assert_eq!(h.kms.decrypts_in("eu-west-1"), 2);
 }
 
 /// A 409 on the status write whose newer resource has another spec: no status from the plan

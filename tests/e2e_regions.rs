@@ -77,6 +77,15 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
     let active = ready["status"]["activeKeyPairs"][0].clone();
     assert_eq!(active["kmsKeyArn"], key.key_arn.as_str());
     assert!(ready["status"]["lastKeyVerifyReplicaRead"].is_null());
+    // The new pair's self-test decrypted it through the replica too.
+    let last_test = ready["status"]["lastTest"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        last_test.ends_with("; replicas: eu-west-1 ok"),
+        "{last_test}"
+    );
+    assert_eq!(proxy.seen_in(REPLICA, "Decrypt"), 1);
 
     // The home Region unreachable: the key check fails (KmsAvailable False, Ready stays: no
     // work waits), and the custody check asked for now reads through the replica.
@@ -134,7 +143,7 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
         "{message}"
     );
     assert_eq!(condition(&checked, "Ready").as_deref(), Some("True"));
-    assert_eq!(proxy.seen_in(REPLICA, "Decrypt"), 1);
+    assert_eq!(proxy.seen_in(REPLICA, "Decrypt"), 2);
     assert_eq!(proxy.seen_in(REPLICA, "DescribeKey"), 0);
     // `kekeeper status` names it on the custody line.
     let ns = cluster.ns();
