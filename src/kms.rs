@@ -239,8 +239,7 @@ pub struct GeneratedKeyPair {
 
 /// A private key decrypted through KMS, and the Region whose KMS answered: the key's own
 /// (home) Region, or a replica's when the home Region failed (docs/design.md, "Multi-Region
-/// reads").
-#[derive(Debug)]
+/// reads"). Its Debug form leaves the plaintext out.
 pub struct Decrypted {
     /// PKCS#8 DER, zeroised when dropped.
     pub plaintext: Zeroizing<Vec<u8>>,
@@ -248,6 +247,19 @@ pub struct Decrypted {
     pub region: String,
     /// What the home Region answered when a replica answered instead.
     pub home_failure: Option<KmsError>,
+}
+
+impl fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decrypted")
+            .field(
+                "plaintext",
+                &format_args!("<{} bytes>", self.plaintext.len()),
+            )
+            .field("region", &self.region)
+            .field("home_failure", &self.home_failure)
+            .finish()
+    }
 }
 
 impl Decrypted {
@@ -512,6 +524,18 @@ mod tests {
     use super::*;
 
     const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd";
+
+    #[test]
+    fn a_decrypted_key_never_shows_in_debug_output() {
+        let decrypted = Decrypted {
+            plaintext: Zeroizing::new(b"PRIVATE-KEY-BYTES".to_vec()),
+            region: "eu-west-1".into(),
+            home_failure: None,
+        };
+        let text = format!("{decrypted:?}");
+        assert!(!text.contains("80, 82, 73"), "{text}");
+        assert!(text.contains("<17 bytes>"), "{text}");
+    }
 
     #[test]
     fn a_replica_is_the_same_key_arn_in_another_region() {
