@@ -401,6 +401,11 @@ pub struct DecryptArgs {
     /// Output; `-` is stdout.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// For a multi-Region KMS key (mrk-...): a Region of one of its replicas, asked when the
+    /// home Region's KMS is unreachable, unavailable or throttling (repeatable, or
+    /// comma-separated; tried in order).
+    #[arg(long = "replica-region", value_name = "REGION", value_delimiter = ',')]
+    pub replica_regions: Vec<String>,
     /// Where the key pair Secret is looked up without --key-pair-secret.
     #[command(flatten)]
     pub kube: KubeArgs,

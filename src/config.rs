@@ -20,6 +20,9 @@ pub struct ValidatedConfig {
     pub key_pair_spec: KeyPairSpec,
     pub home_region: String,
     pub encryption_context_key: String,
+    /// `spec.kmsReplicaRegions`: where reads turn when the home Region fails
+    /// (docs/design.md, "Multi-Region reads").
+    pub replica_regions: Vec<String>,
 }
 
 impl ValidatedConfig {
@@ -72,13 +75,56 @@ pub fn validate(
     if let Some(retention) = &spec.recording_retention {
         check_retention(retention)?;
     }
+    check_replica_regions(&spec.kms_replica_regions, &alias, &home_region)?;
     Ok(ValidatedConfig {
         alias,
         organization_ids: spec.organization_ids.clone(),
         key_pair_spec: spec.key_pair_spec,
         home_region,
         encryption_context_key: spec.encryption_context_key.clone(),
+        replica_regions: spec.kms_replica_regions.clone(),
     })
+}
+
+/// `spec.kmsReplicaRegions`: Region names of the alias's partition, none twice, not the home
+/// Region.
+fn check_replica_regions(
+    regions: &[String],
+    alias: &AliasArn,
+    home_region: &str,
+) -> Result<(), ConfigError> {
+    let field = "spec.kmsReplicaRegions";
+    let mut seen = HashSet::new();
+    for (index, region) in regions.iter().enumerate() {
+        let at = |message: String| ConfigError::new(&format!("{field}[{index}]"), message);
+        if !crate::arn::is_region(region) {
+            return Err(at(format!(
+                "{region:?} is not a Region name like eu-west-1"
+            )));
+        }
+        let partition = match region.split('-').next() {
+            Some("cn") => "aws-cn",
+            _ if region.starts_with("us-gov-") => "aws-us-gov",
+            _ => "aws",
+        };
+        if partition != alias.partition() {
+            return Err(at(format!(
+                "{region:?} is in partition {partition}, but the key's alias is in {}; a multi-Region key's replicas stay in its partition",
+                alias.partition()
+            )));
+        }
+        if region == home_region {
+            return Err(at(format!(
+                "{region:?} is the home Region; list only the Regions of the key's replicas"
+            )));
+        }
+        if !seen.insert(region.as_str()) {
+            return Err(at(format!(
+                "{region:?} is listed more than once; list each Region once"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `spec.organizationIds`: 1 to [`MAX_ORGANIZATIONS`] ids, each well-formed, none twice.
@@ -219,6 +265,54 @@ mod tests {
     const ARN: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
     const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
     const ORG_B: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+
+    #[test]
+    fn replica_regions_are_region_names_of_the_partition_once_and_not_the_home_region() {
+        let with = |regions: serde_json::Value| {
+            let spec = serde_json::from_value::<RecordingKeyConfigSpec>(serde_json::json!({
+                "kmsKeyAliasArn": ARN,
+                "organizationIds": [ORG_A],
+                "kmsReplicaRegions": regions,
+            }))
+            .unwrap();
+            validate(&spec, None)
+        };
+        let config = with(serde_json::json!(["eu-west-1", "ap-southeast-2"])).unwrap();
+        assert_eq!(config.replica_regions, ["eu-west-1", "ap-southeast-2"]);
+        assert!(
+            with(serde_json::json!([]))
+                .unwrap()
+                .replica_regions
+                .is_empty()
+        );
+        let cases = [
+            (
+                serde_json::json!(["eu-west"]),
+                "spec.kmsReplicaRegions[0]",
+                "not a Region name",
+            ),
+            (
+                serde_json::json!(["eu-west-1", "us-east-1"]),
+                "spec.kmsReplicaRegions[1]",
+                "is the home Region",
+            ),
+            (
+                serde_json::json!(["eu-west-1", "eu-west-1"]),
+                "spec.kmsReplicaRegions[1]",
+                "more than once",
+            ),
+            (
+                serde_json::json!(["cn-north-1"]),
+                "spec.kmsReplicaRegions[0]",
+                "partition aws-cn",
+            ),
+        ];
+        for (regions, field, message) in cases {
+            let err = with(regions).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.message.contains(message), "{err}");
+        }
+    }
 
     #[test]
     fn a_valid_spec_becomes_a_validated_config_with_defaults() {

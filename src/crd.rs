@@ -101,6 +101,11 @@ pub const ANNOTATION_ACKNOWLEDGE: &str = "kekeeper.io/acknowledge-key-pairs";
 ).message(
     "spec.homeRegion must equal the region of spec.kmsKeyAliasArn (arn:aws:kms:REGION:...); use an alias in the home region or fix homeRegion"
 ).field_path(".homeRegion"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.kmsReplicaRegions) || !self.kmsReplicaRegions.exists(r, self.kmsKeyAliasArn.contains(':kms:' + r + ':'))"
+).message(
+    "spec.kmsReplicaRegions must not list the home Region (the Region of spec.kmsKeyAliasArn); list only the Regions of the key's replicas"
+).field_path(".kmsReplicaRegions"))]
 // Genesys Cloud organisation ids are UUIDs; with its context key anything else is a typo that
 // would only show as AccessDenied once the key policy is in place.
 #[x_kube(validation = Rule::new(
@@ -149,6 +154,22 @@ pub struct RecordingKeyConfigSpec {
         regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
     )]
     pub home_region: Option<String>,
+    /// The Regions of the KMS key's replicas, for a multi-Region key (`mrk-...`): reads
+    /// (Decrypt) turn to them, in this order, when the home Region's KMS is unreachable,
+    /// unavailable or throttling. Optional: the Regions DescribeKey names are tried after
+    /// these; list them so that reads work even when the home Region fails before the
+    /// operator has described the key (after a restart). Key pairs are only ever generated in
+    /// the home Region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+        )
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub kms_replica_regions: Vec<String>,
     /// The encryption context key that carries the organisation id (what the key policy's
     /// `kms:EncryptionContext:<key>` condition names); default genesys-cloud-organization-id.
     /// A change rotates every organisation's key pair.
@@ -328,9 +349,45 @@ pub struct RecordingKeyConfigStatus {
     /// KMS and compared with the recorded fingerprints (`--key-verify-interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_key_verify_time: Option<Timestamp>,
+    /// When the last custody check was answered by a replica of a multi-Region key because
+    /// the home Region's KMS failed: which Region answered and what the home Region said.
+    /// Absent when the home Region answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_verify_replica_read: Option<ReplicaReadStatus>,
     /// Bookkeeping: the last `kekeeper.io/verify-now` token honoured with a custody check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_now_token: Option<String>,
+}
+
+/// A KMS read a replica answered because the home Region failed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaReadStatus {
+    /// The replica's Region, which answered.
+    pub region: String,
+    pub home_region: String,
+    /// The home Region's error code (`NetworkError`, `KeyUnavailableException`, ...).
+    pub home_error: String,
+}
+
+impl ReplicaReadStatus {
+    pub fn of(read: &crate::kms::ReplicaRead) -> Self {
+        ReplicaReadStatus {
+            region: read.region.clone(),
+            home_region: read.home_region.clone(),
+            home_error: read.home_code.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicaReadStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "through replica in {}: the home Region {} failed with {}",
+            self.region, self.home_region, self.home_error
+        )
+    }
 }
 
 /// One key pair's custody problem.

@@ -8,8 +8,10 @@ pub mod coalesce;
 pub mod fake;
 pub mod sdk;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -235,6 +237,198 @@ pub struct GeneratedKeyPair {
     pub private_key_ciphertext: Vec<u8>,
 }
 
+/// A private key decrypted through KMS, and the Region whose KMS answered: the key's own
+/// (home) Region, or a replica's when the home Region failed (docs/design.md, "Multi-Region
+/// reads"). Its Debug form leaves the plaintext out.
+pub struct Decrypted {
+    /// PKCS#8 DER, zeroised when dropped.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The Region that answered.
+    pub region: String,
+    /// What the home Region answered when a replica answered instead.
+    pub home_failure: Option<KmsError>,
+}
+
+impl fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decrypted")
+            .field(
+                "plaintext",
+                &format_args!("<{} bytes>", self.plaintext.len()),
+            )
+            .field("region", &self.region)
+            .field("home_failure", &self.home_failure)
+            .finish()
+    }
+}
+
+impl Decrypted {
+    /// A replica answered, and the home Region's failure, as people read it: `custody checked
+    /// through replica in eu-west-1: the home Region us-east-1 failed with NetworkError`.
+    pub fn replica_read(&self, kms_key_arn: &str) -> Option<ReplicaRead> {
+        self.home_failure.as_ref().map(|failure| ReplicaRead {
+            region: self.region.clone(),
+            home_region: region_of(kms_key_arn).to_owned(),
+            home_code: failure.code.clone(),
+        })
+    }
+}
+
+/// A read that a replica answered because the home Region failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRead {
+    /// The replica's Region, which answered.
+    pub region: String,
+    pub home_region: String,
+    /// The home Region's error code (`NetworkError`, `KeyUnavailableException`, ...).
+    pub home_code: String,
+}
+
+impl fmt::Display for ReplicaRead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "through replica in {}: the home Region {} failed with {}",
+            self.region, self.home_region, self.home_code
+        )
+    }
+}
+
+/// The Region of a KMS key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`); empty if it names none.
+pub fn region_of(key_arn: &str) -> &str {
+    key_arn.split(':').nth(3).unwrap_or_default()
+}
+
+/// The key id of a KMS key ARN (`mrk-...` for a multi-Region key), or the string itself.
+pub fn key_id_of(key_arn: &str) -> &str {
+    key_arn.rsplit_once(":key/").map_or(key_arn, |(_, id)| id)
+}
+
+/// Whether the key is a multi-Region key: KMS gives their ids the `mrk-` prefix.
+pub fn is_multi_region_key(key_arn: &str) -> bool {
+    key_id_of(key_arn).starts_with("mrk-")
+}
+
+/// The same key in another Region: a multi-Region key's replica has the key's ARN with the
+/// Region changed.
+pub fn replica_arn(key_arn: &str, region: &str) -> String {
+    let mut parts: Vec<&str> = key_arn.splitn(5, ':').collect();
+    if parts.len() == 5 {
+        parts[3] = region;
+    }
+    parts.join(":")
+}
+
+/// Whether a failure of the home Region lets a replica answer: the Region's KMS is
+/// unreachable, slow, unavailable or throttling. Access denied, a wrong ciphertext or key, a
+/// disabled or missing key are verdicts, and a replica is not asked (docs/design.md,
+/// "Multi-Region reads").
+pub fn replica_may_answer(kind: KmsErrorKind) -> bool {
+    kind.is_transient()
+}
+
+/// What DescribeKey said about multi-Region keys' Regions, by key id, so a Decrypt can turn to
+/// a replica when the home Region cannot be asked (not even DescribeKey). Cloning shares it.
+#[derive(Clone, Debug, Default)]
+pub struct KnownReplicas {
+    regions: Arc<Mutex<HashMap<String, Vec<String>>>>,
+}
+
+impl KnownReplicas {
+    /// Remembers the Regions of a multi-Region key's primary and replicas.
+    pub fn learn(&self, description: &KeyDescription) {
+        let Some(mrk) = &description.multi_region else {
+            return;
+        };
+        let mut regions = vec![mrk.primary_region.clone()];
+        regions.extend(mrk.replica_regions.iter().cloned());
+        regions.retain(|r| !r.is_empty());
+        self.regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key_id_of(&description.key_arn).to_owned(), regions);
+    }
+
+    /// The Regions to try after the key's own, in order: `listed` (the spec's), then those
+    /// DescribeKey named; none for a single-Region key, never the key's own Region, none twice.
+    pub fn fallbacks(&self, key_arn: &str, listed: &[String]) -> Vec<String> {
+        if !is_multi_region_key(key_arn) {
+            return Vec::new();
+        }
+        let known = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key_id_of(key_arn))
+            .cloned()
+            .unwrap_or_default();
+        let home = region_of(key_arn);
+        let mut regions: Vec<String> = Vec::new();
+        for region in listed.iter().chain(known.iter()) {
+            if region != home && !regions.contains(region) {
+                regions.push(region.clone());
+            }
+        }
+        regions
+    }
+}
+
+/// Decrypt under `key_arn` in its own Region, then, while the failure is one a replica may
+/// answer ([`replica_may_answer`]), under the same key in each of `fallbacks` in turn. A
+/// replica's `InvalidCiphertext` or `IncorrectKey` is a verdict on the blob and returned; any
+/// other replica failure moves on to the next. When none answers, the home Region's error is
+/// returned, its message naming what each replica said.
+pub async fn decrypt_through_replicas<F, Fut>(
+    key_arn: &str,
+    fallbacks: &[String],
+    mut decrypt: F,
+) -> Result<Decrypted, KmsError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<Zeroizing<Vec<u8>>, KmsError>>,
+{
+    let home_failure = match decrypt(key_arn.to_owned()).await {
+        Ok(plaintext) => {
+            return Ok(Decrypted {
+                plaintext,
+                region: region_of(key_arn).to_owned(),
+                home_failure: None,
+            });
+        }
+        Err(err) if fallbacks.is_empty() || !replica_may_answer(err.kind) => return Err(err),
+        Err(err) => err,
+    };
+    let mut replica_failures = Vec::new();
+    for region in fallbacks {
+        match decrypt(replica_arn(key_arn, region)).await {
+            Ok(plaintext) => {
+                return Ok(Decrypted {
+                    plaintext,
+                    region: region.clone(),
+                    home_failure: Some(home_failure),
+                });
+            }
+            Err(err)
+                if matches!(
+                    err.kind,
+                    KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey
+                ) =>
+            {
+                return Err(err);
+            }
+            Err(err) => replica_failures.push(format!("{region}: {}: {}", err.code, err.message)),
+        }
+    }
+    Err(KmsError {
+        message: format!(
+            "{} (replicas tried: {})",
+            home_failure.message,
+            replica_failures.join("; ")
+        ),
+        ..home_failure
+    })
+}
+
 /// The KMS operations kekeeper needs. Implemented by the AWS SDK client ([`sdk::SdkKms`]) and by
 /// an in-memory fake for tests (`fake::FakeKms`, behind the `test-util` feature).
 pub trait Kms: Send + Sync {
@@ -277,6 +471,31 @@ pub trait Kms: Send + Sync {
         context: &EncryptionContext,
     ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, KmsError>> + Send;
 
+    /// `Decrypt` of a private key blob as [`Self::decrypt_private_key`], turning to the key's
+    /// replicas when the home Region fails and the key is multi-Region (docs/design.md,
+    /// "Multi-Region reads"): `replica_regions` are the spec's, tried before those DescribeKey
+    /// named. Says which Region answered. The default asks the home Region only, so test
+    /// doubles written before this method existed keep compiling.
+    fn decrypt_private_key_in(
+        &self,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        replica_regions: &[String],
+    ) -> impl Future<Output = Result<Decrypted, KmsError>> + Send {
+        let _ = replica_regions;
+        async move {
+            let plaintext = self
+                .decrypt_private_key(kms_key_arn, ciphertext, context)
+                .await?;
+            Ok(Decrypted {
+                plaintext,
+                region: region_of(kms_key_arn).to_owned(),
+                home_failure: None,
+            })
+        }
+    }
+
     /// `ReEncrypt` of a private key blob from the key it is under (`source_key_arn`) onto
     /// `destination_key_arn`, with the same encryption context on both sides: the plaintext
     /// never leaves KMS (docs/design.md, "Rewrap"). Returns the new blob. The default answers
@@ -302,6 +521,71 @@ pub trait Kms: Send + Sync {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd";
+
+    #[test]
+    fn a_decrypted_key_never_shows_in_debug_output() {
+        let decrypted = Decrypted {
+            plaintext: Zeroizing::new(b"PRIVATE-KEY-BYTES".to_vec()),
+            region: "eu-west-1".into(),
+            home_failure: None,
+        };
+        let text = format!("{decrypted:?}");
+        assert!(!text.contains("80, 82, 73"), "{text}");
+        assert!(text.contains("<17 bytes>"), "{text}");
+    }
+
+    #[test]
+    fn a_replica_is_the_same_key_arn_in_another_region() {
+        assert_eq!(
+            replica_arn(KEY, "eu-west-1"),
+            "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd"
+        );
+        assert_eq!(region_of(KEY), "us-east-1");
+        assert_eq!(key_id_of(KEY), "mrk-1234abcd");
+        assert!(is_multi_region_key(KEY));
+        assert!(!is_multi_region_key(
+            "arn:aws:kms:us-east-1:111122223333:key/1234abcd"
+        ));
+    }
+
+    /// The spec's Regions first, then DescribeKey's, never the key's own, none twice; a
+    /// single-Region key has none.
+    #[test]
+    fn the_regions_to_try_come_from_the_spec_then_describe_key() {
+        let known = KnownReplicas::default();
+        let listed = vec!["eu-west-1".to_owned(), "us-east-1".to_owned()];
+        assert_eq!(known.fallbacks(KEY, &listed), ["eu-west-1"]);
+        known.learn(&KeyDescription {
+            key_arn: KEY.into(),
+            key_id: "mrk-1234abcd".into(),
+            key_state: "Enabled".into(),
+            key_spec: "SYMMETRIC_DEFAULT".into(),
+            key_usage: "ENCRYPT_DECRYPT".into(),
+            key_manager: "CUSTOMER".into(),
+            region: "us-east-1".into(),
+            multi_region: Some(MultiRegionKey {
+                primary_region: "us-east-1".into(),
+                replica_regions: vec!["ap-southeast-2".into(), "eu-west-1".into()],
+            }),
+            age: std::time::Duration::ZERO,
+        });
+        assert_eq!(
+            known.fallbacks(KEY, &listed),
+            ["eu-west-1", "ap-southeast-2"]
+        );
+        // From a replica's Region, the primary's is a fallback too.
+        let replica = replica_arn(KEY, "eu-west-1");
+        assert_eq!(
+            known.fallbacks(&replica, &[]),
+            ["us-east-1", "ap-southeast-2"]
+        );
+        let single = "arn:aws:kms:us-east-1:111122223333:key/1234abcd";
+        assert!(known.fallbacks(single, &listed).is_empty());
+    }
+
     /// The test doubles are opt-in: no default feature pulls `test-util` into a release build.
     #[test]
     fn test_util_is_not_a_default_feature() {

@@ -16,7 +16,8 @@ use zeroize::Zeroizing;
 use crate::arn::AliasArn;
 use crate::crd::RecordingKeyConfigStatus;
 use crate::kms::{
-    EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError, KmsOperation,
+    Decrypted, EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError,
+    KmsOperation,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +51,12 @@ pub struct KeyPairSpecLabels {
     pub spec: String,
 }
 
+/// An AWS Region (`eu-west-1`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabels {
+    pub region: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigLabels {
     pub namespace: String,
@@ -70,6 +77,9 @@ pub struct Metrics {
     /// Key pairs the running reconciles still have to generate, per key pair spec (all
     /// accounts and Regions): the queue at the KMS pace (docs/design.md, "Rate limits").
     pub kms_key_pairs_queued: Family<KeyPairSpecLabels, Gauge>,
+    /// Decrypts a multi-Region key's replica answered because the home Region failed, by the
+    /// replica's Region (docs/design.md, "Multi-Region reads").
+    pub kms_replica_reads: Family<RegionLabels, Counter>,
     /// The gauges with one series per resource.
     resources: Arc<ResourceGauges>,
     /// Uids of recently deleted resources, whose series are not recorded again.
@@ -135,6 +145,7 @@ impl Default for Metrics {
         let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
         let key_store = Family::<KeyStoreLabels, Counter>::default();
         let kms_key_pairs_queued = Family::<KeyPairSpecLabels, Gauge>::default();
+        let kms_replica_reads = Family::<RegionLabels, Counter>::default();
         let resources = Arc::new(ResourceGauges::default());
         registry.register_collector(Box::new(resources.clone()));
         registry.register(
@@ -167,6 +178,11 @@ impl Default for Metrics {
             "Key pairs the running reconciles still have to generate, by key pair spec",
             kms_key_pairs_queued.clone(),
         );
+        registry.register(
+            "kms_replica_reads",
+            "KMS Decrypts of a multi-Region key that a replica answered because the home Region failed, by the replica's Region",
+            kms_replica_reads.clone(),
+        );
         Metrics {
             resources,
             forgotten: Arc::default(),
@@ -177,6 +193,7 @@ impl Default for Metrics {
             key_pair_created,
             key_store,
             kms_key_pairs_queued,
+            kms_replica_reads,
         }
     }
 }
@@ -301,6 +318,37 @@ impl<K: Kms> Kms for MeteredKms<K> {
             .inner
             .decrypt_private_key(kms_key_arn, ciphertext, context)
             .await;
+        self.metrics.count_kms(KmsOperation::Decrypt, &result);
+        result
+    }
+
+    /// The home Region's failure and the replica's answer are two calls.
+    async fn decrypt_private_key_in(
+        &self,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        replica_regions: &[String],
+    ) -> Result<Decrypted, KmsError> {
+        let result = self
+            .inner
+            .decrypt_private_key_in(kms_key_arn, ciphertext, context, replica_regions)
+            .await;
+        if let Ok(Decrypted {
+            home_failure: Some(failure),
+            region,
+            ..
+        }) = &result
+        {
+            self.metrics
+                .count_kms::<()>(KmsOperation::Decrypt, &Err(failure.clone()));
+            self.metrics
+                .kms_replica_reads
+                .get_or_create(&RegionLabels {
+                    region: region.clone(),
+                })
+                .inc();
+        }
         self.metrics.count_kms(KmsOperation::Decrypt, &result);
         result
     }

@@ -11,7 +11,10 @@ use zeroize::Zeroizing;
 
 use crate::config::ValidatedConfig;
 use crate::envelope;
-use crate::kms::{EncryptionContext, GeneratedKeyPair, KeyDescription, Kms, KmsError};
+use crate::kms::{
+    EncryptionContext, GeneratedKeyPair, KeyDescription, Kms, KmsError, is_multi_region_key,
+    region_of, replica_arn,
+};
 
 /// Test data spans several envelope segments (64 KiB each) and ends in a partial one.
 pub const TEST_DATA_LEN: usize = 150 * 1024;
@@ -180,6 +183,59 @@ pub async fn verify<K: Kms>(
     let mut report = SelfTestReport::new(&context.organization_id);
     report.kms_key_arn = Some(key_pair.kms_key_arn.clone());
     verify_into(kms, key_pair, context, report).await
+}
+
+/// The round trip of a key pair's blob through one replica of a multi-Region key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaCheck {
+    pub region: String,
+    /// The steps after generation (encrypt, Decrypt through the replica, decrypt, compare).
+    pub result: Result<SelfTestReport, SelfTestFailure>,
+}
+
+/// The Regions of a multi-Region key's other copies that the Test button checks: the spec's
+/// `kmsReplicaRegions`, then the primary's and replicas' Regions DescribeKey named, never the
+/// key's own Region, none twice (docs/design.md, "Multi-Region reads"). None for a
+/// single-Region key.
+pub fn replica_regions(config: &ValidatedConfig, description: &KeyDescription) -> Vec<String> {
+    if description.multi_region.is_none() && !is_multi_region_key(&description.key_arn) {
+        return Vec::new();
+    }
+    let described = description
+        .multi_region
+        .iter()
+        .flat_map(|m| std::iter::once(&m.primary_region).chain(m.replica_regions.iter()));
+    let home = region_of(&description.key_arn);
+    let mut regions: Vec<String> = Vec::new();
+    for region in config.replica_regions.iter().chain(described) {
+        if !region.is_empty() && region != home && !regions.contains(region) {
+            regions.push(region.clone());
+        }
+    }
+    regions
+}
+
+/// Decrypts the pair's blob through each replica in `regions` (the same key ARN with the
+/// Region changed) and round-trips test data with it, so a replica that would not answer when
+/// the home Region fails is found now, not then.
+pub async fn check_replicas<K: Kms>(
+    kms: &K,
+    key_pair: &GeneratedKeyPair,
+    context: &EncryptionContext,
+    regions: &[String],
+) -> Vec<ReplicaCheck> {
+    let mut checks = Vec::with_capacity(regions.len());
+    for region in regions {
+        let replica = GeneratedKeyPair {
+            kms_key_arn: replica_arn(&key_pair.kms_key_arn, region),
+            ..key_pair.clone()
+        };
+        checks.push(ReplicaCheck {
+            region: region.clone(),
+            result: verify(kms, &replica, context).await,
+        });
+    }
+    checks
 }
 
 /// A step that failed, before the report of the steps that passed is attached.
@@ -402,6 +458,7 @@ mod tests {
             key_pair_spec: spec,
             home_region: "us-east-1".into(),
             encryption_context_key: "genesys-cloud-organization-id".into(),
+            replica_regions: Vec::new(),
         }
     }
 
@@ -477,6 +534,43 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.step, SelfTestStep::DecryptTestData);
         assert!(matches!(err.cause, SelfTestCause::Crypto(_)));
+    }
+
+    #[tokio::test]
+    async fn each_replica_of_a_multi_region_key_round_trips_the_test_blob() {
+        let config = test_config(KeyPairSpec::Rsa2048);
+        let kms = FakeKms::reusing_key_pairs();
+        let key = kms.create_multi_region_key("aws", "us-east-1", "111122223333");
+        kms.point_alias(&config.alias, &key);
+        kms.replicate_key(&key, "eu-west-1");
+        kms.replicate_key(&key, "ap-southeast-2");
+        let description = kms.describe_key(&config.alias).await.unwrap();
+        let mut listed = config.clone();
+        listed.replica_regions = vec!["ap-southeast-2".into()];
+        let regions = replica_regions(&listed, &description);
+        assert_eq!(regions, ["ap-southeast-2", "eu-west-1"]);
+        assert!(replica_regions(&config, &super::tests::description()).is_empty());
+
+        let passed = run(&kms, &config, "org-a").await.unwrap();
+        kms.fail_region("eu-west-1", KmsErrorKind::AccessDenied);
+        let checks = check_replicas(
+            &kms,
+            &passed.key_pair,
+            &config.context_for("org-a"),
+            &regions,
+        )
+        .await;
+        assert_eq!(checks.len(), 2);
+        let sydney = checks[0].result.as_ref().unwrap();
+        assert_eq!(
+            sydney.kms_key_arn.as_deref(),
+            Some(key.replace("us-east-1", "ap-southeast-2").as_str())
+        );
+        assert_eq!(sydney.steps.len(), 4);
+        let ireland = checks[1].result.as_ref().unwrap_err();
+        assert_eq!(ireland.step, SelfTestStep::DecryptPrivateKey);
+        assert_eq!(ireland.kms_error().unwrap().code, "AccessDeniedException");
+        assert_eq!(kms.decrypts_in("ap-southeast-2"), 1);
     }
 
     fn description() -> KeyDescription {

@@ -53,6 +53,7 @@ fn spec(orgs: &[&str]) -> RecordingKeyConfigSpec {
         },
         key_pair_spec: KeyPairSpec::Rsa2048,
         home_region: None,
+        kms_replica_regions: Vec::new(),
         encryption_context_key: "genesys-cloud-organization-id".into(),
         recording_retention: None,
         history_limit: 10,
@@ -1848,6 +1849,83 @@ async fn the_custody_check_decrypts_the_listed_blobs() {
     assert_eq!(status.last_key_verify_time, Some(ts(NOW)));
     assert!(status.key_pair_problems.is_empty(), "{status:?}");
     assert_eq!(condition(&status, "KeyPairIntegrity").status, "True");
+}
+
+/// A multi-Region key whose home Region fails: the custody check reads through the replica
+/// DescribeKey named, and status says which Region answered (docs/design.md, "Multi-Region
+/// reads"); an AccessDenied of the home Region is a verdict, and no replica is asked.
+#[tokio::test]
+async fn the_custody_check_reads_through_a_replica_when_the_home_region_fails() {
+    let mut h = Harness::new();
+    let alias = kekeeper::arn::AliasArn::parse(ALIAS).unwrap();
+    h.key_arn = h
+        .kms
+        .create_multi_region_key("aws", "us-east-1", "111122223333");
+    h.kms.point_alias(&alias, &h.key_arn);
+    h.kms.replicate_key(&h.key_arn, "eu-west-1");
+    let rkc = resource(spec(&[ORG_A]), 1);
+    let (result, seen) = h.reconcile(rkc.clone(), Scenario::Create { orgs: 1 }).await;
+    result.unwrap();
+    let secrets = h.cache(&seen, &[]);
+    // The new pair's self-test checked the replica too, and says so.
+    let created = status_of(&seen);
+    let last_test = created.last_test.clone().unwrap();
+    assert!(
+        last_test.message.ends_with("; replicas: eu-west-1 ok"),
+        "{}",
+        last_test.message
+    );
+    assert_eq!(h.kms.decrypts_in("eu-west-1"), 1);
+    let rkc = with_status(rkc, created);
+
+    h.kms.fail_region("us-east-1", KmsErrorKind::Network);
+    let (result, seen) = h
+        .reconcile(
+            verify_now(rkc.clone(), "v1"),
+            Scenario::VerifyCustody {
+                existing: secrets.clone(),
+            },
+        )
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.verify_now_token.as_deref(), Some("v1"));
+    let read = status.last_key_verify_replica_read.clone().unwrap();
+    assert_eq!(
+        (
+            read.region.as_str(),
+            read.home_region.as_str(),
+            read.home_error.as_str()
+        ),
+        ("eu-west-1", "us-east-1", "NetworkError")
+    );
+    let integrity = condition(&status, "KeyPairIntegrity");
+    assert_eq!(integrity.status, "True");
+    assert!(
+        integrity.message.ends_with(
+            "through replica in eu-west-1: the home Region us-east-1 failed with NetworkError"
+        ),
+        "{}",
+        integrity.message
+    );
+    assert_eq!(h.kms.decrypts_in("eu-west-1"), 2);
+
+    h.kms.clear_failures();
+    h.kms.fail_region("us-east-1", KmsErrorKind::AccessDenied);
+    let (result, seen) = h
+        .reconcile(
+            verify_now(with_status(rkc, status), "v2"),
+            Scenario::VerifyCustody { existing: secrets },
+        )
+        .await;
+    result.unwrap();
+    let status = status_of(&seen);
+    assert_eq!(status.verify_now_token.as_deref(), Some("v1"));
+    assert_eq!(
+        status.last_kms_error.as_ref().map(|e| e.code.as_str()),
+        Some("AccessDeniedException")
+    );
+    assert_eq!(h.kms.decrypts_in("eu-west-1"), 2);
 }
 
 /// A 409 on the status write whose newer resource has another spec: no status from the plan

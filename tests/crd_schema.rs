@@ -175,11 +175,17 @@ fn enums_and_bounds() {
 #[test]
 fn home_region_must_equal_the_arn_region_and_default_key_ids_be_uuids() {
     let rules = rules(&spec_schema());
-    assert_eq!(rules.len(), 2);
+    assert_eq!(rules.len(), 3);
     assert!(rules[0].0.contains("self.homeRegion"));
     assert!(rules[0].1.starts_with("spec.homeRegion"));
-    assert!(rules[1].0.contains("genesys-cloud-organization-id"));
-    assert!(rules[1].1.starts_with("spec.organizationIds must be UUIDs"));
+    assert!(rules[1].0.contains("self.kmsReplicaRegions.exists"));
+    assert!(
+        rules[1]
+            .1
+            .starts_with("spec.kmsReplicaRegions must not list the home Region")
+    );
+    assert!(rules[2].0.contains("genesys-cloud-organization-id"));
+    assert!(rules[2].1.starts_with("spec.organizationIds must be UUIDs"));
 }
 
 #[test]
@@ -279,6 +285,14 @@ async fn invalid_specs_are_rejected_at_apply_time_naming_the_field() {
             with("retention-zero", &[ORG], "recordingRetention: 0d"),
             "spec.recordingRetention must be at least 1d or 24h",
         ),
+        (
+            with(
+                "replica-home",
+                &[ORG],
+                "kmsReplicaRegions: [eu-west-1, us-east-1]",
+            ),
+            "spec.kmsReplicaRegions must not list the home Region",
+        ),
     ];
     for (manifest, message) in &rejected {
         let out = cluster.apply(manifest).await;
@@ -294,13 +308,14 @@ async fn invalid_specs_are_rejected_at_apply_time_naming_the_field() {
         ),
         with("retention-day", &[ORG], "recordingRetention: 24h"),
         with("retention-days", &[ORG], "recordingRetention: 1d"),
+        with("replicas", &[ORG], "kmsReplicaRegions: [eu-west-1]"),
     ] {
         cluster.apply_ok(&manifest).await;
     }
     let stored = cluster
         .objects("kekeeper.io", "recordingkeyconfigs", Some(&cluster.ns()))
         .await;
-    assert_eq!(stored.len(), 4);
+    assert_eq!(stored.len(), 5);
 
     // What `kubectl explain` shows for the fields users ask about.
     for (field, expected) in [

@@ -20,6 +20,7 @@ fn config(alias: &kekeeper::arn::AliasArn) -> ValidatedConfig {
         key_pair_spec: KeyPairSpec::Rsa2048,
         home_region: REGION.into(),
         encryption_context_key: "genesys-cloud-organization-id".into(),
+        replica_regions: Vec::new(),
     }
 }
 

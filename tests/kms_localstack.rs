@@ -16,6 +16,7 @@ fn config(alias: &AliasArn, spec: KeyPairSpec) -> ValidatedConfig {
         key_pair_spec: spec,
         home_region: alias.region().to_owned(),
         encryption_context_key: "genesys-cloud-organization-id".into(),
+        replica_regions: Vec::new(),
     }
 }
 

@@ -11,13 +11,14 @@ use kube::api::ListParams;
 
 use super::cluster::connect;
 use super::common::{Failure, Output, exit, open_input};
+use crate::arn::is_region;
 use crate::cli::DecryptArgs;
 use crate::envelope;
 use crate::keypair::{
     KeyPairSecret, LABEL_KEY_PAIR_ID, LABEL_MANAGED_BY, SECRET_TYPE, key_pair_id_label,
 };
-use crate::kms::Kms;
 use crate::kms::sdk::SdkKms;
+use crate::kms::{Kms, is_multi_region_key, replica_may_answer};
 
 /// A key pair Secret manifest (`kekeeper keypair generate` output or `kubectl get secret -o yaml`).
 pub(super) fn read_key_pair_secret(path: &Path) -> Result<KeyPairSecret, String> {
@@ -75,6 +76,11 @@ pub async fn execute(args: DecryptArgs) -> ExitCode {
 }
 
 async fn decrypt(args: &DecryptArgs) -> Result<(), Failure> {
+    if let Some(region) = args.replica_regions.iter().find(|r| !is_region(r)) {
+        return Err(Failure::bad_input(format!(
+            "--replica-region {region:?} is not a Region name like eu-west-1"
+        )));
+    }
     // The Secret file is checked before the recording is opened, as before.
     let from_file = (args.key_pair_secret.as_deref())
         .map(read_key_pair_secret)
@@ -102,26 +108,43 @@ async fn decrypt(args: &DecryptArgs) -> Result<(), Failure> {
     // Only now, with a matching header, create the output and ask KMS.
     let mut output = Output::create(&args.output).map_err(Failure::bad_input)?;
     let kms = SdkKms::from_env().await;
-    let private_key = kms
-        .decrypt_private_key(
-            &record.kms_key_arn,
+    let key_arn = &record.kms_key_arn;
+    let decrypted = kms
+        .decrypt_private_key_in(
+            key_arn,
             &record.private_key_ciphertext,
             &record.encryption_context,
+            &args.replica_regions,
         )
         .await
         .map_err(|err| {
             let request_id = (err.request_id.as_ref())
                 .map(|id| format!(" (request id {id})"))
                 .unwrap_or_default();
+            // docs/design.md, "Multi-Region reads": the CLI knows a key's replicas only from
+            // the command line.
+            let hint = if is_multi_region_key(key_arn)
+                && replica_may_answer(err.kind)
+                && args.replica_regions.is_empty()
+            {
+                "; the KMS key is multi-Region: name a replica's Region with --replica-region \
+                 to read through it"
+            } else {
+                ""
+            };
             Failure::failed(format!(
-                "KMS could not decrypt the private key of key pair {}: {err}{request_id}",
+                "KMS could not decrypt the private key of key pair {}: {err}{request_id}{hint}",
                 record.key_pair_id
             ))
         })?;
-    let outcome = envelope::decrypt(&private_key, &header, input, output.writer());
-    drop(private_key);
+    let replica_read = decrypted.replica_read(key_arn);
+    let outcome = envelope::decrypt(&decrypted.plaintext, &header, input, output.writer());
+    drop(decrypted);
     let bytes = outcome.map_err(|e| Failure::failed(format!("decryption failed: {e}")))?;
     output.finish().map_err(Failure::failed)?;
+    if let Some(read) = replica_read {
+        eprintln!("KMS answered {read}");
+    }
     eprintln!(
         "decrypted {bytes} bytes with key pair {}",
         record.key_pair_id

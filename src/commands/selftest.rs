@@ -20,7 +20,9 @@ use crate::config::ValidatedConfig;
 use crate::crd::RecordingKeyConfig;
 use crate::kms::Kms;
 use crate::kms::sdk::SdkKms;
-use crate::selftest::{self, SelfTestCause, SelfTestFailure, SelfTestReport, SelfTestStep};
+use crate::selftest::{
+    self, ReplicaCheck, SelfTestCause, SelfTestFailure, SelfTestReport, SelfTestStep,
+};
 
 fn millis(duration: Duration) -> String {
     let ms = duration.as_secs_f64() * 1000.0;
@@ -38,6 +40,18 @@ pub(super) fn print_report(
     report: &SelfTestReport,
     failure: Option<&SelfTestFailure>,
 ) -> io::Result<()> {
+    match print_steps(out, report, failure)? {
+        None => writeln!(out, "  PASSED in {}", millis(report.total())),
+        Some(step) => writeln!(out, "  FAILED at {step}"),
+    }
+}
+
+/// The steps of [`print_report`] without its verdict line; the step that failed, if one did.
+fn print_steps(
+    out: &mut impl Write,
+    report: &SelfTestReport,
+    failure: Option<&SelfTestFailure>,
+) -> io::Result<Option<SelfTestStep>> {
     writeln!(out, "organisation {}", report.organization_id)?;
     if let Some(key_arn) = &report.kms_key_arn {
         writeln!(out, "  KMS key {key_arn}")?;
@@ -71,10 +85,57 @@ pub(super) fn print_report(
             writeln!(out, "  -     {} (not run)", step.description())?;
         }
     }
-    match failed_at {
-        None => writeln!(out, "  PASSED in {}", millis(report.total())),
-        Some(step) => writeln!(out, "  FAILED at {step}"),
+    Ok(failed_at)
+}
+
+/// Each replica's round trip of the organisation's test blob, one line per Region; the first
+/// Region that failed, if one did (docs/design.md, "Multi-Region reads").
+fn print_replica_checks(
+    out: &mut impl Write,
+    checks: &[ReplicaCheck],
+) -> io::Result<Option<String>> {
+    let mut failed = None;
+    for check in checks {
+        match &check.result {
+            Ok(report) => writeln!(
+                out,
+                "  ok    {:<62} {:>9}",
+                format!("replica {}: decrypt through it (KMS Decrypt)", check.region),
+                millis(
+                    report
+                        .duration_of(SelfTestStep::DecryptPrivateKey)
+                        .unwrap_or_default()
+                )
+            )?,
+            Err(failure) => {
+                failed.get_or_insert_with(|| check.region.clone());
+                writeln!(
+                    out,
+                    "  FAIL  replica {}: {}",
+                    check.region,
+                    failure.step.description()
+                )?;
+                match &failure.cause {
+                    SelfTestCause::Kms(err) => {
+                        writeln!(
+                            out,
+                            "        {}: {}: {}",
+                            err.operation, err.code, err.message
+                        )?;
+                        if let Some(id) = &err.request_id {
+                            writeln!(out, "        request id {id}")?;
+                        }
+                        writeln!(
+                            out,
+                            "        reads turn to this replica when the home Region fails: its key policy and the role's identity policy must allow kms:Decrypt (docs/installation.md)"
+                        )?;
+                    }
+                    SelfTestCause::Crypto(message) => writeln!(out, "        {message}")?,
+                }
+            }
+        }
     }
+    Ok(failed)
 }
 
 /// The RecordingKeyConfigs to test: the manifests of -f, or those read from the cluster.
@@ -242,8 +303,10 @@ async fn run<K: Kms>(
     let mut all_passed = true;
 
     let started = Instant::now();
+    let replicas;
     match kms.describe_key(&config.alias).await {
         Ok(description) => {
+            replicas = selftest::replica_regions(config, &description);
             writeln!(
                 out,
                 "KMS key {}: {}, {}, {}, {} managed{} ({})",
@@ -302,8 +365,19 @@ async fn run<K: Kms>(
     for organization_id in &config.organization_ids[..tested] {
         match selftest::run(kms, config, organization_id).await {
             Ok(ok) => {
-                passed += 1;
-                print_report(out, &ok.report, None)?;
+                print_steps(out, &ok.report, None)?;
+                let context = config.context_for(organization_id);
+                let checks = selftest::check_replicas(kms, &ok.key_pair, &context, &replicas).await;
+                match print_replica_checks(out, &checks)? {
+                    None => {
+                        passed += 1;
+                        writeln!(out, "  PASSED in {}", millis(ok.report.total()))?;
+                    }
+                    Some(region) => {
+                        all_passed = false;
+                        writeln!(out, "  FAILED at replica {region}")?;
+                    }
+                }
             }
             Err(failure) => {
                 all_passed = false;
@@ -338,6 +412,7 @@ mod tests {
             key_pair_spec: KeyPairSpec::Rsa2048,
             home_region: "us-east-1".into(),
             encryption_context_key: "genesys-cloud-organization-id".into(),
+            replica_regions: Vec::new(),
         }
     }
 
@@ -388,5 +463,47 @@ mod tests {
         );
         assert!(text.contains("PASSED: 1/1 organisations passed"), "{text}");
         assert!(!text.contains("7c9e6679"), "{text}");
+    }
+
+    /// The Test button checks each replica of a multi-Region key; one that would not answer
+    /// fails the test.
+    #[tokio::test]
+    async fn each_replica_is_checked_and_a_failing_one_fails_the_test() {
+        let kms = FakeKms::reusing_key_pairs();
+        let key = kms.create_multi_region_key("aws", "us-east-1", "111122223333");
+        kms.point_alias(&config().alias, &key);
+        kms.replicate_key(&key, "eu-west-1");
+        let mut out = Vec::new();
+        assert!(
+            run(&mut out, "recordings", &config(), &kms, 1)
+                .await
+                .unwrap()
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("multi-region (primary us-east-1, replicas [eu-west-1])"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ok    replica eu-west-1: decrypt through it (KMS Decrypt)"),
+            "{text}"
+        );
+        assert_eq!(kms.decrypts_in("eu-west-1"), 1);
+
+        kms.fail_region("eu-west-1", KmsErrorKind::AccessDenied);
+        let mut out = Vec::new();
+        assert!(
+            !run(&mut out, "recordings", &config(), &kms, 1)
+                .await
+                .unwrap()
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("FAIL  replica eu-west-1: decrypt the private key (KMS Decrypt)"),
+            "{text}"
+        );
+        assert!(text.contains("Decrypt: AccessDeniedException"), "{text}");
+        assert!(text.contains("  FAILED at replica eu-west-1\n"), "{text}");
+        assert!(text.contains("FAILED: 0/1 organisations passed"), "{text}");
     }
 }

@@ -326,8 +326,17 @@ fn custody(status: &RecordingKeyConfigStatus, now: Timestamp) -> String {
     let verdict = condition(status, KEY_PAIR_INTEGRITY)
         .map(|c| format!("{} {}", c.status, c.reason))
         .unwrap_or_else(|| "no KeyPairIntegrity condition yet".to_owned());
+    // Which Region answered, when a replica did (docs/design.md, "Multi-Region reads").
+    let through = status
+        .last_key_verify_replica_read
+        .as_ref()
+        .map(|read| format!(", {read}"))
+        .unwrap_or_default();
     match status.last_key_verify_time {
-        Some(t) => format!("{} ago ({t}); KeyPairIntegrity {verdict}", age(t, now)),
+        Some(t) => format!(
+            "{} ago ({t}){through}; KeyPairIntegrity {verdict}",
+            age(t, now)
+        ),
         None => format!("none yet; KeyPairIntegrity {verdict}"),
     }
 }
@@ -827,6 +836,19 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
         }
+
+        // A check a replica answered says which Region, and why.
+        rkc.status.as_mut().unwrap().last_key_verify_replica_read =
+            Some(crate::crd::ReplicaReadStatus {
+                region: "eu-west-1".into(),
+                home_region: "us-east-1".into(),
+                home_error: "NetworkError".into(),
+            });
+        let mut out = Vec::new();
+        render(&mut out, &rkc, &[], ts("2026-11-30T10:00:00Z")).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let expected = "Custody check:  5h ago (2026-11-30T05:00:00Z), through replica in eu-west-1: the home Region us-east-1 failed with NetworkError; KeyPairIntegrity False KeyPairMissing\n";
+        assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
     }
 
     fn with_ready(status: &str, reason: &str, observed: i64) -> RecordingKeyConfig {

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use super::context::Context;
 use crate::keypair::{self, KeyPairRecord, KeyPairSecret};
 use crate::keyring::KeyRing;
-use crate::kms::{Kms, KmsError, KmsErrorKind};
+use crate::kms::{Kms, KmsError, KmsErrorKind, ReplicaRead};
 
 /// The outcome of decrypting each active pair's private key blob through KMS and comparing the
 /// public key derived from it with the recorded fingerprint.
@@ -22,6 +22,9 @@ pub struct CustodyCheck {
     pub failures: Vec<CustodyFailure>,
     /// A KMS failure that stopped the check (not a verdict on any pair).
     pub error: Option<KmsError>,
+    /// Decrypts a replica answered because the home Region failed (docs/design.md,
+    /// "Multi-Region reads").
+    pub replica_reads: Vec<ReplicaRead>,
 }
 
 /// A pair whose private key blob does not decrypt to its recorded public key.
@@ -39,12 +42,14 @@ pub struct CustodyFailure {
 ///
 /// The blobs come from `listed`, the Secrets as listed from the API server: a
 /// [`KeyPairSecret`] always has its blob, and a cached [`KeyPairRecord`] cannot be passed here
-/// (docs/design.md, "Blobs by type"). `ring` says which of them are active.
+/// (docs/design.md, "Blobs by type"). `ring` says which of them are active. A multi-Region
+/// key's replicas answer when the home Region fails (`replica_regions`: the spec's).
 pub async fn check<K: Kms>(
     ctx: &Context<K>,
     ring: &KeyRing,
     listed: &[KeyPairSecret],
     organizations: &[String],
+    replica_regions: &[String],
 ) -> CustodyCheck {
     let mut check = CustodyCheck::default();
     let active = ring.active_by_org();
@@ -54,17 +59,28 @@ pub async fn check<K: Kms>(
         .filter_map(|active| listed.iter().find(|p| p.secret_name == active.secret_name));
     for record in checked {
         let _decrypt = ctx.kms_pace.symmetric().acquire().await;
+        // The key status recorded, never one a Secret editor wrote into metadata.json.
+        let key_arn = ring.recorded_key_arn(&record.record);
         let decrypted = ctx
             .kms
-            .decrypt_private_key(
-                // The key status recorded, never one a Secret editor wrote into metadata.json.
-                ring.recorded_key_arn(&record.record),
+            .decrypt_private_key_in(
+                key_arn,
                 &record.private_key_ciphertext,
                 &record.encryption_context,
+                replica_regions,
             )
             .await;
         let verdict = match decrypted {
-            Ok(private_key) => compare(&private_key, &ring.trusted_fingerprint(&record.record)),
+            Ok(decrypted) => {
+                if let Some(read) = decrypted.replica_read(key_arn) {
+                    info!(secret = %record.secret_name, %read, "custody check read through a replica");
+                    check.replica_reads.push(read);
+                }
+                compare(
+                    &decrypted.plaintext,
+                    &ring.trusted_fingerprint(&record.record),
+                )
+            }
             Err(err)
                 if matches!(
                     err.kind,

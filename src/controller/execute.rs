@@ -11,7 +11,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::context::{Context, Error, FIELD_MANAGER, Result, SerializeError};
-use super::observe::Observation;
+use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Rotation};
 use super::stored::StoreSync;
 use crate::config::ValidatedConfig;
@@ -271,11 +271,12 @@ async fn generate<K: Kms>(
                 None => Failure::SelfTest(failure.to_string()),
             }
         })?;
+    let replicas = replica_checks(ctx, obs, config, &passed.key_pair, org).await;
     outcome.last_test = Some(LastTest {
         time: now,
         passed: true,
         message: format!(
-            "organisation {org}: key pair round-tripped through KMS in {} ms",
+            "organisation {org}: key pair round-tripped through KMS in {} ms{replicas}",
             passed.report.total().as_millis()
         ),
     });
@@ -403,5 +404,44 @@ async fn prune(api: &Api<Secret>, name: &str) -> Result<()> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(err) => Err(err.into()),
+    }
+}
+
+/// The new pair's blob decrypted through each replica of a multi-Region key, at the symmetric
+/// pace, as the Test button does; for the self-test's status message (`; replicas: eu-west-1
+/// ok`). A replica that refuses does not stop the pair, which the home Region proved: it is
+/// reported (docs/design.md, "Multi-Region reads").
+async fn replica_checks<K: Kms>(
+    ctx: &Context<K>,
+    obs: &Observation,
+    config: &ValidatedConfig,
+    key_pair: &crate::kms::GeneratedKeyPair,
+    org: &str,
+) -> String {
+    let Some(KeyCheck::Usable { description, .. }) = &obs.key else {
+        return String::new();
+    };
+    let regions = selftest::replica_regions(config, description);
+    let mut results = Vec::with_capacity(regions.len());
+    for region in &regions {
+        let _decrypt = ctx.kms_pace.symmetric().acquire().await;
+        let context = config.context_for(org);
+        let checks =
+            selftest::check_replicas(&ctx.kms, key_pair, &context, std::slice::from_ref(region))
+                .await;
+        for check in checks {
+            match check.result {
+                Ok(_) => results.push(format!("{} ok", check.region)),
+                Err(failure) => {
+                    warn!(organization = %org, region = %check.region, %failure, "a replica of the KMS key would not decrypt the new key pair");
+                    results.push(format!("{} FAILED ({failure})", check.region));
+                }
+            }
+        }
+    }
+    if results.is_empty() {
+        String::new()
+    } else {
+        format!("; replicas: {}", results.join(", "))
     }
 }

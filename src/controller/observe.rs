@@ -201,7 +201,14 @@ impl Observation {
         let (Ok(config), Some(listed)) = (&self.config, &self.listed) else {
             return Ok(());
         };
-        let check = custody::check(ctx, &self.ring, listed, &config.organization_ids).await;
+        let check = custody::check(
+            ctx,
+            &self.ring,
+            listed,
+            &config.organization_ids,
+            &config.replica_regions,
+        )
+        .await;
         for failure in &check.failures {
             self.ring.fail_custody(&failure.secret_name);
         }

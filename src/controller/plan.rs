@@ -151,6 +151,20 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         _ if key_due => Step::CheckKey,
         _ if store_due => Step::ListStore,
         _ => match &obs.key {
+            // A key check the home Region could not answer (unreachable, throttling, ...) is
+            // no verdict on the pairs: a multi-Region key's custody check still reads their
+            // blobs, under the keys status recorded, through its replicas (docs/design.md,
+            // "Multi-Region reads").
+            Some(KeyCheck::Failed(err))
+                if custody_due
+                    && err.kind.is_transient()
+                    && status
+                        .kms_key_arn
+                        .as_deref()
+                        .is_some_and(crate::kms::is_multi_region_key) =>
+            {
+                Step::VerifyCustody
+            }
             Some(KeyCheck::Unusable { .. } | KeyCheck::Failed(_)) => Step::Blocked,
             _ if prove_due => Step::Prove,
             // A KMS failure that is no verdict: the candidates stay candidates, and nothing
@@ -631,6 +645,44 @@ mod tests {
             RotationReason::IntegrityCheckFailed
         );
         assert_eq!(after.step, Step::CheckKey);
+    }
+
+    /// With the home Region down, the key check fails; a multi-Region key's custody check
+    /// runs all the same (its reads turn to the replicas), a single-Region key's waits, and a
+    /// verdict (AccessDenied) blocks both.
+    #[test]
+    fn a_failed_key_check_lets_a_multi_region_keys_custody_check_run() {
+        use crate::kms::{KmsError, KmsErrorKind, KmsOperation};
+        let records = vec![record("2026-01-10T00:00:00Z")];
+        let status = |key: &str| RecordingKeyConfigStatus {
+            last_key_verify_time: Some(ts("2026-01-14T09:59:59Z")),
+            kms_key_arn: Some(key.to_owned()),
+            ..steady_status("2026-01-15T09:30:00Z")
+        };
+        let failed = |kind| {
+            Some(KeyCheck::Failed(KmsError::new(
+                KmsOperation::DescribeKey,
+                kind,
+                "injected",
+            )))
+        };
+        let mrk = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd";
+        let mut obs = observe(resource(1, Some(status(mrk))), records.clone());
+        obs.listed = Some(Vec::new());
+        obs.key = failed(KmsErrorKind::Network);
+        assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::VerifyCustody);
+        obs.custody = Some(crate::controller::custody::CustodyCheck::default());
+        assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::Blocked);
+
+        obs.custody = None;
+        obs.key = failed(KmsErrorKind::AccessDenied);
+        assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::Blocked);
+
+        let single = "arn:aws:kms:us-east-1:111122223333:key/1234abcd";
+        let mut obs = observe(resource(1, Some(status(single))), records);
+        obs.listed = Some(Vec::new());
+        obs.key = failed(KmsErrorKind::Network);
+        assert_eq!(plan(&obs, ts(NOW), &settings()).step, Step::Blocked);
     }
 
     #[test]

@@ -53,10 +53,20 @@ pub async fn prove<K: Kms>(
                 let _decrypt = ctx.kms_pace.symmetric().acquire().await;
                 match ctx
                     .kms
-                    .decrypt_private_key(key_arn, &pair.private_key_ciphertext, &context)
+                    .decrypt_private_key_in(
+                        key_arn,
+                        &pair.private_key_ciphertext,
+                        &context,
+                        &config.replica_regions,
+                    )
                     .await
                 {
-                    Ok(private_key) => custody::compare(&private_key, &pair.fingerprint()),
+                    Ok(decrypted) => {
+                        if let Some(read) = decrypted.replica_read(key_arn) {
+                            info!(secret = %pair.secret_name, %read, "proof read through a replica");
+                        }
+                        custody::compare(&decrypted.plaintext, &pair.fingerprint())
+                    }
                     Err(err)
                         if matches!(
                             err.kind,

@@ -10,7 +10,7 @@ use super::ratelimit::PaceEstimate;
 use super::stored::StoreCheck;
 use crate::crd::{
     KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
-    RecordingKeyConfigStatus,
+    RecordingKeyConfigStatus, ReplicaReadStatus,
 };
 use crate::keypair::KeyPairRecord;
 use crate::keyring::{
@@ -293,6 +293,11 @@ fn custody(
 ) {
     next.key_pair_problems = problems(input, current);
     let checked = input.custody.is_some_and(|c| c.error.is_none());
+    if let Some(check) = input.custody.filter(|_| checked) {
+        // Which Region answered the check: absent when the home Region did (docs/design.md,
+        // "Multi-Region reads").
+        next.last_key_verify_replica_read = check.replica_reads.first().map(ReplicaReadStatus::of);
+    }
     if checked || (current.last_key_verify_time.is_none() && !input.ring.active_by_org().is_empty())
     {
         // Active pairs are trusted only once proven through KMS (the self-test of a pair made
@@ -570,9 +575,12 @@ fn integrity_condition(
             &mismatches.join("; "),
         );
     } else if !input.ring.records().is_empty() {
-        let when = next
+        let mut when = next
             .last_key_verify_time
             .map_or_else(|| "not yet".to_owned(), |t| t.to_string());
+        if let Some(read) = &next.last_key_verify_replica_read {
+            when = format!("{when}, {read}");
+        }
         conditions.set(
             KEY_PAIR_INTEGRITY,
             true,
@@ -955,6 +963,7 @@ mod tests {
                 message: "KMS cannot decrypt privateKey.kms".into(),
             }],
             error: None,
+            replica_reads: Vec::new(),
         };
         let after = desired(&StatusInput {
             custody: Some(&check),
@@ -974,6 +983,65 @@ mod tests {
         assert_eq!(
             condition(&later, KEY_PAIR_INTEGRITY).unwrap().reason,
             CUSTODY_CHECK_FAILED
+        );
+    }
+
+    /// A custody check a replica answered says so in status until a check the home Region
+    /// answers (docs/design.md, "Multi-Region reads").
+    #[test]
+    fn a_custody_check_through_a_replica_says_which_region_answered() {
+        let rkc = resource();
+        let active = pair(1, 1);
+        let before = desired(&input(&rkc, None, &ring(vec![active.clone()], None)));
+        let checked = ring(vec![active], Some(&before));
+        let through_replica = CustodyCheck {
+            verified: 1,
+            replica_reads: vec![crate::kms::ReplicaRead {
+                region: "eu-west-1".into(),
+                home_region: "us-east-1".into(),
+                home_code: "NetworkError".into(),
+            }],
+            ..CustodyCheck::default()
+        };
+        let after = desired(&StatusInput {
+            custody: Some(&through_replica),
+            ..input(&rkc, Some(&before), &checked)
+        });
+        let read = after.last_key_verify_replica_read.clone().unwrap();
+        assert_eq!(
+            (
+                read.region.as_str(),
+                read.home_region.as_str(),
+                read.home_error.as_str()
+            ),
+            ("eu-west-1", "us-east-1", "NetworkError")
+        );
+        let integrity = condition(&after, KEY_PAIR_INTEGRITY).unwrap();
+        assert_eq!(integrity.status, "True");
+        assert!(
+            integrity.message.ends_with(
+                ", through replica in eu-west-1: the home Region us-east-1 failed with NetworkError"
+            ),
+            "{}",
+            integrity.message
+        );
+        // A reconcile without a check keeps it; a check the home Region answered clears it.
+        let later = desired(&input(&rkc, Some(&after), &checked));
+        assert_eq!(later.last_key_verify_replica_read, Some(read));
+        let home = CustodyCheck {
+            verified: 1,
+            ..CustodyCheck::default()
+        };
+        let cleared = desired(&StatusInput {
+            custody: Some(&home),
+            ..input(&rkc, Some(&later), &checked)
+        });
+        assert_eq!(cleared.last_key_verify_replica_read, None);
+        let integrity = condition(&cleared, KEY_PAIR_INTEGRITY).unwrap();
+        assert!(
+            !integrity.message.contains("replica"),
+            "{}",
+            integrity.message
         );
     }
 

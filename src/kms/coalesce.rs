@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError};
+use super::{
+    Decrypted, EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError,
+};
 use crate::arn::AliasArn;
 
 /// The last answer for one key: when it arrived, and what it was.
@@ -127,6 +129,22 @@ impl<K: Kms> Kms for CoalescingKms<K> {
         let result = self
             .inner
             .decrypt_private_key(kms_key_arn, ciphertext, context)
+            .await;
+        self.after(kms_key_arn, result)
+    }
+
+    /// A read a replica answered keeps the key's description: the key is usable, and the key
+    /// check at its interval asks the home Region again (docs/design.md, "Multi-Region reads").
+    async fn decrypt_private_key_in(
+        &self,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        replica_regions: &[String],
+    ) -> Result<Decrypted, KmsError> {
+        let result = self
+            .inner
+            .decrypt_private_key_in(kms_key_arn, ciphertext, context, replica_regions)
             .await;
         self.after(kms_key_arn, result)
     }

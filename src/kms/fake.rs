@@ -20,8 +20,9 @@ use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use zeroize::Zeroizing;
 
 use super::{
-    EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError, KmsErrorKind,
-    KmsOperation, MultiRegionKey,
+    Decrypted, EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError,
+    KmsErrorKind, KmsOperation, KnownReplicas, MultiRegionKey, decrypt_through_replicas, key_id_of,
+    region_of, replica_arn,
 };
 use crate::arn::AliasArn;
 
@@ -31,6 +32,8 @@ const BLOB_MAGIC: &[u8; 4] = b"FKMS";
 #[derive(Clone, Default)]
 pub struct FakeKms {
     inner: Arc<Mutex<Inner>>,
+    /// What DescribeKey answered about multi-Region keys, as the SDK client remembers it.
+    replicas: KnownReplicas,
 }
 
 impl std::fmt::Debug for FakeKms {
@@ -46,7 +49,11 @@ struct Inner {
     keys: HashMap<String, FakeKey>,
     fail_next: HashMap<KmsOperation, VecDeque<KmsErrorKind>>,
     fail_always: HashMap<KmsOperation, KmsErrorKind>,
+    /// Every call to a Region fails with this kind (an unreachable or failing Region).
+    fail_region: HashMap<String, KmsErrorKind>,
     calls: HashMap<KmsOperation, usize>,
+    /// Decrypt calls per Region.
+    decrypts_in: HashMap<String, usize>,
     /// Reuse one RSA key pair per spec instead of generating (fast, but every pair is the same).
     reuse_key_pairs: bool,
     next_id: u64,
@@ -80,9 +87,59 @@ impl FakeKms {
 
     /// Creates an enabled customer-managed symmetric key and returns its ARN.
     pub fn create_key(&self, partition: &str, region: &str, account: &str) -> String {
+        self.create_key_with_id_prefix(partition, region, account, "")
+    }
+
+    /// Creates a multi-Region primary key (id `mrk-...`) with no replicas yet.
+    pub fn create_multi_region_key(&self, partition: &str, region: &str, account: &str) -> String {
+        let key_arn = self.create_key_with_id_prefix(partition, region, account, "mrk-");
+        self.set_multi_region(&key_arn, region, &[]);
+        key_arn
+    }
+
+    /// `ReplicateKey`: the same key material in `region`, under the same key id; every copy's
+    /// description lists the primary's Region and every replica's. Returns the replica's ARN.
+    pub fn replicate_key(&self, key_arn: &str, region: &str) -> String {
+        let replica = replica_arn(key_arn, region);
+        let mut inner = self.lock();
+        let key = inner
+            .keys
+            .get(key_arn)
+            .unwrap_or_else(|| panic!("FakeKms: no key {key_arn}"));
+        let mut description = key.description.clone();
+        let master_key = key.master_key.clone();
+        description.key_arn = replica.clone();
+        description.region = region.to_owned();
+        inner.keys.insert(
+            replica.clone(),
+            FakeKey {
+                description,
+                master_key,
+            },
+        );
+        let id = key_id_of(key_arn).to_owned();
+        let copies = inner
+            .keys
+            .values_mut()
+            .filter(|key| key_id_of(&key.description.key_arn) == id);
+        for mrk in copies.filter_map(|key| key.description.multi_region.as_mut()) {
+            if !mrk.replica_regions.iter().any(|r| r == region) {
+                mrk.replica_regions.push(region.to_owned());
+            }
+        }
+        replica
+    }
+
+    fn create_key_with_id_prefix(
+        &self,
+        partition: &str,
+        region: &str,
+        account: &str,
+        prefix: &str,
+    ) -> String {
         let mut inner = self.lock();
         inner.next_id += 1;
-        let key_id = format!("00000000-0000-4000-8000-{:012x}", inner.next_id);
+        let key_id = format!("{prefix}00000000-0000-4000-8000-{:012x}", inner.next_id);
         let key_arn = format!("arn:{partition}:kms:{region}:{account}:key/{key_id}");
         let mut master_key = Zeroizing::new([0u8; 32]);
         random(master_key.as_mut());
@@ -181,10 +238,21 @@ impl FakeKms {
         self.lock().fail_always.insert(operation, kind);
     }
 
+    /// Every call to KMS in `region` fails with `kind` until [`Self::clear_failures`].
+    pub fn fail_region(&self, region: &str, kind: KmsErrorKind) {
+        self.lock().fail_region.insert(region.to_owned(), kind);
+    }
+
     pub fn clear_failures(&self) {
         let mut inner = self.lock();
         inner.fail_next.clear();
         inner.fail_always.clear();
+        inner.fail_region.clear();
+    }
+
+    /// How many Decrypt calls went to `region` (failed calls included).
+    pub fn decrypts_in(&self, region: &str) -> usize {
+        self.lock().decrypts_in.get(region).copied().unwrap_or(0)
     }
 
     /// How many times `operation` was called (failed calls included).
@@ -201,15 +269,22 @@ impl FakeKms {
         self.lock().calls.clear();
     }
 
-    /// Counts the call and returns the injected failure, if any.
-    fn begin(inner: &mut Inner, operation: KmsOperation) -> Result<(), KmsError> {
+    /// Counts a call to KMS in `region` (the Region of its key or alias) and returns the
+    /// injected failure, if any.
+    fn begin_in(inner: &mut Inner, operation: KmsOperation, region: &str) -> Result<(), KmsError> {
         *inner.calls.entry(operation).or_default() += 1;
         inner.next_id += 1;
         let request_id = format!("fake-request-{}", inner.next_id);
         let injected = inner
-            .fail_next
-            .get_mut(&operation)
-            .and_then(VecDeque::pop_front)
+            .fail_region
+            .get(region)
+            .copied()
+            .or_else(|| {
+                inner
+                    .fail_next
+                    .get_mut(&operation)
+                    .and_then(VecDeque::pop_front)
+            })
             .or_else(|| inner.fail_always.get(&operation).copied());
         match injected {
             Some(kind) => Err(KmsError {
@@ -317,27 +392,35 @@ fn cached_rsa(spec: KeyPairSpec) -> (Vec<u8>, Zeroizing<Vec<u8>>) {
 
 impl Kms for FakeKms {
     async fn describe_key(&self, alias: &AliasArn) -> Result<KeyDescription, KmsError> {
-        let mut inner = self.lock();
-        Self::begin(&mut inner, KmsOperation::DescribeKey)?;
-        Ok(Self::resolve(&inner, KmsOperation::DescribeKey, alias)?
-            .description
-            .clone())
+        let description = {
+            let mut inner = self.lock();
+            Self::begin_in(&mut inner, KmsOperation::DescribeKey, alias.region())?;
+            Self::resolve(&inner, KmsOperation::DescribeKey, alias)?
+                .description
+                .clone()
+        };
+        self.replicas.learn(&description);
+        Ok(description)
     }
 
     async fn describe_key_arn(&self, key_arn: &str) -> Result<KeyDescription, KmsError> {
-        let mut inner = self.lock();
-        Self::begin(&mut inner, KmsOperation::DescribeKey)?;
-        inner
-            .keys
-            .get(key_arn)
-            .map(|key| key.description.clone())
-            .ok_or_else(|| {
-                KmsError::new(
-                    KmsOperation::DescribeKey,
-                    KmsErrorKind::NotFound,
-                    format!("Key '{key_arn}' does not exist"),
-                )
-            })
+        let description = {
+            let mut inner = self.lock();
+            Self::begin_in(&mut inner, KmsOperation::DescribeKey, region_of(key_arn))?;
+            inner
+                .keys
+                .get(key_arn)
+                .map(|key| key.description.clone())
+                .ok_or_else(|| {
+                    KmsError::new(
+                        KmsOperation::DescribeKey,
+                        KmsErrorKind::NotFound,
+                        format!("Key '{key_arn}' does not exist"),
+                    )
+                })?
+        };
+        self.replicas.learn(&description);
+        Ok(description)
     }
 
     async fn generate_key_pair(
@@ -349,7 +432,7 @@ impl Kms for FakeKms {
         const OP: KmsOperation = KmsOperation::GenerateDataKeyPairWithoutPlaintext;
         let (key_arn, master_key, reuse) = {
             let mut inner = self.lock();
-            Self::begin(&mut inner, OP)?;
+            Self::begin_in(&mut inner, OP, alias.region())?;
             let key = Self::resolve(&inner, OP, alias)?;
             Self::usable(key, OP)?;
             (
@@ -410,7 +493,11 @@ impl Kms for FakeKms {
             )
         };
         let mut inner = self.lock();
-        Self::begin(&mut inner, OP)?;
+        *inner
+            .decrypts_in
+            .entry(region_of(kms_key_arn).to_owned())
+            .or_default() += 1;
+        Self::begin_in(&mut inner, OP, region_of(kms_key_arn))?;
 
         let rest = ciphertext.strip_prefix(BLOB_MAGIC).ok_or_else(invalid)?;
         let (len, rest) = rest.split_at_checked(2).ok_or_else(invalid)?;
@@ -419,18 +506,22 @@ impl Kms for FakeKms {
         let (nonce, sealed) = rest.split_at_checked(NONCE_LEN).ok_or_else(invalid)?;
         let blob_key_arn = std::str::from_utf8(blob_key_arn).map_err(|_| invalid())?;
 
-        if blob_key_arn != kms_key_arn {
+        // A multi-Region key's copies share the key id and decrypt each other's blobs.
+        let same_key = blob_key_arn == kms_key_arn
+            || (super::is_multi_region_key(blob_key_arn)
+                && key_id_of(blob_key_arn) == key_id_of(kms_key_arn));
+        if !same_key {
             return Err(KmsError::new(
                 OP,
                 KmsErrorKind::IncorrectKey,
                 "The key ID in the request does not identify a KMS key that can perform this operation.",
             ));
         }
-        let key = inner.keys.get(blob_key_arn).ok_or_else(|| {
+        let key = inner.keys.get(kms_key_arn).ok_or_else(|| {
             KmsError::new(
                 OP,
                 KmsErrorKind::NotFound,
-                format!("Key '{blob_key_arn}' does not exist"),
+                format!("Key '{kms_key_arn}' does not exist"),
             )
         })?;
         Self::usable(key, OP)?;
@@ -447,6 +538,20 @@ impl Kms for FakeKms {
             .len();
         plaintext.truncate(len);
         Ok(plaintext)
+    }
+
+    async fn decrypt_private_key_in(
+        &self,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        replica_regions: &[String],
+    ) -> Result<Decrypted, KmsError> {
+        let fallbacks = self.replicas.fallbacks(kms_key_arn, replica_regions);
+        decrypt_through_replicas(kms_key_arn, &fallbacks, |arn| async move {
+            self.decrypt_private_key(&arn, ciphertext, context).await
+        })
+        .await
     }
 }
 
@@ -594,5 +699,132 @@ mod tests {
         assert!(kms.describe_key(&alias()).await.is_ok());
         handle.reset_calls();
         assert_eq!(handle.total_calls(), 0);
+    }
+
+    /// The fallback rules of docs/design.md, "Multi-Region reads": a home Region that is
+    /// unreachable, slow, unavailable or throttling lets a replica answer; a verdict does not.
+    #[tokio::test]
+    async fn a_multi_region_key_is_read_through_a_replica_only_when_the_home_region_fails() {
+        let kms = FakeKms::reusing_key_pairs();
+        let key = kms.create_multi_region_key("aws", "us-east-1", "111122223333");
+        kms.point_alias(&alias(), &key);
+        let replica = kms.replicate_key(&key, "eu-west-1");
+        assert_eq!(replica, key.replace("us-east-1", "eu-west-1"));
+        let pair = kms
+            .generate_key_pair(&alias(), KeyPairSpec::Rsa2048, &context("a"))
+            .await
+            .unwrap();
+        let blob = &pair.private_key_ciphertext;
+        let read = |listed: Vec<String>| {
+            let kms = kms.clone();
+            let key = key.clone();
+            async move {
+                kms.decrypt_private_key_in(&key, blob, &context("a"), &listed)
+                    .await
+            }
+        };
+
+        // The home Region answers: no replica is asked.
+        let answer = read(Vec::new()).await.unwrap();
+        assert_eq!(
+            (answer.region.as_str(), &answer.home_failure),
+            ("us-east-1", &None)
+        );
+        assert_eq!(answer.replica_read(&key), None);
+
+        // Before any DescribeKey, nothing says where the replicas are: the home error stands,
+        // unless the spec lists a Region.
+        kms.fail_region("us-east-1", KmsErrorKind::Network);
+        let err = read(Vec::new()).await.unwrap_err();
+        assert_eq!(err.code, "NetworkError");
+        assert_eq!(kms.decrypts_in("eu-west-1"), 0);
+        let answer = read(vec!["eu-west-1".into()]).await.unwrap();
+        assert_eq!(answer.region, "eu-west-1");
+        assert_eq!(
+            answer.replica_read(&key).unwrap().to_string(),
+            "through replica in eu-west-1: the home Region us-east-1 failed with NetworkError"
+        );
+        let private = PrivateDecryptingKey::from_pkcs8(&answer.plaintext).unwrap();
+        assert_eq!(
+            private.public_key().as_der().unwrap().as_ref(),
+            pair.public_key_der
+        );
+
+        // DescribeKey (in the home Region, while it works) names the replicas.
+        kms.clear_failures();
+        kms.describe_key(&alias()).await.unwrap();
+        for kind in [
+            KmsErrorKind::Network,
+            KmsErrorKind::Timeout,
+            KmsErrorKind::KeyUnavailable,
+            KmsErrorKind::Throttling,
+        ] {
+            kms.fail_region("us-east-1", kind);
+            let answer = read(Vec::new()).await.unwrap();
+            assert_eq!(answer.region, "eu-west-1", "{kind:?}");
+            assert_eq!(answer.home_failure.unwrap().kind, kind);
+        }
+
+        // Verdicts of the home Region are final.
+        let before = kms.decrypts_in("eu-west-1");
+        for kind in [
+            KmsErrorKind::AccessDenied,
+            KmsErrorKind::InvalidCiphertext,
+            KmsErrorKind::IncorrectKey,
+            KmsErrorKind::Disabled,
+            KmsErrorKind::NotFound,
+            KmsErrorKind::InvalidState,
+        ] {
+            kms.fail_region("us-east-1", kind);
+            assert_eq!(read(Vec::new()).await.unwrap_err().kind, kind);
+        }
+        assert_eq!(kms.decrypts_in("eu-west-1"), before);
+
+        // A replica's verdict on the blob is returned; its other failures move on, and when
+        // none answers the home error names what each said.
+        kms.fail_region("us-east-1", KmsErrorKind::Network);
+        let err = kms
+            .decrypt_private_key_in(&key, blob, &context("b"), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::InvalidCiphertext);
+        kms.fail_region("eu-west-1", KmsErrorKind::AccessDenied);
+        let err = read(vec!["ap-south-1".into()]).await.unwrap_err();
+        assert_eq!(err.code, "NetworkError");
+        assert!(
+            err.message.contains(
+                "replicas tried: ap-south-1: NotFoundException: Key 'arn:aws:kms:ap-south-1"
+            ),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("; eu-west-1: AccessDeniedException"),
+            "{}",
+            err.message
+        );
+    }
+
+    /// A single-Region key has no replicas: a Region listed in the spec is never asked.
+    #[tokio::test]
+    async fn a_single_region_key_is_never_read_elsewhere() {
+        let kms = FakeKms::reusing_key_pairs();
+        let key = kms.create_key_for(&alias());
+        let pair = kms
+            .generate_key_pair(&alias(), KeyPairSpec::Rsa2048, &context("a"))
+            .await
+            .unwrap();
+        kms.fail_region("us-east-1", KmsErrorKind::Network);
+        let err = kms
+            .decrypt_private_key_in(
+                &key,
+                &pair.private_key_ciphertext,
+                &context("a"),
+                &["eu-west-1".to_owned()],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "NetworkError");
+        assert_eq!(kms.decrypts_in("eu-west-1"), 0);
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kms::Client;
+use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::operation::RequestId;
 use aws_sdk_kms::primitives::Blob;
@@ -17,18 +18,21 @@ use aws_sdk_kms::types::DataKeyPairSpec;
 use zeroize::Zeroizing;
 
 use super::{
-    EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError, KmsErrorKind,
-    KmsOperation, MultiRegionKey,
+    Decrypted, EncryptionContext, GeneratedKeyPair, KeyDescription, KeyPairSpec, Kms, KmsError,
+    KmsErrorKind, KmsOperation, KnownReplicas, MultiRegionKey, decrypt_through_replicas,
 };
 use crate::arn::AliasArn;
 use crate::user_agent::UserAgentInterceptor;
 
 /// KMS through the AWS SDK; one client per region (the region comes from the alias or key
-/// ARN), built lazily from one shared `SdkConfig`. Cloning shares the clients.
+/// ARN), built lazily from one shared `SdkConfig` (same credentials, same endpoint override:
+/// LocalStack serves every Region on one endpoint). Cloning shares the clients and what
+/// DescribeKey said about multi-Region keys' replicas (docs/design.md, "Multi-Region reads").
 #[derive(Clone, Debug)]
 pub struct SdkKms {
     sdk_config: SdkConfig,
     clients: Arc<Mutex<HashMap<String, Client>>>,
+    replicas: KnownReplicas,
 }
 
 impl SdkKms {
@@ -52,6 +56,7 @@ impl SdkKms {
         SdkKms {
             sdk_config,
             clients: Arc::default(),
+            replicas: KnownReplicas::default(),
         }
     }
 
@@ -111,19 +116,26 @@ fn data_key_pair_spec(spec: KeyPairSpec) -> DataKeyPairSpec {
 
 /// Turns an SDK error into the classes the controller reacts to, keeping the AWS error code,
 /// message and request id.
-pub fn classify<E, R>(operation: KmsOperation, err: SdkError<E, R>) -> KmsError
+pub fn classify<E>(operation: KmsOperation, err: SdkError<E, HttpResponse>) -> KmsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + 'static,
-    SdkError<E, R>: RequestId + ProvideErrorMetadata,
+    SdkError<E, HttpResponse>: RequestId + ProvideErrorMetadata,
 {
     let request_id = err.request_id().map(str::to_owned);
     let detail = || error_chain(&err);
     let (kind, code, message) = match &err {
-        SdkError::ServiceError(_) => {
+        SdkError::ServiceError(service) => {
             let code = err.code().unwrap_or("UnknownError").to_owned();
             let message = err.message().map(str::to_owned).unwrap_or_else(detail);
-            (KmsErrorKind::from_code(&code), code, message)
+            let kind = match KmsErrorKind::from_code(&code) {
+                // A 5xx whose code kekeeper does not know: the service is unavailable, which
+                // a replica may answer (docs/design.md, "Multi-Region reads").
+                KmsErrorKind::Other if service.raw().status().is_server_error() => {
+                    KmsErrorKind::KeyUnavailable
+                }
+                kind => kind,
+            };
+            (kind, code, message)
         }
         SdkError::TimeoutError(_) => (KmsErrorKind::Timeout, "Timeout".to_owned(), detail()),
         SdkError::DispatchFailure(failure) => {
@@ -200,7 +212,7 @@ impl SdkKms {
         let key_arn = metadata
             .arn()
             .ok_or_else(|| missing(OP, "KeyMetadata.Arn"))?;
-        let region = key_arn.split(':').nth(3).unwrap_or_default().to_owned();
+        let region = super::region_of(key_arn).to_owned();
         let multi_region = if metadata.multi_region() == Some(true) {
             metadata
                 .multi_region_configuration()
@@ -219,7 +231,7 @@ impl SdkKms {
         } else {
             None
         };
-        Ok(KeyDescription {
+        let description = KeyDescription {
             key_arn: key_arn.to_owned(),
             key_id: metadata.key_id().to_owned(),
             key_state: metadata
@@ -241,7 +253,9 @@ impl SdkKms {
             region,
             multi_region,
             age: std::time::Duration::ZERO,
-        })
+        };
+        self.replicas.learn(&description);
+        Ok(description)
     }
 }
 
@@ -322,5 +336,19 @@ impl Kms for SdkKms {
             .map_err(|e| classify(OP, e))?;
         let plaintext = output.plaintext.ok_or_else(|| missing(OP, "Plaintext"))?;
         Ok(Zeroizing::new(plaintext.into_inner()))
+    }
+
+    async fn decrypt_private_key_in(
+        &self,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        replica_regions: &[String],
+    ) -> Result<Decrypted, KmsError> {
+        let fallbacks = self.replicas.fallbacks(kms_key_arn, replica_regions);
+        decrypt_through_replicas(kms_key_arn, &fallbacks, |arn| async move {
+            self.decrypt_private_key(&arn, ciphertext, context).await
+        })
+        .await
     }
 }

@@ -128,6 +128,22 @@ pub async fn create_key(endpoint: &str, region: &str, multi_region: bool) -> Tes
     }
 }
 
+/// A new multi-Region key (`mrk-...`) with a fresh alias in `region`, replicated to `replica`
+/// (`ReplicateKey`; LocalStack keeps the replica under the same key id in the other Region).
+pub async fn create_multi_region_key(endpoint: &str, region: &str, replica: &str) -> TestKey {
+    let key = create_key(endpoint, region, true).await;
+    assert!(key.key_id.starts_with("mrk-"), "{}", key.key_id);
+    admin(endpoint, region)
+        .await
+        .replicate_key()
+        .key_id(&key.key_id)
+        .replica_region(replica)
+        .send()
+        .await
+        .expect("ReplicateKey");
+    key
+}
+
 /// A RecordingKeyConfig manifest for the CLI.
 pub fn manifest(alias: &str, organization_ids: &[&str], key_pair_spec: &str) -> String {
     let ids: Vec<String> = organization_ids

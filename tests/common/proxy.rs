@@ -3,6 +3,12 @@
 //! never produces; everything else is forwarded. One request per connection (`Connection:
 //! close`), which the SDK handles by reconnecting. Stopped when dropped.
 //!
+//! It can make a whole Region fail ([`FaultProxy::fail_region`]): every request signed for that
+//! Region (the Region in the SigV4 `Credential=AKID/DATE/REGION/kms/aws4_request` of the
+//! `Authorization` header) gets a connection reset or an HTTP error, as when a Region's KMS is
+//! unreachable or down; LocalStack serves every Region on one endpoint, so the signature is
+//! what tells them apart.
+//!
 //! It can also throttle like AWS KMS ([`FaultProxy::throttle_key_pairs_like_aws`]): a token
 //! bucket per key pair spec at AWS's documented quota for `GenerateDataKeyPair*`, answering
 //! `ThrottlingException` (HTTP 400, `Rate exceeded`) as AWS does when a spec's quota is spent.
@@ -79,9 +85,22 @@ impl Quota {
     }
 }
 
+/// How a failed Region answers.
+#[derive(Clone, Debug)]
+pub enum RegionFault {
+    /// The connection is reset without an answer (an unreachable Region).
+    Reset,
+    /// An AWS JSON error with this HTTP status and code (`503`, `ServiceUnavailableException`).
+    Error(Fault),
+}
+
 #[derive(Default)]
 struct State {
     faults: Mutex<HashMap<String, Fault>>,
+    /// Regions whose requests fail, by the Region of their signature.
+    regions: Mutex<HashMap<String, RegionFault>>,
+    /// Requests seen per (signed Region, operation).
+    seen_in: Mutex<HashMap<(String, String), usize>>,
     /// Requests seen per operation (`Decrypt`, ...), faulted or forwarded.
     seen: Mutex<HashMap<String, usize>>,
     /// The `User-Agent` header of every request seen, in order (empty without one).
@@ -176,9 +195,43 @@ impl FaultProxy {
         self.state.hang.lock().unwrap().push(operation.to_owned());
     }
 
+    /// Every request signed for `region` fails as `fault` says, until cleared.
+    pub fn fail_region(&self, region: &str, fault: RegionFault) {
+        self.state
+            .regions
+            .lock()
+            .unwrap()
+            .insert(region.to_owned(), fault);
+    }
+
+    /// As [`Self::fail_region`], with an AWS JSON error of HTTP `status` and `code`.
+    pub fn fail_region_with(&self, region: &str, status: u16, code: &str, message: &str) {
+        self.fail_region(
+            region,
+            RegionFault::Error(Fault {
+                status,
+                code: code.to_owned(),
+                message: message.to_owned(),
+                body_contains: None,
+            }),
+        );
+    }
+
+    /// Requests for `operation` signed for `region`, faulted or forwarded.
+    pub fn seen_in(&self, region: &str, operation: &str) -> usize {
+        self.state
+            .seen_in
+            .lock()
+            .unwrap()
+            .get(&(region.to_owned(), operation.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn clear(&self) {
         self.state.faults.lock().unwrap().clear();
         self.state.hang.lock().unwrap().clear();
+        self.state.regions.lock().unwrap().clear();
     }
 
     pub fn seen(&self, operation: &str) -> usize {
@@ -262,6 +315,14 @@ fn throttled(state: &State, operation: &str, body: &[u8]) -> Option<Fault> {
     })
 }
 
+/// The Region of a SigV4 `Authorization` header: `AWS4-HMAC-SHA256
+/// Credential=AKID/20261206/us-east-1/kms/aws4_request, SignedHeaders=..., Signature=...`.
+pub fn signed_region(authorization: &str) -> Option<&str> {
+    let credential = authorization.split("Credential=").nth(1)?;
+    let scope = credential.split(',').next()?;
+    scope.split('/').nth(2)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -313,6 +374,26 @@ async fn handle(mut client: TcpStream, upstream: &str, state: &State) -> std::io
         .lock()
         .unwrap()
         .push(header("user-agent").unwrap_or_default());
+    let region = header("authorization")
+        .and_then(|a| signed_region(&a).map(str::to_owned))
+        .unwrap_or_default();
+    *state
+        .seen_in
+        .lock()
+        .unwrap()
+        .entry((region.clone(), operation.clone()))
+        .or_default() += 1;
+    let region_fault = state.regions.lock().unwrap().get(&region).cloned();
+    match region_fault {
+        // Dropped with SO_LINGER 0: the client sees a connection reset, no answer.
+        Some(RegionFault::Reset) => {
+            client.set_zero_linger()?;
+            drop(client);
+            return Ok(());
+        }
+        Some(RegionFault::Error(fault)) => return answer_with(client, state, &fault).await,
+        None => {}
+    }
 
     if state.hang.lock().unwrap().contains(&operation) {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
@@ -333,18 +414,7 @@ async fn handle(mut client: TcpStream, upstream: &str, state: &State) -> std::io
         .cloned();
     let fault = fault.or_else(|| throttled(state, &operation, body));
     if let Some(fault) = fault {
-        let n = state.next_request.fetch_add(1, Ordering::SeqCst) + 1;
-        let body = serde_json::json!({"__type": fault.code, "message": fault.message}).to_string();
-        let response = format!(
-            "HTTP/1.1 {} Error\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-            fault.status,
-            FaultProxy::request_id(n),
-            body.len(),
-            body
-        );
-        client.write_all(response.as_bytes()).await?;
-        client.shutdown().await?;
-        return Ok(());
+        return answer_with(client, state, &fault).await;
     }
 
     // Forward with `Connection: close` so the upstream ends the response with EOF.
@@ -385,6 +455,22 @@ async fn handle(mut client: TcpStream, upstream: &str, state: &State) -> std::io
     } else {
         client.write_all(&response).await?;
     }
+    client.shutdown().await?;
+    Ok(())
+}
+
+/// Answers with the fault's AWS JSON error and closes the connection.
+async fn answer_with(mut client: TcpStream, state: &State, fault: &Fault) -> std::io::Result<()> {
+    let n = state.next_request.fetch_add(1, Ordering::SeqCst) + 1;
+    let body = serde_json::json!({"__type": fault.code, "message": fault.message}).to_string();
+    let response = format!(
+        "HTTP/1.1 {} Error\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        fault.status,
+        FaultProxy::request_id(n),
+        body.len(),
+        body
+    );
+    client.write_all(response.as_bytes()).await?;
     client.shutdown().await?;
     Ok(())
 }
