@@ -1,6 +1,9 @@
 //! Heap bytes the controller's caches hold for N resources, by a counting allocator
-//! (`cargo bench --bench cache_memory -- [N]`): the RecordingKeyConfig store, the key pair
-//! cache and the public-keys cache, each filled as the operator's watches fill them.
+//! (`cargo bench --bench cache_memory -- [N]`, 10,000 by default): the RecordingKeyConfig
+//! store, the key pair cache and the public-keys cache, each filled as the operator's watches
+//! fill them. With `PARTS=1` it first prints what a cached resource costs with each part of
+//! its status left out. Bytes asked for, not the allocator's size classes; the resource is a
+//! Ready one of one organisation (`tests/fixtures/status/ready.json`, cut to one).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
