@@ -81,7 +81,6 @@ fn operator_args(rate: u32, in_flight: usize) -> Vec<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = args();
-    let endpoint = common::kms_endpoint();
     println!(
         "| {:<58} | {:<40} |",
         if cfg!(debug_assertions) {
@@ -101,6 +100,7 @@ async fn main() {
 
     // `--resources 0` or `--big 0` leaves that part out.
     if args.resources > 0 {
+        let endpoint = common::kms_endpoint();
         // As long as the cold start takes, give or take: key generation times vary widely.
         let capacity = fleet::capacity(&endpoint, args.in_flight, Duration::from_secs(30)).await;
         row(
@@ -113,7 +113,7 @@ async fn main() {
         localstack_fleet(&args, &endpoint, capacity).await;
     }
     if args.quota > 0 {
-        quota(&endpoint, args.quota).await;
+        quota(&common::kms_endpoint(), args.quota).await;
     }
     if args.onboard > 0 {
         onboarding(args.onboard, args.time_scale).await;
@@ -496,6 +496,7 @@ struct Fleet<'a> {
 
 async fn restart(run: &Fleet<'_>, label: &str) -> Operator {
     let (_, writes) = api_requests(run.cluster, run.user);
+    let server_cpu = fleet::cpu_seconds(std::process::id());
     let started = Instant::now();
     let mut operator = run.cluster.start_operator(
         "restart",
@@ -505,10 +506,15 @@ async fn restart(run: &Fleet<'_>, label: &str) -> Operator {
         &[],
     );
     operator.wait_ready().await;
+    let ready = started.elapsed();
     while fleet::metric(&operator, "kekeeper_reconciles_total").await < run.n as f64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let resync = started.elapsed();
+    let cpu = (
+        fleet::cpu_seconds(operator.pid()),
+        fleet::cpu_seconds(std::process::id()) - server_cpu,
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     row(
         &format!(
@@ -516,6 +522,15 @@ async fn restart(run: &Fleet<'_>, label: &str) -> Operator {
             run.n
         ),
         format!("{:.2} s", resync.as_secs_f64()),
+    );
+    row(
+        &format!("restart ({label}): ready (caches listed) after"),
+        format!("{:.2} s", ready.as_secs_f64()),
+    );
+    // kube-sim runs inside the benchmark's process: its CPU is the benchmark's.
+    row(
+        &format!("restart ({label}): CPU until resynced, operator / kube-sim"),
+        format!("{:.2} s / {:.2} s", cpu.0, cpu.1),
     );
     row(
         &format!("restart ({label}): KMS calls / API writes (goal 0 / 0)"),

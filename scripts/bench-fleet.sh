@@ -9,6 +9,10 @@
 #
 # --real runs the LocalStack fleet against the real control plane (scripts/control-plane.sh,
 # started and stopped here) instead of kube-sim.
+#
+# Only the 10,000 run (cold start, steady state and restart on the in-process KMS stand-in):
+#   scripts/bench-fleet.sh --resources 0 --quota 0 --onboard 0 --big 10000
+# LocalStack is not started when no part needs it (--resources 0 --quota 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,18 +22,35 @@ if [ "${1:-}" = "--real" ]; then
   shift
 fi
 
-scripts/kms-emulator.sh install
+# The parts that run on LocalStack: the fleet (--resources, 1000 by default) and the quota
+# row (--quota, 24 by default).
+localstack=false
+resources=1000 quota=24
+args=("$@")
+for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --resources) resources="${args[i+1]}" ;;
+    --quota) quota="${args[i+1]}" ;;
+  esac
+done
+if [ "$resources" != 0 ] || [ "$quota" != 0 ]; then
+  localstack=true
+fi
+
 KEKEEPER_TEST_KUBECTL="$(scripts/kubectl.sh)"
 export KEKEEPER_TEST_KUBECTL
-trap 'scripts/kms-emulator.sh stop; $real && scripts/control-plane.sh stop' EXIT
-emulator_env="$(scripts/kms-emulator.sh start)"
-eval "$emulator_env"
+trap 'if $localstack; then scripts/kms-emulator.sh stop; fi; if $real; then scripts/control-plane.sh stop; fi' EXIT
+if $localstack; then
+  scripts/kms-emulator.sh install
+  emulator_env="$(scripts/kms-emulator.sh start)"
+  eval "$emulator_env"
+  export KEKEEPER_TEST_KMS_ENDPOINT="$AWS_ENDPOINT_URL_KMS"
+  export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+fi
 if $real; then
   control_plane_env="$(scripts/control-plane.sh start)"
   eval "$control_plane_env"
   export KEKEEPER_TEST_CLUSTER=real
 fi
-export KEKEEPER_TEST_KMS_ENDPOINT="$AWS_ENDPOINT_URL_KMS"
-export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 
 cargo bench --bench fleet -- "$@"

@@ -23,7 +23,9 @@ use crate::keypair::{
 use crate::kms::{EncryptionContext, KeyPairSpec};
 
 mod config;
-pub use config::{CachedConfig, ConfigCompactor, LAST_APPLIED_ANNOTATION, slim_config};
+pub use config::{
+    CachedConfig, ConfigCompactor, LAST_APPLIED_ANNOTATION, SharedParts, slim_config,
+};
 
 /// A cache of `K` objects kept as `V`, grouped within their namespace.
 pub struct Cache<K, V> {

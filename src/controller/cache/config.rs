@@ -1,8 +1,9 @@
 //! RecordingKeyConfigs as the controller's cache keeps them (docs/design.md, "Caches"): typed,
-//! less what the controller never reads ([`slim_config`]), with the status conditions'
-//! strings shared between resources ([`CachedConfig`]).
+//! less what the controller never reads ([`slim_config`]), with the status conditions' texts
+//! and the KMS ARNs of the status shared between resources ([`CachedConfig`]).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -31,47 +32,100 @@ pub fn slim_config(rkc: &mut RecordingKeyConfig) {
 }
 
 /// One RecordingKeyConfig in the controller's cache: the resource after [`slim_config`], its
-/// status conditions kept with shared strings. The conditions are the largest part of the
-/// status and nearly the same on every resource (seven types, a few reasons, messages that
-/// name the same KMS key). [`CachedConfig::to_config`] gives the resource back as it was
-/// slimmed. The same API resource as [`RecordingKeyConfig`], for kube's controller.
+/// status kept with the parts that are the same on many resources shared between them, and
+/// with its per-organisation sequence numbers in a list rather than a map (docs/design.md,
+/// "Caches"). [`CachedConfig::to_config`] gives the resource back as it was slimmed. The same
+/// API resource as [`RecordingKeyConfig`], for kube's controller.
 #[derive(Clone, Debug)]
 pub struct CachedConfig {
     pub metadata: ObjectMeta,
     spec: RecordingKeyConfigSpec,
-    /// The status without its conditions, and the conditions.
-    status: Option<(RecordingKeyConfigStatus, Box<[CachedCondition]>)>,
+    /// Boxed: most of a cached resource's size is its status, and a smaller `CachedConfig`
+    /// fits a smaller allocation.
+    status: Option<Box<CachedStatus>>,
 }
 
-/// A status condition with shared strings.
+/// A resource's status as the cache keeps it.
+#[derive(Clone, Debug)]
+struct CachedStatus {
+    /// The status without its conditions, `highestSequences`, `kmsKeyAliasArn` and
+    /// `kmsKeyArn`, which are kept below.
+    rest: RecordingKeyConfigStatus,
+    conditions: Box<[CachedCondition]>,
+    /// `highestSequences` (a map of one organisation costs a whole tree node).
+    highest_sequences: Box<[(Box<str>, u64)]>,
+    kms_key_alias_arn: Option<Arc<str>>,
+    kms_key_arn: Option<Arc<str>>,
+}
+
+/// A status condition: its text (type, status, reason, message) shared between resources,
+/// and its own time and generation.
 #[derive(Clone, Debug)]
 struct CachedCondition {
-    type_: Arc<str>,
-    status: Arc<str>,
-    reason: Arc<str>,
-    message: Arc<str>,
+    text: Arc<ConditionText>,
     last_transition_time: Time,
     observed_generation: Option<i64>,
 }
 
-impl CachedCondition {
-    fn new(condition: &Condition, strings: &mut Interner) -> Self {
+/// What a condition says, nearly the same on every resource (seven types, a few reasons,
+/// messages that name the same KMS key).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConditionText {
+    type_: Box<str>,
+    status: Box<str>,
+    reason: Box<str>,
+    message: Box<str>,
+}
+
+/// The parts of cached resources kept once however many resources have them: condition texts
+/// and KMS ARNs.
+#[derive(Default)]
+pub struct SharedParts {
+    texts: HashSet<Arc<ConditionText>>,
+    strings: Interner,
+}
+
+impl SharedParts {
+    fn len(&self) -> usize {
+        self.texts.len() + self.strings.len()
+    }
+
+    /// Drops the parts no cached resource holds any more.
+    fn sweep(&mut self) {
+        self.texts.retain(|t| Arc::strong_count(t) > 1);
+        self.strings.sweep();
+    }
+
+    fn condition(&mut self, condition: Condition) -> CachedCondition {
+        let text = ConditionText {
+            type_: condition.type_.into(),
+            status: condition.status.into(),
+            reason: condition.reason.into(),
+            message: condition.message.into(),
+        };
+        let text = match self.texts.get(&text) {
+            Some(kept) => kept.clone(),
+            None => {
+                let kept = Arc::new(text);
+                self.texts.insert(kept.clone());
+                kept
+            }
+        };
         CachedCondition {
-            type_: strings.get(&condition.type_),
-            status: strings.get(&condition.status),
-            reason: strings.get(&condition.reason),
-            message: strings.get(&condition.message),
-            last_transition_time: condition.last_transition_time.clone(),
+            text,
+            last_transition_time: condition.last_transition_time,
             observed_generation: condition.observed_generation,
         }
     }
+}
 
+impl CachedCondition {
     fn to_condition(&self) -> Condition {
         Condition {
-            type_: self.type_.as_ref().into(),
-            status: self.status.as_ref().into(),
-            reason: self.reason.as_ref().into(),
-            message: self.message.as_ref().into(),
+            type_: self.text.type_.as_ref().into(),
+            status: self.text.status.as_ref().into(),
+            reason: self.text.reason.as_ref().into(),
+            message: self.text.message.as_ref().into(),
             last_transition_time: self.last_transition_time.clone(),
             observed_generation: self.observed_generation,
         }
@@ -79,14 +133,29 @@ impl CachedCondition {
 }
 
 impl CachedConfig {
-    pub fn new(mut rkc: RecordingKeyConfig, strings: &mut Interner) -> Self {
+    pub fn new(mut rkc: RecordingKeyConfig, shared: &mut SharedParts) -> Self {
         slim_config(&mut rkc);
-        let status = rkc.status.map(|mut status| {
-            let conditions = std::mem::take(&mut status.conditions)
-                .iter()
-                .map(|c| CachedCondition::new(c, strings))
+        let status = rkc.status.map(|mut rest| {
+            let conditions = std::mem::take(&mut rest.conditions)
+                .into_iter()
+                .map(|c| shared.condition(c))
                 .collect();
-            (status, conditions)
+            let highest_sequences = std::mem::take(&mut rest.highest_sequences)
+                .into_iter()
+                .map(|(org, n)| (org.into_boxed_str(), n))
+                .collect();
+            let kms_key_alias_arn = rest
+                .kms_key_alias_arn
+                .take()
+                .map(|a| shared.strings.get(&a));
+            let kms_key_arn = rest.kms_key_arn.take().map(|a| shared.strings.get(&a));
+            Box::new(CachedStatus {
+                rest,
+                conditions,
+                highest_sequences,
+                kms_key_alias_arn,
+                kms_key_arn,
+            })
         });
         CachedConfig {
             metadata: rkc.metadata,
@@ -99,12 +168,20 @@ impl CachedConfig {
     pub fn to_config(&self) -> RecordingKeyConfig {
         let mut rkc = RecordingKeyConfig::new("", self.spec.clone());
         rkc.metadata = self.metadata.clone();
-        rkc.status = self.status.as_ref().map(|(status, conditions)| {
-            let mut status = status.clone();
-            status.conditions = conditions
+        rkc.status = self.status.as_deref().map(|cached| {
+            let mut status = cached.rest.clone();
+            status.conditions = cached
+                .conditions
                 .iter()
                 .map(CachedCondition::to_condition)
                 .collect();
+            status.highest_sequences = cached
+                .highest_sequences
+                .iter()
+                .map(|(org, n)| (org.to_string(), *n))
+                .collect();
+            status.kms_key_alias_arn = cached.kms_key_alias_arn.as_deref().map(str::to_owned);
+            status.kms_key_arn = cached.kms_key_arn.as_deref().map(str::to_owned);
             status
         });
         rkc
@@ -120,15 +197,15 @@ impl CachedConfig {
 }
 
 /// Turns the watch events of RecordingKeyConfigs into those of [`CachedConfig`]s, sharing
-/// their condition strings. Strings no cached resource holds any more are dropped whenever
-/// the shared set has doubled since the last sweep.
+/// what they have in common. Parts no cached resource holds any more are dropped whenever the
+/// shared set has doubled since the last sweep.
 #[derive(Default)]
 pub struct ConfigCompactor {
-    strings: Interner,
+    shared: SharedParts,
     sweep_at: usize,
 }
 
-/// The shared set is never swept below this many strings.
+/// The shared set is never swept below this many parts.
 const MIN_SWEEP_AT: usize = 1024;
 
 impl ConfigCompactor {
@@ -143,24 +220,24 @@ impl ConfigCompactor {
             watcher::Event::InitApply(rkc) => watcher::Event::InitApply(self.compact(rkc)),
             watcher::Event::InitDone => watcher::Event::InitDone,
         };
-        if self.strings.len() >= self.sweep_at.max(MIN_SWEEP_AT) {
-            self.strings.sweep();
-            self.sweep_at = 2 * self.strings.len();
+        if self.shared.len() >= self.sweep_at.max(MIN_SWEEP_AT) {
+            self.shared.sweep();
+            self.sweep_at = 2 * self.shared.len();
         }
         event
     }
 
     fn compact(&mut self, rkc: RecordingKeyConfig) -> CachedConfig {
-        CachedConfig::new(rkc, &mut self.strings)
+        CachedConfig::new(rkc, &mut self.shared)
     }
 }
 
 /// Only for kube's bound on a controller's resource type: the controller is fed by
-/// [`ConfigCompactor`], which shares strings between resources; this does not.
+/// [`ConfigCompactor`], which shares parts between resources; this does not.
 impl<'de> Deserialize<'de> for CachedConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let rkc = RecordingKeyConfig::deserialize(deserializer)?;
-        Ok(CachedConfig::new(rkc, &mut Interner::default()))
+        Ok(CachedConfig::new(rkc, &mut SharedParts::default()))
     }
 }
 
@@ -264,13 +341,13 @@ mod tests {
     #[test]
     fn a_cached_config_gives_the_slim_resource_back() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/status");
-        let mut strings = Interner::default();
+        let mut shared = SharedParts::default();
         let mut seen = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
             let mut rkc: RecordingKeyConfig = serde_json::from_str(&text).unwrap();
             rkc.metadata.managed_fields = Some(vec![Default::default()]);
-            let cached = CachedConfig::new(rkc.clone(), &mut strings);
+            let cached = CachedConfig::new(rkc.clone(), &mut shared);
             slim_config(&mut rkc);
             assert_eq!(
                 serde_json::to_value(cached.to_config()).unwrap(),
@@ -282,15 +359,15 @@ mod tests {
         assert!(seen >= 10, "{seen} fixtures");
     }
 
-    /// Two resources with the same conditions hold one copy of their strings.
+    /// Two resources with the same conditions hold one copy of their texts.
     #[test]
-    fn condition_strings_are_shared() {
+    fn condition_texts_are_shared() {
         let mut compactor = ConfigCompactor::default();
         let rkc: RecordingKeyConfig = serde_json::from_str(READY).unwrap();
         let mut other = rkc.clone();
         other.metadata.name = Some("other".into());
         let message = |event: watcher::Event<CachedConfig>| match event {
-            watcher::Event::Apply(cached) => cached.status.unwrap().1[0].message.clone(),
+            watcher::Event::Apply(cached) => cached.status.unwrap().conditions[0].text.clone(),
             _ => unreachable!(),
         };
         let a = message(compactor.event(watcher::Event::Apply(rkc)));
@@ -298,9 +375,9 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
     }
 
-    /// Strings no cached resource holds any more go once the set has doubled.
+    /// Texts no cached resource holds any more go once the set has doubled.
     #[test]
-    fn unused_strings_are_swept() {
+    fn unused_texts_are_swept() {
         let mut compactor = ConfigCompactor::default();
         let rkc: RecordingKeyConfig = serde_json::from_str(READY).unwrap();
         let kept = compactor.event(watcher::Event::Apply(rkc.clone()));
@@ -311,9 +388,9 @@ mod tests {
             drop(compactor.event(watcher::Event::Apply(changed)));
         }
         assert!(
-            compactor.strings.len() <= 2 * MIN_SWEEP_AT,
-            "{} strings",
-            compactor.strings.len()
+            compactor.shared.len() <= 2 * MIN_SWEEP_AT,
+            "{} shared parts",
+            compactor.shared.len()
         );
         let watcher::Event::Apply(kept) = kept else {
             unreachable!()
@@ -322,6 +399,32 @@ mod tests {
             serde_json::to_value(kept.to_config()).unwrap(),
             serde_json::to_value(rkc).unwrap()
         );
+    }
+
+    /// The parts kept apart (sequences of several organisations, the status's ARNs) come back
+    /// as they were.
+    #[test]
+    fn sequences_and_arns_come_back() {
+        let mut rkc: RecordingKeyConfig = serde_json::from_str(READY).unwrap();
+        let status = rkc.status.as_mut().unwrap();
+        status.highest_sequences = BTreeMap::from([
+            ("org-b".into(), 7),
+            ("org-a".into(), 3),
+            ("org-c".into(), 1),
+        ]);
+        status.kms_key_alias_arn = None;
+        let mut shared = SharedParts::default();
+        let cached = CachedConfig::new(rkc.clone(), &mut shared);
+        assert_eq!(
+            serde_json::to_value(cached.to_config()).unwrap(),
+            serde_json::to_value(&rkc).unwrap()
+        );
+        let status = cached.status.as_deref().unwrap();
+        assert!(status.rest.highest_sequences.is_empty());
+        assert_eq!(status.rest.kms_key_arn, None);
+        let again = CachedConfig::new(rkc, &mut shared);
+        let arn = |c: &CachedConfig| c.status.as_deref().unwrap().kms_key_arn.clone().unwrap();
+        assert!(Arc::ptr_eq(&arn(&cached), &arn(&again)));
     }
 
     #[test]

@@ -285,11 +285,21 @@ impl Ctx<'_> {
     }
     /// The object as served at the requested version.
     fn present(&self, obj: &Value) -> Value {
-        let mut o = if self.t.group == "events.k8s.io" {
-            core_to_events(obj)
+        if self.t.group == "events.k8s.io" {
+            self.typed(core_to_events(obj))
         } else {
-            obj.clone()
-        };
+            self.typed(obj.clone())
+        }
+    }
+    /// As `present`, for a copy already made (a list's items): no second copy.
+    fn present_owned(&self, obj: Value) -> Value {
+        if self.t.group == "events.k8s.io" {
+            self.typed(core_to_events(&obj))
+        } else {
+            self.typed(obj)
+        }
+    }
+    fn typed(&self, mut o: Value) -> Value {
         o["apiVersion"] = json!(self.t.api_version());
         o["kind"] = json!(self.t.kind);
         o
@@ -929,6 +939,9 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
         label: filter.labels.equality(),
         ..crate::store::Scope::of(&ctx.t.storage_group, &ctx.t.plural, ns)
     };
+    // remainingItemCount is given for an unfiltered list only, as the real server does; a
+    // filtered one only needs to know whether there is more.
+    let count_rest = filter.labels.is_empty() && filter.fields.is_empty();
     let mut list_rv = st.rv;
     let (items, remaining) = if let Some(token) = ctx.q.get("continue").filter(|c| !c.is_empty()) {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -943,7 +956,7 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
             decoded["ns"].as_str().unwrap_or_default(),
             decoded["name"].as_str().unwrap_or_default(),
         );
-        st.page(&scope, Some(list_rv), Some(after), keep, limit).ok_or_else(|| {
+        st.page(&scope, Some(list_rv), Some(after), keep, limit, count_rest).ok_or_else(|| {
             ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
         })?
     } else {
@@ -973,12 +986,15 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
             }
             _ => None,
         };
-        st.page(&scope, at, None, keep, limit)
+        st.page(&scope, at, None, keep, limit, count_rest)
             .ok_or_else(|| too_old(at.unwrap_or_default(), st.compacted))?
     };
     drop(st);
     let next = items.last().map(|(k, _)| (k.2.clone(), k.3.clone()));
-    let out: Vec<Value> = items.iter().map(|(_, obj)| ctx.present(obj)).collect();
+    let out: Vec<Value> = items
+        .into_iter()
+        .map(|(_, obj)| ctx.present_owned(obj))
+        .collect();
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
     if remaining > 0
         && let Some((ns, name)) = next
@@ -986,7 +1002,7 @@ fn list(ctx: &Ctx) -> Result<(u16, Value), ApiError> {
         let token = json!({"rv": list_rv, "ns": ns, "name": name});
         meta["continue"] =
             json!(base64::engine::general_purpose::STANDARD.encode(token.to_string()));
-        if filter.labels.is_empty() && filter.fields.is_empty() {
+        if count_rest {
             meta["remainingItemCount"] = json!(remaining);
         }
     }

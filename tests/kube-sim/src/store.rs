@@ -313,7 +313,7 @@ impl State {
     /// Objects of one storage resource, optionally in one namespace, sorted by key.
     pub fn list(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<(Key, Value)> {
         let scope = Scope::of(group, plural, ns);
-        self.page(&scope, None, None, |_| true, None)
+        self.page(&scope, None, None, |_| true, None, false)
             .map(|(items, _)| items)
             .unwrap_or_default()
     }
@@ -327,13 +327,15 @@ impl State {
         keep: impl Fn(&Value) -> bool,
     ) -> usize {
         let scope = Scope::of(group, plural, ns);
-        self.page(&scope, None, None, keep, Some(0))
+        self.page(&scope, None, None, keep, Some(0), true)
             .map_or(0, |(_, more)| more)
     }
 
     /// One page of a list: the objects of `scope` as they were at `rv` (None: now) after the
     /// (namespace, name) `after`, that `keep` accepts, at most `limit` of them, and how many
-    /// more there are. Only what is returned is copied: the objects written since `rv` are
+    /// more there are when `count_rest` (else 0 or 1: whether there are more; counting them
+    /// would read every later object for each page, and a paged list of N objects would cost
+    /// N²/limit). Only what is returned is copied: the objects written since `rv` are
     /// looked up in the event history, the others read in place. None when `rv` is older than
     /// the history.
     pub fn page(
@@ -343,6 +345,7 @@ impl State {
         after: Option<(&str, &str)>,
         keep: impl Fn(&Value) -> bool,
         limit: Option<usize>,
+        count_rest: bool,
     ) -> Option<(Vec<(Key, Value)>, usize)> {
         // Each key written since `rv`, with what it was then (None: it did not exist).
         let mut then: BTreeMap<Key, Option<&Value>> = BTreeMap::new();
@@ -391,7 +394,7 @@ impl State {
                     .then(|| self.objects.get_key_value(&key))
                     .flatten()
             });
-            return Some(take_page(candidates, keep, limit));
+            return Some(take_page(candidates, keep, limit, count_rest));
         }
         let range = (lower, Bound::Unbounded);
         let now = self
@@ -403,15 +406,17 @@ impl State {
             .range::<Key, _>(range)
             .filter(|(k, _)| scope.contains(k))
             .filter_map(|(k, v)| v.map(|v| (k, v)));
-        Some(take_page(merge_by_key(now, past), keep, limit))
+        Some(take_page(merge_by_key(now, past), keep, limit, count_rest))
     }
 }
 
-/// The first `limit` of `objects` that `keep` accepts, copied, and how many more it accepts.
+/// The first `limit` of `objects` that `keep` accepts, copied, and how many more it accepts
+/// (when `count_rest`; else at most 1).
 fn take_page<'a>(
     objects: impl Iterator<Item = (&'a Key, &'a Value)>,
     keep: impl Fn(&Value) -> bool,
     limit: Option<usize>,
+    count_rest: bool,
 ) -> (Vec<(Key, Value)>, usize) {
     let mut items = Vec::new();
     let mut more = 0;
@@ -421,6 +426,9 @@ fn take_page<'a>(
         }
         if limit.is_some_and(|l| items.len() >= l) {
             more += 1;
+            if !count_rest {
+                break;
+            }
         } else {
             items.push((key.clone(), object.clone()));
         }
@@ -499,7 +507,7 @@ mod tests {
             ..Scope::of("", "secrets", Some("ns"))
         };
         let keep = |o: &Value| o["metadata"]["labels"]["app"] == app;
-        let (items, _) = state.page(&scope, rv, None, keep, None).unwrap();
+        let (items, _) = state.page(&scope, rv, None, keep, None, false).unwrap();
         items.into_iter().map(|(k, _)| k.3).collect()
     }
 
