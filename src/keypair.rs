@@ -465,6 +465,8 @@ impl KeyPairRecord {
             key_pair_spec: self.key_pair_spec,
             public_key_fingerprint: self.fingerprint(),
             secret_name: self.name(),
+            rewrapped_kms_key_arn: None,
+            rewrapped_at: None,
         }
     }
 
@@ -482,6 +484,8 @@ impl KeyPairRecord {
             secret_name: self.name(),
             sequence: Some(self.sequence),
             missing: false,
+            rewrapped_kms_key_arn: None,
+            rewrapped_at: None,
         }
     }
 }

@@ -37,6 +37,13 @@ pub struct KeyPairLabels {
     pub organization_id: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsKeyLabels {
+    pub namespace: String,
+    pub config: String,
+    pub kms_key_arn: String,
+}
+
 /// What happened to key store objects: `written`, `write_failed`, `restored`, `refused` (failed
 /// their checks or disagree with a Secret), `list_failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,6 +77,9 @@ pub struct Metrics {
     /// Key pairs the running reconciles still have to generate, per key pair spec (all
     /// accounts and Regions): the queue at the KMS pace (docs/design.md, "Rate limits").
     pub kms_key_pairs_queued: Family<KeyPairSpecLabels, Gauge>,
+    /// Retained key pairs per KMS key of their newest proven private key blob
+    /// (`status.kmsKeys`, docs/design.md, "Rewrap"): an old key without a series may go.
+    pub key_pairs_by_kms_key: Family<KmsKeyLabels, Gauge>,
     /// The gauges with one series per resource.
     resources: Arc<ResourceGauges>,
     /// Uids of recently deleted resources, whose series are not recorded again.
@@ -135,6 +145,7 @@ impl Default for Metrics {
         let key_pair_created = Family::<KeyPairLabels, Gauge>::default();
         let key_store = Family::<KeyStoreLabels, Counter>::default();
         let kms_key_pairs_queued = Family::<KeyPairSpecLabels, Gauge>::default();
+        let key_pairs_by_kms_key = Family::<KmsKeyLabels, Gauge>::default();
         let resources = Arc::new(ResourceGauges::default());
         registry.register_collector(Box::new(resources.clone()));
         registry.register(
@@ -167,6 +178,11 @@ impl Default for Metrics {
             "Key pairs the running reconciles still have to generate, by key pair spec",
             kms_key_pairs_queued.clone(),
         );
+        registry.register(
+            "key_pairs_by_kms_key",
+            "Retained key pairs whose newest proven private key blob is under this KMS key",
+            key_pairs_by_kms_key.clone(),
+        );
         Metrics {
             resources,
             forgotten: Arc::default(),
@@ -177,6 +193,7 @@ impl Default for Metrics {
             key_pair_created,
             key_store,
             kms_key_pairs_queued,
+            key_pairs_by_kms_key,
         }
     }
 }
@@ -236,6 +253,13 @@ impl Metrics {
                 .insert(uid);
         }
         self.resources.forget(config);
+        for key in status.map_or(&[][..], |s| &s.kms_keys[..]) {
+            self.key_pairs_by_kms_key.remove(&KmsKeyLabels {
+                namespace: config.namespace.clone(),
+                config: config.config.clone(),
+                kms_key_arn: key.kms_key_arn.clone(),
+            });
+        }
         for pair in status.map_or(&[][..], |s| &s.active_key_pairs[..]) {
             self.key_pair_created.remove(&KeyPairLabels {
                 namespace: config.namespace.clone(),
@@ -302,6 +326,21 @@ impl<K: Kms> Kms for MeteredKms<K> {
             .decrypt_private_key(kms_key_arn, ciphertext, context)
             .await;
         self.metrics.count_kms(KmsOperation::Decrypt, &result);
+        result
+    }
+
+    async fn re_encrypt(
+        &self,
+        source_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        destination_key_arn: &str,
+    ) -> Result<Vec<u8>, KmsError> {
+        let result = self
+            .inner
+            .re_encrypt(source_key_arn, ciphertext, context, destination_key_arn)
+            .await;
+        self.metrics.count_kms(KmsOperation::ReEncrypt, &result);
         result
     }
 }

@@ -666,6 +666,8 @@ mod tests {
             secret_name: "recordings-secret".into(),
             sequence: None,
             missing: false,
+            rewrapped_kms_key_arn: None,
+            rewrapped_at: None,
         };
         rkc.status = Some(RecordingKeyConfigStatus {
             observed_generation: Some(3),
@@ -682,6 +684,8 @@ mod tests {
                 key_pair_spec: KeyPairSpec::Rsa3072,
                 public_key_fingerprint: "SHA256:abc".into(),
                 secret_name: "recordings-secret".into(),
+                rewrapped_kms_key_arn: None,
+                rewrapped_at: None,
             }],
             key_pair_history: vec![
                 entry("2026-11-28T10:00:00Z", None, "RotateNowRequested"),

@@ -11,8 +11,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::context::{Context, Error, FIELD_MANAGER, Result, SerializeError};
-use super::observe::Observation;
+use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Rotation};
+use super::rewrap::{self, RewrapOutcome};
 use super::stored::StoreSync;
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
@@ -62,6 +63,8 @@ pub struct Outcome {
     /// A store write that failed outside the rotations (an object or marker of a retained
     /// pair): reported, it blocks nothing.
     pub store_error: Option<StoreError>,
+    /// The rewrap of this reconcile's batch (docs/design.md, "Rewrap").
+    pub rewrap: RewrapOutcome,
 }
 
 /// What the work has done so far, handed to the loop as it happens (for status during long
@@ -164,6 +167,21 @@ pub async fn execute<K: Kms>(
     mark(ctx, &mut outcome, &to_retire, MarkKind::Retired, now).await;
     if !shadowed.is_empty() {
         on.progress(Progress::Shadowed(&shadowed)).await?;
+    }
+    // Onto the key this reconcile's check saw, never one status remembers.
+    if let (false, Some(KeyCheck::Usable { description, .. }), Some(listed)) =
+        (plan.rewrap.is_empty(), &obs.key, &obs.listed)
+    {
+        outcome.rewrap = rewrap::run(
+            ctx,
+            &secrets,
+            &mut outcome.ring,
+            listed,
+            &plan.rewrap,
+            &description.key_arn,
+            now,
+        )
+        .await?;
     }
     if let Some(sync) = obs.store_sync() {
         sync_store(ctx, obs, sync, &mut outcome, now).await;
