@@ -57,6 +57,7 @@ fn spec(orgs: &[&str]) -> RecordingKeyConfigSpec {
         recording_retention: None,
         history_limit: 10,
         suspend: false,
+        rewrap: Default::default(),
     }
 }
 
