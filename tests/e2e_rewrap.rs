@@ -324,10 +324,10 @@ async fn never_waits_for_kekeeper_rewrap() {
     wait_ready_with(&cluster, 3).await;
     move_alias(&key_a, &key_b).await;
     // Rotated onto B (three new pairs), the three old ones stay under A: disabled.
-    let disabled = eventually("Rewrapped=False RewrapDisabled", WAIT, || async {
+    let disabled = eventually("Rewrapped=False RewrapDisabled, rotated", WAIT, || async {
         let object = rkc(&cluster).await?;
         let c = condition_of(&object, "Rewrapped");
-        (c["reason"] == "RewrapDisabled").then_some(c)
+        (c["reason"] == "RewrapDisabled" && c["message"].as_str()?.contains("3/6")).then_some(c)
     })
     .await;
     let message = disabled["message"].as_str().unwrap();
