@@ -135,13 +135,16 @@ pub(super) struct Recorded {
     rewrapped_kms_key_arn: Option<String>,
 }
 
-/// The status entry of the pair's Secret in its RecordingKeyConfig; `None` when the resource
-/// cannot be read (a user without `get` on it) or does not record the pair.
+/// The status entry of the pair's Secret in its RecordingKeyConfig, read with `list` by name
+/// (a `metadata.name` field selector, as `kekeeper test` reads), so decrypt stays read-only
+/// with list verbs; `None` when the resource cannot be read (a user without `list` on it) or
+/// does not record the pair: then the blobs are tried as a Secret file's are.
 async fn recorded_in_status(kube: &crate::cli::KubeArgs, pair: &KeyPairSecret) -> Option<Recorded> {
     let cluster = connect(kube).await.ok()?;
     let api: Api<RecordingKeyConfig> = Api::namespaced(cluster.client, &cluster.namespace);
-    let rkc = api.get_opt(&pair.config_name).await.ok()??;
-    recorded_of(&rkc, &pair.secret_name)
+    let params = ListParams::default().fields(&format!("metadata.name={}", pair.config_name));
+    let list = api.list(&params).await.ok()?;
+    recorded_of(list.items.first()?, &pair.secret_name)
 }
 
 pub(super) fn recorded_of(rkc: &RecordingKeyConfig, secret_name: &str) -> Option<Recorded> {
