@@ -217,6 +217,17 @@ async fn a_move_to_another_kms_key_rewraps_every_pair_and_the_old_key_can_go() {
         9 + 3,
         "one proof per wrap, one self-test per new pair"
     );
+    // What status shows (docs/status.md quotes it).
+    eprintln!(
+        "status after the rewrap:\n{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "kmsKeyArn": done["status"]["kmsKeyArn"],
+            "kmsKeys": done["status"]["kmsKeys"],
+            "rewrapped": condition_of(&done, "Rewrapped"),
+            "oldestHistoryEntry": done["status"]["keyPairHistory"].as_array().and_then(|h| h.last()),
+        }))
+        .unwrap()
+    );
     let rewrapped = condition_of(&done, "Rewrapped");
     assert_eq!(rewrapped["reason"], "Rewrapped", "{rewrapped}");
     let history = done["status"]["keyPairHistory"].as_array().unwrap();
@@ -330,6 +341,7 @@ async fn never_waits_for_kekeeper_rewrap() {
         (c["reason"] == "RewrapDisabled" && c["message"].as_str()?.contains("3/6")).then_some(c)
     })
     .await;
+    eprintln!("under Never: {disabled}");
     let message = disabled["message"].as_str().unwrap();
     assert!(
         message.contains(&format!(
@@ -349,6 +361,10 @@ async fn never_waits_for_kekeeper_rewrap() {
     assert!(
         run.status.success(),
         "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!(
+        "kekeeper rewrap --wait:\n{stdout}{}",
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("rewrap requested for"), "{stdout}");
