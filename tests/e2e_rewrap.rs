@@ -490,3 +490,141 @@ fn condition_of(object: &Value, type_: &str) -> Value {
         .cloned()
         .unwrap_or(Value::Null)
 }
+
+/// The rewrap of many retained pairs: resources of ten organisations each (status anchors at
+/// most `historyLimit` pairs per resource), the alias moved with `onKmsKeyChange: Ignore`, so
+/// the move only rewraps. Prints the time from the move to every resource Rewrapped=True, KMS
+/// calls per pair (at the proxy) and the operator's API writes. 40 pairs here;
+/// `KEKEEPER_REWRAP_PAIRS=1000` (scripts/bench-rewrap.sh) is the benchmark of issue 28.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the KMS emulator: scripts/test.sh starts it and runs ignored tests"]
+async fn a_rewrap_of_many_retained_pairs_costs_one_reencrypt_and_one_decrypt_each() {
+    const PER_RESOURCE: usize = 10;
+    let pairs: usize = std::env::var("KEKEEPER_REWRAP_PAIRS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
+    let resources = pairs.div_ceil(PER_RESOURCE);
+    let orgs: Vec<String> = (1..=PER_RESOURCE)
+        .map(|n| format!("{n:08x}-0000-4000-8000-{n:012x}"))
+        .collect();
+    let org_refs: Vec<&str> = orgs.iter().map(String::as_str).collect();
+    let endpoint = kms_endpoint();
+    let proxy = FaultProxy::start(&endpoint).await;
+    let key_a = create_key(&endpoint, common::REGION, false).await;
+    let key_b = create_key(&endpoint, common::REGION, false).await;
+    let (cluster, kubeconfig, user) = Cluster::with_operator_identity().await;
+    let fast = ["--kms-keypair-rate=RSA_2048=50", "--kms-max-in-flight=8"];
+    let mut operator = start(&cluster, &kubeconfig, "operator", &proxy.endpoint(), &fast);
+    operator.wait_ready().await;
+    let names: Vec<String> = (0..resources).map(|n| format!("r{n:04}")).collect();
+    let manifests: Vec<String> = names
+        .iter()
+        .map(|name| {
+            format!(
+                "{}    onKmsKeyChange: Ignore\n",
+                rkc_manifest(name, &key_a.alias.to_string(), &org_refs)
+            )
+        })
+        .collect();
+    cluster.apply_ok(&manifests.join("---\n")).await;
+    let all = || async {
+        cluster
+            .objects("kekeeper.io", "recordingkeyconfigs", Some(&cluster.ns()))
+            .await
+    };
+    eventually(
+        &format!("{resources} resources Ready"),
+        Duration::from_secs(1800),
+        || async {
+            let objects = all().await;
+            (objects.len() == resources
+                && objects
+                    .iter()
+                    .all(|o| condition(o, "Ready").as_deref() == Some("True")))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // Settled: no KMS call for three seconds (a first custody check may still run after
+    // Ready), so the counts below are the rewrap's.
+    let mut seen = proxy.seen("Decrypt") + proxy.seen("GenerateDataKeyPairWithoutPlaintext");
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = proxy.seen("Decrypt") + proxy.seen("GenerateDataKeyPairWithoutPlaintext");
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    let log_start = cluster.request_log().len();
+    let (re_encrypts, decrypts, describes) = (
+        proxy.seen("ReEncrypt"),
+        proxy.seen("Decrypt"),
+        proxy.seen("DescribeKey"),
+    );
+    let started = Instant::now();
+    move_alias(&key_a, &key_b).await;
+    let total = resources * PER_RESOURCE;
+    eventually(
+        &format!("{total} pairs rewrapped onto key B"),
+        Duration::from_secs(1800),
+        || async {
+            let objects = all().await;
+            objects
+                .iter()
+                .all(|o| {
+                    condition(o, "Rewrapped").as_deref() == Some("True")
+                        && o["status"]["kmsKeys"][0]["kmsKeyArn"] == key_b.key_arn.as_str()
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let re_encrypted = proxy.seen("ReEncrypt") - re_encrypts;
+    let decrypted = proxy.seen("Decrypt") - decrypts;
+    let described = proxy.seen("DescribeKey") - describes;
+    // The request log (kube-sim's, or the real server's audit log) lags the responses.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests: Vec<_> = cluster.request_log()[log_start..]
+        .iter()
+        .filter(|r| r.user == user && r.namespace == cluster.ns())
+        .cloned()
+        .collect();
+    let writes = |verb: &str, resource: &str, sub: &str| {
+        requests
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource && r.subresource == sub)
+            .count()
+    };
+    let (secret_patches, status_patches) = (
+        writes("patch", "secrets", ""),
+        writes("patch", "recordingkeyconfigs", "status"),
+    );
+    let other_writes = requests
+        .iter()
+        .filter(|r| !matches!(r.verb.as_str(), "get" | "list" | "watch"))
+        .count()
+        - secret_patches
+        - status_patches;
+    println!(
+        "rewrap of {total} retained pairs ({resources} resources of {PER_RESOURCE}) on {}: {:.1} s \
+         from the alias move to every resource Rewrapped=True; KMS: ReEncrypt {re_encrypted} \
+         ({:.2}/pair), Decrypt {decrypted} ({:.2}/pair), DescribeKey {described}; API writes: \
+         {secret_patches} Secret patches, {status_patches} status patches, {other_writes} other",
+        if cluster.is_real() {
+            "the real server"
+        } else {
+            "kube-sim"
+        },
+        elapsed.as_secs_f64(),
+        re_encrypted as f64 / total as f64,
+        decrypted as f64 / total as f64,
+    );
+    assert_eq!(re_encrypted, total, "one ReEncrypt per pair");
+    assert_eq!(decrypted, total, "one proof per pair");
+    assert_eq!(secret_patches, total, "one Secret patch per pair");
+    operator.kill();
+}
