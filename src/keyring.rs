@@ -170,16 +170,7 @@ impl KeyRing {
             self.anchored_keys
                 .entry(entry.secret_name.clone())
                 .or_insert(entry.kms_key_arn.clone());
-            if let (Some(kms_key_arn), Some(created_at)) =
-                (&entry.rewrapped_kms_key_arn, entry.rewrapped_at)
-            {
-                self.wraps
-                    .entry(entry.secret_name.clone())
-                    .or_insert(ProvenWrap {
-                        kms_key_arn: kms_key_arn.clone(),
-                        created_at,
-                    });
-            }
+            self.note_recorded_wrap(&entry);
             if let Some(alias) = &entry.kms_key_alias_arn {
                 self.aliases
                     .entry(entry.secret_name.clone())
@@ -531,6 +522,38 @@ impl KeyRing {
                 self.recorded_key_arn(&pair.record),
                 &pair.private_key_ciphertext,
             ),
+        }
+    }
+
+    /// A wrap status recorded for a pair, unless one is known already (proven in this
+    /// reconcile, or read first).
+    fn note_recorded_wrap(&mut self, entry: &KeyPairHistoryEntry) {
+        if let (Some(kms_key_arn), Some(created_at)) =
+            (&entry.rewrapped_kms_key_arn, entry.rewrapped_at)
+        {
+            self.wraps
+                .entry(entry.secret_name.clone())
+                .or_insert(ProvenWrap {
+                    kms_key_arn: kms_key_arn.clone(),
+                    created_at,
+                });
+        }
+    }
+
+    /// The wraps a newer status records (our own last write, which the resource's cache may
+    /// not have delivered yet), for pairs it records with the same fingerprint: so a reconcile
+    /// on a stale cache neither proves a wrap again nor writes status without it
+    /// (docs/design.md, "Rewrap").
+    pub fn merge_recorded_wraps(&mut self, status: &RecordingKeyConfigStatus) {
+        for entry in recorded_pairs(status) {
+            let same_pair = self.records.iter().any(|r| {
+                r.secret_name == entry.secret_name
+                    && self.trusted_fingerprint(r) == entry.public_key_fingerprint
+                    && self.recorded_key_arn(r) == entry.kms_key_arn
+            });
+            if same_pair {
+                self.note_recorded_wrap(&entry);
+            }
         }
     }
 

@@ -1203,7 +1203,9 @@ async fn alias_pointing_at_a_new_kms_key_rotates() {
 
 #[tokio::test]
 async fn disabled_old_kms_key_raises_historical_keys_at_risk() {
-    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let (mut h, mut rkc, secrets) = created(&[ORG_A]).await;
+    // Rotation only: the rewrap of the old pairs (spec.rewrap) is tested in e2e_rewrap.
+    rkc.spec.rewrap = RewrapPolicy::Never;
     let alias = kekeeper::arn::AliasArn::parse(ALIAS).unwrap();
     let new_key = h.kms.create_key("aws", "us-east-1", "111122223333");
     h.kms.point_alias(&alias, &new_key);

@@ -172,6 +172,13 @@ pub async fn execute<K: Kms>(
     if let (false, Some(KeyCheck::Usable { description, .. }), Some(listed)) =
         (plan.rewrap.is_empty(), &obs.key, &obs.listed)
     {
+        // The status on the API server: the resource's cache may not have our own last
+        // batch's write yet, and a wrap it records needs no second proof.
+        let api: Api<crate::crd::RecordingKeyConfig> =
+            Api::namespaced(ctx.client.clone(), &obs.namespace);
+        if let Some(status) = api.get_status(&obs.name).await?.status {
+            outcome.ring.merge_recorded_wraps(&status);
+        }
         outcome.rewrap = rewrap::run(
             ctx,
             &secrets,

@@ -162,18 +162,23 @@ pub async fn run<K: Kms>(
         }
         let found = pair.wrap_under(target).cloned();
         let adopted = found.is_some();
-        let wrap = match found {
-            Some(wrap) => wrap,
-            None => match re_encrypt(ctx, ring, pair, target, now).await {
-                Ok(wrap) => wrap,
-                Err(err) => {
-                    outcome.error = Some(RewrapError::Kms(err));
-                    break;
-                }
-            },
+        let made = match found {
+            Some(wrap) => Ok(wrap),
+            None => re_encrypt(ctx, ring, pair, target, now).await,
         };
-        match prove(ctx, ring, pair, &wrap).await {
-            Ok(Ok(())) => {}
+        // KMS refusing this pair's blob is a verdict on the pair, not a stop for the batch.
+        let verdict = match made {
+            Ok(wrap) => prove(ctx, ring, pair, &wrap)
+                .await
+                .map(|v| v.map(|()| wrap)),
+            Err(err) if is_verdict(&err) => Ok(Err(format!(
+                "KMS will not re-encrypt its private key blob: {}",
+                err.code
+            ))),
+            Err(err) => Err(err),
+        };
+        let wrap = match verdict {
+            Ok(Ok(wrap)) => wrap,
             Ok(Err(problem)) => {
                 warn!(secret = %pair.secret_name, problem = %problem, "a wrap failed its proof; the pair keeps its blob");
                 outcome.problems.push(WrapProblem {
@@ -202,7 +207,7 @@ pub async fn run<K: Kms>(
                 outcome.error = Some(RewrapError::Kms(err));
                 break;
             }
-        }
+        };
         if !adopted {
             // Write-ahead, as for new pairs: the store first, then the Secret.
             if let Err(err) = put_wrap_in_store(ctx, pair, &wrap).await {
@@ -265,19 +270,21 @@ async fn prove<K: Kms>(
             &private_key,
             &ring.trusted_fingerprint(&pair.record),
         )),
-        Err(err)
-            if matches!(
-                err.kind,
-                KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey
-            ) =>
-        {
-            Ok(Err(format!(
-                "KMS will not decrypt it under {}: {}",
-                wrap.kms_key_arn, err.code
-            )))
-        }
+        Err(err) if is_verdict(&err) => Ok(Err(format!(
+            "KMS will not decrypt it under {}: {}",
+            wrap.kms_key_arn, err.code
+        ))),
         Err(err) => Err(err),
     }
+}
+
+/// A KMS answer about the blob itself (it is not a blob of that key and context), not about
+/// KMS or the key.
+fn is_verdict(err: &KmsError) -> bool {
+    matches!(
+        err.kind,
+        KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey
+    )
 }
 
 /// Writes a proven wrap to the key store, when one is configured, before the Secret carries it.

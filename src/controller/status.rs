@@ -127,6 +127,23 @@ impl StatusInput<'_> {
 }
 
 pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
+    // The wraps the newest status records count even when this reconcile's ring was read from
+    // an older one: status never loses a proven wrap.
+    let merged;
+    let with_current;
+    let input = match input.current {
+        Some(current) => {
+            let mut ring = input.ring.clone();
+            ring.merge_recorded_wraps(current);
+            merged = ring;
+            with_current = StatusInput {
+                ring: &merged,
+                ..input.clone()
+            };
+            &with_current
+        }
+        None => input,
+    };
     let current = input.current.cloned().unwrap_or_default();
     let generation = input.rkc.metadata.generation;
     let mut next = RecordingKeyConfigStatus {
@@ -1172,5 +1189,79 @@ mod tests {
         assert_eq!(at_risk.status, "False");
         assert!(restored.key_pair_problems.is_empty());
         assert!(!restored.key_pair_history[0].missing);
+    }
+
+    /// Rewrapped follows the ring against the current key: pending with progress, disabled
+    /// under Never, True once every retained pair has a proven wrap; kmsKeys counts per key.
+    #[test]
+    fn rewrapped_reports_progress_per_kms_key() {
+        const K1: &str = "arn:aws:kms:us-east-1:111122223333:key/k1";
+        const K2: &str = "arn:aws:kms:us-east-1:111122223333:key/k2";
+        let mut rkc = resource();
+        let current = RecordingKeyConfigStatus {
+            kms_key_arn: Some(K2.into()),
+            ..RecordingKeyConfigStatus::default()
+        };
+        let mut one = ring(vec![pair(1, 1), pair(2, 2), pair(3, 3)], None);
+        let names: Vec<String> = one
+            .records()
+            .iter()
+            .map(|r| r.secret_name.clone())
+            .collect();
+        one.prove_wrap(&names[0], K2, ts("2026-01-02T00:00:00Z"));
+        let status = desired(&input(&rkc, Some(&current), &one));
+        let rewrapped = condition(&status, REWRAPPED).unwrap();
+        assert_eq!(
+            (rewrapped.status.as_str(), rewrapped.reason.as_str()),
+            ("False", "RewrapPending")
+        );
+        assert_eq!(
+            rewrapped.message,
+            format!("1/3 retained key pairs rewrapped onto {K2}; 2 still depend only on {K1}")
+        );
+        assert_eq!(
+            status.kms_keys,
+            vec![
+                KmsKeyUse {
+                    kms_key_arn: K1.into(),
+                    key_pairs: 2
+                },
+                KmsKeyUse {
+                    kms_key_arn: K2.into(),
+                    key_pairs: 1
+                },
+            ]
+        );
+        let entry = status
+            .key_pair_history
+            .iter()
+            .find(|e| e.secret_name == names[0])
+            .unwrap();
+        assert_eq!(entry.kms_key_arn, K1, "the original key stays recorded");
+        assert_eq!(entry.rewrapped_kms_key_arn.as_deref(), Some(K2));
+
+        rkc.spec.rewrap = crate::crd::RewrapPolicy::Never;
+        let status = desired(&input(&rkc, Some(&current), &one));
+        assert_eq!(
+            condition(&status, REWRAPPED).unwrap().reason,
+            "RewrapDisabled"
+        );
+
+        for name in &names[1..] {
+            one.prove_wrap(name, K2, ts("2026-01-02T00:00:00Z"));
+        }
+        let status = desired(&input(&rkc, Some(&current), &one));
+        let rewrapped = condition(&status, REWRAPPED).unwrap();
+        assert_eq!(
+            (rewrapped.status.as_str(), rewrapped.reason.as_str()),
+            ("True", "Rewrapped")
+        );
+        assert_eq!(
+            status.kms_keys,
+            vec![KmsKeyUse {
+                kms_key_arn: K2.into(),
+                key_pairs: 3
+            }]
+        );
     }
 }
