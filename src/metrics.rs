@@ -379,6 +379,9 @@ struct ResourceValues {
     /// `kekeeper_suspended`: 1 while the resource is suspended (Ready=False Suspended), so
     /// that the not-Ready alert can leave it out.
     suspended: i64,
+    /// `kekeeper_rewrap_failed`: 1 while the rewrap onto the current KMS key fails
+    /// (Rewrapped=False RewrapFailed; docs/design.md, "Rewrap").
+    rewrap_failed: i64,
 }
 
 impl ResourceValues {
@@ -418,6 +421,9 @@ impl ResourceValues {
             quarantined,
             key_store_synced: condition("KeyStoreSynced").map(|c| i64::from(c.status == "True")),
             suspended: i64::from(condition("Ready").is_some_and(|c| c.reason == "Suspended")),
+            rewrap_failed: i64::from(
+                condition("Rewrapped").is_some_and(|c| c.reason == "RewrapFailed"),
+            ),
         }
     }
 }
@@ -430,7 +436,7 @@ enum GaugeValue {
 
 /// (name, help, value) of each per-resource gauge; `None` leaves the series out.
 type GaugeOf = fn(&ResourceValues) -> Option<GaugeValue>;
-const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 9] = [
+const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 10] = [
     ("ready", "1 while the RecordingKeyConfig is Ready", |v| {
         Some(GaugeValue::Count(v.ready))
     }),
@@ -473,6 +479,11 @@ const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 9] = [
         "suspended",
         "1 while the RecordingKeyConfig is suspended (spec.suspend)",
         |v| Some(GaugeValue::Count(v.suspended)),
+    ),
+    (
+        "rewrap_failed",
+        "1 while the rewrap of retained key pairs onto the current KMS key fails (Rewrapped=False RewrapFailed)",
+        |v| Some(GaugeValue::Count(v.rewrap_failed)),
     ),
 ];
 
