@@ -112,10 +112,23 @@ pub fn pending<'a>(ring: &'a KeyRing, current: &str) -> Vec<&'a KeyPairRecord> {
     pending
 }
 
-/// For each KMS key, how many retained pairs have their newest proven blob under it.
+/// Key pair Secrets under another key than `current` that cannot be rewrapped because status
+/// does not record them (older than `historyLimit`, or candidates not yet proven); not
+/// quarantined ones. Their old key is still needed.
+pub fn unrecorded<'a>(ring: &'a KeyRing, current: &str) -> Vec<&'a KeyPairRecord> {
+    ring.records()
+        .iter()
+        .filter(|r| !ring.is_quarantined(r) && !(ring.is_trusted(r) && ring.is_verified(r)))
+        .filter(|r| ring.newest_key_arn(r) != current)
+        .collect()
+}
+
+/// For each KMS key, how many key pairs have their newest proven blob under it: the retained
+/// pairs, and also the Secrets status does not record (under the key their Secret names), so
+/// that no key they need looks unused. Quarantined pairs are not counted.
 pub fn key_counts(ring: &KeyRing) -> BTreeMap<String, u32> {
     let mut counts = BTreeMap::new();
-    for record in retained(ring) {
+    for record in ring.records().iter().filter(|r| !ring.is_quarantined(r)) {
         *counts
             .entry(ring.newest_key_arn(record).to_owned())
             .or_insert(0) += 1;

@@ -507,6 +507,7 @@ fn rewrap_condition(
         old_keys.join(", ")
     );
     let outcome = input.rewrap;
+    let unrecorded = rewrap::unrecorded(input.ring, current);
     if let Some(err) = outcome.and_then(|r| r.error.as_ref()) {
         let fix = match err {
             RewrapError::Kms(err) => format!(
@@ -529,6 +530,28 @@ fn rewrap_condition(
             false,
             "RewrapFailed",
             &format!("{}; {progress}", problem.message),
+        );
+    } else if pending.is_empty() && !unrecorded.is_empty() {
+        let mut keys: Vec<&str> = unrecorded
+            .iter()
+            .map(|r| input.ring.newest_key_arn(r))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        conditions.set(
+            REWRAPPED,
+            false,
+            "KeyPairsNotRecorded",
+            &format!(
+                "all {retained} retained key pairs have a proven private key blob under \
+                 {current}, but {} more key pair Secrets are not recorded in status (older \
+                 than spec.historyLimit {}, or not yet proven) and stay under {}: keep those \
+                 keys enabled, or raise spec.historyLimit to at least {}",
+                unrecorded.len(),
+                input.rkc.spec.history_limit,
+                keys.join(", "),
+                retained + unrecorded.len()
+            ),
         );
     } else if pending.is_empty() {
         conditions.set(
@@ -1262,6 +1285,49 @@ mod tests {
                 kms_key_arn: K2.into(),
                 key_pairs: 3
             }]
+        );
+    }
+
+    /// Key pair Secrets status does not record (past historyLimit) cannot be rewrapped: the
+    /// condition says so and kmsKeys keeps their key listed, so it does not look unused.
+    #[test]
+    fn unrecorded_pairs_keep_their_key_listed() {
+        const K1: &str = "arn:aws:kms:us-east-1:111122223333:key/k1";
+        const K2: &str = "arn:aws:kms:us-east-1:111122223333:key/k2";
+        let rkc = resource();
+        let records = vec![pair(1, 1), pair(2, 2)];
+        let recorded = RecordingKeyConfigStatus {
+            kms_key_arn: Some(K2.into()),
+            key_pair_history: vec![records[1].to_history_entry()],
+            ..RecordingKeyConfigStatus::default()
+        };
+        let reading = Reading {
+            acknowledged: BTreeSet::new(),
+            pruning: None,
+            now: ts("2026-01-02T00:00:00Z"),
+        };
+        let mut one = KeyRing::new(records.clone(), Tokens::new(), Some(&recorded), &reading);
+        one.prove_wrap(&records[1].secret_name, K2, ts("2026-01-02T00:00:00Z"));
+        let status = desired(&input(&rkc, Some(&recorded), &one));
+        let rewrapped = condition(&status, REWRAPPED).unwrap();
+        assert_eq!(
+            rewrapped.reason, "KeyPairsNotRecorded",
+            "{}",
+            rewrapped.message
+        );
+        assert!(rewrapped.message.contains(&format!("1 more key pair Secrets are not recorded in status (older than spec.historyLimit 10, or not yet proven) and stay under {K1}")), "{}", rewrapped.message);
+        assert_eq!(
+            status.kms_keys,
+            vec![
+                KmsKeyUse {
+                    kms_key_arn: K1.into(),
+                    key_pairs: 1
+                },
+                KmsKeyUse {
+                    kms_key_arn: K2.into(),
+                    key_pairs: 1
+                },
+            ]
         );
     }
 }
