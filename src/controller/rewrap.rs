@@ -118,7 +118,8 @@ pub fn pending<'a>(ring: &'a KeyRing, current: &str) -> Vec<&'a KeyPairRecord> {
 pub fn unrecorded<'a>(ring: &'a KeyRing, current: &str) -> Vec<&'a KeyPairRecord> {
     ring.records()
         .iter()
-        .filter(|r| !ring.is_quarantined(r) && !(ring.is_trusted(r) && ring.is_verified(r)))
+        .filter(|r| !ring.is_quarantined(r))
+        .filter(|r| !(ring.is_trusted(r) && ring.is_verified(r)))
         .filter(|r| ring.newest_key_arn(r) != current)
         .collect()
 }
