@@ -36,7 +36,7 @@ export AWS_ENDPOINT_URL_KMS AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 # test bodies, each in namespaces of its own, faults through kube_sim::FaultProxy.
 REAL_TESTS=""
 for test in e2e_operator e2e_alias e2e_status e2e_custody e2e_soak fleet e2e_faults e2e_rbac e2e_throttling \
-  e2e_user_roles e2e_leader e2e_keystore e2e_regions crd_schema status_fixtures cli_cluster cli_backup; do
+  e2e_user_roles e2e_leader e2e_keystore e2e_regions e2e_rewrap crd_schema status_fixtures cli_cluster cli_backup; do
   REAL_TESTS+=" --test $test"
 done
 

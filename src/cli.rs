@@ -71,6 +71,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Change key now: rotate the key pairs of RecordingKeyConfigs once.
     Rotate(RotateArgs),
+    /// Rewrap: re-encrypt every retained key pair of a RecordingKeyConfig onto the KMS key its
+    /// alias resolves to now (KMS ReEncrypt, proven before use), also with spec.rewrap: Never.
+    Rewrap(RewrapArgs),
     /// Key pair operations.
     #[command(subcommand)]
     Keypair(KeypairCommand),
@@ -330,6 +333,21 @@ pub struct RotateArgs {
     pub kube: KubeArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    /// The RecordingKeyConfig's name.
+    pub name: String,
+    /// Wait until the operator has rewrapped every retained key pair (no key pair depends only
+    /// on an older KMS key), then print how many key pairs each KMS key holds.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 10m, 90s).
+    #[arg(long, default_value = "10m", requires = "wait")]
+    pub timeout: jiff::SignedDuration,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
 impl Command {
     /// The subcommand as the User-Agent names it (`kekeeper/0.2.0 (rotate)`); `None` for the
     /// operator (`run`), whose User-Agent is `kekeeper/VERSION` alone.
@@ -341,6 +359,7 @@ impl Command {
             Command::Policy(_) => "policy",
             Command::Status(_) => "status",
             Command::Rotate(_) => "rotate",
+            Command::Rewrap(_) => "rewrap",
             Command::Keypair(KeypairCommand::Generate(_)) => "keypair generate",
             Command::Encrypt(_) => "encrypt",
             Command::Decrypt(_) => "decrypt",

@@ -10,6 +10,7 @@ mod encrypt;
 mod keypair;
 mod policy;
 mod restore;
+mod rewrap;
 mod rotate;
 mod run;
 mod selftest;
@@ -31,6 +32,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Command::Policy(args) => policy::execute(args).await,
         Command::Status(args) => status::execute(args).await,
         Command::Rotate(args) => rotate::execute(args).await,
+        Command::Rewrap(args) => rewrap::execute(args).await,
         Command::Keypair(KeypairCommand::Generate(args)) => keypair::execute(args).await,
         Command::Encrypt(args) => encrypt::execute(args).await,
         Command::Decrypt(args) => decrypt::execute(args).await,

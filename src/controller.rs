@@ -30,6 +30,7 @@ pub mod plan;
 pub mod proof;
 pub mod ratelimit;
 pub mod report;
+pub mod rewrap;
 pub mod status;
 pub mod stored;
 
@@ -45,7 +46,7 @@ use tracing::{info, instrument, warn};
 use crate::crd::{RecordingKeyConfig, RecordingKeyConfigStatus};
 use crate::keyring::KeyRing;
 use crate::kms::Kms;
-use crate::metrics::{ConfigLabels, KeyPairLabels};
+use crate::metrics::{ConfigLabels, KeyPairLabels, KmsKeyLabels};
 use crate::policy;
 use cache::CachedConfig;
 pub use context::{
@@ -60,6 +61,9 @@ pub use report::{public_keys_config_map, public_keys_config_map_name};
 /// How often one reconcile plans again on a resource that changed under it before it gives
 /// up and retries with backoff.
 const MAX_REPLANS: usize = 3;
+
+/// How soon the next batch of a rewrap starts.
+const REWRAP_NEXT_BATCH: Duration = Duration::from_millis(100);
 
 /// [`reconcile`] of a resource from the controller's cache.
 pub async fn reconcile_cached<K: Kms>(
@@ -179,6 +183,15 @@ fn next_action<K>(
         return requeue_at(until, now);
     }
     let rkc = obs.rkc.as_ref();
+    // A rewrap goes on in batches at once: status shows its progress between them
+    // (docs/design.md, "Rewrap").
+    let rewrapping = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::REWRAPPED && c.reason == "RewrapPending");
+    if rewrapping && rewrap::wanted(rkc) {
+        return Action::requeue(REWRAP_NEXT_BATCH);
+    }
     let custody = status
         .last_key_verify_time
         .filter(|_| !ring.active_by_org().is_empty())
@@ -262,6 +275,28 @@ fn record_metrics<K>(
         ctx.metrics
             .key_pair_created
             .remove(&labels(&record.organization_id));
+    }
+    let key_labels = |kms_key_arn: &str| KmsKeyLabels {
+        namespace: obs.namespace.clone(),
+        config: obs.name.clone(),
+        kms_key_arn: kms_key_arn.to_owned(),
+    };
+    for key in &status.kms_keys {
+        ctx.metrics
+            .key_pairs_by_kms_key
+            .get_or_create(&key_labels(&key.kms_key_arn))
+            .set(i64::from(key.key_pairs));
+    }
+    let before = obs.rkc.status.as_ref().map_or(&[][..], |s| &s.kms_keys[..]);
+    for gone in before.iter().filter(|k| {
+        !status
+            .kms_keys
+            .iter()
+            .any(|n| n.kms_key_arn == k.kms_key_arn)
+    }) {
+        ctx.metrics
+            .key_pairs_by_kms_key
+            .remove(&key_labels(&gone.kms_key_arn));
     }
     let config = ConfigLabels {
         namespace: obs.namespace.clone(),

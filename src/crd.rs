@@ -25,6 +25,11 @@ pub const ANNOTATION_ROTATE_NOW: &str = "kekeeper.io/rotate-now";
 /// next `--key-verify-interval`.
 pub const ANNOTATION_VERIFY_NOW: &str = "kekeeper.io/verify-now";
 
+/// Annotation whose value, when it changes, asks for a rewrap of every retained key pair onto
+/// the key the alias resolves to now, even with `spec.rewrap: Never`; `kekeeper rewrap NAME`
+/// sets it (docs/design.md, "Rewrap").
+pub const ANNOTATION_REWRAP_NOW: &str = "kekeeper.io/rewrap-now";
+
 /// Annotation: key pair ids (comma-separated) whose reported problem (missing Secret, failed
 /// custody check) a person has seen and accepted; they leave `status.keyPairProblems` and the
 /// history.
@@ -196,6 +201,21 @@ pub struct RecordingKeyConfigSpec {
     /// still written.
     #[serde(default)]
     pub suspend: bool,
+    /// When the alias resolves to another KMS key: OnKmsKeyChange (default) re-encrypts every
+    /// retained key pair's private key onto the new key with KMS ReEncrypt (the plaintext never
+    /// leaves KMS), so the old key can be disabled once status.kmsKeys says no key pair depends
+    /// on it; Never leaves them under their old keys (for principals without kms:ReEncrypt*;
+    /// `kekeeper rewrap NAME` still asks for one rewrap).
+    #[serde(default)]
+    pub rewrap: RewrapPolicy,
+}
+
+/// Whether retained key pairs follow the alias onto a new KMS key (docs/design.md, "Rewrap").
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RewrapPolicy {
+    #[default]
+    OnKmsKeyChange,
+    Never,
 }
 
 fn default_encryption_context_key() -> String {
@@ -210,6 +230,11 @@ impl RecordingKeyConfig {
     /// The [`ANNOTATION_ROTATE_NOW`] token, if any.
     pub fn rotate_now_token(&self) -> Option<&str> {
         self.annotation(ANNOTATION_ROTATE_NOW)
+    }
+
+    /// The [`ANNOTATION_REWRAP_NOW`] token, if any.
+    pub fn rewrap_now_token(&self) -> Option<&str> {
+        self.annotation(ANNOTATION_REWRAP_NOW)
     }
 
     /// The [`ANNOTATION_VERIFY_NOW`] token, if any.
@@ -357,6 +382,22 @@ pub struct RecordingKeyConfigStatus {
     /// Bookkeeping: the last `kekeeper.io/verify-now` token honoured with a custody check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_now_token: Option<String>,
+    /// For each KMS key, how many retained key pairs have their newest proven private key blob
+    /// under it: a key no longer listed here may be disabled and, later, deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kms_keys: Vec<KmsKeyUse>,
+    /// Bookkeeping: the last `kekeeper.io/rewrap-now` token honoured (its rewrap is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrap_now_token: Option<String>,
+}
+
+/// How many retained key pairs depend on one KMS key.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsKeyUse {
+    pub kms_key_arn: String,
+    /// Retained key pairs whose newest proven private key blob is under this key.
+    pub key_pairs: u32,
 }
 
 /// A KMS read a replica answered because the home Region failed.
@@ -423,6 +464,13 @@ pub struct ActiveKeyPair {
     pub key_pair_spec: KeyPairSpec,
     pub public_key_fingerprint: String,
     pub secret_name: String,
+    /// The KMS key of the key pair's newest proven private key blob when it is not kmsKeyArn
+    /// (the key it was made under): a blob made by KMS ReEncrypt and proven through KMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrapped_kms_key_arn: Option<String>,
+    /// When that blob was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrapped_at: Option<Timestamp>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -452,6 +500,13 @@ pub struct KeyPairHistoryEntry {
     /// cannot be decrypted unless the Secret is restored from a backup.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing: bool,
+    /// The KMS key of the key pair's newest proven private key blob when it is not kmsKeyArn
+    /// (the key it was made under): a blob made by KMS ReEncrypt and proven through KMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrapped_kms_key_arn: Option<String>,
+    /// When that blob was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrapped_at: Option<Timestamp>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

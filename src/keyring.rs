@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::crd::{KeyPairHistoryEntry, RecordingKeyConfigStatus, RotationPeriod};
-use crate::keypair::{KeyPairRecord, KeyPairState};
+use crate::keypair::{KeyPairRecord, KeyPairSecret, KeyPairState};
 use crate::policy;
 
 /// The reasons of `status.keyPairProblems`.
@@ -112,6 +112,16 @@ pub struct KeyRing {
     restored_retired: BTreeSet<String>,
     /// Pairs that failed their proof (status, or this reconcile), by Secret name.
     quarantined: BTreeMap<String, Quarantined>,
+    /// Secret name -> the newest proven wrap of the pair: status recorded it, or it was
+    /// proven in this reconcile (docs/design.md, "Rewrap").
+    wraps: BTreeMap<String, ProvenWrap>,
+}
+
+/// The KMS key of a pair's newest proven wrap, and when the wrap was made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvenWrap {
+    pub kms_key_arn: String,
+    pub created_at: Timestamp,
 }
 
 impl KeyRing {
@@ -160,6 +170,7 @@ impl KeyRing {
             self.anchored_keys
                 .entry(entry.secret_name.clone())
                 .or_insert(entry.kms_key_arn.clone());
+            self.note_recorded_wrap(&entry);
             if let Some(alias) = &entry.kms_key_alias_arn {
                 self.aliases
                     .entry(entry.secret_name.clone())
@@ -475,6 +486,88 @@ impl KeyRing {
             .map_or(record.kms_key_arn.as_str(), String::as_str)
     }
 
+    /// The pair's newest proven wrap, when it has one: recorded in status (the anchor; a
+    /// namespace editor can add data keys to a Secret) or proven in this reconcile.
+    pub fn proven_wrap(&self, record: &KeyPairRecord) -> Option<&ProvenWrap> {
+        self.wraps
+            .get(&record.secret_name)
+            .filter(|w| w.kms_key_arn != self.recorded_key_arn(record))
+    }
+
+    /// The KMS key of the pair's newest proven blob: its proven wrap's, else the key it was
+    /// made under (as status recorded it).
+    pub fn newest_key_arn<'a>(&'a self, record: &'a KeyPairRecord) -> &'a str {
+        self.proven_wrap(record)
+            .map_or_else(|| self.recorded_key_arn(record), |w| &w.kms_key_arn)
+    }
+
+    /// The KMS keys of every proven blob of the pair: the key it was made under, and its
+    /// proven wrap's.
+    pub fn proven_key_arns<'a>(&'a self, record: &'a KeyPairRecord) -> Vec<&'a str> {
+        let mut keys = vec![self.recorded_key_arn(record)];
+        keys.extend(self.proven_wrap(record).map(|w| w.kms_key_arn.as_str()));
+        keys
+    }
+
+    /// The newest proven blob of a pair and the key it is under: the proven wrap when the
+    /// Secret holds it, else the original blob under the key status recorded. Never a wrap
+    /// that only the Secret names (docs/design.md, "Rewrap").
+    pub fn newest_blob<'a>(&'a self, pair: &'a KeyPairSecret) -> (&'a str, &'a [u8]) {
+        match self
+            .proven_wrap(&pair.record)
+            .and_then(|w| pair.wrap_under(&w.kms_key_arn))
+        {
+            Some(wrap) => (&wrap.kms_key_arn, &wrap.ciphertext),
+            None => (
+                self.recorded_key_arn(&pair.record),
+                &pair.private_key_ciphertext,
+            ),
+        }
+    }
+
+    /// A wrap status recorded for a pair, unless one is known already (proven in this
+    /// reconcile, or read first).
+    fn note_recorded_wrap(&mut self, entry: &KeyPairHistoryEntry) {
+        if let (Some(kms_key_arn), Some(created_at)) =
+            (&entry.rewrapped_kms_key_arn, entry.rewrapped_at)
+        {
+            self.wraps
+                .entry(entry.secret_name.clone())
+                .or_insert(ProvenWrap {
+                    kms_key_arn: kms_key_arn.clone(),
+                    created_at,
+                });
+        }
+    }
+
+    /// The wraps a newer status records (our own last write, which the resource's cache may
+    /// not have delivered yet), for pairs it records with the same fingerprint: so a reconcile
+    /// on a stale cache neither proves a wrap again nor writes status without it
+    /// (docs/design.md, "Rewrap").
+    pub fn merge_recorded_wraps(&mut self, status: &RecordingKeyConfigStatus) {
+        for entry in recorded_pairs(status) {
+            let same_pair = self.records.iter().any(|r| {
+                r.secret_name == entry.secret_name
+                    && self.trusted_fingerprint(r) == entry.public_key_fingerprint
+                    && self.recorded_key_arn(r) == entry.kms_key_arn
+            });
+            if same_pair {
+                self.note_recorded_wrap(&entry);
+            }
+        }
+    }
+
+    /// Notes that the pair's wrap under `kms_key_arn` was proven through KMS in this reconcile.
+    pub fn prove_wrap(&mut self, secret_name: &str, kms_key_arn: &str, created_at: Timestamp) {
+        self.wraps.insert(
+            secret_name.to_owned(),
+            ProvenWrap {
+                kms_key_arn: kms_key_arn.to_owned(),
+                created_at,
+            },
+        );
+    }
+
     /// Pairs recorded in status whose Secret is gone (not pruned, not acknowledged).
     pub fn missing(&self) -> &[MissingPair] {
         &self.missing
@@ -537,6 +630,7 @@ impl KeyRing {
         self.records.retain(|r| !names.contains(&r.secret_name));
         self.anchors.retain(|name, _| !names.contains(name));
         self.aliases.retain(|name, _| !names.contains(name));
+        self.wraps.retain(|name, _| !names.contains(name));
     }
 }
 
@@ -560,6 +654,8 @@ fn recorded_pairs(
             secret_name: a.secret_name.clone(),
             sequence: None,
             missing: false,
+            rewrapped_kms_key_arn: a.rewrapped_kms_key_arn.clone(),
+            rewrapped_at: a.rewrapped_at,
         })
         .chain(status.key_pair_history.iter().cloned())
 }

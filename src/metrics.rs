@@ -38,6 +38,13 @@ pub struct KeyPairLabels {
     pub organization_id: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsKeyLabels {
+    pub namespace: String,
+    pub config: String,
+    pub kms_key_arn: String,
+}
+
 /// What happened to key store objects: `written`, `write_failed`, `restored`, `refused` (failed
 /// their checks or disagree with a Secret), `list_failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +87,9 @@ pub struct Metrics {
     /// Decrypts a multi-Region key's replica answered because the home Region failed, by the
     /// replica's Region (docs/design.md, "Multi-Region reads").
     pub kms_replica_reads: Family<RegionLabels, Counter>,
+    /// Retained key pairs per KMS key of their newest proven private key blob
+    /// (`status.kmsKeys`, docs/design.md, "Rewrap"): an old key without a series may go.
+    pub key_pairs_by_kms_key: Family<KmsKeyLabels, Gauge>,
     /// The gauges with one series per resource.
     resources: Arc<ResourceGauges>,
     /// Uids of recently deleted resources, whose series are not recorded again.
@@ -146,6 +156,7 @@ impl Default for Metrics {
         let key_store = Family::<KeyStoreLabels, Counter>::default();
         let kms_key_pairs_queued = Family::<KeyPairSpecLabels, Gauge>::default();
         let kms_replica_reads = Family::<RegionLabels, Counter>::default();
+        let key_pairs_by_kms_key = Family::<KmsKeyLabels, Gauge>::default();
         let resources = Arc::new(ResourceGauges::default());
         registry.register_collector(Box::new(resources.clone()));
         registry.register(
@@ -183,6 +194,11 @@ impl Default for Metrics {
             "KMS Decrypts of a multi-Region key that a replica answered because the home Region failed, by the replica's Region",
             kms_replica_reads.clone(),
         );
+        registry.register(
+            "key_pairs_by_kms_key",
+            "Retained key pairs whose newest proven private key blob is under this KMS key",
+            key_pairs_by_kms_key.clone(),
+        );
         Metrics {
             resources,
             forgotten: Arc::default(),
@@ -194,6 +210,7 @@ impl Default for Metrics {
             key_store,
             kms_key_pairs_queued,
             kms_replica_reads,
+            key_pairs_by_kms_key,
         }
     }
 }
@@ -253,6 +270,13 @@ impl Metrics {
                 .insert(uid);
         }
         self.resources.forget(config);
+        for key in status.map_or(&[][..], |s| &s.kms_keys[..]) {
+            self.key_pairs_by_kms_key.remove(&KmsKeyLabels {
+                namespace: config.namespace.clone(),
+                config: config.config.clone(),
+                kms_key_arn: key.kms_key_arn.clone(),
+            });
+        }
         for pair in status.map_or(&[][..], |s| &s.active_key_pairs[..]) {
             self.key_pair_created.remove(&KeyPairLabels {
                 namespace: config.namespace.clone(),
@@ -352,6 +376,21 @@ impl<K: Kms> Kms for MeteredKms<K> {
         self.metrics.count_kms(KmsOperation::Decrypt, &result);
         result
     }
+
+    async fn re_encrypt(
+        &self,
+        source_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        destination_key_arn: &str,
+    ) -> Result<Vec<u8>, KmsError> {
+        let result = self
+            .inner
+            .re_encrypt(source_key_arn, ciphertext, context, destination_key_arn)
+            .await;
+        self.metrics.count_kms(KmsOperation::ReEncrypt, &result);
+        result
+    }
 }
 
 /// The gauges with one series per resource, kept as one entry per resource (six `Family`s
@@ -388,6 +427,9 @@ struct ResourceValues {
     /// `kekeeper_suspended`: 1 while the resource is suspended (Ready=False Suspended), so
     /// that the not-Ready alert can leave it out.
     suspended: i64,
+    /// `kekeeper_rewrap_failed`: 1 while the rewrap onto the current KMS key fails
+    /// (Rewrapped=False RewrapFailed; docs/design.md, "Rewrap").
+    rewrap_failed: i64,
 }
 
 impl ResourceValues {
@@ -427,6 +469,9 @@ impl ResourceValues {
             quarantined,
             key_store_synced: condition("KeyStoreSynced").map(|c| i64::from(c.status == "True")),
             suspended: i64::from(condition("Ready").is_some_and(|c| c.reason == "Suspended")),
+            rewrap_failed: i64::from(
+                condition("Rewrapped").is_some_and(|c| c.reason == "RewrapFailed"),
+            ),
         }
     }
 }
@@ -439,7 +484,7 @@ enum GaugeValue {
 
 /// (name, help, value) of each per-resource gauge; `None` leaves the series out.
 type GaugeOf = fn(&ResourceValues) -> Option<GaugeValue>;
-const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 9] = [
+const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 10] = [
     ("ready", "1 while the RecordingKeyConfig is Ready", |v| {
         Some(GaugeValue::Count(v.ready))
     }),
@@ -482,6 +527,11 @@ const RESOURCE_GAUGES: [(&str, &str, GaugeOf); 9] = [
         "suspended",
         "1 while the RecordingKeyConfig is suspended (spec.suspend)",
         |v| Some(GaugeValue::Count(v.suspended)),
+    ),
+    (
+        "rewrap_failed",
+        "1 while the rewrap of retained key pairs onto the current KMS key fails (Rewrapped=False RewrapFailed)",
+        |v| Some(GaugeValue::Count(v.rewrap_failed)),
     ),
 ];
 

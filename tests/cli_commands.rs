@@ -352,7 +352,12 @@ async fn policy_prints_valid_json_statements() {
     // Only what the operator calls: no Encrypt, no GenerateDataKey* (issue 25).
     assert_eq!(
         statements[0]["Action"],
-        serde_json::json!(["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt"])
+        serde_json::json!([
+            "kms:GenerateDataKeyPairWithoutPlaintext",
+            "kms:Decrypt",
+            "kms:ReEncryptFrom",
+            "kms:ReEncryptTo"
+        ])
     );
     assert_eq!(statements[1]["Action"], "kms:DescribeKey");
     assert_eq!(statements.as_array().unwrap().len(), 2);
@@ -703,7 +708,12 @@ async fn policy_takes_several_principals_and_a_manifest() {
     assert_eq!(statements[0]["Principal"]["AWS"], role);
     assert_eq!(
         statements[0]["Action"],
-        serde_json::json!(["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt"])
+        serde_json::json!([
+            "kms:GenerateDataKeyPairWithoutPlaintext",
+            "kms:Decrypt",
+            "kms:ReEncryptFrom",
+            "kms:ReEncryptTo"
+        ])
     );
     assert_eq!(statements[1]["Principal"]["AWS"], genesys);
     assert_eq!(
@@ -886,7 +896,7 @@ async fn policy_identity_policy_scopes_the_kms_operations_to_the_configs_keys() 
         serde_json::json!({
             "Sid": "KekeeperKmsKeys",
             "Effect": "Allow",
-            "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:DescribeKey"],
+            "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey"],
             "Resource": "arn:aws:kms:us-east-1:111122223333:key/*",
             "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": ["alias/recordings"]}}
         })

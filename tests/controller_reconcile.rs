@@ -15,7 +15,7 @@ use kekeeper::controller::report::Events;
 use kekeeper::controller::{self, Context, Settings};
 use kekeeper::crd::{
     KmsKeyChangePolicy, LastKmsError, RecordingKeyConfig, RecordingKeyConfigSpec,
-    RecordingKeyConfigStatus, RotationPeriod, RotationPolicy,
+    RecordingKeyConfigStatus, RewrapPolicy, RotationPeriod, RotationPolicy,
 };
 use kekeeper::keypair::{KeyPairRecord, KeyPairSecret};
 use kekeeper::keystore::KeyStore;
@@ -58,6 +58,7 @@ fn spec(orgs: &[&str]) -> RecordingKeyConfigSpec {
         recording_retention: None,
         history_limit: 10,
         suspend: false,
+        rewrap: Default::default(),
     }
 }
 
@@ -1184,7 +1185,9 @@ async fn spec_change_rotates() {
 
 #[tokio::test]
 async fn alias_pointing_at_a_new_kms_key_rotates() {
-    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let (mut h, mut rkc, secrets) = created(&[ORG_A]).await;
+    // Rotation only: the rewrap of the old pairs (spec.rewrap) is tested in e2e_rewrap.
+    rkc.spec.rewrap = RewrapPolicy::Never;
     let alias = kekeeper::arn::AliasArn::parse(ALIAS).unwrap();
     let new_key = h.kms.create_key("aws", "us-east-1", "111122223333");
     h.kms.point_alias(&alias, &new_key);
@@ -1201,7 +1204,9 @@ async fn alias_pointing_at_a_new_kms_key_rotates() {
 
 #[tokio::test]
 async fn disabled_old_kms_key_raises_historical_keys_at_risk() {
-    let (mut h, rkc, secrets) = created(&[ORG_A]).await;
+    let (mut h, mut rkc, secrets) = created(&[ORG_A]).await;
+    // Rotation only: the rewrap of the old pairs (spec.rewrap) is tested in e2e_rewrap.
+    rkc.spec.rewrap = RewrapPolicy::Never;
     let alias = kekeeper::arn::AliasArn::parse(ALIAS).unwrap();
     let new_key = h.kms.create_key("aws", "us-east-1", "111122223333");
     h.kms.point_alias(&alias, &new_key);
@@ -1581,6 +1586,8 @@ fn without_alias(secret: &Secret) -> Secret {
 #[tokio::test]
 async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_alias() {
     let (mut h, mut rkc, secrets) = created(&[ORG_A, ORG_B]).await;
+    // Rotation only: the rewrap of the old pairs (spec.rewrap) is tested in e2e_rewrap.
+    rkc.spec.rewrap = RewrapPolicy::Never;
     let new_alias = kekeeper::arn::AliasArn::parse(NEW_ALIAS).unwrap();
     let new_key = h.kms.create_key_for(&new_alias);
     let org_of = |s: &Secret| {
@@ -1682,6 +1689,8 @@ async fn an_alias_change_cut_short_replaces_only_the_pairs_still_under_the_old_a
 #[tokio::test]
 async fn pairs_from_before_the_alias_was_recorded_are_kept_until_the_alias_changes() {
     let (mut h, mut rkc, secrets) = created(&[ORG_A]).await;
+    // Rotation only: the rewrap of the old pairs (spec.rewrap) is tested in e2e_rewrap.
+    rkc.spec.rewrap = RewrapPolicy::Never;
     let legacy: Vec<Secret> = secrets.iter().map(without_alias).collect();
     let status = rkc.status.as_mut().unwrap();
     for active in &mut status.active_key_pairs {

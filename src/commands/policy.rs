@@ -3,9 +3,9 @@
 //! `--identity-policy` / `--key-store` the IAM identity policy of the operator's role as a
 //! second JSON document (docs/design.md, "Least privilege in KMS").
 //!
-//! The operator gets only what it calls (src/kms/sdk.rs): `GenerateDataKeyPairWithoutPlaintext`
-//! and `Decrypt`, bound to the organisations' encryption context, and `DescribeKey`. Never
-//! `Encrypt` or `GenerateDataKey*`: with those a principal can make a ciphertext blob of a
+//! The operator gets only what it calls (src/kms/sdk.rs): `GenerateDataKeyPairWithoutPlaintext`,
+//! `Decrypt` and `ReEncryptFrom`/`ReEncryptTo` (the rewrap), bound to the organisations'
+//! encryption context, and `DescribeKey`. Never `Encrypt` or `GenerateDataKey*`: with those a principal can make a ciphertext blob of a
 //! private key it chose, under the organisation's context, which is all a forged "genuine" key
 //! pair needs. Principals that encrypt with the key themselves (Genesys Cloud's account) get
 //! them in a statement of their own (`--seed-principal`).
@@ -31,7 +31,15 @@ use crate::crd::DEFAULT_ENCRYPTION_CONTEXT_KEY;
 use crate::keystore::KeyStoreUrl;
 
 /// What the operator calls on the organisation's key (src/kms/sdk.rs), besides DescribeKey.
-pub const OPERATOR_ACTIONS: [&str; 2] = ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt"];
+/// ReEncryptFrom on an old key and ReEncryptTo on the current one move a retained pair's blob
+/// onto a new key (docs/design.md, "Rewrap"), under the same context condition; neither makes
+/// a blob of a plaintext the caller chose.
+pub const OPERATOR_ACTIONS: [&str; 4] = [
+    "kms:GenerateDataKeyPairWithoutPlaintext",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+];
 /// What a principal that encrypts with the key itself needs; never the operator's.
 pub const SEED_ACTIONS: [&str; 3] = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*"];
 
@@ -454,7 +462,12 @@ mod tests {
         assert_eq!(statements[0]["Principal"]["AWS"], ROLE);
         assert_eq!(
             statements[0]["Action"],
-            json!(["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt"])
+            json!([
+                "kms:GenerateDataKeyPairWithoutPlaintext",
+                "kms:Decrypt",
+                "kms:ReEncryptFrom",
+                "kms:ReEncryptTo"
+            ])
         );
         assert_eq!(
             statements[0]["Condition"],
@@ -588,7 +601,7 @@ mod tests {
             role["Statement"],
             json!([{
                 "Sid": "KekeeperKmsKeys", "Effect": "Allow",
-                "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:DescribeKey"],
+                "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey"],
                 "Resource": [KEY]
             }])
         );
@@ -607,11 +620,11 @@ mod tests {
             json!(statements),
             json!([
                 {"Sid": "KekeeperKmsKeys1", "Effect": "Allow",
-                 "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:DescribeKey"],
+                 "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey"],
                  "Resource": "arn:aws:kms:eu-west-1:444455556666:key/*",
                  "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": ["alias/recordings"]}}},
                 {"Sid": "KekeeperKmsKeys2", "Effect": "Allow",
-                 "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:DescribeKey"],
+                 "Action": ["kms:GenerateDataKeyPairWithoutPlaintext", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey"],
                  "Resource": "arn:aws:kms:us-east-1:111122223333:key/*",
                  "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": ["alias/recordings", "alias/recordings-b"]}}}
             ])

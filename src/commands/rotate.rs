@@ -241,7 +241,7 @@ async fn wait_honoured(
 }
 
 /// Watches one resource until `why_not` has no objection, or the deadline.
-async fn watch_until(
+pub(super) async fn watch_until(
     api: &Api<RecordingKeyConfig>,
     namespace: &str,
     name: &str,

@@ -290,6 +290,21 @@ pub fn render(
             (None, _) => "not resolved yet".to_owned(),
         }
     )?;
+    // Which KMS keys the retained pairs still depend on (docs/design.md, "Rewrap"); only
+    // when it is not just the current key.
+    if status.kms_keys.len() > 1
+        || status
+            .kms_keys
+            .iter()
+            .any(|k| Some(&k.kms_key_arn) != status.kms_key_arn.as_ref())
+    {
+        let keys: Vec<String> = status
+            .kms_keys
+            .iter()
+            .map(|k| format!("{}: {}", k.kms_key_arn, k.key_pairs))
+            .collect();
+        writeln!(out, "Key pairs by KMS key: {}", keys.join(", "))?;
+    }
     writeln!(
         out,
         "Public keys:    ConfigMap {} ({} active key pairs; docs/recorders.md)",
@@ -675,6 +690,8 @@ mod tests {
             secret_name: "recordings-secret".into(),
             sequence: None,
             missing: false,
+            rewrapped_kms_key_arn: None,
+            rewrapped_at: None,
         };
         rkc.status = Some(RecordingKeyConfigStatus {
             observed_generation: Some(3),
@@ -691,6 +708,8 @@ mod tests {
                 key_pair_spec: KeyPairSpec::Rsa3072,
                 public_key_fingerprint: "SHA256:abc".into(),
                 secret_name: "recordings-secret".into(),
+                rewrapped_kms_key_arn: None,
+                rewrapped_at: None,
             }],
             key_pair_history: vec![
                 entry("2026-11-28T10:00:00Z", None, "RotateNowRequested"),

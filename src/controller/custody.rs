@@ -59,16 +59,12 @@ pub async fn check<K: Kms>(
         .filter_map(|active| listed.iter().find(|p| p.secret_name == active.secret_name));
     for record in checked {
         let _decrypt = ctx.kms_pace.symmetric().acquire().await;
-        // The key status recorded, never one a Secret editor wrote into metadata.json.
-        let key_arn = ring.recorded_key_arn(&record.record);
+        // The newest proven blob under the key status recorded for it, never one a Secret
+        // editor wrote into metadata.json or added as a data key (docs/design.md, "Rewrap").
+        let (key_arn, blob) = ring.newest_blob(record);
         let decrypted = ctx
             .kms
-            .decrypt_private_key_in(
-                key_arn,
-                &record.private_key_ciphertext,
-                &record.encryption_context,
-                replica_regions,
-            )
+            .decrypt_private_key_in(key_arn, blob, &record.encryption_context, replica_regions)
             .await;
         let verdict = match decrypted {
             Ok(decrypted) => {
@@ -87,7 +83,9 @@ pub async fn check<K: Kms>(
                     KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey
                 ) =>
             {
-                Err(format!("KMS cannot decrypt privateKey.kms: {err}"))
+                Err(format!(
+                    "KMS cannot decrypt its private key blob under {key_arn}: {err}"
+                ))
             }
             Err(err) => {
                 warn!(secret = %record.secret_name, code = %err.code, "custody check interrupted by a KMS failure");

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::context::{Context, Error, FIELD_MANAGER, Result, SerializeError};
 use super::observe::{KeyCheck, Observation};
 use super::plan::{Plan, Rotation};
+use super::rewrap::{self, RewrapOutcome};
 use super::stored::StoreSync;
 use crate::config::ValidatedConfig;
 use crate::crd::LastTest;
@@ -62,6 +63,8 @@ pub struct Outcome {
     /// A store write that failed outside the rotations (an object or marker of a retained
     /// pair): reported, it blocks nothing.
     pub store_error: Option<StoreError>,
+    /// The rewrap of this reconcile's batch (docs/design.md, "Rewrap").
+    pub rewrap: RewrapOutcome,
 }
 
 /// What the work has done so far, handed to the loop as it happens (for status during long
@@ -164,6 +167,28 @@ pub async fn execute<K: Kms>(
     mark(ctx, &mut outcome, &to_retire, MarkKind::Retired, now).await;
     if !shadowed.is_empty() {
         on.progress(Progress::Shadowed(&shadowed)).await?;
+    }
+    // Onto the key this reconcile's check saw, never one status remembers.
+    if let (false, Some(KeyCheck::Usable { description, .. }), Some(listed)) =
+        (plan.rewrap.is_empty(), &obs.key, &obs.listed)
+    {
+        // The status on the API server: the resource's cache may not have our own last
+        // batch's write yet, and a wrap it records needs no second proof.
+        let api: Api<crate::crd::RecordingKeyConfig> =
+            Api::namespaced(ctx.client.clone(), &obs.namespace);
+        if let Some(status) = api.get_status(&obs.name).await?.status {
+            outcome.ring.merge_recorded_wraps(&status);
+        }
+        outcome.rewrap = rewrap::run(
+            ctx,
+            &secrets,
+            &mut outcome.ring,
+            listed,
+            &plan.rewrap,
+            &description.key_arn,
+            now,
+        )
+        .await?;
     }
     if let Some(sync) = obs.store_sync() {
         sync_store(ctx, obs, sync, &mut outcome, now).await;

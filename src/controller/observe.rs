@@ -2,7 +2,7 @@
 //! (from the cache, or listed fresh when work is due) and, only when the plan asks for it, what
 //! KMS says about the alias's key.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -177,7 +177,7 @@ impl Observation {
                     message: problem.to_string(),
                 },
                 Ok(()) => {
-                    let at_risk = keys_at_risk(ctx, self.ring.records(), &description).await;
+                    let at_risk = keys_at_risk(ctx, &self.ring, &description).await;
                     KeyCheck::Usable {
                         checked_at: answered_at(now, &description),
                         description,
@@ -363,35 +363,44 @@ fn retention(rkc: &RecordingKeyConfig) -> Option<SignedDuration> {
         .and_then(|r| policy::parse_retention(r).ok())
 }
 
-/// Retained key pairs whose KMS key (other than the alias's current one, which
-/// `validate_key` checks) is disabled, pending deletion or gone: recordings made with them
-/// cannot be decrypted. One DescribeKey per distinct key.
+/// The KMS keys (other than the alias's current one, which `validate_key` checks) that are
+/// disabled, pending deletion or gone and that some retained key pair depends on: none of its
+/// proven blobs (the original, or its newest proven wrap) is under a usable key, so recordings
+/// made with it cannot be decrypted (docs/design.md, "Rewrap"). One DescribeKey per distinct key.
 async fn keys_at_risk<K: Kms>(
     ctx: &Context<K>,
-    records: &[KeyPairRecord],
+    ring: &KeyRing,
     current: &KeyDescription,
 ) -> Vec<String> {
-    let keys: BTreeSet<&str> = records
+    let keys: BTreeSet<&str> = ring
+        .records()
         .iter()
-        .map(|r| r.kms_key_arn.as_str())
+        .flat_map(|r| ring.proven_key_arns(r))
         .filter(|k| *k != current.key_arn)
         .collect();
-    let mut at_risk = Vec::new();
+    let mut unusable: BTreeMap<&str, String> = BTreeMap::new();
     for key_arn in keys {
         match ctx.kms.describe_key_arn(key_arn).await {
             Ok(description) if description.key_state != "Enabled" => {
-                at_risk.push(format!("{key_arn}: {}", description.key_state));
+                unusable.insert(key_arn, description.key_state);
             }
             Ok(_) => {}
             Err(err) if err.kind == KmsErrorKind::NotFound => {
-                at_risk.push(format!("{key_arn}: {}", err.code));
+                unusable.insert(key_arn, err.code);
             }
             Err(err) => {
                 warn!(key = %key_arn, code = %err.code, "could not check a retained key pair's KMS key");
             }
         }
     }
-    at_risk
+    let mut at_risk: BTreeSet<String> = BTreeSet::new();
+    for record in ring.records() {
+        let keys = ring.proven_key_arns(record);
+        if keys.iter().all(|k| unusable.contains_key(k)) {
+            at_risk.extend(keys.iter().map(|k| format!("{k}: {}", unusable[k])));
+        }
+    }
+    at_risk.into_iter().collect()
 }
 
 /// The resource's key pair Secrets, with their blobs (unreadable ones are logged and skipped),

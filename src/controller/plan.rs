@@ -7,6 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::context::Settings;
 use super::observe::{KeyCheck, Observation};
+use super::rewrap;
 use super::status::KEY_STORE_SYNCED;
 use crate::crd::RecordingKeyConfig;
 use crate::keyring::{KEY_PAIR_MISSING, KeyRing};
@@ -65,6 +66,9 @@ pub struct Plan {
     /// Pairs (Secret names) the key store holds and the cluster lost, trusted, whose Secrets
     /// execute creates before anything new is made.
     pub restore: Vec<String>,
+    /// Retained pairs (Secret names) to rewrap onto the alias's current KMS key in this
+    /// reconcile, at most [`rewrap::BATCH`] (docs/design.md, "Rewrap").
+    pub rewrap: Vec<String>,
 }
 
 /// Decides on `obs` at `now`; the settings say how often KMS is asked about the key and about
@@ -80,6 +84,7 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         token: rkc.rotate_now_token().map(str::to_owned),
         prove: Vec::new(),
         restore: Vec::new(),
+        rewrap: Vec::new(),
     };
     if let Ok(config) = &obs.config {
         plan.rotations = rotations(obs, &config.organization_ids, now);
@@ -87,6 +92,7 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         plan.prune = obs.ring.prunable(now);
         plan.prove = to_prove(obs, &config.organization_ids);
         plan.restore = to_restore(obs);
+        plan.rewrap = rewrap::batch(rkc, &obs.ring, obs.alias_key_arn());
     }
     if rkc.spec.suspend {
         plan.step = Step::Suspended;
@@ -108,9 +114,13 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         || newly_missing(&obs.ring, &status);
     // A proof needs the blobs (a fresh list) and the key the alias resolves to now.
     let prove_due = obs.proofs.is_none() && !plan.prove.is_empty();
+    // So does a rewrap; a rewrap-now token is answered from a fresh key check too.
+    let rewrap_due = !plan.rewrap.is_empty();
     let key_due = obs.key.is_none()
         && (new_generation
             || prove_due
+            || rewrap_due
+            || rewrap::unhonoured_token(rkc).is_some()
             || !plan.rotations.is_empty()
             || status.failed_attempts.unwrap_or(0) > 0
             || policy::kms_key_check_due(
@@ -143,7 +153,9 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
         // The key check reads only what the cache has (the retained pairs' KMS keys): a list
         // only when there is work or the custody check needs the blobs (docs/design.md, "A
         // quiet steady state").
-        _ if (work_due || custody_due || store_due || prove_due) && !obs.records_listed() => {
+        _ if (work_due || custody_due || store_due || prove_due || rewrap_due)
+            && !obs.records_listed() =>
+        {
             Step::ListRecords
         }
         // After the key check, whose announcement would otherwise count a store failure once

@@ -322,6 +322,7 @@ fn input<'a>(
             .honoured_token(plan.token.as_deref().filter(|_| complete))
             .map(str::to_owned),
         pace: None,
+        rewrap: outcome.map(|o| &o.rewrap),
     }
 }
 

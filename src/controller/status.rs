@@ -7,9 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::custody::CustodyCheck;
 use super::observe::KeyCheck;
 use super::ratelimit::PaceEstimate;
+use super::rewrap::{self, RewrapError, RewrapOutcome, WRAP_PROOF_FAILED};
 use super::stored::StoreCheck;
 use crate::crd::{
-    KeyPairHistoryEntry, KeyPairProblem, LastKmsError, LastTest, RecordingKeyConfig,
+    KeyPairHistoryEntry, KeyPairProblem, KmsKeyUse, LastKmsError, LastTest, RecordingKeyConfig,
     RecordingKeyConfigStatus, ReplicaReadStatus,
 };
 use crate::keypair::KeyPairRecord;
@@ -29,9 +30,12 @@ pub const HISTORICAL_KEYS_AT_RISK: &str = "HistoricalKeysAtRisk";
 pub const KEY_PAIR_INTEGRITY: &str = "KeyPairIntegrity";
 /// With a key store: whether every retained key pair has its object there (docs/disaster-recovery.md).
 pub const KEY_STORE_SYNCED: &str = "KeyStoreSynced";
+/// Whether every retained key pair has a proven private key blob under the KMS key the alias
+/// resolves to (docs/design.md, "Rewrap").
+pub const REWRAPPED: &str = "Rewrapped";
 
 /// The condition types in the order status lists them.
-const ORDER: [&str; 8] = [
+const ORDER: [&str; 9] = [
     READY,
     RECONCILING,
     STALLED,
@@ -40,6 +44,7 @@ const ORDER: [&str; 8] = [
     HISTORICAL_KEYS_AT_RISK,
     KEY_PAIR_INTEGRITY,
     KEY_STORE_SYNCED,
+    REWRAPPED,
 ];
 
 /// What this reconcile learnt and did.
@@ -78,6 +83,8 @@ pub struct StatusInput<'a> {
     pub honoured_token: Option<String>,
     /// While this resource's pairs wait at the KMS pace: how long they will take.
     pub pace: Option<PaceEstimate>,
+    /// The rewrap of this reconcile, once its work ran.
+    pub rewrap: Option<&'a RewrapOutcome>,
 }
 
 impl StatusInput<'_> {
@@ -87,10 +94,18 @@ impl StatusInput<'_> {
             || self.self_test_failure.is_some()
             || self.store_error().is_some()
             || self.custody.is_some_and(|c| c.error.is_some())
+            || self.rewrap_failed()
             || matches!(
                 self.key,
                 Some(KeyCheck::Failed(_) | KeyCheck::Unusable { .. })
             )
+    }
+
+    /// A rewrap that failed (KMS, the store, or a wrap's proof): it counts towards the backoff,
+    /// so a missing `kms:ReEncrypt*` grant is not retried at once, but leaves Ready alone.
+    fn rewrap_failed(&self) -> bool {
+        self.rewrap
+            .is_some_and(|r| r.error.is_some() || !r.problems.is_empty())
     }
 
     /// The store error that stops work: a new pair it did not take, else its listing.
@@ -112,6 +127,23 @@ impl StatusInput<'_> {
 }
 
 pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
+    // The wraps the newest status records count even when this reconcile's ring was read from
+    // an older one: status never loses a proven wrap.
+    let merged;
+    let with_current;
+    let input = match input.current {
+        Some(current) => {
+            let mut ring = input.ring.clone();
+            ring.merge_recorded_wraps(current);
+            merged = ring;
+            with_current = StatusInput {
+                ring: &merged,
+                ..input.clone()
+            };
+            &with_current
+        }
+        None => input,
+    };
     let current = input.current.cloned().unwrap_or_default();
     let generation = input.rkc.metadata.generation;
     let mut next = RecordingKeyConfigStatus {
@@ -124,6 +156,7 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     kms_bookkeeping(input, &current, &mut next);
     key_pairs(input, &mut next);
     custody(input, &current, &mut next);
+    rewrap_bookkeeping(input, &mut next);
     let mut conditions = Conditions {
         current: &current.conditions,
         next: Vec::new(),
@@ -134,6 +167,7 @@ pub fn desired(input: &StatusInput) -> RecordingKeyConfigStatus {
     kms_conditions(input, &mut conditions);
     custody_conditions(input, &next, &mut conditions);
     store_condition(input, &mut conditions);
+    rewrap_condition(input, &next, &mut conditions);
     next.conditions = conditions.finish();
     quiet_key_check(&current, next)
 }
@@ -246,6 +280,9 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
         .map(|r| crate::crd::ActiveKeyPair {
             public_key_fingerprint: ring.trusted_fingerprint(r),
             kms_key_alias_arn: ring.recorded_alias(r).map(str::to_owned),
+            kms_key_arn: ring.recorded_key_arn(r).to_owned(),
+            rewrapped_kms_key_arn: ring.proven_wrap(r).map(|w| w.kms_key_arn.clone()),
+            rewrapped_at: ring.proven_wrap(r).map(|w| w.created_at),
             ..r.to_active_key_pair()
         })
         .collect();
@@ -268,6 +305,9 @@ fn key_pairs(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
         .map(|r| KeyPairHistoryEntry {
             public_key_fingerprint: ring.trusted_fingerprint(r),
             kms_key_alias_arn: ring.recorded_alias(r).map(str::to_owned),
+            kms_key_arn: ring.recorded_key_arn(r).to_owned(),
+            rewrapped_kms_key_arn: ring.proven_wrap(r).map(|w| w.kms_key_arn.clone()),
+            rewrapped_at: ring.proven_wrap(r).map(|w| w.created_at),
             ..r.to_history_entry()
         })
         .collect();
@@ -354,6 +394,38 @@ fn problems(input: &StatusInput, current: &RecordingKeyConfigStatus) -> Vec<KeyP
         quarantined.public_key_fingerprint = Some(q.fingerprint.clone());
         problems.push(quarantined);
     }
+    // A wrap that failed its proof: reported on its pair until the pair has a proven blob
+    // under the current key, or the problem is acknowledged.
+    let current_key = current_key_arn(input, current);
+    let acknowledged = input.rkc.acknowledged_key_pairs();
+    let fresh_wraps = input
+        .rewrap
+        .map(|r| r.problems.as_slice())
+        .unwrap_or_default();
+    for w in fresh_wraps {
+        let (org, id, secret) = (&w.organization_id, &w.key_pair_id, &w.secret_name);
+        problems.push(problem(
+            org,
+            id,
+            secret,
+            WRAP_PROOF_FAILED,
+            w.message.clone(),
+        ));
+    }
+    problems.extend(
+        current
+            .key_pair_problems
+            .iter()
+            .filter(|p| p.reason == WRAP_PROOF_FAILED && !acknowledged.contains(&p.key_pair_id))
+            .filter(|p| !fresh_wraps.iter().any(|w| w.secret_name == p.secret_name))
+            .filter(|p| {
+                ring.records().iter().any(|r| {
+                    r.secret_name == p.secret_name
+                        && Some(ring.newest_key_arn(r)) != current_key.as_deref()
+                })
+            })
+            .cloned(),
+    );
     let fresh = input
         .custody
         .map(|c| c.failures.as_slice())
@@ -377,6 +449,138 @@ fn problems(input: &StatusInput, current: &RecordingKeyConfigStatus) -> Vec<KeyP
         }
     }
     problems
+}
+
+/// The KMS key the alias resolves to: per this reconcile's key check, else as status last saw it.
+fn current_key_arn(input: &StatusInput, current: &RecordingKeyConfigStatus) -> Option<String> {
+    match input.key {
+        Some(KeyCheck::Usable { description, .. }) => Some(description.key_arn.clone()),
+        _ => current.kms_key_arn.clone(),
+    }
+}
+
+/// `kmsKeys` (how many retained pairs depend on each KMS key), the rewrap-now token once its
+/// rewrap is done, and a rewrap's KMS error as `lastKmsError`.
+fn rewrap_bookkeeping(input: &StatusInput, next: &mut RecordingKeyConfigStatus) {
+    next.kms_keys = rewrap::key_counts(input.ring)
+        .into_iter()
+        .map(|(kms_key_arn, key_pairs)| KmsKeyUse {
+            kms_key_arn,
+            key_pairs,
+        })
+        .collect();
+    if let Some(RewrapError::Kms(err)) = input.rewrap.and_then(|r| r.error.as_ref()) {
+        next.last_kms_error = Some(LastKmsError::of(err, input.now));
+    }
+    // Honoured only on a key check of this reconcile, with nothing left to rewrap.
+    if let (Some(token), Some(KeyCheck::Usable { description, .. })) =
+        (rewrap::unhonoured_token(input.rkc), input.key)
+    {
+        if rewrap::pending(input.ring, &description.key_arn).is_empty() && !input.rewrap_failed() {
+            next.rewrap_now_token = Some(token.to_owned());
+        }
+    }
+}
+
+/// Rewrapped: True when every retained pair has a proven blob under the current key; False
+/// with `RewrapPending` (progress), `RewrapFailed` (KMS, the store or a wrap's proof: what to
+/// fix) or `RewrapDisabled` (`spec.rewrap: Never`). Absent without retained pairs or before
+/// the key is known.
+fn rewrap_condition(
+    input: &StatusInput,
+    next: &RecordingKeyConfigStatus,
+    conditions: &mut Conditions,
+) {
+    let Some(current) = next.kms_key_arn.as_deref() else {
+        return;
+    };
+    let retained = rewrap::retained(input.ring).count();
+    if retained == 0 {
+        return;
+    }
+    let pending = rewrap::pending(input.ring, current);
+    let done = retained - pending.len();
+    let mut old_keys: Vec<&str> = pending
+        .iter()
+        .map(|r| input.ring.newest_key_arn(r))
+        .collect();
+    old_keys.sort_unstable();
+    old_keys.dedup();
+    let progress = format!(
+        "{done}/{retained} retained key pairs rewrapped onto {current}; {} still depend only on {}",
+        pending.len(),
+        old_keys.join(", ")
+    );
+    let outcome = input.rewrap;
+    let unrecorded = rewrap::unrecorded(input.ring, current);
+    if let Some(err) = outcome.and_then(|r| r.error.as_ref()) {
+        let fix = match err {
+            RewrapError::Kms(err) => format!(
+                "{} failed: {}: {}; the operator's principal needs kms:ReEncryptFrom on the old \
+                 key and kms:ReEncryptTo on {current}, and kms:Decrypt on {current}, with the \
+                 encryption context condition (kekeeper policy prints the statements)",
+                err.operation, err.code, err.message
+            ),
+            RewrapError::Store(err) => format!("the key store did not take a wrap: {err}"),
+        };
+        conditions.set(
+            REWRAPPED,
+            false,
+            "RewrapFailed",
+            &format!("{fix}; {progress}"),
+        );
+    } else if let Some(problem) = outcome.and_then(|r| r.problems.first()) {
+        conditions.set(
+            REWRAPPED,
+            false,
+            "RewrapFailed",
+            &format!("{}; {progress}", problem.message),
+        );
+    } else if pending.is_empty() && !unrecorded.is_empty() {
+        let mut keys: Vec<&str> = unrecorded
+            .iter()
+            .map(|r| input.ring.newest_key_arn(r))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        conditions.set(
+            REWRAPPED,
+            false,
+            "KeyPairsNotRecorded",
+            &format!(
+                "all {retained} retained key pairs have a proven private key blob under \
+                 {current}, but {} more key pair Secrets are not recorded in status (older \
+                 than spec.historyLimit {}, or not yet proven) and stay under {}: keep those \
+                 keys enabled, or raise spec.historyLimit to at least {}",
+                unrecorded.len(),
+                input.rkc.spec.history_limit,
+                keys.join(", "),
+                retained + unrecorded.len()
+            ),
+        );
+    } else if pending.is_empty() {
+        conditions.set(
+            REWRAPPED,
+            true,
+            "Rewrapped",
+            &format!(
+                "all {retained} retained key pairs have a proven private key blob under {current}"
+            ),
+        );
+    } else if !rewrap::wanted(input.rkc) {
+        conditions.set(
+            REWRAPPED,
+            false,
+            "RewrapDisabled",
+            &format!(
+                "spec.rewrap is Never: {progress}; keep those keys enabled, or run kekeeper \
+                 rewrap {} (or set spec.rewrap: OnKmsKeyChange)",
+                input.rkc.metadata.name.as_deref().unwrap_or_default()
+            ),
+        );
+    } else {
+        conditions.set(REWRAPPED, false, "RewrapPending", &progress);
+    }
 }
 
 /// Ready, Reconciling and Stalled from the health chain.
@@ -544,6 +748,7 @@ fn integrity_condition(
     };
     let mismatches = problem(PUBLIC_KEY_MISMATCH);
     let failed = problem(CUSTODY_CHECK_FAILED);
+    let wraps = problem(WRAP_PROOF_FAILED);
     // Acknowledged quarantines stay in status (so they are not proven again) but no longer
     // fail the condition.
     let acknowledged = input.rkc.acknowledged_key_pairs();
@@ -566,6 +771,13 @@ fn integrity_condition(
             false,
             CUSTODY_CHECK_FAILED,
             &failed.join("; "),
+        );
+    } else if !wraps.is_empty() {
+        conditions.set(
+            KEY_PAIR_INTEGRITY,
+            false,
+            WRAP_PROOF_FAILED,
+            &wraps.join("; "),
         );
     } else if !mismatches.is_empty() {
         conditions.set(
@@ -785,6 +997,7 @@ mod tests {
             store_failure: None,
             honoured_token: None,
             pace: None,
+            rewrap: None,
         }
     }
 
@@ -1067,5 +1280,122 @@ mod tests {
         assert_eq!(at_risk.status, "False");
         assert!(restored.key_pair_problems.is_empty());
         assert!(!restored.key_pair_history[0].missing);
+    }
+
+    /// Rewrapped follows the ring against the current key: pending with progress, disabled
+    /// under Never, True once every retained pair has a proven wrap; kmsKeys counts per key.
+    #[test]
+    fn rewrapped_reports_progress_per_kms_key() {
+        const K1: &str = "arn:aws:kms:us-east-1:111122223333:key/k1";
+        const K2: &str = "arn:aws:kms:us-east-1:111122223333:key/k2";
+        let mut rkc = resource();
+        let current = RecordingKeyConfigStatus {
+            kms_key_arn: Some(K2.into()),
+            ..RecordingKeyConfigStatus::default()
+        };
+        let mut one = ring(vec![pair(1, 1), pair(2, 2), pair(3, 3)], None);
+        let names: Vec<String> = one
+            .records()
+            .iter()
+            .map(|r| r.secret_name.clone())
+            .collect();
+        one.prove_wrap(&names[0], K2, ts("2026-01-02T00:00:00Z"));
+        let status = desired(&input(&rkc, Some(&current), &one));
+        let rewrapped = condition(&status, REWRAPPED).unwrap();
+        assert_eq!(
+            (rewrapped.status.as_str(), rewrapped.reason.as_str()),
+            ("False", "RewrapPending")
+        );
+        assert_eq!(
+            rewrapped.message,
+            format!("1/3 retained key pairs rewrapped onto {K2}; 2 still depend only on {K1}")
+        );
+        assert_eq!(
+            status.kms_keys,
+            vec![
+                KmsKeyUse {
+                    kms_key_arn: K1.into(),
+                    key_pairs: 2
+                },
+                KmsKeyUse {
+                    kms_key_arn: K2.into(),
+                    key_pairs: 1
+                },
+            ]
+        );
+        let entry = status
+            .key_pair_history
+            .iter()
+            .find(|e| e.secret_name == names[0])
+            .unwrap();
+        assert_eq!(entry.kms_key_arn, K1, "the original key stays recorded");
+        assert_eq!(entry.rewrapped_kms_key_arn.as_deref(), Some(K2));
+
+        rkc.spec.rewrap = crate::crd::RewrapPolicy::Never;
+        let status = desired(&input(&rkc, Some(&current), &one));
+        assert_eq!(
+            condition(&status, REWRAPPED).unwrap().reason,
+            "RewrapDisabled"
+        );
+
+        for name in &names[1..] {
+            one.prove_wrap(name, K2, ts("2026-01-02T00:00:00Z"));
+        }
+        let status = desired(&input(&rkc, Some(&current), &one));
+        let rewrapped = condition(&status, REWRAPPED).unwrap();
+        assert_eq!(
+            (rewrapped.status.as_str(), rewrapped.reason.as_str()),
+            ("True", "Rewrapped")
+        );
+        assert_eq!(
+            status.kms_keys,
+            vec![KmsKeyUse {
+                kms_key_arn: K2.into(),
+                key_pairs: 3
+            }]
+        );
+    }
+
+    /// Key pair Secrets status does not record (past historyLimit) cannot be rewrapped: the
+    /// condition says so and kmsKeys keeps their key listed, so it does not look unused.
+    #[test]
+    fn unrecorded_pairs_keep_their_key_listed() {
+        const K1: &str = "arn:aws:kms:us-east-1:111122223333:key/k1";
+        const K2: &str = "arn:aws:kms:us-east-1:111122223333:key/k2";
+        let rkc = resource();
+        let records = vec![pair(1, 1), pair(2, 2)];
+        let recorded = RecordingKeyConfigStatus {
+            kms_key_arn: Some(K2.into()),
+            key_pair_history: vec![records[1].to_history_entry()],
+            ..RecordingKeyConfigStatus::default()
+        };
+        let reading = Reading {
+            acknowledged: BTreeSet::new(),
+            pruning: None,
+            now: ts("2026-01-02T00:00:00Z"),
+        };
+        let mut one = KeyRing::new(records.clone(), Tokens::new(), Some(&recorded), &reading);
+        one.prove_wrap(&records[1].secret_name, K2, ts("2026-01-02T00:00:00Z"));
+        let status = desired(&input(&rkc, Some(&recorded), &one));
+        let rewrapped = condition(&status, REWRAPPED).unwrap();
+        assert_eq!(
+            rewrapped.reason, "KeyPairsNotRecorded",
+            "{}",
+            rewrapped.message
+        );
+        assert!(rewrapped.message.contains(&format!("1 more key pair Secrets are not recorded in status (older than spec.historyLimit 10, or not yet proven) and stay under {K1}")), "{}", rewrapped.message);
+        assert_eq!(
+            status.kms_keys,
+            vec![
+                KmsKeyUse {
+                    kms_key_arn: K1.into(),
+                    key_pairs: 1
+                },
+                KmsKeyUse {
+                    kms_key_arn: K2.into(),
+                    key_pairs: 1
+                },
+            ]
+        );
     }
 }

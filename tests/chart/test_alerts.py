@@ -18,7 +18,8 @@ ALERTS_DIR = Path(__file__).parent / "alerts"
 RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
 ALERTS = ["KekeeperOperatorAbsent", "KekeeperKmsUnavailable", "KekeeperRotationOverdue",
           "KekeeperHistoricalKeysAtRisk", "KekeeperKeyPairMissing", "KekeeperKeyPairIntegrity",
-          "KekeeperKeyPairsQuarantined", "KekeeperKeyStoreNotSynced", "KekeeperReconcileErrors",
+          "KekeeperKeyPairsQuarantined", "KekeeperKeyStoreNotSynced", "KekeeperRewrapFailed",
+          "KekeeperReconcileErrors",
           "KekeeperNotReady"]
 DEFAULT_RUNBOOKS = "https://github.com/kekeeper/kekeeper/blob/main/docs/runbooks.md"
 
