@@ -1379,7 +1379,7 @@ impl KeyStore {
                 key: prefix,
                 code: "TooManyObjects".to_owned(),
                 message: format!(
-                    "more than {MAX_CONFIG_OBJECTS} objects under this config's prefix (at most 10,000 key pairs with their markers); none is read: remove the objects that do not belong there"
+                    "more than {MAX_CONFIG_OBJECTS} objects under this config's prefix (at most 10,000 key pairs with their markers and wraps); none is read: remove the objects that do not belong there"
                 ),
             });
         }
@@ -1698,6 +1698,16 @@ mod tests {
                 "{marker}"
             );
         }
+        for key_id in [KEY_ID_B, "mrk-0123456789abcdef0123456789abcdef"] {
+            let wrap = KeyStoreUrl::wrap_key(&key, key_id);
+            assert_eq!(
+                wrap,
+                format!(
+                    "prod/key-pairs/telephony/recordings/org%2F1%20%C3%A4/0000000007.wrap-{key_id}.json"
+                )
+            );
+            assert_eq!(object_name(&wrap, &prefix), ObjectName::Wrap, "{wrap}");
+        }
         assert_eq!(escape(".."), "%2E%2E");
         let max = url.object_key("telephony", "recordings", "o", MAX_SEQUENCE);
         assert!(matches!(
@@ -1725,6 +1735,20 @@ mod tests {
             "org-1/0000000001",
             "org-1/1.retired.json",
             "org-1/0000000001.other.json",
+            // Wraps: exactly a lowercase UUID or mrk- and 32 hex digits, after ten digits.
+            "org-1/1.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json",
+            "org-1/0000000001.wrap-.json",
+            "org-1/0000000001.wrap-0B7C2A34-5D6E-4F70-8A9B-0C1D2E3F4A5B.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5.json",
+            "org-1/0000000001.wrap-0b7c2a345d6e4f708a9b0c1d2e3f4a5b.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5g.json",
+            "org-1/0000000001.wrap-mrk-0123456789abcdef0123456789abcde.json",
+            "org-1/0000000001.wrap-mrk-0123456789ABCDEF0123456789abcdef.json",
+            "org-1/0000000001.wrap-alias%2Frecordings.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json",
+            "org-1/0000000001.retired.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json.json",
             "org-1/x/0000000001.json",
             "org%2D1/0000000001.json",
             "org%2f1/0000000001.json",
@@ -2076,6 +2100,213 @@ mod tests {
     fn state_of(listing: &Listing, p: &KeyPairSecret) -> (KeyPairState, bool) {
         let entry = listing.get(&p.secret_name).unwrap();
         (entry.pair.as_ref().unwrap().state, entry.pruned)
+    }
+
+    const KEY_ID_B: &str = "0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+    const KEY_B: &str =
+        "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+    const KEY_C: &str =
+        "arn:aws:kms:us-east-1:111122223333:key/mrk-0123456789abcdef0123456789abcdef";
+
+    fn wrap(key_arn: &str, byte: u8, at: &str) -> Wrap {
+        Wrap {
+            kms_key_arn: key_arn.to_owned(),
+            ciphertext: vec![byte; 32],
+            created_at: at.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn kms_key_ids_are_taken_from_key_arns_only() {
+        assert_eq!(kms_key_id(KEY_B), Some(KEY_ID_B));
+        assert_eq!(
+            kms_key_id(KEY_C),
+            Some("mrk-0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(
+            kms_key_id(
+                "arn:aws-cn:kms:cn-north-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+            ),
+            Some(KEY_ID_B)
+        );
+        for bad in [
+            "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "arn:aws:kms:us-east-1:111122223333:key/../0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:111122223333:key/0B7C2A34-5D6E-4F70-8A9B-0C1D2E3F4A5B",
+            "arn:aws:s3:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:1111:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms::111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:x:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:111122223333:key/mrk-0123",
+            "arn:aws:kms:us-east-1:111122223333:key/k1",
+            "",
+        ] {
+            assert_eq!(kms_key_id(bad), None, "{bad}");
+        }
+    }
+
+    /// A wrap is written once: the same wrap again is a retry, another wrap of the pair under
+    /// that key is returned (not overwritten), an object that is no wrap of the pair is an
+    /// error; what cannot be a wrap is refused before any request.
+    #[tokio::test]
+    async fn a_wrap_is_written_once_and_a_retry_or_another_is_told_apart() {
+        let objects = memory::MemoryObjects::new();
+        let store = store_of(&objects);
+        let first = pair("org-1", 1);
+        store.put(&first, None).await.unwrap();
+        let b = wrap(KEY_B, 1, "2026-06-01T00:00:00Z");
+        assert_eq!(store.put_wrap(&first, &b).await.unwrap(), WrapPut::Created);
+        assert_eq!(store.put_wrap(&first, &b).await.unwrap(), WrapPut::Exists);
+        let key = KeyStoreUrl::wrap_key(&store.object_key_of(&first), KEY_ID_B);
+        let written = objects.objects()[&key].clone();
+        let object: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(object["format"], WRAP_FORMAT);
+        assert_eq!(object["publicKeyFingerprint"], first.fingerprint());
+        assert_eq!(object["keyPairId"], first.key_pair_id);
+        assert_eq!(object["kmsKeyArn"], KEY_B);
+        assert!(!String::from_utf8_lossy(&written).contains("PRIVATE KEY"));
+
+        // A crash after an earlier ReEncrypt: another blob under the same key is returned.
+        let again = wrap(KEY_B, 2, "2026-06-02T00:00:00Z");
+        assert_eq!(
+            store.put_wrap(&first, &again).await.unwrap(),
+            WrapPut::Other(b.clone())
+        );
+        assert_eq!(objects.objects()[&key], written, "never overwritten");
+
+        // Another pair's wrap under this pair's name: an error, not overwritten.
+        let second = pair("org-1", 2);
+        let planted = KeyStoreUrl::wrap_key(&store.object_key_of(&second), KEY_ID_B);
+        objects.overwrite(&planted, written.clone());
+        let err = store.put_wrap(&second, &b).await.unwrap_err();
+        assert_eq!(err.code, "ObjectExists");
+        assert!(err.message.contains("not a wrap of"), "{err}");
+        assert_eq!(objects.objects()[&planted], written);
+
+        let puts = objects.calls().0;
+        let mut empty = wrap(KEY_C, 1, "2026-06-01T00:00:00Z");
+        empty.ciphertext.clear();
+        for bad in [
+            wrap(
+                "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+                1,
+                "2026-06-01T00:00:00Z",
+            ),
+            wrap(&first.kms_key_arn, 1, "2026-06-01T00:00:00Z"),
+            empty,
+        ] {
+            let err = store.put_wrap(&first, &bad).await.unwrap_err();
+            assert_eq!(err.code, "InvalidWrap", "{bad:?}");
+        }
+        let huge = pair("org-1", MAX_SEQUENCE + 1);
+        assert_eq!(
+            store.put_wrap(&huge, &b).await.unwrap_err().code,
+            "InvalidSequence"
+        );
+        assert_eq!(objects.calls().0, puts, "refused before any request");
+    }
+
+    /// The listing brings each pair's wraps back, oldest first; a wrap naming another pair,
+    /// another fingerprint, another key than its name, or junk, is refused and reported, and
+    /// the pair is listed without it.
+    #[tokio::test]
+    async fn the_listing_brings_wraps_back_and_refuses_planted_ones() {
+        let objects = memory::MemoryObjects::new();
+        let store = store_of(&objects);
+        let (first, second) = (pair("org-1", 1), pair("org-1", 2));
+        store.put(&first, None).await.unwrap();
+        store.put(&second, None).await.unwrap();
+        let (c, b) = (
+            wrap(KEY_C, 3, "2026-07-01T00:00:00Z"),
+            wrap(KEY_B, 2, "2026-06-01T00:00:00Z"),
+        );
+        store.put_wrap(&first, &c).await.unwrap();
+        store.put_wrap(&first, &b).await.unwrap();
+        store
+            .mark(
+                &first,
+                MarkKind::Retired,
+                "2026-05-01T00:00:00Z".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+
+        let listing = store.list("telephony", "recordings").await.unwrap();
+        assert_eq!(listing.entries.len(), 2, "{listing:?}");
+        let listed = listing.get(&first.secret_name).unwrap();
+        let listed = listed.pair.as_ref().unwrap();
+        assert_eq!(listed.wraps, vec![b.clone(), c.clone()], "oldest first");
+        assert_eq!(listed.state, KeyPairState::Retired);
+        let other = listing.get(&second.secret_name).unwrap();
+        assert!(other.pair.as_ref().unwrap().wraps.is_empty());
+
+        // Planted beside the second pair: the first pair's wrap object (another key pair id
+        // and fingerprint), one whose name says another key, one with another fingerprint,
+        // junk, and one over the size limit.
+        let second_key = store.object_key_of(&second);
+        let first_wrap = objects.objects()
+            [&KeyStoreUrl::wrap_key(&store.object_key_of(&first), KEY_ID_B)]
+            .clone();
+        objects.overwrite(&KeyStoreUrl::wrap_key(&second_key, KEY_ID_B), first_wrap);
+        let mut renamed = StoredWrap::of(&second, &b);
+        renamed.kms_key_arn = KEY_C.to_owned();
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "1b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+            serde_json::to_vec(&renamed).unwrap(),
+        );
+        let mut fingerprint = StoredWrap::of(&second, &c);
+        fingerprint.public_key_fingerprint = first.fingerprint();
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "mrk-0123456789abcdef0123456789abcdef"),
+            serde_json::to_vec(&fingerprint).unwrap(),
+        );
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "2b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+            b"junk".to_vec(),
+        );
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "3b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+            vec![b' '; MAX_OBJECT_BYTES + 1],
+        );
+        let listing = store.list("telephony", "recordings").await.unwrap();
+        let listed = listing.get(&second.secret_name).unwrap();
+        assert!(listed.pair.as_ref().unwrap().wraps.is_empty(), "{listed:?}");
+        let refused: Vec<(&str, &str)> = listing
+            .entries
+            .iter()
+            .filter_map(|e| Some((e.key.as_str(), e.pair.as_ref().err()?.as_str())))
+            .collect();
+        assert_eq!(refused.len(), 5, "{refused:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|(key, why)| key.contains(".wrap-") && why.starts_with("wrap ignored: ")),
+            "{refused:?}"
+        );
+        let why = |id: &str| {
+            refused
+                .iter()
+                .find(|(key, _)| key.contains(id))
+                .map(|(_, why)| *why)
+                .unwrap()
+        };
+        assert!(why(KEY_ID_B).contains("not telephony/"), "{refused:?}");
+        assert!(
+            why("1b7c2a34").contains("its name says KMS key"),
+            "{refused:?}"
+        );
+        assert!(why("mrk-").contains("fingerprint"), "{refused:?}");
+        assert!(why("2b7c2a34").contains("not a wrap object"), "{refused:?}");
+        assert!(why("3b7c2a34").contains("limit"), "{refused:?}");
+        // Refused wraps take no sequence.
+        assert!(
+            listing
+                .entries
+                .iter()
+                .filter(|e| e.pair.is_err())
+                .all(|e| e.sequence.is_none())
+        );
     }
 
     fn ttl() -> jiff::SignedDuration {
