@@ -23,6 +23,7 @@ use crate::keypair::{
 };
 pub use crate::keyring::Tokens;
 use crate::keyring::{KeyRing, Pruning, Reading};
+use crate::keystore::KeyStoreUrl;
 use crate::kms::{KeyDescription, Kms, KmsError, KmsErrorKind};
 use crate::{policy, selftest};
 
@@ -216,7 +217,9 @@ impl Observation {
         let (Ok(config), Some(listed), Some(KeyCheck::Usable { description, .. })) =
             (&self.config, &self.listed, &self.key)
         else {
-            self.proofs = Some(ProofCheck::default());
+            let check = ProofCheck::default();
+            self.keep_proven_wraps(ctx, names, &check);
+            self.proofs = Some(check);
             return Ok(());
         };
         // The resource's cache may not have our own newest status yet (a reconcile woken by
@@ -228,6 +231,8 @@ impl Observation {
         let fresh = api.get_status(&self.name).await?;
         let anchors = ring_of(&fresh, Vec::new(), Tokens::new(), self.now);
         let mut unproven = Vec::new();
+        // Trusted pairs restored from the store with wraps: only the wraps are proven.
+        let mut wraps_only = Vec::new();
         for name in names {
             let Some(pair) = listed.iter().find(|p| &p.secret_name == name) else {
                 continue;
@@ -237,6 +242,12 @@ impl Observation {
                 || ctx.proven_here(&self.namespace, name, &fingerprint)
             {
                 self.ring.prove(name);
+                if !pair.wraps.is_empty() {
+                    wraps_only.push(name.clone());
+                }
+            } else if !pair.wraps.is_empty() && self.ring.is_trusted(&pair.record) {
+                // A retired pair restored from the store (trusted: never published).
+                wraps_only.push(name.clone());
             } else if let Some(q) = anchors
                 .quarantined()
                 .find(|q| &q.secret_name == name && q.fingerprint == pair.fingerprint())
@@ -253,6 +264,7 @@ impl Observation {
             &description.key_arn,
             listed,
             &unproven,
+            &wraps_only,
         )
         .await;
         for name in &check.proven {
@@ -264,8 +276,54 @@ impl Observation {
         for quarantined in &check.quarantined {
             self.ring.quarantine(quarantined.clone());
         }
+        self.keep_proven_wraps(ctx, names, &check);
         self.proofs = Some(check);
         Ok(())
+    }
+
+    /// The candidates in `names` keep only the wraps their proofs proved: a restored Secret
+    /// carries no wrap KMS did not prove (docs/design.md, "The key store", wrap objects). The
+    /// wraps that failed are reported with the store's refused objects (status, events).
+    fn keep_proven_wraps<K>(&mut self, ctx: &Context<K>, names: &[String], check: &ProofCheck) {
+        let keep = |pair: &mut KeyPairSecret| {
+            if names.contains(&pair.secret_name) && !pair.wraps.is_empty() {
+                pair.wraps = check
+                    .wraps
+                    .get(&pair.secret_name)
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        };
+        self.listed.iter_mut().flatten().for_each(keep);
+        let (
+            Some(store),
+            Some(StoreCheck {
+                result: Ok(sync), ..
+            }),
+        ) = (&ctx.key_store, &mut self.store)
+        else {
+            return;
+        };
+        sync.restore.iter_mut().for_each(keep);
+        for dropped in &check.dropped_wraps {
+            let object = store.url().object_key(
+                &self.namespace,
+                &self.name,
+                &dropped.organization_id,
+                dropped.sequence,
+            );
+            let key = match crate::keystore::kms_key_id(&dropped.kms_key_arn) {
+                Some(key_id) => KeyStoreUrl::wrap_key(&object, key_id),
+                None => format!("{object} (wrap under {})", dropped.kms_key_arn),
+            };
+            if sync
+                .restore
+                .iter()
+                .any(|p| p.secret_name == dropped.secret_name)
+            {
+                sync.refused.push((key, dropped.problem.clone()));
+            }
+        }
     }
 
     /// Lists the config's pairs in the key store and compares them with the Secrets (listed

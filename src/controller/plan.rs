@@ -167,8 +167,8 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
 }
 
 /// The candidates to prove: pairs labelled active that status has not recorded (Secrets, and
-/// objects the store could restore), and retired Secrets the store lacks (written there only
-/// once proven). Quarantined pairs are not proven again while they hold the same public key.
+/// objects the store could restore), retired Secrets the store lacks (written there only
+/// once proven), and the wraps of pairs the store restores. Quarantined pairs are not proven again while they hold the same public key.
 fn to_prove(obs: &Observation, organizations: &[String]) -> Vec<String> {
     let ring = &obs.ring;
     let mut names: Vec<String> = ring
@@ -184,6 +184,13 @@ fn to_prove(obs: &Observation, organizations: &[String]) -> Vec<String> {
                 && !ring.is_quarantined(r)
         });
         names.extend(unproven_retired.map(|r| r.secret_name.clone()));
+        // Pairs the store restores with wraps: no wrap is published unproven, even with a
+        // trusted pair (docs/design.md, "The key store", wrap objects).
+        let wrapped = sync.restore.iter().filter(|p| {
+            !p.wraps.is_empty() && !ring.is_quarantined(p) && !names.contains(&p.secret_name)
+        });
+        let wrapped: Vec<String> = wrapped.map(|p| p.secret_name.clone()).collect();
+        names.extend(wrapped);
     }
     names
 }

@@ -1,10 +1,13 @@
 //! The proof of a candidate key pair (docs/design.md, "Proof before publication"): a pair the
 //! operator did not make in this reconcile and that status has not recorded (a Secret someone
 //! created or restored, an object from the key store) becomes trusted only once KMS `Decrypt`
-//! of its blob, under the key the alias resolves to and with the config's encryption context
+//! of its blob (its newest wrap under the alias's key, else the blob it was made with), under
+//! the key the alias resolves to and with the config's encryption context
 //! for its organisation, gives a private key whose public half is the pair's, and its name is
 //! the one its config, organisation and sequence give. The plaintext private key lives only in
 //! a zeroising buffer for the comparison.
+
+use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
@@ -12,7 +15,7 @@ use super::context::Context;
 use super::custody;
 use crate::arn::AliasArn;
 use crate::config::ValidatedConfig;
-use crate::keypair::{KeyPairRecord, KeyPairSecret, KeyPairState};
+use crate::keypair::{KeyPairRecord, KeyPairSecret, KeyPairState, Wrap};
 use crate::keyring::Quarantined;
 use crate::kms::{EncryptionContext, Kms, KmsError, KmsErrorKind};
 
@@ -23,16 +26,37 @@ pub struct ProofCheck {
     pub proven: Vec<String>,
     /// Pairs whose proof failed: a verdict of KMS or of the comparison.
     pub quarantined: Vec<Quarantined>,
+    /// The wraps each pair keeps, by Secret name, for every pair whose wraps were looked at:
+    /// the one that proved it (at most one), none when the pair was proven with its original
+    /// blob. A wrap not proven here is not restored or published.
+    pub wraps: BTreeMap<String, Vec<Wrap>>,
+    /// Wraps whose proof failed (a verdict): dropped, and reported. They quarantine nothing
+    /// (docs/design.md, "The key store", wrap objects).
+    pub dropped_wraps: Vec<DroppedWrap>,
     /// A KMS failure that is no verdict on any pair (throttling, network, access denied): the
     /// pairs not yet proven stay candidates.
     pub error: Option<KmsError>,
 }
 
-/// Proves the pairs named in `names` (blobs from `listed`), one KMS Decrypt each, at the
-/// symmetric pace. An active
-/// candidate is decrypted under `alias_key_arn`, the key the alias resolves to now; a retired
-/// one (a pair the key store lacks, to be written there) under its own KMS key, which must be
-/// in the alias's account and Region. Stops at the first KMS failure that is no verdict.
+/// A wrap that failed its proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedWrap {
+    pub secret_name: String,
+    pub organization_id: String,
+    pub sequence: u64,
+    /// The KMS key the wrap says it is under.
+    pub kms_key_arn: String,
+    pub problem: String,
+}
+
+/// Proves the pairs named in `names` (blobs from `listed`), at the symmetric pace. A pair with
+/// wraps under `alias_key_arn`, the key the alias resolves to now, is proven with the newest of
+/// them (one KMS Decrypt under that key); a wrap that fails is dropped and the next one, then
+/// the original blob, is tried. The original blob of an active candidate is decrypted under
+/// `alias_key_arn`; of a retired one (a pair the key store lacks, to be written there) under
+/// its own KMS key, which must be in the alias's account and Region. The pairs in `wraps_only`
+/// are trusted already (status recorded them): only their wraps are proven. Stops at the first
+/// KMS failure that is no verdict.
 pub async fn prove<K: Kms>(
     ctx: &Context<K>,
     config: &ValidatedConfig,
@@ -40,64 +64,154 @@ pub async fn prove<K: Kms>(
     alias_key_arn: &str,
     listed: &[KeyPairSecret],
     names: &[String],
+    wraps_only: &[String],
 ) -> ProofCheck {
     let mut check = ProofCheck::default();
-    for pair in names
-        .iter()
-        .filter_map(|name| listed.iter().find(|p| &p.secret_name == name))
-    {
-        let verdict = match precheck(pair, config, config_name, alias_key_arn) {
-            Err(problem) => Err(problem),
-            Ok((key_arn, context)) => {
-                // A Decrypt: the symmetric budget (docs/design.md, "Rate limits").
-                let _decrypt = ctx.kms_pace.symmetric().acquire().await;
-                match ctx
-                    .kms
-                    .decrypt_private_key(key_arn, &pair.private_key_ciphertext, &context)
-                    .await
-                {
-                    Ok(private_key) => custody::compare(&private_key, &pair.fingerprint()),
-                    Err(err)
-                        if matches!(
-                            err.kind,
-                            KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey
-                        ) =>
-                    {
-                        Err(format!(
-                            "KMS will not decrypt its private key blob under {key_arn} with \
-                             the encryption context {{{}: {}}}: {}",
-                            context.key, context.organization_id, err.code
-                        ))
-                    }
+    let find = |name: &String| listed.iter().find(|p| &p.secret_name == name);
+    for pair in wraps_only.iter().filter_map(find) {
+        let Ok(context) = names_and_context(pair, config, config_name) else {
+            check.wraps.insert(pair.secret_name.clone(), Vec::new());
+            continue;
+        };
+        match prove_wraps(ctx, pair, alias_key_arn, &context, &mut check).await {
+            Ok(wrap) => {
+                check
+                    .wraps
+                    .insert(pair.secret_name.clone(), wrap.into_iter().collect());
+            }
+            Err(err) => {
+                check.error = Some(err);
+                return check;
+            }
+        }
+    }
+    for pair in names.iter().filter_map(find) {
+        let mut verdict = match names_and_context(pair, config, config_name) {
+            Err(problem) => Some(Err(problem)),
+            Ok(context) => {
+                match prove_wraps(ctx, pair, alias_key_arn, &context, &mut check).await {
                     Err(err) => {
-                        warn!(secret = %pair.secret_name, code = %err.code, "proof interrupted by a KMS failure");
                         check.error = Some(err);
                         return check;
                     }
+                    Ok(Some(wrap)) => {
+                        check.wraps.insert(pair.secret_name.clone(), vec![wrap]);
+                        Some(Ok(()))
+                    }
+                    Ok(None) => None,
                 }
             }
         };
+        if verdict.is_none() {
+            check.wraps.insert(pair.secret_name.clone(), Vec::new());
+            verdict = Some(match precheck(pair, config, config_name, alias_key_arn) {
+                Err(problem) => Err(problem),
+                Ok((key_arn, context)) => {
+                    match decrypt(ctx, pair, key_arn, &pair.private_key_ciphertext, &context).await
+                    {
+                        Ok(verdict) => verdict,
+                        Err(err) => {
+                            check.error = Some(err);
+                            return check;
+                        }
+                    }
+                }
+            });
+        }
         match verdict {
-            Ok(()) => {
+            Some(Ok(())) => {
                 info!(secret = %pair.secret_name, "candidate key pair proven through KMS");
                 check.proven.push(pair.secret_name.clone());
             }
-            Err(problem) => {
+            Some(Err(problem)) => {
                 warn!(secret = %pair.secret_name, problem = %problem, "candidate key pair quarantined");
                 check.quarantined.push(quarantined(&pair.record, &problem));
             }
+            None => {}
         }
     }
     check
 }
 
-/// The checks that need no KMS; the key and encryption context to decrypt with.
-fn precheck<'a>(
-    pair: &'a KeyPairSecret,
+/// The newest of `pair`'s wraps under `alias_key_arn` that KMS proves, trying them newest
+/// first; each that fails (a verdict) is recorded in `check` as dropped. `Err`: a KMS failure
+/// that is no verdict.
+async fn prove_wraps<K: Kms>(
+    ctx: &Context<K>,
+    pair: &KeyPairSecret,
+    alias_key_arn: &str,
+    context: &EncryptionContext,
+    check: &mut ProofCheck,
+) -> Result<Option<Wrap>, KmsError> {
+    for wrap in pair
+        .wraps
+        .iter()
+        .rev()
+        .filter(|w| w.kms_key_arn == alias_key_arn)
+    {
+        match decrypt(ctx, pair, alias_key_arn, &wrap.ciphertext, context).await? {
+            Ok(()) => {
+                info!(secret = %pair.secret_name, key = %alias_key_arn, "wrap of a candidate key pair proven through KMS");
+                return Ok(Some(wrap.clone()));
+            }
+            Err(problem) => {
+                warn!(secret = %pair.secret_name, key = %alias_key_arn, problem = %problem, "wrap dropped: it failed its proof");
+                check.dropped_wraps.push(DroppedWrap {
+                    secret_name: pair.secret_name.clone(),
+                    organization_id: pair.organization_id.clone(),
+                    sequence: pair.sequence,
+                    kms_key_arn: wrap.kms_key_arn.clone(),
+                    problem: format!("the wrap failed its proof and is not restored: {problem}"),
+                });
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One KMS Decrypt of `ciphertext` (a blob of `pair`'s private key) under `key_arn`, compared
+/// with the pair's fingerprint: the verdict, or `Err` for a KMS failure that is no verdict.
+async fn decrypt<K: Kms>(
+    ctx: &Context<K>,
+    pair: &KeyPairSecret,
+    key_arn: &str,
+    ciphertext: &[u8],
+    context: &EncryptionContext,
+) -> Result<Result<(), String>, KmsError> {
+    // A Decrypt: the symmetric budget (docs/design.md, "Rate limits").
+    let _decrypt = ctx.kms_pace.symmetric().acquire().await;
+    match ctx
+        .kms
+        .decrypt_private_key(key_arn, ciphertext, context)
+        .await
+    {
+        Ok(private_key) => Ok(custody::compare(&private_key, &pair.fingerprint())),
+        Err(err)
+            if matches!(
+                err.kind,
+                KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey
+            ) =>
+        {
+            Ok(Err(format!(
+                "KMS will not decrypt its private key blob under {key_arn} with the encryption \
+                 context {{{}: {}}}: {}",
+                context.key, context.organization_id, err.code
+            )))
+        }
+        Err(err) => {
+            warn!(secret = %pair.secret_name, code = %err.code, "proof interrupted by a KMS failure");
+            Err(err)
+        }
+    }
+}
+
+/// The checks that need no KMS and no key: the organisation, the name, the encryption
+/// context; the context to decrypt with.
+fn names_and_context(
+    pair: &KeyPairSecret,
     config: &ValidatedConfig,
     config_name: &str,
-    alias_key_arn: &'a str,
-) -> Result<(&'a str, EncryptionContext), String> {
+) -> Result<EncryptionContext, String> {
     let org = &pair.organization_id;
     if !config.organization_ids.contains(org) {
         return Err(format!("organisation {org} is not in the spec"));
@@ -126,6 +240,18 @@ fn precheck<'a>(
             context.key, context.organization_id, wanted.key, wanted.organization_id
         ));
     }
+    Ok(wanted)
+}
+
+/// The checks that need no KMS; the key and encryption context to decrypt the original blob
+/// with.
+fn precheck<'a>(
+    pair: &'a KeyPairSecret,
+    config: &ValidatedConfig,
+    config_name: &str,
+    alias_key_arn: &'a str,
+) -> Result<(&'a str, EncryptionContext), String> {
+    let wanted = names_and_context(pair, config, config_name)?;
     match pair.state {
         KeyPairState::Active if pair.kms_key_arn != alias_key_arn => Err(format!(
             "it names KMS key {}, not {alias_key_arn}, the key {} resolves to",
