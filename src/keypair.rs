@@ -36,6 +36,12 @@ pub const ANNOTATION_ROTATE_NOW_TOKEN: &str = "kekeeper.io/rotate-now-token";
 pub const DATA_PUBLIC_KEY: &str = "publicKey.pem";
 pub const DATA_PRIVATE_KEY: &str = "privateKey.kms";
 pub const DATA_METADATA: &str = "metadata.json";
+/// The data keys of a wrap (docs/design.md, "Rewrap"): `privateKey.<KEY-ID>.kms`, the blob
+/// under the KMS key whose id is KEY-ID, and `privateKey.<KEY-ID>.json`, which names that key's
+/// ARN and when the wrap was made. One wrap per KMS key and Secret, added once, never changed.
+const WRAP_PREFIX: &str = "privateKey.";
+const WRAP_BLOB_SUFFIX: &str = ".kms";
+const WRAP_ENTRY_SUFFIX: &str = ".json";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyPairState {
@@ -266,7 +272,7 @@ impl KeyPairSecret {
         };
         let metadata_json = serde_json::to_vec_pretty(&metadata)?;
 
-        let data = BTreeMap::from([
+        let mut data = BTreeMap::from([
             (
                 DATA_PUBLIC_KEY.to_owned(),
                 ByteString(self.public_key_pem().into_bytes()),
@@ -277,6 +283,9 @@ impl KeyPairSecret {
             ),
             (DATA_METADATA.to_owned(), ByteString(metadata_json)),
         ]);
+        for wrap in &self.wraps {
+            data.extend(wrap_secret_data(wrap)?);
+        }
 
         Ok(Secret {
             metadata: ObjectMeta {
@@ -404,8 +413,13 @@ impl KeyPairSecret {
         Ok(KeyPairSecret {
             record,
             private_key_ciphertext,
-            wraps: Vec::new(),
+            wraps: wraps_from_secret(secret),
         })
+    }
+
+    /// The wrap of this pair under `kms_key_arn`, if its Secret holds one.
+    pub fn wrap_under(&self, kms_key_arn: &str) -> Option<&Wrap> {
+        self.wraps.iter().find(|w| w.kms_key_arn == kms_key_arn)
     }
 
     /// The generated pair this Secret stores, e.g. to re-run [`crate::selftest::verify`] on it.
@@ -470,6 +484,94 @@ impl KeyPairRecord {
             missing: false,
         }
     }
+}
+
+/// The `privateKey.<KEY-ID>.json` entry of a wrap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WrapEntry {
+    kms_key_arn: String,
+    created_at: Timestamp,
+}
+
+/// The id of a KMS key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`): a UUID or `mrk-` and 32 hex
+/// digits; `None` for anything else (an alias, a malformed ARN).
+pub fn kms_key_id(kms_key_arn: &str) -> Option<&str> {
+    let (prefix, id) = kms_key_arn.rsplit_once(":key/")?;
+    if !prefix.starts_with("arn:") || prefix.split(':').count() != 5 {
+        return None;
+    }
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let uuid = id.len() == 36
+        && id.split('-').map(str::len).eq([8, 4, 4, 4, 12])
+        && id.split('-').all(hex);
+    let mrk = id
+        .strip_prefix("mrk-")
+        .is_some_and(|rest| rest.len() == 32 && hex(rest));
+    (uuid || mrk).then_some(id)
+}
+
+/// The two data keys of the wrap under `kms_key_arn`: the blob and its entry. An ARN without a
+/// key id has none (no wrap is ever made under it).
+pub fn wrap_data_keys(kms_key_arn: &str) -> Option<(String, String)> {
+    let id = kms_key_id(kms_key_arn)?;
+    Some((
+        format!("{WRAP_PREFIX}{id}{WRAP_BLOB_SUFFIX}"),
+        format!("{WRAP_PREFIX}{id}{WRAP_ENTRY_SUFFIX}"),
+    ))
+}
+
+/// A wrap as Secret data: `privateKey.<KEY-ID>.kms` and `privateKey.<KEY-ID>.json`. What a
+/// rewrap adds to a key pair Secret with a merge patch (docs/design.md, "Rewrap"); an ARN
+/// without a key id is an error, as is an entry that cannot be serialised.
+pub fn wrap_secret_data(wrap: &Wrap) -> Result<BTreeMap<String, ByteString>, serde_json::Error> {
+    use serde::ser::Error as _;
+    let (blob, entry) = wrap_data_keys(&wrap.kms_key_arn).ok_or_else(|| {
+        serde_json::Error::custom(format!("{} is not a KMS key ARN", wrap.kms_key_arn))
+    })?;
+    let json = serde_json::to_vec(&WrapEntry {
+        kms_key_arn: wrap.kms_key_arn.clone(),
+        created_at: wrap.created_at,
+    })?;
+    Ok(BTreeMap::from([
+        (blob, ByteString(wrap.ciphertext.clone())),
+        (entry, ByteString(json)),
+    ]))
+}
+
+/// The wraps a key pair Secret holds, oldest first. An entry that does not parse, names another
+/// key than its data key, or lacks its blob is not a wrap and is skipped: a namespace editor
+/// can add data keys to a Secret, so a wrap is only a candidate until status records it or a
+/// proof through KMS passes (docs/design.md, "Rewrap").
+pub fn wraps_from_secret(secret: &Secret) -> Vec<Wrap> {
+    let Some(data) = secret.data.as_ref() else {
+        return Vec::new();
+    };
+    let mut wraps: Vec<Wrap> = data
+        .iter()
+        .filter_map(|(key, value)| {
+            let id = key
+                .strip_prefix(WRAP_PREFIX)?
+                .strip_suffix(WRAP_ENTRY_SUFFIX)?;
+            let entry: WrapEntry = serde_json::from_slice(&value.0).ok()?;
+            (kms_key_id(&entry.kms_key_arn) == Some(id)).then_some(())?;
+            let blob = data.get(&format!("{WRAP_PREFIX}{id}{WRAP_BLOB_SUFFIX}"))?;
+            (!blob.0.is_empty()).then(|| Wrap {
+                kms_key_arn: entry.kms_key_arn,
+                ciphertext: blob.0.clone(),
+                created_at: entry.created_at,
+            })
+        })
+        .collect();
+    wraps.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then(a.kms_key_arn.cmp(&b.kms_key_arn))
+    });
+    wraps
 }
 
 /// `{name}{suffix}` as a DNS-1123 subdomain of at most 253 characters: a name too long to fit
@@ -1038,6 +1140,103 @@ mod tests {
             config_selector("recordings"),
             "kekeeper.io/config=recordings"
         );
+    }
+
+    const KEY_B: &str =
+        "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+
+    /// Wraps are added data keys: they parse back oldest first, the original blob and
+    /// metadata.json unchanged; a Secret without any reads as before.
+    #[test]
+    fn wraps_round_trip_through_added_data_keys() {
+        let mut pair = record();
+        let plain = pair.to_secret().unwrap();
+        pair.wraps = vec![
+            Wrap {
+                kms_key_arn: KEY_B.into(),
+                ciphertext: vec![5; 300],
+                created_at: "2026-12-01T00:00:00Z".parse().unwrap(),
+            },
+            Wrap {
+                kms_key_arn:
+                    "arn:aws:kms:us-east-1:111122223333:key/mrk-0123456789abcdef0123456789abcdef"
+                        .into(),
+                ciphertext: vec![6; 300],
+                created_at: "2026-12-02T00:00:00Z".parse().unwrap(),
+            },
+        ];
+        let secret = pair.to_secret().unwrap();
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(
+            data["privateKey.0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.kms"].0,
+            vec![5; 300]
+        );
+        let entry: serde_json::Value =
+            serde_json::from_slice(&data["privateKey.0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json"].0)
+                .unwrap();
+        assert_eq!(entry["kmsKeyArn"], KEY_B);
+        // Only added: every key of the plain Secret is there, unchanged.
+        for (key, value) in plain.data.as_ref().unwrap() {
+            assert_eq!(&data[key], value, "{key}");
+        }
+        assert_eq!(KeyPairSecret::from_secret(&secret).unwrap(), pair);
+        assert_eq!(pair.wrap_under(KEY_B).unwrap().ciphertext, vec![5; 300]);
+        assert!(pair.wrap_under(&pair.kms_key_arn.clone()).is_none());
+    }
+
+    /// Data keys a namespace editor adds that are not a well-formed wrap are not wraps; a
+    /// well-formed one is read as a wrap, a candidate only (nothing trusts it until status
+    /// records it or a proof passes: tested in the key ring and the controller).
+    #[test]
+    fn a_planted_or_malformed_wrap_is_not_read() {
+        let mut secret = record().to_secret().unwrap();
+        let data = secret.data.as_mut().unwrap();
+        let entry = |arn: &str| {
+            ByteString(
+                serde_json::to_vec(
+                    &serde_json::json!({"kmsKeyArn": arn, "createdAt": "2026-12-01T00:00:00Z"}),
+                )
+                .unwrap(),
+            )
+        };
+        // An entry naming another key than its data key.
+        data.insert(
+            "privateKey.0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json".into(),
+            entry("arn:aws:kms:us-east-1:111122223333:key/1b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+        );
+        data.insert(
+            "privateKey.0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.kms".into(),
+            ByteString(vec![1; 10]),
+        );
+        // No blob.
+        data.insert(
+            "privateKey.2b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json".into(),
+            entry("arn:aws:kms:us-east-1:111122223333:key/2b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+        );
+        // Not JSON; not a key id.
+        data.insert(
+            "privateKey.3b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json".into(),
+            ByteString(b"{".to_vec()),
+        );
+        data.insert(
+            "privateKey.x.json".into(),
+            entry("arn:aws:kms:us-east-1:111122223333:key/x"),
+        );
+        data.insert("privateKey.x.kms".into(), ByteString(vec![1; 10]));
+        assert_eq!(KeyPairSecret::from_secret(&secret).unwrap().wraps, vec![]);
+        assert_eq!(
+            kms_key_id(KEY_B),
+            Some("0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b")
+        );
+        for bad in [
+            "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "arn:aws:kms:us-east-1:111122223333:key/../../x",
+            "arn:aws:kms:us-east-1:111122223333:key/0B7C2A34-5D6E-4F70-8A9B-0C1D2E3F4A5B",
+            "key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:111122223333:key/mrk-0123",
+        ] {
+            assert_eq!(kms_key_id(bad), None, "{bad}");
+        }
     }
 
     #[test]
