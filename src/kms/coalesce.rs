@@ -130,6 +130,21 @@ impl<K: Kms> Kms for CoalescingKms<K> {
             .await;
         self.after(kms_key_arn, result)
     }
+
+    async fn re_encrypt(
+        &self,
+        source_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        destination_key_arn: &str,
+    ) -> Result<Vec<u8>, KmsError> {
+        let result = self
+            .inner
+            .re_encrypt(source_key_arn, ciphertext, context, destination_key_arn)
+            .await;
+        // The destination is the alias's key: a failure may mean it changed.
+        self.after(destination_key_arn, result)
+    }
 }
 
 #[cfg(test)]

@@ -365,27 +365,7 @@ impl Kms for FakeKms {
             generate_rsa(spec)
         };
 
-        let sealing = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, master_key.as_ref())
-                .unwrap_or_else(|_| panic!("FakeKms: AES key")),
-        );
-        let mut nonce = [0u8; NONCE_LEN];
-        random(&mut nonce);
-        let mut sealed = private_key.to_vec();
-        sealing
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(context)),
-                &mut sealed,
-            )
-            .unwrap_or_else(|_| panic!("FakeKms: seal"));
-
-        let mut blob = Vec::with_capacity(sealed.len() + key_arn.len() + 32);
-        blob.extend_from_slice(BLOB_MAGIC);
-        blob.extend_from_slice(&(key_arn.len() as u16).to_be_bytes());
-        blob.extend_from_slice(key_arn.as_bytes());
-        blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&sealed);
+        let blob = seal(&master_key, &key_arn, context, &private_key);
 
         Ok(GeneratedKeyPair {
             kms_key_arn: key_arn,
@@ -402,16 +382,58 @@ impl Kms for FakeKms {
         context: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         const OP: KmsOperation = KmsOperation::Decrypt;
-        let invalid = || {
+        let mut inner = self.lock();
+        Self::begin(&mut inner, OP)?;
+        Self::open(&inner, OP, kms_key_arn, ciphertext, context)
+    }
+
+    /// Opens the blob under `source_key_arn` and seals it under `destination_key_arn`, as KMS
+    /// does, the plaintext never leaving it; counted as one ReEncrypt.
+    async fn re_encrypt(
+        &self,
+        source_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        destination_key_arn: &str,
+    ) -> Result<Vec<u8>, KmsError> {
+        const OP: KmsOperation = KmsOperation::ReEncrypt;
+        let mut inner = self.lock();
+        Self::begin(&mut inner, OP)?;
+        let plaintext = Self::open(&inner, OP, source_key_arn, ciphertext, context)?;
+        let destination = inner.keys.get(destination_key_arn).ok_or_else(|| {
             KmsError::new(
                 OP,
+                KmsErrorKind::NotFound,
+                format!("Key '{destination_key_arn}' does not exist"),
+            )
+        })?;
+        Self::usable(destination, OP)?;
+        Ok(seal(
+            &destination.master_key,
+            destination_key_arn,
+            context,
+            &plaintext,
+        ))
+    }
+}
+
+impl FakeKms {
+    /// The plaintext of a blob made by [`seal`], if it is under `kms_key_arn`, that key is
+    /// usable and the context is the one it was sealed with.
+    fn open(
+        inner: &Inner,
+        operation: KmsOperation,
+        kms_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let invalid = || {
+            KmsError::new(
+                operation,
                 KmsErrorKind::InvalidCiphertext,
                 "The ciphertext is invalid or the encryption context does not match.",
             )
         };
-        let mut inner = self.lock();
-        Self::begin(&mut inner, OP)?;
-
         let rest = ciphertext.strip_prefix(BLOB_MAGIC).ok_or_else(invalid)?;
         let (len, rest) = rest.split_at_checked(2).ok_or_else(invalid)?;
         let len = u16::from_be_bytes([len[0], len[1]]) as usize;
@@ -421,19 +443,19 @@ impl Kms for FakeKms {
 
         if blob_key_arn != kms_key_arn {
             return Err(KmsError::new(
-                OP,
+                operation,
                 KmsErrorKind::IncorrectKey,
                 "The key ID in the request does not identify a KMS key that can perform this operation.",
             ));
         }
         let key = inner.keys.get(blob_key_arn).ok_or_else(|| {
             KmsError::new(
-                OP,
+                operation,
                 KmsErrorKind::NotFound,
                 format!("Key '{blob_key_arn}' does not exist"),
             )
         })?;
-        Self::usable(key, OP)?;
+        Self::usable(key, operation)?;
 
         let opening = LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, key.master_key.as_ref())
@@ -448,6 +470,37 @@ impl Kms for FakeKms {
         plaintext.truncate(len);
         Ok(plaintext)
     }
+}
+
+/// A blob of `plaintext` under the key `key_arn` (master key `master_key`), bound to
+/// `context`: magic, the key ARN, a nonce, AES-256-GCM.
+fn seal(
+    master_key: &Zeroizing<[u8; 32]>,
+    key_arn: &str,
+    context: &EncryptionContext,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let sealing = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, master_key.as_ref())
+            .unwrap_or_else(|_| panic!("FakeKms: AES key")),
+    );
+    let mut nonce = [0u8; NONCE_LEN];
+    random(&mut nonce);
+    let mut sealed = plaintext.to_vec();
+    sealing
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(context)),
+            &mut sealed,
+        )
+        .unwrap_or_else(|_| panic!("FakeKms: seal"));
+    let mut blob = Vec::with_capacity(sealed.len() + key_arn.len() + 32);
+    blob.extend_from_slice(BLOB_MAGIC);
+    blob.extend_from_slice(&(key_arn.len() as u16).to_be_bytes());
+    blob.extend_from_slice(key_arn.as_bytes());
+    blob.extend_from_slice(&nonce);
+    blob.extend_from_slice(&sealed);
+    blob
 }
 
 #[cfg(test)]
@@ -504,6 +557,55 @@ mod tests {
             1
         );
         assert_eq!(kms.total_calls(), 4);
+    }
+
+    /// ReEncrypt moves a blob onto another key with the same context: it then decrypts under
+    /// the new key only, and the old key may be disabled.
+    #[tokio::test]
+    async fn re_encrypt_moves_a_blob_onto_another_key() {
+        let kms = FakeKms::new();
+        let key_a = kms.create_key_for(&alias());
+        let pair = kms
+            .generate_key_pair(&alias(), KeyPairSpec::Rsa2048, &context("org1"))
+            .await
+            .unwrap();
+        let key_b = kms.create_key_for(&alias());
+        let wrong_context = kms
+            .re_encrypt(
+                &key_a,
+                &pair.private_key_ciphertext,
+                &context("org2"),
+                &key_b,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(wrong_context.kind, KmsErrorKind::InvalidCiphertext);
+        let moved = kms
+            .re_encrypt(
+                &key_a,
+                &pair.private_key_ciphertext,
+                &context("org1"),
+                &key_b,
+            )
+            .await
+            .unwrap();
+        assert_eq!(kms.calls(KmsOperation::ReEncrypt), 2);
+        kms.disable_key(&key_a);
+        let original = kms
+            .decrypt_private_key(&key_a, &pair.private_key_ciphertext, &context("org1"))
+            .await
+            .unwrap_err();
+        assert_eq!(original.kind, KmsErrorKind::Disabled);
+        let under_b = kms
+            .decrypt_private_key(&key_b, &moved, &context("org1"))
+            .await
+            .unwrap();
+        assert!(!under_b.is_empty());
+        let under_a = kms
+            .decrypt_private_key(&key_a, &moved, &context("org1"))
+            .await
+            .unwrap_err();
+        assert_eq!(under_a.kind, KmsErrorKind::IncorrectKey);
     }
 
     #[tokio::test]

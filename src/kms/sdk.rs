@@ -323,4 +323,32 @@ impl Kms for SdkKms {
         let plaintext = output.plaintext.ok_or_else(|| missing(OP, "Plaintext"))?;
         Ok(Zeroizing::new(plaintext.into_inner()))
     }
+
+    /// `ReEncrypt` with `SourceKeyId` (optional for symmetric keys on AWS; passed, so KMS
+    /// refuses a blob under any other key) and the same encryption context on both sides
+    /// (docs/design.md, "Rewrap").
+    async fn re_encrypt(
+        &self,
+        source_key_arn: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        destination_key_arn: &str,
+    ) -> Result<Vec<u8>, KmsError> {
+        const OP: KmsOperation = KmsOperation::ReEncrypt;
+        let output = self
+            .client_for_key(destination_key_arn)
+            .re_encrypt()
+            .source_key_id(source_key_arn)
+            .destination_key_id(destination_key_arn)
+            .ciphertext_blob(Blob::new(ciphertext))
+            .source_encryption_context(&context.key, &context.organization_id)
+            .destination_encryption_context(&context.key, &context.organization_id)
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))?;
+        let blob = output
+            .ciphertext_blob
+            .ok_or_else(|| missing(OP, "CiphertextBlob"))?;
+        Ok(blob.into_inner())
+    }
 }
