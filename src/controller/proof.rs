@@ -371,3 +371,186 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod wrap_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::controller::context::{Events, Settings, system_clock};
+    use crate::controller::ratelimit::KmsPace;
+    use crate::kms::fake::FakeKms;
+    use crate::kms::{KeyPairSpec, KmsOperation};
+    use crate::metrics::Metrics;
+
+    const ORG: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+    const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+
+    fn config() -> ValidatedConfig {
+        let spec = serde_json::from_value(serde_json::json!({
+            "kmsKeyAliasArn": ALIAS,
+            "organizationIds": [ORG],
+        }))
+        .unwrap();
+        crate::config::validate(&spec, None).unwrap()
+    }
+
+    fn context(kms: FakeKms) -> Context<FakeKms> {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "ns");
+        Context::new(
+            client.clone(),
+            kms,
+            system_clock(),
+            Events::new(client, kube::runtime::events::Reporter::from("kekeeper")),
+            crate::controller::cache::key_pair_cache(),
+            crate::controller::cache::public_keys_cache(),
+            Arc::new(KmsPace::uniform(100.0, 4)),
+            Settings::default(),
+            Metrics::default(),
+        )
+    }
+
+    async fn pair(kms: &FakeKms, sequence: u64) -> KeyPairSecret {
+        let alias = AliasArn::parse(ALIAS).unwrap();
+        let context = config().context_for(ORG);
+        let generated = kms
+            .generate_key_pair(&alias, KeyPairSpec::Rsa2048, &context)
+            .await
+            .unwrap();
+        KeyPairSecret::new_active(
+            "recordings",
+            "telephony",
+            sequence,
+            generated,
+            ALIAS,
+            context,
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+            "Created",
+        )
+    }
+
+    async fn wrap_of(kms: &FakeKms, pair: &KeyPairSecret, onto: &str) -> Wrap {
+        Wrap {
+            kms_key_arn: onto.to_owned(),
+            ciphertext: kms
+                .re_encrypt(
+                    &pair.kms_key_arn,
+                    &pair.private_key_ciphertext,
+                    &pair.encryption_context,
+                    onto,
+                )
+                .await
+                .unwrap(),
+            created_at: "2026-06-01T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    /// Pairs made under key A, rewrapped onto key B, the alias moved to B and A disabled: the
+    /// wrap proves an active and a retired pair through B alone. A planted wrap (another pair's
+    /// blob rewrapped onto B, or junk) is dropped and named, and quarantines nothing: the pair
+    /// is proven with its original blob while A can still decrypt it.
+    #[tokio::test]
+    async fn restored_pairs_are_proven_with_their_newest_wrap_under_the_current_key() {
+        let kms = FakeKms::new();
+        let alias = AliasArn::parse(ALIAS).unwrap();
+        let key_a = kms.create_key_for(&alias);
+        let (mut active, mut retired, other) = (
+            pair(&kms, 3).await,
+            pair(&kms, 2).await,
+            pair(&kms, 1).await,
+        );
+        retired.retire("2026-02-01T00:00:00Z".parse().unwrap());
+        let key_b = kms.create_key_for(&alias);
+        let key_c = kms.create_key_for(&alias);
+        let older = Wrap {
+            created_at: "2026-05-01T00:00:00Z".parse().unwrap(),
+            ..wrap_of(&kms, &active, &key_b).await
+        };
+        active.wraps = vec![
+            older,
+            wrap_of(&kms, &active, &key_b).await,
+            wrap_of(&kms, &active, &key_c).await,
+        ];
+        retired.wraps = vec![wrap_of(&kms, &retired, &key_b).await];
+        kms.point_alias(&alias, &key_b);
+        kms.disable_key(&key_a);
+        let ctx = context(kms.clone());
+        let names = vec![active.secret_name.clone(), retired.secret_name.clone()];
+        let listed = vec![active.clone(), retired.clone()];
+        kms.reset_calls();
+        let check = prove(&ctx, &config(), "recordings", &key_b, &listed, &names, &[]).await;
+        assert!(check.error.is_none(), "{:?}", check.error);
+        assert_eq!(check.proven, names);
+        assert!(check.quarantined.is_empty() && check.dropped_wraps.is_empty());
+        assert_eq!(
+            check.wraps[&active.secret_name],
+            vec![active.wraps[1].clone()],
+            "newest under B"
+        );
+        assert_eq!(check.wraps[&retired.secret_name], retired.wraps);
+        assert_eq!(
+            kms.calls(KmsOperation::Decrypt),
+            2,
+            "one Decrypt each, under B"
+        );
+
+        // Planted: the other pair's blob rewrapped onto B as the active pair's wrap, and junk
+        // as the retired pair's. A enabled again: the originals prove the pairs.
+        kms.enable_key(&key_a);
+        let mut planted = active.clone();
+        planted.wraps = vec![wrap_of(&kms, &other, &key_b).await];
+        let mut junk = retired.clone();
+        junk.wraps[0].ciphertext = vec![7; 64];
+        let listed = vec![planted.clone(), junk.clone()];
+        kms.reset_calls();
+        let check = prove(
+            &ctx,
+            &config(),
+            "recordings",
+            &key_b,
+            &listed,
+            &names[1..],
+            &names[..1],
+        )
+        .await;
+        assert!(check.error.is_none(), "{:?}", check.error);
+        assert!(check.quarantined.is_empty(), "{:?}", check.quarantined);
+        assert_eq!(
+            check.proven,
+            vec![retired.secret_name.clone()],
+            "through its original blob"
+        );
+        assert_eq!(check.wraps[&active.secret_name], vec![]);
+        assert_eq!(check.wraps[&retired.secret_name], vec![]);
+        let dropped: Vec<(&str, &str)> = check
+            .dropped_wraps
+            .iter()
+            .map(|d| (d.secret_name.as_str(), d.problem.as_str()))
+            .collect();
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert!(dropped[0].1.contains("fingerprint"), "{dropped:?}");
+        assert!(dropped[1].1.contains("will not decrypt"), "{dropped:?}");
+        assert!(dropped.iter().all(|(_, p)| p.contains("not restored")));
+        assert_eq!(kms.calls(KmsOperation::Decrypt), 3);
+
+        // With A disabled, a retired pair whose only wrap is planted cannot be proven: KMS's
+        // refusal of A is no verdict, so nothing is quarantined and the proofs stop.
+        kms.disable_key(&key_a);
+        let check = prove(
+            &ctx,
+            &config(),
+            "recordings",
+            &key_b,
+            &listed[1..],
+            &names[1..],
+            &[],
+        )
+        .await;
+        assert_eq!(check.error.map(|e| e.kind), Some(KmsErrorKind::Disabled));
+        assert!(check.proven.is_empty() && check.quarantined.is_empty());
+    }
+}
