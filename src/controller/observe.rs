@@ -330,7 +330,7 @@ impl Observation {
     /// first if they were not). Pairs whose Secrets are gone and whose objects pass their checks
     /// join the ring and the listed Secrets as they were: execute creates their Secrets, and the
     /// plan sees them before it decides on new pairs. Every sequence the store holds is taken.
-    pub async fn check_store<K>(&mut self, ctx: &Context<K>) -> Result<()> {
+    pub async fn check_store<K: Kms>(&mut self, ctx: &Context<K>) -> Result<()> {
         let Some(store) = &ctx.key_store else {
             return Ok(());
         };
@@ -347,6 +347,19 @@ impl Observation {
                 listed.extend(sync.restore.iter().cloned());
                 let records = sync.restore.iter().map(|p| p.record.clone()).collect();
                 self.ring.restore(records, &sync.restore_tokens);
+                // The key check of this reconcile ran before the store was read: the restored
+                // pairs' KMS keys are checked now, so HistoricalKeysAtRisk covers them at once.
+                if let (
+                    false,
+                    Some(KeyCheck::Usable {
+                        description,
+                        at_risk,
+                        ..
+                    }),
+                ) = (sync.restore.is_empty(), &mut self.key)
+                {
+                    *at_risk = keys_at_risk(ctx, self.ring.records(), description).await;
+                }
                 Ok(sync)
             }
             Err(err) => {
