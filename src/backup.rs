@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::keypair::{ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret, KeyPairState};
-use crate::keystore::{StoredKeyPair, StoredWrap};
+use crate::keystore::{StoredKeyPair, StoredWrap, kms_key_id};
 
 /// The `format` of a backup file.
 pub const BACKUP_FORMAT: &str = "kekeeper.io/key-pair-backup/v1";
@@ -75,10 +75,16 @@ impl BackupEntry {
             let wrap = object
                 .verify(&pair, None)
                 .map_err(|why| format!("wraps[{index}]: {why}"))?;
-            if pair.wraps.iter().any(|w| w.kms_key_arn == wrap.kms_key_arn) {
+            // One per KMS key id, as the store names them and the Secret keys them.
+            let key_id = kms_key_id(&wrap.kms_key_arn);
+            if pair
+                .wraps
+                .iter()
+                .any(|w| kms_key_id(&w.kms_key_arn) == key_id)
+            {
                 return Err(format!(
-                    "wraps[{index}]: a second wrap under {} (one per KMS key)",
-                    wrap.kms_key_arn
+                    "wraps[{index}]: a second wrap under KMS key {} (one per KMS key)",
+                    key_id.unwrap_or_default()
                 ));
             }
             pair.wraps.push(wrap);
