@@ -218,7 +218,7 @@ impl Observation {
             (&self.config, &self.listed, &self.key)
         else {
             let check = ProofCheck::default();
-            self.keep_proven_wraps(ctx, names, &check);
+            self.keep_proven_wraps(ctx, &check);
             self.proofs = Some(check);
             return Ok(());
         };
@@ -231,22 +231,24 @@ impl Observation {
         let fresh = api.get_status(&self.name).await?;
         let anchors = ring_of(&fresh, Vec::new(), Tokens::new(), self.now);
         let mut unproven = Vec::new();
-        // Trusted pairs restored from the store with wraps: only the wraps are proven.
+        // Trusted pairs the store restores with wraps (retired ones, never published, and
+        // those status recorded): only their wraps are proven.
+        let restoring = self.restoring();
         let mut wraps_only = Vec::new();
         for name in names {
             let Some(pair) = listed.iter().find(|p| &p.secret_name == name) else {
                 continue;
             };
             let fingerprint = pair.fingerprint();
+            let wrapped = !pair.wraps.is_empty() && restoring.contains(name);
             if anchors.recorded_fingerprint(name) == Some(fingerprint.as_str())
                 || ctx.proven_here(&self.namespace, name, &fingerprint)
             {
                 self.ring.prove(name);
-                if !pair.wraps.is_empty() {
+                if wrapped {
                     wraps_only.push(name.clone());
                 }
-            } else if !pair.wraps.is_empty() && self.ring.is_trusted(&pair.record) {
-                // A retired pair restored from the store (trusted: never published).
+            } else if wrapped && self.ring.is_trusted(&pair.record) {
                 wraps_only.push(name.clone());
             } else if let Some(q) = anchors
                 .quarantined()
@@ -276,17 +278,25 @@ impl Observation {
         for quarantined in &check.quarantined {
             self.ring.quarantine(quarantined.clone());
         }
-        self.keep_proven_wraps(ctx, names, &check);
+        self.keep_proven_wraps(ctx, &check);
         self.proofs = Some(check);
         Ok(())
     }
 
-    /// The candidates in `names` keep only the wraps their proofs proved: a restored Secret
+    /// Secret names of the pairs the store restores in this reconcile (trusted or not).
+    fn restoring(&self) -> Vec<String> {
+        self.store_sync()
+            .map(|sync| sync.restore.iter().map(|p| p.secret_name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The pairs the store restores keep only the wraps their proofs proved: a restored Secret
     /// carries no wrap KMS did not prove (docs/design.md, "The key store", wrap objects). The
     /// wraps that failed are reported with the store's refused objects (status, events).
-    fn keep_proven_wraps<K>(&mut self, ctx: &Context<K>, names: &[String], check: &ProofCheck) {
+    fn keep_proven_wraps<K>(&mut self, ctx: &Context<K>, check: &ProofCheck) {
+        let restoring = self.restoring();
         let keep = |pair: &mut KeyPairSecret| {
-            if names.contains(&pair.secret_name) && !pair.wraps.is_empty() {
+            if restoring.contains(&pair.secret_name) && !pair.wraps.is_empty() {
                 pair.wraps = check
                     .wraps
                     .get(&pair.secret_name)

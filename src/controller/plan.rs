@@ -168,7 +168,8 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
 
 /// The candidates to prove: pairs labelled active that status has not recorded (Secrets, and
 /// objects the store could restore), retired Secrets the store lacks (written there only
-/// once proven), and the wraps of pairs the store restores. Quarantined pairs are not proven again while they hold the same public key.
+/// once proven), and the wraps of pairs the store restores. Quarantined pairs are not proven
+/// again while they hold the same public key.
 fn to_prove(obs: &Observation, organizations: &[String]) -> Vec<String> {
     let ring = &obs.ring;
     let mut names: Vec<String> = ring
