@@ -201,12 +201,31 @@ def key_store_marker_claim(out):
     write(out, "key_store_marker_claim", "claim-this-cluster", json.dumps(claim, indent=2))
 
 
+def key_store_name(out):
+    """Object names under a config's prefix as the operator writes them (src/keystore.rs: a pair,
+    its markers, wraps under a UUID and an mrk- key), a KMS key ARN, and a wrap object whose
+    fingerprint is the fuzz target's pair's (public key bytes 01 02 03)."""
+    key_id = "0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+    write(out, "key_store_name", "pair", "org-1/0000000001.json")
+    write(out, "key_store_name", "retired", "org-1/0000000001.retired.json")
+    write(out, "key_store_name", "wrap", f"org-1/0000000001.wrap-{key_id}.json")
+    write(out, "key_store_name", "wrap-mrk",
+          "org-1/0000000001.wrap-mrk-0123456789abcdef0123456789abcdef.json")
+    key_arn = f"arn:aws:kms:us-east-1:111122223333:key/{key_id}"
+    write(out, "key_store_name", "key-arn", key_arn)
+    wrap = {"format": "kekeeper.io/key-pair-wrap/v1", "namespace": "telephony", "config": "recordings",
+            "secretName": "recordings-x-0001", "organizationId": "org-1", "keyPairId": "k",
+            "sequence": 1, "publicKeyFingerprint": fingerprint(bytes([1, 2, 3])),
+            "kmsKeyArn": key_arn, "privateKeyKms": "AQID", "createdAt": "2026-06-01T00:00:00Z"}
+    write(out, "key_store_name", "wrap-object", json.dumps(wrap))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]
     for seed in (envelope, alias_arn, manifest, key_pair_secret, key_ring_status, key_store_object,
-                 key_store_marker_claim):
+                 key_store_marker_claim, key_store_name):
         seed(out)
 
 

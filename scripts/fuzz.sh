@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-TARGETS=(envelope alias_arn manifest key_pair_secret key_ring_status key_store_object key_store_marker_claim)
+TARGETS=(envelope alias_arn manifest key_pair_secret key_ring_status key_store_object key_store_marker_claim key_store_name)
 CARGO_FUZZ_VERSION=0.13.2
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then

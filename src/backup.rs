@@ -1,6 +1,7 @@
 //! The key pair backup file of `kekeeper backup` and `kekeeper restore`
 //! (docs/disaster-recovery.md): the key store's object format ([`StoredKeyPair`]), one entry
-//! per key pair, with the retirement time a retirement marker would record. Like the store it
+//! per key pair, with the retirement time a retirement marker would record and the pair's
+//! wraps as wrap objects ([`StoredWrap`]). Like the store it
 //! holds nothing plaintext: the private key is the KMS ciphertext blob.
 //!
 //! Restoring is planned here, without I/O: which Secrets are created, active or retired, and
@@ -14,7 +15,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::keypair::{ANNOTATION_ROTATE_NOW_TOKEN, KeyPairRecord, KeyPairSecret, KeyPairState};
-use crate::keystore::StoredKeyPair;
+use crate::keystore::{StoredKeyPair, StoredWrap, kms_key_id};
 
 /// The `format` of a backup file.
 pub const BACKUP_FORMAT: &str = "kekeeper.io/key-pair-backup/v1";
@@ -28,8 +29,8 @@ pub struct BackupFile {
     pub key_pairs: Vec<BackupEntry>,
 }
 
-/// One key pair: the key store's object, flattened, and when it was retired (absent while
-/// active).
+/// One key pair: the key store's object, flattened, when it was retired (absent while
+/// active), and its wraps as the key store's wrap objects (absent when it has none).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupEntry {
@@ -37,6 +38,8 @@ pub struct BackupEntry {
     pub pair: StoredKeyPair,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wraps: Vec<StoredWrap>,
 }
 
 impl BackupEntry {
@@ -50,17 +53,44 @@ impl BackupEntry {
                 KeyPairState::Active => None,
                 KeyPairState::Retired => Some(pair.retired_at.unwrap_or(pair.created_at)),
             },
+            wraps: pair
+                .wraps
+                .iter()
+                .map(|wrap| StoredWrap::of(pair, wrap))
+                .collect(),
         }
     }
 
     /// The key pair after the key store's checks ([`StoredKeyPair::verify`]), retired when the
-    /// entry says so.
+    /// entry says so, with its wraps after theirs ([`StoredWrap::verify`]: each names this
+    /// pair and its fingerprint; at most one per KMS key), oldest first. Like the store's, the
+    /// wraps are proven by the operator before anything relies on them.
     pub fn verify(&self) -> Result<KeyPairSecret, String> {
         let mut pair = self.pair.verify(&self.pair.namespace, &self.pair.config)?;
         if let Some(at) = self.retired_at {
             pair.state = KeyPairState::Retired;
             pair.retired_at = Some(at);
         }
+        for (index, object) in self.wraps.iter().enumerate() {
+            let wrap = object
+                .verify(&pair, None)
+                .map_err(|why| format!("wraps[{index}]: {why}"))?;
+            // One per KMS key id, as the store names them and the Secret keys them.
+            let key_id = kms_key_id(&wrap.kms_key_arn);
+            if pair
+                .wraps
+                .iter()
+                .any(|w| kms_key_id(&w.kms_key_arn) == key_id)
+            {
+                return Err(format!(
+                    "wraps[{index}]: a second wrap under KMS key {} (one per KMS key)",
+                    key_id.unwrap_or_default()
+                ));
+            }
+            pair.wraps.push(wrap);
+        }
+        pair.wraps
+            .sort_by(|a, b| (a.created_at, &a.kms_key_arn).cmp(&(b.created_at, &b.kms_key_arn)));
         Ok(pair)
     }
 
@@ -378,6 +408,57 @@ mod tests {
         let err = BackupFile::parse(&serde_json::to_vec(&other).unwrap(), "b.json").unwrap_err();
         assert!(err.contains("format is"), "{err}");
         assert!(BackupFile::parse(b"{}", "b.json").is_err());
+    }
+
+    /// A pair's wraps travel as wrap objects in its entry and come back oldest first in the
+    /// pair and its Secret; a wrap that names another pair, or a second one under the same
+    /// key, refuses the file.
+    #[test]
+    fn wraps_round_trip_and_a_planted_one_refuses_the_file() {
+        let key_b = "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+        let key_c = "arn:aws:kms:us-east-1:111122223333:key/mrk-0123456789abcdef0123456789abcdef";
+        let wrap = |key: &str, at: &str| crate::keypair::Wrap {
+            kms_key_arn: key.to_owned(),
+            ciphertext: vec![3; 40],
+            created_at: ts(at),
+        };
+        let mut wrapped = pair("org-1", 1, Some("2026-02-01T00:00:00Z"));
+        wrapped.wraps = vec![
+            wrap(key_c, "2026-05-01T00:00:00Z"),
+            wrap(key_b, "2026-06-01T00:00:00Z"),
+        ];
+        let other = pair("org-1", 2, None);
+        let file = BackupFile::of(
+            &[(wrapped.clone(), None), (other.clone(), None)],
+            ts("2026-07-01T00:00:00Z"),
+        );
+        let json = serde_json::to_string_pretty(&file).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let wraps = &value["keyPairs"][0]["wraps"];
+        assert_eq!(wraps[1]["format"], crate::keystore::WRAP_FORMAT);
+        assert_eq!(wraps[1]["kmsKeyArn"], key_b);
+        assert_eq!(wraps[1]["publicKeyFingerprint"], wrapped.fingerprint());
+        assert!(value["keyPairs"][1].get("wraps").is_none(), "none: absent");
+        let (_, checked) = BackupFile::parse(json.as_bytes(), "backup.json").unwrap();
+        assert_eq!(checked[0], wrapped);
+        let secret = secret_of(&checked[0], None).unwrap();
+        assert_eq!(
+            KeyPairSecret::from_secret(&secret).unwrap().wraps,
+            wrapped.wraps
+        );
+
+        let mut planted = file.clone();
+        planted.key_pairs[1].wraps = vec![StoredWrap::of(&wrapped, &wrapped.wraps[1])];
+        let err = BackupFile::parse(&serde_json::to_vec(&planted).unwrap(), "b.json").unwrap_err();
+        assert!(
+            err.contains("keyPairs[1]") && err.contains("wraps[0]"),
+            "{err}"
+        );
+        let mut twice = file;
+        let again = twice.key_pairs[0].wraps[1].clone();
+        twice.key_pairs[0].wraps.push(again);
+        let err = BackupFile::parse(&serde_json::to_vec(&twice).unwrap(), "b.json").unwrap_err();
+        assert!(err.contains("one per KMS key"), "{err}");
     }
 
     fn created(actions: &[RestoreAction]) -> Vec<(u64, KeyPairState, Option<u64>)> {

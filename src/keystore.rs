@@ -5,7 +5,8 @@
 //! organisation, sequence), written with `If-None-Match: *` and never overwritten. It holds what
 //! the Secret holds — the public key, the KMS ciphertext of the private key and the metadata —
 //! and nothing plaintext: without the organisation's KMS key it is useless. Retirement and
-//! pruning are recorded as marker objects beside it, also written once.
+//! pruning are recorded as marker objects beside it, also written once, and so is each wrap (a
+//! further blob of the private key made by KMS `ReEncrypt` onto another KMS key).
 //!
 //! `kekeeper backup` writes the same objects into a file (docs/disaster-recovery.md).
 
@@ -15,6 +16,7 @@ pub mod s3;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,13 +29,16 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::keypair::{self, KeyPairRecord, KeyPairSecret, KeyPairState};
+use crate::keypair::{self, KeyPairRecord, KeyPairSecret, KeyPairState, Wrap};
 use crate::kms::{EncryptionContext, KeyPairSpec};
 
 /// The `format` of a key pair object.
 pub const OBJECT_FORMAT: &str = "kekeeper.io/key-pair/v1";
 /// The `format` of a retirement or prune marker.
 pub const MARKER_FORMAT: &str = "kekeeper.io/key-pair-marker/v1";
+/// The `format` of a wrap object: a further blob of a pair's private key, made by KMS
+/// `ReEncrypt` onto another KMS key (docs/design.md, "The key store", wrap objects).
+pub const WRAP_FORMAT: &str = "kekeeper.io/key-pair-wrap/v1";
 /// The command-line flag, named in every error about its value.
 pub const FLAG: &str = "--key-store";
 
@@ -45,8 +50,9 @@ pub const MAX_OBJECT_BYTES: usize = 64 * 1024;
 /// The largest marker or writer claim that is read (they are about 300 bytes).
 pub const MAX_SMALL_OBJECT_BYTES: usize = 4 * 1024;
 /// The most objects one config's listing may hold: 10,000 key pairs, each with its two
-/// markers (docs/design.md, "The key store"). A larger listing is refused, none of it read.
-pub const MAX_CONFIG_OBJECTS: usize = 30_000;
+/// markers and three wraps (docs/design.md, "The key store"). A larger listing is refused,
+/// none of it read.
+pub const MAX_CONFIG_OBJECTS: usize = 60_000;
 /// The largest sequence a canonical object name holds (`SEQUENCE` is exactly ten digits).
 pub const MAX_SEQUENCE: u64 = 9_999_999_999;
 
@@ -171,6 +177,48 @@ impl KeyStoreUrl {
         let stem = object_key.strip_suffix(".json").unwrap_or(object_key);
         format!("{stem}.{}.json", mark.as_str())
     }
+
+    /// The wrap of the pair of `object_key` under the KMS key `key_id` (a key id, as
+    /// [`kms_key_id`] gives it): `…/SEQUENCE.wrap-KEY-ID.json`. One per pair and KMS key.
+    pub fn wrap_key(object_key: &str, key_id: &str) -> String {
+        let stem = object_key.strip_suffix(".json").unwrap_or(object_key);
+        format!("{stem}.wrap-{key_id}.json")
+    }
+}
+
+/// The key id of a KMS key ARN (`arn:PARTITION:kms:REGION:ACCOUNT:key/KEY-ID`), if the ARN has
+/// that form and the id is one KMS gives: a lowercase UUID, or `mrk-` and 32 lowercase hex
+/// digits for a multi-Region key. An alias ARN has none.
+pub fn kms_key_id(key_arn: &str) -> Option<&str> {
+    let (head, id) = key_arn.split_once(":key/")?;
+    let mut parts = head.split(':');
+    let well_formed = parts.next() == Some("arn")
+        && parts.next().is_some_and(|p| !p.is_empty())
+        && parts.next() == Some("kms")
+        && parts.next().is_some_and(|r| !r.is_empty())
+        && parts
+            .next()
+            .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+        && parts.next().is_none();
+    (well_formed && is_key_id(id)).then_some(id)
+}
+
+/// Whether `id` is a KMS key id: `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` or `mrk-` and 32 hex
+/// digits, lowercase (as KMS writes them, so that one key has one wrap name).
+pub fn is_key_id(id: &str) -> bool {
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if let Some(mrk) = id.strip_prefix("mrk-") {
+        return mrk.len() == 32 && hex(mrk);
+    }
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && hex(g))
 }
 
 /// Percent-encodes everything but `A-Z a-z 0-9 - _ .` so an organisation id or name is one path
@@ -207,6 +255,20 @@ pub enum Put {
     Created,
     /// An object of that name exists already (it is not overwritten).
     Exists,
+}
+
+/// What [`KeyStore::put_wrap`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WrapPut {
+    /// Written now.
+    Created,
+    /// This very wrap (same KMS key, same ciphertext) was stored already: a retry.
+    Exists,
+    /// Another wrap of this pair under the same KMS key is stored (the `ReEncrypt` of an
+    /// earlier attempt that crashed before its Secret was written): it is not overwritten. The
+    /// caller proves it and adopts it, or refuses it; it passed the checks a listing makes
+    /// (format, the pair it names, its fingerprint, its key).
+    Other(Wrap),
 }
 
 /// What a compare-and-swap write of the writer claim requires of the object there now.
@@ -384,6 +446,133 @@ impl Marker {
     }
 }
 
+/// A wrap object: `SEQUENCE.wrap-KEY-ID.json` beside the pair's object, written once. It names
+/// its pair (by every field a marker does, and more) so that it wraps that pair only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredWrap {
+    pub format: String,
+    pub namespace: String,
+    pub config: String,
+    pub secret_name: String,
+    pub organization_id: String,
+    pub key_pair_id: String,
+    pub sequence: u64,
+    pub public_key_fingerprint: String,
+    /// The key ARN of the KMS key the blob is under; its key id is the one in the name.
+    pub kms_key_arn: String,
+    /// Base64 of the KMS ciphertext blob of the private key.
+    pub private_key_kms: String,
+    pub created_at: Timestamp,
+}
+
+impl StoredWrap {
+    /// The object of `wrap`, a wrap of `pair`.
+    pub fn of(pair: &KeyPairSecret, wrap: &Wrap) -> Self {
+        StoredWrap {
+            format: WRAP_FORMAT.to_owned(),
+            namespace: pair.namespace.clone(),
+            config: pair.config_name.clone(),
+            secret_name: pair.secret_name.clone(),
+            organization_id: pair.organization_id.clone(),
+            key_pair_id: pair.key_pair_id.clone(),
+            sequence: pair.sequence,
+            public_key_fingerprint: pair.fingerprint(),
+            kms_key_arn: wrap.kms_key_arn.clone(),
+            private_key_kms: STANDARD.encode(&wrap.ciphertext),
+            created_at: wrap.created_at,
+        }
+    }
+
+    /// The wrap in `body`, if it is a wrap of `pair` under the key `key_id` (the one its name
+    /// gives; `None`: any); else why it is refused.
+    pub fn read(body: &[u8], pair: &KeyPairRecord, key_id: Option<&str>) -> Result<Wrap, String> {
+        let object: StoredWrap =
+            serde_json::from_slice(body).map_err(|e| format!("not a wrap object: {e}"))?;
+        object.verify(pair, key_id)
+    }
+
+    /// The wrap this object holds, after every check: the format, the pair it names (namespace,
+    /// config, Secret name, organisation, sequence, key pair id and fingerprint all the
+    /// pair's), a key ARN whose key id is `key_id` and is not the key of the pair's original
+    /// blob, and a blob.
+    pub fn verify(&self, pair: &KeyPairRecord, key_id: Option<&str>) -> Result<Wrap, String> {
+        if self.format != WRAP_FORMAT {
+            return Err(format!(
+                "format is {:?}, expected {WRAP_FORMAT:?}",
+                self.format
+            ));
+        }
+        let names = (
+            self.namespace.as_str(),
+            self.config.as_str(),
+            self.secret_name.as_str(),
+            self.organization_id.as_str(),
+            self.sequence,
+            self.key_pair_id.as_str(),
+        );
+        let pairs = (
+            pair.namespace.as_str(),
+            pair.config_name.as_str(),
+            pair.secret_name.as_str(),
+            pair.organization_id.as_str(),
+            pair.sequence,
+            pair.key_pair_id.as_str(),
+        );
+        if names != pairs {
+            return Err(format!(
+                "it names key pair {}/{} ({}, organisation {:?}, sequence {}), not {}/{} ({}, organisation {:?}, sequence {})",
+                names.0,
+                names.2,
+                names.5,
+                names.3,
+                names.4,
+                pairs.0,
+                pairs.2,
+                pairs.5,
+                pairs.3,
+                pairs.4
+            ));
+        }
+        let fingerprint = pair.fingerprint();
+        if self.public_key_fingerprint != fingerprint {
+            return Err(format!(
+                "it wraps the key pair with fingerprint {}, but the pair's is {fingerprint}",
+                self.public_key_fingerprint
+            ));
+        }
+        let Some(found) = kms_key_id(&self.kms_key_arn) else {
+            return Err(format!(
+                "kmsKeyArn {:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID)",
+                self.kms_key_arn
+            ));
+        };
+        if let Some(key_id) = key_id.filter(|id| *id != found) {
+            return Err(format!(
+                "its name says KMS key {key_id}, but it holds a blob under {}",
+                self.kms_key_arn
+            ));
+        }
+        if self.kms_key_arn == pair.kms_key_arn {
+            return Err(format!(
+                "it is under {}, the key of the pair's own blob: a wrap is under another key",
+                self.kms_key_arn
+            ));
+        }
+        let ciphertext = STANDARD
+            .decode(&self.private_key_kms)
+            .map_err(|e| format!("privateKeyKms is not base64: {e}"))?;
+        if ciphertext.is_empty() {
+            return Err("privateKeyKms is empty".to_owned());
+        }
+        Ok(Wrap {
+            kms_key_arn: self.kms_key_arn.clone(),
+            ciphertext,
+            created_at: self.created_at,
+        })
+    }
+}
+
 impl StoredKeyPair {
     /// The object of `pair`, made for `rotate_now_token` (its state is not part of it:
     /// retirement is a marker).
@@ -488,14 +677,14 @@ impl StoredKeyPair {
     }
 }
 
-/// One key pair found in the store, with its markers.
+/// One key pair found in the store, with its markers and wraps; or an object refused.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEntry {
     pub key: String,
     pub organization_id: Option<String>,
     pub sequence: Option<u64>,
-    /// The pair as a Secret would hold it (retired if a retirement marker exists), or why the
-    /// object was refused.
+    /// The pair as a Secret would hold it (retired if a retirement marker exists, with the
+    /// wraps that passed their checks), or why the object was refused.
     pub pair: Result<KeyPairSecret, String>,
     pub pruned: bool,
     pub rotate_now_token: Option<String>,
@@ -639,14 +828,16 @@ pub const CLAIM_LAPSED: &str = "KeyStoreClaimLapsed";
 /// How often a claim is read and written again when another writer changes it in between.
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// The name `key` has under a config's prefix.
+/// What an object's name is under a config's prefix ([`object_name`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Name {
+pub enum ObjectName {
     Pair {
         organization_id: String,
         sequence: u64,
     },
     Marker,
+    /// A wrap object, read with its pair.
+    Wrap,
     /// Not a name the operator writes: why.
     Refused(String),
 }
@@ -1003,6 +1194,88 @@ impl KeyStore {
         }
     }
 
+    /// Writes `wrap`, a wrap of `pair` made by KMS `ReEncrypt`, once, beside the pair's object:
+    /// `…/SEQUENCE.wrap-KEY-ID.json` with `If-None-Match: *` (docs/design.md, "The key store",
+    /// wrap objects). One wrap per pair and KMS key: an object already there holding this very
+    /// wrap is [`WrapPut::Exists`] (a retry after a crash); one holding another wrap of this
+    /// pair under that key is returned, never overwritten ([`WrapPut::Other`]); one that is
+    /// not a wrap of this pair is an `ObjectExists` error. The caller writes a wrap here only
+    /// after KMS proved it, and before the Secret carries it; the pair's own object should be
+    /// stored already (a wrap is listed with its pair, and without one it restores nothing).
+    /// Refused before any request: a `kms_key_arn` that is not a key ARN ([`kms_key_id`]), the
+    /// key of the pair's own blob, an empty blob, a sequence over [`MAX_SEQUENCE`].
+    pub async fn put_wrap(&self, pair: &KeyPairSecret, wrap: &Wrap) -> Result<WrapPut, StoreError> {
+        self.check()?;
+        let object_key = self.object_key_of(pair);
+        let refuse = |key: String, code: &str, message: String| StoreError {
+            url: self.url.to_string(),
+            operation: "PutObject",
+            key,
+            code: code.to_owned(),
+            message,
+        };
+        let Some(key_id) = kms_key_id(&wrap.kms_key_arn) else {
+            return Err(refuse(
+                object_key,
+                "InvalidWrap",
+                format!(
+                    "the wrap's kmsKeyArn {:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID, never an alias)",
+                    wrap.kms_key_arn
+                ),
+            ));
+        };
+        let key = KeyStoreUrl::wrap_key(&object_key, key_id);
+        if pair.sequence > MAX_SEQUENCE {
+            return Err(refuse(
+                key,
+                "InvalidSequence",
+                format!(
+                    "sequence {} of {} does not fit the ten digits of an object name",
+                    pair.sequence, pair.secret_name
+                ),
+            ));
+        }
+        if wrap.ciphertext.is_empty() || wrap.kms_key_arn == pair.kms_key_arn {
+            return Err(refuse(
+                key,
+                "InvalidWrap",
+                format!(
+                    "a wrap of {} holds a blob under another KMS key than the pair's own ({})",
+                    pair.secret_name, pair.kms_key_arn
+                ),
+            ));
+        }
+        let body = self.body(&key, &StoredWrap::of(pair, wrap))?;
+        match self.objects.put_new(&key, body).await {
+            Ok(Put::Created) => Ok(WrapPut::Created),
+            Ok(Put::Exists) => {
+                let fetched = self
+                    .objects
+                    .get(&key, MAX_OBJECT_BYTES)
+                    .await
+                    .map_err(|err| self.error(&key, err))?;
+                let found = match fetched.map(|f| f.body) {
+                    None => Err("it disappeared after the write found it".to_owned()),
+                    Some(None) => Err(too_large(MAX_OBJECT_BYTES)),
+                    Some(Some(body)) => StoredWrap::read(&body, pair, Some(key_id)),
+                };
+                match found {
+                    Ok(found) if found.ciphertext == wrap.ciphertext => Ok(WrapPut::Exists),
+                    Ok(found) => Ok(WrapPut::Other(found)),
+                    Err(why) => Err(refuse(
+                        key,
+                        "ObjectExists",
+                        format!(
+                            "an object that is not a wrap of {} is stored under the name of its wrap ({why}); it is not overwritten: remove it if nobody should have written it",
+                            pair.secret_name
+                        ),
+                    )),
+                }
+            }
+            Err(err) => Err(self.error(&key, err)),
+        }
+    }
+
     /// Records that `record` was retired or pruned at `at` (once: a marker that exists stays).
     /// The marker carries the pair's fingerprint, so it marks that pair only.
     pub async fn mark(
@@ -1083,11 +1356,14 @@ impl KeyStore {
         }))
     }
 
-    /// Every pair of `namespace/config` in the store, each checked, with its markers applied.
-    /// Only canonical names are read (`ORGANISATION/SEQUENCE.json`, `SEQUENCE` ten digits, the
-    /// organisation percent-encoded as the operator writes it); other names, objects over the
-    /// size limit and markers that do not match their pair are refused entries, not read. A
-    /// listing of more than [`MAX_CONFIG_OBJECTS`] objects is refused whole.
+    /// Every pair of `namespace/config` in the store, each checked, with its markers applied
+    /// and its wraps in [`KeyPairSecret::wraps`] (oldest first; not yet proven: the restore
+    /// proves them). Only canonical names are read (`ORGANISATION/SEQUENCE.json`, `SEQUENCE`
+    /// ten digits, the organisation percent-encoded as the operator writes it, and beside it
+    /// `SEQUENCE.retired.json`, `SEQUENCE.pruned.json`, `SEQUENCE.wrap-KEY-ID.json`); other
+    /// names, objects over the size limit and markers or wraps that do not match their pair are
+    /// refused entries, not read. A listing of more than [`MAX_CONFIG_OBJECTS`] objects is
+    /// refused whole.
     pub async fn list(&self, namespace: &str, config: &str) -> Result<Listing, StoreError> {
         self.check()?;
         let prefix = self.url.config_prefix(namespace, config);
@@ -1103,7 +1379,7 @@ impl KeyStore {
                 key: prefix,
                 code: "TooManyObjects".to_owned(),
                 message: format!(
-                    "more than {MAX_CONFIG_OBJECTS} objects under this config's prefix (at most 10,000 key pairs with their markers); none is read: remove the objects that do not belong there"
+                    "more than {MAX_CONFIG_OBJECTS} objects under this config's prefix (at most 10,000 key pairs with their markers and wraps); none is read: remove the objects that do not belong there"
                 ),
             });
         }
@@ -1115,8 +1391,8 @@ impl KeyStore {
         let mut refused = Vec::new();
         let mut reads = Vec::new();
         for object in &listed.objects {
-            match name(&object.key, &prefix) {
-                Name::Pair {
+            match object_name(&object.key, &prefix) {
+                ObjectName::Pair {
                     organization_id,
                     sequence,
                 } => reads.push(self.read_entry(
@@ -1127,9 +1403,9 @@ impl KeyStore {
                     namespace,
                     config,
                 )),
-                // Read with their pair; one without its pair marks nothing.
-                Name::Marker => {}
-                Name::Refused(why) => refused.push(StoredEntry {
+                // Read with their pair; one without its pair marks or wraps nothing.
+                ObjectName::Marker | ObjectName::Wrap => {}
+                ObjectName::Refused(why) => refused.push(StoredEntry {
                     key: object.key.clone(),
                     organization_id: None,
                     sequence: None,
@@ -1207,6 +1483,9 @@ impl KeyStore {
                 }
             }
         }
+        if let Ok(found) = &mut pair {
+            entries.extend(self.read_wraps(key, sizes, found).await?);
+        }
         entries.insert(
             0,
             StoredEntry {
@@ -1222,45 +1501,114 @@ impl KeyStore {
     }
 }
 
+impl KeyStore {
+    /// Reads the wraps listed beside the pair object `key` into `pair.wraps` (oldest first);
+    /// returns an entry for each wrap that is refused (docs/design.md, "The key store": a wrap
+    /// is believed only for the pair whose names and fingerprint it carries).
+    async fn read_wraps(
+        &self,
+        key: &str,
+        sizes: &BTreeMap<&str, u64>,
+        pair: &mut KeyPairSecret,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let stem = key.strip_suffix(".json").unwrap_or(key);
+        let start = format!("{stem}.wrap-");
+        let listed: Vec<(&str, u64, &str)> = sizes
+            .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter_map(|(k, size)| {
+                let key_id = k[start.len()..].strip_suffix(".json")?;
+                is_key_id(key_id).then_some((*k, *size, key_id))
+            })
+            .collect();
+        let mut refused = Vec::new();
+        for (wrap_key, size, key_id) in listed {
+            let read = if size > MAX_OBJECT_BYTES as u64 {
+                Some(Err(too_large(MAX_OBJECT_BYTES)))
+            } else {
+                self.objects
+                    .get(wrap_key, MAX_OBJECT_BYTES)
+                    .await
+                    .map_err(|err| self.error(wrap_key, err))?
+                    .map(|fetched| match fetched.body {
+                        Some(body) => StoredWrap::read(&body, pair, Some(key_id)),
+                        None => Err(too_large(MAX_OBJECT_BYTES)),
+                    })
+            };
+            match read {
+                None => {}
+                Some(Ok(wrap)) => pair.wraps.push(wrap),
+                Some(Err(why)) => refused.push(StoredEntry {
+                    key: wrap_key.to_owned(),
+                    organization_id: None,
+                    sequence: None,
+                    pair: Err(format!("wrap ignored: {why}")),
+                    pruned: false,
+                    rotate_now_token: None,
+                }),
+            }
+        }
+        pair.wraps
+            .sort_by(|a, b| (a.created_at, &a.kms_key_arn).cmp(&(b.created_at, &b.kms_key_arn)));
+        Ok(refused)
+    }
+}
+
 fn too_large(limit: usize) -> String {
     format!("it is larger than the {} KiB limit; not read", limit / 1024)
 }
 
-/// What `key` is under a config's `prefix`: a pair object, a marker, or neither (why).
-fn name(key: &str, prefix: &str) -> Name {
+/// What `key` is under a config's `prefix`: a pair object, a marker, a wrap, or none of them
+/// (why). Only the names the operator writes are taken (docs/design.md, "The key store").
+pub fn object_name(key: &str, prefix: &str) -> ObjectName {
     let Some(rest) = key.strip_prefix(prefix) else {
-        return Name::Refused("it is outside the config's prefix".to_owned());
+        return ObjectName::Refused("it is outside the config's prefix".to_owned());
     };
     let Some((segment, file)) = rest.split_once('/').filter(|(_, f)| !f.contains('/')) else {
-        return Name::Refused(format!(
+        return ObjectName::Refused(format!(
             "{rest:?} is not ORGANISATION/SEQUENCE.json; not read"
         ));
     };
     let Some(organization_id) =
         unescape(segment).filter(|org| !org.is_empty() && escape(org) == segment)
     else {
-        return Name::Refused(format!(
+        return ObjectName::Refused(format!(
             "the organisation {segment:?} is not percent-encoded as the operator writes it; not read"
         ));
     };
-    let (digits, marker) = if let Some(stem) = file.strip_suffix(".retired.json") {
-        (stem, true)
-    } else if let Some(stem) = file.strip_suffix(".pruned.json") {
-        (stem, true)
-    } else {
-        (file.strip_suffix(".json").unwrap_or(file), false)
+    let not_canonical = || {
+        ObjectName::Refused(format!(
+            "{file:?} is not a canonical name: the sequence is exactly ten digits, e.g. 0000000001.json, 0000000001.retired.json or 0000000001.wrap-KEY-ID.json; not read"
+        ))
     };
-    let canonical =
-        file.ends_with(".json") && digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit());
-    match digits.parse::<u64>() {
-        Ok(sequence) if canonical && !marker => Name::Pair {
+    let Some(stem) = file.strip_suffix(".json") else {
+        return not_canonical();
+    };
+    let (digits, kind) = if let Some(digits) = stem.strip_suffix(".retired") {
+        (digits, Some(ObjectName::Marker))
+    } else if let Some(digits) = stem.strip_suffix(".pruned") {
+        (digits, Some(ObjectName::Marker))
+    } else if let Some((digits, key_id)) = stem.split_once(".wrap-") {
+        if !is_key_id(key_id) {
+            return ObjectName::Refused(format!(
+                "{file:?} is not a canonical wrap name: the KMS key id {key_id:?} is not a lowercase UUID or mrk- and 32 hex digits; not read"
+            ));
+        }
+        (digits, Some(ObjectName::Wrap))
+    } else {
+        // The pair's own object.
+        (stem, None)
+    };
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return not_canonical();
+    }
+    match (digits.parse::<u64>(), kind) {
+        (Ok(sequence), None) => ObjectName::Pair {
             organization_id,
             sequence,
         },
-        Ok(_) if canonical => Name::Marker,
-        _ => Name::Refused(format!(
-            "{file:?} is not a canonical name: the sequence is exactly ten digits, e.g. 0000000001.json; not read"
-        )),
+        (Ok(_), Some(kind)) => kind,
+        (Err(_), _) => not_canonical(),
     }
 }
 
@@ -1336,21 +1684,35 @@ mod tests {
         );
         let prefix = url.config_prefix("telephony", "recordings");
         assert_eq!(
-            name(&key, &prefix),
-            Name::Pair {
+            object_name(&key, &prefix),
+            ObjectName::Pair {
                 organization_id: "org/1 ä".to_owned(),
                 sequence: 7
             }
         );
         for kind in [MarkKind::Retired, MarkKind::Pruned] {
             let marker = KeyStoreUrl::marker_key(&key, kind);
-            assert_eq!(name(&marker, &prefix), Name::Marker, "{marker}");
+            assert_eq!(
+                object_name(&marker, &prefix),
+                ObjectName::Marker,
+                "{marker}"
+            );
+        }
+        for key_id in [KEY_ID_B, "mrk-0123456789abcdef0123456789abcdef"] {
+            let wrap = KeyStoreUrl::wrap_key(&key, key_id);
+            assert_eq!(
+                wrap,
+                format!(
+                    "prod/key-pairs/telephony/recordings/org%2F1%20%C3%A4/0000000007.wrap-{key_id}.json"
+                )
+            );
+            assert_eq!(object_name(&wrap, &prefix), ObjectName::Wrap, "{wrap}");
         }
         assert_eq!(escape(".."), "%2E%2E");
         let max = url.object_key("telephony", "recordings", "o", MAX_SEQUENCE);
         assert!(matches!(
-            name(&max, &prefix),
-            Name::Pair {
+            object_name(&max, &prefix),
+            ObjectName::Pair {
                 sequence: MAX_SEQUENCE,
                 ..
             }
@@ -1373,6 +1735,20 @@ mod tests {
             "org-1/0000000001",
             "org-1/1.retired.json",
             "org-1/0000000001.other.json",
+            // Wraps: exactly a lowercase UUID or mrk- and 32 hex digits, after ten digits.
+            "org-1/1.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json",
+            "org-1/0000000001.wrap-.json",
+            "org-1/0000000001.wrap-0B7C2A34-5D6E-4F70-8A9B-0C1D2E3F4A5B.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5.json",
+            "org-1/0000000001.wrap-0b7c2a345d6e4f708a9b0c1d2e3f4a5b.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5g.json",
+            "org-1/0000000001.wrap-mrk-0123456789abcdef0123456789abcde.json",
+            "org-1/0000000001.wrap-mrk-0123456789ABCDEF0123456789abcdef.json",
+            "org-1/0000000001.wrap-alias%2Frecordings.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json",
+            "org-1/0000000001.retired.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "org-1/0000000001.wrap-0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b.json.json",
             "org-1/x/0000000001.json",
             "org%2D1/0000000001.json",
             "org%2f1/0000000001.json",
@@ -1383,9 +1759,9 @@ mod tests {
         ] {
             let key = format!("{prefix}{bad}");
             assert!(
-                matches!(name(&key, prefix), Name::Refused(ref why) if why.contains("not")),
+                matches!(object_name(&key, prefix), ObjectName::Refused(ref why) if why.contains("not")),
                 "{bad}: {:?}",
-                name(&key, prefix)
+                object_name(&key, prefix)
             );
         }
     }
@@ -1724,6 +2100,213 @@ mod tests {
     fn state_of(listing: &Listing, p: &KeyPairSecret) -> (KeyPairState, bool) {
         let entry = listing.get(&p.secret_name).unwrap();
         (entry.pair.as_ref().unwrap().state, entry.pruned)
+    }
+
+    const KEY_ID_B: &str = "0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+    const KEY_B: &str =
+        "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+    const KEY_C: &str =
+        "arn:aws:kms:us-east-1:111122223333:key/mrk-0123456789abcdef0123456789abcdef";
+
+    fn wrap(key_arn: &str, byte: u8, at: &str) -> Wrap {
+        Wrap {
+            kms_key_arn: key_arn.to_owned(),
+            ciphertext: vec![byte; 32],
+            created_at: at.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn kms_key_ids_are_taken_from_key_arns_only() {
+        assert_eq!(kms_key_id(KEY_B), Some(KEY_ID_B));
+        assert_eq!(
+            kms_key_id(KEY_C),
+            Some("mrk-0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(
+            kms_key_id(
+                "arn:aws-cn:kms:cn-north-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+            ),
+            Some(KEY_ID_B)
+        );
+        for bad in [
+            "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+            "arn:aws:kms:us-east-1:111122223333:key/../0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:111122223333:key/0B7C2A34-5D6E-4F70-8A9B-0C1D2E3F4A5B",
+            "arn:aws:s3:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:1111:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms::111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:x:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b",
+            "arn:aws:kms:us-east-1:111122223333:key/mrk-0123",
+            "arn:aws:kms:us-east-1:111122223333:key/k1",
+            "",
+        ] {
+            assert_eq!(kms_key_id(bad), None, "{bad}");
+        }
+    }
+
+    /// A wrap is written once: the same wrap again is a retry, another wrap of the pair under
+    /// that key is returned (not overwritten), an object that is no wrap of the pair is an
+    /// error; what cannot be a wrap is refused before any request.
+    #[tokio::test]
+    async fn a_wrap_is_written_once_and_a_retry_or_another_is_told_apart() {
+        let objects = memory::MemoryObjects::new();
+        let store = store_of(&objects);
+        let first = pair("org-1", 1);
+        store.put(&first, None).await.unwrap();
+        let b = wrap(KEY_B, 1, "2026-06-01T00:00:00Z");
+        assert_eq!(store.put_wrap(&first, &b).await.unwrap(), WrapPut::Created);
+        assert_eq!(store.put_wrap(&first, &b).await.unwrap(), WrapPut::Exists);
+        let key = KeyStoreUrl::wrap_key(&store.object_key_of(&first), KEY_ID_B);
+        let written = objects.objects()[&key].clone();
+        let object: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(object["format"], WRAP_FORMAT);
+        assert_eq!(object["publicKeyFingerprint"], first.fingerprint());
+        assert_eq!(object["keyPairId"], first.key_pair_id);
+        assert_eq!(object["kmsKeyArn"], KEY_B);
+        assert!(!String::from_utf8_lossy(&written).contains("PRIVATE KEY"));
+
+        // A crash after an earlier ReEncrypt: another blob under the same key is returned.
+        let again = wrap(KEY_B, 2, "2026-06-02T00:00:00Z");
+        assert_eq!(
+            store.put_wrap(&first, &again).await.unwrap(),
+            WrapPut::Other(b.clone())
+        );
+        assert_eq!(objects.objects()[&key], written, "never overwritten");
+
+        // Another pair's wrap under this pair's name: an error, not overwritten.
+        let second = pair("org-1", 2);
+        let planted = KeyStoreUrl::wrap_key(&store.object_key_of(&second), KEY_ID_B);
+        objects.overwrite(&planted, written.clone());
+        let err = store.put_wrap(&second, &b).await.unwrap_err();
+        assert_eq!(err.code, "ObjectExists");
+        assert!(err.message.contains("not a wrap of"), "{err}");
+        assert_eq!(objects.objects()[&planted], written);
+
+        let puts = objects.calls().0;
+        let mut empty = wrap(KEY_C, 1, "2026-06-01T00:00:00Z");
+        empty.ciphertext.clear();
+        for bad in [
+            wrap(
+                "arn:aws:kms:us-east-1:111122223333:alias/recordings",
+                1,
+                "2026-06-01T00:00:00Z",
+            ),
+            wrap(&first.kms_key_arn, 1, "2026-06-01T00:00:00Z"),
+            empty,
+        ] {
+            let err = store.put_wrap(&first, &bad).await.unwrap_err();
+            assert_eq!(err.code, "InvalidWrap", "{bad:?}");
+        }
+        let huge = pair("org-1", MAX_SEQUENCE + 1);
+        assert_eq!(
+            store.put_wrap(&huge, &b).await.unwrap_err().code,
+            "InvalidSequence"
+        );
+        assert_eq!(objects.calls().0, puts, "refused before any request");
+    }
+
+    /// The listing brings each pair's wraps back, oldest first; a wrap naming another pair,
+    /// another fingerprint, another key than its name, or junk, is refused and reported, and
+    /// the pair is listed without it.
+    #[tokio::test]
+    async fn the_listing_brings_wraps_back_and_refuses_planted_ones() {
+        let objects = memory::MemoryObjects::new();
+        let store = store_of(&objects);
+        let (first, second) = (pair("org-1", 1), pair("org-1", 2));
+        store.put(&first, None).await.unwrap();
+        store.put(&second, None).await.unwrap();
+        let (c, b) = (
+            wrap(KEY_C, 3, "2026-07-01T00:00:00Z"),
+            wrap(KEY_B, 2, "2026-06-01T00:00:00Z"),
+        );
+        store.put_wrap(&first, &c).await.unwrap();
+        store.put_wrap(&first, &b).await.unwrap();
+        store
+            .mark(
+                &first,
+                MarkKind::Retired,
+                "2026-05-01T00:00:00Z".parse().unwrap(),
+            )
+            .await
+            .unwrap();
+
+        let listing = store.list("telephony", "recordings").await.unwrap();
+        assert_eq!(listing.entries.len(), 2, "{listing:?}");
+        let listed = listing.get(&first.secret_name).unwrap();
+        let listed = listed.pair.as_ref().unwrap();
+        assert_eq!(listed.wraps, vec![b.clone(), c.clone()], "oldest first");
+        assert_eq!(listed.state, KeyPairState::Retired);
+        let other = listing.get(&second.secret_name).unwrap();
+        assert!(other.pair.as_ref().unwrap().wraps.is_empty());
+
+        // Planted beside the second pair: the first pair's wrap object (another key pair id
+        // and fingerprint), one whose name says another key, one with another fingerprint,
+        // junk, and one over the size limit.
+        let second_key = store.object_key_of(&second);
+        let first_wrap = objects.objects()
+            [&KeyStoreUrl::wrap_key(&store.object_key_of(&first), KEY_ID_B)]
+            .clone();
+        objects.overwrite(&KeyStoreUrl::wrap_key(&second_key, KEY_ID_B), first_wrap);
+        let mut renamed = StoredWrap::of(&second, &b);
+        renamed.kms_key_arn = KEY_C.to_owned();
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "1b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+            serde_json::to_vec(&renamed).unwrap(),
+        );
+        let mut fingerprint = StoredWrap::of(&second, &c);
+        fingerprint.public_key_fingerprint = first.fingerprint();
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "mrk-0123456789abcdef0123456789abcdef"),
+            serde_json::to_vec(&fingerprint).unwrap(),
+        );
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "2b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+            b"junk".to_vec(),
+        );
+        objects.overwrite(
+            &KeyStoreUrl::wrap_key(&second_key, "3b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"),
+            vec![b' '; MAX_OBJECT_BYTES + 1],
+        );
+        let listing = store.list("telephony", "recordings").await.unwrap();
+        let listed = listing.get(&second.secret_name).unwrap();
+        assert!(listed.pair.as_ref().unwrap().wraps.is_empty(), "{listed:?}");
+        let refused: Vec<(&str, &str)> = listing
+            .entries
+            .iter()
+            .filter_map(|e| Some((e.key.as_str(), e.pair.as_ref().err()?.as_str())))
+            .collect();
+        assert_eq!(refused.len(), 5, "{refused:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|(key, why)| key.contains(".wrap-") && why.starts_with("wrap ignored: ")),
+            "{refused:?}"
+        );
+        let why = |id: &str| {
+            refused
+                .iter()
+                .find(|(key, _)| key.contains(id))
+                .map(|(_, why)| *why)
+                .unwrap()
+        };
+        assert!(why(KEY_ID_B).contains("not telephony/"), "{refused:?}");
+        assert!(
+            why("1b7c2a34").contains("its name says KMS key"),
+            "{refused:?}"
+        );
+        assert!(why("mrk-").contains("fingerprint"), "{refused:?}");
+        assert!(why("2b7c2a34").contains("not a wrap object"), "{refused:?}");
+        assert!(why("3b7c2a34").contains("limit"), "{refused:?}");
+        // Refused wraps take no sequence.
+        assert!(
+            listing
+                .entries
+                .iter()
+                .filter(|e| e.pair.is_err())
+                .all(|e| e.sequence.is_none())
+        );
     }
 
     fn ttl() -> jiff::SignedDuration {

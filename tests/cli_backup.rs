@@ -1,7 +1,7 @@
 //! `kekeeper backup` and `kekeeper restore` against kube-sim (and the real control plane, see
 //! scripts/test.sh): key pair Secrets made as the controller makes them (with real RSA public
 //! keys), backed up, deleted and restored with the same fingerprints and states; a restore
-//! twice is a no-op; a tampered file is refused whole; an older active pair is restored
+//! twice is a no-op, a pair's wraps travel with it; a tampered file is refused whole; an older active pair is restored
 //! retired where a newer one exists. No KMS: neither command calls it.
 
 mod common;
@@ -13,13 +13,14 @@ use std::time::Duration;
 use aws_lc_rs::encoding::AsDer;
 use common::cluster::{Cluster, rkc_manifest};
 use k8s_openapi::api::core::v1::Secret;
-use kekeeper::keypair::KeyPairSecret;
+use kekeeper::keypair::{KeyPairSecret, Wrap};
 use kekeeper::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
 use serde_json::{Value, json};
 
 const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
 const ORG_B: &str = "9b2e6c1a-7d4f-4e8a-a1c3-5f0d2b8e9c47";
 const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
+const KEY_B: &str = "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
 
 struct Run {
     code: i32,
@@ -153,11 +154,16 @@ async fn backup_delete_restore_gives_the_same_pairs_and_twice_is_a_no_op() {
         .apply_ok(&rkc_manifest("recordings", ALIAS, &[ORG_A, ORG_B]))
         .await;
     for org in [ORG_A, ORG_B] {
-        create(
-            &cluster,
-            &retired(key_pair(&ns, "recordings", org, 1), "2026-02-01T00:00:00Z"),
-        )
-        .await;
+        let mut first = retired(key_pair(&ns, "recordings", org, 1), "2026-02-01T00:00:00Z");
+        // ORG_A's first pair was rewrapped onto key B: the wrap is backed up and comes back.
+        if org == ORG_A {
+            first.wraps = vec![Wrap {
+                kms_key_arn: KEY_B.into(),
+                ciphertext: vec![0xb0; 48],
+                created_at: "2026-03-01T00:00:00Z".parse().unwrap(),
+            }];
+        }
+        create(&cluster, &first).await;
         // ORG_A's current pair was made for a rotate-now request; its token comes back too.
         let token = (org == ORG_A).then_some("2026-03-01T10:00:00.123456789Z");
         create_for(&cluster, &key_pair(&ns, "recordings", org, 2), token).await;
@@ -205,6 +211,24 @@ async fn backup_delete_restore_gives_the_same_pairs_and_twice_is_a_no_op() {
             .filter(|e| e["rotateNowToken"] == "2026-03-01T10:00:00.123456789Z")
             .count(),
         1
+    );
+    let wrapped: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e.get("wraps").is_some())
+        .collect();
+    assert_eq!(wrapped.len(), 1, "one pair has a wrap");
+    let wrap = &wrapped[0]["wraps"][0];
+    assert_eq!(
+        (&wrap["format"], &wrap["kmsKeyArn"], &wrap["organizationId"]),
+        (
+            &json!("kekeeper.io/key-pair-wrap/v1"),
+            &json!(KEY_B),
+            &json!(ORG_A)
+        )
+    );
+    assert_eq!(
+        wrap["publicKeyFingerprint"],
+        wrapped[0]["publicKeyFingerprint"]
     );
 
     // --all: every config of the namespace; -A: every namespace (on kube-sim only: the shared
@@ -258,6 +282,15 @@ async fn backup_delete_restore_gives_the_same_pairs_and_twice_is_a_no_op() {
         .map(content)
         .collect();
     assert_eq!(after, before, "restored byte for byte");
+    let wrap_keys = after
+        .iter()
+        .flat_map(|s| s["data"].as_object().unwrap().keys())
+        .filter(|k| k.starts_with("privateKey.0b7c2a34"))
+        .count();
+    assert_eq!(
+        wrap_keys, 2,
+        "the wrap's blob and entry are back in its Secret"
+    );
 
     let run = kekeeper(&cluster, &["restore", "-f", &file]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);

@@ -13,6 +13,9 @@ use common::cluster::{Cluster, Operator, condition, count_states, eventually, rk
 use common::fleet;
 use common::proxy::FaultProxy;
 use common::{create_bucket, create_key, kms_endpoint, s3_config};
+use kekeeper::keypair::{KeyPairSecret, Wrap};
+use kekeeper::keystore::s3::S3Objects;
+use kekeeper::keystore::{KeyStore, WrapPut};
 use kube_sim::ErrorFault;
 use serde_json::Value;
 
@@ -1260,4 +1263,329 @@ fn base64_decode(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap()
+}
+
+/// A recording encrypted with the key pair Secret `secret_name`: (its path, its plaintext).
+async fn record_with(cluster: &Cluster, secret_name: &str) -> (String, Vec<u8>) {
+    let secret = cluster
+        .object("", "secrets", &cluster.ns(), secret_name)
+        .await
+        .unwrap();
+    let path = |name: &str| cluster.path(name).to_str().unwrap().to_owned();
+    let secret_file = path(&format!("{secret_name}.json"));
+    std::fs::write(&secret_file, secret.to_string()).unwrap();
+    let recording: Vec<u8> = secret_name.bytes().cycle().take(20_000).collect();
+    std::fs::write(path(&format!("{secret_name}.rec")), &recording).unwrap();
+    let encrypted = path(&format!("{secret_name}.rec.enc"));
+    let run = kekeeper(
+        &cluster.kubeconfig,
+        &[
+            "encrypt",
+            "--key-pair-secret",
+            &secret_file,
+            "-i",
+            &path(&format!("{secret_name}.rec")),
+            "-o",
+            &encrypted,
+        ],
+    )
+    .await;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    (encrypted, recording)
+}
+
+/// KMS `ReEncrypt` of `pair`'s original blob onto `destination`, as a rewrap makes it (the
+/// test's own call, through LocalStack).
+async fn re_encrypt(
+    kms: &aws_sdk_kms::Client,
+    pair: &KeyPairSecret,
+    ciphertext: &[u8],
+    destination: &str,
+) -> Vec<u8> {
+    let context = &pair.encryption_context;
+    let out = kms
+        .re_encrypt()
+        .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(ciphertext.to_vec()))
+        .source_key_id(&pair.kms_key_arn)
+        .source_encryption_context(&context.key, &context.organization_id)
+        .destination_key_id(destination)
+        .destination_encryption_context(&context.key, &context.organization_id)
+        .send()
+        .await
+        .expect("ReEncrypt");
+    out.ciphertext_blob()
+        .expect("CiphertextBlob")
+        .as_ref()
+        .to_vec()
+}
+
+/// Issue 28 with the key store: pairs made under key A (two rotations, three organisations),
+/// the alias moved to key B and a rotation there, then the test's own KMS `ReEncrypt` of every
+/// pair under A onto B, written to the store as wrap objects through the operator's API; two
+/// wraps are planted (ORG_C: junk, and its first pair's blob rewrapped as its second's). Key A
+/// is disabled and the cluster rebuilt: every pair comes back, each pair under A with its wrap
+/// proven through B (one Decrypt each, under B), the planted wraps dropped, named in an event
+/// and in no Secret; recordings made under every pair decrypt with A disabled — those under A
+/// through the restored wrap's blob (KMS Decrypt under B in the test; see below for `kekeeper
+/// decrypt`), those under B with `kekeeper decrypt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn a_rebuilt_cluster_restores_wraps_and_decrypts_with_the_old_key_disabled() {
+    let endpoint = kms_endpoint();
+    let key_a = create_key(&endpoint, common::REGION, false).await;
+    let kms = common::admin(&endpoint, common::REGION).await;
+    let bucket = create_bucket(&endpoint).await;
+    let url = format!("s3://{bucket}/rewrapped");
+    // `rewrap: Never`: the wraps are the test's own (planted ones among them), not the
+    // operator's; the restore proves them all the same.
+    let manifest = format!(
+        "{}  rewrap: Never\n",
+        rkc_manifest(NAME, &key_a.alias.to_string(), &[ORG_A, ORG_B, ORG_C])
+    );
+    let (cluster, operator_kubeconfig, _) = Cluster::with_operator_identity().await;
+    let id = ["--key-store-cluster-id=rewrapped"];
+    let mut operator = start_with(
+        &cluster,
+        "before",
+        &operator_kubeconfig,
+        &url,
+        &endpoint,
+        &id,
+    );
+    operator.wait_ready().await;
+    cluster.apply_ok(&manifest).await;
+
+    // Three generations: two under A, one under B. A recording under each of ORG_A's and
+    // ORG_B's pairs.
+    let mut recordings = Vec::new();
+    let status = wait_synced(&cluster, 3, 3).await;
+    for org in [ORG_A, ORG_B] {
+        recordings.push(record_with(&cluster, &active_of(&status, org).0).await);
+    }
+    rotate(&cluster, "under-a").await;
+    let status = wait_synced(&cluster, 6, 3).await;
+    for org in [ORG_A, ORG_B] {
+        recordings.push(record_with(&cluster, &active_of(&status, org).0).await);
+    }
+    // The alias moves to B while no operator runs (a running one may judge the pairs it makes
+    // under B against its cached answer for the alias, A, until that expires, and rotate
+    // again), and the next one is asked to rotate: its pairs are under B.
+    operator.kill();
+    let key_b = kms
+        .create_key()
+        .description("kekeeper rewrap test: key B")
+        .send()
+        .await
+        .expect("CreateKey");
+    let key_b = key_b.key_metadata().unwrap();
+    let key_b_arn = key_b.arn().unwrap().to_owned();
+    let alias_name = key_a.alias.as_str().rsplit_once(':').unwrap().1;
+    // By key id: LocalStack 4.8.1 takes a key ARN here but then cannot resolve the alias.
+    kms.update_alias()
+        .alias_name(alias_name)
+        .target_key_id(key_b.key_id())
+        .send()
+        .await
+        .expect("UpdateAlias");
+    let mut operator = start_with(
+        &cluster,
+        "under-b",
+        &operator_kubeconfig,
+        &url,
+        &endpoint,
+        &id,
+    );
+    operator.wait_ready().await;
+    rotate(&cluster, "under-b").await;
+    let before = wait_synced(&cluster, 9, 3).await;
+    assert!(
+        before["status"]["activeKeyPairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["kmsKeyArn"] == key_b_arn.as_str()),
+        "{:#}",
+        before["status"]
+    );
+    for org in [ORG_A, ORG_B] {
+        recordings.push(record_with(&cluster, &active_of(&before, org).0).await);
+    }
+    operator.kill();
+
+    // The wraps, as a rewrap writes them: through KeyStore::put_wrap.
+    let store = KeyStore::new(
+        url.parse().unwrap(),
+        std::sync::Arc::new(S3Objects::from_conf(s3_config(&endpoint).await, &bucket)),
+    );
+    let listing = store.list(&cluster.ns(), NAME).await.unwrap();
+    let pairs: Vec<KeyPairSecret> = listing
+        .entries
+        .iter()
+        .map(|e| e.pair.clone().unwrap())
+        .collect();
+    assert_eq!(pairs.len(), 9);
+    assert_eq!(
+        pairs.iter().filter(|p| p.kms_key_arn == key_b_arn).count(),
+        3,
+        "the third generation is under B"
+    );
+    let under_a: Vec<&KeyPairSecret> = pairs
+        .iter()
+        .filter(|p| p.kms_key_arn == key_a.key_arn)
+        .collect();
+    assert_eq!(under_a.len(), 6);
+    let by = |org: &str, sequence: u64| {
+        under_a
+            .iter()
+            .find(|p| p.organization_id == org && p.sequence == sequence)
+            .copied()
+            .unwrap()
+    };
+    let mut wrapped = BTreeSet::new();
+    let mut planted = BTreeSet::new();
+    for pair in &under_a {
+        let ciphertext = match (pair.organization_id.as_str(), pair.sequence) {
+            (ORG_C, 1) => vec![0x5a; 300],
+            (ORG_C, 2) => {
+                let first = by(ORG_C, 1);
+                re_encrypt(&kms, first, &first.private_key_ciphertext, &key_b_arn).await
+            }
+            _ => re_encrypt(&kms, pair, &pair.private_key_ciphertext, &key_b_arn).await,
+        };
+        let wrap = Wrap {
+            kms_key_arn: key_b_arn.clone(),
+            ciphertext,
+            created_at: jiff::Timestamp::now(),
+        };
+        assert_eq!(store.put_wrap(pair, &wrap).await.unwrap(), WrapPut::Created);
+        if pair.organization_id == ORG_C {
+            planted.insert(pair.secret_name.clone());
+        } else {
+            wrapped.insert(pair.secret_name.clone());
+        }
+    }
+    kms.disable_key()
+        .key_id(&key_a.key_arn)
+        .send()
+        .await
+        .expect("DisableKey");
+
+    // The rebuild.
+    let (rebuilt, rebuilt_kubeconfig, _) = rebuild(&cluster).await;
+    let after_cluster = rebuilt.as_ref().unwrap_or(&cluster);
+    let mut operator = start_with(
+        after_cluster,
+        "after",
+        &rebuilt_kubeconfig,
+        &url,
+        &endpoint,
+        &id,
+    );
+    operator.wait_ready().await;
+    after_cluster.apply_ok(&manifest).await;
+    let after = wait_synced(after_cluster, 9, 3).await;
+    assert_eq!(active_pairs(&after), active_pairs(&before));
+    assert_eq!(generated(&operator).await, 0, "a restore generates nothing");
+
+    // Each pair under A carries its proven wrap, a planted one none.
+    let secrets = after_cluster.key_pair_secrets(NAME).await;
+    assert_eq!(secrets.len(), 9);
+    for secret in &secrets {
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(secret.clone()).unwrap();
+        let pair = KeyPairSecret::from_secret(&secret).unwrap();
+        let keys: Vec<&str> = pair.wraps.iter().map(|w| w.kms_key_arn.as_str()).collect();
+        if wrapped.contains(&pair.secret_name) {
+            assert_eq!(keys, vec![key_b_arn.as_str()], "{}", pair.secret_name);
+        } else {
+            assert!(keys.is_empty(), "{}: {keys:?}", pair.secret_name);
+        }
+    }
+    let log = operator.log_text();
+    assert_eq!(
+        log.matches("wrap of a candidate key pair proven through KMS")
+            .count(),
+        4,
+        "{log}"
+    );
+    assert_eq!(log.matches("wrap dropped").count(), 2, "{log}");
+    assert!(!log.contains("PRIVATE KEY"));
+    let events = after_cluster
+        .kubectl_ok(&["get", "events", "-o", "json"])
+        .await;
+    assert!(events.contains("KeyStoreMismatch"), "{events}");
+    for name in &planted {
+        let sequence = name.rsplit_once('-').unwrap().1.parse::<u64>().unwrap();
+        let key = format!("{sequence:010}.wrap-");
+        assert!(
+            events.contains(&key) && events.contains("failed its proof"),
+            "{name}: {events}"
+        );
+    }
+    let calls = fleet::kms_calls(&operator).await;
+    assert_eq!(
+        fleet::calls(&calls, "Decrypt"),
+        6 + 3,
+        "a Decrypt under B for each wrap, one custody Decrypt per active pair: {calls:?}"
+    );
+
+    // Every recording decrypts with A disabled, with `kekeeper decrypt`: those under B through
+    // their original blob, those under A through the restored wrap status now records.
+    for entry in after["status"]["keyPairHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(after["status"]["activeKeyPairs"].as_array().unwrap())
+    {
+        let secret_name = entry["secretName"].as_str().unwrap();
+        let expected = wrapped.contains(secret_name).then_some(key_b_arn.as_str());
+        assert_eq!(
+            entry["rewrappedKmsKeyArn"].as_str(),
+            expected,
+            "{secret_name}: {entry}"
+        );
+    }
+    for (encrypted, recording) in &recordings {
+        let out = format!("{encrypted}.out");
+        let run = kekeeper(
+            &after_cluster.kubeconfig,
+            &["decrypt", "-i", encrypted, "-o", &out],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{encrypted}: {stderr}");
+        assert!(
+            stderr.contains(&format!("private key blob under {key_b_arn}")),
+            "{stderr}"
+        );
+        assert_eq!(&std::fs::read(&out).unwrap(), recording);
+    }
+
+    // What status says of the old key: ORG_A's and ORG_B's pairs under A have their proven
+    // wrap under B; ORG_C's two pairs (planted wraps, dropped) still depend on A, which is
+    // disabled: HistoricalKeysAtRisk names A, and kmsKeys counts 2 under A, 7 under B.
+    let kms_keys = &after["status"]["kmsKeys"];
+    let count = |arn: &str| {
+        kms_keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kmsKeyArn"] == arn)
+            .map(|k| k["keyPairs"].as_u64().unwrap())
+    };
+    assert_eq!(count(&key_a.key_arn), Some(2), "{kms_keys}");
+    assert_eq!(count(&key_b_arn), Some(7), "{kms_keys}");
+    let at_risk = condition_of(&after, "HistoricalKeysAtRisk");
+    assert_eq!(at_risk["status"], "True", "{at_risk}");
+    assert!(
+        at_risk["message"]
+            .as_str()
+            .unwrap()
+            .contains(&key_a.key_arn),
+        "{at_risk}"
+    );
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use common::proxy::FaultProxy;
 use common::{create_bucket, kms_endpoint, s3_config, unique};
-use kekeeper::keypair::{KeyPairSecret, KeyPairState};
+use kekeeper::keypair::{KeyPairSecret, KeyPairState, Wrap};
 use kekeeper::keystore::s3::S3Objects;
 use std::time::{Duration, Instant};
 
 use kekeeper::keystore::{
-    CLAIM_LAPSED, CLAIMED, Claimed, Condition, KeyStore, MarkKind, ObjectStore, Put, Swap,
+    CLAIM_LAPSED, CLAIMED, Claimed, Condition, KeyStore, MarkKind, ObjectStore, Put, Swap, WrapPut,
 };
 use kekeeper::kms::{EncryptionContext, GeneratedKeyPair, KeyPairSpec};
 
@@ -415,4 +415,71 @@ async fn key_pairs_round_trip_through_s3() {
             .len(),
         2
     );
+}
+
+const KEY_B: &str = "arn:aws:kms:us-east-1:000000000000:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+
+fn wrap(byte: u8) -> Wrap {
+    Wrap {
+        kms_key_arn: KEY_B.into(),
+        ciphertext: vec![byte; 48],
+        created_at: "2026-06-01T00:00:00Z".parse().unwrap(),
+    }
+}
+
+/// A wrap goes in once beside its pair through S3's `If-None-Match: *`: again, it is a retry;
+/// another blob under the same key is given back and the object is not overwritten; two
+/// writers started together (a crashed rewrap's retry racing a new one) get one object, and
+/// the loser is given the winner's wrap. The listing brings the wrap back with its pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack with S3: scripts/test.sh starts it and runs ignored tests"]
+async fn wraps_are_written_once_through_s3() {
+    let endpoint = kms_endpoint();
+    // Unversioned: see create_unversioned_bucket.
+    let bucket = create_unversioned_bucket(&endpoint).await;
+    let (store, objects) = s3_store(&endpoint, &bucket).await;
+    let first = pair("org-1", 1);
+    store.put(&first, None).await.unwrap();
+    assert_eq!(
+        store.put_wrap(&first, &wrap(1)).await.unwrap(),
+        WrapPut::Created
+    );
+    assert_eq!(
+        store.put_wrap(&first, &wrap(1)).await.unwrap(),
+        WrapPut::Exists
+    );
+    assert_eq!(
+        store.put_wrap(&first, &wrap(2)).await.unwrap(),
+        WrapPut::Other(wrap(1))
+    );
+    let listing = store.list("telephony", "recordings").await.unwrap();
+    assert_eq!(listing.entries.len(), 1, "{listing:?}");
+    let listed = listing
+        .get(&first.secret_name)
+        .unwrap()
+        .pair
+        .as_ref()
+        .unwrap();
+    assert_eq!(listed.wraps, vec![wrap(1)]);
+    let key = format!(
+        "cluster-a/key-pairs/telephony/recordings/org-1/0000000001.wrap-{}.json",
+        "0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+    );
+    assert!(objects.get(&key, 65_536).await.unwrap().is_some(), "{key}");
+
+    for sequence in 2..=11 {
+        let pair = pair("org-1", sequence);
+        store.put(&pair, None).await.unwrap();
+        let (other, _) = s3_store(&endpoint, &bucket).await;
+        let (three, four) = (wrap(3), wrap(4));
+        let (a, b) = tokio::join!(store.put_wrap(&pair, &three), other.put_wrap(&pair, &four));
+        let mut outcomes = [a.unwrap(), b.unwrap()];
+        outcomes.sort_by_key(|o| matches!(o, WrapPut::Created));
+        match &outcomes {
+            [WrapPut::Other(found), WrapPut::Created] => {
+                assert!(*found == wrap(3) || *found == wrap(4), "{found:?}")
+            }
+            _ => panic!("sequence {sequence}: both or neither written: {outcomes:?}"),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The key store's object and the backup file (`kekeeper restore -f FILE`, and every object
 //! the operator lists from S3): untrusted JSON. A pair that passes the checks must survive
-//! being stored again: its own object verifies to the same pair, and its Secret parses.
+//! being stored again: its own object verifies to the same pair, and its Secret parses, with
+//! the wraps a backup entry gave it.
 
 #![no_main]
 
@@ -21,6 +22,7 @@ fn round_trip(pair: &KeyPairSecret, token: Option<&str>) {
     let secret = KeyPairSecret::from_secret(&pair.to_secret().expect("a verified pair serialises"))
         .expect("its Secret parses");
     assert_eq!(secret.fingerprint(), pair.fingerprint());
+    assert_eq!(secret.wraps, pair.wraps, "a backup's wraps survive in the Secret");
 }
 
 fuzz_target!(|data: &[u8]| {

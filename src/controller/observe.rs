@@ -23,6 +23,7 @@ use crate::keypair::{
 };
 pub use crate::keyring::Tokens;
 use crate::keyring::{KeyRing, Pruning, Reading};
+use crate::keystore::KeyStoreUrl;
 use crate::kms::{KeyDescription, Kms, KmsError, KmsErrorKind};
 use crate::{policy, selftest};
 
@@ -223,7 +224,9 @@ impl Observation {
         let (Ok(config), Some(listed), Some(KeyCheck::Usable { description, .. })) =
             (&self.config, &self.listed, &self.key)
         else {
-            self.proofs = Some(ProofCheck::default());
+            let check = ProofCheck::default();
+            self.keep_proven_wraps(ctx, &check);
+            self.proofs = Some(check);
             return Ok(());
         };
         // The resource's cache may not have our own newest status yet (a reconcile woken by
@@ -235,15 +238,25 @@ impl Observation {
         let fresh = api.get_status(&self.name).await?;
         let anchors = ring_of(&fresh, Vec::new(), Tokens::new(), self.now);
         let mut unproven = Vec::new();
+        // Trusted pairs the store restores with wraps (retired ones, never published, and
+        // those status recorded): only their wraps are proven.
+        let restoring = self.restoring();
+        let mut wraps_only = Vec::new();
         for name in names {
             let Some(pair) = listed.iter().find(|p| &p.secret_name == name) else {
                 continue;
             };
             let fingerprint = pair.fingerprint();
+            let wrapped = !pair.wraps.is_empty() && restoring.contains(name);
             if anchors.recorded_fingerprint(name) == Some(fingerprint.as_str())
                 || ctx.proven_here(&self.namespace, name, &fingerprint)
             {
                 self.ring.prove(name);
+                if wrapped {
+                    wraps_only.push(name.clone());
+                }
+            } else if wrapped && self.ring.is_trusted(&pair.record) {
+                wraps_only.push(name.clone());
             } else if let Some(q) = anchors
                 .quarantined()
                 .find(|q| &q.secret_name == name && q.fingerprint == pair.fingerprint())
@@ -260,6 +273,7 @@ impl Observation {
             &description.key_arn,
             listed,
             &unproven,
+            &wraps_only,
         )
         .await;
         for name in &check.proven {
@@ -271,15 +285,90 @@ impl Observation {
         for quarantined in &check.quarantined {
             self.ring.quarantine(quarantined.clone());
         }
+        self.keep_proven_wraps(ctx, &check);
+        // A restored pair's proven wrap is one of its proven blobs: custody, decrypt and
+        // HistoricalKeysAtRisk follow it at once (docs/design.md, "Rewrap").
+        let mut proven_wraps = false;
+        for (name, wraps) in &check.wraps {
+            if let Some(wrap) = wraps.last().filter(|_| restoring.contains(name)) {
+                self.ring
+                    .prove_wrap(name, &wrap.kms_key_arn, wrap.created_at);
+                proven_wraps = true;
+            }
+        }
+        if let (
+            true,
+            Some(KeyCheck::Usable {
+                description,
+                at_risk,
+                ..
+            }),
+        ) = (proven_wraps, &mut self.key)
+        {
+            *at_risk = keys_at_risk(ctx, &self.ring, description).await;
+        }
         self.proofs = Some(check);
         Ok(())
+    }
+
+    /// Secret names of the pairs the store restores in this reconcile (trusted or not).
+    fn restoring(&self) -> Vec<String> {
+        self.store_sync()
+            .map(|sync| sync.restore.iter().map(|p| p.secret_name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The pairs the store restores keep only the wraps their proofs proved: a restored Secret
+    /// carries no wrap KMS did not prove (docs/design.md, "The key store", wrap objects). The
+    /// wraps that failed are reported with the store's refused objects (status, events).
+    fn keep_proven_wraps<K>(&mut self, ctx: &Context<K>, check: &ProofCheck) {
+        let restoring = self.restoring();
+        let keep = |pair: &mut KeyPairSecret| {
+            if restoring.contains(&pair.secret_name) && !pair.wraps.is_empty() {
+                pair.wraps = check
+                    .wraps
+                    .get(&pair.secret_name)
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        };
+        self.listed.iter_mut().flatten().for_each(keep);
+        let (
+            Some(store),
+            Some(StoreCheck {
+                result: Ok(sync), ..
+            }),
+        ) = (&ctx.key_store, &mut self.store)
+        else {
+            return;
+        };
+        sync.restore.iter_mut().for_each(keep);
+        for dropped in &check.dropped_wraps {
+            let object = store.url().object_key(
+                &self.namespace,
+                &self.name,
+                &dropped.organization_id,
+                dropped.sequence,
+            );
+            let key = match crate::keystore::kms_key_id(&dropped.kms_key_arn) {
+                Some(key_id) => KeyStoreUrl::wrap_key(&object, key_id),
+                None => format!("{object} (wrap under {})", dropped.kms_key_arn),
+            };
+            if sync
+                .restore
+                .iter()
+                .any(|p| p.secret_name == dropped.secret_name)
+            {
+                sync.refused.push((key, dropped.problem.clone()));
+            }
+        }
     }
 
     /// Lists the config's pairs in the key store and compares them with the Secrets (listed
     /// first if they were not). Pairs whose Secrets are gone and whose objects pass their checks
     /// join the ring and the listed Secrets as they were: execute creates their Secrets, and the
     /// plan sees them before it decides on new pairs. Every sequence the store holds is taken.
-    pub async fn check_store<K>(&mut self, ctx: &Context<K>) -> Result<()> {
+    pub async fn check_store<K: Kms>(&mut self, ctx: &Context<K>) -> Result<()> {
         let Some(store) = &ctx.key_store else {
             return Ok(());
         };
@@ -296,6 +385,19 @@ impl Observation {
                 listed.extend(sync.restore.iter().cloned());
                 let records = sync.restore.iter().map(|p| p.record.clone()).collect();
                 self.ring.restore(records, &sync.restore_tokens);
+                // The key check of this reconcile ran before the store was read: the restored
+                // pairs' KMS keys are checked now, so HistoricalKeysAtRisk covers them at once.
+                if let (
+                    false,
+                    Some(KeyCheck::Usable {
+                        description,
+                        at_risk,
+                        ..
+                    }),
+                ) = (sync.restore.is_empty(), &mut self.key)
+                {
+                    *at_risk = keys_at_risk(ctx, &self.ring, description).await;
+                }
                 Ok(sync)
             }
             Err(err) => {

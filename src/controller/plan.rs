@@ -193,8 +193,9 @@ pub fn plan(obs: &Observation, now: Timestamp, settings: &Settings) -> Plan {
 }
 
 /// The candidates to prove: pairs labelled active that status has not recorded (Secrets, and
-/// objects the store could restore), and retired Secrets the store lacks (written there only
-/// once proven). Quarantined pairs are not proven again while they hold the same public key.
+/// objects the store could restore), retired Secrets the store lacks (written there only
+/// once proven), and the wraps of pairs the store restores. Quarantined pairs are not proven
+/// again while they hold the same public key.
 fn to_prove(obs: &Observation, organizations: &[String]) -> Vec<String> {
     let ring = &obs.ring;
     let mut names: Vec<String> = ring
@@ -210,6 +211,13 @@ fn to_prove(obs: &Observation, organizations: &[String]) -> Vec<String> {
                 && !ring.is_quarantined(r)
         });
         names.extend(unproven_retired.map(|r| r.secret_name.clone()));
+        // Pairs the store restores with wraps: no wrap is published unproven, even with a
+        // trusted pair (docs/design.md, "The key store", wrap objects).
+        let wrapped = sync.restore.iter().filter(|p| {
+            !p.wraps.is_empty() && !ring.is_quarantined(p) && !names.contains(&p.secret_name)
+        });
+        let wrapped: Vec<String> = wrapped.map(|p| p.secret_name.clone()).collect();
+        names.extend(wrapped);
     }
     names
 }
@@ -460,6 +468,69 @@ mod tests {
             message: "down".into(),
         }));
         assert_eq!(plan(&obs, ts(NOW), &with_store()).step, Step::Blocked);
+    }
+
+    /// A retired pair the store restores is trusted without a proof, but its wraps are not: with
+    /// a wrap, the plan proves first (the wraps only) and restores after; without, at once.
+    #[test]
+    fn a_pair_restored_with_wraps_is_proven_before_it_is_restored() {
+        let mut obs = observe(resource(1, None), Vec::new());
+        obs.listed = Some(Vec::new());
+        obs.key = Some(KeyCheck::Usable {
+            description: crate::kms::KeyDescription {
+                key_arn: KEY.into(),
+                key_id: "k1".into(),
+                key_state: "Enabled".into(),
+                key_spec: "SYMMETRIC_DEFAULT".into(),
+                key_usage: "ENCRYPT_DECRYPT".into(),
+                key_manager: "CUSTOMER".into(),
+                region: "us-east-1".into(),
+                multi_region: None,
+                age: std::time::Duration::ZERO,
+            },
+            at_risk: Vec::new(),
+            checked_at: ts(NOW),
+        });
+        let mut retired = crate::keypair::KeyPairSecret {
+            record: record("2026-01-01T00:00:00Z"),
+            private_key_ciphertext: vec![1; 8],
+            wraps: Vec::new(),
+        };
+        retired.retire(ts("2026-01-02T00:00:00Z"));
+        let restore = |pair: &crate::keypair::KeyPairSecret, obs: &mut Observation| {
+            obs.ring.restore(vec![pair.record.clone()], &Tokens::new());
+            obs.store = store_listed(Ok(StoreSync {
+                restore: vec![pair.clone()],
+                ..StoreSync::default()
+            }));
+        };
+        let plain = obs.clone();
+        let mut wrapped = retired.clone();
+        wrapped.wraps = vec![crate::keypair::Wrap {
+            kms_key_arn:
+                "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b".into(),
+            ciphertext: vec![2; 8],
+            created_at: ts("2026-01-03T00:00:00Z"),
+        }];
+        restore(&wrapped, &mut obs);
+        let first = plan(&obs, ts(NOW), &with_store());
+        assert_eq!(first.step, Step::Prove);
+        assert_eq!(first.prove, vec![retired.secret_name.clone()]);
+        obs.proofs = Some(Default::default());
+        let then = plan(&obs, ts(NOW), &with_store());
+        assert_eq!(
+            (then.step, then.restore),
+            (Step::Execute, vec![retired.secret_name.clone()])
+        );
+
+        let mut obs = plain;
+        restore(&retired, &mut obs);
+        let at_once = plan(&obs, ts(NOW), &with_store());
+        assert!(at_once.prove.is_empty());
+        assert_eq!(
+            (at_once.step, at_once.restore),
+            (Step::Execute, vec![retired.secret_name.clone()])
+        );
     }
 
     /// Steady state with a store that status says holds every pair: nothing is listed; a

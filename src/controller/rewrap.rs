@@ -24,7 +24,7 @@ use super::custody;
 use crate::crd::{RecordingKeyConfig, RewrapPolicy};
 use crate::keypair::{self, KeyPairRecord, KeyPairSecret, Wrap};
 use crate::keyring::KeyRing;
-use crate::keystore::StoreError;
+use crate::keystore::{StoreError, WrapPut};
 use crate::kms::{Kms, KmsError, KmsErrorKind};
 
 /// Pairs rewrapped per reconcile at most; the reconcile then requeues at once.
@@ -222,17 +222,22 @@ pub async fn run<K: Kms>(
                 break;
             }
         };
-        if !adopted {
-            // Write-ahead, as for new pairs: the store first, then the Secret.
-            if let Err(err) = put_wrap_in_store(ctx, pair, &wrap).await {
+        // Write-ahead, as for new pairs: the store first, then the Secret. An adopted wrap
+        // (found in the Secret) goes to the store too, which may have been configured after
+        // the Secret got it; a copy there already answers Exists (docs/design.md, "Rewrap").
+        let wrap = match put_wrap_in_store(ctx, ring, pair, wrap).await {
+            Ok(wrap) => wrap,
+            Err(err) => {
                 warn!(secret = %pair.secret_name, error = %err, "the key store did not take a wrap");
-                outcome.error = Some(RewrapError::Store(err));
+                outcome.error = Some(err);
                 break;
             }
+        };
+        if adopted {
+            outcome.adopted += 1;
+        } else {
             add_to_secret(secrets, pair, &wrap).await?;
             outcome.made += 1;
-        } else {
-            outcome.adopted += 1;
         }
         info!(secret = %pair.secret_name, kms_key = %target, adopted, "key pair rewrapped");
         ring.prove_wrap(&pair.secret_name, target, wrap.created_at);
@@ -301,20 +306,33 @@ fn is_verdict(err: &KmsError) -> bool {
     )
 }
 
-/// Writes a proven wrap to the key store, when one is configured, before the Secret carries it.
-///
-/// TODO(merge helper-wrapstore): call `store.put_wrap(pair, wrap)` (its `KeyStore::put_wrap`,
-/// branch helper-wrapstore, not yet on main); on `WrapPut::Other(found)` prove `found` and use
-/// it instead of `wrap`. Until that merge, a configured store does not receive wraps.
-async fn put_wrap_in_store<K>(
+/// Writes a proven wrap to the key store, when one is configured, before the Secret carries it;
+/// returns the wrap the Secret is to hold: the stored one when an earlier attempt's wrap is
+/// there and proves (docs/design.md, "Rewrap", the key store's copy).
+async fn put_wrap_in_store<K: Kms>(
     ctx: &Context<K>,
+    ring: &KeyRing,
     pair: &KeyPairSecret,
-    wrap: &Wrap,
-) -> std::result::Result<(), StoreError> {
-    if ctx.key_store.is_some() {
-        warn!(secret = %pair.secret_name, kms_key = %wrap.kms_key_arn, "this build cannot write wraps to the key store yet");
+    wrap: Wrap,
+) -> std::result::Result<Wrap, RewrapError> {
+    let Some(store) = &ctx.key_store else {
+        return Ok(wrap);
+    };
+    match store.put_wrap(pair, &wrap).await {
+        Ok(WrapPut::Created | WrapPut::Exists) => Ok(wrap),
+        // An earlier attempt's ReEncrypt, stored before a crash: the object is write-once, so
+        // the Secret takes that one when it proves, and the store and the Secret agree
+        // (docs/design.md, "Rewrap").
+        Ok(WrapPut::Other(stored)) => match prove(ctx, ring, pair, &stored).await {
+            Ok(Ok(())) => Ok(stored),
+            Ok(Err(problem)) => {
+                warn!(secret = %pair.secret_name, problem = %problem, "the key store holds a wrap of this pair that fails its proof; the Secret takes the new one, and a restore drops the stored one");
+                Ok(wrap)
+            }
+            Err(err) => Err(RewrapError::Kms(err)),
+        },
+        Err(err) => Err(RewrapError::Store(err)),
     }
-    Ok(())
 }
 
 /// Adds the wrap to the pair's Secret: a merge patch that only adds `privateKey.<KEY-ID>.kms`
