@@ -1589,3 +1589,189 @@ async fn a_rebuilt_cluster_restores_wraps_and_decrypts_with_the_old_key_disabled
         "{at_risk}"
     );
 }
+
+/// Issue 28, the operator's own rewrap with the key store: two organisations, a rotation under
+/// key A, the alias moved to key B while no operator runs. The next operator rewraps every pair
+/// under A onto B (one ReEncrypt each) and writes each wrap to the store as a wrap object
+/// before the Secret. Key A is disabled and the cluster rebuilt: every pair comes back with its
+/// wrap, status records it (`rewrappedKmsKeyArn`, `kmsKeys` all under B), nothing is
+/// generated or re-encrypted again, `HistoricalKeysAtRisk` is False and every recording made
+/// before decrypts with `kekeeper decrypt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn the_operators_rewrap_is_stored_and_a_rebuild_brings_it_back() {
+    let endpoint = kms_endpoint();
+    let key_a = create_key(&endpoint, common::REGION, false).await;
+    let kms = common::admin(&endpoint, common::REGION).await;
+    let bucket = create_bucket(&endpoint).await;
+    let prefix = "operator-rewrap";
+    let url = format!("s3://{bucket}/{prefix}");
+    let manifest = rkc_manifest(NAME, &key_a.alias.to_string(), &[ORG_A, ORG_B]);
+    let (cluster, operator_kubeconfig, _) = Cluster::with_operator_identity().await;
+    let id = ["--key-store-cluster-id=operator-rewrap"];
+    let mut operator = start_with(
+        &cluster,
+        "before",
+        &operator_kubeconfig,
+        &url,
+        &endpoint,
+        &id,
+    );
+    operator.wait_ready().await;
+    cluster.apply_ok(&manifest).await;
+    let mut recordings = Vec::new();
+    let status = wait_synced(&cluster, 2, 2).await;
+    for org in [ORG_A, ORG_B] {
+        recordings.push(record_with(&cluster, &active_of(&status, org).0).await);
+    }
+    rotate(&cluster, "under-a").await;
+    let status = wait_synced(&cluster, 4, 2).await;
+    for org in [ORG_A, ORG_B] {
+        recordings.push(record_with(&cluster, &active_of(&status, org).0).await);
+    }
+    operator.kill();
+
+    let key_b = kms
+        .create_key()
+        .description("kekeeper rewrap test: key B")
+        .send()
+        .await
+        .expect("CreateKey");
+    let key_b = key_b.key_metadata().unwrap();
+    let key_b_arn = key_b.arn().unwrap().to_owned();
+    let alias_name = key_a.alias.as_str().rsplit_once(':').unwrap().1;
+    kms.update_alias()
+        .alias_name(alias_name)
+        .target_key_id(key_b.key_id())
+        .send()
+        .await
+        .expect("UpdateAlias");
+    // The key check at a short interval sees the alias's new key.
+    let mut operator = start_with(
+        &cluster,
+        "rewrap",
+        &operator_kubeconfig,
+        &url,
+        &endpoint,
+        &[id[0], "--kms-key-check-interval=1s"],
+    );
+    operator.wait_ready().await;
+    // Rewrapped, every retained pair's newest proven blob under B, the store in sync.
+    let only_b = |rkc: &Value| {
+        let keys = rkc["status"]["kmsKeys"].as_array()?;
+        (keys.len() == 1 && keys[0]["kmsKeyArn"] == key_b_arn.as_str())
+            .then(|| keys[0]["keyPairs"].as_u64())
+            .flatten()
+    };
+    let (before, pairs) = eventually("the rewrap onto B, stored", WAIT, || async {
+        let rkc = rkc(&cluster).await?;
+        let pairs = only_b(&rkc)?;
+        let synced = condition_of(&rkc, "KeyStoreSynced");
+        (condition(&rkc, "Rewrapped").as_deref() == Some("True")
+            && synced["status"] == "True"
+            && synced["message"]
+                .as_str()?
+                .starts_with(&format!("{pairs}/{pairs} key pairs stored")))
+        .then_some((rkc, pairs))
+    })
+    .await;
+    let entries: Vec<Value> = before["status"]["keyPairHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(before["status"]["activeKeyPairs"].as_array().unwrap())
+        .cloned()
+        .collect();
+    let rewrapped: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e["kmsKeyArn"] == key_a.key_arn.as_str())
+        .map(|e| {
+            assert_eq!(e["rewrappedKmsKeyArn"], key_b_arn.as_str(), "{e}");
+            e["secretName"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        rewrapped.len(),
+        4,
+        "the four pairs made under A: {entries:#?}"
+    );
+    let calls = fleet::kms_calls(&operator).await;
+    assert_eq!(fleet::calls(&calls, "ReEncrypt"), 4, "{calls:?}");
+    // One wrap object per rewrapped pair, beside its pair's object.
+    let wraps: Vec<String> = objects(&bucket, prefix)
+        .await
+        .into_iter()
+        .filter(|k| k.contains(".wrap-"))
+        .collect();
+    assert_eq!(wraps.len(), 4, "{wraps:?}");
+    let key_b_id = key_b.key_id();
+    assert!(
+        wraps
+            .iter()
+            .all(|k| k.ends_with(&format!(".wrap-{key_b_id}.json"))),
+        "{wraps:?}"
+    );
+    operator.kill();
+
+    // Key A goes; the cluster is rebuilt from the store.
+    kms.disable_key()
+        .key_id(&key_a.key_arn)
+        .send()
+        .await
+        .expect("DisableKey");
+    let (rebuilt, rebuilt_kubeconfig, _) = rebuild(&cluster).await;
+    let after_cluster = rebuilt.as_ref().unwrap_or(&cluster);
+    let mut operator = start_with(
+        after_cluster,
+        "after",
+        &rebuilt_kubeconfig,
+        &url,
+        &endpoint,
+        &id,
+    );
+    operator.wait_ready().await;
+    after_cluster.apply_ok(&manifest).await;
+    let after = wait_synced(after_cluster, pairs as usize, 2).await;
+    let after = match only_b(&after) {
+        Some(n) if n == pairs => after,
+        _ => {
+            eventually("every pair restored with its wrap", WAIT, || async {
+                let rkc = rkc(after_cluster).await?;
+                (only_b(&rkc) == Some(pairs)).then_some(rkc)
+            })
+            .await
+        }
+    };
+    assert_eq!(active_pairs(&after), active_pairs(&before));
+    for entry in after["status"]["keyPairHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(after["status"]["activeKeyPairs"].as_array().unwrap())
+    {
+        let name = entry["secretName"].as_str().unwrap();
+        let expected = rewrapped.contains(name).then_some(key_b_arn.as_str());
+        assert_eq!(entry["rewrappedKmsKeyArn"].as_str(), expected, "{entry}");
+    }
+    let at_risk = condition_of(&after, "HistoricalKeysAtRisk");
+    assert_eq!(at_risk["status"], "False", "{at_risk}");
+    let calls = fleet::kms_calls(&operator).await;
+    assert_eq!(generated(&operator).await, 0, "a restore generates nothing");
+    assert_eq!(fleet::calls(&calls, "ReEncrypt"), 0, "{calls:?}");
+    for (encrypted, recording) in &recordings {
+        let out = format!("{encrypted}.out");
+        let run = kekeeper(
+            &after_cluster.kubeconfig,
+            &["decrypt", "-i", encrypted, "-o", &out],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{encrypted}: {stderr}");
+        assert!(
+            stderr.contains(&format!("private key blob under {key_b_arn}")),
+            "{stderr}"
+        );
+        assert_eq!(&std::fs::read(&out).unwrap(), recording);
+    }
+    assert!(!operator.log_text().contains("PRIVATE KEY"));
+}
