@@ -29,6 +29,7 @@ use crate::cli::PolicyArgs;
 use crate::config;
 use crate::crd::DEFAULT_ENCRYPTION_CONTEXT_KEY;
 use crate::keystore::KeyStoreUrl;
+use crate::kms::{is_multi_region_key, replica_arn};
 
 /// What the operator calls on the organisation's key (src/kms/sdk.rs), besides DescribeKey.
 /// ReEncryptFrom on an old key and ReEncryptTo on the current one move a retained pair's blob
@@ -167,6 +168,45 @@ pub fn kms_identity_statements(scope: &KeyScope) -> Vec<Value> {
     }
 }
 
+/// The operator role's statement for reads through multi-Region replicas (docs/installation.md,
+/// "Multi-Region keys: the replicas' policies"): `kms:Decrypt` only, on the replica Regions'
+/// multi-Region keys. An alias is Regional, so a replica carries none unless one is created
+/// there: per account and replica Region `key/mrk-*` (the key policy's encryption-context
+/// condition still binds each Decrypt), or, for `--key-arn` keys, exactly their replicas.
+pub fn kms_replica_statement(
+    scope: &KeyScope,
+    replicas: &[(AliasArn, Vec<String>)],
+) -> Option<Value> {
+    let mut resources: Vec<String> = Vec::new();
+    for (alias, regions) in replicas {
+        for region in regions {
+            let resource = match scope {
+                KeyScope::Aliases(_) => vec![format!(
+                    "arn:{}:kms:{region}:{}:key/mrk-*",
+                    alias.partition(),
+                    alias.account()
+                )],
+                KeyScope::Keys(arns) => arns
+                    .iter()
+                    .filter(|arn| is_multi_region_key(arn))
+                    .map(|arn| replica_arn(arn, region))
+                    .collect(),
+            };
+            resources.extend(resource);
+        }
+    }
+    resources.sort();
+    resources.dedup();
+    (!resources.is_empty()).then(|| {
+        json!({
+            "Sid": "KekeeperKmsReplicaReads",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": resources
+        })
+    })
+}
+
 /// The key store's statements for the operator role's identity policy: `s3:GetObject` and
 /// `s3:PutObject` on the objects under its prefix, `s3:ListBucket` on the bucket only for keys
 /// under that prefix. `partition` is the principals' (`aws`, `aws-cn`, `aws-us-gov`).
@@ -265,6 +305,8 @@ struct Gathered {
     context_key: String,
     /// The manifests' alias ARNs, deduplicated, in order.
     aliases: Vec<AliasArn>,
+    /// Each manifest's alias and its `spec.kmsReplicaRegions`, when it lists any.
+    replicas: Vec<(AliasArn, Vec<String>)>,
 }
 
 /// The organisation ids (deduplicated, in order), the context key and the aliases to print.
@@ -295,6 +337,7 @@ fn gather(args: &PolicyArgs) -> Result<Gathered, String> {
         }
     };
     let mut aliases: Vec<AliasArn> = Vec::new();
+    let mut replicas: Vec<(AliasArn, Vec<String>)> = Vec::new();
     let mut manifest_key: Option<String> = None;
     if let Some(path) = &args.file {
         for manifest in read_manifests(path)? {
@@ -312,6 +355,9 @@ fn gather(args: &PolicyArgs) -> Result<Gathered, String> {
             config.organization_ids.iter().for_each(&mut add);
             if !aliases.contains(&config.alias) {
                 aliases.push(config.alias.clone());
+            }
+            if !config.replica_regions.is_empty() {
+                replicas.push((config.alias.clone(), config.replica_regions.clone()));
             }
         }
     }
@@ -350,6 +396,7 @@ fn gather(args: &PolicyArgs) -> Result<Gathered, String> {
         ids,
         context_key: key,
         aliases,
+        replicas,
     })
 }
 
@@ -363,6 +410,7 @@ fn role_policy(args: &PolicyArgs, gathered: &Gathered) -> Option<Value> {
             KeyScope::Keys(args.key_arn.clone())
         };
         statements.extend(kms_identity_statements(&scope));
+        statements.extend(kms_replica_statement(&scope, &gathered.replicas));
     }
     if let Some(url) = &args.key_store {
         let principals: Vec<String> = args
@@ -628,6 +676,40 @@ mod tests {
                  "Resource": "arn:aws:kms:us-east-1:111122223333:key/*",
                  "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": ["alias/recordings", "alias/recordings-b"]}}}
             ])
+        );
+    }
+
+    #[test]
+    fn replica_reads_get_decrypt_only_in_the_replica_regions() {
+        let alias = AliasArn::parse("arn:aws:kms:us-east-1:111122223333:alias/recordings").unwrap();
+        let replicas = vec![(
+            alias.clone(),
+            vec!["eu-west-1".to_owned(), "ap-south-1".to_owned()],
+        )];
+        let by_alias = kms_replica_statement(&KeyScope::Aliases(vec![alias]), &replicas);
+        assert_eq!(
+            by_alias,
+            Some(json!({
+                "Sid": "KekeeperKmsReplicaReads", "Effect": "Allow", "Action": "kms:Decrypt",
+                "Resource": [
+                    "arn:aws:kms:ap-south-1:111122223333:key/mrk-*",
+                    "arn:aws:kms:eu-west-1:111122223333:key/mrk-*"
+                ]
+            }))
+        );
+        let mrk = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let by_key =
+            kms_replica_statement(&KeyScope::Keys(vec![mrk.into(), KEY.into()]), &replicas);
+        assert_eq!(
+            by_key.unwrap()["Resource"],
+            json!([
+                "arn:aws:kms:ap-south-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+                "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+            ])
+        );
+        assert_eq!(
+            kms_replica_statement(&KeyScope::Keys(vec![KEY.into()]), &[]),
+            None
         );
     }
 
