@@ -1375,22 +1375,7 @@ async fn a_rebuilt_cluster_restores_wraps_and_decrypts_with_the_old_key_disabled
     // under B against its cached answer for the alias, A, until that expires, and rotate
     // again), and the next one is asked to rotate: its pairs are under B.
     operator.kill();
-    let key_b = kms
-        .create_key()
-        .description("kekeeper rewrap test: key B")
-        .send()
-        .await
-        .expect("CreateKey");
-    let key_b = key_b.key_metadata().unwrap();
-    let key_b_arn = key_b.arn().unwrap().to_owned();
-    let alias_name = key_a.alias.as_str().rsplit_once(':').unwrap().1;
-    // By key id: LocalStack 4.8.1 takes a key ARN here but then cannot resolve the alias.
-    kms.update_alias()
-        .alias_name(alias_name)
-        .target_key_id(key_b.key_id())
-        .send()
-        .await
-        .expect("UpdateAlias");
+    let (key_b_arn, _) = move_alias(&kms, &key_a).await;
     let mut operator = start_with(
         &cluster,
         "under-b",
@@ -1631,21 +1616,7 @@ async fn the_operators_rewrap_is_stored_and_a_rebuild_brings_it_back() {
     }
     operator.kill();
 
-    let key_b = kms
-        .create_key()
-        .description("kekeeper rewrap test: key B")
-        .send()
-        .await
-        .expect("CreateKey");
-    let key_b = key_b.key_metadata().unwrap();
-    let key_b_arn = key_b.arn().unwrap().to_owned();
-    let alias_name = key_a.alias.as_str().rsplit_once(':').unwrap().1;
-    kms.update_alias()
-        .alias_name(alias_name)
-        .target_key_id(key_b.key_id())
-        .send()
-        .await
-        .expect("UpdateAlias");
+    let (key_b_arn, key_b_id) = move_alias(&kms, &key_a).await;
     // The key check at a short interval sees the alias's new key.
     let mut operator = start_with(
         &cluster,
@@ -1704,7 +1675,6 @@ async fn the_operators_rewrap_is_stored_and_a_rebuild_brings_it_back() {
         .filter(|k| k.contains(".wrap-"))
         .collect();
     assert_eq!(wraps.len(), 4, "{wraps:?}");
-    let key_b_id = key_b.key_id();
     assert!(
         wraps
             .iter()
@@ -1774,4 +1744,105 @@ async fn the_operators_rewrap_is_stored_and_a_rebuild_brings_it_back() {
         assert_eq!(&std::fs::read(&out).unwrap(), recording);
     }
     assert!(!operator.log_text().contains("PRIVATE KEY"));
+}
+
+/// Creates key B and moves `key_a`'s alias to it; B's ARN and key id.
+async fn move_alias(kms: &aws_sdk_kms::Client, key_a: &common::TestKey) -> (String, String) {
+    let key_b = kms
+        .create_key()
+        .description("kekeeper rewrap test: key B")
+        .send()
+        .await
+        .expect("CreateKey");
+    let key_b = key_b.key_metadata().unwrap();
+    let alias_name = key_a.alias.as_str().rsplit_once(':').unwrap().1;
+    // By key id: LocalStack 4.8.1 takes a key ARN here but then cannot resolve the alias.
+    kms.update_alias()
+        .alias_name(alias_name)
+        .target_key_id(key_b.key_id())
+        .send()
+        .await
+        .expect("UpdateAlias");
+    (key_b.arn().unwrap().to_owned(), key_b.key_id().to_owned())
+}
+
+/// Issue 28: a key store configured after the rewrap. Two pairs made under key A and
+/// rewrapped onto B by an operator without a store; the next operator, with one, writes both
+/// pairs and both proven wraps there (the store's sync), and the store then restores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LocalStack (KMS and S3): scripts/test.sh starts it and runs ignored tests"]
+async fn a_store_configured_after_the_rewrap_gets_the_wraps() {
+    let endpoint = kms_endpoint();
+    let key_a = create_key(&endpoint, common::REGION, false).await;
+    let kms = common::admin(&endpoint, common::REGION).await;
+    let bucket = create_bucket(&endpoint).await;
+    let prefix = "late-store";
+    let url = format!("s3://{bucket}/{prefix}");
+    let manifest = format!(
+        "{}  rotation:\n    period: Monthly\n    onKmsKeyChange: Ignore\n",
+        rkc_manifest(NAME, &key_a.alias.to_string(), &[ORG_A])
+            .replace("  rotation:\n    period: Monthly\n", "")
+    );
+    let (cluster, kubeconfig, _) = Cluster::with_operator_identity().await;
+    let without_store = |log: &str| {
+        cluster.start_operator(
+            log,
+            &kubeconfig,
+            &kms_endpoint(),
+            &["--kms-key-check-interval=1s".to_owned()],
+            &[],
+        )
+    };
+    let mut operator = without_store("a");
+    operator.wait_ready().await;
+    cluster.apply_ok(&manifest).await;
+    rotate(&cluster, "second").await;
+    eventually("two pairs under A", WAIT, || async {
+        (cluster.key_pair_secrets(NAME).await.len() == 2).then_some(())
+    })
+    .await;
+    let (key_b_arn, key_b_id) = move_alias(&kms, &key_a).await;
+    let rewrapped = eventually("both pairs rewrapped onto B", WAIT, || async {
+        let rkc = rkc(&cluster).await?;
+        let keys = rkc["status"]["kmsKeys"].as_array()?;
+        (condition(&rkc, "Rewrapped").as_deref() == Some("True")
+            && keys.len() == 1
+            && keys[0]["kmsKeyArn"] == key_b_arn.as_str()
+            && keys[0]["keyPairs"] == 2)
+            .then_some(rkc)
+    })
+    .await;
+    operator.kill();
+
+    let mut operator = start(&cluster, "store", &kubeconfig, &url, &endpoint);
+    operator.wait_ready().await;
+    let synced = wait_synced(&cluster, 2, 1).await;
+    assert_eq!(active_pairs(&synced), active_pairs(&rewrapped));
+    let wraps: Vec<String> = eventually("both wraps in the store", WAIT, || async {
+        let wraps: Vec<String> = objects(&bucket, prefix)
+            .await
+            .into_iter()
+            .filter(|k| k.contains(".wrap-"))
+            .collect();
+        (wraps.len() == 2).then_some(wraps)
+    })
+    .await;
+    assert!(
+        wraps
+            .iter()
+            .all(|k| k.ends_with(&format!(".wrap-{key_b_id}.json"))),
+        "{wraps:?}"
+    );
+    let store = KeyStore::new(
+        url.parse().unwrap(),
+        std::sync::Arc::new(S3Objects::from_conf(s3_config(&endpoint).await, &bucket)),
+    );
+    let listing = store.list(&cluster.ns(), NAME).await.unwrap();
+    for entry in &listing.entries {
+        let pair = entry.pair.as_ref().unwrap();
+        let keys: Vec<&str> = pair.wraps.iter().map(|w| w.kms_key_arn.as_str()).collect();
+        assert_eq!(keys, vec![key_b_arn.as_str()], "{}", pair.secret_name);
+    }
+    let calls = fleet::kms_calls(&operator).await;
+    assert_eq!(fleet::calls(&calls, "ReEncrypt"), 0, "{calls:?}");
 }

@@ -22,7 +22,7 @@ use crate::keypair::{
     KeyPairState,
 };
 use crate::keyring::KeyRing;
-use crate::keystore::{MarkKind, StoreError};
+use crate::keystore::{MarkKind, StoreError, WrapPut};
 use crate::kms::{Kms, KmsError};
 use crate::selftest;
 
@@ -223,6 +223,40 @@ async fn sync_store<K>(
             Ok(()) => outcome.store_writes += 1,
             Err(err) => {
                 warn!(error = %err, "cannot write a retained key pair to the key store");
+                outcome.store_error.get_or_insert(err);
+            }
+        }
+    }
+    // The proven wraps the store lacks (a store configured after the rewrap), after their
+    // pairs' objects (docs/design.md, "Rewrap", the key store's copy).
+    let wraps = listed.iter().filter_map(|pair| {
+        let proven = outcome.ring.proven_wrap(&pair.record)?;
+        (sync.unstored_wraps.contains(&pair.secret_name) && outcome.ring.is_trusted(pair))
+            .then(|| {
+                pair.wrap_under(&proven.kms_key_arn)
+                    .map(|wrap| (pair, wrap))
+            })
+            .flatten()
+    });
+    for (pair, wrap) in wraps {
+        match store.put_wrap(pair, wrap).await {
+            Ok(WrapPut::Created | WrapPut::Exists) => {}
+            Ok(WrapPut::Other(_)) => {
+                let err = StoreError {
+                    url: store.url().to_string(),
+                    operation: "PutObject",
+                    key: pair.secret_name.clone(),
+                    code: "WrapDiffers".to_owned(),
+                    message: format!(
+                        "the store holds another wrap of {} under {} than the proven one in the Secret; it is not overwritten, and a restore proves it before using it",
+                        pair.secret_name, wrap.kms_key_arn
+                    ),
+                };
+                warn!(error = %err, "the key store holds another wrap of a key pair");
+                outcome.store_error.get_or_insert(err);
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot write a key pair's wrap to the key store");
                 outcome.store_error.get_or_insert(err);
             }
         }

@@ -27,6 +27,9 @@ pub struct StoreSync {
     pub refused: Vec<(String, String)>,
     /// Secret names of retained pairs that have no object yet (written again).
     pub unstored: Vec<String>,
+    /// Secret names of retained pairs whose Secret holds the wrap status records as proven
+    /// and whose store entry lacks it (a store configured after the rewrap): written there.
+    pub unstored_wraps: Vec<String>,
     /// Secret names of retired pairs whose object has no retirement marker yet.
     pub unmarked: Vec<String>,
     /// Secret names of pairs whose object holds another key pair than the Secret.
@@ -56,6 +59,9 @@ pub fn compare(listing: &Listing, secrets: &[KeyPairSecret], ring: &KeyRing) -> 
             }
             Some(secret) => {
                 sync.stored += 1;
+                if proven_wrap_unstored(ring, secret, Some(pair)) {
+                    sync.unstored_wraps.push(secret.secret_name.clone());
+                }
                 if secret.state == KeyPairState::Retired && pair.state != KeyPairState::Retired {
                     sync.unmarked.push(secret.secret_name.clone());
                 }
@@ -88,11 +94,28 @@ pub fn compare(listing: &Listing, secrets: &[KeyPairSecret], ring: &KeyRing) -> 
         .filter(|s| !seen.contains(s.secret_name.as_str()))
     {
         sync.unstored.push(secret.secret_name.clone());
+        if proven_wrap_unstored(ring, secret, None) {
+            sync.unstored_wraps.push(secret.secret_name.clone());
+        }
         if secret.state == KeyPairState::Retired {
             sync.unmarked.push(secret.secret_name.clone());
         }
     }
     sync
+}
+
+/// Whether `secret` holds the wrap status records as proven for its pair and the store's entry
+/// (`None`: no object yet) has none under that key.
+fn proven_wrap_unstored(
+    ring: &KeyRing,
+    secret: &KeyPairSecret,
+    stored: Option<&KeyPairSecret>,
+) -> bool {
+    let Some(proven) = ring.proven_wrap(&secret.record) else {
+        return false;
+    };
+    secret.wrap_under(&proven.kms_key_arn).is_some()
+        && stored.is_none_or(|s| s.wrap_under(&proven.kms_key_arn).is_none())
 }
 
 /// The organisations and sequences the store has taken, refused objects included: no new pair
@@ -194,6 +217,46 @@ mod tests {
             sync.unmarked,
             vec![a1.secret_name.clone()],
             "retired: its marker too"
+        );
+    }
+
+    /// A proven wrap the Secret holds and the store lacks is written there; one the store
+    /// has, or one only the Secret names (no proof, no status), is not.
+    #[test]
+    fn proven_wraps_the_store_lacks_are_written() {
+        const B: &str =
+            "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+        let wrap = crate::keypair::Wrap {
+            kms_key_arn: B.into(),
+            ciphertext: vec![2; 8],
+            created_at: "2026-02-01T00:00:00Z".parse().unwrap(),
+        };
+        let with_wrap = |mut p: KeyPairSecret| {
+            p.wraps = vec![wrap.clone()];
+            p
+        };
+        let (a1, b1, c1) = (
+            with_wrap(pair("a", 1, 1)),
+            with_wrap(pair("b", 1, 2)),
+            with_wrap(pair("c", 1, 3)),
+        );
+        let secrets = vec![a1.clone(), b1.clone(), c1.clone()];
+        let mut ring = ring(&secrets);
+        for proven in [&a1, &b1] {
+            ring.prove_wrap(&proven.secret_name, B, wrap.created_at);
+        }
+        // a: the store's object lacks the wrap; b: has it; c: the wrap is not proven.
+        let listing = Listing {
+            entries: vec![entry(&pair("a", 1, 1)), entry(&b1), entry(&pair("c", 1, 3))],
+        };
+        let sync = compare(&listing, &secrets, &ring);
+        assert_eq!(sync.unstored_wraps, vec![a1.secret_name.clone()]);
+        // No object at all: the pair and its proven wrap.
+        let sync = compare(&Listing::default(), &secrets, &ring);
+        assert_eq!(sync.unstored.len(), 3);
+        assert_eq!(
+            sync.unstored_wraps,
+            vec![a1.secret_name.clone(), b1.secret_name.clone()]
         );
     }
 }
