@@ -1796,6 +1796,12 @@ async fn a_store_configured_after_the_rewrap_gets_the_wraps() {
     let mut operator = without_store("a");
     operator.wait_ready().await;
     cluster.apply_ok(&manifest).await;
+    // The first pair before the rotate-now token: a token set earlier is honoured by it.
+    eventually("the first pair, Ready", WAIT, || async {
+        let rkc = rkc(&cluster).await?;
+        (condition(&rkc, "Ready").as_deref() == Some("True")).then_some(())
+    })
+    .await;
     rotate(&cluster, "second").await;
     eventually("two pairs under A", WAIT, || async {
         (cluster.key_pair_secrets(NAME).await.len() == 2).then_some(())
