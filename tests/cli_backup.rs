@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_lc_rs::encoding::AsDer;
+use common::cli::Run;
 use common::cluster::{Cluster, rkc_manifest};
 use k8s_openapi::api::core::v1::Secret;
 use kekeeper::keypair::{KeyPairSecret, Wrap};
@@ -21,12 +22,6 @@ const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
 const ORG_B: &str = "9b2e6c1a-7d4f-4e8a-a1c3-5f0d2b8e9c47";
 const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
 const KEY_B: &str = "arn:aws:kms:us-east-1:111122223333:key/0b7c2a34-5d6e-4f70-8a9b-0c1d2e3f4a5b";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 /// `kekeeper ARGS` with the cluster's kubeconfig and nothing of the caller's environment.
 async fn kekeeper(cluster: &Cluster, args: &[&str]) -> Run {
@@ -44,19 +39,7 @@ async fn kekeeper(cluster: &Cluster, args: &[&str]) -> Run {
         .await
         .unwrap_or_else(|_| panic!("kekeeper {args:?} timed out"))
         .expect("kekeeper");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "$ kekeeper {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    run
+    Run::of(args, &output)
 }
 
 /// A key pair as the controller makes it: a real RSA-2048 public key, a made-up KMS blob.

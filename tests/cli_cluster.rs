@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::cli::Run;
 use common::cluster::{Cluster, condition, eventually, rkc_manifest, rkc_manifest_in};
 use common::{create_key, kms_endpoint};
 use serde_json::{Value, json};
@@ -16,12 +17,6 @@ use serde_json::{Value, json};
 const ORG_A: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
 const ORG_B: &str = "9b2e6c1a-7d4f-4e8a-a1c3-5f0d2b8e9c47";
 const ALIAS: &str = "arn:aws:kms:us-east-1:111122223333:alias/recordings";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 /// `kekeeper ARGS` with `KUBECONFIG` (when given) and the KMS endpoint (when given) in its
 /// environment and nothing of the caller's.
@@ -52,19 +47,7 @@ async fn kekeeper(kubeconfig: Option<&Path>, kms: Option<&str>, args: &[&str]) -
         .await
         .unwrap_or_else(|_| panic!("kekeeper {args:?} timed out"))
         .expect("kekeeper");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "$ kekeeper {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    run
+    Run::of(args, &output)
 }
 
 async fn rkc(cluster: &Cluster, namespace: &str, name: &str) -> Value {

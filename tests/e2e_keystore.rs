@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::cli::kekeeper_in;
 use common::cluster::{Cluster, Operator, condition, count_states, eventually, rkc_manifest};
 use common::fleet;
 use common::proxy::FaultProxy;
@@ -203,23 +203,6 @@ async fn objects(bucket: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-async fn kekeeper(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_PROFILE")
-        .env("KUBECONFIG", kubeconfig)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", common::REGION)
-        .env("AWS_ENDPOINT_URL_KMS", kms_endpoint())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run kekeeper")
-}
-
 /// The rebuild: a config with three organisations, rotated once, its pairs in the store. The
 /// API server is thrown away (kube-sim: a new, empty one; the shared real server: the
 /// RecordingKeyConfig, its Secrets and ConfigMap deleted, which leaves the namespace as a new
@@ -279,7 +262,7 @@ async fn a_rebuilt_cluster_gets_every_key_pair_back_from_the_store() {
     std::fs::write(path("secret.json"), secret.to_string()).unwrap();
     let recording: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(path("rec"), &recording).unwrap();
-    let run = kekeeper(
+    let run = kekeeper_in(
         &cluster.kubeconfig,
         &[
             "encrypt",
@@ -348,7 +331,7 @@ async fn a_rebuilt_cluster_gets_every_key_pair_back_from_the_store() {
 
     // The recording made before the rebuild decrypts in the new cluster (the Secret is found
     // by its key pair id, the private key decrypted by KMS).
-    let run = kekeeper(
+    let run = kekeeper_in(
         &after_cluster.kubeconfig,
         &["decrypt", "-i", &path("rec.enc"), "-o", &path("rec.out")],
     )
@@ -1277,7 +1260,7 @@ async fn record_with(cluster: &Cluster, secret_name: &str) -> (String, Vec<u8>) 
     let recording: Vec<u8> = secret_name.bytes().cycle().take(20_000).collect();
     std::fs::write(path(&format!("{secret_name}.rec")), &recording).unwrap();
     let encrypted = path(&format!("{secret_name}.rec.enc"));
-    let run = kekeeper(
+    let run = kekeeper_in(
         &cluster.kubeconfig,
         &[
             "encrypt",
@@ -1536,7 +1519,7 @@ async fn a_rebuilt_cluster_restores_wraps_and_decrypts_with_the_old_key_disabled
     }
     for (encrypted, recording) in &recordings {
         let out = format!("{encrypted}.out");
-        let run = kekeeper(
+        let run = kekeeper_in(
             &after_cluster.kubeconfig,
             &["decrypt", "-i", encrypted, "-o", &out],
         )
@@ -1730,7 +1713,7 @@ async fn the_operators_rewrap_is_stored_and_a_rebuild_brings_it_back() {
     assert_eq!(fleet::calls(&calls, "ReEncrypt"), 0, "{calls:?}");
     for (encrypted, recording) in &recordings {
         let out = format!("{encrypted}.out");
-        let run = kekeeper(
+        let run = kekeeper_in(
             &after_cluster.kubeconfig,
             &["decrypt", "-i", encrypted, "-o", &out],
         )

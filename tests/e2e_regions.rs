@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::cli::Run;
 use common::cluster::{Cluster, condition, eventually, rkc_manifest};
 use common::proxy::{FaultProxy, RegionFault};
 use common::{REGION, create_multi_region_key, kms_endpoint};
@@ -311,12 +312,6 @@ async fn custody_and_decrypt_read_through_the_replica_while_the_home_region_is_d
     operator.terminate();
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// The CLI with the emulator's credentials, one attempt per KMS call, and the kubeconfig if
 /// given.
 async fn kekeeper(kubeconfig: Option<&Path>, kms: &str, args: &[&str]) -> Run {
@@ -345,17 +340,5 @@ async fn kekeeper(kubeconfig: Option<&Path>, kms: &str, args: &[&str]) -> Run {
         .await
         .unwrap_or_else(|_| panic!("kekeeper {args:?} timed out"))
         .expect("kekeeper");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "$ kekeeper {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    run
+    Run::of(args, &output)
 }

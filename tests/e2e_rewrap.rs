@@ -9,10 +9,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::cli::kekeeper_in;
 use common::cluster::{Cluster, Operator, condition, eventually, rkc_manifest};
 use common::proxy::FaultProxy;
 use common::{TestKey, admin, create_key, kms_endpoint};
@@ -142,23 +142,6 @@ fn pairs_of(secrets: &[Value]) -> Vec<(String, Vec<u8>, String, Vec<String>)> {
 /// The data keys of a wrap under `key_arn`.
 fn wrap_keys(key_arn: &str) -> (String, String) {
     kekeeper::keypair::wrap_data_keys(key_arn).expect("a key ARN")
-}
-
-async fn kekeeper(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kekeeper"))
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_PROFILE")
-        .env("KUBECONFIG", kubeconfig)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", common::REGION)
-        .env("AWS_ENDPOINT_URL_KMS", kms_endpoint())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run kekeeper")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +278,7 @@ async fn a_move_to_another_kms_key_rewraps_every_pair_and_the_old_key_can_go() {
     // Every recording decrypts with kekeeper decrypt, through key B.
     for (path, plaintext) in &recordings {
         let out = path.with_extension("out");
-        let run = kekeeper(
+        let run = kekeeper_in(
             &cluster.kubeconfig,
             &[
                 "decrypt",
@@ -352,7 +335,7 @@ async fn never_waits_for_kekeeper_rewrap() {
     );
     assert_eq!(proxy.seen("ReEncrypt"), 0);
 
-    let run = kekeeper(
+    let run = kekeeper_in(
         &cluster.kubeconfig,
         &["rewrap", NAME, "--wait", "--timeout", "2m"],
     )

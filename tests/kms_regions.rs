@@ -9,6 +9,7 @@ mod common;
 
 use std::process::Stdio;
 
+use common::cli::Run;
 use common::proxy::{FaultProxy, RegionFault};
 use common::{REGION, TestKey, create_multi_region_key, kms_endpoint, manifest, sdk_config};
 use kekeeper::config::ValidatedConfig;
@@ -326,12 +327,6 @@ async fn kekeeper_decrypt_reads_through_the_replica_and_says_so() {
     );
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// The CLI against `endpoint`, with the emulator's credentials and the SDK's retries off, so
 /// a failed Region's answer is the one asserted.
 async fn kekeeper(endpoint: &str, args: &[&str]) -> Run {
@@ -352,17 +347,5 @@ async fn kekeeper(endpoint: &str, args: &[&str]) -> Run {
         .output()
         .await
         .expect("kekeeper output");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "$ kekeeper {}\nexit {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    run
+    Run::of(args, &output)
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod argocd;
+pub mod cli;
 pub mod cluster;
 pub mod fleet;
 pub mod kstatus;
