@@ -446,6 +446,17 @@ impl Marker {
     }
 }
 
+/// A stored `privateKeyKms`: base64 of a non-empty KMS blob.
+fn decode_blob(text: &str) -> Result<Vec<u8>, String> {
+    let blob = STANDARD
+        .decode(text)
+        .map_err(|e| format!("privateKeyKms is not base64: {e}"))?;
+    if blob.is_empty() {
+        return Err("privateKeyKms is empty".to_owned());
+    }
+    Ok(blob)
+}
+
 /// A wrap object: `SEQUENCE.wrap-KEY-ID.json` beside the pair's object, written once. It names
 /// its pair (by every field a marker does, and more) so that it wraps that pair only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -559,12 +570,7 @@ impl StoredWrap {
                 self.kms_key_arn
             ));
         }
-        let ciphertext = STANDARD
-            .decode(&self.private_key_kms)
-            .map_err(|e| format!("privateKeyKms is not base64: {e}"))?;
-        if ciphertext.is_empty() {
-            return Err("privateKeyKms is empty".to_owned());
-        }
+        let ciphertext = decode_blob(&self.private_key_kms)?;
         Ok(Wrap {
             kms_key_arn: self.kms_key_arn.clone(),
             ciphertext,
@@ -647,12 +653,7 @@ impl StoredKeyPair {
                 self.public_key_fingerprint
             ));
         }
-        let private_key_ciphertext = STANDARD
-            .decode(&self.private_key_kms)
-            .map_err(|e| format!("privateKeyKms is not base64: {e}"))?;
-        if private_key_ciphertext.is_empty() {
-            return Err("privateKeyKms is empty".to_owned());
-        }
+        let private_key_ciphertext = decode_blob(&self.private_key_kms)?;
         Ok(KeyPairSecret {
             record: KeyPairRecord {
                 config_name: config.to_owned(),

@@ -18,8 +18,8 @@ use super::common::{
 use crate::cli::{KubeArgs, TestArgs};
 use crate::config::ValidatedConfig;
 use crate::crd::RecordingKeyConfig;
-use crate::kms::Kms;
 use crate::kms::sdk::SdkKms;
+use crate::kms::{Kms, KmsError};
 use crate::selftest::{
     self, ReplicaCheck, SelfTestCause, SelfTestFailure, SelfTestReport, SelfTestStep,
 };
@@ -47,6 +47,19 @@ pub(super) fn print_report(
 }
 
 /// The steps of [`print_report`] without its verdict line; the step that failed, if one did.
+/// A KMS error as the test prints it: `OPERATION: CODE: MESSAGE`, then its request id.
+fn write_kms_error(out: &mut impl Write, indent: &str, err: &KmsError) -> io::Result<()> {
+    writeln!(
+        out,
+        "{indent}{}: {}: {}",
+        err.operation, err.code, err.message
+    )?;
+    if let Some(id) = &err.request_id {
+        writeln!(out, "{indent}request id {id}")?;
+    }
+    Ok(())
+}
+
 fn print_steps(
     out: &mut impl Write,
     report: &SelfTestReport,
@@ -69,16 +82,7 @@ fn print_steps(
             failed_at = Some(step);
             writeln!(out, "  FAIL  {}", step.description())?;
             match &failure.cause {
-                SelfTestCause::Kms(err) => {
-                    writeln!(
-                        out,
-                        "        {}: {}: {}",
-                        err.operation, err.code, err.message
-                    )?;
-                    if let Some(id) = &err.request_id {
-                        writeln!(out, "        request id {id}")?;
-                    }
-                }
+                SelfTestCause::Kms(err) => write_kms_error(out, "        ", err)?,
                 SelfTestCause::Crypto(message) => writeln!(out, "        {message}")?,
             }
         } else {
@@ -117,14 +121,7 @@ fn print_replica_checks(
                 )?;
                 match &failure.cause {
                     SelfTestCause::Kms(err) => {
-                        writeln!(
-                            out,
-                            "        {}: {}: {}",
-                            err.operation, err.code, err.message
-                        )?;
-                        if let Some(id) = &err.request_id {
-                            writeln!(out, "        request id {id}")?;
-                        }
+                        write_kms_error(out, "        ", err)?;
                         writeln!(
                             out,
                             "        reads turn to this replica when the home Region fails: its key policy and the role's identity policy must allow kms:Decrypt (docs/installation.md)"
