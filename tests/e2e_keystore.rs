@@ -1358,7 +1358,9 @@ async fn a_rebuilt_cluster_restores_wraps_and_decrypts_with_the_old_key_disabled
     // under B against its cached answer for the alias, A, until that expires, and rotate
     // again), and the next one is asked to rotate: its pairs are under B.
     operator.kill();
-    let (key_b_arn, _) = move_alias(&kms, &key_a).await;
+    let key_b = create_key(&endpoint, common::REGION, false).await;
+    common::move_alias(&key_a, &key_b).await;
+    let key_b_arn = key_b.key_arn.clone();
     let mut operator = start_with(
         &cluster,
         "under-b",
@@ -1599,7 +1601,9 @@ async fn the_operators_rewrap_is_stored_and_a_rebuild_brings_it_back() {
     }
     operator.kill();
 
-    let (key_b_arn, key_b_id) = move_alias(&kms, &key_a).await;
+    let key_b = create_key(&endpoint, common::REGION, false).await;
+    common::move_alias(&key_a, &key_b).await;
+    let (key_b_arn, key_b_id) = (key_b.key_arn.clone(), key_b.key_id.clone());
     // The key check at a short interval sees the alias's new key.
     let mut operator = start_with(
         &cluster,
@@ -1729,26 +1733,6 @@ async fn the_operators_rewrap_is_stored_and_a_rebuild_brings_it_back() {
     assert!(!operator.log_text().contains("PRIVATE KEY"));
 }
 
-/// Creates key B and moves `key_a`'s alias to it; B's ARN and key id.
-async fn move_alias(kms: &aws_sdk_kms::Client, key_a: &common::TestKey) -> (String, String) {
-    let key_b = kms
-        .create_key()
-        .description("kekeeper rewrap test: key B")
-        .send()
-        .await
-        .expect("CreateKey");
-    let key_b = key_b.key_metadata().unwrap();
-    let alias_name = key_a.alias.as_str().rsplit_once(':').unwrap().1;
-    // By key id: LocalStack 4.8.1 takes a key ARN here but then cannot resolve the alias.
-    kms.update_alias()
-        .alias_name(alias_name)
-        .target_key_id(key_b.key_id())
-        .send()
-        .await
-        .expect("UpdateAlias");
-    (key_b.arn().unwrap().to_owned(), key_b.key_id().to_owned())
-}
-
 /// Issue 28: a key store configured after the rewrap. Two pairs made under key A and
 /// rewrapped onto B by an operator without a store; the next operator, with one, writes both
 /// pairs and both proven wraps there (the store's sync), and the store then restores them.
@@ -1757,7 +1741,6 @@ async fn move_alias(kms: &aws_sdk_kms::Client, key_a: &common::TestKey) -> (Stri
 async fn a_store_configured_after_the_rewrap_gets_the_wraps() {
     let endpoint = kms_endpoint();
     let key_a = create_key(&endpoint, common::REGION, false).await;
-    let kms = common::admin(&endpoint, common::REGION).await;
     let bucket = create_bucket(&endpoint).await;
     let prefix = "late-store";
     let url = format!("s3://{bucket}/{prefix}");
@@ -1790,7 +1773,9 @@ async fn a_store_configured_after_the_rewrap_gets_the_wraps() {
         (cluster.key_pair_secrets(NAME).await.len() == 2).then_some(())
     })
     .await;
-    let (key_b_arn, key_b_id) = move_alias(&kms, &key_a).await;
+    let key_b = create_key(&endpoint, common::REGION, false).await;
+    common::move_alias(&key_a, &key_b).await;
+    let (key_b_arn, key_b_id) = (key_b.key_arn.clone(), key_b.key_id.clone());
     let rewrapped = eventually("both pairs rewrapped onto B", WAIT, || async {
         let rkc = rkc(&cluster).await?;
         let keys = rkc["status"]["kmsKeys"].as_array()?;

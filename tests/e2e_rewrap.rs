@@ -15,7 +15,7 @@ use base64::Engine;
 use common::cli::kekeeper_in;
 use common::cluster::{Cluster, Operator, condition, eventually, rkc_manifest};
 use common::proxy::FaultProxy;
-use common::{TestKey, admin, create_key, kms_endpoint};
+use common::{admin, create_key, kms_endpoint};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -85,18 +85,6 @@ async fn wait_ready_with(cluster: &Cluster, pairs: usize) {
         (ready && cluster.key_pair_secrets(NAME).await.len() == pairs).then_some(())
     })
     .await;
-}
-
-/// Points the alias of `from` at the key of `to` (KMS `UpdateAlias`).
-async fn move_alias(from: &TestKey, to: &TestKey) {
-    admin(&kms_endpoint(), common::REGION)
-        .await
-        .update_alias()
-        .alias_name(format!("alias/{}", from.alias.alias_name()))
-        .target_key_id(&to.key_id)
-        .send()
-        .await
-        .expect("UpdateAlias");
 }
 
 /// Waits until status says every retained pair has a proven blob under `key`: Rewrapped=True
@@ -184,7 +172,7 @@ async fn a_move_to_another_kms_key_rewraps_every_pair_and_the_old_key_can_go() {
     // retained ones are rewrapped, one ReEncrypt and one Decrypt each.
     let (re_encrypts, decrypts) = (proxy.seen("ReEncrypt"), proxy.seen("Decrypt"));
     let moved = Instant::now();
-    move_alias(&key_a, &key_b).await;
+    common::move_alias(&key_a, &key_b).await;
     let done = wait_rewrapped(&cluster, &key_b.key_arn, 12).await;
     let took = moved.elapsed();
     let re_encrypted = proxy.seen("ReEncrypt") - re_encrypts;
@@ -316,7 +304,7 @@ async fn never_waits_for_kekeeper_rewrap() {
         .apply_ok(&manifest(&key_a.alias.to_string(), never))
         .await;
     wait_ready_with(&cluster, 3).await;
-    move_alias(&key_a, &key_b).await;
+    common::move_alias(&key_a, &key_b).await;
     // Rotated onto B (three new pairs), the three old ones stay under A: disabled.
     let disabled = eventually("Rewrapped=False RewrapDisabled, rotated", WAIT, || async {
         let object = rkc(&cluster).await?;
@@ -399,7 +387,7 @@ async fn a_rewrap_killed_at_random_points_completes_once_per_pair() {
         wait_ready_with(&cluster, 6).await;
         let secrets = cluster.key_pair_secrets(NAME).await;
         let started = Instant::now();
-        move_alias(&key_a, &key_b).await;
+        common::move_alias(&key_a, &key_b).await;
         let mut delays = Vec::new();
         for kill in 1..=3 {
             let delay = next_delay();
@@ -548,7 +536,7 @@ async fn a_rewrap_of_many_retained_pairs_costs_one_reencrypt_and_one_decrypt_eac
         proxy.seen("DescribeKey"),
     );
     let started = Instant::now();
-    move_alias(&key_a, &key_b).await;
+    common::move_alias(&key_a, &key_b).await;
     let total = resources * PER_RESOURCE;
     eventually(
         &format!("{total} pairs rewrapped onto key B"),

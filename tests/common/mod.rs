@@ -156,3 +156,16 @@ pub fn manifest(alias: &str, organization_ids: &[&str], key_pair_spec: &str) -> 
         ids.concat()
     )
 }
+
+/// Points the alias of `from` at the key of `to` (KMS `UpdateAlias`, by key id: LocalStack
+/// 4.8.1 takes a key ARN there but then cannot resolve the alias).
+pub async fn move_alias(from: &TestKey, to: &TestKey) {
+    admin(&kms_endpoint(), REGION)
+        .await
+        .update_alias()
+        .alias_name(format!("alias/{}", from.alias.alias_name()))
+        .target_key_id(&to.key_id)
+        .send()
+        .await
+        .expect("UpdateAlias");
+}
